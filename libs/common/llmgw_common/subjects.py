@@ -1,0 +1,36 @@
+"""NATS subject names: the only place they are spelled out.
+
+Query subjects must never fall under a JetStream stream's subjects: a request
+published on a stream subject is stored and acknowledged by JetStream, and the
+requester would get a PubAck instead of the service's reply.
+"""
+
+PREFIX = "llmgw"
+
+# router (request/reply, queue group "router")
+ROUTER_DECIDE = "llmgw.router.decide"
+
+# pricing (request/reply, queue group "pricing")
+PRICING_LOOKUP = "llmgw.pricing.lookup"
+PRICING_LIST = "llmgw.pricing.list"
+# announcement (plain publish) when the effective prices change
+PRICING_CHANGED = "llmgw.pricing.changed"
+
+# usage events: the JetStream stream holds everything under USAGE_EVENT_PREFIX
+USAGE_STREAM = "LLMGW_USAGE"
+USAGE_EVENT_PREFIX = "llmgw.usage.event"
+USAGE_EVENT_WILDCARD = USAGE_EVENT_PREFIX + ".>"
+USAGE_CONSUMER = "usage-projector"
+
+# usage queries (request/reply, queue group "usage"); outside the stream's subjects
+USAGE_QUERY_CURRENT = "llmgw.usage.query.current"
+USAGE_QUERY_HISTORY = "llmgw.usage.query.history"
+
+# config (announcement after ui-api wrote a new config file)
+CONFIG_CHANGED = "llmgw.config.changed"
+
+
+def usage_event_subject(provider: str) -> str:
+    """Per-provider subject so consumers can filter; tokens are sanitised."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in provider) or "_"
+    return f"{USAGE_EVENT_PREFIX}.{safe}"
