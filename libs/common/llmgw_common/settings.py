@@ -18,8 +18,3 @@ class CommonSettings(BaseSettings):
     config_path: Path = Field(default=Path("llmgw.yaml"), alias="LLMGW_CONFIG")
     state_dir: Path = Field(default=Path(".state"), alias="LLMGW_STATE_DIR")
     log_level: str = Field(default="INFO", alias="LLMGW_LOG_LEVEL")
-
-
-class HttpServiceSettings(CommonSettings):
-    host: str = Field(default="127.0.0.1")
-    port: int = Field(default=8080)

@@ -1,0 +1,1 @@
+"""The llmgw command line: runner, embedded infrastructure, starter config, benchmark."""

@@ -1,0 +1,130 @@
+"""The ``llmgw`` command: run everything, run one service, check a config, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+SERVICE_ENTRY = {
+    "edge": "llmgw_edge.main",
+    "router": "llmgw_router.main",
+    "usage": "llmgw_usage.main",
+    "pricing": "llmgw_pricing.main",
+    "ui-api": "llmgw_ui_api.main",
+}
+PORT_ENV = {"edge": ("LLMGW_EDGE_HOST", "LLMGW_EDGE_PORT"), "ui-api": ("LLMGW_UI_HOST", "LLMGW_UI_PORT")}
+
+
+def _config_default() -> str:
+    return os.environ.get("LLMGW_CONFIG", "llmgw.yaml")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_stack
+    from .starter import starter_config
+
+    config_path = Path(args.config)
+    if not config_path.exists():
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(starter_config(os.environ))
+        print(f"wrote a starter config to {config_path}", flush=True)
+    from llmgw_common.config import ConfigError, load_config
+
+    try:
+        load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return run_stack(config_path, Path(args.state_dir), args.edge_port, args.ui_port, args.host)
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    import importlib
+
+    if args.service in PORT_ENV:
+        host_env, port_env = PORT_ENV[args.service]
+        if args.host:
+            os.environ[host_env] = args.host
+        if args.port:
+            os.environ[port_env] = str(args.port)
+    importlib.import_module(SERVICE_ENTRY[args.service]).run()
+    return 0
+
+
+def cmd_demo_provider(args: argparse.Namespace) -> int:
+    from llmgw_demo_provider.main import run
+
+    run(["--host", args.host, "--port", str(args.port)])
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from llmgw_common.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    models = {m.name for p in config.providers for m in p.models}
+    print(f"{args.file}: OK ({len(config.providers)} providers, {len(models)} models, "
+          f"{len(config.routing.aliases)} aliases)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmgw", description="LLM Gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run every service plus embedded NATS/Redis/ClickHouse on this machine")
+    run.add_argument("--config", default=_config_default(), help="config file (written if missing)")
+    run.add_argument("--state-dir", default=os.environ.get("LLMGW_STATE_DIR", ".state"))
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--edge-port", type=int, default=int(os.environ.get("LLMGW_EDGE_PORT", 8080)))
+    run.add_argument("--ui-port", type=int, default=int(os.environ.get("LLMGW_UI_PORT", 8081)))
+    run.set_defaults(func=cmd_run)
+
+    for name in SERVICE_ENTRY:
+        p = sub.add_parser(name, help=f"run the {name} service alone (settings from the environment)")
+        p.set_defaults(func=cmd_service, service=name)
+        if name in PORT_ENV:
+            p.add_argument("--host")
+            p.add_argument("--port", type=int)
+
+    demo = sub.add_parser("demo-provider", help="run the local demo OpenAI-compatible provider")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=18090)
+    demo.set_defaults(func=cmd_demo_provider)
+
+    config = sub.add_parser("config", help="config tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+
+    bench = sub.add_parser("bench", help="gateway vs direct-to-upstream load test (needs wrk)")
+    try:
+        from .bench import add_arguments
+
+        add_arguments(bench)
+    except ImportError:
+        pass
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Edge service: the OpenAI-compatible HTTP front of the gateway."""

@@ -1,0 +1,1 @@
+"""Pricing service: effective model prices over NATS."""

@@ -1,0 +1,1 @@
+"""Router service: ordered provider candidates for each request."""

@@ -1,0 +1,1 @@
+"""ui-api service: admin REST API and web UI."""

@@ -1,0 +1,104 @@
+"""ui-api service: the admin REST API (and, later, the web UI).
+
+It is the only writer of the config; reads of usage go to the usage service
+over NATS (chDB belongs to the usage process alone).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query, Request
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from pydantic import Field
+from starlette.responses import JSONResponse
+
+from llmgw_common import subjects
+from llmgw_common.config import ConfigError, GatewayConfig, load_config, masked
+from llmgw_common.logs import setup_logging
+from llmgw_common.messages import Message, UsageCurrent, UsageCurrentQuery, UsageHistory, UsageHistoryQuery
+from llmgw_common.nats_conn import RemoteError, connect_nats, request
+from llmgw_common.settings import CommonSettings
+
+log = logging.getLogger("llmgw.ui-api")
+
+
+class UiApiSettings(CommonSettings):
+    host: str = Field(default="127.0.0.1", alias="LLMGW_UI_HOST")
+    port: int = Field(default=8081, alias="LLMGW_UI_PORT")
+    query_timeout_s: float = Field(default=5.0, alias="LLMGW_UI_QUERY_TIMEOUT_S")
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "api_error", "code": code}}, status_code=status)
+
+
+async def ask(app: FastAPI, subject: str, msg: Message, reply_type):
+    try:
+        return await request(app.state.nc, subject, msg, reply_type, app.state.settings.query_timeout_s)
+    except (NatsTimeoutError, NoRespondersError):
+        raise HTTPException(503, "the usage service is not answering") from None
+    except RemoteError as exc:
+        raise HTTPException(exc.status if 400 <= exc.status < 600 else 502, str(exc)) from None
+
+
+def create_app(settings: UiApiSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.settings = settings
+        app.state.nc = await connect_nats(settings.nats_url, "llmgw-ui-api")
+        try:
+            yield
+        finally:
+            await app.state.nc.drain()
+
+    app = FastAPI(title="LLM Gateway admin API", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail), "unavailable" if exc.status_code == 503 else "error")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception):
+        log.exception("unhandled error")
+        return _error(500, "internal error", "internal_error")
+
+    @app.get("/healthz")
+    async def healthz(request: Request):
+        ok = request.app.state.nc.is_connected
+        return JSONResponse({"status": "ok" if ok else "degraded", "nats": ok}, status_code=200 if ok else 503)
+
+    @app.get("/api/usage/current")
+    async def usage_current(request: Request):
+        reply = await ask(request.app, subjects.USAGE_QUERY_CURRENT, UsageCurrentQuery(), UsageCurrent)
+        return JSONResponse(reply.model_dump(mode="json"))
+
+    @app.get("/api/usage/history")
+    async def usage_history(request: Request, since: datetime | None = None, until: datetime | None = None,
+                            bucket_s: int = Query(60, ge=60, le=86400), provider: str | None = None,
+                            model: str | None = None, limit: int = Query(10_000, gt=0, le=100_000)):
+        query = UsageHistoryQuery(since=since, until=until, bucket_s=bucket_s, provider=provider, model=model,
+                                  limit=limit)
+        reply = await ask(request.app, subjects.USAGE_QUERY_HISTORY, query, UsageHistory)
+        return JSONResponse(reply.model_dump(mode="json"))
+
+    @app.get("/api/config")
+    async def get_config(request: Request):
+        path = request.app.state.settings.config_path
+        try:
+            config = load_config(path) if path.exists() else GatewayConfig()
+        except ConfigError as exc:
+            return _error(500, str(exc), "invalid_config")
+        return JSONResponse({"path": str(path), "config": masked(config)})
+
+    return app
+
+
+def run() -> None:
+    settings = UiApiSettings()
+    setup_logging("ui-api", settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning", timeout_graceful_shutdown=10)
