@@ -26,7 +26,8 @@ SERVICES = ("pricing", "usage", "router", "edge", "ui-api")
 _COLOURS = {"nats": 90, "redis": 90, "demo": 36, "pricing": 35, "usage": 34, "router": 33, "edge": 32, "ui-api": 96}
 
 
-def _say(name: str, line: str, out=sys.stdout) -> None:
+def _say(name: str, line: str, out=None) -> None:
+    out = out or sys.stdout
     colour = _COLOURS.get(name, 37) if out.isatty() else None
     prefix = f"\x1b[{colour}m{name:>8} |\x1b[0m " if colour else f"{name:>8} | "
     out.write(prefix + line.rstrip("\n") + "\n")
@@ -38,6 +39,7 @@ class Child:
     name: str
     command: list[str]
     env: dict[str, str]
+    log: object = None  # file to write prefixed output to; None: stdout
     proc: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
 
@@ -48,7 +50,7 @@ class Child:
 
     def _pump(self, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
-            _say(self.name, line)
+            _say(self.name, line, self.log)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -99,7 +101,7 @@ def _http_ok(url: str) -> bool:
 
 class Stack:
     def __init__(self, config_path: Path, state_dir: Path, edge_port: int = 8080, ui_port: int = 8081,
-                 host: str = "127.0.0.1", env: dict[str, str] | None = None):
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None, log_file: Path | None = None):
         self.config_path = config_path.resolve()
         self.state_dir = state_dir.resolve()
         self.edge_port = edge_port
@@ -110,6 +112,7 @@ class Stack:
         self.redis: RedisServer | None = None
         self.children: list[Child] = []
         self._stopping = False
+        self.log = open(log_file, "a", buffering=1) if log_file else None
 
     def start(self, ready_timeout: float = 60.0) -> None:
         config = load_config(self.config_path)
@@ -119,7 +122,7 @@ class Stack:
             self.nats = NatsServer(self.state_dir / "nats", port=free_port(), log_file=self.state_dir / "nats.log")
             self.nats.start()
             nats_url = self.nats.url
-            _say("nats", f"nats-server with JetStream on {nats_url} (data in {self.nats.data_dir})")
+            _say("nats", f"nats-server with JetStream on {nats_url} (data in {self.nats.data_dir})", self.log)
         _wait_jetstream(nats_url)
         redis_url = self.base_env.get("REDIS_URL", "")
         if not redis_url:
@@ -127,7 +130,7 @@ class Stack:
                                      log_file=self.state_dir / "redis.log")
             self.redis.start()
             redis_url = self.redis.url
-            _say("redis", f"redis on {redis_url} (data in {self.redis.data_dir})")
+            _say("redis", f"redis on {redis_url} (data in {self.redis.data_dir})", self.log)
         env = dict(self.base_env, NATS_URL=nats_url, REDIS_URL=redis_url, LLMGW_CONFIG=str(self.config_path),
                    LLMGW_STATE_DIR=str(self.state_dir), LLMGW_EDGE_PORT=str(self.edge_port),
                    LLMGW_UI_PORT=str(self.ui_port), LLMGW_EDGE_HOST=self.host, LLMGW_UI_HOST=self.host,
@@ -135,16 +138,16 @@ class Stack:
         cli = [sys.executable, "-m", "llmgw_cli.main"]
         if config.demo.enabled:
             self.children.append(Child("demo", cli + ["demo-provider", "--host", config.demo.host,
-                                                      "--port", str(config.demo.port)], env))
+                                                      "--port", str(config.demo.port)], env, self.log))
         for name in SERVICES:
-            self.children.append(Child(name, cli + [name], env))
+            self.children.append(Child(name, cli + [name], env, self.log))
         for child in self.children:
             child.start()
         self._wait_ready(ready_timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        urls = [f"http://{self.host}:{self.edge_port}/healthz", f"http://{self.host}:{self.ui_port}/healthz"]
+        urls = [f"http://{self.host}:{self.edge_port}/healthz", f"http://{self.host}:{self.ui_port}/api/health"]
         while not all(_http_ok(u) for u in urls):
             for child in self.children:
                 if not child.alive():
@@ -152,6 +155,9 @@ class Stack:
             if time.monotonic() > deadline:
                 raise InfraError(f"the gateway was not ready after {timeout}s")
             time.sleep(0.2)
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
 
     def supervise(self) -> None:
         """Restart services that die, with backoff, until ``stop``."""
@@ -162,7 +168,7 @@ class Stack:
                 now = time.monotonic()
                 child.restarts = [t for t in child.restarts if now - t < 60] + [now]
                 delay = min(2 ** (len(child.restarts) - 1), 30)
-                _say(child.name, f"exited with {child.proc.returncode}; restarting in {delay}s")
+                _say(child.name, f"exited with {child.proc.returncode}; restarting in {delay}s", self.log)
                 time.sleep(delay)
                 if not self._stopping:
                     child.start()
@@ -181,6 +187,8 @@ class Stack:
         for server in (self.redis, self.nats):
             if server is not None:
                 server.stop()
+        if self.log:
+            self.log.close()
 
 
 def run_stack(config_path: Path, state_dir: Path, edge_port: int, ui_port: int, host: str) -> int:

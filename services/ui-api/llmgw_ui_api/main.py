@@ -6,6 +6,7 @@ over NATS (chDB belongs to the usage process alone).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -45,6 +46,21 @@ async def ask(app: FastAPI, subject: str, msg: Message, reply_type):
         raise HTTPException(exc.status if 400 <= exc.status < 600 else 502, str(exc)) from None
 
 
+BACKEND_SERVICES = ("router", "usage", "pricing")
+
+
+async def ping_services(nc, timeout: float = 1.0) -> dict[str, bool]:
+    async def ping(name: str) -> bool:
+        try:
+            await nc.request(f"$SRV.PING.{name}", b"", timeout=timeout)
+            return True
+        except Exception:
+            return False
+
+    results = await asyncio.gather(*(ping(n) for n in BACKEND_SERVICES))
+    return dict(zip(BACKEND_SERVICES, results))
+
+
 def create_app(settings: UiApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -70,6 +86,14 @@ def create_app(settings: UiApiSettings) -> FastAPI:
     async def healthz(request: Request):
         ok = request.app.state.nc.is_connected
         return JSONResponse({"status": "ok" if ok else "degraded", "nats": ok}, status_code=200 if ok else 503)
+
+    @app.get("/api/health")
+    async def health_all(request: Request):
+        """Every back-end service answers its NATS micro-service PING (any replica will do)."""
+        services = await ping_services(request.app.state.nc)
+        ok = all(services.values())
+        return JSONResponse({"status": "ok" if ok else "degraded", "services": services},
+                            status_code=200 if ok else 503)
 
     @app.get("/api/usage/current")
     async def usage_current(request: Request):
