@@ -1,0 +1,106 @@
+"""Config schema: valid files load, invalid ones name the bad field's path."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmgw_cli.main import main as cli_main
+from llmgw_cli.starter import starter_config
+from llmgw_common.config import ConfigError, masked, parse_config_text, resolve_secret
+
+GOOD = """
+version: 1
+providers:
+  - id: groq
+    base_url: https://api.groq.com/openai/v1
+    api_key: ${GROQ_API_KEY}
+    free_tier: true
+    limits: {requests_per_minute: 30}
+    models:
+      - name: llama-3.3-70b
+        upstream: llama-3.3-70b-versatile
+  - id: openai
+    base_url: https://api.openai.com/v1/
+    api_key: sk-literal-secret-123456
+    models:
+      - name: gpt-4o-mini
+        price: {input_per_mtok: 0.15, output_per_mtok: 0.6}
+routing:
+  aliases: {fast: llama-3.3-70b}
+"""
+
+
+def problems(text: str) -> dict[str, str]:
+    with pytest.raises(ConfigError) as err:
+        parse_config_text(text, "test.yaml")
+    return dict(err.value.problems)
+
+
+def test_good_config_loads():
+    cfg = parse_config_text(GOOD)
+    assert cfg.provider("openai").base_url == "https://api.openai.com/v1"  # trailing slash dropped
+    assert cfg.provider("groq").model("llama-3.3-70b").upstream_name == "llama-3.3-70b-versatile"
+    assert cfg.provider("openai").model("gpt-4o-mini").upstream_name == "gpt-4o-mini"
+
+
+def test_bad_field_is_named_by_its_path():
+    bad = GOOD.replace("base_url: https://api.groq.com/openai/v1", "base_url: groq.com")
+    assert "providers[0].base_url" in problems(bad)
+
+
+def test_nested_bad_field_path():
+    bad = GOOD.replace("requests_per_minute: 30", "requests_per_minute: -3")
+    assert "providers[0].limits.requests_per_minute" in problems(bad)
+    bad = GOOD.replace("output_per_mtok: 0.6", "output_per_mtok: lots")
+    assert "providers[1].models[0].price.output_per_mtok" in problems(bad)
+
+
+def test_unknown_keys_are_rejected():
+    assert "providers[0].moddels" in problems(GOOD.replace("    models:\n      - name: llama", "    moddels: []\n    models:\n      - name: llama", 1))
+
+
+def test_duplicate_provider_ids_and_dangling_alias():
+    assert any("unique" in m for m in problems(GOOD.replace("id: openai", "id: groq")).values())
+    assert any("aliases" in m for m in problems(GOOD.replace("fast: llama-3.3-70b", "fast: nope")).values())
+
+
+def test_yaml_syntax_error_gives_line():
+    p = problems("providers: [\n  - id: x\n")
+    assert any("line" in path for path in p)
+
+
+def test_env_reference_resolution():
+    assert resolve_secret("${GROQ_API_KEY}", {"GROQ_API_KEY": "gsk_abc"}) == "gsk_abc"
+    assert resolve_secret("${GROQ_API_KEY}", {}) is None
+    assert resolve_secret("literal", {}) == "literal"
+    assert "${NAME}" in problems(GOOD.replace("${GROQ_API_KEY}", "${bad name}"))["providers[0].api_key"]
+
+
+def test_masked_hides_literals_but_keeps_env_references():
+    data = masked(parse_config_text(GOOD))
+    keys = {p["id"]: p["api_key"] for p in data["providers"]}
+    assert keys == {"groq": "${GROQ_API_KEY}", "openai": "********"}
+    assert "sk-literal" not in str(data)
+
+
+def test_starter_config_is_valid_with_and_without_keys():
+    bare = parse_config_text(starter_config({}))
+    assert [p.id for p in bare.providers] == ["demo"] and bare.demo.enabled
+    full = parse_config_text(starter_config({k: "x" for k in (
+        "OPENAI_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "MISTRAL_API_KEY", "OPENROUTER_API_KEY")}))
+    assert {p.id for p in full.providers} == {"demo", "openai", "gemini", "groq", "mistral", "openrouter"}
+    # keys are references, never literals
+    assert all(p.api_key is None or p.api_key.startswith("${") for p in full.providers)
+
+
+def test_config_check_command(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    with pytest.raises(SystemExit) as ok:
+        cli_main(["config", "check", str(good)])
+    assert ok.value.code == 0 and "OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("free_tier: true", "free_tier: maybe"))
+    with pytest.raises(SystemExit) as fail:
+        cli_main(["config", "check", str(bad)])
+    assert fail.value.code == 1 and "providers[0].free_tier" in capsys.readouterr().err
