@@ -1,0 +1,97 @@
+"""The edge's usage publisher loses nothing when NATS goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llmgw_cli.infra import NatsServer
+from llmgw_common import subjects
+from llmgw_common.messages import UsageEvent
+from llmgw_common.nats_conn import connect_nats, ensure_usage_stream
+from llmgw_edge.usage_publisher import UsagePublisher
+
+pytestmark = pytest.mark.integration
+
+
+def _event(i: int) -> UsageEvent:
+    return UsageEvent(request_id=f"r{i}", provider="p", model="m", status=200, tokens_in=i)
+
+
+async def _stream_count(js) -> int:
+    return (await js.stream_info(subjects.USAGE_STREAM)).state.messages
+
+
+async def _eventually(fn, timeout=20.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await fn()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+async def test_events_survive_a_nats_restart(tmp_path):
+    server = NatsServer(tmp_path / "nats").start()
+    nc = await connect_nats(server.url, "test-edge")
+    try:
+        js = nc.jetstream()
+        await ensure_usage_stream(js, 3600, 10**8)
+        publisher = UsagePublisher(js, tmp_path / "spill.ndjson")
+        await publisher.start()
+        for i in range(5):
+            publisher.submit(_event(i))
+        await _eventually(lambda: _count_is(js, 5))
+
+        server.kill()  # NATS is gone: submitting must neither block nor fail
+        for i in range(5, 15):
+            publisher.submit(_event(i))
+        await asyncio.sleep(0.5)
+        server.start()  # same port, same JetStream store
+        await _eventually(lambda: _count_is(js, 15), timeout=30)
+        await publisher.stop()
+    finally:
+        await nc.close()
+        server.stop()
+
+
+async def _count_is(js, n: int) -> bool:
+    try:
+        return await _stream_count(js) == n
+    except Exception:
+        return False
+
+
+async def test_unsent_events_are_spilled_at_shutdown_and_sent_at_next_start(tmp_path):
+    server = NatsServer(tmp_path / "nats").start()
+    spill = tmp_path / "spill.ndjson"
+    nc = await connect_nats(server.url, "test-edge")
+    try:
+        js = nc.jetstream()
+        await ensure_usage_stream(js, 3600, 10**8)
+        server.kill()
+        publisher = UsagePublisher(js, spill)
+        await publisher.start()
+        events = [_event(i) for i in range(3)]
+        for e in events:
+            publisher.submit(e)
+        await publisher.stop(flush_timeout=0.5)
+        assert len(spill.read_text().splitlines()) == 3
+
+        server.start()
+        again = UsagePublisher(js, spill)
+        await again.start()
+        await _eventually(lambda: _count_is(js, 3), timeout=30)
+        await again.stop()
+        assert not spill.exists()
+        # the ids were kept: JetStream stored each event once
+        sub = await js.pull_subscribe(subjects.USAGE_EVENT_WILDCARD, durable=None)
+        got = {UsageEvent.decode(m.data).id for m in await sub.fetch(3, timeout=5)}
+        assert got == {e.id for e in events}
+    finally:
+        await nc.close()
+        server.stop()
