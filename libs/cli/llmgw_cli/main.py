@@ -21,6 +21,14 @@ def _config_default() -> str:
     return os.environ.get("LLMGW_CONFIG", "llmgw.yaml")
 
 
+def _demo_port() -> int:
+    """18090 (or LLMGW_DEMO_PORT) unless something already listens there."""
+    from .infra import free_port, port_is_free
+
+    wanted = int(os.environ.get("LLMGW_DEMO_PORT", 18090))
+    return wanted if port_is_free(wanted) else free_port()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_stack
     from .starter import starter_config
@@ -28,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config_path = Path(args.config)
     if not config_path.exists():
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(starter_config(os.environ))
+        config_path.write_text(starter_config(os.environ, demo_port=_demo_port()))
         print(f"wrote a starter config to {config_path}", flush=True)
     from llmgw_common.config import ConfigError, load_config
 

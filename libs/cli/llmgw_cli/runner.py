@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llmgw_common.config import GatewayConfig, load_config
 
-from .infra import InfraError, NatsServer, RedisServer, free_port
+from .infra import InfraError, NatsServer, RedisServer, free_port, port_is_free
 
 SERVICES = ("pricing", "usage", "router", "edge", "ui-api")
 _COLOURS = {"nats": 90, "redis": 90, "demo": 36, "pricing": 35, "usage": 34, "router": 33, "edge": 32, "ui-api": 96}
@@ -116,6 +116,10 @@ class Stack:
 
     def start(self, ready_timeout: float = 60.0) -> None:
         config = load_config(self.config_path)
+        for what, port in (("gateway", self.edge_port), ("admin API", self.ui_port)):
+            if not port_is_free(port, self.host):
+                raise InfraError(f"port {port} for the {what} is already in use; choose another "
+                                 f"(--edge-port / --ui-port)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         nats_url = self.base_env.get("NATS_URL", "")
         if not nats_url:
