@@ -130,8 +130,10 @@ def machine_description() -> str:
     except OSError:
         pass
     wrk = _wrk_version()
+    # a busy machine skews everything: say how busy it was
+    load = f", load average {os.getloadavg()[0]:.2f} at the start" if hasattr(os, "getloadavg") else ""
     return (f"{os.cpu_count()} CPUs{cpu}, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}" + (f", {wrk}" if wrk else ""))
+            f"Python {platform.python_version()}" + (f", {wrk}" if wrk else "") + load)
 
 
 def _wrk_version() -> str:
@@ -238,7 +240,7 @@ def _wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
-    raise BenchError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+    raise BenchError(f"{url} did not answer 200 within {timeout_s:g}s")
 
 
 def _check_chat(url: str, headers: dict[str, str]) -> None:
@@ -322,10 +324,10 @@ def run_bench(args: argparse.Namespace) -> int:
         previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread: rely on the caller
         previous_sigterm = None
-    ok = False
+    keep_state = True  # for a post-mortem, unless the run ended normally or was interrupted
     try:
         code = _bench(args, state_dir, children)
-        ok = True
+        keep_state = False
         return code
     except BenchError as exc:
         print(f"\nbench failed: {exc}", file=sys.stderr)
@@ -333,16 +335,17 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"--- last lines of {log} ---\n{_tail(log)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        keep_state = False
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
         children.stop_all()
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-        if ok:
-            shutil.rmtree(state_dir, ignore_errors=True)
-        else:
+        if keep_state:
             print(f"state and logs kept in {state_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def _bench(args: argparse.Namespace, state_dir: Path, children: ChildProcesses) -> int:
@@ -351,6 +354,7 @@ def _bench(args: argparse.Namespace, state_dir: Path, children: ChildProcesses) 
     def say(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
 
+    machine = machine_description()  # before our processes add to the load average
     upstream_port = free_port()
     say(f"starting the demo provider on 127.0.0.1:{upstream_port}")
     upstream = children.start(
@@ -399,8 +403,7 @@ def _bench(args: argparse.Namespace, state_dir: Path, children: ChildProcesses) 
             say(f"  {result.requests_per_s:,.0f} req/s, p50 {_ms(result.p50_ms)}, p99 {_ms(result.p99_ms)}, "
                 f"errors {result.errors}")
 
-    section = results_section(runs, args.duration, args.warmup, dt.datetime.now(dt.timezone.utc),
-                              machine_description())
+    section = results_section(runs, args.duration, args.warmup, dt.datetime.now(dt.timezone.utc), machine)
     print("\n" + results_table(runs) + "\n")
     output = Path(args.output)
     write_results(output, section)

@@ -84,6 +84,7 @@ async def chat_completions(ctx: EdgeContext, raw: bytes) -> Response:
         if exc.status != 404:
             ctx.publish(outcome.event(exc.status, None, None, exc.message, None))
         raise
+    outcome.model = decision.model  # the logical name: windows and analytics group by it
     outcome.route_reason = "; ".join([f"{c.provider}: {c.reason}" for c in decision.candidates] +
                                      [f"{s.provider} skipped: {s.reason}" for s in decision.skipped])
     if req.stream:

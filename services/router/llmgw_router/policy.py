@@ -36,7 +36,7 @@ def resolve_targets(config: GatewayConfig, requested: str) -> tuple[str, list[Ta
         provider = config.provider(head)
         model = config.routing.aliases.get(tail, tail)
         m = provider.model(model) or next((x for x in provider.models if x.upstream_name == tail), None)
-        return requested, [Target(provider, m.name, m.upstream_name)] if m else []
+        return (m.name if m else requested), [Target(provider, m.name, m.upstream_name)] if m else []
     model = config.routing.aliases.get(requested, requested)
     targets = [Target(p, model, p.model(model).upstream_name) for p in config.providers if p.model(model)]
     return model, targets

@@ -1,0 +1,293 @@
+"""Pure domain logic of the usage service: no I/O, unit-tested without servers.
+
+- ``event_to_row``: a ``UsageEvent`` as a ``usage_events`` row (ClickHouse).
+- ``window_updates`` / ``window_script_args``: what one event adds to the Redis
+  sliding windows (layout in ``llmgw_common.windows``).
+- ``history_sql`` / ``history_rows``: the history query and its answer.
+- ``current_from_totals``: window totals as a ``UsageCurrent`` reply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Iterable, Sequence
+
+from llmgw_common.messages import HistoryRow, ScopeUsage, UsageCurrent, UsageEvent, UsageHistoryQuery, WindowTotals
+from llmgw_common.windows import (
+    KEY_PREFIX,
+    SCOPES_KEY,
+    SEEN_PREFIX,
+    SEEN_TTL_S,
+    WINDOWS,
+    Window,
+    model_scope,
+    nano_to_usd,
+    parse_scope,
+    provider_scope,
+    usd_to_nano,
+)
+
+# ---- ClickHouse rows --------------------------------------------------------
+
+TABLE = "usage_events"
+COLUMNS: tuple[str, ...] = (
+    "id", "ts", "request_id", "endpoint", "key_id", "provider", "model", "upstream_model", "stream",
+    "tokens_in", "tokens_out", "tokens_cached", "cost_usd", "latency_ms", "ttft_ms", "status", "error",
+    "attempts", "attempts_count", "route_reason", "schema_version",
+)
+
+# Decimal(18, 9): 9 digits after the point, 9 before.
+COST_QUANTUM = Decimal("0.000000001")
+COST_MAX = Decimal("999999999.999999999")
+_UINT64_MAX = 2**64 - 1
+
+
+def to_utc(dt: datetime) -> datetime:
+    """Aware UTC datetime; a naive one is taken to be UTC already (that is what every service sends)."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def clamp_cost(cost: Decimal) -> Decimal:
+    """Cost rounded to nano-USD and kept inside Decimal(18, 9), so one odd event cannot block an insert."""
+    if not cost.is_finite():
+        return Decimal(0).quantize(COST_QUANTUM)
+    if cost > COST_MAX:
+        return COST_MAX
+    if cost < -COST_MAX:
+        return -COST_MAX
+    return cost.quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def _uint(value: int, top: int = _UINT64_MAX) -> int:
+    return max(0, min(top, int(value)))
+
+
+def event_to_row(ev: UsageEvent) -> list[Any]:
+    """One ``usage_events`` row, in ``COLUMNS`` order. Absent strings become ''."""
+    attempts = [a.model_dump(mode="json") for a in ev.attempts]
+    return [
+        ev.id,
+        to_utc(ev.ts),
+        ev.request_id,
+        ev.endpoint,
+        ev.key_id or "",
+        ev.provider or "",
+        ev.model,
+        ev.upstream_model or "",
+        bool(ev.stream),
+        _uint(ev.tokens_in),
+        _uint(ev.tokens_out),
+        _uint(ev.tokens_cached),
+        clamp_cost(ev.cost_usd),
+        float(ev.latency_ms),
+        None if ev.ttft_ms is None else float(ev.ttft_ms),
+        _uint(ev.status, 65535),
+        ev.error,
+        json.dumps(attempts, separators=(",", ":")),
+        _uint(len(attempts), 255),
+        ev.route_reason,
+        _uint(ev.schema_version, 65535),
+    ]
+
+
+# what DateTime64(3) can hold, with a margin; an event outside it could never be inserted
+TS_MIN = datetime(1970, 1, 1, tzinfo=timezone.utc)
+TS_MAX = datetime(2200, 1, 1, tzinfo=timezone.utc)
+
+
+def rejection_reason(ev: UsageEvent) -> str | None:
+    """Why a decodable event can still never be stored (it is then terminated, not retried forever)."""
+    ts = to_utc(ev.ts)
+    if not TS_MIN <= ts < TS_MAX:
+        return f"timestamp {ts.isoformat()} out of range"
+    return None
+
+
+def dedupe(events: Iterable[UsageEvent]) -> list[UsageEvent]:
+    """First occurrence of every event id, order kept."""
+    seen: set[str] = set()
+    out: list[UsageEvent] = []
+    for ev in events:
+        if ev.id not in seen:
+            seen.add(ev.id)
+            out.append(ev)
+    return out
+
+
+# ---- Redis windows ----------------------------------------------------------
+
+def bucket_start(ts_s: int, bucket_s: int) -> int:
+    return ts_s - ts_s % bucket_s
+
+
+def bucket_key(scope: str, bucket_s: int, start: int) -> str:
+    return f"{KEY_PREFIX}{scope}:{bucket_s}:{start}"
+
+
+def bucket_expire_at(start: int, window: Window) -> int:
+    """The moment a bucket can no longer fall inside its window (the reader's precision is one bucket)."""
+    return start + window.seconds + window.bucket_s
+
+
+def event_scopes(ev: UsageEvent) -> list[str]:
+    """Scopes an event counts in: its provider and its (provider, model); none when nobody served it."""
+    if not ev.provider:
+        return []
+    return [provider_scope(ev.provider), model_scope(ev.provider, ev.model)]
+
+
+@dataclass(frozen=True)
+class BucketUpdate:
+    key: str
+    expire_at: int
+    tokens_in: int
+    tokens_out: int
+    cost_nano: int
+
+
+def window_updates(ev: UsageEvent, now_s: int) -> list[BucketUpdate]:
+    """Every bucket the event adds to (one request, its tokens, its cost), skipping buckets already expired.
+
+    An event stamped in the future (a producer's clock ahead of ours) counts
+    now: it already used the provider's capacity.
+    """
+    ts_s = min(math.floor(to_utc(ev.ts).timestamp()), now_s)
+    tin, tout = _uint(ev.tokens_in), _uint(ev.tokens_out)
+    cost = usd_to_nano(clamp_cost(ev.cost_usd))
+    updates: list[BucketUpdate] = []
+    for scope in event_scopes(ev):
+        for w in WINDOWS:
+            start = bucket_start(ts_s, w.bucket_s)
+            expire_at = bucket_expire_at(start, w)
+            if expire_at <= now_s:
+                continue
+            updates.append(BucketUpdate(bucket_key(scope, w.bucket_s, start), expire_at, tin, tout, cost))
+    return updates
+
+
+# Applies a batch of events to the windows atomically and idempotently.
+# ARGV: seen_ttl_s, scopes_key, then per event:
+#   seen_key, n_scopes, scope * n_scopes, n_buckets, (key, expire_at, tin, tout, cost) * n_buckets
+# An event whose seen key already exists (a redelivery or a replay) changes nothing.
+# Returns the number of events applied now.
+APPLY_EVENTS_LUA = """
+local ttl = tonumber(ARGV[1])
+local scopes_key = ARGV[2]
+local i = 3
+local applied = 0
+while i <= #ARGV do
+  local fresh = redis.call('SET', ARGV[i], '1', 'NX', 'EX', ttl)
+  local n_scopes = tonumber(ARGV[i + 1])
+  i = i + 2
+  if fresh then
+    applied = applied + 1
+    for s = 0, n_scopes - 1 do
+      redis.call('SADD', scopes_key, ARGV[i + s])
+    end
+  end
+  i = i + n_scopes
+  local n_buckets = tonumber(ARGV[i])
+  i = i + 1
+  if fresh then
+    for b = 0, n_buckets - 1 do
+      local j = i + b * 5
+      local key = ARGV[j]
+      redis.call('HINCRBY', key, 'req', 1)
+      redis.call('HINCRBY', key, 'tin', ARGV[j + 2])
+      redis.call('HINCRBY', key, 'tout', ARGV[j + 3])
+      redis.call('HINCRBY', key, 'cost', ARGV[j + 4])
+      redis.call('EXPIREAT', key, ARGV[j + 1])
+    end
+  end
+  i = i + n_buckets * 5
+end
+return applied
+"""
+
+
+def seen_key(event_id: str) -> str:
+    return f"{SEEN_PREFIX}{event_id}"
+
+
+def window_script_args(events: Sequence[UsageEvent], now_s: int) -> list[Any]:
+    """ARGV for ``APPLY_EVENTS_LUA``; events nobody served (no scope) are left out."""
+    args: list[Any] = [SEEN_TTL_S, SCOPES_KEY]
+    for ev in events:
+        scopes = event_scopes(ev)
+        if not scopes:
+            continue
+        updates = window_updates(ev, now_s)
+        args += [seen_key(ev.id), len(scopes), *scopes, len(updates)]
+        for u in updates:
+            args += [u.key, u.expire_at, u.tokens_in, u.tokens_out, u.cost_nano]
+    return args
+
+
+def current_from_totals(totals: dict[str, dict[str, dict[str, int]]], at: datetime) -> UsageCurrent:
+    """``WindowReader.read`` output as a ``UsageCurrent`` (cost back to USD), scopes sorted."""
+    scopes: list[ScopeUsage] = []
+    for scope in sorted(totals):
+        kind, provider, model = parse_scope(scope)
+        windows = {
+            name: WindowTotals(requests=t.get("req", 0), tokens_in=t.get("tin", 0), tokens_out=t.get("tout", 0),
+                               cost_usd=nano_to_usd(t.get("cost", 0)))
+            for name, t in totals[scope].items()
+        }
+        scopes.append(ScopeUsage(scope=kind, provider=provider, model=model, windows=windows))
+    return UsageCurrent(at=at, scopes=scopes)
+
+
+# ---- history ----------------------------------------------------------------
+
+def _ms(dt: datetime) -> int:
+    return int(to_utc(dt).timestamp() * 1000)
+
+
+def history_sql(q: UsageHistoryQuery) -> tuple[str, dict[str, Any]]:
+    """Bucketed totals per (bucket, provider, model) over ``usage_events FINAL`` (each event once)."""
+    where: list[str] = []
+    params: dict[str, Any] = {"bucket_s": int(q.bucket_s)}
+    if q.since is not None:
+        where.append("ts >= fromUnixTimestamp64Milli(toInt64({since_ms:Int64}), 'UTC')")
+        params["since_ms"] = _ms(q.since)
+    if q.until is not None:
+        where.append("ts < fromUnixTimestamp64Milli(toInt64({until_ms:Int64}), 'UTC')")
+        params["until_ms"] = _ms(q.until)
+    if q.provider is not None:
+        where.append("provider = {provider:String}")
+        params["provider"] = q.provider
+    if q.model is not None:
+        where.append("model = {model:String}")
+        params["model"] = q.model
+    sql = (
+        "SELECT toUnixTimestamp(toStartOfInterval(ts, toIntervalSecond({bucket_s:UInt32}))) AS bucket,"
+        " toString(provider) AS provider, toString(model) AS model,"
+        " count() AS requests, countIf(status >= 400) AS errors,"
+        " sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,"
+        " toString(sum(cost_usd)) AS cost_usd"
+        f" FROM {TABLE} FINAL"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " GROUP BY bucket, provider, model"
+        " ORDER BY bucket, provider, model"
+        f" LIMIT {int(q.limit)}"
+        # a duplicate always lands in the same monthly partition as its original (same ts)
+        " SETTINGS do_not_merge_across_partitions_select_final = 1"
+    )
+    return sql, params
+
+
+def history_rows(result_rows: Iterable[Sequence[Any]]) -> list[HistoryRow]:
+    rows: list[HistoryRow] = []
+    for bucket, provider, model, requests, errors, tin, tout, cost in result_rows:
+        rows.append(HistoryRow(
+            bucket=datetime.fromtimestamp(int(bucket), tz=timezone.utc),
+            provider=provider, model=model, requests=int(requests), errors=int(errors),
+            tokens_in=int(tin), tokens_out=int(tout), cost_usd=Decimal(str(cost)),
+        ))
+    return rows

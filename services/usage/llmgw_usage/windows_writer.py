@@ -1,0 +1,29 @@
+"""Redis adapter: applies usage events to the sliding windows with one
+EVALSHA per chunk of events (script registered once; redis-py falls back to
+EVAL + caching when the server lost its script cache, e.g. after a restart)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from llmgw_common.messages import UsageEvent
+
+from . import domain
+
+# keeps one script run short, so it never stalls Redis for the router
+CHUNK = 500
+
+
+class WindowWriter:
+    def __init__(self, redis):
+        self._script = redis.register_script(domain.APPLY_EVENTS_LUA)
+
+    async def apply(self, events: Sequence[UsageEvent], now_s: int) -> int:
+        """Apply events not applied before; returns how many were new."""
+        applied = 0
+        for i in range(0, len(events), CHUNK):
+            args = domain.window_script_args(events[i : i + CHUNK], now_s)
+            if len(args) <= 2:  # nothing with a scope in this chunk
+                continue
+            applied += int(await self._script(keys=[], args=args))
+        return applied

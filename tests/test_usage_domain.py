@@ -1,0 +1,249 @@
+"""Usage service, pure parts: row conversion, bucket math, Lua arguments, query building. No servers."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from llmgw_common.messages import Attempt, UsageEvent, UsageHistoryQuery
+from llmgw_common.windows import SCOPES_KEY, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
+from llmgw_usage import domain
+from llmgw_usage.consumer import consumer_config, max_ack_pending_for
+from llmgw_usage.schema import load_migrations, split_statements
+
+T0 = datetime(2025, 3, 14, 15, 9, 26, 535000, tzinfo=timezone.utc)
+T0_S = int(T0.timestamp())
+
+
+def _event(**kw) -> UsageEvent:
+    base = dict(id="01JTESTEVENT0000000000000A", ts=T0, request_id="req-1", provider="groq", model="llama",
+                upstream_model="llama-3.1-8b", tokens_in=120, tokens_out=30, tokens_cached=20,
+                cost_usd=Decimal("0.000123456"), latency_ms=250.5, ttft_ms=80.0, status=200)
+    base.update(kw)
+    return UsageEvent(**base)
+
+
+# ---- rows -------------------------------------------------------------------
+
+def test_event_to_row_follows_columns():
+    ev = _event(attempts=[Attempt(provider="a", upstream_model="m", status=503, error="upstream 503", latency_ms=10),
+                          Attempt(provider="groq", upstream_model="llama-3.1-8b", status=200, latency_ms=240)],
+                key_id="key-7", route_reason="free first", stream=True)
+    row = dict(zip(domain.COLUMNS, domain.event_to_row(ev)))
+    assert len(row) == len(domain.COLUMNS)
+    assert row["id"] == ev.id and row["request_id"] == "req-1"
+    assert row["ts"] == T0 and row["ts"].tzinfo is not None
+    assert row["provider"] == "groq" and row["model"] == "llama" and row["upstream_model"] == "llama-3.1-8b"
+    assert row["key_id"] == "key-7" and row["stream"] is True
+    assert (row["tokens_in"], row["tokens_out"], row["tokens_cached"]) == (120, 30, 20)
+    assert row["cost_usd"] == Decimal("0.000123456")
+    assert row["ttft_ms"] == 80.0 and row["status"] == 200 and row["error"] is None
+    assert row["attempts_count"] == 2
+    attempts = json.loads(row["attempts"])
+    assert attempts[0] == {"provider": "a", "upstream_model": "m", "status": 503, "error": "upstream 503",
+                           "latency_ms": 10.0}
+    assert row["route_reason"] == "free first" and row["schema_version"] == 1
+
+
+def test_event_to_row_absent_values():
+    ev = _event(provider=None, upstream_model=None, key_id=None, ttft_ms=None, status=502, error="no provider")
+    row = dict(zip(domain.COLUMNS, domain.event_to_row(ev)))
+    assert row["provider"] == "" and row["upstream_model"] == "" and row["key_id"] == ""
+    assert row["ttft_ms"] is None and row["error"] == "no provider"
+    assert row["attempts"] == "[]" and row["attempts_count"] == 0
+
+
+def test_event_to_row_naive_timestamp_is_utc_and_values_are_clamped():
+    ev = _event(ts=datetime(2025, 1, 1, 12, 0, 0), tokens_in=-5, cost_usd=Decimal("1e12"))
+    row = dict(zip(domain.COLUMNS, domain.event_to_row(ev)))
+    assert row["ts"] == datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert row["tokens_in"] == 0
+    assert row["cost_usd"] == domain.COST_MAX
+
+
+def test_event_to_row_converts_other_timezones():
+    cet = timezone(timedelta(hours=1))
+    row = dict(zip(domain.COLUMNS, domain.event_to_row(_event(ts=datetime(2025, 1, 1, 13, 0, tzinfo=cet)))))
+    assert row["ts"] == datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+    assert row["ts"].utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("cost, expected", [
+    (Decimal("0.0000000014"), Decimal("0.000000001")),
+    (Decimal("0.0000000015"), Decimal("0.000000002")),
+    (Decimal("-2"), Decimal("-2.000000000")),
+    (Decimal("NaN"), Decimal("0")),
+])
+def test_clamp_cost(cost, expected):
+    assert domain.clamp_cost(cost) == expected
+
+
+def test_dedupe_keeps_first_of_each_id():
+    a, b = _event(id="A"), _event(id="B")
+    assert [e.id for e in domain.dedupe([a, b, _event(id="A", tokens_in=1)])] == ["A", "B"]
+    assert domain.dedupe([a, b, a])[0] is a
+
+
+# ---- windows ----------------------------------------------------------------
+
+@pytest.mark.parametrize("ts, bucket, start", [(0, 5, 0), (4, 5, 0), (5, 5, 5), (1_700_000_123, 60, 1_700_000_100),
+                                               (1_700_000_123, 900, 1_700_000_100), (1_700_000_999, 900, 1_700_000_100)])
+def test_bucket_start(ts, bucket, start):
+    assert domain.bucket_start(ts, bucket) == start
+    assert start % bucket == 0 and 0 <= ts - start < bucket
+
+
+def test_window_updates_for_a_fresh_event():
+    ev = _event()
+    updates = domain.window_updates(ev, now_s=T0_S + 1)
+    assert len(updates) == 2 * len(WINDOWS)
+    keys = {u.key for u in updates}
+    for scope in (provider_scope("groq"), model_scope("groq", "llama")):
+        for w in WINDOWS:
+            start = T0_S - T0_S % w.bucket_s
+            assert f"llmgw:w:{scope}:{w.bucket_s}:{start}" in keys
+    by_key = {u.key: u for u in updates}
+    minute = by_key[f"llmgw:w:p:groq:5:{T0_S - T0_S % 5}"]
+    assert minute.expire_at == T0_S - T0_S % 5 + 60 + 5
+    assert (minute.tokens_in, minute.tokens_out, minute.cost_nano) == (120, 30, 123_456)
+
+
+def test_window_updates_skip_expired_buckets():
+    ev = _event()
+    # two hours later: the minute and hour buckets can no longer count, the day bucket still does
+    updates = domain.window_updates(ev, now_s=T0_S + 7200)
+    assert {u.key.split(":")[-2] for u in updates} == {"900"}
+    # two days later: nothing
+    assert domain.window_updates(ev, now_s=T0_S + 2 * 86400) == []
+    # exactly at the expiry moment the bucket is skipped; one second before it is kept
+    start = T0_S - T0_S % 5
+    assert any(u.key.endswith(f":5:{start}") for u in domain.window_updates(ev, now_s=start + 64))
+    assert not any(u.key.endswith(f":5:{start}") for u in domain.window_updates(ev, now_s=start + 65))
+
+
+def test_events_nobody_served_touch_no_window():
+    ev = _event(provider=None, status=503)
+    assert domain.event_scopes(ev) == []
+    assert domain.window_updates(ev, T0_S) == []
+    assert domain.window_script_args([ev], T0_S) == [SEEN_TTL_S, SCOPES_KEY]
+
+
+def test_window_script_args_layout():
+    a, b = _event(id="A"), _event(id="B", provider="openai", model="gpt")
+    args = domain.window_script_args([a, b], now_s=T0_S)
+    assert args[:2] == [SEEN_TTL_S, SCOPES_KEY]
+    i = 2
+    for ev, scopes in ((a, ["p:groq", "m:groq/llama"]), (b, ["p:openai", "m:openai/gpt"])):
+        assert args[i] == f"llmgw:seen:{ev.id}"
+        assert args[i + 1] == 2 and args[i + 2 : i + 4] == scopes
+        n = args[i + 4]
+        assert n == 6
+        block = args[i + 5 : i + 5 + 5 * n]
+        assert all(k.startswith("llmgw:w:") for k in block[0::5])
+        assert block[2::5] == [120] * n and block[4::5] == [123_456] * n
+        i += 5 + 5 * n
+    assert i == len(args)
+
+
+def test_current_from_totals():
+    totals = {
+        "p:groq": {"minute": {"req": 2, "tin": 10, "tout": 5, "cost": 1_500_000_000},
+                   "hour": {"req": 3, "tin": 11, "tout": 6, "cost": 1}, "day": {"req": 3, "tin": 11, "tout": 6, "cost": 1}},
+        "m:groq/llama/3": {"minute": {"req": 1, "tin": 1, "tout": 1, "cost": 0}},
+    }
+    cur = domain.current_from_totals(totals, at=T0)
+    assert [s.scope for s in cur.scopes] == ["model", "provider"]
+    model, prov = cur.scopes
+    assert (model.provider, model.model) == ("groq", "llama/3")
+    assert prov.provider == "groq" and prov.model is None
+    assert prov.windows["minute"].requests == 2 and prov.windows["minute"].cost_usd == Decimal("1.5")
+    assert prov.windows["hour"].cost_usd == Decimal("0.000000001")
+    assert cur.at == T0
+
+
+# ---- history ----------------------------------------------------------------
+
+def test_history_sql_without_filters():
+    sql, params = domain.history_sql(UsageHistoryQuery())
+    assert "usage_events FINAL" in sql and "WHERE" not in sql
+    assert "toStartOfInterval" in sql and "countIf(status >= 400)" in sql
+    assert params == {"bucket_s": 60}
+    assert "LIMIT 10000" in sql
+
+
+def test_history_sql_with_filters():
+    since = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    q = UsageHistoryQuery(since=since, until=since + timedelta(hours=1), bucket_s=300, provider="groq",
+                          model="llama'; DROP TABLE x", limit=5)
+    sql, params = domain.history_sql(q)
+    assert "DROP" not in sql  # values travel as bound parameters
+    assert params["since_ms"] == int(since.timestamp() * 1000)
+    assert params["until_ms"] - params["since_ms"] == 3_600_000
+    assert params["provider"] == "groq" and params["model"].startswith("llama'")
+    assert params["bucket_s"] == 300 and "LIMIT 5 " in sql
+    assert "ts >= " in sql and "ts < " in sql and "provider = {provider:String}" in sql
+
+
+def test_history_rows():
+    rows = domain.history_rows([(1_700_000_100, "groq", "llama", 3, 1, 30, 12, "0.000000123")])
+    r = rows[0]
+    assert r.bucket == datetime.fromtimestamp(1_700_000_100, tz=timezone.utc)
+    assert (r.provider, r.model, r.requests, r.errors, r.tokens_in, r.tokens_out) == ("groq", "llama", 3, 1, 30, 12)
+    assert r.cost_usd == Decimal("0.000000123")
+
+
+# ---- schema and consumer config ---------------------------------------------
+
+def test_split_statements():
+    sql = "-- comment\nCREATE TABLE a\n(\n  x UInt8\n)\nENGINE = Memory;\n\nALTER TABLE a ADD COLUMN y UInt8;\nSELECT 1"
+    assert split_statements(sql) == ["CREATE TABLE a\n(\n  x UInt8\n)\nENGINE = Memory",
+                                     "ALTER TABLE a ADD COLUMN y UInt8", "SELECT 1"]
+
+
+def test_bundled_migrations_are_numbered_in_order():
+    migs = load_migrations()
+    assert [m.version for m in migs] == list(range(1, len(migs) + 1))
+    assert migs[0].name == "usage_events"
+    ddl = migs[0].statements()[0]
+    for needle in ("ReplacingMergeTree", "PARTITION BY toYYYYMM(ts)", "Decimal(18, 9)", "DateTime64(3, 'UTC')",
+                   "attempts_count  UInt8", "ttft_ms         Nullable(Float64)", "LowCardinality(String)"):
+        assert needle in ddl
+
+
+def test_load_migrations_rejects_duplicate_versions(tmp_path):
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "0001_b.sql").write_text("SELECT 2;")
+    (tmp_path / "notes.txt").write_text("ignored")
+    with pytest.raises(ValueError, match="0001"):
+        load_migrations(tmp_path)
+
+
+def test_load_migrations_sorts_by_version(tmp_path):
+    (tmp_path / "0010_later.sql").write_text("SELECT 10;")
+    (tmp_path / "0002_sooner.sql").write_text("SELECT 2;")
+    assert [(m.version, m.name) for m in load_migrations(tmp_path)] == [(2, "sooner"), (10, "later")]
+
+
+def test_consumer_config_is_durable_explicit_ack_and_bounded():
+    cfg = consumer_config(1000)
+    assert cfg.durable_name == cfg.name == "usage-projector"
+    assert cfg.ack_policy.value == "explicit" and cfg.ack_wait == 30.0
+    assert cfg.filter_subject == "llmgw.usage.event.>"
+    assert max_ack_pending_for(1) == 1000
+    assert max_ack_pending_for(1000) == 4000
+    assert max_ack_pending_for(100_000) == 400_000
+
+
+def test_future_events_count_now():
+    ev = _event(ts=T0 + timedelta(minutes=10))
+    keys = {u.key for u in domain.window_updates(ev, now_s=T0_S)}
+    assert f"llmgw:w:p:groq:5:{T0_S - T0_S % 5}" in keys
+
+
+def test_rejection_reason():
+    assert domain.rejection_reason(_event()) is None
+    assert "out of range" in domain.rejection_reason(_event(ts=datetime(1, 1, 1, tzinfo=timezone.utc)))
+    assert "out of range" in domain.rejection_reason(_event(ts=datetime(2500, 1, 1, tzinfo=timezone.utc)))

@@ -1,0 +1,600 @@
+"""Usage service against real servers: nats-server (JetStream), Redis, ClickHouse (chDB or a server).
+
+Every test gets the usage stream purged, the durable consumer deleted, the
+window keys removed and its own chDB directory; provider and model names are
+unique per test, so a shared ClickHouse server (CLICKHOUSE_URL) works too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import nats.errors
+import pytest
+from nats.js.errors import NotFoundError
+
+from llmgw_common import subjects
+from llmgw_common.clickhouse_conn import connect_clickhouse
+from llmgw_common.config import GatewayConfig, UsageConfig
+from llmgw_common.messages import (
+    Attempt,
+    UsageCurrent,
+    UsageCurrentQuery,
+    UsageEvent,
+    UsageHistory,
+    UsageHistoryQuery,
+)
+from llmgw_common.nats_conn import RemoteError, connect_nats, ensure_usage_stream, request
+from llmgw_common.redis_conn import connect_redis
+from llmgw_common.windows import SCOPES_KEY, WindowReader, model_scope, provider_scope
+from llmgw_usage.consumer import UsageConsumer
+from llmgw_usage.handlers import BatchProcessor
+from llmgw_usage.main import UsageSettings, serve
+from llmgw_usage.schema import apply_migrations, load_migrations
+from llmgw_usage.store import ClickHouseStore
+from llmgw_usage.windows_writer import WindowWriter
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_S = 90.0  # generous: 2 cores shared with other test runs
+
+
+# ---- fixtures and helpers ---------------------------------------------------
+
+@dataclass
+class Env:
+    infra: object
+    nc: object
+    js: object
+    redis: object
+    state_dir: Path
+
+    def settings(self, state_dir: Path | None = None) -> UsageSettings:
+        d = state_dir or self.state_dir
+        return UsageSettings(nats_url=self.infra.nats_url, redis_url=self.infra.redis_url,
+                             clickhouse_url=self.infra.clickhouse_url, state_dir=d,
+                             config_path=d / "absent.yaml")
+
+
+async def _delete_window_keys(redis) -> None:
+    for pattern in ("llmgw:w:*", "llmgw:seen:*"):
+        batch = []
+        async for key in redis.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                await redis.delete(*batch)
+                batch = []
+        if batch:
+            await redis.delete(*batch)
+    await redis.delete(SCOPES_KEY)
+
+
+async def _reset_stream(js) -> None:
+    await ensure_usage_stream(js, max_age_s=86400, max_bytes=256 * 1024**2)
+    await js.purge_stream(subjects.USAGE_STREAM)
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(subjects.USAGE_STREAM, subjects.USAGE_CONSUMER)
+
+
+@pytest.fixture
+async def env(infra, tmp_path):
+    nc = await connect_nats(infra.nats_url, "test-usage")
+    js = nc.jetstream()
+    redis = connect_redis(infra.redis_url)
+    await _reset_stream(js)
+    await _delete_window_keys(redis)
+    yield Env(infra, nc, js, redis, tmp_path / "state")
+    await redis.aclose()
+    await nc.close()
+
+
+def _config(batch_size: int = 50) -> GatewayConfig:
+    return GatewayConfig(usage=UsageConfig(batch_size=batch_size, batch_wait_s=0.2))
+
+
+@contextlib.asynccontextmanager
+async def running_usage(env: Env, config: GatewayConfig | None = None, state_dir: Path | None = None):
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(env.settings(state_dir), config or _config(), stop))
+    try:
+        await _wait_ready(env.nc, task)
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+
+
+async def _wait_ready(nc, task: asyncio.Task) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        if task.done():
+            task.result()  # raises the start-up error
+            raise AssertionError("usage service ended during start-up")
+        try:
+            await request(nc, subjects.USAGE_QUERY_CURRENT, UsageCurrentQuery(), UsageCurrent, timeout=2)
+            return
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def _publish(js, ev: UsageEvent, msg_id: str | None = None) -> None:
+    subject = subjects.usage_event_subject(ev.provider or "none")
+    await js.publish(subject, ev.encode(), headers={"Nats-Msg-Id": msg_id or ev.id})
+
+
+async def _wait_caught_up(js) -> None:
+    """Until the durable consumer has every stream message delivered and acknowledged (or terminated)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        stream = await js.stream_info(subjects.USAGE_STREAM)
+        try:
+            info = await js.consumer_info(subjects.USAGE_STREAM, subjects.USAGE_CONSUMER)
+            if (info.num_pending == 0 and info.num_ack_pending == 0
+                    and info.ack_floor.stream_seq >= stream.state.last_seq):
+                return
+        except NotFoundError:
+            pass
+        assert time.monotonic() < deadline, "usage consumer did not catch up"
+        await asyncio.sleep(0.1)
+
+
+async def _current(nc) -> UsageCurrent:
+    return await request(nc, subjects.USAGE_QUERY_CURRENT, UsageCurrentQuery(), UsageCurrent, timeout=10)
+
+
+async def _history(nc, **kw) -> UsageHistory:
+    return await request(nc, subjects.USAGE_QUERY_HISTORY, UsageHistoryQuery(**kw), UsageHistory, timeout=30)
+
+
+def _scope(cur: UsageCurrent, provider: str, model: str | None = None):
+    for s in cur.scopes:
+        if s.provider == provider and s.model == model:
+            return s
+    return None
+
+
+def _uniq(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _event(provider: str | None, model: str, **kw) -> UsageEvent:
+    kw.setdefault("status", 200)
+    return UsageEvent(request_id=_uniq("req"), provider=provider, model=model, upstream_model=model, **kw)
+
+
+@contextlib.contextmanager
+def _clickhouse(env: Env, state_dir: Path | None = None):
+    """A direct client on the service's ClickHouse (only while the service is stopped, for chDB)."""
+    client = connect_clickhouse(env.infra.clickhouse_url, (state_dir or env.state_dir) / "clickhouse")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# ---- schema -----------------------------------------------------------------
+
+def test_migrations_applied_once_and_recorded(infra, tmp_path):
+    migs = load_migrations()
+    with contextlib.closing(connect_clickhouse(infra.clickhouse_url, tmp_path / "ch")) as client:
+        first = apply_migrations(client)
+        if not infra.clickhouse_url:  # a fresh chDB directory: everything is new
+            assert first == [m.version for m in migs]
+        assert apply_migrations(client) == []
+        rows = client.query("SELECT version, name, count() AS n, min(applied_at) FROM schema_migrations"
+                            " GROUP BY version, name ORDER BY version").result_rows
+        assert [(r[0], r[1], r[2]) for r in rows] == [(m.version, m.name, 1) for m in migs]
+        assert all(r[3] is not None for r in rows)
+        engine = client.query("SELECT engine, partition_key, sorting_key FROM system.tables"
+                              " WHERE database = currentDatabase() AND name = 'usage_events'").result_rows
+        assert engine == [("ReplacingMergeTree", "toYYYYMM(ts)", "toDate(ts), id")]
+
+
+async def test_store_reopen_applies_nothing_new(infra, tmp_path):
+    store = ClickHouseStore(infra.clickhouse_url, tmp_path / "ch")
+    await store.open()
+    await store.close()
+    again = ClickHouseStore(infra.clickhouse_url, tmp_path / "ch")
+    assert await again.open() == []
+    rows = await again.query("SELECT count() FROM schema_migrations FINAL")
+    assert rows == [(len(load_migrations()),)]
+    await again.close()
+
+
+# ---- the projection, without the consumer -----------------------------------
+
+class RecordingMsg:
+    """A JetStream message as the processor sees it; records what it was answered."""
+
+    def __init__(self, data: bytes, subject: str = "llmgw.usage.event.test"):
+        self.data, self.subject = data, subject
+        self.acks = self.naks = self.terms = 0
+
+    async def ack(self):
+        self.acks += 1
+
+    async def nak(self, delay=None):
+        self.naks += 1
+
+    async def term(self):
+        self.terms += 1
+
+
+async def test_batch_applied_twice_counts_once(env, tmp_path):
+    provider, model = _uniq("prov"), _uniq("model")
+    events = [_event(provider, model, tokens_in=10, tokens_out=2, cost_usd=Decimal("0.000001")) for _ in range(3)]
+    store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")
+    await store.open()
+    try:
+        processor = BatchProcessor(store, WindowWriter(env.redis))
+        first = [RecordingMsg(ev.encode()) for ev in events]
+        r1 = await processor.process(first)
+        assert (r1.stored, r1.applied, r1.terminated, r1.failed) == (3, 3, 0, False)
+        second = [RecordingMsg(ev.encode()) for ev in events] + [RecordingMsg(events[0].encode())]
+        r2 = await processor.process(second)
+        assert (r2.stored, r2.applied, r2.failed) == (3, 0, False)
+        assert all(m.acks == 1 and m.naks == 0 and m.terms == 0 for m in first + second)
+
+        final = await store.query("SELECT count(), sum(tokens_in), sum(cost_usd) FROM usage_events FINAL"
+                                  " WHERE provider = {p:String}", {"p": provider})
+        assert final == [(3, 30, Decimal("0.000003"))]
+        raw = await store.query("SELECT count() FROM usage_events WHERE provider = {p:String}", {"p": provider})
+        assert raw[0][0] in (3, 6)  # stored twice until a merge collapses them; FINAL counts once either way
+
+        totals = await WindowReader(env.redis).read([provider_scope(provider), model_scope(provider, model)],
+                                                    int(time.time()))
+        for scope in (provider_scope(provider), model_scope(provider, model)):
+            assert totals[scope]["hour"] == {"req": 3, "tin": 30, "tout": 6, "cost": 3000}
+            assert totals[scope]["day"] == {"req": 3, "tin": 30, "tout": 6, "cost": 3000}
+        assert {provider_scope(provider), model_scope(provider, model)} <= await env.redis.smembers(SCOPES_KEY)
+        ttl = await env.redis.ttl(f"llmgw:seen:{events[0].id}")
+        assert 0 < ttl <= 86400 + 3600
+    finally:
+        await store.close()
+
+
+async def test_batch_not_acked_when_clickhouse_fails(env, tmp_path):
+    store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")
+    await store.open()
+    await store.close()  # ClickHouse gone: the batch must be redelivered, not acknowledged
+    provider = _uniq("prov")
+    ancient = _event(provider, "m", ts=datetime(1, 1, 1, tzinfo=timezone.utc))  # could never be inserted
+    msgs = [RecordingMsg(_event(provider, "m").encode()), RecordingMsg(b"\xff garbage"), RecordingMsg(ancient.encode())]
+    result = await BatchProcessor(store, WindowWriter(env.redis)).process(msgs)
+    assert result.failed and result.terminated == 2
+    assert (msgs[0].acks, msgs[0].naks) == (0, 1)
+    assert all((m.terms, m.acks, m.naks) == (1, 0, 0) for m in msgs[1:])
+    assert await env.redis.smembers(SCOPES_KEY) == set()  # nothing reached the windows
+
+
+# ---- the running service ----------------------------------------------------
+
+async def test_events_reach_clickhouse_and_windows(env):
+    p1, p2, model = _uniq("prov"), _uniq("prov"), _uniq("model")
+    events = []
+    for i in range(12):
+        events.append(_event(p1, model, tokens_in=100 + i, tokens_out=10, cost_usd=Decimal("0.000250001"),
+                             key_id="key-a", ttft_ms=12.5,
+                             attempts=[Attempt(provider=p1, upstream_model=model, status=200, latency_ms=5)]))
+    for i in range(5):
+        events.append(_event(p2, model, tokens_in=7, tokens_out=3, cost_usd=Decimal("0"), status=200 if i else 500,
+                             error=None if i else "upstream error"))
+    nobody = _event(None, model, status=503, error="no provider available")
+    events.append(nobody)
+
+    async with running_usage(env):
+        published_at = time.monotonic()
+        for ev in events:
+            await _publish(env.js, ev)
+        await _wait_caught_up(env.js)
+
+        hist = await _history(env.nc, model=model, bucket_s=86400)
+        by_provider = {}
+        for row in hist.rows:
+            agg = by_provider.setdefault(row.provider, [0, 0, 0, 0, Decimal(0)])
+            for i, v in enumerate((row.requests, row.errors, row.tokens_in, row.tokens_out, row.cost_usd)):
+                agg[i] += v
+        assert by_provider[p1] == [12, 0, sum(100 + i for i in range(12)), 120, Decimal("0.003000012")]
+        assert by_provider[p2] == [5, 1, 35, 15, Decimal("0")]
+        assert by_provider[""] == [1, 1, 0, 0, Decimal("0")]  # stored although nobody served it
+
+        cur = await _current(env.nc)
+        elapsed = time.monotonic() - published_at
+        for scope in (_scope(cur, p1), _scope(cur, p1, model)):
+            assert scope is not None
+            for name in ("hour", "day"):
+                w = scope.windows[name]
+                assert (w.requests, w.tokens_in, w.tokens_out) == (12, sum(100 + i for i in range(12)), 120)
+                assert w.cost_usd == Decimal("0.003000012")
+            if elapsed < 50:  # the minute window may legitimately have moved on on a very slow machine
+                assert scope.windows["minute"].requests == 12
+        p2_scope = _scope(cur, p2)
+        assert p2_scope.scope == "provider" and p2_scope.windows["day"].requests == 5
+        assert _scope(cur, p2, model).scope == "model"
+        assert all(s.provider for s in cur.scopes)  # the unserved event counts in no scope
+
+    with _clickhouse(env) as ch:
+        rows = ch.query("SELECT provider, key_id, attempts_count, attempts, ttft_ms, cost_usd, ts FROM usage_events"
+                        " FINAL WHERE id = {id:String}", parameters={"id": events[0].id}).result_rows
+        assert len(rows) == 1
+        provider, key_id, n_attempts, attempts, ttft, cost, ts = rows[0]
+        assert (provider, key_id, n_attempts, ttft, cost) == (p1, "key-a", 1, 12.5, Decimal("0.000250001"))
+        assert f'"provider":"{p1}"' in attempts
+        assert abs(ts.replace(tzinfo=timezone.utc) - events[0].ts) < timedelta(milliseconds=1)
+        err = ch.query("SELECT provider, status, error FROM usage_events FINAL WHERE id = {id:String}",
+                       parameters={"id": nobody.id}).result_rows
+        assert err == [("", 503, "no provider available")]
+
+
+async def test_redelivered_and_replayed_events_count_once(env):
+    provider, model = _uniq("prov"), _uniq("model")
+    ev = _event(provider, model, tokens_in=40, tokens_out=4, cost_usd=Decimal("0.5"))
+    other = _event(provider, model, tokens_in=1, tokens_out=1, cost_usd=Decimal("0.25"))
+
+    async def check():
+        hist = await _history(env.nc, provider=provider, bucket_s=86400)
+        assert sum(r.requests for r in hist.rows) == 2
+        assert sum(r.tokens_in for r in hist.rows) == 41
+        assert sum(r.cost_usd for r in hist.rows) == Decimal("0.75")
+        day = _scope(await _current(env.nc), provider).windows["day"]
+        assert (day.requests, day.tokens_in, day.cost_usd) == (2, 41, Decimal("0.75"))
+
+    async with running_usage(env):
+        await _publish(env.js, ev)
+        await _publish(env.js, other)
+        await _wait_caught_up(env.js)
+        # the same event again under another Nats-Msg-Id: JetStream stores it a second time
+        await _publish(env.js, ev, msg_id=_uniq("retry"))
+        await _wait_caught_up(env.js)
+        stream = await env.js.stream_info(subjects.USAGE_STREAM)
+        assert stream.state.messages == 3
+        await check()
+
+    # replay: a new consumer reads the whole stream again into the same projections
+    await env.js.delete_consumer(subjects.USAGE_STREAM, subjects.USAGE_CONSUMER)
+    async with running_usage(env):
+        await _wait_caught_up(env.js)
+        await check()
+
+    with _clickhouse(env) as ch:
+        final = ch.query("SELECT count() FROM usage_events FINAL WHERE provider = {p:String}",
+                         parameters={"p": provider}).result_rows
+        raw = ch.query("SELECT count() FROM usage_events WHERE provider = {p:String}",
+                       parameters={"p": provider}).result_rows
+        assert final == [(2,)]
+        assert raw[0][0] >= 2
+
+
+async def test_malformed_messages_are_terminated_and_do_not_block(env):
+    provider, model = _uniq("prov"), _uniq("model")
+    subject = subjects.usage_event_subject(provider)
+    good = [_event(provider, model, tokens_in=1) for _ in range(4)]
+    async with running_usage(env):
+        await _publish(env.js, good[0])
+        await env.js.publish(subject, b"{not json at all", headers={"Nats-Msg-Id": _uniq("bad")})
+        await env.js.publish(subject, b'{"model": "x", "status": "not-a-number"}', headers={"Nats-Msg-Id": _uniq("bad")})
+        await env.js.publish(subject, b"", headers={"Nats-Msg-Id": _uniq("bad")})
+        for ev in good[1:]:
+            await _publish(env.js, ev)
+        await _wait_caught_up(env.js)
+        hist = await _history(env.nc, provider=provider, bucket_s=86400)
+        assert sum(r.requests for r in hist.rows) == 4
+        info = await env.js.consumer_info(subjects.USAGE_STREAM, subjects.USAGE_CONSUMER)
+        stream = await env.js.stream_info(subjects.USAGE_STREAM)
+        assert stream.state.messages == 7
+        assert info.num_ack_pending == 0 and info.num_redelivered == 0
+        assert info.delivered.stream_seq == info.ack_floor.stream_seq == stream.state.last_seq
+
+
+async def test_history_buckets_and_filters(env):
+    pa, pb, m1, m2 = _uniq("prov"), _uniq("prov"), _uniq("model"), _uniq("model")
+    now = int(time.time())
+    base = now - now % 3600 - 3 * 3600  # an hour boundary, 3 to 4 hours ago
+
+    def at(offset_s: int, **kw) -> UsageEvent:
+        return _event(kw.pop("provider", pa), kw.pop("model", m1),
+                      ts=datetime.fromtimestamp(base + offset_s, tz=timezone.utc), **kw)
+
+    events = [
+        at(10, tokens_in=1, tokens_out=1, cost_usd=Decimal("0.1")),
+        at(50, tokens_in=2, tokens_out=2, cost_usd=Decimal("0.2"), status=500),
+        at(70, tokens_in=3, tokens_out=3, cost_usd=Decimal("0.3")),
+        at(3600 + 5, tokens_in=4, tokens_out=4, cost_usd=Decimal("0.4"), status=429),
+        at(15, model=m2, tokens_in=5, tokens_out=5, cost_usd=Decimal("0.5")),
+        at(20, provider=pb, model=m1, tokens_in=6, tokens_out=6, cost_usd=Decimal("0.6")),
+    ]
+    async with running_usage(env):
+        for ev in events:
+            await _publish(env.js, ev)
+        await _wait_caught_up(env.js)
+
+        def ts(offset):
+            return datetime.fromtimestamp(base + offset, tz=timezone.utc)
+
+        minute = await _history(env.nc, provider=pa, model=m1, bucket_s=60)
+        assert [(r.bucket, r.requests, r.errors, r.tokens_in, r.cost_usd) for r in minute.rows] == [
+            (ts(0), 2, 1, 3, Decimal("0.3")),
+            (ts(60), 1, 0, 3, Decimal("0.3")),
+            (ts(3600), 1, 1, 4, Decimal("0.4")),
+        ]
+        hourly = await _history(env.nc, provider=pa, bucket_s=3600)
+        assert [(r.bucket, r.model, r.requests, r.tokens_out) for r in hourly.rows] == sorted([
+            (ts(0), m1, 3, 6), (ts(0), m2, 1, 5), (ts(3600), m1, 1, 4)])
+        windowed = await _history(env.nc, provider=pa, model=m1, bucket_s=60, since=ts(60), until=ts(3600))
+        assert [(r.bucket, r.requests) for r in windowed.rows] == [(ts(60), 1)]
+        by_model = await _history(env.nc, model=m1, bucket_s=86400, since=ts(0), until=ts(7200))
+        assert {(r.provider, r.requests) for r in by_model.rows} == {(pa, 4), (pb, 1)}
+        limited = await _history(env.nc, provider=pa, model=m1, bucket_s=60, limit=2)
+        assert len(limited.rows) == 2
+
+        # three hours old: only the day window still holds them
+        scope = _scope(await _current(env.nc), pa)
+        assert scope.windows["minute"].requests == 0 and scope.windows["hour"].requests == 0
+        assert scope.windows["day"].requests == 5 and scope.windows["day"].cost_usd == Decimal("1.5")
+
+
+async def test_bad_queries_get_400(env):
+    async with running_usage(env):
+        with pytest.raises(RemoteError) as err:
+            await _history(env.nc, bucket_s=86400, since=datetime.now(timezone.utc),
+                           until=datetime.now(timezone.utc) - timedelta(hours=1))
+        assert err.value.status == 400
+        for body in (b"{not json", b'{"bucket_s": 5}', b'{"limit": 0}', b"[]"):
+            resp = await env.nc.request(subjects.USAGE_QUERY_HISTORY, body, timeout=10)
+            assert resp.headers["Nats-Service-Error-Code"] == "400", body
+            assert "Traceback" not in resp.headers["Nats-Service-Error"]
+        resp = await env.nc.request(subjects.USAGE_QUERY_CURRENT, b"{nope", timeout=10)
+        assert resp.headers["Nats-Service-Error-Code"] == "400"
+        # an empty body is a valid (default) query
+        empty = await env.nc.request(subjects.USAGE_QUERY_HISTORY, b"", timeout=30)
+        assert not (empty.headers or {}).get("Nats-Service-Error-Code")
+        UsageHistory.decode(empty.data)
+
+
+async def test_two_replicas_share_the_work(env, tmp_path):
+    if not env.infra.clickhouse_url:
+        pytest.skip("two replicas need a ClickHouse server (one chDB directory belongs to one process)")
+    provider = _uniq("prov")
+    async with running_usage(env, state_dir=tmp_path / "r1"), running_usage(env, state_dir=tmp_path / "r2"):
+        for _ in range(40):
+            await _publish(env.js, _event(provider, "m"))
+        await _wait_caught_up(env.js)
+        hist = await _history(env.nc, provider=provider, bucket_s=86400)
+        assert sum(r.requests for r in hist.rows) == 40
+        assert _scope(await _current(env.nc), provider).windows["day"].requests == 40
+
+
+async def test_consumers_sharing_the_durable_split_the_work(env, tmp_path):
+    """Two consumer loops on the one durable consumer (as two replicas would run): every event counted once."""
+    provider = _uniq("prov")
+    store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")
+    await store.open()
+    consumers = []
+    try:
+        for _ in range(2):
+            c = UsageConsumer(env.js, BatchProcessor(store, WindowWriter(env.redis)), batch_size=7, batch_wait_s=0.2)
+            await c.start()
+            consumers.append(c)
+        for i in range(120):
+            await _publish(env.js, _event(provider, "m", tokens_in=i))
+        await _wait_caught_up(env.js)
+    finally:
+        for c in consumers:
+            await c.stop()
+    assert sum(c.batches for c in consumers) >= 120 // 7
+    rows = await store.query("SELECT count(), sum(tokens_in) FROM usage_events FINAL WHERE provider = {p:String}",
+                             {"p": provider})
+    await store.close()
+    assert rows == [(120, sum(range(120)))]
+    totals = await WindowReader(env.redis).read([provider_scope(provider)], int(time.time()))
+    assert totals[provider_scope(provider)]["day"]["req"] == 120
+
+
+async def test_service_survives_a_nats_restart(env):
+    nats_server = env.infra.require_own("nats")
+    provider = _uniq("prov")
+    async with running_usage(env):
+        await _publish(env.js, _event(provider, "m"))
+        await _wait_caught_up(env.js)
+
+        nats_server.kill()
+        await asyncio.sleep(1.0)
+        await asyncio.get_running_loop().run_in_executor(None, nats_server.start)
+
+        deadline = time.monotonic() + DEADLINE_S
+        while True:  # JetStream needs a moment after the port opens, and clients must reconnect
+            try:
+                await _publish(env.js, _event(provider, "m"))
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "could not publish after the NATS restart"
+                await asyncio.sleep(0.25)
+        await _wait_caught_up(env.js)
+        while True:  # the query endpoints answer again once the service reconnected
+            try:
+                hist = await _history(env.nc, provider=provider, bucket_s=86400)
+                break
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.25)
+        assert sum(r.requests for r in hist.rows) == 2
+
+
+async def test_service_stops_cleanly(env):
+    async with running_usage(env) as task:
+        await _publish(env.js, _event(_uniq("prov"), "m"))
+        await _wait_caught_up(env.js)
+    assert task.done() and task.exception() is None
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "usage-consumer"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("usage-clickhouse")]
+    with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+        await env.nc.request(subjects.USAGE_QUERY_CURRENT, UsageCurrentQuery().encode(), timeout=2)
+    # the chDB directory is free again: this process can open it (one engine per process)
+    with _clickhouse(env) as ch:
+        assert ch.query("SELECT count() FROM usage_events FINAL").result_rows[0][0] >= 1
+
+
+async def test_serve_fails_fast_and_cleans_up_when_redis_is_down(env, infra):
+    from llmgw_cli.infra import free_port
+
+    settings = env.settings()
+    settings.redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(Exception):
+        await asyncio.wait_for(serve(settings, _config(), asyncio.Event()), DEADLINE_S)
+    assert not [t for t in threading.enumerate() if t.name.startswith("usage-clickhouse")]
+    with _clickhouse(env) as ch:  # closed again despite the failure
+        assert ch.query("SELECT count() FROM schema_migrations FINAL").result_rows[0][0] == len(load_migrations())
+
+
+
+async def test_run_entry_point_stops_on_sigterm(env, tmp_path):
+    """``llmgw usage`` as a real process: settings from the environment, ready, SIGTERM, exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from llmgw_cli.infra import env_with
+
+    provider = _uniq("prov")
+    (tmp_path / "llmgw.yaml").write_text("version: 1\nusage:\n  batch_wait_s: 0.2\n  batch_size: 20\n")
+    proc_env = env_with(NATS_URL=env.infra.nats_url, REDIS_URL=env.infra.redis_url,
+                        CLICKHOUSE_URL=env.infra.clickhouse_url, LLMGW_CONFIG=str(tmp_path / "llmgw.yaml"),
+                        LLMGW_STATE_DIR=str(tmp_path / "proc-state"))
+    log_path = tmp_path / "usage.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-c", "from llmgw_usage.main import run; run()"], env=proc_env,
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                await _current(env.nc)
+                break
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                assert time.monotonic() < deadline, log_path.read_text()
+                await asyncio.sleep(0.2)
+        await _publish(env.js, _event(provider, "m"))
+        await _wait_caught_up(env.js)
+        assert _scope(await _current(env.nc), provider).windows["day"].requests == 1
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, DEADLINE_S)
+        assert code == 0, log_path.read_text()
+        log = log_path.read_text()
+        assert "usage service ready" in log and "usage service stopping" in log
+        assert "Traceback" not in log
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
