@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-import httpx
+import aiohttp
 from starlette.responses import Response, StreamingResponse
 
 from llmgw_common.config import GatewayConfig
@@ -26,6 +26,7 @@ from .errors import GatewayError, UpstreamError
 from .openai_wire import (ChatRequest, Usage, classify_sse_data, estimate_prompt_tokens, parse_chat_request,
                           sse_error_event, strip_null_usage, upstream_body, usage_from)
 from .providers import adapter_for
+from .providers.http import UpstreamResponse
 
 
 @dataclass
@@ -34,7 +35,7 @@ class EdgeContext:
 
     config: GatewayConfig
     secrets: dict[str, str | None]
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     nc: object
     publish: object  # callable(UsageEvent) -> None, never blocks
 
@@ -106,21 +107,25 @@ def _deadline_left(ctx: EdgeContext, outcome: Outcome) -> float:
     return ctx.config.routing.total_timeout_s - (time.perf_counter() - outcome.started)
 
 
-async def _complete(ctx: EdgeContext, req: ChatRequest, decision: RouteDecision, outcome: Outcome) -> Response:
+async def _try_candidates(ctx: EdgeContext, req: ChatRequest, decision: RouteDecision, outcome: Outcome,
+                          first_result) -> tuple[Candidate, UpstreamResponse, object]:
+    """Try candidates in order until one answers; ``first_result`` reads what commits us to it
+    (the whole body, or a stream's first event). Raises the error the client should get."""
     last: UpstreamError | None = None
     for cand in decision.candidates:
         if _deadline_left(ctx, outcome) <= 0:
             break
         provider = ctx.config.provider(cand.provider)
-        adapter = adapter_for(provider.type)
         t0 = time.perf_counter()
-        request = adapter.build_request(ctx.http, provider, ctx.secrets.get(provider.id),
-                                        "/chat/completions", upstream_body(req, cand.upstream_model), stream=False)
+        response = None
         try:
-            response = await adapter.send(ctx.http, request, stream=False)
-            content = response.content
-            usage = usage_from(json.loads(content).get("usage"))
+            response = await adapter_for(provider.type).send(
+                ctx.http, provider, ctx.secrets.get(provider.id), "/chat/completions",
+                upstream_body(req, cand.upstream_model), stream=req.stream)
+            result = await first_result(response)
         except UpstreamError as exc:
+            if response is not None:
+                response.close()
             outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
                                             status=exc.status if exc.upstream_body is not None else 0,
                                             error=exc.message, latency_ms=(time.perf_counter() - t0) * 1000))
@@ -128,69 +133,60 @@ async def _complete(ctx: EdgeContext, req: ChatRequest, decision: RouteDecision,
             if not exc.retryable:
                 break
             continue
-        except (ValueError, AttributeError):
-            outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
-                                            status=502, error="upstream sent a body that is not JSON",
-                                            latency_ms=(time.perf_counter() - t0) * 1000))
-            last = UpstreamError(502, "upstream sent a body that is not JSON", retryable=True)
-            continue
-        latency = (time.perf_counter() - t0) * 1000
-        outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
-                                        status=response.status_code, latency_ms=latency))
-        # queued, not sent: the publisher's worker does the NATS round trip off the response path
-        ctx.publish(outcome.event(200, cand, usage, None, None))
-        return Response(content, status_code=200, media_type="application/json", headers=_headers(outcome, cand))
+        return cand, response, (result, t0)
     err = _all_failed(outcome, last)
     ctx.publish(outcome.event(err.status, None, None, err.message, None))
+    raise err
+
+
+def _client_error_response(outcome: Outcome, err: GatewayError) -> Response:
+    """A client error the provider diagnosed goes back with the provider's own body."""
     if isinstance(err, UpstreamError) and err.upstream_body:
-        # a client error the provider diagnosed: pass its body through unchanged
         return Response(err.upstream_body, status_code=err.status, media_type="application/json",
                         headers=_headers(outcome, None))
     raise err
+
+
+async def _read_json_body(response: UpstreamResponse) -> tuple[bytes, Usage | None]:
+    content = await response.read()
+    try:
+        return content, usage_from(json.loads(content).get("usage"))
+    except (ValueError, AttributeError):
+        raise UpstreamError(502, "upstream sent a body that is not JSON", retryable=True) from None
+
+
+async def _complete(ctx: EdgeContext, req: ChatRequest, decision: RouteDecision, outcome: Outcome) -> Response:
+    try:
+        cand, response, ((content, usage), t0) = await _try_candidates(ctx, req, decision, outcome, _read_json_body)
+    except GatewayError as err:
+        return _client_error_response(outcome, err)
+    outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
+                                    status=response.status, latency_ms=(time.perf_counter() - t0) * 1000))
+    # queued, not sent: the publisher's worker does the NATS round trip off the response path
+    ctx.publish(outcome.event(200, cand, usage, None, None))
+    return Response(content, status_code=200, media_type="application/json", headers=_headers(outcome, cand))
+
+
+async def _first_event(response: UpstreamResponse) -> tuple[AsyncIterator[str], str]:
+    # commit to this provider only once its first event arrived: until then, fail over silently
+    lines = response.lines()
+    try:
+        return lines, await _next_data(lines)
+    except StopAsyncIteration:
+        raise UpstreamError(502, "upstream stream ended before its first event", retryable=True) from None
 
 
 async def _stream(ctx: EdgeContext, req: ChatRequest, decision: RouteDecision, outcome: Outcome) -> Response:
-    last: UpstreamError | None = None
-    for cand in decision.candidates:
-        if _deadline_left(ctx, outcome) <= 0:
-            break
-        provider = ctx.config.provider(cand.provider)
-        adapter = adapter_for(provider.type)
-        t0 = time.perf_counter()
-        request = adapter.build_request(ctx.http, provider, ctx.secrets.get(provider.id),
-                                        "/chat/completions", upstream_body(req, cand.upstream_model), stream=True)
-        try:
-            response = await adapter.send(ctx.http, request, stream=True)
-            lines = response.aiter_lines()
-            # commit to this provider only once its first event arrived: until then, fail over silently
-            first = await _next_data(lines)
-        except UpstreamError as exc:
-            outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
-                                            status=exc.status if exc.upstream_body is not None else 0,
-                                            error=exc.message, latency_ms=(time.perf_counter() - t0) * 1000))
-            last = exc
-            if not exc.retryable:
-                break
-            continue
-        except (httpx.HTTPError, StopAsyncIteration) as exc:
-            await response.aclose()
-            msg = f"upstream stream failed before its first event ({type(exc).__name__})"
-            outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
-                                            status=0, error=msg, latency_ms=(time.perf_counter() - t0) * 1000))
-            last = UpstreamError(502, msg, retryable=True)
-            continue
-        ttft = (time.perf_counter() - t0) * 1000
-        body = _relay(ctx, req, cand, outcome, response, lines, first, t0, ttft)
-        headers = _headers(outcome, cand)
-        headers["x-llmgw-attempts"] = str(len(outcome.attempts) + 1)  # this one is recorded when it ends
-        headers["cache-control"] = "no-cache"
-        return StreamingResponse(body, status_code=200, media_type="text/event-stream", headers=headers)
-    err = _all_failed(outcome, last)
-    ctx.publish(outcome.event(err.status, None, None, err.message, None))
-    if isinstance(err, UpstreamError) and err.upstream_body:
-        return Response(err.upstream_body, status_code=err.status, media_type="application/json",
-                        headers=_headers(outcome, None))
-    raise err
+    try:
+        cand, response, ((lines, first), t0) = await _try_candidates(ctx, req, decision, outcome, _first_event)
+    except GatewayError as err:
+        return _client_error_response(outcome, err)
+    ttft = (time.perf_counter() - t0) * 1000
+    headers = _headers(outcome, cand)
+    headers["x-llmgw-attempts"] = str(len(outcome.attempts) + 1)  # this one is recorded when it ends
+    headers["cache-control"] = "no-cache"
+    body = _relay(ctx, req, cand, outcome, response, lines, first, t0, ttft)
+    return StreamingResponse(body, status_code=200, media_type="text/event-stream", headers=headers)
 
 
 async def _next_data(lines: AsyncIterator[str]) -> str:
@@ -202,7 +198,7 @@ async def _next_data(lines: AsyncIterator[str]) -> str:
 
 
 async def _relay(ctx: EdgeContext, req: ChatRequest, cand: Candidate, outcome: Outcome,
-                 response: httpx.Response, lines: AsyncIterator[str], first: str, t0: float,
+                 response: UpstreamResponse, lines: AsyncIterator[str], first: str, t0: float,
                  ttft: float) -> AsyncIterator[bytes]:
     usage: Usage | None = None
     status, error, done = 200, None, False
@@ -229,8 +225,8 @@ async def _relay(ctx: EdgeContext, req: ChatRequest, cand: Candidate, outcome: O
             # the upstream closed without [DONE]: never let that look like success
             status, error = 502, "upstream closed the stream before it finished"
             yield sse_error_event(error)
-    except httpx.HTTPError as exc:
-        status, error = 502, f"upstream stream broke ({type(exc).__name__})"
+    except UpstreamError as exc:
+        status, error = 502, f"upstream stream broke: {exc.message}"
         yield sse_error_event(error)
     except (asyncio.CancelledError, GeneratorExit):
         # the client went away; the provider may still bill what it generated so far
@@ -241,4 +237,4 @@ async def _relay(ctx: EdgeContext, req: ChatRequest, cand: Candidate, outcome: O
                                         status=200 if status in (200, 499) else 0, error=error,
                                         latency_ms=(time.perf_counter() - t0) * 1000))
         ctx.publish(outcome.event(status, cand, usage, error, ttft))
-        await response.aclose()
+        response.close()

@@ -1,6 +1,6 @@
 """Edge service: the HTTP front clients talk to (OpenAI-compatible).
 
-Wiring only: settings, shared clients (one pooled httpx client, one NATS
+Wiring only: settings, shared clients (one pooled aiohttp session, one NATS
 connection, one usage publisher) created once at start-up, thin routes.
 """
 
@@ -10,7 +10,6 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +26,7 @@ from llmgw_common.settings import CommonSettings
 from .chat import EdgeContext, chat_completions
 from .errors import GatewayError
 from .models import list_models
+from .providers.http import create_session
 from .usage_publisher import UsagePublisher
 
 log = logging.getLogger("llmgw.edge")
@@ -56,8 +56,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         publisher = UsagePublisher(nc.jetstream(), settings.state_dir / f"edge-{settings.port}-unsent-usage.ndjson")
         await publisher.start()
         # one pooled client for every upstream: no per-request connection set-up
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-                                 timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=False)
+        http = create_session()
         app.state.ctx = EdgeContext(config=config, secrets={p.id: resolve_secret(p.api_key) for p in config.providers},
                                     http=http, nc=nc, publish=publisher.submit)
         app.state.started = int(time.time())
@@ -66,7 +65,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             yield
         finally:
             await publisher.stop()
-            await http.aclose()
+            await http.close()
             await nc.drain()
 
     app = FastAPI(title="LLM Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -57,7 +57,8 @@ class Router:
             return
         try:
             _, targets = resolve_targets(self.config, route_request.model)
-            totals = await self.windows.read(scopes_for(targets), int(time.time())) if targets else {}
+            scopes = scopes_for(targets)
+            totals = await self.windows.read(scopes, int(time.time())) if scopes else {}
             decision = decide(self.config, self.prices, route_request, totals)
         except Exception:  # a Redis outage must not leave the edge waiting for a timeout
             log.exception("decide failed for %s", route_request.request_id)

@@ -42,10 +42,18 @@ def resolve_targets(config: GatewayConfig, requested: str) -> tuple[str, list[Ta
     return model, targets
 
 
+def _has_limits(limits: Limits) -> bool:
+    return any(v is not None for v in limits.model_dump().values())
+
+
 def scopes_for(targets: list[Target]) -> list[str]:
+    """The window scopes that have a limit to check (nothing to read when nothing is limited)."""
     out: list[str] = []
     for t in targets:
-        out += [provider_scope(t.provider.id), model_scope(t.provider.id, t.model)]
+        if _has_limits(t.provider.limits):
+            out.append(provider_scope(t.provider.id))
+        if _has_limits(t.provider.model(t.model).limits):
+            out.append(model_scope(t.provider.id, t.model))
     return out
 
 

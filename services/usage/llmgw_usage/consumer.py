@@ -105,13 +105,30 @@ class UsageConsumer:
         except asyncio.TimeoutError:
             pass
 
+    async def _fill_batch(self) -> list:
+        """Wait for a first message, then keep fetching for up to ``batch_wait_s`` or until the batch is
+        full: one ClickHouse insert per batch, not per trickle of events (small inserts are what
+        ClickHouse and chDB handle worst)."""
+        msgs = await self._sub.fetch(batch=self.batch_size, timeout=max(self.batch_wait_s, 1.0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_wait_s
+        while len(msgs) < self.batch_size and not self._stopping.is_set():
+            left = deadline - loop.time()
+            if left <= 0.01:
+                break
+            try:
+                msgs += await self._sub.fetch(batch=self.batch_size - len(msgs), timeout=left)
+            except asyncio.TimeoutError:
+                break
+        return msgs
+
     async def _loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             try:
                 if self._sub is None:
                     await self._bind()
-                msgs = await self._sub.fetch(batch=self.batch_size, timeout=self.batch_wait_s)
+                msgs = await self._fill_batch()
             except asyncio.TimeoutError:  # nothing to fetch (or NATS away for a moment)
                 failures = 0
                 continue
