@@ -27,6 +27,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+PromptClass = Literal["code", "research", "conversation", "complex"]
+Strategy = Literal["priority", "round-robin", "weighted", "least-busy", "lowest-latency", "lowest-cost"]
+
+
 class Price(_Strict):
     """USD per million tokens, plus an optional fixed charge per request."""
 
@@ -85,6 +89,8 @@ class ProviderConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     limits: Limits = Field(default_factory=Limits)
     headers: dict[str, str] = Field(default_factory=dict, description="extra headers sent upstream")
+    weight: int = Field(default=1, ge=0, description="share of traffic under the weighted strategy")
+    specialties: list[PromptClass] = Field(default_factory=list, description="prompt classes it is good at")
 
     @field_validator("id")
     @classmethod
@@ -123,8 +129,69 @@ class ProviderConfig(_Strict):
         return None
 
 
+class RuleMatch(_Strict):
+    """Every field given must match (AND); an empty match matches everything."""
+
+    model: str | None = Field(default=None, description="glob on the requested model, e.g. 'gpt-4*'")
+    headers: dict[str, str] = Field(default_factory=dict, description="header name -> glob on its value")
+    key_ids: list[str] | None = Field(default=None, description="gateway API key ids")
+    min_prompt_tokens: int | None = Field(default=None, ge=0)
+    max_prompt_tokens: int | None = Field(default=None, ge=0)
+    stream: bool | None = None
+    prompt_class: list[PromptClass] | None = None
+
+
+class RuleReject(_Strict):
+    status: int = Field(default=403, ge=400, le=599)
+    message: str = "rejected by a routing rule"
+
+
+class RuleAction(_Strict):
+    providers: list[str] | None = Field(default=None, description="only these providers, in this order of preference")
+    group: str | None = Field(default=None, description="only the providers of this routing group")
+    model: str | None = Field(default=None, description="rewrite the requested model")
+    strategy: Strategy | None = None
+    reject: RuleReject | None = None
+
+
+class Rule(_Strict):
+    name: str = Field(min_length=1)
+    match: RuleMatch = Field(default_factory=RuleMatch)
+    action: RuleAction
+
+
+class RetryConfig(_Strict):
+    """Retries on the same provider for 5xx, timeouts and connection errors, before failing over."""
+
+    attempts: int = Field(default=1, ge=0, le=10, description="extra tries on the same provider")
+    base_delay_s: float = Field(default=0.2, ge=0)
+    max_delay_s: float = Field(default=2.0, ge=0)
+
+
+class BreakerConfig(_Strict):
+    failures: int = Field(default=5, ge=1, description="failures within window_s that open the breaker")
+    window_s: float = Field(default=60, gt=0)
+    open_s: float = Field(default=30, gt=0, description="how long it stays open before one probe is let through")
+
+
+class SmartRoutingConfig(_Strict):
+    enabled: bool = False
+    classifier_model: str | None = Field(default=None, description="model asked through the gateway itself; "
+                                         "unset: heuristics only")
+    classifier_timeout_s: float = Field(default=2.0, gt=0)
+    cache_size: int = Field(default=1024, ge=0)
+
+
 class RoutingConfig(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict, description="alias -> logical model name")
+    strategy: Strategy = "priority"
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="group name -> provider ids")
+    rules: list[Rule] = Field(default_factory=list, description="first match wins")
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    cooldown_s: float = Field(default=30, gt=0, description="after a 429 that gives no reset time")
+    default_max_tokens: int = Field(default=512, gt=0, description="answer size reserved when max_tokens is unset")
+    smart: SmartRoutingConfig = Field(default_factory=SmartRoutingConfig)
     decide_timeout_s: float = Field(default=2.0, gt=0, description="how long the edge waits for the router")
     total_timeout_s: float = Field(default=300.0, gt=0, description="per request, all attempts together")
 
@@ -161,6 +228,20 @@ class GatewayConfig(_Strict):
         for alias, target in self.routing.aliases.items():
             if target not in served:
                 raise ValueError(f"routing.aliases.{alias}: target model {target!r} is not served by any provider")
+        known = set(ids)
+        for group, members in self.routing.groups.items():
+            for i, member in enumerate(members):
+                if member not in known:
+                    raise ValueError(f"routing.groups.{group}[{i}]: unknown provider {member!r}")
+        for i, rule in enumerate(self.routing.rules):
+            a = rule.action
+            if sum(x is not None for x in (a.providers, a.group, a.reject)) > 1:
+                raise ValueError(f"routing.rules[{i}].action: use one of providers, group or reject")
+            if a.group is not None and a.group not in self.routing.groups:
+                raise ValueError(f"routing.rules[{i}].action.group: unknown group {a.group!r}")
+            for j, member in enumerate(a.providers or []):
+                if member not in known:
+                    raise ValueError(f"routing.rules[{i}].action.providers[{j}]: unknown provider {member!r}")
         return self
 
     def provider(self, provider_id: str) -> ProviderConfig | None:

@@ -50,6 +50,20 @@ class RouteRequest(Message):
     estimated_prompt_tokens: int = 0
     max_tokens: int | None = None
     key_id: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)  # lower-case names, credentials removed
+    prompt_class: str | None = None
+    exclude: list[str] = Field(default_factory=list)  # providers already tried for this request
+
+
+class Reservation(BaseModel):
+    """What admission counted in the live windows ahead of the real usage (reconciled later)."""
+
+    provider: str
+    model: str  # logical
+    at_s: int  # epoch seconds of the buckets it went into
+    tokens_in: int
+    tokens_out: int
+    cost_nano: int
 
 
 class Candidate(BaseModel):
@@ -59,6 +73,7 @@ class Candidate(BaseModel):
     price: Price | None = None  # None: unknown price
     free: bool = False
     reason: str = ""
+    reservation: Reservation | None = None  # set on the admitted candidate only
 
 
 class Skipped(BaseModel):
@@ -67,11 +82,42 @@ class Skipped(BaseModel):
 
 
 class RouteDecision(Message):
+    """``candidates[0]`` is admitted (its reservation made); the rest are the fallback order."""
+
     request_id: str
     model: str
     candidates: list[Candidate] = Field(default_factory=list)
     skipped: list[Skipped] = Field(default_factory=list)
+    strategy: str = "priority"
+    rule: str | None = None  # name of the rule that matched
     error: ErrorInfo | None = None
+
+
+class AttemptOutcome(Message):
+    """Published by the edge after every upstream attempt; routers learn health from it."""
+
+    request_id: str
+    provider: str
+    model: str
+    ok: bool
+    status: int  # 0: no HTTP response
+    latency_ms: float
+    retry_after_s: float | None = None  # from Retry-After / rate-limit reset headers on a 429
+    reservation: Reservation | None = None  # released when the attempt failed
+
+
+class PinCommand(Message):
+    provider: str | None = None  # None: back to automatic routing
+
+
+class RouterStateQuery(Message):
+    pass
+
+
+class RouterState(Message):
+    pinned: str | None = None
+    smart: bool = False
+    providers: list[dict] = Field(default_factory=list)
 
 
 # ---- pricing ---------------------------------------------------------------
@@ -108,6 +154,7 @@ class Attempt(BaseModel):
     status: int  # HTTP status from upstream; 0 = no response (connection error, timeout)
     error: str | None = None
     latency_ms: float
+    retries: int = 0  # extra tries on this provider before this outcome
 
 
 class UsageEvent(Message):
@@ -132,6 +179,9 @@ class UsageEvent(Message):
     error: str | None = None
     attempts: list[Attempt] = Field(default_factory=list)
     route_reason: str = ""
+    # the admission reservation of the provider that served it: the live windows
+    # add (actual - reserved) instead of the full amounts
+    reservation: Reservation | None = None
 
 
 class UsageCurrentQuery(Message):

@@ -9,6 +9,11 @@ PREFIX = "llmgw"
 
 # router (request/reply, queue group "router")
 ROUTER_DECIDE = "llmgw.router.decide"
+ROUTER_STATE = "llmgw.router.state"
+ROUTER_PIN = "llmgw.router.pin"
+ROUTER_SMART = "llmgw.router.smart"
+# attempt outcomes from the edge (plain publish, queue group "router": one replica applies each)
+ROUTER_OUTCOME = "llmgw.router.outcome"
 
 # pricing (request/reply, queue group "pricing")
 PRICING_LOOKUP = "llmgw.pricing.lookup"
