@@ -44,7 +44,7 @@ def test_event_to_row_follows_columns():
     assert row["attempts_count"] == 2
     attempts = json.loads(row["attempts"])
     assert attempts[0] == {"provider": "a", "upstream_model": "m", "status": 503, "error": "upstream 503",
-                           "latency_ms": 10.0}
+                           "latency_ms": 10.0, "retries": 0}
     assert row["route_reason"] == "free first" and row["schema_version"] == 1
 
 
@@ -141,10 +141,10 @@ def test_window_script_args_layout():
         assert args[i + 1] == 2 and args[i + 2 : i + 4] == scopes
         n = args[i + 4]
         assert n == 6
-        block = args[i + 5 : i + 5 + 5 * n]
-        assert all(k.startswith("llmgw:w:") for k in block[0::5])
-        assert block[2::5] == [120] * n and block[4::5] == [123_456] * n
-        i += 5 + 5 * n
+        block = args[i + 5 : i + 5 + 6 * n]
+        assert all(k.startswith("llmgw:w:") for k in block[0::6])
+        assert block[2::6] == [1] * n and block[3::6] == [120] * n and block[5::6] == [123_456] * n
+        i += 5 + 6 * n
     assert i == len(args)
 
 
@@ -247,3 +247,17 @@ def test_rejection_reason():
     assert domain.rejection_reason(_event()) is None
     assert "out of range" in domain.rejection_reason(_event(ts=datetime(1, 1, 1, tzinfo=timezone.utc)))
     assert "out of range" in domain.rejection_reason(_event(ts=datetime(2500, 1, 1, tzinfo=timezone.utc)))
+
+
+def test_reserved_event_adds_only_the_difference_to_the_reservation_buckets():
+    from llmgw_common.messages import Reservation
+
+    at = T0_S - 30
+    ev = _event(reservation=Reservation(provider="groq", model="llama", at_s=at, tokens_in=100, tokens_out=50,
+                                        cost_nano=100_000))
+    live = domain.window_updates(ev, now_s=T0_S)
+    assert {u.requests for u in live} == {0}  # admission already counted the request
+    assert {(u.tokens_in, u.tokens_out, u.cost_nano) for u in live} == {(120 - 100, 30 - 50, 123_456 - 100_000)}
+    assert all(u.key.endswith(f":{at - at % 5}") for u in live if ":5:" in u.key)
+    rebuilt = domain.window_updates(ev, now_s=T0_S, rebuild=True)
+    assert {(u.requests, u.tokens_in, u.tokens_out, u.cost_nano) for u in rebuilt} == {(1, 120, 30, 123_456)}

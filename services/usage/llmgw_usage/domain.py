@@ -146,34 +146,50 @@ def event_scopes(ev: UsageEvent) -> list[str]:
 class BucketUpdate:
     key: str
     expire_at: int
+    requests: int
     tokens_in: int
     tokens_out: int
     cost_nano: int
 
 
-def window_updates(ev: UsageEvent, now_s: int) -> list[BucketUpdate]:
-    """Every bucket the event adds to (one request, its tokens, its cost), skipping buckets already expired.
+def window_updates(ev: UsageEvent, now_s: int, rebuild: bool = False) -> list[BucketUpdate]:
+    """Every bucket the event adds to, skipping buckets already expired.
+
+    Live (``rebuild=False``): when the router reserved capacity for this
+    request at admission, the reservation already counted the request and its
+    estimated tokens and cost in the buckets of its time; the event then adds
+    only the difference between actual and estimate, to those same buckets.
+    Rebuild (replay into empty windows): no reservation exists, so the full
+    amounts go into the buckets of the event's time.
 
     An event stamped in the future (a producer's clock ahead of ours) counts
     now: it already used the provider's capacity.
     """
-    ts_s = min(math.floor(to_utc(ev.ts).timestamp()), now_s)
     tin, tout = _uint(ev.tokens_in), _uint(ev.tokens_out)
     cost = usd_to_nano(clamp_cost(ev.cost_usd))
+    r = ev.reservation
+    if r is not None and not rebuild and r.provider == ev.provider:
+        ts_s = min(r.at_s, now_s)
+        requests, tin, tout, cost = 0, tin - r.tokens_in, tout - r.tokens_out, cost - r.cost_nano
+        scopes = [provider_scope(r.provider), model_scope(r.provider, r.model)]
+    else:
+        ts_s = min(math.floor(to_utc(ev.ts).timestamp()), now_s)
+        requests = 1
+        scopes = event_scopes(ev)
     updates: list[BucketUpdate] = []
-    for scope in event_scopes(ev):
+    for scope in scopes:
         for w in WINDOWS:
             start = bucket_start(ts_s, w.bucket_s)
             expire_at = bucket_expire_at(start, w)
             if expire_at <= now_s:
                 continue
-            updates.append(BucketUpdate(bucket_key(scope, w.bucket_s, start), expire_at, tin, tout, cost))
+            updates.append(BucketUpdate(bucket_key(scope, w.bucket_s, start), expire_at, requests, tin, tout, cost))
     return updates
 
 
 # Applies a batch of events to the windows atomically and idempotently.
 # ARGV: seen_ttl_s, scopes_key, then per event:
-#   seen_key, n_scopes, scope * n_scopes, n_buckets, (key, expire_at, tin, tout, cost) * n_buckets
+#   seen_key, n_scopes, scope * n_scopes, n_buckets, (key, expire_at, req, tin, tout, cost) * n_buckets
 # An event whose seen key already exists (a redelivery or a replay) changes nothing.
 # Returns the number of events applied now.
 APPLY_EVENTS_LUA = """
@@ -196,16 +212,16 @@ while i <= #ARGV do
   i = i + 1
   if fresh then
     for b = 0, n_buckets - 1 do
-      local j = i + b * 5
+      local j = i + b * 6
       local key = ARGV[j]
-      redis.call('HINCRBY', key, 'req', 1)
-      redis.call('HINCRBY', key, 'tin', ARGV[j + 2])
-      redis.call('HINCRBY', key, 'tout', ARGV[j + 3])
-      redis.call('HINCRBY', key, 'cost', ARGV[j + 4])
+      redis.call('HINCRBY', key, 'req', ARGV[j + 2])
+      redis.call('HINCRBY', key, 'tin', ARGV[j + 3])
+      redis.call('HINCRBY', key, 'tout', ARGV[j + 4])
+      redis.call('HINCRBY', key, 'cost', ARGV[j + 5])
       redis.call('EXPIREAT', key, ARGV[j + 1])
     end
   end
-  i = i + n_buckets * 5
+  i = i + n_buckets * 6
 end
 return applied
 """
@@ -215,17 +231,17 @@ def seen_key(event_id: str) -> str:
     return f"{SEEN_PREFIX}{event_id}"
 
 
-def window_script_args(events: Sequence[UsageEvent], now_s: int) -> list[Any]:
+def window_script_args(events: Sequence[UsageEvent], now_s: int, rebuild: bool = False) -> list[Any]:
     """ARGV for ``APPLY_EVENTS_LUA``; events nobody served (no scope) are left out."""
     args: list[Any] = [SEEN_TTL_S, SCOPES_KEY]
     for ev in events:
         scopes = event_scopes(ev)
         if not scopes:
             continue
-        updates = window_updates(ev, now_s)
+        updates = window_updates(ev, now_s, rebuild)
         args += [seen_key(ev.id), len(scopes), *scopes, len(updates)]
         for u in updates:
-            args += [u.key, u.expire_at, u.tokens_in, u.tokens_out, u.cost_nano]
+            args += [u.key, u.expire_at, u.requests, u.tokens_in, u.tokens_out, u.cost_nano]
     return args
 
 
