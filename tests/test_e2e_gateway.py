@@ -100,12 +100,25 @@ def ui(stack) -> httpx.Client:
         yield c
 
 
+def clear_router_health(redis_url: str) -> None:
+    """Cooldowns, breakers and the pin are shared state in Redis: each test starts healthy."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    for pattern in ("llmgw:cool:*", "llmgw:brk:*", "llmgw:probe:*", "llmgw:fail:*", "llmgw:pin", "llmgw:smart"):
+        for key in r.scan_iter(pattern):
+            r.delete(key)
+    r.close()
+
+
 @pytest.fixture(autouse=True)
-def _reset(upstreams):
+def _reset(upstreams, infra):
     for u in upstreams.values():
         u.behaviour.fail_status = None
         u.behaviour.fail_times = None
         u.behaviour.die_after_chunks = None
+        u.behaviour.retry_after = None
+    clear_router_health(infra.redis_url)
     yield
 
 

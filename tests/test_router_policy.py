@@ -1,14 +1,16 @@
-"""Routing policy (pure): eligibility, limits, free first, cheapest, priority."""
+"""Routing policy (pure): eligibility, rules, aliases, tiers, strategies, pin, smart routing."""
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from decimal import Decimal
 
 from llmgw_common.config import Price, parse_config_text
-from llmgw_common.messages import RouteRequest
-from llmgw_common.windows import model_scope, provider_scope, usd_to_nano
+from llmgw_common.messages import AttemptOutcome, RouteRequest
 from llmgw_router.main import config_prices
-from llmgw_router.policy import decide, limit_breach, resolve_targets
+from llmgw_router.outcomes import classify
+from llmgw_router.policy import ProviderStats, RoutingState, plan, resolve_targets
 
 CONFIG = parse_config_text("""
 providers:
@@ -24,12 +26,12 @@ providers:
     base_url: http://c/v1
     free_tier: true
     priority: 5
-    limits: {requests_per_minute: 10, cost_per_day: 1}
+    specialties: [code]
     models: [{name: m}, {name: other}]
   - id: free-a
     base_url: http://d/v1
     priority: 2
-    models: [{name: m, price: {input_per_mtok: 0, output_per_mtok: 0}, limits: {tokens_per_hour: 100}}]
+    models: [{name: m, price: {input_per_mtok: 0, output_per_mtok: 0}, context_window: 1000}]
   - id: unpriced
     base_url: http://e/v1
     priority: 0
@@ -40,64 +42,141 @@ providers:
     models: [{name: m}]
 routing:
   aliases: {alias-m: m}
+  groups: {paid: [pricey, cheap]}
+  rules:
+    - name: block-secret
+      match: {headers: {x-team: secret*}}
+      action: {reject: {status: 403, message: team secret may not use the gateway}}
+    - name: big-prompts-to-paid
+      match: {model: "m", min_prompt_tokens: 5000}
+      action: {group: paid}
+    - name: vip
+      match: {key_ids: [vip]}
+      action: {providers: [cheap, pricey], strategy: lowest-cost}
+    - name: rewrite-legacy
+      match: {model: "legacy-*"}
+      action: {model: other}
+    - name: streams-round-robin
+      match: {stream: true, prompt_class: [conversation]}
+      action: {strategy: round-robin}
 """)
 PRICES = config_prices(CONFIG)
 
 
-def order(model="m", windows=None, **kw):
-    d = decide(CONFIG, PRICES, RouteRequest(request_id="r", model=model, **kw), windows or {})
-    return [c.provider for c in d.candidates], {s.provider: s.reason for s in d.skipped}, d
+def run(model="m", state=None, config=CONFIG, **kw):
+    p = plan(config, PRICES if config is CONFIG else config_prices(config),
+             RouteRequest(request_id="r", model=model, **kw), state or RoutingState(), random.Random(7))
+    return [pc.candidate.provider for pc in p.ordered], {s.provider: s.reason for s in p.skipped}, p
 
 
 def test_free_first_then_cheapest_then_unknown_price():
-    providers, skipped, _ = order(estimated_prompt_tokens=100, max_tokens=100)
+    providers, skipped, _ = run(estimated_prompt_tokens=100, max_tokens=100)
     assert providers == ["free-a", "free-b", "cheap", "pricey", "unpriced"]
     assert skipped == {"switched-off": "disabled"}
 
 
 def test_alias_and_qualified_names():
-    assert order("alias-m")[0][0] == "free-a"
-    providers, _, d = order("cheap/m")
-    assert providers == ["cheap"] and d.candidates[0].upstream_model == "vendor/m"
-    assert order("cheap/vendor/m")[0] == ["cheap"]  # the upstream name works too
+    assert run("alias-m")[0][0] == "free-a"
+    providers, _, p = run("cheap/m")
+    assert providers == ["cheap"] and p.ordered[0].candidate.upstream_model == "vendor/m" and p.model == "m"
+    assert run("cheap/vendor/m")[0] == ["cheap"]  # the upstream name works too
 
 
 def test_unknown_model_is_404():
-    _, _, d = order("nope")
-    assert d.error.status == 404 and d.error.code == "model_not_found"
+    _, _, p = run("nope")
+    assert p.error.status == 404 and p.error.code == "model_not_found"
 
 
-def test_limits_skip_providers_and_say_why():
-    windows = {
-        provider_scope("free-b"): {"minute": {"req": 10}},
-        model_scope("free-a", "m"): {"hour": {"tin": 60, "tout": 40}},
-    }
-    providers, skipped, _ = order(windows=windows)
-    assert providers[:2] == ["cheap", "pricey"]
-    assert "requests_per_minute reached (10/10)" in skipped["free-b"]
-    assert "tokens_per_hour reached (100/100)" in skipped["free-a"]
+def test_context_window_and_exclude():
+    providers, skipped, _ = run(estimated_prompt_tokens=900, max_tokens=200)
+    assert "free-a" not in providers and "context window of 1000" in skipped["free-a"]
+    providers, skipped, _ = run(exclude=["free-a", "free-b"])
+    assert providers[0] == "cheap" and skipped["free-a"] == "already tried for this request"
 
 
-def test_cost_limit():
-    assert limit_breach(CONFIG.provider("free-b").limits, {"day": {"cost": usd_to_nano(Decimal("1.0"))}})
-    assert limit_breach(CONFIG.provider("free-b").limits, {"day": {"cost": usd_to_nano(Decimal("0.99"))}}) is None
+def test_rules_reject_group_providers_rewrite():
+    _, _, p = run(headers={"x-team": "secret-ops"})
+    assert p.error.status == 403 and p.rule == "block-secret"
+    providers, skipped, p = run(estimated_prompt_tokens=6000)
+    assert p.rule == "big-prompts-to-paid" and providers == ["cheap", "pricey"]
+    assert "not allowed by rule" in skipped["free-a"]
+    providers, _, p = run(key_id="vip")
+    assert p.strategy == "lowest-cost" and providers == ["cheap", "pricey"]
+    providers, _, p = run("legacy-3")
+    assert p.rule == "rewrite-legacy" and p.model == "other" and providers == ["free-b"]
 
 
-def test_everything_limited_is_429_with_reasons():
+def test_priority_strategy_in_free_tier_uses_priority():
     cfg = parse_config_text("""
 providers:
-  - id: only
-    base_url: http://a/v1
-    limits: {requests_per_minute: 1}
-    models: [{name: x}]
+  - {id: a, base_url: http://a/v1, free_tier: true, priority: 3, models: [{name: m}]}
+  - {id: b, base_url: http://b/v1, free_tier: true, priority: 1, models: [{name: m}]}
+  - {id: c, base_url: http://c/v1, free_tier: true, priority: 2, models: [{name: m}]}
 """)
-    d = decide(cfg, {}, RouteRequest(request_id="r", model="x"), {provider_scope("only"): {"minute": {"req": 1}}})
-    assert d.error.status == 429 and "only: requests_per_minute" in d.error.message
+    assert run(config=cfg)[0] == ["b", "c", "a"]
+
+
+def _three(strategy: str, **extra) -> object:
+    return parse_config_text(f"""
+providers:
+  - {{id: a, base_url: http://a/v1, weight: 1, models: [{{name: m, price: {{input_per_mtok: 3}}}}]}}
+  - {{id: b, base_url: http://b/v1, weight: 3, models: [{{name: m, price: {{input_per_mtok: 1}}}}]}}
+  - {{id: c, base_url: http://c/v1, weight: 0, models: [{{name: m, price: {{input_per_mtok: 2}}}}]}}
+routing: {{strategy: {strategy}}}
+""")
+
+
+def test_round_robin_rotates():
+    cfg = _three("round-robin")
+    firsts = [run(config=cfg, state=RoutingState(rr_counter=i))[0][0] for i in range(6)]
+    assert Counter(firsts) == {"a": 2, "b": 2, "c": 2}
+
+
+def test_weighted_follows_weights_and_skips_zero():
+    cfg = _three("weighted")
+    rng = random.Random(1)
+    firsts = Counter(plan(cfg, config_prices(cfg), RouteRequest(request_id="r", model="m"), RoutingState(),
+                          rng).ordered[0].candidate.provider for _ in range(4000))
+    assert firsts["c"] == 0 and 2.5 < firsts["b"] / firsts["a"] < 3.5
+
+
+def test_least_busy_and_lowest_latency_and_lowest_cost():
+    busy = RoutingState(stats={"a": ProviderStats(inflight=0), "b": ProviderStats(inflight=5),
+                               "c": ProviderStats(inflight=2)})
+    assert run(config=_three("least-busy"), state=busy)[0] == ["a", "c", "b"]
+    fast = RoutingState(stats={"a": ProviderStats(latency_ms=300), "b": ProviderStats(latency_ms=100),
+                               "c": ProviderStats(latency_ms=200)})
+    assert run(config=_three("lowest-latency"), state=fast)[0] == ["b", "c", "a"]
+    assert run(config=_three("lowest-cost"), estimated_prompt_tokens=1000)[0] == ["b", "c", "a"]
+
+
+def test_pin_and_smart_specialties():
+    providers, _, p = run(state=RoutingState(pinned="pricey"))
+    assert providers[0] == "pricey" and "pinned" in p.ordered[0].candidate.reason
+    # free-b declares code: with smart routing on it leads the free tier for code prompts
+    assert run(state=RoutingState(smart=True), prompt_class="code")[0][:2] == ["free-b", "free-a"]
+    assert run(state=RoutingState(smart=False), prompt_class="code")[0][:2] == ["free-a", "free-b"]
 
 
 def test_resolve_targets_keeps_config_order():
     model, targets = resolve_targets(CONFIG, "m")
-    assert model == "m" and [t.provider.id for t in targets] == ["pricey", "cheap", "free-b", "free-a", "unpriced", "switched-off"]
+    assert model == "m" and [t.provider.id for t in targets] == [
+        "pricey", "cheap", "free-b", "free-a", "unpriced", "switched-off"]
+
+
+def test_outcome_classification():
+    r = CONFIG.routing
+
+    def o(**kw):
+        base = dict(request_id="r", provider="p", model="m", ok=False, status=500, latency_ms=1.0)
+        base.update(kw)
+        return classify(AttemptOutcome(**base), r)
+
+    assert o(ok=True, status=200) == ("ok", 0)
+    assert o(status=429, retry_after_s=2.5) == ("rate_limited", 2500)
+    assert o(status=429) == ("rate_limited", int(r.cooldown_s * 1000))
+    assert o(status=503)[0] == "failure" and o(status=0)[0] == "failure" and o(status=401)[0] == "failure"
+    assert o(status=400)[0] == "other"
 
 
 def test_price_cost_is_exact():

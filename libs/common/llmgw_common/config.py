@@ -38,16 +38,26 @@ class Price(_Strict):
     output_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
     cached_input_per_mtok: Decimal | None = Field(default=None, ge=0)
     per_request: Decimal = Field(default=Decimal(0), ge=0)
+    reasoning_per_mtok: Decimal | None = Field(default=None, ge=0, description="reasoning (thinking) output tokens; "
+                                               "unset: the output price")
+    monthly_fee_usd: Decimal = Field(default=Decimal(0), ge=0, description="flat rate (a subscription): marginal "
+                                     "cost 0, the fee is only tracked and reported")
 
     @property
     def is_free(self) -> bool:
-        return not (self.input_per_mtok or self.output_per_mtok or self.per_request or self.cached_input_per_mtok)
+        """Zero marginal cost (a flat monthly fee alone still counts as free at the margin)."""
+        return not (self.input_per_mtok or self.output_per_mtok or self.per_request or self.cached_input_per_mtok
+                    or self.reasoning_per_mtok)
 
-    def cost(self, tokens_in: int, tokens_out: int, cached_in: int = 0) -> Decimal:
-        """Exact cost in USD. ``tokens_in`` includes ``cached_in`` (OpenAI's convention)."""
+    def cost(self, tokens_in: int, tokens_out: int, cached_in: int = 0, reasoning: int = 0) -> Decimal:
+        """Exact marginal cost in USD. ``tokens_in`` includes ``cached_in`` and ``tokens_out`` includes
+        ``reasoning`` (OpenAI's convention); the monthly fee is never part of it."""
         cached_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
         uncached = max(tokens_in - cached_in, 0)
-        micro = uncached * self.input_per_mtok + cached_in * cached_price + tokens_out * self.output_per_mtok
+        reasoning_price = self.output_per_mtok if self.reasoning_per_mtok is None else self.reasoning_per_mtok
+        visible_out = max(tokens_out - reasoning, 0)
+        micro = (uncached * self.input_per_mtok + cached_in * cached_price + visible_out * self.output_per_mtok
+                 + reasoning * reasoning_price)
         return micro / Decimal(1_000_000) + self.per_request
 
 
@@ -211,12 +221,44 @@ class DemoConfig(_Strict):
     port: int = Field(default=18090, gt=0, lt=65536)
 
 
+LITELLM_PRICES_URL = "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json"
+
+
+class PricingConfig(_Strict):
+    """Where prices come from: the public source (LiteLLM's JSON format) fetched at start-up in the
+    background, its copy cached under the state dir, the snapshot bundled with the pricing service;
+    ``overrides`` win over all three (and a provider model's own ``price`` wins over everything)."""
+
+    source_url: str | None = Field(default=LITELLM_PRICES_URL, description="public price list; null: never fetch")
+    fetch_on_start: bool = True
+    fetch_timeout_s: float = Field(default=10.0, gt=0, le=300, description="the whole fetch, connect to last byte")
+    refresh_interval_s: float | None = Field(default=None, ge=60, description="fetch again this often; null: start-up only")
+    overrides: dict[str, Price] = Field(default_factory=dict, description="'provider/model' or 'model' (upstream "
+                                        "name) -> price")
+
+    @field_validator("source_url")
+    @classmethod
+    def _source_url_shape(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http:// or https:// URL (or null to never fetch)")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _override_keys(cls, v: dict[str, Price]) -> dict[str, Price]:
+        for key in v:
+            if not key.strip() or key != key.strip():
+                raise ValueError(f"override key {key!r} must be a model name without surrounding spaces")
+        return v
+
+
 class GatewayConfig(_Strict):
     version: Literal[1] = 1
     providers: list[ProviderConfig] = Field(default_factory=list)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "GatewayConfig":

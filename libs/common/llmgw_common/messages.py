@@ -110,6 +110,10 @@ class PinCommand(Message):
     provider: str | None = None  # None: back to automatic routing
 
 
+class SmartCommand(Message):
+    enabled: bool | None = None  # None: toggle
+
+
 class RouterStateQuery(Message):
     pass
 
@@ -131,19 +135,41 @@ class PriceInfo(BaseModel):
     provider: str
     model: str
     price: Price | None
-    source: Literal["config", "bundled", "unknown"]
+    # config: the provider model's price or pricing.overrides; remote: fetched from the public source
+    # now; cache: an earlier fetch kept on disk; bundled: the snapshot shipped with the pricing service
+    source: Literal["config", "remote", "cache", "bundled", "unknown"]
+    matched: str | None = None  # the price-table or override key that matched
+    as_of: datetime | None = None  # when that price data was fetched or snapshotted
 
 
 class PriceLookup(Message):
     keys: list[PriceKey]
 
 
+class PricingStatus(BaseModel):
+    """Where the pricing service's table prices come from right now."""
+
+    table: Literal["remote", "cache", "bundled"]
+    table_as_of: datetime | None = None
+    table_origin: str = ""  # URL (without credentials or query) or bundled snapshot origin
+    table_size: int = 0
+    source_url: str | None = None  # configured public source (without credentials or query)
+    last_fetch_at: datetime | None = None
+    last_fetch_ok: bool | None = None
+    last_fetch_error: str | None = None
+    bundled_as_of: datetime | None = None
+    bundled_origin: str = ""
+
+
 class PriceList(Message):
     prices: list[PriceInfo]
+    status: PricingStatus | None = None  # set in answers to PRICING_LIST
 
 
 class PricingChanged(Message):
     changed_at: datetime = Field(default_factory=utcnow)
+    reason: str = ""  # "start", "fetch", "config"
+    changed: list[PriceKey] = Field(default_factory=list)  # configured models whose effective price or source changed
 
 
 # ---- usage -----------------------------------------------------------------

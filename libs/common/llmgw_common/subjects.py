@@ -12,6 +12,8 @@ ROUTER_DECIDE = "llmgw.router.decide"
 ROUTER_STATE = "llmgw.router.state"
 ROUTER_PIN = "llmgw.router.pin"
 ROUTER_SMART = "llmgw.router.smart"
+# broadcast (every replica): re-read the shared routing state now (after a pin or smart change)
+ROUTER_REFRESH = "llmgw.router.refresh"
 # attempt outcomes from the edge (plain publish, queue group "router": one replica applies each)
 ROUTER_OUTCOME = "llmgw.router.outcome"
 

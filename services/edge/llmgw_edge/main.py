@@ -24,6 +24,8 @@ from pydantic import Field
 from llmgw_common.settings import CommonSettings
 
 from .chat import EdgeContext, chat_completions
+from .classifier import ModelClassifier
+from .request_log import recent_requests_text
 from .errors import GatewayError
 from .models import list_models
 from .providers.http import create_session
@@ -57,8 +59,13 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         await publisher.start()
         # one pooled client for every upstream: no per-request connection set-up
         http = create_session()
+        smart = config.routing.smart
+        classifier = ModelClassifier(http, f"http://127.0.0.1:{settings.port}", smart.classifier_model,
+                                     smart.classifier_timeout_s, smart.cache_size) if smart.classifier_model else None
         app.state.ctx = EdgeContext(config=config, secrets={p.id: resolve_secret(p.api_key) for p in config.providers},
-                                    http=http, nc=nc, publish=publisher.submit)
+                                    http=http, nc=nc, publish=publisher.submit,
+                                    recent_requests=lambda n: recent_requests_text(nc, n),
+                                    classify_with_model=classifier)
         app.state.started = int(time.time())
         log.info("edge ready on %s:%d with %d providers", settings.host, settings.port, len(config.providers))
         try:
@@ -91,7 +98,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def post_chat_completions(request: Request) -> Response:
-        return await chat_completions(request.app.state.ctx, await request.body())
+        return await chat_completions(request.app.state.ctx, await request.body(), request.headers)
 
     @app.get("/v1/models")
     async def get_models(request: Request) -> JSONResponse:

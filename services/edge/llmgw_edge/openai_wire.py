@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from .errors import bad_request
@@ -54,21 +55,6 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     return ChatRequest(body, model, stream, wants_usage, max_tokens)
 
 
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """Rough estimate (~4 characters a token) used for routing before the provider counts."""
-    chars = 0
-    for m in body.get("messages", []):
-        content = m.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    chars += len(part["text"])
-        chars += 16  # role and framing
-    return max(1, chars // 4)
-
-
 def upstream_body(req: ChatRequest, upstream_model: str) -> bytes:
     body = dict(req.body)
     body["model"] = upstream_model
@@ -85,14 +71,24 @@ class Usage:
     tokens_in: int = 0
     tokens_out: int = 0
     tokens_cached: int = 0
+    reported_cost: Decimal | None = None  # USD, when the provider says what it charged (OpenRouter)
 
 
 def usage_from(obj: dict[str, Any] | None) -> Usage | None:
     if not isinstance(obj, dict):
         return None
     details = obj.get("prompt_tokens_details") or {}
+    cost = obj.get("cost")
+    reported = None
+    if isinstance(cost, (int, float, str)) and not isinstance(cost, bool):
+        try:
+            reported = Decimal(str(cost))
+        except ArithmeticError:
+            reported = None
+        if reported is not None and (not reported.is_finite() or reported < 0):
+            reported = None
     return Usage(int(obj.get("prompt_tokens") or 0), int(obj.get("completion_tokens") or 0),
-                 int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0)
+                 int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0, reported)
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Router service: answers ``llmgw.router.decide`` in a queue group (replicas share the load).
 
-Wiring and handlers; the policy itself is pure and lives in ``policy.py``.
+Wiring and handlers. The policy is pure (``policy.py``, ``outcomes.py``);
+admission, health and the pin live in Redis (``store.py``) so every replica
+shares them.
 """
 
 from __future__ import annotations
@@ -17,15 +19,20 @@ from llmgw_common import subjects
 from llmgw_common.config import ConfigError, GatewayConfig, load_config
 from llmgw_common.lifecycle import wait_for_stop
 from llmgw_common.logs import setup_logging
-from llmgw_common.messages import PriceKey, PriceList, PriceLookup, RouteRequest
+from llmgw_common.messages import (AttemptOutcome, ErrorInfo, PinCommand, PriceKey, PriceList, PriceLookup,
+                                   RouteDecision, RouteRequest, RouterState, Skipped, SmartCommand)
 from llmgw_common.nats_conn import connect_nats, request
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
 from llmgw_common.windows import WindowReader
 
-from .policy import PriceBook, decide, resolve_targets, scopes_for
+from .outcomes import classify
+from .policy import PriceBook, RoutingState, plan
+from .state_view import router_state
+from .store import RoutingStore
 
 log = logging.getLogger("llmgw.router")
+STATS_REFRESH_S = 0.5
 
 
 class RouterSettings(CommonSettings):
@@ -43,11 +50,19 @@ def config_prices(config: GatewayConfig) -> PriceBook:
     return {(p.id, m.upstream_name): m.price for p in config.providers for m in p.models}
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class Router:
-    def __init__(self, config: GatewayConfig, windows: WindowReader):
+    def __init__(self, config: GatewayConfig, store: RoutingStore, windows: WindowReader):
         self.config = config
         self.prices: PriceBook = config_prices(config)
+        self.store = store
         self.windows = windows
+        self.state = RoutingState(smart=config.routing.smart.enabled)
+
+    # ---- decide ----------------------------------------------------------
 
     async def handle_decide(self, req: Request) -> None:
         try:
@@ -56,15 +71,110 @@ class Router:
             await req.respond_error("400", "bad route request: " + str(exc).splitlines()[0])
             return
         try:
-            _, targets = resolve_targets(self.config, route_request.model)
-            scopes = scopes_for(targets)
-            totals = await self.windows.read(scopes, int(time.time())) if scopes else {}
-            decision = decide(self.config, self.prices, route_request, totals)
+            decision = await self.decide(route_request)
         except Exception:  # a Redis outage must not leave the edge waiting for a timeout
             log.exception("decide failed for %s", route_request.request_id)
-            await req.respond_error("503", "router cannot read its live windows")
+            await req.respond_error("503", "router cannot reach its shared state")
             return
         await req.respond(decision.encode())
+
+    async def decide(self, route_request: RouteRequest) -> RouteDecision:
+        self.state.rr_counter += 1
+        p = plan(self.config, self.prices, route_request, self.state)
+        decision = RouteDecision(request_id=route_request.request_id, model=p.model, skipped=list(p.skipped),
+                                 strategy=p.strategy, rule=p.rule, error=p.error)
+        if p.error is not None:
+            return decision
+        admission = await self.store.admit(p.ordered, route_request.request_id, _now_ms())
+        first = len(p.ordered) if admission.index is None else admission.index
+        for i in range(first):
+            decision.skipped.append(Skipped(provider=p.ordered[i].candidate.provider,
+                                            reason=admission.reasons.get(i, "not admitted")))
+        if admission.index is None:
+            why = "; ".join(f"{s.provider}: {s.reason}" for s in decision.skipped) or "no provider left"
+            decision.error = ErrorInfo(status=429, code="rate_limit_exceeded",
+                                       message=f"No provider can take a request for `{route_request.model}` "
+                                               f"now: {why}")
+            return decision
+        admitted = p.ordered[admission.index].candidate
+        admitted.reservation = admission.reservation
+        decision.candidates = [admitted] + [pc.candidate for pc in p.ordered[admission.index + 1:]]
+        return decision
+
+    # ---- health, pin, smart ----------------------------------------------
+
+    async def on_outcome(self, msg) -> None:
+        try:
+            outcome = AttemptOutcome.decode(msg.data)
+        except ValueError:
+            log.warning("ignoring an unreadable attempt outcome")
+            return
+        kind, cooldown_ms = classify(outcome, self.config.routing)
+        try:
+            result = await self.store.record_outcome(outcome, kind, cooldown_ms, self.config.routing.breaker,
+                                                     _now_ms())
+        except Exception:
+            log.exception("could not record the outcome of %s", outcome.request_id)
+            return
+        if result in ("breaker_open", "cooldown"):
+            log.warning("provider %s: %s after status %s", outcome.provider, result, outcome.status)
+
+    async def refresh_state(self) -> None:
+        ids = [p.id for p in self.config.providers]
+        pinned, smart, stats = await self.store.read_stats(ids, _now_ms())
+        self.state.pinned = pinned if pinned in ids else None
+        self.state.smart = self.config.routing.smart.enabled if smart is None else smart == "1"
+        self.state.stats = stats
+
+    async def refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_state()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cannot refresh routing state: %s", type(exc).__name__)
+            await asyncio.sleep(STATS_REFRESH_S)
+
+    async def handle_pin(self, req: Request, nc) -> None:
+        try:
+            cmd = PinCommand.decode(req.data)
+        except ValueError:
+            await req.respond_error("400", "bad pin command")
+            return
+        if cmd.provider is not None and self.config.provider(cmd.provider) is None:
+            await req.respond_error("404", f"unknown provider {cmd.provider!r}")
+            return
+        await self.store.set_pin(cmd.provider)
+        await nc.publish(subjects.ROUTER_REFRESH, b"")
+        await self.refresh_state()
+        await req.respond((await self.current_state()).encode())
+
+    async def handle_smart(self, req: Request, nc) -> None:
+        try:
+            cmd = SmartCommand.decode(req.data)
+        except ValueError:
+            await req.respond_error("400", "bad smart command")
+            return
+        await self.refresh_state()
+        enabled = (not self.state.smart) if cmd.enabled is None else cmd.enabled
+        await self.store.set_smart(enabled)
+        await nc.publish(subjects.ROUTER_REFRESH, b"")
+        await self.refresh_state()
+        await req.respond((await self.current_state()).encode())
+
+    async def current_state(self) -> RouterState:
+        return await router_state(self.config, self.state, self.windows)
+
+    async def handle_state(self, req: Request) -> None:
+        try:
+            await self.refresh_state()
+            await req.respond((await self.current_state()).encode())
+        except Exception:
+            log.exception("router state failed")
+            await req.respond_error("503", "router cannot reach its shared state")
+
+    # ---- prices ----------------------------------------------------------
 
     async def refresh_prices(self, nc) -> bool:
         keys = [PriceKey(provider=p.id, model=m.upstream_name) for p in self.config.providers for m in p.models]
@@ -84,7 +194,7 @@ class Router:
 
 async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> None:
     redis = connect_redis(settings.redis_url)
-    router = Router(read_config(settings), WindowReader(redis))
+    router = Router(read_config(settings), RoutingStore(redis), WindowReader(redis))
     nc = await connect_nats(settings.nats_url, "llmgw-router")
 
     async def on_pricing_changed(_msg) -> None:
@@ -98,19 +208,33 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
             return
         await router.refresh_prices(nc)
 
+    async def on_refresh(_msg) -> None:
+        try:
+            await router.refresh_state()
+        except Exception as exc:
+            log.warning("cannot refresh routing state: %s", type(exc).__name__)
+
     await nc.subscribe(subjects.PRICING_CHANGED, cb=on_pricing_changed)
     await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
-    service = await add_service(nc, name="router", version="0.1.0", description="routing decisions",
+    await nc.subscribe(subjects.ROUTER_REFRESH, cb=on_refresh)
+    await nc.subscribe(subjects.ROUTER_OUTCOME, queue="router", cb=router.on_outcome)
+    service = await add_service(nc, name="router", version="0.2.0", description="routing decisions",
                                 queue_group="router")
     await service.add_endpoint(name="decide", subject=subjects.ROUTER_DECIDE, handler=router.handle_decide)
+    await service.add_endpoint(name="state", subject=subjects.ROUTER_STATE, handler=router.handle_state)
+    await service.add_endpoint(name="pin", subject=subjects.ROUTER_PIN, handler=lambda r: router.handle_pin(r, nc))
+    await service.add_endpoint(name="smart", subject=subjects.ROUTER_SMART,
+                               handler=lambda r: router.handle_smart(r, nc))
     await router.refresh_prices(nc)
-    log.info("router ready: %d providers", len(router.config.providers))
+    refresher = asyncio.create_task(router.refresh_loop(), name="router-state")
+    log.info("router ready: %d providers, strategy %s", len(router.config.providers), router.config.routing.strategy)
     try:
         if stop is None:
             await wait_for_stop()
         else:
             await stop.wait()
     finally:
+        refresher.cancel()
         await service.stop()
         await nc.drain()
         await redis.aclose()

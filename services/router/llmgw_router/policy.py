@@ -1,24 +1,31 @@
 """Routing policy (pure): which providers may serve a request, in which order, and why.
 
-The walking-skeleton policy: providers that serve the model (after aliases, or
-the one named by ``provider/model``), skip disabled ones and ones over any
-configured limit in the live windows, then free tier first, then cheapest
-estimated cost, then configured priority, then config order.
+``plan`` turns a request into an ordered list of candidates:
+
+1. rules (first match wins) may reject, rewrite the model, restrict the
+   providers (a list or a group) or override the strategy;
+2. the model is resolved (aliases, ``provider/model``) to every provider
+   that serves it; disabled providers, providers already tried for this
+   request and providers whose context window is too small are skipped;
+3. the order: a pinned provider first, then the free tier (price 0 or
+   ``free_tier``), then paid; within a tier, providers whose specialties
+   match the prompt class (smart routing) first, then the strategy.
+
+Limits, cooldowns and breakers are checked afterwards, atomically in Redis
+(``admission.py``), in this order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fnmatch
+import random
+from dataclasses import dataclass, field
 from decimal import Decimal
 
-from llmgw_common.config import GatewayConfig, Limits, Price, ProviderConfig
-from llmgw_common.messages import Candidate, ErrorInfo, RouteDecision, RouteRequest, Skipped
-from llmgw_common.windows import model_scope, nano_to_usd, provider_scope
+from llmgw_common.config import GatewayConfig, Limits, Price, ProviderConfig, Rule
+from llmgw_common.messages import Candidate, ErrorInfo, RouteRequest, Skipped
 
-# window totals as read from Redis: {scope: {window: {req, tin, tout, cost}}}
-WindowTotals = dict[str, dict[str, dict[str, int]]]
 PriceBook = dict[tuple[str, str], Price | None]  # (provider, upstream model) -> price
-DEFAULT_ANSWER_TOKENS = 256  # estimate when the client sets no max_tokens
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,43 @@ class Target:
     provider: ProviderConfig
     model: str  # logical
     upstream_model: str
+
+
+@dataclass
+class ProviderStats:
+    """Live health of one provider, as last read from Redis (shared by every router replica)."""
+
+    inflight: int = 0
+    latency_ms: float | None = None  # moving average of successful attempts
+    cooldown_ms: int = 0  # left
+    breaker: str = "closed"  # closed | open | half-open
+
+
+@dataclass
+class RoutingState:
+    pinned: str | None = None
+    smart: bool = False
+    stats: dict[str, ProviderStats] = field(default_factory=dict)
+    rr_counter: int = 0
+
+
+@dataclass
+class PlannedCandidate:
+    candidate: Candidate
+    limits: list[tuple[str, Limits]]  # (scope kind "provider" | "model", limits)
+    est_tokens_in: int
+    est_tokens_out: int
+    est_cost: Decimal
+
+
+@dataclass
+class Plan:
+    model: str
+    ordered: list[PlannedCandidate]
+    skipped: list[Skipped]
+    strategy: str
+    rule: str | None = None
+    error: ErrorInfo | None = None
 
 
 def resolve_targets(config: GatewayConfig, requested: str) -> tuple[str, list[Target]]:
@@ -42,85 +86,132 @@ def resolve_targets(config: GatewayConfig, requested: str) -> tuple[str, list[Ta
     return model, targets
 
 
-def _has_limits(limits: Limits) -> bool:
-    return any(v is not None for v in limits.model_dump().values())
+def rule_matches(rule: Rule, request: RouteRequest) -> bool:
+    m = rule.match
+    if m.model is not None and not fnmatch.fnmatchcase(request.model, m.model):
+        return False
+    for name, pattern in m.headers.items():
+        value = request.headers.get(name.lower())
+        if value is None or not fnmatch.fnmatchcase(value, pattern):
+            return False
+    if m.key_ids is not None and request.key_id not in m.key_ids:
+        return False
+    if m.min_prompt_tokens is not None and request.estimated_prompt_tokens < m.min_prompt_tokens:
+        return False
+    if m.max_prompt_tokens is not None and request.estimated_prompt_tokens > m.max_prompt_tokens:
+        return False
+    if m.stream is not None and request.stream != m.stream:
+        return False
+    if m.prompt_class is not None and request.prompt_class not in m.prompt_class:
+        return False
+    return True
 
 
-def scopes_for(targets: list[Target]) -> list[str]:
-    """The window scopes that have a limit to check (nothing to read when nothing is limited)."""
-    out: list[str] = []
-    for t in targets:
-        if _has_limits(t.provider.limits):
-            out.append(provider_scope(t.provider.id))
-        if _has_limits(t.provider.model(t.model).limits):
-            out.append(model_scope(t.provider.id, t.model))
-    return out
+def first_matching_rule(config: GatewayConfig, request: RouteRequest) -> Rule | None:
+    return next((r for r in config.routing.rules if rule_matches(r, request)), None)
 
 
-_LIMIT_FIELDS = (
-    ("requests", "req", None), ("tokens", "tin", "tout"), ("cost", "cost", None),
-)
+def _is_free(provider: ProviderConfig, price: Price | None) -> bool:
+    return provider.free_tier or (price is not None and price.is_free)
 
 
-def limit_breach(limits: Limits, totals: dict[str, dict[str, int]] | None) -> str | None:
-    """The first limit the window totals have reached, as a reason string, or None."""
-    if totals is None:
-        return None
-    for window in ("minute", "hour", "day"):
-        t = totals.get(window, {})
-        for kind, field, extra in _LIMIT_FIELDS:
-            limit = getattr(limits, f"{kind}_per_{window}")
-            if limit is None:
-                continue
-            used = t.get(field, 0) + (t.get(extra, 0) if extra else 0)
-            if kind == "cost":
-                if nano_to_usd(used) >= limit:
-                    return f"cost_per_{window} reached ({nano_to_usd(used):.6f}/{limit} USD)"
-            elif used >= limit:
-                return f"{kind}_per_{window} reached ({used}/{limit})"
-    return None
+def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state: RoutingState,
+         rng: random.Random | None = None) -> Plan:
+    rng = rng or random.Random()
+    rule = first_matching_rule(config, request)
+    action = rule.action if rule else None
+    strategy = (action.strategy if action and action.strategy else None) or config.routing.strategy
+    if action and action.reject:
+        return Plan(request.model, [], [], strategy, rule.name, ErrorInfo(
+            status=action.reject.status, code="rejected_by_rule", message=action.reject.message))
 
-
-def estimated_cost(price: Price | None, request: RouteRequest) -> Decimal | None:
-    if price is None:
-        return None
-    answer = request.max_tokens or DEFAULT_ANSWER_TOKENS
-    return price.cost(request.estimated_prompt_tokens, answer)
-
-
-def decide(config: GatewayConfig, prices: PriceBook, request: RouteRequest, windows: WindowTotals) -> RouteDecision:
-    model, targets = resolve_targets(config, request.model)
+    requested = action.model if action and action.model else request.model
+    model, targets = resolve_targets(config, requested)
     if not targets:
-        return RouteDecision(request_id=request.request_id, model=request.model, error=ErrorInfo(
+        return Plan(request.model, [], [], strategy, rule.name if rule else None, ErrorInfo(
             status=404, code="model_not_found",
-            message=f"The model `{request.model}` does not exist or no configured provider serves it."))
+            message=f"The model `{requested}` does not exist or no configured provider serves it."))
 
-    eligible: list[tuple[tuple, Candidate]] = []
+    allowed: list[str] | None = None
+    if action and action.providers is not None:
+        allowed = action.providers
+    elif action and action.group is not None:
+        allowed = config.routing.groups[action.group]
+
+    est_in = request.estimated_prompt_tokens
+    est_out = request.max_tokens or config.routing.default_max_tokens
+    eligible: list[tuple[int, Target, PlannedCandidate]] = []
     skipped: list[Skipped] = []
     for index, t in enumerate(targets):
         p = t.provider
-        if not p.enabled:
+        m = p.model(t.model)
+        if allowed is not None and p.id not in allowed:
+            skipped.append(Skipped(provider=p.id, reason=f"not allowed by rule {rule.name!r}"))
+        elif not p.enabled:
             skipped.append(Skipped(provider=p.id, reason="disabled"))
-            continue
-        breach = limit_breach(p.limits, windows.get(provider_scope(p.id))) or limit_breach(
-            p.model(t.model).limits, windows.get(model_scope(p.id, t.model)))
-        if breach:
-            skipped.append(Skipped(provider=p.id, reason=breach))
-            continue
-        price = prices.get((p.id, t.upstream_model))
-        free = p.free_tier or (price is not None and price.is_free)
-        cost = Decimal(0) if free else estimated_cost(price, request)
-        # unknown price sorts after every known one in the paid tier
-        key = (0 if free else 1, cost is None, cost or Decimal(0), p.priority, index)
-        tier = "free tier" if free else ("paid, price unknown" if cost is None else f"paid, est. ${cost:.6f}")
-        eligible.append((key, Candidate(provider=p.id, model=t.model, upstream_model=t.upstream_model,
-                                        price=price, free=free, reason=f"{tier}, priority {p.priority}")))
+        elif p.id in request.exclude:
+            skipped.append(Skipped(provider=p.id, reason="already tried for this request"))
+        elif m.context_window is not None and est_in + (request.max_tokens or 0) > m.context_window:
+            skipped.append(Skipped(provider=p.id, reason=f"prompt of ~{est_in} tokens (+{request.max_tokens or 0} "
+                                                         f"answer) exceeds its context window of {m.context_window}"))
+        else:
+            price = prices.get((p.id, t.upstream_model))
+            free = _is_free(p, price)
+            cost = Decimal(0) if free or price is None else price.cost(est_in, est_out)
+            cand = Candidate(provider=p.id, model=t.model, upstream_model=t.upstream_model, price=price, free=free)
+            eligible.append((index, t, PlannedCandidate(cand, [("provider", p.limits), ("model", m.limits)],
+                                                        est_in, est_out, cost)))
 
-    eligible.sort(key=lambda kc: kc[0])
-    candidates = [c for _, c in eligible]
-    decision = RouteDecision(request_id=request.request_id, model=model, candidates=candidates, skipped=skipped)
-    if not candidates:
-        decision.error = ErrorInfo(status=429, code="rate_limit_exceeded",
-                                   message=f"Every provider for `{request.model}` is unavailable: " +
-                                   "; ".join(f"{s.provider}: {s.reason}" for s in skipped))
-    return decision
+    ordered = _order(eligible, strategy, state, request, allowed, rng)
+    for pc in ordered:
+        pc.candidate.reason = _reason(pc, strategy, state, request)
+    return Plan(model, ordered, skipped, strategy, rule.name if rule else None)
+
+
+def _order(eligible: list[tuple[int, Target, PlannedCandidate]], strategy: str, state: RoutingState,
+           request: RouteRequest, allowed: list[str] | None, rng: random.Random) -> list[PlannedCandidate]:
+    n = max(len(eligible), 1)
+
+    def strategy_key(index: int, t: Target, pc: PlannedCandidate) -> tuple:
+        p = t.provider
+        priority = allowed.index(p.id) if allowed is not None and p.id in allowed else p.priority
+        stats = state.stats.get(p.id, ProviderStats())
+        unknown_price = pc.candidate.price is None and not pc.candidate.free
+        cost_key = (unknown_price, pc.est_cost)
+        if strategy == "round-robin":
+            return ((index - state.rr_counter) % n,)
+        if strategy == "weighted":
+            # Efraimidis-Spirakis: a weighted random permutation; weight 0 goes last
+            return (0, -(rng.random() ** (1.0 / p.weight))) if p.weight > 0 else (1, 0.0)
+        if strategy == "least-busy":
+            return (stats.inflight, priority)
+        if strategy == "lowest-latency":
+            # unmeasured providers first, so they get measured
+            return (stats.latency_ms or 0.0, priority)
+        # priority and lowest-cost: cheapest first (all free-tier providers cost 0), then priority
+        if strategy == "lowest-cost":
+            return (*cost_key, priority)
+        return (*cost_key, priority) if not pc.candidate.free else (priority,)
+
+    def key(item: tuple[int, Target, PlannedCandidate]) -> tuple:
+        index, t, pc = item
+        pinned = 0 if state.pinned == t.provider.id else 1
+        tier = 0 if pc.candidate.free else 1
+        specialty = 0 if (state.smart and request.prompt_class
+                          and request.prompt_class in t.provider.specialties) else 1
+        return (pinned, tier, specialty, strategy_key(index, t, pc), index)
+
+    return [pc for _, _, pc in sorted(eligible, key=key)]
+
+
+def _reason(pc: PlannedCandidate, strategy: str, state: RoutingState, request: RouteRequest) -> str:
+    c = pc.candidate
+    parts = []
+    if state.pinned == c.provider:
+        parts.append("pinned")
+    parts.append("free tier" if c.free else ("paid, price unknown" if c.price is None
+                                             else f"paid, est. ${pc.est_cost:.6f}"))
+    if state.smart and request.prompt_class:
+        parts.append(f"prompt class {request.prompt_class}")
+    parts.append(f"strategy {strategy}")
+    return ", ".join(parts)

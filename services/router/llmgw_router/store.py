@@ -1,0 +1,314 @@
+"""Redis adapter for the router: atomic admission, attempt outcomes, shared health, pin and smart flags.
+
+Everything a router replica decides on lives here, in Redis, so every replica
+sees the same thing. Admission is one Lua script: it walks the ordered
+candidates and, for the first one that is not cooling down, not behind an
+open breaker and under every limit of every window, reserves the request
+(one request, the estimated tokens and cost) in the live windows, all in one
+atomic step. Two replicas can therefore never admit past a limit together.
+
+Keys (besides the shared window buckets of ``llmgw_common.windows``):
+``llmgw:cool:<p>`` (cooldown after a 429, PX), ``llmgw:brk:<p>`` (breaker: hash
+``open_until`` ms; past it the breaker is half-open), ``llmgw:probe:<p>`` (the
+half-open probe in flight), ``llmgw:fail:<p>`` (zset of recent failures),
+``llmgw:inflight:<p>`` (zset request id -> admitted at ms), ``llmgw:lat:<p>``
+(moving average latency), ``llmgw:pin``, ``llmgw:smart``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmgw_common.config import BreakerConfig, Limits
+from llmgw_common.messages import AttemptOutcome, Reservation
+from llmgw_common.windows import SCOPES_KEY, WINDOWS, model_scope, provider_scope, usd_to_nano
+
+from .policy import PlannedCandidate, ProviderStats
+
+PIN_KEY = "llmgw:pin"
+SMART_KEY = "llmgw:smart"
+INFLIGHT_STALE_MS = 15 * 60 * 1000  # an admitted request whose outcome never came stops counting
+PROBE_TTL_MS = 60_000
+LATENCY_ALPHA = 0.2
+
+_WINDOW_ARGS: list[object] = [len(WINDOWS)]
+for _w in WINDOWS:
+    _WINDOW_ARGS += [_w.name, _w.seconds, _w.bucket_s]
+
+_LUA_WINDOWS = """
+local function read_windows(i)
+  local nw = tonumber(ARGV[i])
+  local wins = {}
+  for w = 1, nw do
+    wins[w] = {ARGV[i + 1 + (w - 1) * 3], tonumber(ARGV[i + 2 + (w - 1) * 3]), tonumber(ARGV[i + 3 + (w - 1) * 3])}
+  end
+  return wins, i + 1 + nw * 3
+end
+"""
+
+ADMIT_LUA = _LUA_WINDOWS + """
+local now_ms = tonumber(ARGV[1])
+local now = math.floor(now_ms / 1000)
+local rid = ARGV[2]
+local wins, i = read_windows(3)
+local nw = #wins
+local n = tonumber(ARGV[i]); i = i + 1
+local out = {0}
+
+local function window_sum(scope, w)
+  local bucket, seconds = wins[w][3], wins[w][2]
+  local last = now - (now % bucket)
+  local req, tok, cost = 0, 0, 0
+  for b = last - seconds + bucket, last, bucket do
+    local v = redis.call('HMGET', 'llmgw:w:' .. scope .. ':' .. bucket .. ':' .. b, 'req', 'tin', 'tout', 'cost')
+    req = req + (tonumber(v[1]) or 0)
+    tok = tok + (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0)
+    cost = cost + (tonumber(v[4]) or 0)
+  end
+  return req, tok, cost
+end
+
+-- the first limit this request would break, as a reason, or nil
+local function over_limit(scopes, kinds, at, est_tok, est_cost)
+  for s = 1, 2 do
+    local base = at + (s - 1) * 3 * nw
+    for w = 1, nw do
+      local lr = tonumber(ARGV[base + w - 1])
+      local lt = tonumber(ARGV[base + nw + w - 1])
+      local lc = tonumber(ARGV[base + 2 * nw + w - 1])
+      if lr >= 0 or lt >= 0 or lc >= 0 then
+        local req, tok, cost = window_sum(scopes[s], w)
+        local name = wins[w][1]
+        if lr >= 0 and req + 1 > lr then
+          return 'requests_per_' .. name .. ' reached on ' .. kinds[s] .. ' (' .. req .. '/' .. lr .. ')'
+        end
+        if lt >= 0 and tok + est_tok > lt then
+          return 'tokens_per_' .. name .. ' would be exceeded on ' .. kinds[s] .. ' (' .. tok .. ' used + ~' .. est_tok .. ' > ' .. lt .. ')'
+        end
+        if lc >= 0 and cost + est_cost > lc then
+          return 'cost_per_' .. name .. ' would be exceeded on ' .. kinds[s]
+        end
+      end
+    end
+  end
+  return nil
+end
+
+for c = 1, n do
+  local provider = ARGV[i]
+  local scopes = {ARGV[i + 1], ARGV[i + 2]}
+  local est_in, est_out, est_cost = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  local limits_at = i + 6
+  i = i + 6 + 6 * nw
+  local reason = nil
+  local probe = false
+  local cool = redis.call('PTTL', 'llmgw:cool:' .. provider)
+  if cool > 0 then
+    reason = 'cooling down after a 429 (' .. math.ceil(cool / 1000) .. 's left)'
+  end
+  if not reason then
+    local open_until = tonumber(redis.call('HGET', 'llmgw:brk:' .. provider, 'open_until') or '0')
+    if open_until > now_ms then
+      reason = 'circuit breaker open (' .. math.ceil((open_until - now_ms) / 1000) .. 's left)'
+    elseif open_until > 0 then
+      if redis.call('EXISTS', 'llmgw:probe:' .. provider) == 1 then
+        reason = 'circuit breaker half-open, a probe is in flight'
+      else
+        probe = true
+      end
+    end
+  end
+  if not reason then
+    reason = over_limit(scopes, {'provider', 'model'}, limits_at, est_in + est_out, est_cost)
+  end
+  if not reason then
+    if probe then
+      redis.call('SET', 'llmgw:probe:' .. provider, rid, 'PX', tonumber(ARGV[#ARGV]))
+    end
+    for s = 1, 2 do
+      for w = 1, nw do
+        local seconds, bucket = wins[w][2], wins[w][3]
+        local start = now - (now % bucket)
+        local key = 'llmgw:w:' .. scopes[s] .. ':' .. bucket .. ':' .. start
+        redis.call('HINCRBY', key, 'req', 1)
+        redis.call('HINCRBY', key, 'tin', est_in)
+        redis.call('HINCRBY', key, 'tout', est_out)
+        redis.call('HINCRBY', key, 'cost', est_cost)
+        redis.call('EXPIREAT', key, start + seconds + bucket)
+      end
+    end
+    redis.call('SADD', KEYS[1], scopes[1], scopes[2])
+    redis.call('ZADD', 'llmgw:inflight:' .. provider, now_ms, rid)
+    out[1] = c
+    return out
+  end
+  table.insert(out, c)
+  table.insert(out, reason)
+end
+return out
+"""
+
+OUTCOME_LUA = _LUA_WINDOWS + """
+local now_ms = tonumber(ARGV[1])
+local now = math.floor(now_ms / 1000)
+local provider, rid, kind = ARGV[2], ARGV[3], ARGV[4]
+local retry_after_ms, latency = tonumber(ARGV[5]), tonumber(ARGV[6])
+local max_failures, window_ms, open_ms = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local alpha = tonumber(ARGV[10])
+local has_res = ARGV[11] == '1'
+local at, tin, tout, cost = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local scopes = {ARGV[16], ARGV[17]}
+local wins = read_windows(18)
+
+redis.call('ZREM', 'llmgw:inflight:' .. provider, rid)
+local probe_key = 'llmgw:probe:' .. provider
+local was_probe = redis.call('GET', probe_key) == rid
+
+if kind == 'ok' then
+  local old = tonumber(redis.call('GET', 'llmgw:lat:' .. provider) or '-1')
+  local new = latency
+  if old >= 0 then new = old + alpha * (latency - old) end
+  redis.call('SET', 'llmgw:lat:' .. provider, tostring(new))
+  if was_probe then
+    redis.call('DEL', 'llmgw:brk:' .. provider, probe_key, 'llmgw:fail:' .. provider)
+  end
+  return 'ok'
+end
+
+-- a failed attempt: give back what admission reserved for it
+if has_res then
+  for s = 1, 2 do
+    for w = 1, #wins do
+      local seconds, bucket = wins[w][2], wins[w][3]
+      local start = at - (at % bucket)
+      if start + seconds + bucket > now then
+        local key = 'llmgw:w:' .. scopes[s] .. ':' .. bucket .. ':' .. start
+        redis.call('HINCRBY', key, 'req', -1)
+        redis.call('HINCRBY', key, 'tin', -tin)
+        redis.call('HINCRBY', key, 'tout', -tout)
+        redis.call('HINCRBY', key, 'cost', -cost)
+      end
+    end
+  end
+end
+
+if kind == 'rate_limited' then
+  redis.call('SET', 'llmgw:cool:' .. provider, '1', 'PX', retry_after_ms)
+  if was_probe then redis.call('DEL', probe_key) end
+  return 'cooldown'
+end
+
+if kind == 'failure' then
+  local fail_key = 'llmgw:fail:' .. provider
+  redis.call('ZADD', fail_key, now_ms, rid)
+  redis.call('ZREMRANGEBYSCORE', fail_key, 0, now_ms - window_ms)
+  redis.call('PEXPIRE', fail_key, window_ms)
+  if was_probe or redis.call('ZCARD', fail_key) >= max_failures then
+    redis.call('HSET', 'llmgw:brk:' .. provider, 'open_until', now_ms + open_ms)
+    redis.call('PEXPIRE', 'llmgw:brk:' .. provider, open_ms + 24 * 3600 * 1000)
+    redis.call('DEL', probe_key, fail_key)
+    return 'breaker_open'
+  end
+  return 'failure'
+end
+if was_probe then redis.call('DEL', probe_key) end
+return 'released'
+"""
+
+STATS_LUA = """
+local now_ms = tonumber(ARGV[1])
+local stale = tonumber(ARGV[2])
+local out = {redis.call('GET', 'llmgw:pin') or '', redis.call('GET', 'llmgw:smart') or ''}
+for i = 3, #ARGV do
+  local p = ARGV[i]
+  redis.call('ZREMRANGEBYSCORE', 'llmgw:inflight:' .. p, 0, now_ms - stale)
+  local open_until = tonumber(redis.call('HGET', 'llmgw:brk:' .. p, 'open_until') or '0')
+  local breaker = 'closed'
+  if open_until > now_ms then breaker = 'open' elseif open_until > 0 then breaker = 'half-open' end
+  table.insert(out, redis.call('ZCARD', 'llmgw:inflight:' .. p))
+  table.insert(out, redis.call('GET', 'llmgw:lat:' .. p) or '')
+  table.insert(out, math.max(redis.call('PTTL', 'llmgw:cool:' .. p), 0))
+  table.insert(out, breaker)
+end
+return out
+"""
+
+
+def _limit_args(limits: Limits) -> list[int]:
+    out: list[int] = []
+    for kind in ("requests", "tokens", "cost"):
+        for w in WINDOWS:
+            v = getattr(limits, f"{kind}_per_{w.name}")
+            out.append(-1 if v is None else (usd_to_nano(v) if kind == "cost" else int(v)))
+    return out
+
+
+@dataclass
+class Admission:
+    index: int | None  # position in the ordered list of the admitted candidate
+    reasons: dict[int, str]  # position -> why it was not admitted
+    reservation: Reservation | None
+
+
+class RoutingStore:
+    def __init__(self, redis):
+        self._redis = redis
+        self._admit = redis.register_script(ADMIT_LUA)
+        self._outcome = redis.register_script(OUTCOME_LUA)
+        self._stats = redis.register_script(STATS_LUA)
+
+    async def admit(self, ordered: list[PlannedCandidate], request_id: str, now_ms: int) -> Admission:
+        if not ordered:
+            return Admission(None, {}, None)
+        args: list[object] = [now_ms, request_id, *_WINDOW_ARGS, len(ordered)]
+        for pc in ordered:
+            c = pc.candidate
+            est_cost = usd_to_nano(pc.est_cost)
+            args += [c.provider, provider_scope(c.provider), model_scope(c.provider, c.model),
+                     pc.est_tokens_in, pc.est_tokens_out, est_cost]
+            for _kind, limits in pc.limits:
+                args += _limit_args(limits)
+        args.append(PROBE_TTL_MS)
+        out = await self._admit(keys=[SCOPES_KEY], args=args)
+        admitted = int(out[0])
+        reasons = {int(out[j]) - 1: str(out[j + 1]) for j in range(1, len(out), 2)}
+        if not admitted:
+            return Admission(None, reasons, None)
+        pc = ordered[admitted - 1]
+        reservation = Reservation(provider=pc.candidate.provider, model=pc.candidate.model, at_s=now_ms // 1000,
+                                  tokens_in=pc.est_tokens_in, tokens_out=pc.est_tokens_out,
+                                  cost_nano=usd_to_nano(pc.est_cost))
+        return Admission(admitted - 1, reasons, reservation)
+
+    async def record_outcome(self, o: AttemptOutcome, kind: str, cooldown_ms: int, breaker: BreakerConfig,
+                             now_ms: int) -> str:
+        r = o.reservation
+        args: list[object] = [now_ms, o.provider, o.request_id, kind, cooldown_ms, o.latency_ms,
+                              breaker.failures, int(breaker.window_s * 1000), int(breaker.open_s * 1000),
+                              LATENCY_ALPHA, 1 if r else 0, r.at_s if r else 0, r.tokens_in if r else 0,
+                              r.tokens_out if r else 0, r.cost_nano if r else 0,
+                              provider_scope(r.provider if r else o.provider),
+                              model_scope(r.provider, r.model) if r else model_scope(o.provider, o.model),
+                              *_WINDOW_ARGS]
+        return str(await self._outcome(keys=[], args=args))
+
+    async def read_stats(self, providers: list[str], now_ms: int) -> tuple[str | None, str | None,
+                                                                             dict[str, ProviderStats]]:
+        out = await self._stats(keys=[], args=[now_ms, INFLIGHT_STALE_MS, *providers])
+        pinned = out[0] or None
+        smart = out[1] or None
+        stats = {}
+        for k, p in enumerate(providers):
+            inflight, latency, cooldown, breaker = out[2 + 4 * k: 6 + 4 * k]
+            stats[p] = ProviderStats(inflight=int(inflight), latency_ms=float(latency) if latency else None,
+                                     cooldown_ms=int(cooldown), breaker=str(breaker))
+        return pinned, smart, stats
+
+    async def set_pin(self, provider: str | None) -> None:
+        if provider:
+            await self._redis.set(PIN_KEY, provider)
+        else:
+            await self._redis.delete(PIN_KEY)
+
+    async def set_smart(self, enabled: bool) -> None:
+        await self._redis.set(SMART_KEY, "1" if enabled else "0")
