@@ -55,3 +55,62 @@ def test_redaction_of_secrets_in_logs():
     line = 'headers={"authorization": "Bearer sk-proj-abcdefgh12345678"} key=gsk_ABCDEFGH1234 x-api-key: zzz123'
     out = redact(line)
     assert "sk-proj" not in out and "gsk_ABC" not in out and "zzz123" not in out
+
+
+# ---- rate-limit headers, prompt classes, tokens, chat commands ----------------
+
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+from llmgw_edge.commands import parse_command  # noqa: E402
+from llmgw_edge.prompt_class import classify  # noqa: E402
+from llmgw_edge.ratelimit_headers import retry_after_seconds  # noqa: E402
+from llmgw_edge.tokens import estimate_prompt_tokens  # noqa: E402
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("headers,expected", [
+    ({"Retry-After": "7"}, 7.0),
+    ({"retry-after": "Thu, 01 Jan 2026 12:00:30 GMT"}, 30.0),
+    ({"x-ratelimit-reset-requests": "6m0s"}, 360.0),
+    ({"x-ratelimit-reset-requests": "1.5s", "x-ratelimit-reset-tokens": "20ms"}, 1.5),  # Groq / OpenAI style
+    ({"anthropic-ratelimit-requests-reset": (NOW + timedelta(seconds=12)).isoformat()}, 12.0),
+    ({"x-ratelimit-reset": str(NOW.timestamp() + 5)}, 5.0),
+    ({"retry-after": "3", "x-ratelimit-reset-requests": "60s"}, 3.0),  # Retry-After is authoritative
+    ({}, None), ({"retry-after": "soon"}, None),
+])
+def test_retry_after(headers, expected):
+    assert retry_after_seconds(headers, NOW) == expected
+
+
+@pytest.mark.parametrize("text,cls", [
+    ("```python\nprint(1)\n```", "code"),
+    ("Why does this raise a Traceback (most recent call last)?", "code"),
+    ("hi there!", "conversation"),
+    ("Compare the evidence from recent studies on intermittent fasting and cite sources", "research"),
+    ("Plan a step by step migration strategy and reason through the trade-offs", "complex"),
+    ("What should I cook tonight?", "conversation"),
+])
+def test_prompt_classes(text, cls):
+    assert classify(text) == cls
+
+
+def test_token_estimate_counts_text_images_and_messages():
+    small = estimate_prompt_tokens({"messages": [{"role": "user", "content": "hello world"}]})
+    assert 2 <= small <= 10
+    big = estimate_prompt_tokens({"messages": [{"role": "user", "content": "hello world " * 500}]})
+    assert 900 <= big <= 1100
+    with_image = estimate_prompt_tokens({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]})
+    assert with_image > 765
+
+
+def test_chat_command_parsing():
+    def body(text):
+        return {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": text}]}
+
+    assert parse_command(body("proxy-cli status")) == ["status"]
+    assert parse_command(body("  proxy-cli use groq")) == ["use", "groq"]
+    assert parse_command(body("proxy-cli")) == ["help"]
+    assert parse_command(body("proxy-client is a word")) is None
+    assert parse_command(body("tell me about proxy-cli")) is None

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmgw_common.config import GatewayConfig, load_config
+from llmgw_common.config import load_config
 
 from .infra import InfraError, NatsServer, RedisServer, free_port, port_is_free
 

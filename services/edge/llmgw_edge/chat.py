@@ -182,7 +182,6 @@ async def _first_event(response: UpstreamResponse) -> tuple[AsyncIterator[str], 
 
 async def _admit_and_send(ctx: EdgeContext, req: ChatRequest, route_request: RouteRequest, outcome: Outcome):
     """Ask the router for one admitted provider at a time until one answers."""
-    first_result = _first_event if req.stream else _read_json_body
     last: UpstreamError | None = None
     while _deadline_left(ctx, outcome) > 0:
         try:

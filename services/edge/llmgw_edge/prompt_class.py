@@ -12,9 +12,10 @@ from typing import Any
 CLASSES = ("code", "research", "conversation", "complex")
 
 _CODE = re.compile(
-    r"```|\b(def|class|import|return|function|const|let|var|public static|#include|SELECT\s+.+\s+FROM|"
-    r"Traceback \(most recent call last\)|stack trace|compile|refactor|regex|unit test|bug|exception|"
-    r"python|javascript|typescript|rust|golang|java|c\+\+|sql|bash|dockerfile|kubernetes|api endpoint)\b",
+    r"```|Traceback \(most recent call last\)|#include\b|\bSELECT\s+.+\s+FROM\b|"
+    r"\b(def|class|import|return|function|const|let|var|public static|stack trace|compile|refactor|regex|"
+    r"unit test|bug|exception|python|javascript|typescript|rust|golang|java|c\+\+|sql|bash|dockerfile|"
+    r"kubernetes|api endpoint)\b",
     re.IGNORECASE)
 _RESEARCH = re.compile(
     r"\b(research|sources?|citations?|references?|literature|compare|comparison|pros and cons|survey|"

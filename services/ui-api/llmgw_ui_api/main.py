@@ -13,16 +13,19 @@ from datetime import datetime
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from pydantic import Field
 from starlette.responses import JSONResponse
 
 from llmgw_common import subjects
 from llmgw_common.config import ConfigError, GatewayConfig, load_config, masked
 from llmgw_common.logs import setup_logging
-from llmgw_common.messages import Message, UsageCurrent, UsageCurrentQuery, UsageHistory, UsageHistoryQuery
-from llmgw_common.nats_conn import RemoteError, connect_nats, request
+from llmgw_common.messages import UsageCurrent, UsageCurrentQuery, UsageHistory, UsageHistoryQuery
+from llmgw_common.nats_conn import connect_nats
 from llmgw_common.settings import CommonSettings
+
+from .nats_client import ask
+from .routes_pricing import router as pricing_router
+from .routes_router import router as router_routes
 
 log = logging.getLogger("llmgw.ui-api")
 
@@ -35,15 +38,6 @@ class UiApiSettings(CommonSettings):
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "api_error", "code": code}}, status_code=status)
-
-
-async def ask(app: FastAPI, subject: str, msg: Message, reply_type):
-    try:
-        return await request(app.state.nc, subject, msg, reply_type, app.state.settings.query_timeout_s)
-    except (NatsTimeoutError, NoRespondersError):
-        raise HTTPException(503, "the usage service is not answering") from None
-    except RemoteError as exc:
-        raise HTTPException(exc.status if 400 <= exc.status < 600 else 502, str(exc)) from None
 
 
 BACKEND_SERVICES = ("router", "usage", "pricing")
@@ -118,6 +112,8 @@ def create_app(settings: UiApiSettings) -> FastAPI:
             return _error(500, str(exc), "invalid_config")
         return JSONResponse({"path": str(path), "config": masked(config)})
 
+    app.include_router(pricing_router)  # GET /api/pricing
+    app.include_router(router_routes)  # GET /debug/router, POST /api/router/pin|smart
     return app
 
 
