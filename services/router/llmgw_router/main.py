@@ -61,6 +61,7 @@ class Router:
         self.store = store
         self.windows = windows
         self.state = RoutingState(smart=config.routing.smart.enabled)
+        self.now_ms = _now_ms  # injectable: tests move time forward instead of sleeping for a window
 
     # ---- decide ----------------------------------------------------------
 
@@ -85,7 +86,7 @@ class Router:
                                  strategy=p.strategy, rule=p.rule, error=p.error)
         if p.error is not None:
             return decision
-        admission = await self.store.admit(p.ordered, route_request.request_id, _now_ms())
+        admission = await self.store.admit(p.ordered, route_request.request_id, self.now_ms())
         first = len(p.ordered) if admission.index is None else admission.index
         for i in range(first):
             decision.skipped.append(Skipped(provider=p.ordered[i].candidate.provider,
@@ -112,7 +113,7 @@ class Router:
         kind, cooldown_ms = classify(outcome, self.config.routing)
         try:
             result = await self.store.record_outcome(outcome, kind, cooldown_ms, self.config.routing.breaker,
-                                                     _now_ms())
+                                                     self.now_ms())
         except Exception:
             log.exception("could not record the outcome of %s", outcome.request_id)
             return
@@ -121,7 +122,7 @@ class Router:
 
     async def refresh_state(self) -> None:
         ids = [p.id for p in self.config.providers]
-        pinned, smart, stats = await self.store.read_stats(ids, _now_ms())
+        pinned, smart, stats = await self.store.read_stats(ids, self.now_ms())
         self.state.pinned = pinned if pinned in ids else None
         self.state.smart = self.config.routing.smart.enabled if smart is None else smart == "1"
         self.state.stats = stats

@@ -184,9 +184,10 @@ if has_res then
       if start + seconds + bucket > now then
         local key = 'llmgw:w:' .. scopes[s] .. ':' .. bucket .. ':' .. start
         redis.call('HINCRBY', key, 'req', -1)
-        redis.call('HINCRBY', key, 'tin', -tin)
-        redis.call('HINCRBY', key, 'tout', -tout)
-        redis.call('HINCRBY', key, 'cost', -cost)
+        -- "0 - x", not "-x": Lua's -0 becomes the string "-0", which HINCRBY rejects
+        redis.call('HINCRBY', key, 'tin', 0 - tin)
+        redis.call('HINCRBY', key, 'tout', 0 - tout)
+        redis.call('HINCRBY', key, 'cost', 0 - cost)
       end
     end
   end
