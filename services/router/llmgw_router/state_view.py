@@ -3,6 +3,7 @@ breaker state, requests in flight, latency average."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from llmgw_common.config import GatewayConfig, Limits
@@ -39,7 +40,8 @@ async def router_state(config: GatewayConfig, state: RoutingState, windows: Wind
             "id": p.id, "enabled": p.enabled, "free_tier": p.free_tier, "priority": p.priority,
             "pinned": state.pinned == p.id, "inflight": stats.inflight,
             "latency_ms": None if stats.latency_ms is None else round(stats.latency_ms, 1),
-            "cooldown_s": round(stats.cooldown_ms / 1000, 1), "breaker": stats.breaker,
+            # rounded up: 0 means the cooldown is really over
+            "cooldown_s": math.ceil(stats.cooldown_ms / 100) / 10, "breaker": stats.breaker,
             "windows": _against_limits(totals.get(provider_scope(p.id), {}), p.limits),
             "models": [{"name": m.name, "upstream": m.upstream_name,
                         "windows": _against_limits(totals.get(model_scope(p.id, m.name), {}), m.limits)}
