@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,18 @@ from pathlib import Path
 
 class InfraError(RuntimeError):
     pass
+
+
+try:  # Linux: a child we start gets SIGTERM if we die, even by SIGKILL (no orphaned servers)
+    import ctypes
+
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _PR_SET_PDEATHSIG = 1
+
+    def die_with_parent() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+except (OSError, AttributeError):  # pragma: no cover - other platforms
+    die_with_parent = None  # type: ignore[assignment]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -96,7 +109,7 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
         wait_for_port(self.host, self.port, timeout, self.proc)
         return self
 

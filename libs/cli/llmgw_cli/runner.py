@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llmgw_common.config import load_config
 
-from .infra import InfraError, NatsServer, RedisServer, free_port, port_is_free
+from .infra import InfraError, NatsServer, RedisServer, die_with_parent, free_port, port_is_free
 
 SERVICES = ("pricing", "usage", "router", "edge", "ui-api")
 _COLOURS = {"nats": 90, "redis": 90, "demo": 36, "pricing": 35, "usage": 34, "router": 33, "edge": 32, "ui-api": 96}
@@ -45,7 +45,8 @@ class Child:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, text=True, bufsize=1)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, text=True, bufsize=1,
+                                     preexec_fn=die_with_parent)
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True, name=f"log-{self.name}").start()
 
     def _pump(self, proc: subprocess.Popen) -> None:
