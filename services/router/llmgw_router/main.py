@@ -62,10 +62,21 @@ class Router:
         self.windows = windows
         self.state = RoutingState(smart=config.routing.smart.enabled)
         self.now_ms = _now_ms  # injectable: tests move time forward instead of sleeping for a window
+        self._tasks: set[asyncio.Task] = set()
 
     # ---- decide ----------------------------------------------------------
 
+    def spawn(self, coro) -> None:
+        """Run a handler body as its own task: a NATS subscription calls its handler one message at a
+        time, and each decision waits on Redis, so handling inline would serialise every request."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def handle_decide(self, req: Request) -> None:
+        self.spawn(self._decide_and_reply(req))
+
+    async def _decide_and_reply(self, req: Request) -> None:
         try:
             route_request = RouteRequest.decode(req.data)
         except ValueError as exc:
@@ -105,6 +116,9 @@ class Router:
     # ---- health, pin, smart ----------------------------------------------
 
     async def on_outcome(self, msg) -> None:
+        self.spawn(self._apply_outcome(msg))
+
+    async def _apply_outcome(self, msg) -> None:
         try:
             outcome = AttemptOutcome.decode(msg.data)
         except ValueError:
@@ -237,6 +251,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     finally:
         refresher.cancel()
         await service.stop()
+        if router._tasks:  # let decisions in hand answer before the connection drains
+            await asyncio.wait(set(router._tasks), timeout=5)
         await nc.drain()
         await redis.aclose()
 
