@@ -4,17 +4,14 @@ with fake upstream providers that speak the OpenAI wire format."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from llmgw_cli.infra import free_port
-from llmgw_cli.runner import Stack
-
 from fakes import FakeProvider
+from stacks import clear_router_health, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -72,21 +69,11 @@ def upstreams():
 
 @pytest.fixture(scope="module")
 def stack(infra, upstreams, tmp_path_factory):
-    root = tmp_path_factory.mktemp("stack")
-    config = root / "llmgw.yaml"
-    config.write_text(_config(upstreams["flaky"], upstreams["good"], upstreams["solo"]))
     env = dict(os.environ, NATS_URL=infra.nats_url, REDIS_URL=infra.redis_url,
                CLICKHOUSE_URL=infra.clickhouse_url, LLMGW_TEST_SOLO_KEY="solo-key-from-env")
-    s = Stack(config, root / "state", edge_port=free_port(), ui_port=free_port(), env=env,
-              log_file=root / "stack.log")
-    try:
-        s.start(ready_timeout=90)
-    except Exception:
-        print((root / "stack.log").read_text())
-        s.stop()
-        raise
-    yield s
-    s.stop()
+    config = _config(upstreams["flaky"], upstreams["good"], upstreams["solo"])
+    with running_stack(tmp_path_factory.mktemp("stack"), config, env) as s:
+        yield s
 
 
 @pytest.fixture
@@ -100,17 +87,6 @@ def ui(stack) -> httpx.Client:
         yield c
 
 
-def clear_router_health(redis_url: str) -> None:
-    """Cooldowns, breakers and the pin are shared state in Redis: each test starts healthy."""
-    import redis
-
-    r = redis.Redis.from_url(redis_url)
-    for pattern in ("llmgw:cool:*", "llmgw:brk:*", "llmgw:probe:*", "llmgw:fail:*", "llmgw:pin", "llmgw:smart"):
-        for key in r.scan_iter(pattern):
-            r.delete(key)
-    r.close()
-
-
 @pytest.fixture(autouse=True)
 def _reset(upstreams, infra):
     for u in upstreams.values():
@@ -120,18 +96,6 @@ def _reset(upstreams, infra):
         u.behaviour.retry_after = None
     clear_router_health(infra.redis_url)
     yield
-
-
-def wait_for(fn, timeout=20.0, interval=0.2):
-    """Poll until ``fn`` returns a truthy value (eventual consistency, not a speed assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-        time.sleep(interval)
 
 
 def history_totals(ui: httpx.Client, **filters) -> dict:

@@ -15,8 +15,6 @@ import httpx
 import openai
 import pytest
 
-from llmgw_cli.infra import free_port
-from llmgw_cli.runner import Stack
 from llmgw_common.config import parse_config_text
 from llmgw_common.messages import RouteRequest
 from llmgw_common.redis_conn import connect_redis
@@ -25,7 +23,7 @@ from llmgw_router.main import Router, RouterSettings, serve as serve_router
 from llmgw_router.store import RoutingStore
 
 from fakes import FakeProvider
-from test_e2e_gateway import clear_router_health, wait_for
+from stacks import clear_router_health, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -84,19 +82,8 @@ def env(infra):
 
 @pytest.fixture(scope="module")
 def stack(providers, env, tmp_path_factory):
-    root = tmp_path_factory.mktemp("routing")
-    config = root / "llmgw.yaml"
-    config.write_text(_config(providers["free"], providers["paid"]))
-    s = Stack(config, root / "state", edge_port=free_port(), ui_port=free_port(), env=env,
-              log_file=root / "stack.log")
-    try:
-        s.start(ready_timeout=90)
-    except Exception:
-        print((root / "stack.log").read_text())
-        s.stop()
-        raise
-    yield s
-    s.stop()
+    with running_stack(tmp_path_factory.mktemp("routing"), _config(providers["free"], providers["paid"]), env) as s:
+        yield s
 
 
 @pytest.fixture(autouse=True)

@@ -347,6 +347,11 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     return parse_config_text(text, str(p))
 
 
+def load_config_or_default(path: str | os.PathLike[str]) -> GatewayConfig:
+    """The config file, or the defaults when there is none yet (a broken file is still an error)."""
+    return load_config(path) if Path(path).exists() else GatewayConfig()
+
+
 def resolve_secret(value: str | None, env: Mapping[str, str] | None = None) -> str | None:
     """Literal secrets pass through; ``${NAME}`` is read from the environment."""
     if value is None:

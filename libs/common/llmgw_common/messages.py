@@ -208,6 +208,10 @@ class UsageEvent(Message):
     # the admission reservation of the provider that served it: the live windows
     # add (actual - reserved) instead of the full amounts
     reservation: Reservation | None = None
+    # optional captured bodies: off by default (nothing captures them yet); the usage
+    # service redacts and size-caps them into ClickHouse request_bodies (7-day TTL)
+    request_body: str | None = None
+    response_body: str | None = None
 
 
 class UsageCurrentQuery(Message):
@@ -240,6 +244,12 @@ class UsageHistoryQuery(Message):
     provider: str | None = None
     model: str | None = None
     limit: int = Field(default=10_000, gt=0, le=100_000)
+    key_id: str | None = None
+    status_class: Literal["ok", "error"] | None = None  # ok: status < 400; error: status >= 400
+    # the dimensions of a row (besides its bucket); a dimension left out is "" in the rows
+    group_by: list[Literal["provider", "model", "key_id"]] = Field(default_factory=lambda: ["provider", "model"])
+    top: int | None = Field(default=None, gt=0, le=1000)  # only the N groups with the most `order_by` in the range
+    order_by: Literal["requests", "errors", "tokens", "cost"] = "requests"
 
 
 class HistoryRow(BaseModel):
@@ -251,7 +261,92 @@ class HistoryRow(BaseModel):
     tokens_in: int
     tokens_out: int
     cost_usd: Decimal
+    key_id: str = ""
+    tokens_cached: int = 0
+    free_requests: int = 0  # cost 0 and status < 400
+    latency_ms_sum: float = 0.0  # average latency = latency_ms_sum / requests
 
 
 class UsageHistory(Message):
     rows: list[HistoryRow] = Field(default_factory=list)
+    # one row per group over the whole range (bucket = its first bucket), largest first when `top` was asked
+    totals: list[HistoryRow] = Field(default_factory=list)
+    source: str = ""  # "usage_minute" (the rollup) or "usage_events" (raw, when the query needs it)
+
+
+class UsageRequestsQuery(Message):
+    """One page of the request log, newest first. ``cursor``: ``next_cursor`` of the previous page."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    provider: str | None = None
+    model: str | None = None
+    key_id: str | None = None
+    request_id: str | None = None
+    status: int | None = Field(default=None, ge=0, le=999)
+    status_class: Literal["ok", "error"] | None = None
+    limit: int = Field(default=100, gt=0, le=1000)
+    cursor: str | None = Field(default=None, max_length=200)
+    include_bodies: bool = False
+
+
+class RequestLogRow(BaseModel):
+    id: str
+    ts: datetime
+    request_id: str
+    endpoint: str
+    key_id: str
+    provider: str
+    model: str
+    upstream_model: str
+    stream: bool
+    status: int
+    error: str | None = None
+    latency_ms: float
+    ttft_ms: float | None = None
+    route_reason: str
+    retries: int  # upstream tries beyond the first (retries on a provider plus fail-overs)
+    tokens_in: int
+    tokens_out: int
+    tokens_cached: int
+    cost_usd: Decimal
+    attempts: list[Attempt] = Field(default_factory=list)
+    request_body: str | None = None  # only with include_bodies, and only when captured
+    response_body: str | None = None
+
+
+class UsageRequests(Message):
+    rows: list[RequestLogRow] = Field(default_factory=list)
+    next_cursor: str | None = None  # None: this was the last page
+
+
+class UsageReplayBatch(Message):
+    """Events read back from the stream by ``llmgw replay``, for the usage service to insert into
+    ClickHouse (it owns the chDB directory). Idempotent: events already stored are skipped."""
+
+    events: list[UsageEvent] = Field(default_factory=list)
+    dry_run: bool = False
+
+
+class UsageReplayResult(Message):
+    received: int = 0
+    inserted: int = 0  # new in ClickHouse (with dry_run: would be)
+    already: int = 0  # were there before
+    busy: list[str] = Field(default_factory=list)  # ids another writer is inserting right now: send again later
+
+
+class UsageSimulate(Message):
+    """Dev only (usage service with LLMGW_DEV_SIMULATE=1): publish synthetic usage events to the stream."""
+
+    count: int = Field(default=100, gt=0, le=10_000)
+    providers: list[str] = Field(default_factory=lambda: ["sim-free", "sim-paid"], min_length=1, max_length=50)
+    models: list[str] = Field(default_factory=lambda: ["sim-small", "sim-large"], min_length=1, max_length=50)
+    key_ids: list[str] = Field(default_factory=lambda: ["sim-key"], min_length=1, max_length=50)
+    spread_s: int = Field(default=60, ge=0, le=7 * 86400)  # timestamps spread over the last spread_s seconds
+    error_rate: float = Field(default=0.05, ge=0, le=1)
+    seed: int | None = None
+
+
+class UsageSimulated(Message):
+    published: int = 0
+    ids: list[str] = Field(default_factory=list)

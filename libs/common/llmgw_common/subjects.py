@@ -32,6 +32,11 @@ USAGE_CONSUMER = "usage-projector"
 # usage queries (request/reply, queue group "usage"); outside the stream's subjects
 USAGE_QUERY_CURRENT = "llmgw.usage.query.current"
 USAGE_QUERY_HISTORY = "llmgw.usage.query.history"
+USAGE_QUERY_REQUESTS = "llmgw.usage.query.requests"
+# replay into ClickHouse through the usage service (it owns the chDB directory)
+USAGE_REPLAY = "llmgw.usage.replay"
+# dev only (LLMGW_DEV_SIMULATE=1): synthetic usage events
+USAGE_SIMULATE = "llmgw.usage.simulate"
 
 # config (announcement after ui-api wrote a new config file)
 CONFIG_CHANGED = "llmgw.config.changed"

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from llmgw_common.config import GatewayConfig, load_config, resolve_secret
+from llmgw_common.config import load_config_or_default, resolve_secret
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
 from pydantic import Field
@@ -39,12 +39,6 @@ class EdgeSettings(CommonSettings):
     port: int = Field(default=8080, alias="LLMGW_EDGE_PORT")
 
 
-def read_config(settings: EdgeSettings) -> GatewayConfig:
-    if not settings.config_path.exists():
-        return GatewayConfig()
-    return load_config(settings.config_path)
-
-
 def error_response(err: GatewayError) -> Response:
     return Response(err.openai_json(), status_code=err.status, media_type="application/json",
                     headers=err.headers)
@@ -53,7 +47,7 @@ def error_response(err: GatewayError) -> Response:
 def create_app(settings: EdgeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        config = read_config(settings)
+        config = load_config_or_default(settings.config_path)
         nc = await connect_nats(settings.nats_url, "llmgw-edge")
         publisher = UsagePublisher(nc.jetstream(), settings.state_dir / f"edge-{settings.port}-unsent-usage.ndjson")
         await publisher.start()

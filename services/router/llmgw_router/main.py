@@ -16,7 +16,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 
 from llmgw_common import subjects
-from llmgw_common.config import ConfigError, GatewayConfig, load_config
+from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
 from llmgw_common.lifecycle import wait_for_stop
 from llmgw_common.logs import setup_logging
 from llmgw_common.messages import (AttemptOutcome, ErrorInfo, PinCommand, PriceKey, PriceList, PriceLookup,
@@ -37,12 +37,6 @@ STATS_REFRESH_S = 0.5
 
 class RouterSettings(CommonSettings):
     pass
-
-
-def read_config(settings: CommonSettings) -> GatewayConfig:
-    if not settings.config_path.exists():
-        return GatewayConfig()
-    return load_config(settings.config_path)
 
 
 def config_prices(config: GatewayConfig) -> PriceBook:
@@ -209,7 +203,7 @@ class Router:
 
 async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> None:
     redis = connect_redis(settings.redis_url)
-    router = Router(read_config(settings), RoutingStore(redis), WindowReader(redis))
+    router = Router(load_config_or_default(settings.config_path), RoutingStore(redis), WindowReader(redis))
     nc = await connect_nats(settings.nats_url, "llmgw-router")
 
     async def on_pricing_changed(_msg) -> None:
@@ -217,7 +211,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
 
     async def on_config_changed(_msg) -> None:
         try:
-            router.config = read_config(settings)
+            router.config = load_config_or_default(settings.config_path)
         except ConfigError as exc:
             log.error("ignoring config change: %s", exc)
             return
