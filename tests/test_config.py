@@ -104,3 +104,9 @@ def test_config_check_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as fail:
         cli_main(["config", "check", str(bad)])
     assert fail.value.code == 1 and "providers[0].free_tier" in capsys.readouterr().err
+
+
+def test_masked_hides_credentials_in_the_price_source_url():
+    cfg = parse_config_text(GOOD + "pricing:\n  source_url: https://user:pw@prices.example/p.json?token=abc\n")
+    shown = masked(cfg)["pricing"]["source_url"]
+    assert "pw" not in shown and "abc" not in shown and shown.startswith("https://********@prices.example/p.json")

@@ -12,6 +12,7 @@ import os
 import re
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any, Literal, Mapping
 
 import yaml
@@ -371,4 +372,16 @@ def masked(config: GatewayConfig) -> dict[str, Any]:
         if key and not _ENV_REF.match(key):
             p["api_key"] = SECRET_MASK
         p["headers"] = {k: SECRET_MASK for k in p.get("headers", {})}
+    pricing = data.get("pricing") or {}
+    if pricing.get("source_url"):
+        pricing["source_url"] = mask_url(pricing["source_url"])
     return data
+
+
+def mask_url(url: str) -> str:
+    """A URL with any credentials (user:password@, query string) masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = SECRET_MASK + "@" + netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, netloc, parts.path, SECRET_MASK if parts.query else "", ""))
