@@ -27,6 +27,10 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	@# wrk is a Debian package: install it when we can (root with apt), else llmgw bench says what to do
+	@if ! command -v wrk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; \
+	fi
 	$(BIN)/llmgw bench
 
 check: $(STAMP)
