@@ -226,6 +226,9 @@ def test_chat_commands_pin_and_status(client, stack):
     streamed = "".join(c.choices[0].delta.content or "" for c in say("proxy-cli help", stream=True))
     assert "proxy-cli use" in streamed
     assert "unknown provider" in say("proxy-cli use nobody").choices[0].message.content
+    # the request log (ClickHouse, via the usage service) lists what was served above
+    logs = wait_for(lambda: (t := say("proxy-cli logs 3").choices[0].message.content).startswith("last") and t)
+    assert "via free" in logs or "via paid" in logs
 
 
 def test_free_provider_takes_over_again_when_its_window_frees(env, tmp_path):
