@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
-from llmgw_common.messages import Attempt, UsageEvent, UsageHistoryQuery
+from llmgw_cli.progress import Progress
+from llmgw_common.messages import Attempt, UsageEvent, UsageHistoryQuery, UsageRequestsQuery, UsageSimulate
 from llmgw_common.windows import SCOPES_KEY, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
-from llmgw_usage import domain
+from llmgw_usage import domain, queries
+from llmgw_usage.projection import body_rows, cap_body
+from llmgw_usage.replay import parse_when
 from llmgw_usage.consumer import consumer_config, max_ack_pending_for
 from llmgw_usage.schema import load_migrations, split_statements
+from llmgw_usage.simulate import synthetic_events
 
 T0 = datetime(2025, 3, 14, 15, 9, 26, 535000, tzinfo=timezone.utc)
 T0_S = int(T0.timestamp())
@@ -164,35 +170,135 @@ def test_current_from_totals():
     assert cur.at == T0
 
 
-# ---- history ----------------------------------------------------------------
+# ---- history and request log queries (queries.py) -------------------------
 
-def test_history_sql_without_filters():
-    sql, params = domain.history_sql(UsageHistoryQuery())
-    assert "usage_events FINAL" in sql and "WHERE" not in sql
-    assert "toStartOfInterval" in sql and "countIf(status >= 400)" in sql
-    assert params == {"bucket_s": 60}
-    assert "LIMIT 10000" in sql
-
-
-def test_history_sql_with_filters():
+def test_history_plan_uses_the_rollup_when_it_gives_the_same_answer():
     since = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    q = UsageHistoryQuery(since=since, until=since + timedelta(hours=1), bucket_s=300, provider="groq",
-                          model="llama'; DROP TABLE x", limit=5)
-    sql, params = domain.history_sql(q)
-    assert "DROP" not in sql  # values travel as bound parameters
-    assert params["since_ms"] == int(since.timestamp() * 1000)
-    assert params["until_ms"] - params["since_ms"] == 3_600_000
-    assert params["provider"] == "groq" and params["model"].startswith("llama'")
-    assert params["bucket_s"] == 300 and "LIMIT 5 " in sql
-    assert "ts >= " in sql and "ts < " in sql and "provider = {provider:String}" in sql
+    plan = queries.history_plan(UsageHistoryQuery(since=since, until=since + timedelta(hours=1), bucket_s=300))
+    assert plan.source == "usage_minute"
+    sql, params = plan.rows_sql()
+    assert "FROM usage_minute " in sql and "sum(requests)" in sql and "FINAL" not in sql
+    assert params["since_ms"] == int(since.timestamp() * 1000) and params["bucket_s"] == 300
+    # raw events when the rollup cannot answer exactly: status filter, unaligned range, odd buckets
+    for q in (UsageHistoryQuery(status_class="error"), UsageHistoryQuery(since=since + timedelta(seconds=1)),
+              UsageHistoryQuery(until=since + timedelta(milliseconds=5)), UsageHistoryQuery(bucket_s=90)):
+        plan = queries.history_plan(q)
+        assert plan.source == "usage_events" and "usage_events FINAL" in plan.rows_sql()[0], q
+    assert "status >= 400" in queries.history_plan(UsageHistoryQuery(status_class="error")).rows_sql()[0]
+    assert "status < 400" in queries.history_plan(UsageHistoryQuery(status_class="ok")).rows_sql()[0]
 
 
-def test_history_rows():
-    rows = domain.history_rows([(1_700_000_100, "groq", "llama", 3, 1, 30, 12, "0.000000123")])
+def test_history_plan_binds_values_and_ranks_top_groups():
+    q = UsageHistoryQuery(provider="groq", model="llama'; DROP TABLE x", key_id="k", group_by=["model"], top=3,
+                          order_by="cost", limit=5)
+    plan = queries.history_plan(q)
+    sql, params = plan.rows_sql()
+    assert "DROP" not in sql and "DROP" not in plan.top_sql  # values travel as bound parameters
+    assert params["model"].startswith("llama'") and params["provider"] == "groq" and params["key_id"] == "k"
+    assert "(model) IN (SELECT model FROM usage_minute" in sql and "ORDER BY sum(cost_usd) DESC" in sql
+    assert "LIMIT 3)" in sql and "LIMIT 5" in sql
+    assert "toString(model) AS g_model" in sql and "g_provider" not in sql
+    assert plan.top_sql.endswith("LIMIT 3") and "GROUP BY model" in plan.top_sql
+    with pytest.raises(queries.QueryError):
+        queries.history_plan(UsageHistoryQuery(since=T0, until=T0))
+
+
+def test_history_rows_fill_missing_dimensions():
+    plan = queries.history_plan(UsageHistoryQuery(group_by=["model"]))
+    rows = queries.history_rows([(1_700_000_100, "llama", 3, 1, 30, 12, "0.000000123", 4, 1, 99.5)], plan)
     r = rows[0]
     assert r.bucket == datetime.fromtimestamp(1_700_000_100, tz=timezone.utc)
-    assert (r.provider, r.model, r.requests, r.errors, r.tokens_in, r.tokens_out) == ("groq", "llama", 3, 1, 30, 12)
-    assert r.cost_usd == Decimal("0.000000123")
+    assert (r.provider, r.model, r.key_id, r.requests, r.errors, r.tokens_in, r.tokens_out) == (
+        "", "llama", "", 3, 1, 30, 12)
+    assert (r.cost_usd, r.tokens_cached, r.free_requests, r.latency_ms_sum) == (Decimal("0.000000123"), 4, 1, 99.5)
+
+
+def test_existing_ids_sql_carries_ids_as_one_base64_literal():
+    evs = [_event(id="a'b", ts=T0), _event(id="x", ts=T0 + timedelta(hours=1))]
+    sql = queries.existing_ids_sql(evs)
+    assert "a'b" not in sql and "base64Decode('" in sql
+    literal = sql.split("base64Decode('")[1].split("'")[0]
+    assert json.loads(base64.b64decode(literal)) == ["a'b", "x"]
+    assert f"toInt64({int(T0.timestamp() * 1000) - 1000})" in sql
+
+
+def test_request_cursor_round_trip_and_rejects_garbage():
+    cursor = queries.encode_cursor(T0, "01JEVENT")
+    assert queries.decode_cursor(cursor) == (int(T0.timestamp() * 1000), "01JEVENT")
+    for bad in ("%%%", "bm9jb2xvbg", queries.encode_cursor(T0, "x")[:-3] + "!!!"):
+        with pytest.raises(queries.QueryError):
+            queries.decode_cursor(bad)
+    sql, params = queries.requests_sql(UsageRequestsQuery(cursor=cursor, provider="p", status=502, limit=10))
+    assert "(ts, id) < (" in sql and "ORDER BY ts DESC, id DESC LIMIT 11" in sql
+    assert params["cursor_id"] == "01JEVENT" and params["status"] == 502 and params["provider"] == "p"
+
+
+# ---- bodies, simulate, replay helpers -----------------------------------------
+
+def test_bodies_are_redacted_and_capped():
+    text, cut = cap_body("key: Authorization: Bearer sk-abcdefghijkl0123 ok")
+    assert "sk-abcdefghijkl0123" not in text and "[REDACTED]" in text and not cut
+    text, cut = cap_body("é" * 10, cap=5)  # never cut inside a character
+    assert cut and text == "éé"
+    assert cap_body(None) == ("", False)
+    rows = body_rows([_event(), _event(id="b", request_body="x", response_body=None)])
+    assert rows == [[T0, "b", "x", "", False]]
+
+
+def test_synthetic_events_are_marked_and_reproducible():
+    q = UsageSimulate(count=20, providers=["p-free", "p"], seed=3, error_rate=0.3, spread_s=60)
+    a, b = synthetic_events(q, T0), synthetic_events(q, T0)
+    assert [(e.provider, e.tokens_in, e.status, e.ts) for e in a] == [(e.provider, e.tokens_in, e.status, e.ts)
+                                                                       for e in b]
+    assert all(e.route_reason == "simulated" and e.request_id.startswith("sim-") for e in a)
+    assert all(e.cost_usd == 0 for e in a if e.provider == "p-free" or e.status >= 400)
+    assert all(T0 - timedelta(seconds=60) <= e.ts <= T0 for e in a)
+
+
+def test_parse_when():
+    now = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+    assert parse_when("2h", now) == now - timedelta(hours=2)
+    assert parse_when("90s", now) == now - timedelta(seconds=90)
+    assert parse_when("1w", now) == now - timedelta(days=7)
+    assert parse_when("2025-01-31", now) == datetime(2025, 1, 31, tzinfo=timezone.utc)
+    assert parse_when("2025-01-31T12:00:00Z", now) == datetime(2025, 1, 31, 12, tzinfo=timezone.utc)
+    assert parse_when("2025-01-31T13:00:00+01:00", now) == datetime(2025, 1, 31, 12, tzinfo=timezone.utc)
+    for bad in ("yesterday", "h2", "", "2025-13-01"):
+        with pytest.raises(ValueError, match="not a time"):
+            parse_when(bad, now)
+
+
+def test_import_line_validation_reasons():
+    from llmgw_cli.events import validate_line
+
+    assert validate_line(_event().encode())[0].id == _event().id
+    assert validate_line(b"{oops")[1] == "<body>: Invalid JSON: key must be a string at line 1 column 2"
+    assert validate_line(b'{"request_id": "r", "model": "m"}')[1] == "status: Field required"
+    assert "out of range" in validate_line(_event(ts=datetime(1, 1, 1, tzinfo=timezone.utc)).encode())[1]
+
+
+def test_progress_lines_without_a_terminal():
+    out, now = io.StringIO(), [0.0]
+    p = Progress("replay", total=200, stream=out, interval_s=5.0, clock=lambda: now[0])
+    now[0] = 1.0
+    p.update(50)  # the first update draws
+    now[0] = 2.0
+    p.update(100)  # within the interval: nothing
+    now[0] = 10.0
+    p.finish(200)
+    assert out.getvalue().splitlines() == ["replay: 50/200 ( 25.0%)  50/s  1.0s", "replay: 200/200 (100.0%)  20/s  10.0s"]
+
+
+def test_bench_ingest_results_go_into_their_own_section():
+    from llmgw_cli import bench_ingest
+
+    doc = "# Benchmarks\n\nintro\n<!-- bench:results:start -->\nHTTP\n<!-- bench:results:end -->\n"
+    r = bench_ingest.IngestResult(events=1000, publish_s=1.0, ingest_s=0.5, batch_size=100, batch_wait_s=0.2,
+                                  batches=10, load_before="0.1")
+    once = bench_ingest.replace_section(doc, bench_ingest.results_section(r, T0))
+    assert once.startswith(doc.rstrip("\n")) and "| **2,000** |" in once and "## Usage ingest" in once
+    twice = bench_ingest.replace_section(once, bench_ingest.results_section(r, T0))
+    assert twice == once and twice.count(bench_ingest.SECTION_START) == 1
 
 
 # ---- schema and consumer config ---------------------------------------------

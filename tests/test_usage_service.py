@@ -38,6 +38,7 @@ from llmgw_common.windows import SCOPES_KEY, WindowReader, model_scope, provider
 from llmgw_usage.consumer import UsageConsumer
 from llmgw_usage.handlers import BatchProcessor
 from llmgw_usage.main import UsageSettings, serve
+from llmgw_usage.projection import ClickHouseProjection
 from llmgw_usage.schema import apply_migrations, load_migrations
 from llmgw_usage.store import ClickHouseStore
 from llmgw_usage.windows_writer import WindowWriter
@@ -65,7 +66,7 @@ class Env:
 
 
 async def _delete_window_keys(redis) -> None:
-    for pattern in ("llmgw:w:*", "llmgw:seen:*"):
+    for pattern in ("llmgw:w:*", "llmgw:seen:*", "llmgw:chclaim:*"):
         batch = []
         async for key in redis.scan_iter(match=pattern, count=1000):
             batch.append(key)
@@ -236,20 +237,20 @@ async def test_batch_applied_twice_counts_once(env, tmp_path):
     store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")
     await store.open()
     try:
-        processor = BatchProcessor(store, WindowWriter(env.redis))
+        processor = BatchProcessor(ClickHouseProjection(store, env.redis), WindowWriter(env.redis))
         first = [RecordingMsg(ev.encode()) for ev in events]
         r1 = await processor.process(first)
         assert (r1.stored, r1.applied, r1.terminated, r1.failed) == (3, 3, 0, False)
         second = [RecordingMsg(ev.encode()) for ev in events] + [RecordingMsg(events[0].encode())]
         r2 = await processor.process(second)
-        assert (r2.stored, r2.applied, r2.failed) == (3, 0, False)
+        assert (r2.stored, r2.already, r2.applied, r2.failed) == (0, 3, 0, False)
         assert all(m.acks == 1 and m.naks == 0 and m.terms == 0 for m in first + second)
 
         final = await store.query("SELECT count(), sum(tokens_in), sum(cost_usd) FROM usage_events FINAL"
                                   " WHERE provider = {p:String}", {"p": provider})
         assert final == [(3, 30, Decimal("0.000003"))]
         raw = await store.query("SELECT count() FROM usage_events WHERE provider = {p:String}", {"p": provider})
-        assert raw[0][0] in (3, 6)  # stored twice until a merge collapses them; FINAL counts once either way
+        assert raw == [(3,)]  # never inserted twice: the rollups (materialized views) see every event once
 
         totals = await WindowReader(env.redis).read([provider_scope(provider), model_scope(provider, model)],
                                                     int(time.time()))
@@ -268,13 +269,31 @@ async def test_batch_not_acked_when_clickhouse_fails(env, tmp_path):
     await store.open()
     await store.close()  # ClickHouse gone: the batch must be redelivered, not acknowledged
     provider = _uniq("prov")
+    good = _event(provider, "m", tokens_in=5)
     ancient = _event(provider, "m", ts=datetime(1, 1, 1, tzinfo=timezone.utc))  # could never be inserted
-    msgs = [RecordingMsg(_event(provider, "m").encode()), RecordingMsg(b"\xff garbage"), RecordingMsg(ancient.encode())]
-    result = await BatchProcessor(store, WindowWriter(env.redis)).process(msgs)
+    msgs = [RecordingMsg(good.encode()), RecordingMsg(b"\xff garbage"), RecordingMsg(ancient.encode())]
+    result = await BatchProcessor(ClickHouseProjection(store, env.redis), WindowWriter(env.redis)).process(msgs)
     assert result.failed and result.terminated == 2
     assert (msgs[0].acks, msgs[0].naks) == (0, 1)
     assert all((m.terms, m.acks, m.naks) == (1, 0, 0) for m in msgs[1:])
-    assert await env.redis.smembers(SCOPES_KEY) == set()  # nothing reached the windows
+    # the live windows went ahead (the router keeps seeing real usage while ClickHouse is down) ...
+    totals = await WindowReader(env.redis).read([provider_scope(provider)], int(time.time()))
+    assert totals[provider_scope(provider)]["day"]["req"] == 1
+    assert not await env.redis.keys("llmgw:chclaim:*")  # claims released after the failed insert
+
+    # ... and the redelivery, once ClickHouse is back, stores the event without counting it again in Redis
+    store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")
+    await store.open()
+    try:
+        again = RecordingMsg(good.encode())
+        result = await BatchProcessor(ClickHouseProjection(store, env.redis), WindowWriter(env.redis)).process([again])
+        assert (result.failed, result.stored, result.applied, again.acks) == (False, 1, 0, 1)
+        totals = await WindowReader(env.redis).read([provider_scope(provider)], int(time.time()))
+        assert totals[provider_scope(provider)]["day"]["req"] == 1
+        assert await store.query("SELECT count() FROM usage_events WHERE provider = {p:String}",
+                                 {"p": provider}) == [(1,)]
+    finally:
+        await store.close()
 
 
 # ---- the running service ----------------------------------------------------
@@ -482,7 +501,8 @@ async def test_consumers_sharing_the_durable_split_the_work(env, tmp_path):
     consumers = []
     try:
         for _ in range(2):
-            c = UsageConsumer(env.js, BatchProcessor(store, WindowWriter(env.redis)), batch_size=7, batch_wait_s=0.2)
+            c = UsageConsumer(env.js, BatchProcessor(ClickHouseProjection(store, env.redis), WindowWriter(env.redis)),
+                              batch_size=7, batch_wait_s=0.2)
             await c.start()
             consumers.append(c)
         for i in range(120):

@@ -126,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     bench.set_defaults(func=cmd_bench)
+
+    # usage stream: ingest benchmark, replay, NDJSON export / import (see events.py, bench_ingest.py)
+    from . import bench_ingest, events
+
+    ingest = sub.add_parser("bench-ingest", help="usage ingest throughput: N synthetic events through the consumer")
+    bench_ingest.add_arguments(ingest)
+    ingest.set_defaults(func=bench_ingest.cmd_bench_ingest)
+    replay = sub.add_parser("replay", help="rebuild the ClickHouse and/or Redis projections from the usage stream")
+    events.add_replay_arguments(replay)
+    replay.set_defaults(func=events.cmd_replay)
+    events.add_events_arguments(sub.add_parser("events", help="usage events as NDJSON: export / import"))
     return parser
 
 

@@ -9,23 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from datetime import datetime
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Request
 from pydantic import Field
 from starlette.responses import JSONResponse
 
-from llmgw_common import subjects
 from llmgw_common.config import ConfigError, GatewayConfig, load_config, masked
 from llmgw_common.logs import setup_logging
-from llmgw_common.messages import UsageCurrent, UsageCurrentQuery, UsageHistory, UsageHistoryQuery
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.settings import CommonSettings
 
-from .nats_client import ask
 from .routes_pricing import router as pricing_router
 from .routes_router import router as router_routes
+from .routes_usage import router as usage_router
 
 log = logging.getLogger("llmgw.ui-api")
 
@@ -89,20 +86,6 @@ def create_app(settings: UiApiSettings) -> FastAPI:
         return JSONResponse({"status": "ok" if ok else "degraded", "services": services},
                             status_code=200 if ok else 503)
 
-    @app.get("/api/usage/current")
-    async def usage_current(request: Request):
-        reply = await ask(request.app, subjects.USAGE_QUERY_CURRENT, UsageCurrentQuery(), UsageCurrent)
-        return JSONResponse(reply.model_dump(mode="json"))
-
-    @app.get("/api/usage/history")
-    async def usage_history(request: Request, since: datetime | None = None, until: datetime | None = None,
-                            bucket_s: int = Query(60, ge=60, le=86400), provider: str | None = None,
-                            model: str | None = None, limit: int = Query(10_000, gt=0, le=100_000)):
-        query = UsageHistoryQuery(since=since, until=until, bucket_s=bucket_s, provider=provider, model=model,
-                                  limit=limit)
-        reply = await ask(request.app, subjects.USAGE_QUERY_HISTORY, query, UsageHistory)
-        return JSONResponse(reply.model_dump(mode="json"))
-
     @app.get("/api/config")
     async def get_config(request: Request):
         path = request.app.state.settings.config_path
@@ -113,6 +96,7 @@ def create_app(settings: UiApiSettings) -> FastAPI:
         return JSONResponse({"path": str(path), "config": masked(config)})
 
     app.include_router(pricing_router)  # GET /api/pricing
+    app.include_router(usage_router)  # GET /api/usage/current|history, GET /api/requests, POST /api/dev/simulate
     app.include_router(router_routes)  # GET /debug/router, POST /api/router/pin|smart
     return app
 

@@ -1,14 +1,18 @@
 """JetStream adapter: the durable pull consumer every usage replica shares.
 
-Each replica fetches batches from the same durable consumer (JetStream hands
-any message to one of them at a time), hands them to the ``BatchProcessor``
-and goes on. NATS disconnects, timeouts and a vanished consumer are retried
-with a back-off; nothing here ends the loop except ``stop()``.
+Each replica pulls batches from the same durable consumer (JetStream hands
+any message to one of them at a time) and hands them to the ``BatchProcessor``.
+The next batch is pulled while the previous one is being committed, so the
+network, ClickHouse and Redis work overlap; commits themselves stay one at a
+time. NATS disconnects, timeouts and a vanished consumer are retried with a
+back-off; nothing here ends the loop except ``stop()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -22,6 +26,8 @@ log = logging.getLogger(__name__)
 
 ACK_WAIT_S = 30.0
 MAX_BACKOFF_S = 5.0
+# extra wait beyond a pull request's own expiry before we stop waiting for its 408
+PULL_GRACE_S = 2.0
 
 
 def max_ack_pending_for(batch_size: int) -> int:
@@ -29,23 +35,23 @@ def max_ack_pending_for(batch_size: int) -> int:
     return max(1000, min(4 * batch_size, 400_000))
 
 
-def consumer_config(batch_size: int) -> ConsumerConfig:
+def consumer_config(batch_size: int, ack_wait_s: float | None = None) -> ConsumerConfig:
     return ConsumerConfig(
         name=subjects.USAGE_CONSUMER,
         durable_name=subjects.USAGE_CONSUMER,
         description="usage service: ClickHouse + Redis window projection",
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT_S,
+        ack_wait=ACK_WAIT_S if ack_wait_s is None else ack_wait_s,
         max_ack_pending=max_ack_pending_for(batch_size),
         filter_subject=subjects.USAGE_EVENT_WILDCARD,
     )
 
 
-async def ensure_consumer(js, batch_size: int) -> None:
+async def ensure_consumer(js, batch_size: int, ack_wait_s: float | None = None) -> None:
     """Create the durable consumer, or update it to this config; a replica with an older config keeps working."""
     try:
-        await js.add_consumer(subjects.USAGE_STREAM, config=consumer_config(batch_size))
+        await js.add_consumer(subjects.USAGE_STREAM, config=consumer_config(batch_size, ack_wait_s))
     except Exception as exc:  # noqa: BLE001
         try:
             await js.consumer_info(subjects.USAGE_STREAM, subjects.USAGE_CONSUMER)
@@ -54,16 +60,105 @@ async def ensure_consumer(js, batch_size: int) -> None:
         log.warning("usage consumer exists with another config (%s); using it as it is", exc)
 
 
+class PullError(Exception):
+    """A pull request ended with an error status (consumer deleted, no responders, ...)."""
+
+
+class PullFetcher:
+    """Pull requests on a durable consumer, answered into an inbox of our own (public NATS API only).
+
+    nats-py's ``PullSubscription.fetch`` awaits every message separately with
+    its own timeout; at thousands of events per second that was most of the
+    consumer's CPU. Here the subscription callback appends each message to a
+    buffer and wakes the fetch once the batch is full or the pull request ended
+    (status 408 at its expiry). Every request gets its own reply subject, so a
+    late status of an earlier request never ends a later one; late messages of
+    an earlier request are simply part of the next batch.
+    """
+
+    def __init__(self, nc, stream: str, durable: str):
+        self._nc = nc
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._sub = None
+        self._prefix = ""
+        self._buf: list = []
+        self._want = 0
+        self._seq = 0
+        self._ended: dict[str, str] = {}  # reply subject -> status of a pull request that ended
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        self._prefix = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_msg,
+                                             pending_msgs_limit=1_000_000, pending_bytes_limit=1024**3)
+
+    async def close(self) -> None:
+        """Unsubscribe; messages received but never handed out are given back (nak) for prompt redelivery."""
+        sub, self._sub = self._sub, None
+        left, self._buf = self._buf, []
+        for msg in left:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_msg(self, msg) -> None:
+        headers = msg.headers
+        if headers and "Status" in headers and not msg.data:
+            status = headers.get("Status", "")
+            if status != "100":  # 100: idle heartbeat; 404/408: request done; 409/503: consumer trouble
+                self._ended[msg.subject] = f"{status} {headers.get('Description', '')}".strip()
+                self._wake.set()
+            return
+        self._buf.append(msg)
+        if len(self._buf) >= self._want:
+            self._wake.set()
+
+    async def fetch(self, batch: int, wait_s: float) -> list:
+        """Up to ``batch`` messages: as soon as ``batch`` are there, else whatever arrived within ``wait_s``."""
+        if self._sub is None:
+            raise PullError("fetcher not started")
+        status = ""
+        if len(self._buf) < batch:
+            self._seq += 1
+            reply = f"{self._prefix}.{self._seq}"
+            self._want = batch
+            request = {"batch": batch - len(self._buf), "expires": int(wait_s * 1e9)}
+            await self._nc.publish(self._api, json.dumps(request).encode(), reply=reply)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s + PULL_GRACE_S
+            while len(self._buf) < batch and reply not in self._ended:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            status = self._ended.pop(reply, "")
+            self._ended.clear()  # statuses of older requests no longer matter
+        out, self._buf = self._buf[:batch], self._buf[batch:]
+        if not out and status and not status.startswith(("404", "408")):
+            raise PullError(f"pull request ended: {status}")
+        return out
+
+
 class UsageConsumer:
-    def __init__(self, js, processor: BatchProcessor, batch_size: int, batch_wait_s: float):
+    def __init__(self, js, processor: BatchProcessor, batch_size: int, batch_wait_s: float, nc=None,
+                 ack_wait_s: float | None = None):
         self._js = js
+        self._ack_wait_s = ack_wait_s
+        self._nc = nc if nc is not None else js._nc  # the connection the JetStream context uses
         self._processor = processor
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
-        self._sub = None
+        self._fetcher: PullFetcher | None = None
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self.batches = 0  # committed batches (observability / tests)
+        self.events = 0  # messages acknowledged in committed batches
 
     async def start(self) -> None:
         await self._bind()
@@ -76,7 +171,7 @@ class UsageConsumer:
         self._stopping.set()
         if self._task is not None:
             try:
-                # the loop finishes the batch in hand (at most one fetch wait + one commit)
+                # the loop finishes the batches in hand (at most one pull wait + one commit)
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except asyncio.TimeoutError:
                 log.warning("usage consumer did not stop in %.0fs; cancelling", timeout)
@@ -88,16 +183,15 @@ class UsageConsumer:
         await self._unbind()
 
     async def _bind(self) -> None:
-        await ensure_consumer(self._js, self.batch_size)
-        self._sub = await self._js.pull_subscribe_bind(durable=subjects.USAGE_CONSUMER, stream=subjects.USAGE_STREAM)
+        await ensure_consumer(self._js, self.batch_size, self._ack_wait_s)
+        fetcher = PullFetcher(self._nc, subjects.USAGE_STREAM, subjects.USAGE_CONSUMER)
+        await fetcher.start()
+        self._fetcher = fetcher
 
     async def _unbind(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - connection may already be gone
-                pass
+        fetcher, self._fetcher = self._fetcher, None
+        if fetcher is not None:
+            await fetcher.close()
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -105,52 +199,44 @@ class UsageConsumer:
         except asyncio.TimeoutError:
             pass
 
-    async def _fill_batch(self) -> list:
-        """Wait for a first message, then keep fetching for up to ``batch_wait_s`` or until the batch is
-        full: one ClickHouse insert per batch, not per trickle of events (small inserts are what
-        ClickHouse and chDB handle worst)."""
-        msgs = await self._sub.fetch(batch=self.batch_size, timeout=max(self.batch_wait_s, 1.0))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.batch_wait_s
-        while len(msgs) < self.batch_size and not self._stopping.is_set():
-            left = deadline - loop.time()
-            if left <= 0.01:
-                break
-            try:
-                msgs += await self._sub.fetch(batch=self.batch_size - len(msgs), timeout=left)
-            except asyncio.TimeoutError:
-                break
-        return msgs
+    async def _commit(self, msgs: list) -> None:
+        try:
+            result = await self._processor.process(msgs)
+        except Exception:  # noqa: BLE001 - never expected; messages are redelivered after ack_wait
+            log.exception("usage batch processing crashed")
+            await self._pause(1.0)
+            return
+        if result.failed:
+            await self._pause(1.0)
+        else:
+            self.batches += 1
+            self.events += result.received - result.busy
 
     async def _loop(self) -> None:
         failures = 0
-        while not self._stopping.is_set():
-            try:
-                if self._sub is None:
-                    await self._bind()
-                msgs = await self._fill_batch()
-            except asyncio.TimeoutError:  # nothing to fetch (or NATS away for a moment)
+        committing: asyncio.Task | None = None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if self._fetcher is None:
+                        await self._bind()
+                    # the next batch arrives while the previous one commits
+                    msgs = await self._fetcher.fetch(self.batch_size, self.batch_wait_s)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - disconnects, consumer deleted, ...
+                    failures += 1
+                    log.warning("usage fetch failed (%d in a row): %s: %s", failures, type(exc).__name__, exc)
+                    if failures >= 3 or isinstance(exc, (NotFoundError, PullError)):
+                        await self._unbind()  # bind again (re-creating the consumer) on the next turn
+                    await self._pause(min(MAX_BACKOFF_S, 0.2 * 2**failures))
+                    continue
                 failures = 0
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - disconnects, consumer deleted, ...
-                failures += 1
-                log.warning("usage fetch failed (%d in a row): %s: %s", failures, type(exc).__name__, exc)
-                if failures >= 3 or isinstance(exc, NotFoundError):
-                    await self._unbind()  # bind again (re-creating the consumer) on the next turn
-                await self._pause(min(MAX_BACKOFF_S, 0.2 * 2**failures))
-                continue
-            failures = 0
-            if not msgs:
-                continue
-            try:
-                result = await self._processor.process(msgs)
-            except Exception:  # noqa: BLE001 - never expected; messages are redelivered after ack_wait
-                log.exception("usage batch processing crashed")
-                await self._pause(1.0)
-                continue
-            if result.failed:
-                await self._pause(1.0)
-            else:
-                self.batches += 1
+                if committing is not None:
+                    await committing
+                    committing = None
+                if msgs:
+                    committing = asyncio.create_task(self._commit(msgs), name="usage-commit")
+        finally:
+            if committing is not None:
+                await committing

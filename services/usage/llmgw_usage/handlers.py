@@ -1,12 +1,15 @@
-"""Handlers: one batch of stream messages, and the NATS usage queries.
+"""Handlers: one batch of stream messages, and the NATS usage endpoints.
 
-A batch is decoded, inserted into ClickHouse, applied to the Redis windows,
-and only then acknowledged. Both projections are idempotent by event id, so a
-failure anywhere simply leads to a redelivery that counts nothing twice.
+A batch is decoded, inserted into ClickHouse and applied to the Redis windows
+(both at once), and only then acknowledged. Both projections are idempotent by
+event id (ClickHouse: ``projection.py``; Redis: a seen-marker per event in the
+same Lua script as the increments), so a failure anywhere simply leads to a
+redelivery that counts nothing twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,10 +17,24 @@ from typing import Any, Callable, Protocol, Sequence
 
 from pydantic import ValidationError
 
-from llmgw_common.messages import UsageCurrentQuery, UsageEvent, UsageHistory, UsageHistoryQuery, utcnow
+from llmgw_common import subjects
+from llmgw_common.messages import (
+    UsageCurrentQuery,
+    UsageEvent,
+    UsageHistory,
+    UsageHistoryQuery,
+    UsageReplayBatch,
+    UsageReplayResult,
+    UsageRequests,
+    UsageRequestsQuery,
+    UsageSimulate,
+    UsageSimulated,
+    utcnow,
+)
 from llmgw_common.windows import SCOPES_KEY
 
-from . import domain
+from . import domain, simulate
+from .queries import QueryError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +42,8 @@ log = logging.getLogger(__name__)
 LOG_PREFIX_BYTES = 32
 # redelivery delay after a failed batch (ClickHouse or Redis down)
 RETRY_DELAY_S = 2.0
+# redelivery delay of an event another replica is inserting into ClickHouse right now
+BUSY_RETRY_S = 1.0
 
 
 class StreamMsg(Protocol):
@@ -41,7 +60,9 @@ class StreamMsg(Protocol):
 @dataclass
 class BatchResult:
     received: int = 0
-    stored: int = 0  # distinct events inserted into ClickHouse
+    stored: int = 0  # distinct events inserted into ClickHouse now
+    already: int = 0  # distinct events ClickHouse held before (redelivered / replayed)
+    busy: int = 0  # distinct events another writer was inserting: left for redelivery
     applied: int = 0  # events new to the Redis windows (not seen before)
     terminated: int = 0  # undecodable, never redelivered
     failed: bool = False
@@ -58,8 +79,10 @@ def _describe(msg: StreamMsg) -> str:
 
 
 class BatchProcessor:
-    def __init__(self, store, writer, clock: Callable[[], float] = time.time):
-        self._store = store
+    """``projection``: a ``ClickHouseProjection``; ``writer``: a ``WindowWriter``."""
+
+    def __init__(self, projection, writer, clock: Callable[[], float] = time.time):
+        self._projection = projection
         self._writer = writer
         self._clock = clock
 
@@ -86,19 +109,29 @@ class BatchProcessor:
         if not good:
             return result
         unique = domain.dedupe(events)
-        try:
-            result.stored = await self._store.insert_events(unique)
-            result.applied = await self._writer.apply(unique, int(self._clock()))
-        except Exception as exc:  # noqa: BLE001 - any failure means: not committed, redeliver later
+        # both projections at once: ClickHouse works on its thread while Redis runs the window script
+        ch, applied = await asyncio.gather(self._projection.project(unique),
+                                           self._writer.apply(unique, int(self._clock())), return_exceptions=True)
+        failure = next((x for x in (ch, applied) if isinstance(x, BaseException)), None)
+        if failure is not None:  # not committed (or only half): redeliver later, both sides are idempotent
+            if not isinstance(failure, Exception):
+                raise failure
             result.failed = True
-            result.errors.append(f"{type(exc).__name__}: {exc}")
+            result.errors.append(f"{type(failure).__name__}: {failure}")
             log.error("usage batch of %d not committed, will be redelivered: %s: %s",
-                      len(good), type(exc).__name__, str(exc)[:300])
+                      len(good), type(failure).__name__, str(failure)[:300])
             for msg in good:
                 await _quietly(msg.nak, delay=RETRY_DELAY_S)
             return result
-        for msg in good:
-            await _quietly(msg.ack)
+        result.stored, result.already, result.busy, result.applied = ch.inserted, ch.already, len(ch.busy), applied
+        if ch.busy:
+            log.info("%d usage events are being inserted by another writer; they come back in %.0fs",
+                     len(ch.busy), BUSY_RETRY_S)
+        for msg, ev in zip(good, events):
+            if ev.id in ch.busy:
+                await _quietly(msg.nak, delay=BUSY_RETRY_S)
+            else:
+                await _quietly(msg.ack)
         return result
 
 
@@ -111,12 +144,17 @@ async def _quietly(fn, *args: Any, **kwargs: Any) -> None:
 
 
 class QueryHandlers:
-    """The ``usage`` micro-service endpoints. Errors go back as 400 / 500 with a short message."""
+    """The ``usage`` micro-service endpoints. Bad requests get 400, a disabled endpoint 403, failures 500;
+    error texts are short and never carry a traceback."""
 
-    def __init__(self, store, redis, reader, clock: Callable[[], float] = time.time):
+    def __init__(self, store, redis, reader, projection=None, js=None, simulate_enabled: bool = False,
+                 clock: Callable[[], float] = time.time):
         self._store = store
         self._redis = redis
         self._reader = reader
+        self._projection = projection
+        self._js = js
+        self._simulate_enabled = simulate_enabled
         self._clock = clock
 
     async def current(self, req) -> None:
@@ -142,16 +180,73 @@ class QueryHandlers:
         except (ValidationError, ValueError) as exc:
             await req.respond_error("400", _bad_request(exc))
             return
-        if q.since is not None and q.until is not None and domain.to_utc(q.until) <= domain.to_utc(q.since):
-            await req.respond_error("400", "until must be after since")
-            return
         try:
-            rows = await self._store.history(q)
+            rows, totals, source = await self._store.history(q)
+        except QueryError as exc:
+            await req.respond_error("400", str(exc))
+            return
         except Exception as exc:  # noqa: BLE001
             log.exception("usage history query failed")
             await req.respond_error("500", f"usage history unavailable: {type(exc).__name__}")
             return
-        await req.respond(UsageHistory(rows=rows).encode())
+        await req.respond(UsageHistory(rows=rows, totals=totals, source=source).encode())
+
+    async def requests(self, req) -> None:
+        try:
+            q = UsageRequestsQuery.decode(req.data or b"{}")
+        except (ValidationError, ValueError) as exc:
+            await req.respond_error("400", _bad_request(exc))
+            return
+        try:
+            rows, next_cursor = await self._store.requests(q)
+        except QueryError as exc:
+            await req.respond_error("400", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001
+            log.exception("request log query failed")
+            await req.respond_error("500", f"request log unavailable: {type(exc).__name__}")
+            return
+        await req.respond(UsageRequests(rows=rows, next_cursor=next_cursor).encode())
+
+    async def replay(self, req) -> None:
+        """Events from ``llmgw replay`` into ClickHouse, through the same guarded insert as the stream."""
+        try:
+            batch = UsageReplayBatch.decode(req.data or b"{}")
+        except (ValidationError, ValueError) as exc:
+            await req.respond_error("400", _bad_request(exc))
+            return
+        events = [ev for ev in domain.dedupe(batch.events) if domain.rejection_reason(ev) is None]
+        try:
+            res = await self._projection.project(events, dry_run=batch.dry_run)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("replay batch failed")
+            await req.respond_error("500", f"replay batch not stored: {type(exc).__name__}: {str(exc)[:200]}")
+            return
+        await req.respond(UsageReplayResult(received=len(batch.events), inserted=res.inserted, already=res.already,
+                                            busy=sorted(res.busy)).encode())
+
+    async def simulate(self, req) -> None:
+        """Dev only: synthetic events published to the stream, so they take the real path."""
+        if not self._simulate_enabled:
+            await req.respond_error("403", "simulate is a dev tool and is off: start the usage service with "
+                                           "LLMGW_DEV_SIMULATE=1 to enable it")
+            return
+        try:
+            q = UsageSimulate.decode(req.data or b"{}")
+        except (ValidationError, ValueError) as exc:
+            await req.respond_error("400", _bad_request(exc))
+            return
+        events = simulate.synthetic_events(q, utcnow())
+        try:
+            acks = [await self._js.publish_async(subjects.usage_event_subject(ev.provider or "none"), ev.encode(),
+                                                 headers={"Nats-Msg-Id": ev.id}) for ev in events]
+            await asyncio.wait_for(asyncio.gather(*acks), 30)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("simulate: publishing failed: %s", exc)
+            await req.respond_error("500", f"publishing synthetic events failed: {type(exc).__name__}")
+            return
+        log.info("simulate: published %d synthetic usage events", len(events))
+        await req.respond(UsageSimulated(published=len(events), ids=[ev.id for ev in events]).encode())
 
 
 def _bad_request(exc: Exception) -> str:

@@ -6,9 +6,10 @@ import asyncio
 import logging
 
 from nats.micro import add_service
+from pydantic import Field
 
 from llmgw_common import subjects
-from llmgw_common.config import ConfigError, GatewayConfig, load_config
+from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
 from llmgw_common.lifecycle import wait_for_stop
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats, ensure_usage_stream
@@ -18,6 +19,7 @@ from llmgw_common.windows import WindowReader
 
 from .consumer import UsageConsumer
 from .handlers import BatchProcessor, QueryHandlers
+from .projection import ClickHouseProjection
 from .store import ClickHouseStore
 from .windows_writer import WindowWriter
 
@@ -29,15 +31,18 @@ QUEUE_GROUP = "usage"
 
 
 class UsageSettings(CommonSettings):
-    pass
+    # dev only: answer llmgw.usage.simulate (synthetic events into the stream)
+    dev_simulate: bool = Field(default=False, alias="LLMGW_DEV_SIMULATE")
+    # how long a delivered, unacknowledged event waits before JetStream hands it to another replica
+    # (or to this one after a restart): the delay after a crash
+    ack_wait_s: float = Field(default=30.0, gt=0, alias="LLMGW_USAGE_ACK_WAIT_S")
 
 
 def load_gateway_config(settings: CommonSettings) -> GatewayConfig:
     """The config file, or the defaults when there is none (a broken file is an error)."""
     if not settings.config_path.exists():
         log.info("no config file at %s; using defaults", settings.config_path)
-        return GatewayConfig()
-    return load_config(settings.config_path)
+    return load_config_or_default(settings.config_path)
 
 
 async def _ensure_stream(js, config: GatewayConfig) -> None:
@@ -57,8 +62,11 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
         redis = connect_redis(settings.redis_url)
         await redis.ping()
 
-        processor = BatchProcessor(store, WindowWriter(redis))
-        consumer = UsageConsumer(js, processor, config.usage.batch_size, config.usage.batch_wait_s)
+        projection = ClickHouseProjection(store, redis)
+        await projection.recover()  # inserts a crash cut short, before anything new
+        processor = BatchProcessor(projection, WindowWriter(redis))
+        consumer = UsageConsumer(js, processor, config.usage.batch_size, config.usage.batch_wait_s, nc=nc,
+                                 ack_wait_s=settings.ack_wait_s)
         await consumer.start()
 
         async def on_config_changed(_msg) -> None:
@@ -77,11 +85,14 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
 
         await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
 
-        queries = QueryHandlers(store, redis, WindowReader(redis))
+        queries = QueryHandlers(store, redis, WindowReader(redis), projection, js, settings.dev_simulate)
         service = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION, queue_group=QUEUE_GROUP,
-                                    description="usage windows and history")
+                                    description="usage windows, history, request log, replay")
         await service.add_endpoint(name="current", subject=subjects.USAGE_QUERY_CURRENT, handler=queries.current)
         await service.add_endpoint(name="history", subject=subjects.USAGE_QUERY_HISTORY, handler=queries.history)
+        await service.add_endpoint(name="requests", subject=subjects.USAGE_QUERY_REQUESTS, handler=queries.requests)
+        await service.add_endpoint(name="replay", subject=subjects.USAGE_REPLAY, handler=queries.replay)
+        await service.add_endpoint(name="simulate", subject=subjects.USAGE_SIMULATE, handler=queries.simulate)
         await nc.flush()
         log.info("usage service ready (nats=%s, clickhouse=%s)", settings.nats_url,
                  "server" if settings.clickhouse_url else f"chdb:{settings.state_dir / 'clickhouse'}")

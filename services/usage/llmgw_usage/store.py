@@ -1,23 +1,89 @@
 """ClickHouse adapter. chDB is synchronous and its data directory belongs to
 one process, so every call (connect, migrate, insert, query, close) runs on
-ONE dedicated worker thread; the event loop never blocks on ClickHouse."""
+ONE dedicated worker thread; the event loop never blocks on ClickHouse.
+
+chDB does not reliably refuse a second process on the same directory (its own
+lock file only appears once tables hold data), so the store takes an
+exclusive ``flock`` on ``<dir>.lock`` while it is open, and a second opener
+(``llmgw replay`` while the service runs, a second service) gets a clear
+``StoreBusyError`` instead of two engines writing one directory. (With a
+ClickHouse server the lock guards the insert journal of the state directory:
+give every replica its own ``LLMGW_STATE_DIR``.)
+
+The insert journal (``<dir>.journal/<token>.json``): a materialized view is not
+atomic with its source table, so a process killed during an insert can leave
+the events stored but not their rollup rows. Every insert of events is first
+written to the journal, carries its token as ``insert_deduplication_token``
+(and in the ``insert_token`` column), and its journal file is removed once the
+insert returned. A journal file found at start-up is an insert that may have
+been cut short: ``ClickHouseProjection.recover`` repeats it with the same token
+when any of its rows landed (ClickHouse then writes only the blocks some table
+is missing), or sends its events through the normal guarded path when none did.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import functools
 import logging
+import os
+import socket
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from llmgw_common.clickhouse_conn import connect_clickhouse
-from llmgw_common.messages import HistoryRow, UsageEvent, UsageHistoryQuery
+from pydantic import TypeAdapter
 
-from . import domain
+from llmgw_common.clickhouse_conn import connect_clickhouse
+from llmgw_common.messages import (
+    HistoryRow,
+    RequestLogRow,
+    UsageEvent,
+    UsageHistoryQuery,
+    UsageRequestsQuery,
+)
+
+from . import domain, queries
 from .schema import apply_migrations
 
 log = logging.getLogger(__name__)
+
+
+_EVENTS_JSON = TypeAdapter(list[UsageEvent])
+# every insert of events: retryable as a whole (same token: ClickHouse skips the blocks a table holds)
+TOKEN_COLUMN = "insert_token"
+
+
+def _insert_settings(token: str) -> dict:
+    return dict(queries.INSERT_SETTINGS, insert_deduplication_token=token,
+                deduplicate_blocks_in_dependent_materialized_views=1)
+
+
+class StoreBusyError(RuntimeError):
+    """The chDB directory is open in another process (or another store of this one)."""
+
+
+def _lock_dir(path: Path) -> int:
+    """An exclusive, non-blocking flock on ``<path>.lock``; returns the open file descriptor."""
+    lock_path = path.parent / f"{path.name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StoreBusyError(f"the ClickHouse state in {path} (chDB data, insert journal) is in use by "
+                                 f"another process (pid {holder}); only one process may open it at a time "
+                                 "(usage replicas each need their own LLMGW_STATE_DIR)") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 class ClickHouseStore:
@@ -26,10 +92,18 @@ class ClickHouseStore:
         self._chdb_path = Path(chdb_path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-clickhouse")
         self._client = None
+        self._identity: str | None = None
+        self._lock_fd: int | None = None
+        self.journal_dir = self._chdb_path.parent / f"{self._chdb_path.name}.journal"
 
     async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
     def _require(self):
         if self._client is None:
@@ -41,11 +115,16 @@ class ClickHouseStore:
     async def open(self) -> list[int]:
         """Connect and apply pending migrations; returns the migration versions applied now."""
         def _open() -> list[int]:
-            client = connect_clickhouse(self._url, self._chdb_path)
+            self._lock_fd = _lock_dir(self._chdb_path)  # chDB data, and the insert journal in any case
             try:
-                applied = apply_migrations(client)
+                client = connect_clickhouse(self._url, self._chdb_path)
+                try:
+                    applied = apply_migrations(client)
+                except Exception:
+                    client.close()
+                    raise
             except Exception:
-                client.close()
+                self._unlock()
                 raise
             self._client = client
             return applied
@@ -57,11 +136,14 @@ class ClickHouseStore:
 
     async def close(self) -> None:
         def _close() -> None:
-            if self._client is not None:
-                try:
-                    self._client.close()
-                finally:
-                    self._client = None
+            try:
+                if self._client is not None:
+                    try:
+                        self._client.close()
+                    finally:
+                        self._client = None
+            finally:
+                self._unlock()
 
         try:
             await self._run(_close)
@@ -69,26 +151,144 @@ class ClickHouseStore:
             # the worker thread must be gone before the process (or the next test) opens chDB again
             await asyncio.get_running_loop().run_in_executor(None, functools.partial(self._executor.shutdown, wait=True))
 
-    # ---- writes and reads ---------------------------------------------------
+    # ---- writes (only through ClickHouseProjection: every id at most once) ---
 
-    async def insert_events(self, events: Sequence[UsageEvent]) -> int:
+    @property
+    def exclusive_owner(self) -> str | None:
+        """A claim owner name only this store can hold: chDB's data directory is locked by one process
+        (and used from one thread), so claims left by a crashed predecessor on the same directory are
+        ours to take back at once. None for a ClickHouse server, which other replicas share."""
+        if self._url:
+            return None
+        return f"chdb:{socket.gethostname()}:{self._chdb_path.resolve()}"
+
+    async def identity(self) -> str:
+        """What names this ClickHouse table across processes: the UUID of ``usage_events``
+        (the database name where the engine gives no UUID)."""
+        if self._identity is None:
+            def _query() -> str:
+                client = self._require()
+                rows = client.query("SELECT toString(uuid), currentDatabase() FROM system.tables"
+                                    " WHERE database = currentDatabase() AND name = {t:String}",
+                                    parameters={"t": domain.TABLE}).result_rows
+                if not rows:
+                    raise RuntimeError(f"table {domain.TABLE} does not exist")
+                table_uuid, database = rows[0]
+                return table_uuid if table_uuid.strip("0-") else f"db-{database}"
+
+            self._identity = await self._run(_query)
+        return self._identity
+
+    def _existing(self, events: Sequence[UsageEvent]) -> set[str]:
+        """Ids of ``events`` that usage_events already holds (worker thread)."""
+        if not events:
+            return set()
+        sql = queries.existing_ids_sql(events)
+        return {r[0] for r in self._require().query(sql, settings=queries.EXISTING_IDS_SETTINGS).result_rows}
+
+    async def existing_ids(self, events: Sequence[UsageEvent]) -> set[str]:
+        return await self._run(self._existing, events)
+
+    async def insert_new(self, events: Sequence[UsageEvent], bodies: Sequence[list] = ()) -> int:
+        """Insert the events usage_events does not hold yet; returns how many were inserted.
+
+        The check and the insert are one job on the ClickHouse thread, so nothing
+        else this process inserts can come between them (``ClickHouseProjection``
+        keeps other processes out with claims). The insert is journaled and
+        carries a fresh token (see the module doc). Bodies go first: if the
+        events' insert fails, both are repeated on the redelivery
+        (request_bodies collapses repeated rows; it has no views).
+        """
         if not events:
             return 0
-        rows = [domain.event_to_row(ev) for ev in events]
 
-        def _insert() -> None:
-            self._require().insert(domain.TABLE, rows, column_names=list(domain.COLUMNS))
+        def _job() -> int:
+            existing = self._existing(events)
+            new = [ev for ev in events if ev.id not in existing]
+            if new:
+                self._insert(uuid.uuid4().hex, new, bodies)
+            return len(new)
 
-        await self._run(_insert)
-        return len(rows)
+        return await self._run(_job)
 
-    async def history(self, q: UsageHistoryQuery) -> list[HistoryRow]:
-        sql, params = domain.history_sql(q)
+    def _insert(self, token: str, events: Sequence[UsageEvent], bodies: Sequence[list]) -> None:
+        """Journal, insert with ``token``, forget (worker thread)."""
+        client = self._require()
+        ids = {ev.id for ev in events}
+        body = [row for row in bodies if row[1] in ids]
+        path = self.journal_dir / f"{token}.json"
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(_EVENTS_JSON.dump_json(list(events)))
+        os.replace(tmp, path)  # a journal file is complete or absent
+        settings = _insert_settings(token)
+        if body:
+            client.insert("request_bodies", body, column_names=list(queries.BODY_COLUMNS), settings=settings)
+        rows = [domain.event_to_row(ev) + [token] for ev in events]
+        client.insert(domain.TABLE, rows, column_names=[*domain.COLUMNS, TOKEN_COLUMN], settings=settings)
+        path.unlink()
+
+    async def pending_inserts(self) -> list[tuple[str, list[UsageEvent]]]:
+        """Journaled inserts that never returned (a crash): (token, events), oldest first."""
+        def _read():
+            if not self.journal_dir.is_dir():
+                return []
+            out = []
+            for tmp in self.journal_dir.glob("*.tmp"):
+                tmp.unlink()  # cut short before the insert began
+            for path in sorted(self.journal_dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
+                out.append((path.stem, _EVENTS_JSON.validate_json(path.read_bytes())))
+            return out
+
+        return await self._run(_read)
+
+    async def token_landed(self, token: str, events: Sequence[UsageEvent]) -> bool:
+        """Whether any row of the insert with ``token`` is in usage_events."""
+        def _query() -> bool:
+            sql = queries.token_rows_sql(token, events)
+            return self._require().query(sql).result_rows[0][0] > 0
+
+        return await self._run(_query)
+
+    async def repeat_insert(self, token: str, events: Sequence[UsageEvent], bodies: Sequence[list] = ()) -> None:
+        """The journaled insert again, same token: every table writes only the blocks it is missing."""
+        await self._run(self._insert, token, events, bodies)
+
+    async def forget_insert(self, token: str) -> None:
+        def _unlink():
+            (self.journal_dir / f"{token}.json").unlink(missing_ok=True)
+
+        await self._run(_unlink)
+
+    async def history(self, q: UsageHistoryQuery) -> tuple[list[HistoryRow], list[HistoryRow], str]:
+        """(rows per bucket, totals per group over the whole range, the table it came from)."""
+        plan = queries.history_plan(q)
+        sql, params = plan.rows_sql()
 
         def _query():
-            return self._require().query(sql, parameters=params).result_rows
+            client = self._require()
+            totals = client.query(plan.top_sql, parameters=params).result_rows
+            rows = client.query(sql, parameters=params).result_rows if totals else []
+            return rows, totals
 
-        return domain.history_rows(await self._run(_query))
+        rows, totals = await self._run(_query)
+        return queries.history_rows(rows, plan), queries.history_rows(totals, plan), plan.source
+
+    async def requests(self, q: UsageRequestsQuery) -> tuple[list[RequestLogRow], str | None]:
+        """One page of the request log, newest first, and the cursor of the next page (None: last page)."""
+        sql, params = queries.requests_sql(q)
+
+        def _query():
+            client = self._require()
+            rows = client.query(sql, parameters=params).result_rows
+            bodies = {}
+            if q.include_bodies and rows:
+                bsql, bparams = queries.bodies_sql([r[1] for r in rows[: q.limit]], [r[0] for r in rows[: q.limit]])
+                bodies = {r[0]: (r[1], r[2]) for r in client.query(bsql, parameters=bparams).result_rows}
+            return rows, bodies
+
+        rows, bodies = await self._run(_query)
+        return queries.request_rows(rows, q.limit, bodies, q.include_bodies)
 
     async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         """Read-only helper (tests, diagnostics) on the same worker thread."""

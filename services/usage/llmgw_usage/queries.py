@@ -1,0 +1,302 @@
+"""ClickHouse SQL of the usage service's reads, and their answers as messages. Pure: no I/O.
+
+- ``existing_ids_sql``: which ids of a batch ``usage_events`` already holds (the ingest's dedup check).
+- ``history_plan`` / ``history_rows``: bucketed totals, from the ``usage_minute`` rollup whenever the
+  query allows it (minute-aligned range and buckets, no status filter), else from ``usage_events FINAL``.
+- ``requests_sql`` / ``request_rows``: one page of the request log with a stable (ts, id) cursor.
+
+Every value travels as a bound parameter; only validated numbers and fixed
+column names are written into the SQL text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Iterable, Sequence
+
+from llmgw_common.messages import Attempt, HistoryRow, RequestLogRow, UsageEvent, UsageHistoryQuery, UsageRequestsQuery
+
+from .domain import TABLE, to_utc
+
+ROLLUP = "usage_minute"
+REQUEST_LOG = "request_log"
+BODIES = "request_bodies"
+BODY_COLUMNS = ("ts", "id", "request_body", "response_body", "truncated")
+# our inserts are synchronous even where the server defaults to async inserts: the dedup check
+# of the next batch must see them
+INSERT_SETTINGS = {"async_insert": 0}
+# a duplicate always lands in the same monthly partition as its original (same ts)
+FINAL_SETTINGS = " SETTINGS do_not_merge_across_partitions_select_final = 1"
+DIMENSIONS = ("provider", "model", "key_id")
+
+
+class QueryError(ValueError):
+    """A query that is well-formed but cannot be answered as asked (a 400)."""
+
+
+def _ms(dt: datetime) -> int:
+    return int(to_utc(dt).timestamp() * 1000)
+
+
+# ---- the ingest's dedup check -------------------------------------------------
+
+def existing_ids_sql(events: Sequence[UsageEvent]) -> str:
+    """Ids of ``events`` already in usage_events. The ts bounds (with a second of margin for the
+    millisecond rounding of DateTime64(3)) let ClickHouse skip partitions and granules.
+
+    The ids travel as one base64 literal of a JSON array, not as an ``Array(String)``
+    parameter: clickhouse-connect escapes parameters character by character in Python,
+    which cost more than the query itself (base64 needs no escaping, and ClickHouse
+    decodes it in C++). Run it with ``EXISTING_IDS_SETTINGS`` (the literal can be large).
+    """
+    ms = [_ms(ev.ts) for ev in events]
+    ids = base64.b64encode(json.dumps([ev.id for ev in events]).encode()).decode("ascii")
+    return (
+        f"SELECT id FROM {TABLE}"
+        f" WHERE ts >= fromUnixTimestamp64Milli(toInt64({min(ms) - 1000}), 'UTC')"
+        f" AND ts <= fromUnixTimestamp64Milli(toInt64({max(ms) + 1000}), 'UTC')"
+        f" AND id IN (SELECT arrayJoin(JSONExtract(base64Decode('{ids}'), 'Array(String)')))"
+    )
+
+
+EXISTING_IDS_SETTINGS = {"max_query_size": 64 * 1024 * 1024}
+
+
+def token_rows_sql(token: str, events: Sequence[UsageEvent]) -> str:
+    """How many rows of the insert with ``token`` (hex) usage_events holds; ts bounds prune partitions."""
+    if not token.isalnum():
+        raise ValueError("insert tokens are hex strings")
+    ms = [_ms(ev.ts) for ev in events] or [0]
+    return (f"SELECT count() FROM {TABLE} WHERE ts >= fromUnixTimestamp64Milli(toInt64({min(ms) - 1000}), 'UTC')"
+            f" AND ts <= fromUnixTimestamp64Milli(toInt64({max(ms) + 1000}), 'UTC') AND insert_token = '{token}'")
+
+
+# ---- history ------------------------------------------------------------------
+
+# (rollup expression, raw expression) of every metric, in HistoryRow order after the dimensions.
+# Aliases differ from column names: in ClickHouse an alias named like a column shadows it everywhere.
+_METRICS = (
+    ("sum(requests)", "count()"),
+    ("sum(errors)", "countIf(status >= 400)"),
+    ("sum(tokens_in)", "sum(tokens_in)"),
+    ("sum(tokens_out)", "sum(tokens_out)"),
+    ("toString(sum(cost_usd))", "toString(sum(cost_usd))"),
+    ("sum(tokens_cached)", "sum(tokens_cached)"),
+    ("sum(free_requests)", "countIf(cost_usd = 0 AND status < 400)"),
+    ("sum(latency_ms_sum)", "sum(latency_ms)"),
+)
+_ORDER = {
+    "requests": ("sum(requests)", "count()"),
+    "errors": ("sum(errors)", "countIf(status >= 400)"),
+    "tokens": ("sum(tokens_in) + sum(tokens_out)", "sum(tokens_in) + sum(tokens_out)"),
+    "cost": ("sum(cost_usd)", "sum(cost_usd)"),
+}
+
+
+def _aligned(dt: datetime | None) -> bool:
+    return dt is None or _ms(dt) % 60_000 == 0
+
+
+@dataclass
+class HistoryPlan:
+    source: str  # ROLLUP or TABLE
+    dims: list[str]
+    where: str
+    params: dict[str, Any]
+    bucket_expr: str
+    limit: int
+    order_expr: str
+    top: int | None
+    top_sql: str | None = None
+    metrics: list[str] = field(default_factory=list)
+
+    def _from(self) -> str:
+        return f"{self.source} FINAL" if self.source == TABLE else self.source
+
+    def _settings(self) -> str:
+        return FINAL_SETTINGS if self.source == TABLE else ""
+
+    def _in_top(self) -> str:
+        """Restricts to the top groups (a subquery: no tuple parameters needed)."""
+        dims = ", ".join(self.dims)
+        return (f"({dims}) IN (SELECT {dims} FROM {self._from()} {self.where} GROUP BY {dims}"
+                f" ORDER BY {self.order_expr} DESC, {dims} LIMIT {int(self.top)})")
+
+    def rows_sql(self) -> tuple[str, dict[str, Any]]:
+        where = self.where
+        if self.top is not None and self.dims:
+            where = (where + " AND " if where else "WHERE ") + self._in_top()
+        group = ", ".join(["bucket", *self.dims])
+        select_dims = "".join(f", toString({d}) AS g_{d}" for d in self.dims)
+        sql = (f"SELECT {self.bucket_expr} AS bucket{select_dims}, " + ", ".join(
+            f"{m} AS m{i}" for i, m in enumerate(self.metrics))
+            + f" FROM {self._from()} {where} GROUP BY {group} ORDER BY {group} LIMIT {int(self.limit)}"
+            + self._settings())
+        return sql, self.params
+
+
+def history_plan(q: UsageHistoryQuery) -> HistoryPlan:
+    """How to answer a history query: rollup when it gives the same answer as the raw events."""
+    since, until = q.since, q.until
+    if since is not None and until is not None and to_utc(until) <= to_utc(since):
+        raise QueryError("until must be after since")
+    dims = [d for d in DIMENSIONS if d in q.group_by]
+    rollup = q.status_class is None and q.bucket_s % 60 == 0 and _aligned(since) and _aligned(until)
+    source = ROLLUP if rollup else TABLE
+    tcol = "minute" if rollup else "ts"
+    col = 0 if rollup else 1
+    where: list[str] = []
+    params: dict[str, Any] = {"bucket_s": int(q.bucket_s)}
+    if since is not None:
+        where.append(f"{tcol} >= fromUnixTimestamp64Milli(toInt64({{since_ms:Int64}}), 'UTC')")
+        params["since_ms"] = _ms(since)
+    if until is not None:
+        where.append(f"{tcol} < fromUnixTimestamp64Milli(toInt64({{until_ms:Int64}}), 'UTC')")
+        params["until_ms"] = _ms(until)
+    for name in DIMENSIONS:
+        value = getattr(q, name)
+        if value is not None:
+            where.append(f"{name} = {{{name}:String}}")
+            params[name] = value
+    if q.status_class == "ok":
+        where.append("status < 400")
+    elif q.status_class == "error":
+        where.append("status >= 400")
+    where_sql = ("WHERE " + " AND ".join(where)) if where else ""
+    plan = HistoryPlan(
+        source=source, dims=dims, where=where_sql, params=params,
+        bucket_expr=f"toUnixTimestamp(toStartOfInterval({tcol}, toIntervalSecond({{bucket_s:UInt32}})))",
+        limit=q.limit, order_expr=_ORDER[q.order_by][col], top=q.top,
+        metrics=[m[col] for m in _METRICS],
+    )
+    # totals per group over the whole range: ranked by order_by (the top N when asked)
+    group = ", ".join(dims)
+    select_dims = "".join(f", toString({d}) AS g_{d}" for d in dims)
+    first_bucket = f"toUnixTimestamp(toStartOfInterval(min({tcol}), toIntervalSecond({{bucket_s:UInt32}})))"
+    order = f"{plan.order_expr} DESC" + (f", {group}" if group else "")
+    plan.top_sql = (
+        f"SELECT {first_bucket} AS first_bucket{select_dims}, "
+        + ", ".join(f"{m} AS m{i}" for i, m in enumerate(plan.metrics))
+        + f" FROM {plan._from()} {where_sql}" + (f" GROUP BY {group}" if group else "")
+        + f" HAVING count() > 0 ORDER BY {order} LIMIT {int(q.top or q.limit)}" + plan._settings()
+    )
+    return plan
+
+
+def history_rows(result_rows: Iterable[Sequence[Any]], plan: HistoryPlan) -> list[HistoryRow]:
+    rows: list[HistoryRow] = []
+    n = len(plan.dims)
+    for r in result_rows:
+        bucket = r[0]
+        dims = dict(zip(plan.dims, r[1 : 1 + n]))
+        req, err, tin, tout, cost, cached, free, lat = r[1 + n :]
+        rows.append(HistoryRow(
+            bucket=datetime.fromtimestamp(int(bucket), tz=timezone.utc),
+            provider=dims.get("provider", ""), model=dims.get("model", ""), key_id=dims.get("key_id", ""),
+            requests=int(req), errors=int(err), tokens_in=int(tin), tokens_out=int(tout),
+            cost_usd=Decimal(str(cost)), tokens_cached=int(cached), free_requests=int(free),
+            latency_ms_sum=float(lat),
+        ))
+    return rows
+
+
+# ---- request log --------------------------------------------------------------
+
+_REQUEST_COLUMNS = (
+    "ts", "id", "request_id", "endpoint", "toString(key_id)", "toString(provider)", "toString(model)",
+    "toString(upstream_model)", "stream", "status", "error", "latency_ms", "ttft_ms", "route_reason", "retries",
+    "tokens_in", "tokens_out", "tokens_cached", "toString(cost_usd)", "attempts",
+)
+
+
+def encode_cursor(ts: datetime, event_id: str) -> str:
+    raw = f"{_ms(ts)}:{event_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ms, sep, event_id = raw.partition(":")
+        if not sep or not event_id:
+            raise ValueError
+        return int(ms), event_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise QueryError("invalid cursor (pass next_cursor of the previous page as it is)") from None
+
+
+def requests_sql(q: UsageRequestsQuery) -> tuple[str, dict[str, Any]]:
+    """Newest first; one row more than asked, to know whether there is a next page."""
+    if q.since is not None and q.until is not None and to_utc(q.until) <= to_utc(q.since):
+        raise QueryError("until must be after since")
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if q.since is not None:
+        where.append("ts >= fromUnixTimestamp64Milli(toInt64({since_ms:Int64}), 'UTC')")
+        params["since_ms"] = _ms(q.since)
+    if q.until is not None:
+        where.append("ts < fromUnixTimestamp64Milli(toInt64({until_ms:Int64}), 'UTC')")
+        params["until_ms"] = _ms(q.until)
+    for name in ("provider", "model", "key_id", "request_id"):
+        value = getattr(q, name)
+        if value is not None:
+            where.append(f"{name} = {{{name}:String}}")
+            params[name] = value
+    if q.status is not None:
+        where.append("status = {status:UInt16}")
+        params["status"] = q.status
+    if q.status_class == "ok":
+        where.append("status < 400")
+    elif q.status_class == "error":
+        where.append("status >= 400")
+    if q.cursor:
+        ms, event_id = decode_cursor(q.cursor)
+        where.append("(ts, id) < (fromUnixTimestamp64Milli(toInt64({cursor_ms:Int64}), 'UTC'), {cursor_id:String})")
+        params["cursor_ms"], params["cursor_id"] = ms, event_id
+    sql = (f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM {REQUEST_LOG} FINAL"
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + f" ORDER BY ts DESC, id DESC LIMIT {int(q.limit) + 1}" + FINAL_SETTINGS)
+    return sql, params
+
+
+def bodies_sql(ids: Sequence[str], timestamps: Sequence[datetime]) -> tuple[str, dict[str, Any]]:
+    ms = [_ms(t) for t in timestamps]
+    return (
+        f"SELECT id, request_body, response_body FROM {BODIES} FINAL"
+        " WHERE ts >= fromUnixTimestamp64Milli(toInt64({lo:Int64}), 'UTC')"
+        " AND ts <= fromUnixTimestamp64Milli(toInt64({hi:Int64}), 'UTC') AND id IN {ids:Array(String)}"
+        + FINAL_SETTINGS,
+        {"lo": min(ms) - 1000, "hi": max(ms) + 1000, "ids": list(ids)},
+    )
+
+
+def _attempt(a: Any) -> Attempt:
+    if isinstance(a, dict):
+        return Attempt(**a)
+    provider, upstream_model, status, error, latency_ms, retries = a
+    return Attempt(provider=provider, upstream_model=upstream_model, status=status, error=error,
+                   latency_ms=latency_ms, retries=retries)
+
+
+def request_rows(result_rows: Sequence[Sequence[Any]], limit: int, bodies: dict[str, tuple[str, str]],
+                 include_bodies: bool) -> tuple[list[RequestLogRow], str | None]:
+    rows: list[RequestLogRow] = []
+    for r in result_rows[:limit]:
+        (ts, event_id, request_id, endpoint, key_id, provider, model, upstream_model, stream, status, error,
+         latency_ms, ttft_ms, route_reason, retries, tin, tout, cached, cost, attempts) = r
+        body = bodies.get(event_id) if include_bodies else None
+        rows.append(RequestLogRow(
+            id=event_id, ts=to_utc(ts), request_id=request_id, endpoint=endpoint, key_id=key_id, provider=provider,
+            model=model, upstream_model=upstream_model, stream=bool(stream), status=int(status), error=error,
+            latency_ms=float(latency_ms), ttft_ms=None if ttft_ms is None else float(ttft_ms),
+            route_reason=route_reason, retries=int(retries), tokens_in=int(tin), tokens_out=int(tout),
+            tokens_cached=int(cached), cost_usd=Decimal(str(cost)), attempts=[_attempt(a) for a in attempts or []],
+            request_body=(body[0] or None) if body else None, response_body=(body[1] or None) if body else None,
+        ))
+    next_cursor = encode_cursor(rows[-1].ts, rows[-1].id) if len(result_rows) > limit and rows else None
+    return rows, next_cursor
