@@ -137,21 +137,21 @@ def test_events_nobody_served_touch_no_window():
     assert domain.window_script_args([ev], T0_S) == [SEEN_TTL_S, SCOPES_KEY]
 
 
-def test_window_script_args_layout():
+def test_window_script_args_group_events_that_share_buckets():
     a, b = _event(id="A"), _event(id="B", provider="openai", model="gpt")
-    args = domain.window_script_args([a, b], now_s=T0_S)
-    assert args[:2] == [SEEN_TTL_S, SCOPES_KEY]
-    i = 2
-    for ev, scopes in ((a, ["p:groq", "m:groq/llama"]), (b, ["p:openai", "m:openai/gpt"])):
-        assert args[i] == f"llmgw:seen:{ev.id}"
-        assert args[i + 1] == 2 and args[i + 2 : i + 4] == scopes
-        n = args[i + 4]
-        assert n == 6
-        block = args[i + 5 : i + 5 + 6 * n]
-        assert all(k.startswith("llmgw:w:") for k in block[0::6])
-        assert block[2::6] == [1] * n and block[3::6] == [120] * n and block[5::6] == [123_456] * n
-        i += 5 + 6 * n
-    assert i == len(args)
+    c = _event(id="C", ts=T0 + timedelta(seconds=1))  # same scopes and 5 s bucket (:25-:29) as A
+    args = domain.window_script_args([a, b, c], now_s=T0_S + 2)
+    assert args[:3] == [SEEN_TTL_S, SCOPES_KEY, 2]
+    i = 3
+    for scopes in (["p:groq", "m:groq/llama"], ["p:openai", "m:openai/gpt"]):
+        n = args[i]
+        assert n == 6 and all(k.startswith("llmgw:w:") for k in args[i + 1: i + 1 + 2 * n: 2])
+        i += 1 + 2 * n
+        assert args[i] == 2 and args[i + 1: i + 3] == scopes
+        i += 3
+    events = [args[j: j + 6] for j in range(i, len(args), 6)]
+    assert [e[:2] for e in events] == [["llmgw:seen:A", 1], ["llmgw:seen:B", 2], ["llmgw:seen:C", 1]]
+    assert events[0][2:] == [1, 120, 30, 123_456]
 
 
 def test_current_from_totals():

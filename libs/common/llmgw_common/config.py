@@ -210,7 +210,7 @@ class RoutingConfig(_Strict):
 class UsageConfig(_Strict):
     stream_max_age_days: float = Field(default=90, gt=0)
     stream_max_bytes: int = Field(default=5 * 1024**3, gt=0)
-    batch_size: int = Field(default=1000, gt=0, le=100_000)
+    batch_size: int = Field(default=5000, gt=0, le=100_000)  # bigger batches: far fewer ClickHouse parts
     batch_wait_s: float = Field(default=0.5, gt=0)
 
 

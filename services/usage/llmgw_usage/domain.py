@@ -153,8 +153,20 @@ class BucketUpdate:
     cost_nano: int
 
 
-def window_updates(ev: UsageEvent, now_s: int, rebuild: bool = False) -> list[BucketUpdate]:
-    """Every bucket the event adds to, skipping buckets already expired.
+@dataclass(frozen=True)
+class EventAmounts:
+    """What one event adds to the windows, and where."""
+
+    ts_s: int
+    scopes: tuple[str, ...]
+    requests: int
+    tokens_in: int
+    tokens_out: int
+    cost_nano: int
+
+
+def event_amounts(ev: UsageEvent, now_s: int, rebuild: bool = False) -> EventAmounts | None:
+    """The amounts an event adds and the time of the buckets they go into; None when nobody served it.
 
     Live (``rebuild=False``): when the router reserved capacity for this
     request at admission, the reservation already counted the request and its
@@ -166,63 +178,97 @@ def window_updates(ev: UsageEvent, now_s: int, rebuild: bool = False) -> list[Bu
     An event stamped in the future (a producer's clock ahead of ours) counts
     now: it already used the provider's capacity.
     """
+    scopes = event_scopes(ev)
+    if not scopes:
+        return None
     tin, tout = _uint(ev.tokens_in), _uint(ev.tokens_out)
     cost = usd_to_nano(clamp_cost(ev.cost_usd))
     r = ev.reservation
     if r is not None and not rebuild and r.provider == ev.provider:
-        ts_s = min(r.at_s, now_s)
-        requests, tin, tout, cost = 0, tin - r.tokens_in, tout - r.tokens_out, cost - r.cost_nano
-        scopes = [provider_scope(r.provider), model_scope(r.provider, r.model)]
-    else:
-        ts_s = min(math.floor(to_utc(ev.ts).timestamp()), now_s)
-        requests = 1
-        scopes = event_scopes(ev)
-    updates: list[BucketUpdate] = []
+        return EventAmounts(min(r.at_s, now_s), (provider_scope(r.provider), model_scope(r.provider, r.model)),
+                            0, tin - r.tokens_in, tout - r.tokens_out, cost - r.cost_nano)
+    return EventAmounts(min(math.floor(to_utc(ev.ts).timestamp()), now_s), tuple(scopes), 1, tin, tout, cost)
+
+
+def live_buckets(scopes: Sequence[str], ts_s: int, now_s: int) -> list[tuple[str, int]]:
+    """(key, expire_at) of every bucket of every window that time ``ts_s`` falls in and that has not expired."""
+    out = []
     for scope in scopes:
         for w in WINDOWS:
             start = bucket_start(ts_s, w.bucket_s)
             expire_at = bucket_expire_at(start, w)
-            if expire_at <= now_s:
-                continue
-            updates.append(BucketUpdate(bucket_key(scope, w.bucket_s, start), expire_at, requests, tin, tout, cost))
-    return updates
+            if expire_at > now_s:
+                out.append((bucket_key(scope, w.bucket_s, start), expire_at))
+    return out
 
+
+def window_updates(ev: UsageEvent, now_s: int, rebuild: bool = False) -> list[BucketUpdate]:
+    """Every bucket the event adds to (see ``event_amounts``), skipping buckets already expired."""
+    a = event_amounts(ev, now_s, rebuild)
+    if a is None:
+        return []
+    return [BucketUpdate(key, expire_at, a.requests, a.tokens_in, a.tokens_out, a.cost_nano)
+            for key, expire_at in live_buckets(a.scopes, a.ts_s, now_s)]
+
+
+# grouping by the smallest bucket is only right if every other bucket is a multiple of it
+assert all(w.bucket_s % WINDOWS[0].bucket_s == 0 for w in WINDOWS)
 
 # Applies a batch of events to the windows atomically and idempotently.
-# ARGV: seen_ttl_s, scopes_key, then per event:
-#   seen_key, n_scopes, scope * n_scopes, n_buckets, (key, expire_at, req, tin, tout, cost) * n_buckets
+# Events that go into the same buckets (same scopes, same 5-second bucket: every
+# longer bucket is a multiple of it) share a group, so the script sums them and
+# touches each bucket once per batch instead of once per event.
+# ARGV: seen_ttl_s, scopes_key, n_groups, then per group:
+#   n_buckets, (key, expire_at) * n_buckets, n_scopes, scope * n_scopes
+# then per event: seen_key, group (1-based), req, tin, tout, cost.
 # An event whose seen key already exists (a redelivery or a replay) changes nothing.
 # Returns the number of events applied now.
 APPLY_EVENTS_LUA = """
 local ttl = tonumber(ARGV[1])
 local scopes_key = ARGV[2]
-local i = 3
+local n_groups = tonumber(ARGV[3])
+local i = 4
+local groups = {}
+for g = 1, n_groups do
+  local group = {buckets = {}, scopes = {}, sums = {0, 0, 0, 0}, hit = false}
+  local nb = tonumber(ARGV[i]); i = i + 1
+  for b = 1, nb do
+    group.buckets[b] = {ARGV[i], ARGV[i + 1]}; i = i + 2
+  end
+  local ns = tonumber(ARGV[i]); i = i + 1
+  for s = 1, ns do
+    group.scopes[s] = ARGV[i]; i = i + 1
+  end
+  groups[g] = group
+end
 local applied = 0
 while i <= #ARGV do
-  local fresh = redis.call('SET', ARGV[i], '1', 'NX', 'EX', ttl)
-  local n_scopes = tonumber(ARGV[i + 1])
-  i = i + 2
-  if fresh then
+  if redis.call('SET', ARGV[i], '1', 'NX', 'EX', ttl) then
+    local group = groups[tonumber(ARGV[i + 1])]
+    for f = 1, 4 do
+      group.sums[f] = group.sums[f] + tonumber(ARGV[i + 1 + f])
+    end
+    group.hit = true
     applied = applied + 1
-    for s = 0, n_scopes - 1 do
-      redis.call('SADD', scopes_key, ARGV[i + s])
+  end
+  i = i + 6
+end
+local fields = {'req', 'tin', 'tout', 'cost'}
+for _, group in ipairs(groups) do
+  if group.hit then
+    for _, bucket in ipairs(group.buckets) do
+      for f = 1, 4 do
+        local v = group.sums[f]
+        if v ~= 0 then  -- also keeps Lua's "-0" away from HINCRBY
+          redis.call('HINCRBY', bucket[1], fields[f], string.format('%.0f', v))
+        end
+      end
+      redis.call('EXPIREAT', bucket[1], bucket[2])
+    end
+    for _, scope in ipairs(group.scopes) do
+      redis.call('SADD', scopes_key, scope)
     end
   end
-  i = i + n_scopes
-  local n_buckets = tonumber(ARGV[i])
-  i = i + 1
-  if fresh then
-    for b = 0, n_buckets - 1 do
-      local j = i + b * 6
-      local key = ARGV[j]
-      redis.call('HINCRBY', key, 'req', ARGV[j + 2])
-      redis.call('HINCRBY', key, 'tin', ARGV[j + 3])
-      redis.call('HINCRBY', key, 'tout', ARGV[j + 4])
-      redis.call('HINCRBY', key, 'cost', ARGV[j + 5])
-      redis.call('EXPIREAT', key, ARGV[j + 1])
-    end
-  end
-  i = i + n_buckets * 6
 end
 return applied
 """
@@ -234,16 +280,26 @@ def seen_key(event_id: str) -> str:
 
 def window_script_args(events: Sequence[UsageEvent], now_s: int, rebuild: bool = False) -> list[Any]:
     """ARGV for ``APPLY_EVENTS_LUA``; events nobody served (no scope) are left out."""
-    args: list[Any] = [SEEN_TTL_S, SCOPES_KEY]
+    group_of: dict[tuple[tuple[str, ...], int], int] = {}
+    group_args: list[Any] = []
+    event_args: list[Any] = []
     for ev in events:
-        scopes = event_scopes(ev)
-        if not scopes:
+        a = event_amounts(ev, now_s, rebuild)
+        if a is None:
             continue
-        updates = window_updates(ev, now_s, rebuild)
-        args += [seen_key(ev.id), len(scopes), *scopes, len(updates)]
-        for u in updates:
-            args += [u.key, u.expire_at, u.requests, u.tokens_in, u.tokens_out, u.cost_nano]
-    return args
+        signature = (a.scopes, a.ts_s - a.ts_s % WINDOWS[0].bucket_s)
+        group = group_of.get(signature)
+        if group is None:
+            group = group_of[signature] = len(group_of) + 1
+            buckets = live_buckets(a.scopes, a.ts_s, now_s)
+            group_args.append(len(buckets))
+            for key, expire_at in buckets:
+                group_args += [key, expire_at]
+            group_args += [len(a.scopes), *a.scopes]
+        event_args += [seen_key(ev.id), group, a.requests, a.tokens_in, a.tokens_out, a.cost_nano]
+    if not event_args:
+        return [SEEN_TTL_S, SCOPES_KEY]
+    return [SEEN_TTL_S, SCOPES_KEY, len(group_of), *group_args, *event_args]
 
 
 def current_from_totals(totals: dict[str, dict[str, dict[str, int]]], at: datetime) -> UsageCurrent:

@@ -11,7 +11,7 @@ from llmgw_common.messages import UsageEvent
 from . import domain
 
 # keeps one script run short, so it never stalls Redis for the router
-CHUNK = 500
+CHUNK = 2000
 
 
 class WindowWriter:
