@@ -15,6 +15,7 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
+import uvloop
 from nats.micro import add_service
 from nats.micro.request import Request
 
@@ -215,4 +216,4 @@ async def serve(settings: PricingSettings, stop: asyncio.Event | None = None) ->
 def run() -> None:
     settings = PricingSettings()
     setup_logging("pricing", settings.log_level)
-    asyncio.run(serve(settings))
+    uvloop.run(serve(settings))  # uvloop: a faster event loop, as the HTTP services use

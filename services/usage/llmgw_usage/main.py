@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import uvloop
 from nats.micro import add_service
 from pydantic import Field
 
@@ -144,7 +145,7 @@ def run() -> None:
         log.error("%s", exc)
         raise SystemExit(2) from None
     try:
-        asyncio.run(serve(settings, config))
+        uvloop.run(serve(settings, config))  # uvloop: a faster event loop, as the HTTP services use
     except KeyboardInterrupt:
         pass
 
