@@ -6,8 +6,10 @@ import pytest
 
 from llmgw_cli.main import main as cli_main
 from llmgw_cli.starter import starter_config
+from fake_secrets import fake_key
 from llmgw_common.config import ConfigError, masked, parse_config_text, resolve_secret
 
+LITERAL_KEY = fake_key()
 GOOD = """
 version: 1
 providers:
@@ -21,13 +23,13 @@ providers:
         upstream: llama-3.3-70b-versatile
   - id: openai
     base_url: https://api.openai.com/v1/
-    api_key: sk-literal-secret-123456
+    api_key: {literal_key}
     models:
       - name: gpt-4o-mini
         price: {input_per_mtok: 0.15, output_per_mtok: 0.6}
 routing:
   aliases: {fast: llama-3.3-70b}
-"""
+""".replace("{literal_key}", LITERAL_KEY)
 
 
 def problems(text: str) -> dict[str, str]:
@@ -80,7 +82,7 @@ def test_masked_hides_literals_but_keeps_env_references():
     data = masked(parse_config_text(GOOD))
     keys = {p["id"]: p["api_key"] for p in data["providers"]}
     assert keys == {"groq": "${GROQ_API_KEY}", "openai": "********"}
-    assert "sk-literal" not in str(data)
+    assert LITERAL_KEY not in str(data)
 
 
 def test_starter_config_is_valid_with_and_without_keys():

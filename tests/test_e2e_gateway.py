@@ -10,12 +10,13 @@ import httpx
 import openai
 import pytest
 
+from fake_secrets import fake_key
 from fakes import FakeProvider
 from stacks import clear_router_health, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
-SECRET = "sk-test-SECRET-never-shown-0123456789"
+SECRET = fake_key()
 
 
 def _config(flaky: FakeProvider, good: FakeProvider, solo: FakeProvider) -> str:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fake_secrets import fake_key
 from llmgw_common.logs import redact
 from llmgw_edge.errors import GatewayError
 from llmgw_edge.openai_wire import classify_sse_data, parse_chat_request, strip_null_usage, upstream_body
@@ -52,9 +53,10 @@ def test_sse_classification():
 
 
 def test_redaction_of_secrets_in_logs():
-    line = 'headers={"authorization": "Bearer sk-proj-abcdefgh12345678"} key=gsk_ABCDEFGH1234 x-api-key: zzz123'
+    openai_key, groq_key = fake_key("sk-proj-"), fake_key("gsk_")
+    line = f'headers={{"authorization": "Bearer {openai_key}"}} key={groq_key} x-api-key: zzz123'
     out = redact(line)
-    assert "sk-proj" not in out and "gsk_ABC" not in out and "zzz123" not in out
+    assert openai_key not in out and groq_key not in out and "zzz123" not in out
 
 
 # ---- rate-limit headers, prompt classes, tokens, chat commands ----------------

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from fake_secrets import fake_key
 from llmgw_cli.progress import Progress
 from llmgw_common.messages import Attempt, UsageEvent, UsageHistoryQuery, UsageRequestsQuery, UsageSimulate
 from llmgw_common.windows import SCOPES_KEY, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
@@ -236,8 +237,9 @@ def test_request_cursor_round_trip_and_rejects_garbage():
 # ---- bodies, simulate, replay helpers -----------------------------------------
 
 def test_bodies_are_redacted_and_capped():
-    text, cut = cap_body("key: Authorization: Bearer sk-abcdefghijkl0123 ok")
-    assert "sk-abcdefghijkl0123" not in text and "[REDACTED]" in text and not cut
+    key = fake_key()
+    text, cut = cap_body(f"key: Authorization: Bearer {key} ok")
+    assert key not in text and "[REDACTED]" in text and not cut
     text, cut = cap_body("é" * 10, cap=5)  # never cut inside a character
     assert cut and text == "éé"
     assert cap_body(None) == ("", False)

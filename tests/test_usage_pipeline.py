@@ -23,6 +23,7 @@ import httpx
 import pytest
 from nats.js.errors import NotFoundError
 
+from fake_secrets import fake_key
 from llmgw_cli.main import build_parser
 from llmgw_common import subjects
 from llmgw_common.messages import (
@@ -573,7 +574,8 @@ async def test_request_log_pages_filters_and_bodies(env):
                              status=502 if i % 5 == 0 else 200, error="upstream 502" if i % 5 == 0 else None,
                              attempts=[Attempt(provider="x", upstream_model="u", status=503, latency_ms=3, retries=1),
                                        Attempt(provider=provider, upstream_model="u", status=200, latency_ms=9)]))
-    secret = "Authorization: Bearer sk-abcdefghijklmnop1234"
+    key = fake_key()
+    secret = f"Authorization: Bearer {key}"
     events.append(_event(other, "m", ts=base, request_body=f"hello {secret}", response_body="x" * (BODY_CAP_BYTES + 50)))
     async with running_usage(env):
         for ev in events:
@@ -603,7 +605,7 @@ async def test_request_log_pages_filters_and_bodies(env):
         assert {r.id for r in window.rows} == {ev.id for ev in events[6:10]}
 
         with_body = (await _requests(env.nc, provider=other, include_bodies=True)).rows[0]
-        assert with_body.request_body.startswith("hello ") and "sk-abcdefghijklmnop1234" not in with_body.request_body
+        assert with_body.request_body.startswith("hello ") and key not in with_body.request_body
         assert "[REDACTED]" in with_body.request_body
         assert len(with_body.response_body.encode()) == BODY_CAP_BYTES
 
