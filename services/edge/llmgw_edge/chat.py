@@ -258,7 +258,13 @@ def _report(ctx: EdgeContext, outcome: Outcome, cand: Candidate, ok: bool, statu
     msg = AttemptOutcome(request_id=outcome.request_id, provider=cand.provider, model=cand.model, ok=ok,
                          status=status, latency_ms=latency_ms, retry_after_s=retry_after_s,
                          reservation=cand.reservation if release else None)
-    asyncio.get_running_loop().create_task(_publish_outcome(ctx.nc, msg.encode()))
+    task = asyncio.get_running_loop().create_task(_publish_outcome(ctx.nc, msg.encode()))
+    # the loop keeps only a weak reference to a task: hold it until it is done
+    _outcome_tasks.add(task)
+    task.add_done_callback(_outcome_tasks.discard)
+
+
+_outcome_tasks: set[asyncio.Task] = set()
 
 
 async def _publish_outcome(nc, data: bytes) -> None:

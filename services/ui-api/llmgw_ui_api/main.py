@@ -15,7 +15,7 @@ from fastapi import FastAPI, HTTPException, Request
 from pydantic import Field
 from starlette.responses import JSONResponse
 
-from llmgw_common.config import ConfigError, GatewayConfig, load_config, masked
+from llmgw_common.config import ConfigError, load_config_or_default, masked
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.settings import CommonSettings
@@ -90,7 +90,7 @@ def create_app(settings: UiApiSettings) -> FastAPI:
     async def get_config(request: Request):
         path = request.app.state.settings.config_path
         try:
-            config = load_config(path) if path.exists() else GatewayConfig()
+            config = load_config_or_default(path)
         except ConfigError as exc:
             return _error(500, str(exc), "invalid_config")
         return JSONResponse({"path": str(path), "config": masked(config)})

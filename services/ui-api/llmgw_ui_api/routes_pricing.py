@@ -15,7 +15,7 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from starlette.responses import JSONResponse
 
 from llmgw_common import subjects
-from llmgw_common.config import ConfigError, GatewayConfig, load_config
+from llmgw_common.config import ConfigError, load_config_or_default
 from llmgw_common.messages import PriceInfo, PriceList, PriceLookup
 from llmgw_common.nats_conn import RemoteError, request as nats_request
 
@@ -25,7 +25,7 @@ router = APIRouter()
 def _logical_names(request: Request) -> dict[tuple[str, str], list[str]]:
     path = request.app.state.settings.config_path
     try:
-        config = load_config(path) if path.exists() else GatewayConfig()
+        config = load_config_or_default(path)
     except ConfigError:
         return {}
     names: dict[tuple[str, str], list[str]] = {}
