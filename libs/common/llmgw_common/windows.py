@@ -39,7 +39,6 @@ WINDOWS: tuple[Window, ...] = (
     Window("hour", 3600, 60),
     Window("day", 86400, 900),
 )
-WINDOW_BY_NAME = {w.name: w for w in WINDOWS}
 # an applied event id is remembered as long as the longest window (+ margin)
 SEEN_TTL_S = max(w.seconds for w in WINDOWS) + 3600
 

@@ -37,10 +37,6 @@ class PricingSettings(CommonSettings):
     pass
 
 
-def read_config(settings: CommonSettings) -> GatewayConfig:
-    return load_config_or_default(settings.config_path)
-
-
 def cache_path(settings: CommonSettings) -> Path:
     return settings.state_dir / "pricing" / CACHE_FILE
 
