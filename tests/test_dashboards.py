@@ -2,7 +2,7 @@
 
 ClickHouse is chDB in a temporary directory with the schema the usage service
 creates (its own migrations); usage events are inserted as the usage service
-inserts them (``domain.event_to_row``). Grafana's macros are expanded the way
+inserts them (``domain.event_line``). Grafana's macros are expanded the way
 the ClickHouse datasource plugin (v4) expands them: ``$__conditionalAll`` and
 template variables in the front end, then ``$__timeFilter``, ``$__timeInterval``,
 ``$__interval_s``, ``$__fromTime``/``$__toTime`` in the back end.
@@ -256,8 +256,12 @@ def _events() -> list[UsageEvent]:
 
 
 EVENTS = _events()
+
+
 def _insert(client, events) -> None:
-    client.insert(domain.TABLE, [domain.event_to_row(e) for e in events], column_names=list(domain.COLUMNS))
+    """As the usage service inserts: one JSON row per event."""
+    client.raw_insert(domain.TABLE, None, b"\n".join(domain.event_line(e) for e in events),
+                      settings=domain.INSERT_FORMAT_SETTINGS, fmt=domain.INSERT_FORMAT)
 
 
 @pytest.fixture(scope="module")

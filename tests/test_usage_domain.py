@@ -1,4 +1,4 @@
-"""Usage service, pure parts: row conversion, bucket math, Lua arguments, query building. No servers."""
+"""Usage service, pure parts: ClickHouse JSON rows, bucket math, Lua arguments, query building. No servers."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from fake_secrets import fake_key
 from llmgw_cli.progress import Progress
 from llmgw_common.messages import Attempt, UsageEvent, UsageHistoryQuery, UsageRequestsQuery, UsageSimulate
-from llmgw_common.windows import SCOPES_KEY, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
+from llmgw_common.windows import SCOPES_KEY, SEEN_PREFIX, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
 from llmgw_usage import domain, queries
-from llmgw_usage.projection import body_rows, cap_body
+from llmgw_usage.domain import body_rows, cap_body
 from llmgw_usage.replay import parse_when
 from llmgw_usage.consumer import consumer_config, max_ack_pending_for
 from llmgw_usage.schema import load_migrations, split_statements
@@ -35,47 +35,73 @@ def _event(**kw) -> UsageEvent:
 
 # ---- rows -------------------------------------------------------------------
 
-def test_event_to_row_follows_columns():
+def _line(ev: UsageEvent) -> dict:
+    return json.loads(domain.event_line(ev))
+
+
+def test_event_line_holds_the_stored_fields():
     ev = _event(attempts=[Attempt(provider="a", upstream_model="m", status=503, error="upstream 503", latency_ms=10),
                           Attempt(provider="groq", upstream_model="llama-3.1-8b", status=200, latency_ms=240)],
-                key_id="key-7", route_reason="free first", stream=True)
-    row = dict(zip(domain.COLUMNS, domain.event_to_row(ev)))
-    assert len(row) == len(domain.COLUMNS)
+                key_id="key-7", route_reason="free first", stream=True, request_body="secret prompt")
+    row = _line(ev)
+    assert set(row) == domain.ROW_FIELDS  # bodies and the reservation are not usage_events columns
     assert row["id"] == ev.id and row["request_id"] == "req-1"
-    assert row["ts"] == T0 and row["ts"].tzinfo is not None
+    assert datetime.fromisoformat(row["ts"].replace("Z", "+00:00")) == T0
     assert row["provider"] == "groq" and row["model"] == "llama" and row["upstream_model"] == "llama-3.1-8b"
     assert row["key_id"] == "key-7" and row["stream"] is True
     assert (row["tokens_in"], row["tokens_out"], row["tokens_cached"]) == (120, 30, 20)
-    assert row["cost_usd"] == Decimal("0.000123456")
+    assert Decimal(row["cost_usd"]) == Decimal("0.000123456")
     assert row["ttft_ms"] == 80.0 and row["status"] == 200 and row["error"] is None
-    assert row["attempts_count"] == 2
-    attempts = json.loads(row["attempts"])
-    assert attempts[0] == {"provider": "a", "upstream_model": "m", "status": 503, "error": "upstream 503",
-                           "latency_ms": 10.0, "retries": 0}
+    assert row["attempts"][0] == {"provider": "a", "upstream_model": "m", "status": 503, "error": "upstream 503",
+                                  "latency_ms": 10.0, "retries": 0}
     assert row["route_reason"] == "free first" and row["schema_version"] == 1
 
 
-def test_event_to_row_absent_values():
-    ev = _event(provider=None, upstream_model=None, key_id=None, ttft_ms=None, status=502, error="no provider")
-    row = dict(zip(domain.COLUMNS, domain.event_to_row(ev)))
-    assert row["provider"] == "" and row["upstream_model"] == "" and row["key_id"] == ""
-    assert row["ttft_ms"] is None and row["error"] == "no provider"
-    assert row["attempts"] == "[]" and row["attempts_count"] == 0
+def test_event_line_naive_timestamp_is_utc_and_values_are_clamped():
+    ev = _event(ts=datetime(2025, 1, 1, 12, 0, 0), tokens_in=-5, cost_usd=Decimal("1e12"), status=70000)
+    row = _line(ev)
+    assert datetime.fromisoformat(row["ts"].replace("Z", "+00:00")) == datetime(2025, 1, 1, 12, tzinfo=timezone.utc)
+    assert row["tokens_in"] == 0 and row["status"] == 65535
+    assert Decimal(row["cost_usd"]) == domain.COST_MAX
 
 
-def test_event_to_row_naive_timestamp_is_utc_and_values_are_clamped():
-    ev = _event(ts=datetime(2025, 1, 1, 12, 0, 0), tokens_in=-5, cost_usd=Decimal("1e12"))
-    row = dict(zip(domain.COLUMNS, domain.event_to_row(ev)))
-    assert row["ts"] == datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
-    assert row["tokens_in"] == 0
-    assert row["cost_usd"] == domain.COST_MAX
-
-
-def test_event_to_row_converts_other_timezones():
+def test_event_line_converts_other_timezones():
     cet = timezone(timedelta(hours=1))
-    row = dict(zip(domain.COLUMNS, domain.event_to_row(_event(ts=datetime(2025, 1, 1, 13, 0, tzinfo=cet)))))
-    assert row["ts"] == datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
-    assert row["ts"].utcoffset() == timedelta(0)
+    row = _line(_event(ts=datetime(2025, 1, 1, 13, 0, tzinfo=cet)))
+    assert datetime.fromisoformat(row["ts"].replace("Z", "+00:00")) == datetime(2025, 1, 1, 12, tzinfo=timezone.utc)
+
+
+def test_ingest_event_reads_usage_event_fields_as_they_are():
+    """IngestEvent is a view of UsageEvent: same names, same types."""
+    for name, info in domain.IngestEvent.model_fields.items():
+        assert name in UsageEvent.model_fields, name
+        assert info.annotation == UsageEvent.model_fields[name].annotation, name
+
+
+@pytest.mark.parametrize("change, passes", [
+    ({}, True),
+    ({"tokens_in": -1}, False),
+    ({"status": 70000}, False),
+    ({"cost_usd": Decimal("0.0000000001")}, False),  # more decimals than Decimal(18, 9) keeps
+    ({"cost_usd": Decimal("1E-7")}, True),
+    ({"cost_usd": Decimal("1e10")}, False),
+])
+def test_raw_line_only_for_values_clickhouse_stores_as_they_are(change, passes):
+    data = _event(**change).encode()
+    ev = domain.IngestEvent.decode(data)
+    assert (domain.raw_line(ev, data) == data) is passes
+
+
+def test_raw_line_refuses_what_would_break_the_insert_token():
+    data = _event().encode()
+    ev = domain.IngestEvent.decode(data)
+    assert domain.raw_line(ev, b" " + data) is None
+    assert domain.raw_line(ev, data[:-1] + b', "insert_token": "x"}') is None
+
+
+def test_cost_nano_matches_clamp_cost():
+    for cost in ("0", "0.000123456", "1E-7", "0.0000000015", "-2", "1e12", "NaN", "999999999.999999999"):
+        assert domain.cost_nano(Decimal(cost)) == int(domain.clamp_cost(Decimal(cost)) * 1_000_000_000), cost
 
 
 @pytest.mark.parametrize("cost, expected", [
@@ -133,25 +159,23 @@ def test_window_updates_skip_expired_buckets():
 
 def test_events_nobody_served_touch_no_window():
     ev = _event(provider=None, status=503)
-    assert domain.event_scopes(ev) == []
+    assert domain.event_scopes(ev) == ()
     assert domain.window_updates(ev, T0_S) == []
-    assert domain.window_script_args([ev], T0_S) == [SEEN_TTL_S, SCOPES_KEY]
+    assert domain.window_script_args([ev], T0_S) is None
 
 
 def test_window_script_args_group_events_that_share_buckets():
     a, b = _event(id="A"), _event(id="B", provider="openai", model="gpt")
     c = _event(id="C", ts=T0 + timedelta(seconds=1))  # same scopes and 5 s bucket (:25-:29) as A
     args = domain.window_script_args([a, b, c], now_s=T0_S + 2)
-    assert args[:3] == [SEEN_TTL_S, SCOPES_KEY, 2]
-    i = 3
-    for scopes in (["p:groq", "m:groq/llama"], ["p:openai", "m:openai/gpt"]):
-        n = args[i]
-        assert n == 6 and all(k.startswith("llmgw:w:") for k in args[i + 1: i + 1 + 2 * n: 2])
-        i += 1 + 2 * n
-        assert args[i] == 2 and args[i + 1: i + 3] == scopes
-        i += 3
-    events = [args[j: j + 6] for j in range(i, len(args), 6)]
-    assert [e[:2] for e in events] == [["llmgw:seen:A", 1], ["llmgw:seen:B", 2], ["llmgw:seen:C", 1]]
+    assert args[:3] == [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX]
+    groups, flat = json.loads(args[3]), json.loads(args[4])
+    assert [g[1] for g in groups] == [["p:groq", "m:groq/llama"], ["p:openai", "m:openai/gpt"]]
+    for buckets, _scopes in groups:
+        assert len(buckets) == 12 and all(k.startswith("llmgw:w:") for k in buckets[::2])
+        assert all(isinstance(at, int) for at in buckets[1::2])
+    events = [flat[j: j + 6] for j in range(0, len(flat), 6)]
+    assert [e[:2] for e in events] == [["A", 1], ["B", 2], ["C", 1]]
     assert events[0][2:] == [1, 120, 30, 123_456]
 
 
@@ -215,7 +239,7 @@ def test_history_rows_fill_missing_dimensions():
 
 
 def test_existing_ids_sql_carries_ids_as_one_base64_literal():
-    evs = [_event(id="a'b", ts=T0), _event(id="x", ts=T0 + timedelta(hours=1))]
+    evs = [domain.event_row(_event(id="a'b", ts=T0)), domain.event_row(_event(id="x", ts=T0 + timedelta(hours=1)))]
     sql = queries.existing_ids_sql(evs)
     assert "a'b" not in sql and "base64Decode('" in sql
     literal = sql.split("base64Decode('")[1].split("'")[0]
@@ -296,9 +320,10 @@ def test_bench_ingest_results_go_into_their_own_section():
 
     doc = "# Benchmarks\n\nintro\n<!-- bench:results:start -->\nHTTP\n<!-- bench:results:end -->\n"
     r = bench_ingest.IngestResult(events=1000, publish_s=1.0, ingest_s=0.5, batch_size=100, batch_wait_s=0.2,
-                                  batches=10, load_before="0.1")
+                                  batches=10, load_before="0.1", cpu_s={"consumer": 0.25, "nats-server": 0.05})
     once = bench_ingest.replace_section(doc, bench_ingest.results_section(r, T0))
     assert once.startswith(doc.rstrip("\n")) and "| **2,000** |" in once and "## Usage ingest" in once
+    assert "consumer 0.2s (250 µs/event), nats-server 0.1s (50 µs/event)" in once
     twice = bench_ingest.replace_section(once, bench_ingest.results_section(r, T0))
     assert twice == once and twice.count(bench_ingest.SECTION_START) == 1
 

@@ -39,8 +39,10 @@ from llmgw_common.messages import (
 from llmgw_common.nats_conn import RemoteError, request
 from llmgw_common.windows import WindowReader, model_scope, provider_scope
 from llmgw_usage import consumer as consumer_module
+from llmgw_usage import domain
 from llmgw_usage.handlers import BatchProcessor
-from llmgw_usage.projection import BODY_CAP_BYTES, ClickHouseProjection
+from llmgw_usage.domain import BODY_CAP_BYTES
+from llmgw_usage.projection import ClickHouseProjection
 from llmgw_usage.store import ClickHouseStore
 from llmgw_usage.windows_writer import WindowWriter
 from test_usage_service import (  # noqa: F401 - env is a fixture
@@ -203,7 +205,7 @@ async def test_two_writers_racing_insert_each_event_once(env, tmp_path):
     """A claim held by another writer makes the events busy (not inserted); after it is released they are
     inserted once, and a second pass finds them all there."""
     provider = _uniq("race")
-    events = [_event(provider, "m", tokens_in=i) for i in range(20)]
+    events = [domain.event_row(_event(provider, "m", tokens_in=i)) for i in range(20)]
     store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")
     await store.open()
     try:
@@ -283,7 +285,7 @@ async def test_crash_between_insert_and_ack_loses_and_doubles_nothing(env, tmp_p
             if not self.crashed:
                 self.crashed = len(msgs)
                 unique = [UsageEvent.decode(m.data) for m in msgs]
-                await self._projection.project(unique)
+                await self._projection.project([domain.event_row(ev) for ev in unique])
                 await self._writer.apply(unique, int(time.time()))
                 raise RuntimeError("killed after the insert, before the ack")
             return await super().process(msgs)
@@ -316,10 +318,12 @@ async def test_crash_between_insert_and_ack_loses_and_doubles_nothing(env, tmp_p
 async def test_insert_cut_short_between_table_and_views_is_completed_at_restart(env, tmp_path):
     """What a process killed inside an insert can leave: the events stored, their rollup rows not (a view is
     not atomic with its table). The restart repeats the journaled insert with its token: the rollups catch
-    up, nothing is stored twice. An insert cut short before anything landed is simply redone."""
+    up, nothing is stored twice. An insert cut short before anything landed is forgotten: its events were
+    never acknowledged, so they come back from the stream and go in then. A journal file from before inserts
+    were JSON rows (a JSON array of events) is completed the same way."""
     from llmgw_common.clickhouse_conn import connect_clickhouse
     from llmgw_usage import domain
-    from llmgw_usage.store import _EVENTS_JSON, TOKEN_COLUMN, _insert_settings
+    from llmgw_usage.store import _insert_settings, insert_body
 
     provider = _uniq("cut")
     landed = [_event(provider, "m", tokens_in=i, key_id="k") for i in range(20)]
@@ -330,12 +334,15 @@ async def test_insert_cut_short_between_table_and_views_is_completed_at_restart(
     def crash_mid_insert():
         client = store._require()
         store.journal_dir.mkdir(parents=True, exist_ok=True)
-        (store.journal_dir / "a1.json").write_bytes(_EVENTS_JSON.dump_json(landed))
-        (store.journal_dir / "b2.json").write_bytes(_EVENTS_JSON.dump_json(lost))  # died before inserting
-        client.command("DETACH TABLE usage_minute_mv")  # the rollup's view never ran for this insert
+        old_journal = "[" + ",".join(ev.model_dump_json() for ev in landed[10:]) + "]"
+        (store.journal_dir / "a1.ndjson").write_bytes(insert_body("a1", (domain.event_line(e) for e in landed[:10])))
+        (store.journal_dir / "c3.json").write_text(old_journal)
+        (store.journal_dir / "b2.ndjson").write_bytes(insert_body("b2", (domain.event_line(e) for e in lost)))
+        client.command("DETACH TABLE usage_minute_mv")  # the rollup's view never ran for these inserts
         try:
-            client.insert("usage_events", [domain.event_to_row(ev) + ["a1"] for ev in landed],
-                          column_names=[*domain.COLUMNS, TOKEN_COLUMN], settings=_insert_settings("a1"))
+            for token, events in (("a1", landed[:10]), ("c3", landed[10:])):
+                client.raw_insert("usage_events", None, insert_body(token, (domain.event_line(e) for e in events)),
+                                  settings=_insert_settings(token), fmt=domain.INSERT_FORMAT)
         finally:
             client.command("ATTACH TABLE usage_minute_mv")
 
@@ -350,9 +357,15 @@ async def test_insert_cut_short_between_table_and_views_is_completed_at_restart(
     store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")  # the restart
     await store.open()
     try:
-        assert await ClickHouseProjection(store, env.redis).recover() == 2
+        projection = ClickHouseProjection(store, env.redis)
+        assert await projection.recover() == 3
         assert not list(store.journal_dir.iterdir())
-        assert await ClickHouseProjection(store, env.redis).recover() == 0
+        assert await projection.recover() == 0
+        rows = await store.query("SELECT count(), sum(tokens_in) FROM usage_events WHERE provider = {p:String}",
+                                 {"p": provider})
+        assert rows == [(20, sum(range(20)))]  # the lost insert is not redone from the journal
+        res = await projection.project([domain.event_row(ev) for ev in landed + lost])  # the redelivery
+        assert (res.inserted, res.already) == (5, 20)
     finally:
         await store.close()
     with contextlib.closing(connect_clickhouse(env.infra.clickhouse_url, tmp_path / "ch")) as ch:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 import uuid
@@ -260,6 +261,35 @@ async def test_batch_applied_twice_counts_once(env, tmp_path):
         assert {provider_scope(provider), model_scope(provider, model)} <= await env.redis.smembers(SCOPES_KEY)
         ttl = await env.redis.ttl(f"llmgw:seen:{events[0].id}")
         assert 0 < ttl <= 86400 + 3600
+    finally:
+        await store.close()
+
+
+async def test_messages_clickhouse_refuses_as_sent_are_stored_normalized(env, tmp_path):
+    """Messages go to ClickHouse as they were sent. When ClickHouse refuses a batch (here "stream": "yes",
+    which pydantic reads as true and ClickHouse cannot parse), the batch is inserted again with every event
+    decoded whole and normalized; a message that is no valid event at all ("latency_ms": "abc", which the
+    fast decode does not read) is terminated, and only the events stored reach the windows."""
+    provider = _uniq("prov")
+    good, yes, bad = (_event(provider, "m", tokens_in=n, cost_usd=Decimal("0.000001")) for n in (1, 2, 4))
+    odd = json.loads(yes.encode())
+    odd["stream"] = "yes"
+    broken = json.loads(bad.encode())
+    broken["latency_ms"] = "abc"
+    msgs = [RecordingMsg(good.encode()), RecordingMsg(json.dumps(odd).encode()),
+            RecordingMsg(json.dumps(broken).encode())]
+    store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")
+    await store.open()
+    try:
+        result = await BatchProcessor(ClickHouseProjection(store, env.redis), WindowWriter(env.redis)).process(msgs)
+        assert (result.failed, result.stored, result.terminated, result.applied) == (False, 2, 1, 2)
+        assert [(m.acks, m.terms) for m in msgs] == [(1, 0), (1, 0), (0, 1)]
+        rows = await store.query("SELECT id, stream, tokens_in FROM usage_events WHERE provider = {p:String} "
+                                 "ORDER BY tokens_in", {"p": provider})
+        assert rows == [(good.id, False, 1), (yes.id, True, 2)]
+        assert not list(store.journal_dir.glob("*"))  # the refused insert left nothing to recover
+        totals = await WindowReader(env.redis).read([provider_scope(provider)], int(time.time()))
+        assert (totals[provider_scope(provider)]["day"]["req"], totals[provider_scope(provider)]["day"]["tin"]) == (2, 3)
     finally:
         await store.close()
 

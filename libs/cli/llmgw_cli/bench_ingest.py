@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import uvloop
+
 from .progress import Progress
 
 DEFAULT_EVENTS = 200_000
@@ -78,6 +80,8 @@ class IngestResult:
     batch_wait_s: float
     batches: int
     load_before: str
+    cpu_s: dict[str, float]  # CPU seconds (user + system) each process used during the ingest
+
 
     @property
     def events_per_s(self) -> float:
@@ -86,6 +90,15 @@ class IngestResult:
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds a process has used so far (all its threads), from /proc; 0 where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _load() -> str:
@@ -139,6 +152,7 @@ async def _run(args, root: Path) -> IngestResult:
     from llmgw_common.redis_conn import connect_redis
     from llmgw_usage.consumer import UsageConsumer
     from llmgw_usage.handlers import BatchProcessor
+    from llmgw_usage.main import tune_gc
     from llmgw_usage.projection import ClickHouseProjection
     from llmgw_usage.store import ClickHouseStore
     from llmgw_usage.windows_writer import WindowWriter
@@ -180,10 +194,14 @@ async def _run(args, root: Path) -> IngestResult:
         store = ClickHouseStore("", root / "clickhouse")
         await store.open()
         processor = BatchProcessor(ClickHouseProjection(store, redis), WindowWriter(redis))
+        tune_gc()  # as the usage service does
         consumer = UsageConsumer(js, processor, batch_size, batch_wait, nc=nc)
         load_before = _load()
         _say(f"ingesting with batch size {batch_size}, batch wait {batch_wait}s (load average {load_before}) ...")
         progress = Progress("ingest", n)
+        pids = {"consumer (Python + chDB)": "self", "nats-server": nats_server.proc.pid,
+                "redis-server": redis_server.proc.pid}
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         t0 = time.monotonic()
         await consumer.start()
         while True:
@@ -194,12 +212,13 @@ async def _run(args, root: Path) -> IngestResult:
                 if info.ack_floor.stream_seq >= last_seq and info.num_ack_pending == 0:
                     break
         ingest_s = time.monotonic() - t0
+        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
         progress.finish(consumer.events)
         await consumer.stop()
         batches = consumer.batches
         consumer = None
         await _verify(store, redis, n)
-        return IngestResult(n, publish_s, ingest_s, batch_size, batch_wait, batches, load_before)
+        return IngestResult(n, publish_s, ingest_s, batch_size, batch_wait, batches, load_before, cpu)
     finally:
         if consumer is not None:
             await consumer.stop()
@@ -259,6 +278,9 @@ def results_section(r: IngestResult, when: dt.datetime) -> str:
         f"| {r.events:,} | {r.batch_size} / {r.batch_wait_s}s | {r.batches:,} | {r.ingest_s:.1f}s "
         f"| **{r.events_per_s:,.0f}** | {r.publish_s:.1f}s |",
         "",
+        "CPU used during the ingest, per process: " + ", ".join(
+            f"{name} {sec:.1f}s ({1e6 * sec / r.events:.0f} µs/event)" for name, sec in r.cpu_s.items()) + ".",
+        "",
         "Ingest: from the consumer's start until every event is committed (ClickHouse insert with the",
         "`usage_minute` and `request_log` views, Redis windows) and acknowledged. Publishing (pipelined",
         "`publish_async`, before the consumer starts) is shown for reference only. The servers, chDB and",
@@ -280,7 +302,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
         return 2
     root = Path(tempfile.mkdtemp(prefix="llmgw-bench-ingest-"))
     try:
-        result = asyncio.run(_run(args, root))
+        result = uvloop.run(_run(args, root))  # the event loop the usage service runs on
     except BenchError as exc:
         _say(f"bench-ingest failed: {exc}")
         return 1
@@ -294,6 +316,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
             shutil.rmtree(root, ignore_errors=True)
     print(f"ingested {result.events:,} events in {result.ingest_s:.1f}s: {result.events_per_s:,.0f} events/s end to end "
           f"(batch size {result.batch_size}; publishing took {result.publish_s:.1f}s)")
+    print("CPU during the ingest: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in result.cpu_s.items()))
     if not args.no_write:
         path = Path(args.output)
         document = path.read_text() if path.exists() else "# Benchmarks\n"

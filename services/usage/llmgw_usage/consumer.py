@@ -2,15 +2,16 @@
 
 Each replica pulls batches from the same durable consumer (JetStream hands
 any message to one of them at a time) and hands them to the ``BatchProcessor``.
-The next batch is pulled while the previous one is being committed, so the
-network, ClickHouse and Redis work overlap; commits themselves stay one at a
-time. NATS disconnects, timeouts and a vanished consumer are retried with a
+The next batch is pulled while earlier ones are being committed, and two
+batches commit at once, so the network, ClickHouse and Redis work overlap;
+ClickHouse inserts themselves stay one at a time. NATS disconnects, timeouts and a vanished consumer are retried with a
 back-off; nothing here ends the loop except ``stop()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 ACK_WAIT_S = 30.0
 MAX_BACKOFF_S = 5.0
+# batches committing at once: one batch's decoding and window write (event loop) overlap the next one's
+# ClickHouse insert (its own thread); inserts themselves stay one at a time (the store's single thread)
+COMMITS_IN_FLIGHT = 2
 # extra wait beyond a pull request's own expiry before we stop waiting for its 408
 PULL_GRACE_S = 2.0
 
@@ -214,13 +218,13 @@ class UsageConsumer:
 
     async def _loop(self) -> None:
         failures = 0
-        committing: asyncio.Task | None = None
+        committing: collections.deque[asyncio.Task] = collections.deque()
         try:
             while not self._stopping.is_set():
                 try:
                     if self._fetcher is None:
                         await self._bind()
-                    # the next batch arrives while the previous one commits
+                    # the next batch arrives while earlier ones commit
                     msgs = await self._fetcher.fetch(self.batch_size, self.batch_wait_s)
                 except asyncio.CancelledError:
                     raise
@@ -232,11 +236,10 @@ class UsageConsumer:
                     await self._pause(min(MAX_BACKOFF_S, 0.2 * 2**failures))
                     continue
                 failures = 0
-                if committing is not None:
-                    await committing
-                    committing = None
+                while committing and (committing[0].done() or len(committing) >= COMMITS_IN_FLIGHT):
+                    await committing.popleft()
                 if msgs:
-                    committing = asyncio.create_task(self._commit(msgs), name="usage-commit")
+                    committing.append(asyncio.create_task(self._commit(msgs), name="usage-commit"))
         finally:
-            if committing is not None:
-                await committing
+            for task in committing:
+                await task

@@ -1,7 +1,7 @@
 """Handlers: one batch of stream messages, and the NATS usage endpoints.
 
-A batch is decoded, inserted into ClickHouse and applied to the Redis windows
-(both at once), and only then acknowledged. Both projections are idempotent by
+A batch is decoded, inserted into ClickHouse, applied to the Redis windows,
+and only then acknowledged. Both projections are idempotent by
 event id (ClickHouse: ``projection.py``; Redis: a seen-marker per event in the
 same Lua script as the increments), so a failure anywhere simply leads to a
 redelivery that counts nothing twice.
@@ -35,6 +35,7 @@ from llmgw_common.windows import SCOPES_KEY
 
 from . import domain, simulate
 from .queries import QueryError
+from .store import InsertRejected
 
 log = logging.getLogger(__name__)
 
@@ -78,44 +79,97 @@ def _describe(msg: StreamMsg) -> str:
     return f"subject={getattr(msg, 'subject', '?')}{seq} size={len(msg.data or b'')}"
 
 
+def decode_row(data: bytes) -> domain.EventRow:
+    """A stream message as an ``EventRow``: the message itself as its ClickHouse row when it can go as it is
+    (decoding only what the ingest reads), else the whole event decoded and normalized. Raises
+    ``ValidationError`` / ``ValueError`` for a message that is no usage event."""
+    try:
+        ev = domain.IngestEvent.decode(data)
+    except ValidationError:
+        ev = None  # maybe an event without id or ts: UsageEvent gives them defaults
+    if ev is not None:
+        line = domain.raw_line(ev, data)
+        if line is not None:
+            return domain.EventRow(ev.id, domain.epoch_s(ev.ts), ev, line)
+    return domain.event_row(UsageEvent.decode(data))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError) and exc.errors():
+        return exc.errors()[0]["msg"]
+    return type(exc).__name__
+
+
 class BatchProcessor:
-    """``projection``: a ``ClickHouseProjection``; ``writer``: a ``WindowWriter``."""
+    """``projection``: a ``ClickHouseProjection``; ``writer``: a ``WindowWriter``.
+
+    A batch goes to ClickHouse, then to the Redis windows; the windows go ahead
+    even when ClickHouse fails: the router keeps seeing real usage while
+    ClickHouse is down (the redelivery then counts nothing twice in Redis).
+    """
 
     def __init__(self, projection, writer, clock: Callable[[], float] = time.time):
         self._projection = projection
         self._writer = writer
         self._clock = clock
 
-    async def process(self, msgs: Sequence[StreamMsg]) -> BatchResult:
-        result = BatchResult(received=len(msgs))
+    async def _terminate(self, msg: StreamMsg, reason: str, result: BatchResult) -> None:
+        log.warning("unusable usage message terminated (%s): %s; body starts %r",
+                    _describe(msg), reason, bytes(msg.data or b"")[:LOG_PREFIX_BYTES])
+        result.terminated += 1
+        await _quietly(msg.term)
+
+    async def _decode(self, msgs: Sequence[StreamMsg], result: BatchResult,
+                      decode: Callable[[bytes], domain.EventRow]) -> tuple[list[StreamMsg], list[domain.EventRow]]:
         good: list[StreamMsg] = []
-        events: list[UsageEvent] = []
+        rows: list[domain.EventRow] = []
         for msg in msgs:
             try:
-                ev = UsageEvent.decode(msg.data)
-                reason = domain.rejection_reason(ev)
+                row = decode(msg.data)
+                reason = domain.rejection_reason(row.event, row.ts_s)
             except (ValidationError, ValueError, TypeError) as exc:
-                ev = None
-                reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) and exc.errors() else type(exc).__name__
+                reason = _reason(exc)
             if reason is None:
-                events.append(ev)
                 good.append(msg)
-                continue
-            log.warning("unusable usage message terminated (%s): %s; body starts %r",
-                        _describe(msg), reason, bytes(msg.data or b"")[:LOG_PREFIX_BYTES])
-            result.terminated += 1
-            await _quietly(msg.term)
+                rows.append(row)
+            else:
+                await self._terminate(msg, reason, result)
+        return good, rows
 
+    async def _project(self, good: list[StreamMsg], rows: list[domain.EventRow], result: BatchResult):
+        """The ClickHouse insert; when ClickHouse refuses messages inserted as they are (a value only it
+        could not parse), the batch again with every event decoded whole and normalized, terminating
+        those that are no valid event. Returns the projection result, and the messages and their rows
+        as finally inserted."""
+        try:
+            return await self._projection.project(domain.dedupe(rows)), good, rows
+        except InsertRejected as exc:
+            if all(isinstance(row.event, UsageEvent) for row in rows):
+                raise  # already normalized: nothing else to try
+            log.warning("ClickHouse refused a batch of %d usage events as they were sent (%s); inserting them "
+                        "normalized", len(rows), str(exc)[:300])
+        good, rows = await self._decode(good, result, lambda data: domain.event_row(UsageEvent.decode(data)))
+        return await self._projection.project(domain.dedupe(rows)), good, rows
+
+    async def process(self, msgs: Sequence[StreamMsg]) -> BatchResult:
+        result = BatchResult(received=len(msgs))
+        good, rows = await self._decode(msgs, result, decode_row)
         if not good:
             return result
-        unique = domain.dedupe(events)
-        # both projections at once: ClickHouse works on its thread while Redis runs the window script
-        ch, applied = await asyncio.gather(self._projection.project(unique),
-                                           self._writer.apply(unique, int(self._clock())), return_exceptions=True)
-        failure = next((x for x in (ch, applied) if isinstance(x, BaseException)), None)
+        # ClickHouse first, so the windows only count what it did not refuse; then the windows, even when
+        # ClickHouse failed. (The consumer commits two batches at once: one's window write overlaps the
+        # other's insert.)
+        failure: BaseException | None = None
+        try:
+            projected = await self._project(good, rows, result)
+            good, rows = projected[1], projected[2]
+        except Exception as exc:  # noqa: BLE001 - reported below, after the windows
+            failure = exc
+        try:
+            applied = await self._writer.apply([row.event for row in domain.dedupe(rows)], int(self._clock()))
+        except Exception as exc:  # noqa: BLE001
+            failure = failure or exc
         if failure is not None:  # not committed (or only half): redeliver later, both sides are idempotent
-            if not isinstance(failure, Exception):
-                raise failure
             result.failed = True
             result.errors.append(f"{type(failure).__name__}: {failure}")
             log.error("usage batch of %d not committed, will be redelivered: %s: %s",
@@ -123,15 +177,21 @@ class BatchProcessor:
             for msg in good:
                 await _quietly(msg.nak, delay=RETRY_DELAY_S)
             return result
-        result.stored, result.already, result.busy, result.applied = ch.inserted, ch.already, len(ch.busy), applied
+        ch = projected[0]
+        result.applied = applied
+        result.stored, result.already, result.busy = ch.inserted, ch.already, len(ch.busy)
         if ch.busy:
             log.info("%d usage events are being inserted by another writer; they come back in %.0fs",
                      len(ch.busy), BUSY_RETRY_S)
-        for msg, ev in zip(good, events):
-            if ev.id in ch.busy:
-                await _quietly(msg.nak, delay=BUSY_RETRY_S)
-            else:
-                await _quietly(msg.ack)
+        busy = ch.busy
+        for msg, row in zip(good, rows):
+            try:
+                if row.id in busy:
+                    await msg.nak(delay=BUSY_RETRY_S)
+                else:
+                    await msg.ack()
+            except Exception as exc:  # noqa: BLE001 - a lost ack only means a redelivery
+                log.warning("could not answer a usage message: %s", exc)
         return result
 
 
@@ -215,9 +275,9 @@ class QueryHandlers:
         except (ValidationError, ValueError) as exc:
             await req.respond_error("400", _bad_request(exc))
             return
-        events = [ev for ev in domain.dedupe(batch.events) if domain.rejection_reason(ev) is None]
+        rows = [domain.event_row(ev) for ev in domain.dedupe(batch.events) if domain.rejection_reason(ev) is None]
         try:
-            res = await self._projection.project(events, dry_run=batch.dry_run)
+            res = await self._projection.project(rows, dry_run=batch.dry_run)
         except Exception as exc:  # noqa: BLE001
             log.exception("replay batch failed")
             await req.respond_error("500", f"replay batch not stored: {type(exc).__name__}: {str(exc)[:200]}")

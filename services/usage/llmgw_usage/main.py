@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import uvloop
@@ -39,6 +40,19 @@ class UsageSettings(CommonSettings):
     ack_wait_s: float = Field(default=30.0, gt=0, alias="LLMGW_USAGE_ACK_WAIT_S")
 
 
+# A batch of usage events allocates a few objects per event: at the default threshold (700) the collector
+# ran dozens of times per batch, walking every live object, for cycles the ingest does not make. It now runs
+# every 50,000 allocations; bench-ingest: about 10-15 % more events per second.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Collect less often, and never walk the objects alive at start-up again (imports, config)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def load_gateway_config(settings: CommonSettings) -> GatewayConfig:
     """The config file, or the defaults when there is none (a broken file is an error)."""
     if not settings.config_path.exists():
@@ -66,6 +80,7 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
         projection = ClickHouseProjection(store, redis)
         await projection.recover()  # inserts a crash cut short, before anything new
         processor = BatchProcessor(projection, WindowWriter(redis))
+        tune_gc()
         consumer = UsageConsumer(js, processor, config.usage.batch_size, config.usage.batch_wait_s, nc=nc,
                                  ack_wait_s=settings.ack_wait_s)
         await consumer.start()

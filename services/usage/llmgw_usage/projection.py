@@ -55,18 +55,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from llmgw_common.logs import redact
-from llmgw_common.messages import UsageEvent
-
-from . import domain
+from .domain import EventRow
+from .store import InsertRejected
 
 log = logging.getLogger(__name__)
 
 CLAIM_PREFIX = "llmgw:chclaim:"
 CLAIM_LEASE_MS = 30_000
-# request / response bodies are capped to this many UTF-8 bytes each before storing
-BODY_CAP_BYTES = 16 * 1024
-
 # ARGV: owner, lease_ms, key prefix, id... -> per id 1 (claimed by us) or 0 (held by another owner)
 CLAIM_LUA = """
 local out = {}
@@ -99,29 +94,6 @@ return n
 
 # ids per Lua call: keeps one script run short, so it never stalls Redis for the router
 CLAIM_CHUNK = 2000
-
-
-def cap_body(text: str | None, cap: int = BODY_CAP_BYTES) -> tuple[str, bool]:
-    """A body redacted (credentials) and cut to ``cap`` UTF-8 bytes; the flag says whether it was cut."""
-    if not text:
-        return "", False
-    clean = redact(text)
-    raw = clean.encode("utf-8")
-    if len(raw) <= cap:
-        return clean, False
-    return raw[:cap].decode("utf-8", errors="ignore"), True
-
-
-def body_rows(events: Sequence[UsageEvent]) -> list[list]:
-    """``request_bodies`` rows for the events that carry a request or response body."""
-    rows = []
-    for ev in events:
-        if ev.request_body is None and ev.response_body is None:
-            continue
-        req, cut_req = cap_body(ev.request_body)
-        resp, cut_resp = cap_body(ev.response_body)
-        rows.append([domain.to_utc(ev.ts), ev.id, req, resp, cut_req or cut_resp])
-    return rows
 
 
 @dataclass
@@ -180,9 +152,11 @@ class ClickHouseProjection:
             except Exception as exc:  # noqa: BLE001 - the next turn tries again; the lease is 3 turns long
                 log.warning("could not renew ClickHouse insert claims: %s", exc)
 
-    async def _insert(self, events: Sequence[UsageEvent]) -> int:
+    async def _insert(self, rows: Sequence[EventRow]) -> int:
         try:
-            return await self._store.insert_new(events, body_rows(events))
+            return await self._store.insert_new(rows)
+        except InsertRejected:
+            raise  # nothing of it was stored and its journal is gone: nothing to recover
         except Exception:
             self._failed_insert = True
             raise
@@ -192,47 +166,48 @@ class ClickHouseProjection:
 
         An insert whose rows landed (some of them, or all without its views'
         rows) is repeated with its own token: ClickHouse writes only the blocks a
-        table is missing. One whose rows did not land goes through ``project``
-        (another replica may have inserted those events meanwhile). Returns how
-        many journaled inserts there were.
+        table is missing. One whose rows did not land is forgotten: its events
+        were never acknowledged, so the stream delivers them again (and a replay
+        batch was answered with an error). Returns how many journaled inserts
+        there were.
         """
         self._failed_insert = False
         pending = await self._store.pending_inserts()
-        for token, events in pending:
-            if await self._store.token_landed(token, events):
-                await self._store.repeat_insert(token, events, body_rows(events))
-                log.warning("completed an insert of %d usage events that a crash had cut short", len(events))
+        for insert in pending:
+            if await self._store.token_landed(insert):
+                await self._store.repeat_insert(insert)
+                log.warning("completed an insert of %d usage events that a crash had cut short", len(insert.stamps))
             else:
-                await self._store.forget_insert(token)
-                res = await self.project(events)
-                log.warning("redid an insert of %d usage events that a crash had cut short (%d new, %d there, "
-                            "%d held by another writer)", len(events), res.inserted, res.already, len(res.busy))
+                await self._store.forget_insert(insert)
+                log.warning("an insert of %d usage events was cut short before any of it was stored; they are "
+                            "inserted when they come back", len(insert.stamps))
         return len(pending)
 
-    async def project(self, events: Sequence[UsageEvent], dry_run: bool = False) -> ProjectionResult:
-        """Insert the events ``usage_events`` does not hold yet (ids unique within ``events``).
+    async def project(self, rows: Sequence[EventRow], dry_run: bool = False) -> ProjectionResult:
+        """Insert the events ``usage_events`` does not hold yet (ids unique within ``rows``).
 
         ``dry_run``: only count what would be inserted (no claims, no writes).
+        Raises ``InsertRejected`` when ClickHouse refused the rows (nothing stored).
         """
         result = ProjectionResult()
-        if not events:
+        if not rows:
             return result
         if self._failed_insert and not dry_run:  # ClickHouse answers again: finish what the failure left
             await self.recover()
         if dry_run:
-            existing = await self._store.existing_ids(events)
+            existing = await self._store.existing_ids(rows)
             result.already = len(existing)
-            result.inserted = len(events) - len(existing)
+            result.inserted = len(rows) - len(existing)
             return result
         if self.exclusive:
-            result.inserted = await self._insert(events)
-            result.already = len(events) - result.inserted
+            result.inserted = await self._insert(rows)
+            result.already = len(rows) - result.inserted
             return result
-        mine, result.busy = await self.claim([ev.id for ev in events])
+        mine, result.busy = await self.claim([row.id for row in rows])
         if not mine:
             return result
         mine_set = set(mine)
-        todo = [ev for ev in events if ev.id in mine_set]
+        todo = [row for row in rows if row.id in mine_set]
         keeper = asyncio.create_task(self._keep_claimed(mine), name="usage-claim-renewal")
         try:
             inserted = await self._insert(todo)

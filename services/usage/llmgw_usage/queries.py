@@ -17,9 +17,9 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
-from llmgw_common.messages import Attempt, HistoryRow, RequestLogRow, UsageEvent, UsageHistoryQuery, UsageRequestsQuery
+from llmgw_common.messages import Attempt, HistoryRow, RequestLogRow, UsageHistoryQuery, UsageRequestsQuery
 
 from .domain import TABLE, to_utc
 
@@ -45,7 +45,22 @@ def _ms(dt: datetime) -> int:
 
 # ---- the ingest's dedup check -------------------------------------------------
 
-def existing_ids_sql(events: Sequence[UsageEvent]) -> str:
+class Stamped(Protocol):
+    """A row of an event: its id and time (seconds since the epoch) are enough to find it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def ts_s(self) -> float: ...
+
+
+def _bounds_ms(events: Sequence[Stamped]) -> tuple[int, int]:
+    """(earliest, latest) event time in ms, widened by a second for the ms rounding of DateTime64(3)."""
+    times = [ev.ts_s for ev in events] or [0.0]
+    return int(min(times) * 1000) - 1000, int(max(times) * 1000) + 1000
+
+
+def existing_ids_sql(events: Sequence[Stamped]) -> str:
     """Ids of ``events`` already in usage_events. The ts bounds (with a second of margin for the
     millisecond rounding of DateTime64(3)) let ClickHouse skip partitions and granules.
 
@@ -54,12 +69,12 @@ def existing_ids_sql(events: Sequence[UsageEvent]) -> str:
     which cost more than the query itself (base64 needs no escaping, and ClickHouse
     decodes it in C++). Run it with ``EXISTING_IDS_SETTINGS`` (the literal can be large).
     """
-    ms = [_ms(ev.ts) for ev in events]
+    low, high = _bounds_ms(events)
     ids = base64.b64encode(json.dumps([ev.id for ev in events]).encode()).decode("ascii")
     return (
         f"SELECT id FROM {TABLE}"
-        f" WHERE ts >= fromUnixTimestamp64Milli(toInt64({min(ms) - 1000}), 'UTC')"
-        f" AND ts <= fromUnixTimestamp64Milli(toInt64({max(ms) + 1000}), 'UTC')"
+        f" WHERE ts >= fromUnixTimestamp64Milli(toInt64({low}), 'UTC')"
+        f" AND ts <= fromUnixTimestamp64Milli(toInt64({high}), 'UTC')"
         f" AND id IN (SELECT arrayJoin(JSONExtract(base64Decode('{ids}'), 'Array(String)')))"
     )
 
@@ -67,13 +82,13 @@ def existing_ids_sql(events: Sequence[UsageEvent]) -> str:
 EXISTING_IDS_SETTINGS = {"max_query_size": 64 * 1024 * 1024}
 
 
-def token_rows_sql(token: str, events: Sequence[UsageEvent]) -> str:
+def token_rows_sql(token: str, events: Sequence[Stamped]) -> str:
     """How many rows of the insert with ``token`` (hex) usage_events holds; ts bounds prune partitions."""
     if not token.isalnum():
         raise ValueError("insert tokens are hex strings")
-    ms = [_ms(ev.ts) for ev in events] or [0]
-    return (f"SELECT count() FROM {TABLE} WHERE ts >= fromUnixTimestamp64Milli(toInt64({min(ms) - 1000}), 'UTC')"
-            f" AND ts <= fromUnixTimestamp64Milli(toInt64({max(ms) + 1000}), 'UTC') AND insert_token = '{token}'")
+    low, high = _bounds_ms(events)
+    return (f"SELECT count() FROM {TABLE} WHERE ts >= fromUnixTimestamp64Milli(toInt64({low}), 'UTC')"
+            f" AND ts <= fromUnixTimestamp64Milli(toInt64({high}), 'UTC') AND insert_token = '{token}'")
 
 
 # ---- history ------------------------------------------------------------------

@@ -263,7 +263,7 @@ class DirectClickHouse:
         return cls(store, projection)
 
     async def apply(self, events: Sequence[UsageEvent], dry_run: bool) -> None:
-        pending = list(events)
+        pending = [domain.event_row(ev) for ev in events]
         for attempt in range(BUSY_RETRIES + 1):
             res = await self._projection.project(pending, dry_run=dry_run)
             self.stats.new += res.inserted
@@ -273,7 +273,7 @@ class DirectClickHouse:
             if attempt == BUSY_RETRIES:
                 raise ReplayError(f"{len(res.busy)} events stayed claimed by another writer for "
                                   f"{BUSY_RETRIES}s; run the replay again later")
-            pending = [ev for ev in pending if ev.id in res.busy]
+            pending = [row for row in pending if row.id in res.busy]
             await asyncio.sleep(1.0)
 
     async def close(self) -> None:

@@ -10,15 +10,19 @@ exclusive ``flock`` on ``<dir>.lock`` while it is open, and a second opener
 ClickHouse server the lock guards the insert journal of the state directory:
 give every replica its own ``LLMGW_STATE_DIR``.)
 
-The insert journal (``<dir>.journal/<token>.json``): a materialized view is not
-atomic with its source table, so a process killed during an insert can leave
-the events stored but not their rollup rows. Every insert of events is first
-written to the journal, carries its token as ``insert_deduplication_token``
-(and in the ``insert_token`` column), and its journal file is removed once the
-insert returned. A journal file found at start-up is an insert that may have
-been cut short: ``ClickHouseProjection.recover`` repeats it with the same token
-when any of its rows landed (ClickHouse then writes only the blocks some table
-is missing), or sends its events through the normal guarded path when none did.
+Events are inserted as JSON rows (JSONEachRow, see ``domain.raw_line``):
+ClickHouse parses them in C++, so no row is built or serialized in Python.
+
+The insert journal (``<dir>.journal/<token>.ndjson``, the insert's body): a
+materialized view is not atomic with its source table, so a process killed
+during an insert can leave the events stored but not their rollup rows. Every
+insert of events is first written to the journal, carries its token as
+``insert_deduplication_token`` (and in the ``insert_token`` column), and its
+journal file is removed once the insert returned. A journal file found later is
+an insert that may have been cut short: ``ClickHouseProjection.recover``
+repeats it with the same token when any of its rows landed (ClickHouse then
+writes only the blocks some table is missing) and forgets it when none did
+(its events were never acknowledged, so they come back from the stream).
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ import os
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from pydantic import TypeAdapter
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from pydantic import BaseModel, TypeAdapter
 
 from llmgw_common.clickhouse_conn import connect_clickhouse
 from llmgw_common.messages import (
@@ -47,19 +54,68 @@ from llmgw_common.messages import (
 )
 
 from . import domain, queries
+from .domain import EventRow
 from .schema import apply_migrations
 
 log = logging.getLogger(__name__)
 
 
-_EVENTS_JSON = TypeAdapter(list[UsageEvent])
 # every insert of events: retryable as a whole (same token: ClickHouse skips the blocks a table holds)
 TOKEN_COLUMN = "insert_token"
+JOURNAL_SUFFIX = ".ndjson"
+# a journal written before inserts were JSON rows: a JSON array of UsageEvents
+_OLD_JOURNAL = TypeAdapter(list[UsageEvent])
+
+
+class _Stamp(BaseModel):
+    """What recovery reads of a journaled row: where to look for it."""
+
+    id: str
+    ts: datetime
+
+    @property
+    def ts_s(self) -> float:
+        return domain.epoch_s(self.ts)
+
+
+_STAMP = TypeAdapter(_Stamp)
 
 
 def _insert_settings(token: str) -> dict:
-    return dict(queries.INSERT_SETTINGS, insert_deduplication_token=token,
+    return dict(queries.INSERT_SETTINGS, **domain.INSERT_FORMAT_SETTINGS, insert_deduplication_token=token,
                 deduplicate_blocks_in_dependent_materialized_views=1)
+
+
+def insert_body(token: str, lines: Iterable[bytes]) -> bytes:
+    """The JSONEachRow body of one insert: each row (a JSON object) with the insert's token added."""
+    prefix = b'{"%s":"%s",' % (TOKEN_COLUMN.encode(), token.encode())
+    return b"\n".join(prefix + line[1:] for line in lines)
+
+
+class InsertRejected(RuntimeError):
+    """ClickHouse refused an insert's data (a value it cannot parse) and stored none of it."""
+
+
+def _is_rejection(exc: Exception) -> bool:
+    """An error about the data, not about reaching ClickHouse (those are ``OperationalError``)."""
+    return isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
+
+
+@dataclass(frozen=True)
+class JournaledInsert:
+    path: Path
+    token: str
+    body: bytes
+    stamps: list[_Stamp]
+
+
+def _read_journal(path: Path) -> JournaledInsert:
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        events = _OLD_JOURNAL.validate_json(data)
+        data = insert_body(path.stem, (domain.event_line(ev) for ev in events))
+    stamps = [_STAMP.validate_json(line) for line in data.splitlines() if line.strip()]
+    return JournaledInsert(path, path.stem, data, stamps)
 
 
 class StoreBusyError(RuntimeError):
@@ -179,17 +235,17 @@ class ClickHouseStore:
             self._identity = await self._run(_query)
         return self._identity
 
-    def _existing(self, events: Sequence[UsageEvent]) -> set[str]:
-        """Ids of ``events`` that usage_events already holds (worker thread)."""
-        if not events:
+    def _existing(self, rows: Sequence[EventRow]) -> set[str]:
+        """Ids of ``rows`` that usage_events already holds (worker thread)."""
+        if not rows:
             return set()
-        sql = queries.existing_ids_sql(events)
+        sql = queries.existing_ids_sql(rows)
         return {r[0] for r in self._require().query(sql, settings=queries.EXISTING_IDS_SETTINGS).result_rows}
 
-    async def existing_ids(self, events: Sequence[UsageEvent]) -> set[str]:
-        return await self._run(self._existing, events)
+    async def existing_ids(self, rows: Sequence[EventRow]) -> set[str]:
+        return await self._run(self._existing, rows)
 
-    async def insert_new(self, events: Sequence[UsageEvent], bodies: Sequence[list] = ()) -> int:
+    async def insert_new(self, rows: Sequence[EventRow]) -> int:
         """Insert the events usage_events does not hold yet; returns how many were inserted.
 
         The check and the insert are one job on the ClickHouse thread, so nothing
@@ -198,67 +254,75 @@ class ClickHouseStore:
         carries a fresh token (see the module doc). Bodies go first: if the
         events' insert fails, both are repeated on the redelivery
         (request_bodies collapses repeated rows; it has no views).
+        Raises ``InsertRejected`` when ClickHouse refused the events' JSON.
         """
-        if not events:
+        if not rows:
             return 0
 
         def _job() -> int:
-            existing = self._existing(events)
-            new = [ev for ev in events if ev.id not in existing]
+            existing = self._existing(rows)
+            new = [row for row in rows if row.id not in existing]
             if new:
-                self._insert(uuid.uuid4().hex, new, bodies)
+                bodies = domain.body_rows(row.event for row in new)
+                if bodies:
+                    self._require().insert(queries.BODIES, bodies, column_names=list(queries.BODY_COLUMNS),
+                                           settings=queries.INSERT_SETTINGS)
+                self._insert(new)
             return len(new)
 
         return await self._run(_job)
 
-    def _insert(self, token: str, events: Sequence[UsageEvent], bodies: Sequence[list]) -> None:
-        """Journal, insert with ``token``, forget (worker thread)."""
+    def _insert(self, rows: Sequence[EventRow]) -> None:
+        """Journal, insert with a fresh token, forget (worker thread)."""
         client = self._require()
-        ids = {ev.id for ev in events}
-        body = [row for row in bodies if row[1] in ids]
-        path = self.journal_dir / f"{token}.json"
+        token = uuid.uuid4().hex
+        body = insert_body(token, (row.line for row in rows))
+        path = self.journal_dir / f"{token}{JOURNAL_SUFFIX}"
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(_EVENTS_JSON.dump_json(list(events)))
+        tmp.write_bytes(body)
         os.replace(tmp, path)  # a journal file is complete or absent
-        settings = _insert_settings(token)
-        if body:
-            client.insert("request_bodies", body, column_names=list(queries.BODY_COLUMNS), settings=settings)
-        rows = [domain.event_to_row(ev) + [token] for ev in events]
-        client.insert(domain.TABLE, rows, column_names=[*domain.COLUMNS, TOKEN_COLUMN], settings=settings)
+        try:
+            client.raw_insert(domain.TABLE, None, body, settings=_insert_settings(token), fmt=domain.INSERT_FORMAT)
+        except Exception as exc:
+            if _is_rejection(exc) and not self._landed(token, rows):
+                path.unlink()  # nothing of it is stored: nothing to finish after a restart
+                raise InsertRejected(f"ClickHouse refused the events: {str(exc)[:500]}") from exc
+            raise
         path.unlink()
 
-    async def pending_inserts(self) -> list[tuple[str, list[UsageEvent]]]:
-        """Journaled inserts that never returned (a crash): (token, events), oldest first."""
-        def _read():
+    def _landed(self, token: str, stamps: Sequence[Any]) -> bool:
+        """Whether any row of the insert with ``token`` is in usage_events (worker thread)."""
+        sql = queries.token_rows_sql(token, stamps)
+        return self._require().query(sql).result_rows[0][0] > 0
+
+    async def pending_inserts(self) -> list[JournaledInsert]:
+        """Journaled inserts that never returned (a crash, a failure), oldest first."""
+        def _read() -> list[JournaledInsert]:
             if not self.journal_dir.is_dir():
                 return []
-            out = []
             for tmp in self.journal_dir.glob("*.tmp"):
                 tmp.unlink()  # cut short before the insert began
-            for path in sorted(self.journal_dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
-                out.append((path.stem, _EVENTS_JSON.validate_json(path.read_bytes())))
-            return out
+            files = [p for p in self.journal_dir.iterdir() if p.suffix in (JOURNAL_SUFFIX, ".json")]
+            return [_read_journal(p) for p in sorted(files, key=lambda p: p.stat().st_mtime)]
 
         return await self._run(_read)
 
-    async def token_landed(self, token: str, events: Sequence[UsageEvent]) -> bool:
-        """Whether any row of the insert with ``token`` is in usage_events."""
-        def _query() -> bool:
-            sql = queries.token_rows_sql(token, events)
-            return self._require().query(sql).result_rows[0][0] > 0
+    async def token_landed(self, insert: JournaledInsert) -> bool:
+        """Whether any row of a journaled insert is in usage_events."""
+        return await self._run(self._landed, insert.token, insert.stamps)
 
-        return await self._run(_query)
+    async def repeat_insert(self, insert: JournaledInsert) -> None:
+        """A journaled insert again, same body and token: every table writes only the blocks it is missing."""
+        def _repeat() -> None:
+            self._require().raw_insert(domain.TABLE, None, insert.body, settings=_insert_settings(insert.token),
+                                       fmt=domain.INSERT_FORMAT)
+            insert.path.unlink(missing_ok=True)
 
-    async def repeat_insert(self, token: str, events: Sequence[UsageEvent], bodies: Sequence[list] = ()) -> None:
-        """The journaled insert again, same token: every table writes only the blocks it is missing."""
-        await self._run(self._insert, token, events, bodies)
+        await self._run(_repeat)
 
-    async def forget_insert(self, token: str) -> None:
-        def _unlink():
-            (self.journal_dir / f"{token}.json").unlink(missing_ok=True)
-
-        await self._run(_unlink)
+    async def forget_insert(self, insert: JournaledInsert) -> None:
+        await self._run(insert.path.unlink, missing_ok=True)
 
     async def history(self, q: UsageHistoryQuery) -> tuple[list[HistoryRow], list[HistoryRow], str]:
         """(rows per bucket, totals per group over the whole range, the table it came from)."""

@@ -18,7 +18,7 @@ class WindowWriter:
     def __init__(self, redis):
         self._script = redis.register_script(domain.APPLY_EVENTS_LUA)
 
-    async def apply(self, events: Sequence[UsageEvent], now_s: int, rebuild: bool = False) -> int:
+    async def apply(self, events: Sequence[domain.IngestEvent | UsageEvent], now_s: int, rebuild: bool = False) -> int:
         """Apply events not applied before; returns how many were new.
 
         ``rebuild``: the windows are being rebuilt from the log (replay), so
@@ -27,7 +27,7 @@ class WindowWriter:
         applied = 0
         for i in range(0, len(events), CHUNK):
             args = domain.window_script_args(events[i : i + CHUNK], now_s, rebuild)
-            if len(args) <= 2:  # nothing with a scope in this chunk
+            if args is None:  # nothing with a scope in this chunk
                 continue
             applied += int(await self._script(keys=[], args=args))
         return applied
