@@ -319,12 +319,21 @@ def test_bench_ingest_results_go_into_their_own_section():
     from llmgw_cli import bench_ingest
 
     doc = "# Benchmarks\n\nintro\n<!-- bench:results:start -->\nHTTP\n<!-- bench:results:end -->\n"
-    r = bench_ingest.IngestResult(events=1000, publish_s=1.0, ingest_s=0.5, batch_size=100, batch_wait_s=0.2,
-                                  batches=10, load_before="0.1", cpu_s={"consumer": 0.25, "nats-server": 0.05})
-    once = bench_ingest.replace_section(doc, bench_ingest.results_section(r, T0))
-    assert once.startswith(doc.rstrip("\n")) and "| **2,000** |" in once and "## Usage ingest" in once
-    assert "consumer 0.2s (250 µs/event), nats-server 0.1s (50 µs/event)" in once
-    twice = bench_ingest.replace_section(once, bench_ingest.results_section(r, T0))
+
+    def result(ingest_s: float, consumer_cpu_s: float):
+        return bench_ingest.IngestResult(events=1000, publish_s=1.0, ingest_s=ingest_s, batch_size=100,
+                                         batch_wait_s=0.2, batches=10, load_before="0.1",
+                                         cpu_s={"consumer": consumer_cpu_s, "nats-server": 0.05})
+
+    runs = [result(0.5, 0.25), result(0.25, 0.2), result(1.0, 0.5)]  # 2,000, 4,000 and 1,000 events/s
+    assert bench_ingest.median_run(runs) is runs[0]
+    assert bench_ingest.median_run(runs[:2]) is runs[0]  # the lower middle of an even count
+    once = bench_ingest.replace_section(doc, bench_ingest.results_section(runs, T0))
+    assert once.startswith(doc.rstrip("\n")) and "## Usage ingest" in once
+    assert "**median 2,000 events/s** (range 1,000 to 4,000)" in once
+    assert "| **4,000** |" in once and "| 3 | 1,000 |" in once
+    assert "consumer 0.2s (250 µs/event), nats-server 0.1s (50 µs/event)" in once  # of the median run
+    twice = bench_ingest.replace_section(once, bench_ingest.results_section(runs, T0))
     assert twice == once and twice.count(bench_ingest.SECTION_START) == 1
 
 

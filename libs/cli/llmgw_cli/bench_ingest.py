@@ -1,4 +1,4 @@
-"""``llmgw bench-ingest [--events N]``: how many usage events per second the usage consumer commits.
+"""``llmgw bench-ingest [--events N] [--runs R]``: how many usage events per second the usage consumer commits.
 
 On embedded servers in a temp directory (nats-server with JetStream, Redis or
 Valkey, chDB), it publishes N synthetic usage events to the usage stream, then
@@ -30,13 +30,15 @@ import uvloop
 from .progress import Progress
 
 DEFAULT_EVENTS = 200_000
+# runs on a shared 2-CPU VM vary by +-15 % from minute to minute: the median of a few says more than one
+DEFAULT_RUNS = 3
 DEFAULT_OUTPUT = "docs/benchmarks.md"
 SECTION_START = "<!-- bench-ingest:results:start -->"
 SECTION_END = "<!-- bench-ingest:results:end -->"
 SECTION_INTRO = """
 ## Usage ingest (`llmgw bench-ingest`)
 
-`llmgw bench-ingest [--events N] [--batch-size B]` measures the usage consumer on its own:
+`llmgw bench-ingest [--events N] [--runs R] [--batch-size B]` measures the usage consumer on its own:
 on embedded servers in a temp directory (nats-server with JetStream, Redis or Valkey, chDB)
 it publishes N synthetic usage events (stamped within the last seconds, like live traffic)
 to the usage stream, then runs the usage consumer in-process (the service's own classes and
@@ -44,17 +46,8 @@ the config's default batch settings) and times it from its start until the last 
 committed to ClickHouse (with the `usage_minute` and `request_log` views) and the Redis
 windows, and acknowledged. Afterwards it checks that every event is in ClickHouse once, that
 the rollups agree with the raw events, and that the Redis day windows count every event.
-The results section below is rewritten by every run.
-
-Where the time goes (py-spy on this 2-CPU machine, batch size 5000): the consumer process
-is CPU-bound on one core (the Python thread; chDB releases the GIL). About 60 % of the
-Python thread is the Redis window write (`window_script_args` builds ~30 arguments per
-event and redis-py's `pack_command` encodes them one by one; the Lua script then runs ~33
-Redis calls per event); pulling and parsing messages ~20 %, pydantic decoding ~10 %. A
-window write that sends each event as (seen key, bucket-group index, 4 deltas) and sums per
-bucket inside the script doubled the end-to-end rate in a prototype (3,400 → 7,100 events/s
-at batch size 5000); with it, batch size 5000 instead of 1000 added another ~30 % (each
-insert pays a fixed cost for the two materialized views).
+The whole measurement runs R times (default 3) on fresh servers; the results section below
+is rewritten by every invocation and gives the median.
 """
 
 
@@ -64,6 +57,8 @@ class BenchError(RuntimeError):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=DEFAULT_EVENTS, help=f"events to ingest (default {DEFAULT_EVENTS:,})")
+    p.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                   help=f"repeat the whole measurement on fresh servers and report the median (default {DEFAULT_RUNS})")
     p.add_argument("--batch-size", type=int, default=None, help="consumer batch size (default: the config default)")
     p.add_argument("--batch-wait", type=float, default=None, help="consumer batch wait in seconds (default: config)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"results file (default {DEFAULT_OUTPUT})")
@@ -266,25 +261,37 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs{f' ({cpu})' if cpu else ''}, Python {platform.python_version()}, {platform.system()}"
 
 
-def results_section(r: IngestResult, when: dt.datetime) -> str:
+def median_run(results: list[IngestResult]) -> IngestResult:
+    """The run with the median rate (the lower middle one of an even count)."""
+    ranked = sorted(results, key=lambda r: r.events_per_s)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def results_section(results: list[IngestResult], when: dt.datetime) -> str:
+    mid = median_run(results)
+    rows = [f"| {i} | {r.events:,} | {r.batch_size} / {r.batch_wait_s}s | {r.batches:,} | {r.ingest_s:.1f}s "
+            f"| **{r.events_per_s:,.0f}** | {r.publish_s:.1f}s | {r.load_before} |" for i, r in enumerate(results, 1)]
     return "\n".join([
         SECTION_START,
         "### Latest results",
         "",
-        f"Run {when:%Y-%m-%d %H:%M} UTC on {machine()}; load average before ingest: {r.load_before}.",
+        f"Run {when:%Y-%m-%d %H:%M} UTC on {machine()}: {len(results)} run(s), each on fresh servers; "
+        f"**median {mid.events_per_s:,.0f} events/s** (range {min(r.events_per_s for r in results):,.0f} to "
+        f"{max(r.events_per_s for r in results):,.0f}).",
         "",
-        "| events | batch size / wait | batches | ingest time | **events/s (end to end)** | publish time |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {r.events:,} | {r.batch_size} / {r.batch_wait_s}s | {r.batches:,} | {r.ingest_s:.1f}s "
-        f"| **{r.events_per_s:,.0f}** | {r.publish_s:.1f}s |",
+        "| run | events | batch size / wait | batches | ingest time | **events/s (end to end)** | publish time "
+        "| load average before |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        *rows,
         "",
-        "CPU used during the ingest, per process: " + ", ".join(
-            f"{name} {sec:.1f}s ({1e6 * sec / r.events:.0f} µs/event)" for name, sec in r.cpu_s.items()) + ".",
+        "CPU used during the ingest of the median run, per process: " + ", ".join(
+            f"{name} {sec:.1f}s ({1e6 * sec / mid.events:.0f} µs/event)" for name, sec in mid.cpu_s.items()) + ".",
         "",
         "Ingest: from the consumer's start until every event is committed (ClickHouse insert with the",
         "`usage_minute` and `request_log` views, Redis windows) and acknowledged. Publishing (pipelined",
-        "`publish_async`, before the consumer starts) is shown for reference only. The servers, chDB and",
-        "the consumer share the machine's CPUs; compare runs made on the same, otherwise idle machine.",
+        "`publish_async`, before the consumer starts) is shown for reference only; a slow publish means",
+        "a slow machine during that run. The servers, chDB and the consumer share the machine's CPUs;",
+        "compare runs made on the same, otherwise idle machine.",
         SECTION_END,
     ])
 
@@ -296,30 +303,43 @@ def replace_section(document: str, section: str) -> str:
     return document.rstrip("\n") + "\n" + SECTION_INTRO + "\n" + section + "\n"
 
 
-def cmd_bench_ingest(args: argparse.Namespace) -> int:
-    if args.events <= 0:
-        _say("--events must be positive")
-        return 2
+def _one_run(args: argparse.Namespace) -> IngestResult:
     root = Path(tempfile.mkdtemp(prefix="llmgw-bench-ingest-"))
     try:
-        result = uvloop.run(_run(args, root))  # the event loop the usage service runs on
+        return uvloop.run(_run(args, root))  # the event loop the usage service runs on
+    finally:
+        if args.keep:
+            _say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    if args.events <= 0 or args.runs <= 0:
+        _say("--events and --runs must be positive")
+        return 2
+    results: list[IngestResult] = []
+    try:
+        for i in range(1, args.runs + 1):
+            if args.runs > 1:
+                _say(f"--- run {i} of {args.runs}")
+            result = _one_run(args)
+            results.append(result)
+            print(f"run {i}: ingested {result.events:,} events in {result.ingest_s:.1f}s: "
+                  f"{result.events_per_s:,.0f} events/s end to end (batch size {result.batch_size}; "
+                  f"publishing took {result.publish_s:.1f}s)")
+            print("  CPU during the ingest: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in result.cpu_s.items()))
     except BenchError as exc:
         _say(f"bench-ingest failed: {exc}")
         return 1
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
-    finally:
-        if args.keep:
-            _say(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    print(f"ingested {result.events:,} events in {result.ingest_s:.1f}s: {result.events_per_s:,.0f} events/s end to end "
-          f"(batch size {result.batch_size}; publishing took {result.publish_s:.1f}s)")
-    print("CPU during the ingest: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in result.cpu_s.items()))
+    mid = median_run(results)
+    print(f"median of {len(results)}: {mid.events_per_s:,.0f} events/s")
     if not args.no_write:
         path = Path(args.output)
         document = path.read_text() if path.exists() else "# Benchmarks\n"
-        path.write_text(replace_section(document, results_section(result, dt.datetime.now(dt.timezone.utc))))
+        path.write_text(replace_section(document, results_section(results, dt.datetime.now(dt.timezone.utc))))
         _say(f"results written to {path}")
     return 0

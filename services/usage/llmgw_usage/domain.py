@@ -90,9 +90,9 @@ class IngestEvent(Message):
     response_body: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    """An event on its way into usage_events: what Python reads of it and the JSON object ClickHouse parses."""
+class EventRow(NamedTuple):
+    """An event on its way into usage_events: what Python reads of it and the JSON object ClickHouse parses.
+    (A NamedTuple: one is made per event.)"""
 
     id: str  # the event's id and time, read in every loop over a batch: plain attributes
     ts_s: float  # seconds since the epoch

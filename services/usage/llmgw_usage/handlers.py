@@ -84,7 +84,7 @@ def decode_row(data: bytes) -> domain.EventRow:
     (decoding only what the ingest reads), else the whole event decoded and normalized. Raises
     ``ValidationError`` / ``ValueError`` for a message that is no usage event."""
     try:
-        ev = domain.IngestEvent.decode(data)
+        ev = domain.IngestEvent.model_validate_json(data)
     except ValidationError:
         ev = None  # maybe an event without id or ts: UsageEvent gives them defaults
     if ev is not None:
