@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import os
 import platform
 import shutil
@@ -305,9 +306,12 @@ def replace_section(document: str, section: str) -> str:
 
 def _one_run(args: argparse.Namespace) -> IngestResult:
     root = Path(tempfile.mkdtemp(prefix="llmgw-bench-ingest-"))
+    thresholds = gc.get_threshold()
     try:
         return uvloop.run(_run(args, root))  # the event loop the usage service runs on
     finally:
+        gc.unfreeze()  # the run tuned the collector as the usage service does; this process goes on
+        gc.set_threshold(*thresholds)
         if args.keep:
             _say(f"kept {root}")
         else:
