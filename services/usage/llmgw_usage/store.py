@@ -78,8 +78,6 @@ class _Stamp(BaseModel):
         return domain.epoch_s(self.ts)
 
 
-_STAMP = TypeAdapter(_Stamp)
-
 
 def _insert_settings(token: str) -> dict:
     return dict(queries.INSERT_SETTINGS, **domain.INSERT_FORMAT_SETTINGS, insert_deduplication_token=token,
@@ -114,7 +112,7 @@ def _read_journal(path: Path) -> JournaledInsert:
     if path.suffix == ".json":
         events = _OLD_JOURNAL.validate_json(data)
         data = insert_body(path.stem, (domain.event_line(ev) for ev in events))
-    stamps = [_STAMP.validate_json(line) for line in data.splitlines() if line.strip()]
+    stamps = [_Stamp.model_validate_json(line) for line in data.splitlines() if line.strip()]
     return JournaledInsert(path, path.stem, data, stamps)
 
 
@@ -274,7 +272,6 @@ class ClickHouseStore:
 
     def _insert(self, rows: Sequence[EventRow]) -> None:
         """Journal, insert with a fresh token, forget (worker thread)."""
-        client = self._require()
         token = uuid.uuid4().hex
         body = insert_body(token, (row.line for row in rows))
         path = self.journal_dir / f"{token}{JOURNAL_SUFFIX}"
@@ -283,7 +280,7 @@ class ClickHouseStore:
         tmp.write_bytes(body)
         os.replace(tmp, path)  # a journal file is complete or absent
         try:
-            client.raw_insert(domain.TABLE, None, body, settings=_insert_settings(token), fmt=domain.INSERT_FORMAT)
+            self._insert_body(token, body)
         except Exception as exc:
             if _is_rejection(exc) and not self._landed(token, rows):
                 path.unlink()  # nothing of it is stored: nothing to finish after a restart
@@ -291,7 +288,11 @@ class ClickHouseStore:
             raise
         path.unlink()
 
-    def _landed(self, token: str, stamps: Sequence[Any]) -> bool:
+    def _insert_body(self, token: str, body: bytes) -> None:
+        """One insert of usage_events rows (``insert_body``) with its token (worker thread)."""
+        self._require().raw_insert(domain.TABLE, None, body, settings=_insert_settings(token), fmt=domain.INSERT_FORMAT)
+
+    def _landed(self, token: str, stamps: Sequence[queries.Stamped]) -> bool:
         """Whether any row of the insert with ``token`` is in usage_events (worker thread)."""
         sql = queries.token_rows_sql(token, stamps)
         return self._require().query(sql).result_rows[0][0] > 0
@@ -315,8 +316,7 @@ class ClickHouseStore:
     async def repeat_insert(self, insert: JournaledInsert) -> None:
         """A journaled insert again, same body and token: every table writes only the blocks it is missing."""
         def _repeat() -> None:
-            self._require().raw_insert(domain.TABLE, None, insert.body, settings=_insert_settings(insert.token),
-                                       fmt=domain.INSERT_FORMAT)
+            self._insert_body(insert.token, insert.body)
             insert.path.unlink(missing_ok=True)
 
         await self._run(_repeat)
