@@ -133,11 +133,14 @@ def test_plain_completion_is_served_and_counted(client, ui, upstreams):
     assert totals["tokens_in"] >= usage.prompt_tokens
 
 
-def test_alias_routes_to_its_target(client):
+def test_alias_routes_to_its_target(client, ui):
+    before = history_totals(ui, provider="solo", model="solo-model")["requests"]
     raw = client.chat.completions.with_raw_response.create(
         model="best", messages=[{"role": "user", "content": "via alias"}])
     assert raw.headers["x-llmgw-provider"] == "solo"
     assert raw.parse().choices[0].message.content == "Echo: via alias"
+    # counted under the model it was served by; waiting for it also keeps it out of the next test's counts
+    wait_for(lambda: history_totals(ui, provider="solo", model="solo-model")["requests"] == before + 1)
 
 
 def test_streaming_without_usage_request_is_still_counted(client, ui, upstreams):
