@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import base64
 import io
+import functools
 import json
+import operator
+import types
+import typing
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from fake_secrets import fake_key
 from llmgw_cli.progress import Progress
-from llmgw_common.messages import Attempt, UsageEvent, UsageHistoryQuery, UsageRequestsQuery, UsageSimulate
+from llmgw_common.messages import Attempt, Reservation, UsageEvent, UsageHistoryQuery, UsageRequestsQuery, UsageSimulate
 from llmgw_common.windows import SCOPES_KEY, SEEN_PREFIX, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
 from llmgw_usage import domain, queries
 from llmgw_usage.domain import body_rows, cap_body
@@ -58,8 +63,10 @@ def test_event_line_holds_the_stored_fields():
 
 
 def test_event_line_naive_timestamp_is_utc_and_values_are_clamped():
-    ev = _event(ts=datetime(2025, 1, 1, 12, 0, 0), tokens_in=-5, cost_usd=Decimal("1e12"), status=70000)
+    ev = _event(ts=datetime(2025, 1, 1, 12, 0, 0), tokens_in=-5, cost_usd=Decimal("1e12"), status=70000,
+                schema_version=-1)
     row = _line(ev)
+    assert row["schema_version"] == 0
     assert datetime.fromisoformat(row["ts"].replace("Z", "+00:00")) == datetime(2025, 1, 1, 12, tzinfo=timezone.utc)
     assert row["tokens_in"] == 0 and row["status"] == 65535
     assert Decimal(row["cost_usd"]) == domain.COST_MAX
@@ -71,30 +78,71 @@ def test_event_line_converts_other_timezones():
     assert datetime.fromisoformat(row["ts"].replace("Z", "+00:00")) == datetime(2025, 1, 1, 12, tzinfo=timezone.utc)
 
 
-def test_ingest_event_reads_usage_event_fields_as_they_are():
-    """IngestEvent is a view of UsageEvent: same names, same types."""
-    for name, info in domain.IngestEvent.model_fields.items():
-        assert name in UsageEvent.model_fields, name
-        assert info.annotation == UsageEvent.model_fields[name].annotation, name
+def test_ingest_event_is_usage_event_field_for_field():
+    """IngestEvent decodes every UsageEvent field, same names, same types (nested: Attempt's, Reservation's)."""
+    nested = {domain.IngestReservation: Reservation, domain.IngestAttempt: Attempt}
+
+    def same(struct, model):
+        hints = typing.get_type_hints(struct)
+        assert set(hints) == set(model.model_fields), struct
+        for name, hint in hints.items():
+            expected = model.model_fields[name].annotation
+            for mine, theirs in nested.items():
+                hint = _swap(hint, mine, theirs)
+            assert hint == expected, (struct, name)
+
+    same(domain.IngestEvent, UsageEvent)
+    for mine, theirs in nested.items():
+        same(mine, theirs)
+
+
+def _swap(hint, mine, theirs):
+    args = typing.get_args(hint)
+    if hint is mine:
+        return theirs
+    if not args:
+        return hint
+    swapped = tuple(_swap(a, mine, theirs) for a in args)
+    origin = typing.get_origin(hint)
+    if origin is types.UnionType:
+        return functools.reduce(operator.or_, swapped)
+    return origin[swapped]
+
+
+def test_ingest_event_decodes_what_usage_event_decodes():
+    ev = _event(reservation=Reservation(provider="p", model="m", at_s=5, tokens_in=1, tokens_out=2, cost_nano=3),
+                request_body="hi")
+    ev.attempts = [Attempt(provider="p", upstream_model="u", status=429, error="busy", latency_ms=1.5, retries=2)]
+    ing = domain.decode_ingest(ev.encode())
+    assert msgspec.to_builtins(ing) == json.loads(ev.encode())
+
+
+@pytest.mark.parametrize("change", [{"tokens_in": "5"}, {"status": 200.0}, {"id": None}, {"cost_usd": [1]},
+                                    {"endpoint": 5}, {"stream": "yes"}, {"attempts": [{"provider": "p"}]}])
+def test_ingest_decode_is_strict_so_odd_events_take_the_usage_event_way(change):
+    data = json.dumps({**json.loads(_event().encode()), **change}).encode()
+    with pytest.raises(ValueError):
+        domain.decode_ingest(data)
 
 
 @pytest.mark.parametrize("change, passes", [
     ({}, True),
     ({"tokens_in": -1}, False),
     ({"status": 70000}, False),
+    ({"schema_version": -1}, False),  # ClickHouse refuses it: normalized (clamped) instead
     ({"cost_usd": Decimal("0.0000000001")}, False),  # more decimals than Decimal(18, 9) keeps
     ({"cost_usd": Decimal("1E-7")}, True),
     ({"cost_usd": Decimal("1e10")}, False),
 ])
 def test_raw_line_only_for_values_clickhouse_stores_as_they_are(change, passes):
     data = _event(**change).encode()
-    ev = domain.IngestEvent.decode(data)
+    ev = domain.decode_ingest(data)
     assert (domain.raw_line(ev, data) == data) is passes
 
 
 def test_raw_line_refuses_what_would_break_the_insert_token():
     data = _event().encode()
-    ev = domain.IngestEvent.decode(data)
+    ev = domain.decode_ingest(data)
     assert domain.raw_line(ev, b" " + data) is None
     assert domain.raw_line(ev, data[:-1] + b', "insert_token": "x"}') is None
 
@@ -301,6 +349,12 @@ def test_import_line_validation_reasons():
     assert validate_line(b"{oops")[1] == "<body>: Invalid JSON: key must be a string at line 1 column 2"
     assert validate_line(b'{"request_id": "r", "model": "m"}')[1] == "status: Field required"
     assert "out of range" in validate_line(_event(ts=datetime(1, 1, 1, tzinfo=timezone.utc)).encode())[1]
+    # without an id (or time) of its own an event would get a new one at every decode: counted again
+    no_id = json.loads(_event().encode())
+    del no_id["id"], no_id["ts"]
+    assert validate_line(json.dumps(no_id).encode())[1] == "no id and ts: an event needs its own id and time (its dedup key)"
+    del no_id["request_id"]
+    assert validate_line(json.dumps(no_id).encode())[1] == "request_id: Field required"
 
 
 def test_progress_lines_without_a_terminal():

@@ -41,7 +41,7 @@ from llmgw_usage.handlers import BatchProcessor
 from llmgw_usage.main import UsageSettings, serve
 from llmgw_usage.projection import ClickHouseProjection
 from llmgw_usage.schema import apply_migrations, load_migrations
-from llmgw_usage.store import ClickHouseStore
+from llmgw_usage.store import ClickHouseStore, InsertRejected
 from llmgw_usage.windows_writer import WindowWriter
 
 pytestmark = pytest.mark.integration
@@ -265,25 +265,26 @@ async def test_batch_applied_twice_counts_once(env, tmp_path):
         await store.close()
 
 
-async def test_messages_clickhouse_refuses_as_sent_are_stored_normalized(env, tmp_path):
-    """Messages go to ClickHouse as they were sent. When ClickHouse refuses a batch (here "stream": "yes",
-    which pydantic reads as true and ClickHouse cannot parse), the batch is inserted again with every event
-    decoded whole and normalized; a message that is no valid event at all ("latency_ms": "abc", which the
-    fast decode does not read) is terminated, and only the events stored reach the windows."""
+async def test_odd_messages_are_stored_normalized_and_invalid_ones_terminated(env, tmp_path):
+    """Messages go to ClickHouse as they were sent when the strict decode takes them. One it refuses goes by
+    pydantic's rules: "stream": "yes" is read as true and stored normalized; "latency_ms": "abc" is no valid
+    event and is terminated, as is an event without an id. Only the events stored reach the windows."""
     provider = _uniq("prov")
     good, yes, bad = (_event(provider, "m", tokens_in=n, cost_usd=Decimal("0.000001")) for n in (1, 2, 4))
     odd = json.loads(yes.encode())
     odd["stream"] = "yes"
     broken = json.loads(bad.encode())
     broken["latency_ms"] = "abc"
+    anonymous = json.loads(_event(provider, "m", tokens_in=8).encode())
+    del anonymous["id"]  # UsageEvent's default would give it a new id at every redelivery
     msgs = [RecordingMsg(good.encode()), RecordingMsg(json.dumps(odd).encode()),
-            RecordingMsg(json.dumps(broken).encode())]
+            RecordingMsg(json.dumps(broken).encode()), RecordingMsg(json.dumps(anonymous).encode())]
     store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")
     await store.open()
     try:
         result = await BatchProcessor(ClickHouseProjection(store, env.redis), WindowWriter(env.redis)).process(msgs)
-        assert (result.failed, result.stored, result.terminated, result.applied) == (False, 2, 1, 2)
-        assert [(m.acks, m.terms) for m in msgs] == [(1, 0), (1, 0), (0, 1)]
+        assert (result.failed, result.stored, result.terminated, result.applied) == (False, 2, 2, 2)
+        assert [(m.acks, m.terms) for m in msgs] == [(1, 0), (1, 0), (0, 1), (0, 1)]
         rows = await store.query("SELECT id, stream, tokens_in FROM usage_events WHERE provider = {p:String} "
                                  "ORDER BY tokens_in", {"p": provider})
         assert rows == [(good.id, False, 1), (yes.id, True, 2)]
@@ -292,6 +293,51 @@ async def test_messages_clickhouse_refuses_as_sent_are_stored_normalized(env, tm
         assert (totals[provider_scope(provider)]["day"]["req"], totals[provider_scope(provider)]["day"]["tin"]) == (2, 3)
     finally:
         await store.close()
+
+
+class RefusingStore:
+    """The real store, but ClickHouse "refuses" every insert holding one of ``poison`` (as it would a value
+    it cannot parse: nothing stored), or any insert of events still as they were sent (``refuse_raw``)."""
+
+    def __init__(self, store, poison: set[str], refuse_raw: bool):
+        self._store, self._poison, self._refuse_raw = store, poison, refuse_raw
+        self.inserts: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    async def insert_new(self, rows):
+        self.inserts.append(len(rows))
+        if any(row.id in self._poison for row in rows) or (
+                self._refuse_raw and not all(isinstance(row.event, UsageEvent) for row in rows)):
+            raise InsertRejected("Code: 27. DB::Exception: Cannot parse input")
+        return await self._store.insert_new(rows)
+
+
+async def test_an_event_clickhouse_never_takes_is_isolated_and_terminated(env, tmp_path):
+    """ClickHouse refuses the batch as sent, then even normalized: it is halved until the one event it
+    refuses is alone; that one is terminated (it would block the stream forever), the others are stored,
+    counted in the windows and acked."""
+    provider = _uniq("prov")
+    events = [_event(provider, "m", tokens_in=n + 1) for n in range(8)]
+    msgs = [RecordingMsg(ev.encode()) for ev in events]
+    real = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")
+    await real.open()
+    store = RefusingStore(real, poison={events[5].id}, refuse_raw=True)
+    try:
+        result = await BatchProcessor(ClickHouseProjection(store, env.redis, exclusive=True),
+                                      WindowWriter(env.redis)).process(msgs)
+        assert (result.failed, result.stored, result.terminated, result.applied) == (False, 7, 1, 7)
+        assert [(m.acks, m.terms) for m in msgs] == [(0, 1) if i == 5 else (1, 0) for i in range(8)]
+        # as sent, normalized, then halves: 0-3 stored, 4-7 refused, 4-5 refused, 4 stored, 5 refused, 6-7 stored
+        assert store.inserts == [8, 8, 4, 4, 2, 1, 1, 2]
+        rows = await real.query("SELECT tokens_in FROM usage_events WHERE provider = {p:String} ORDER BY tokens_in",
+                                {"p": provider})
+        assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 7, 8]
+        totals = await WindowReader(env.redis).read([provider_scope(provider)], int(time.time()))
+        assert totals[provider_scope(provider)]["day"]["tin"] == 30
+    finally:
+        await real.close()
 
 
 async def test_batch_not_acked_when_clickhouse_fails(env, tmp_path):

@@ -34,6 +34,7 @@ from llmgw_common.messages import (
 from llmgw_common.windows import SCOPES_KEY
 
 from . import domain, simulate
+from .projection import ProjectionResult
 from .queries import QueryError
 from .store import InsertRejected
 
@@ -80,13 +81,13 @@ def _describe(msg: StreamMsg) -> str:
 
 
 def decode_row(data: bytes) -> domain.EventRow:
-    """A stream message as an ``EventRow``: the message itself as its ClickHouse row when it can go as it is
-    (decoding only what the ingest reads), else the whole event decoded and normalized. Raises
-    ``ValidationError`` / ``ValueError`` for a message that is no usage event."""
+    """A stream message as an ``EventRow``: the message itself as its ClickHouse row when it decodes strictly
+    (``domain.decode_ingest``) and can go as it is, else the event decoded by pydantic's rules and normalized.
+    Raises ``ValidationError`` / ``ValueError`` for a message that is no usage event."""
     try:
-        ev = domain.IngestEvent.model_validate_json(data)
-    except ValidationError:
-        ev = None  # maybe an event without id or ts: UsageEvent gives them defaults
+        ev = domain.decode_ingest(data)
+    except ValueError:
+        ev = None  # not strictly an IngestEvent (say, no id or ts): UsageEvent's rules decide
     if ev is not None:
         line = domain.raw_line(ev, data)
         if line is not None:
@@ -137,19 +138,34 @@ class BatchProcessor:
         return good, rows
 
     async def _project(self, good: list[StreamMsg], rows: list[domain.EventRow], result: BatchResult):
-        """The ClickHouse insert; when ClickHouse refuses messages inserted as they are (a value only it
-        could not parse), the batch again with every event decoded whole and normalized, terminating
-        those that are no valid event. Returns the projection result, and the messages and their rows
-        as finally inserted."""
+        """The ClickHouse insert. When ClickHouse refuses messages inserted as they are (a value only it
+        could not parse), the batch goes again with every event decoded whole and normalized (terminating
+        those that are no valid event), and if it refuses even that, event by event (``_isolate``).
+        Returns the projection result, and the messages and their rows as finally inserted."""
         try:
             return await self._projection.project(domain.dedupe(rows)), good, rows
         except InsertRejected as exc:
-            if all(isinstance(row.event, UsageEvent) for row in rows):
-                raise  # already normalized: nothing else to try
             log.warning("ClickHouse refused a batch of %d usage events as they were sent (%s); inserting them "
                         "normalized", len(rows), str(exc)[:300])
-        good, rows = await self._decode(good, result, lambda data: domain.event_row(UsageEvent.decode(data)))
-        return await self._projection.project(domain.dedupe(rows)), good, rows
+        if not all(isinstance(row.event, UsageEvent) for row in rows):
+            good, rows = await self._decode(good, result, lambda data: domain.event_row(UsageEvent.decode(data)))
+        return await self._isolate(good, rows, result)
+
+    async def _isolate(self, good: list[StreamMsg], rows: list[domain.EventRow], result: BatchResult):
+        """Insert normalized rows, halving the batch while ClickHouse refuses it, down to the single events it
+        refuses, which are terminated: an event ClickHouse can never store would otherwise come back forever
+        and hold up every event behind it. (Only a value our normalization misses gets here: none is known.)"""
+        try:
+            return await self._projection.project(domain.dedupe(rows)), good, rows
+        except InsertRejected as exc:
+            if len(rows) == 1:
+                await self._terminate(good[0], f"ClickHouse refuses it: {str(exc)[:200]}", result)
+                return ProjectionResult(), [], []
+        mid = len(rows) // 2
+        first, good_a, rows_a = await self._isolate(good[:mid], rows[:mid], result)
+        second, good_b, rows_b = await self._isolate(good[mid:], rows[mid:], result)
+        return (ProjectionResult(first.inserted + second.inserted, first.already + second.already,
+                                 first.busy | second.busy), good_a + good_b, rows_a + rows_b)
 
     async def process(self, msgs: Sequence[StreamMsg]) -> BatchResult:
         result = BatchResult(received=len(msgs))
