@@ -1,14 +1,15 @@
 """``llmgw bench-ingest [--events N] [--runs R]``: how many usage events per second the usage consumer commits.
 
 On embedded servers in a temp directory (nats-server with JetStream, Redis or
-Valkey, chDB), it publishes N synthetic usage events to the usage stream, then
+Valkey, chDB), it publishes N synthetic usage events (with the router's admission
+reservations, whose amounts go into the Redis windows first) to the usage stream, then
 starts the usage consumer in this process (the service's own classes:
 ``UsageConsumer`` → ``BatchProcessor`` → ``ClickHouseProjection`` (claims, dedup
 check, insert with the rollup views) + ``WindowWriter``) and times it from
 start until the last event is committed and acknowledged: events/s end to end,
 stream to ClickHouse and Redis. Then it checks the result (every event once
 in ``usage_events``, the rollups agree with it, the Redis day windows hold
-every event) and writes the numbers to its section of docs/benchmarks.md.
+every request and token) and writes the numbers to its section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ SECTION_INTRO = """
 
 `llmgw bench-ingest [--events N] [--runs R] [--batch-size B]` measures the usage consumer on its own:
 on embedded servers in a temp directory (nats-server with JetStream, Redis or Valkey, chDB)
-it publishes N synthetic usage events (stamped within the last seconds, like live traffic)
-to the usage stream, then runs the usage consumer in-process (the service's own classes and
-the config's default batch settings) and times it from its start until the last event is
+it publishes N synthetic usage events (stamped within the last seconds, like live traffic,
+each with the admission reservation the router attaches, whose amounts it puts into the
+Redis windows first, as the router's admission would have) to the usage stream, then runs
+the usage consumer in-process (the service's own classes and the config's default batch settings) and times it from its start until the last event is
 committed to ClickHouse (with the `usage_minute` and `request_log` views) and the Redis
 windows, and acknowledged. Afterwards it checks that every event is in ClickHouse once, that
-the rollups agree with the raw events, and that the Redis day windows count every event.
+the rollups agree with the raw events, and that the Redis day windows (admission plus the
+consumer's corrections) hold every request and exactly the tokens the events report.
 The whole measurement runs R times (default 3) on fresh servers; the results section below
 is rewritten by every invocation and gives the median.
 """
@@ -106,11 +109,17 @@ def _load() -> str:
 
 def _events(n: int):
     """Synthetic events across 4 providers, 6 models, 5 keys, stamped within the last 5 seconds (as live
-    traffic is when it reaches the consumer: events are published right after their request ends)."""
-    from llmgw_common.messages import UsageSimulate, utcnow
+    traffic is when it reaches the consumer: events are published right after their request ends). Like the
+    router's, each event a provider served carries the reservation admission made for it (an estimate: the
+    windows then add only actual - estimate)."""
+    import random
+
+    from llmgw_common.messages import Reservation, UsageSimulate, utcnow
+    from llmgw_common.windows import usd_to_nano
     from llmgw_usage.simulate import synthetic_events
 
     now = utcnow()
+    rng = random.Random(n)
     q = UsageSimulate(count=min(n, 10_000), providers=["groq-free", "openrouter-free", "openai", "anthropic"],
                       models=["small", "medium", "large", "embed", "code", "chat"],
                       key_ids=[f"key-{i}" for i in range(5)], spread_s=5, error_rate=0.03, seed=7)
@@ -118,8 +127,25 @@ def _events(n: int):
     while len(out) < n:
         q.count = min(10_000, n - len(out))
         q.seed = len(out)
-        out.extend(synthetic_events(q, now))
+        for ev in synthetic_events(q, now):
+            ev.reservation = Reservation(
+                provider=ev.provider, model=ev.model, at_s=int(ev.ts.timestamp()) - rng.randint(0, 3),
+                tokens_in=ev.tokens_in + rng.randint(-10, 10), tokens_out=rng.choice((256, 1024, 4096)),
+                cost_nano=usd_to_nano(ev.cost_usd) + rng.randint(0, 500_000))
+            out.append(ev)
     return out
+
+
+def _admissions(events):
+    """What the router's admission counted in the windows for these events (their reservations), as events
+    a rebuild applies in full: the bench puts them in the windows first, as the router would have."""
+    from llmgw_common.messages import UsageEvent
+    from llmgw_common.windows import nano_to_usd
+
+    return [UsageEvent(id=f"admission-{ev.id}", ts=dt.datetime.fromtimestamp(r.at_s, dt.timezone.utc),
+                       request_id=ev.request_id, provider=r.provider, model=r.model, tokens_in=r.tokens_in,
+                       tokens_out=r.tokens_out, cost_usd=nano_to_usd(r.cost_nano), status=200)
+            for ev in events if (r := ev.reservation) is not None]
 
 
 async def _wait_jetstream(nc, timeout_s: float = 20.0):
@@ -181,6 +207,8 @@ async def _run(args, root: Path) -> IngestResult:
         await asyncio.gather(*pending)
         publish_s = time.monotonic() - t0
         progress.finish(n)
+        await WindowWriter(redis).apply(_admissions(events), int(time.time()), rebuild=True)
+        expected = (sum(ev.tokens_in for ev in events), sum(ev.tokens_out for ev in events))
         stream = await js.stream_info(subjects.USAGE_STREAM)
         if stream.state.messages != n:
             raise BenchError(f"the stream holds {stream.state.messages} messages, expected {n}")
@@ -213,7 +241,7 @@ async def _run(args, root: Path) -> IngestResult:
         await consumer.stop()
         batches = consumer.batches
         consumer = None
-        await _verify(store, redis, n)
+        await _verify(store, redis, n, expected)
         return IngestResult(n, publish_s, ingest_s, batch_size, batch_wait, batches, load_before, cpu)
     finally:
         if consumer is not None:
@@ -228,7 +256,9 @@ async def _run(args, root: Path) -> IngestResult:
         nats_server.stop()
 
 
-async def _verify(store, redis, n: int) -> None:
+async def _verify(store, redis, n: int, tokens: tuple[int, int]) -> None:
+    """Every event once in ClickHouse, the rollups agree, and the Redis day windows (admission + the
+    consumer's corrections) hold every request and exactly the tokens the events report."""
     from llmgw_common.windows import SCOPES_KEY, WindowReader
 
     raw = (await store.query("SELECT count(), uniqExact(id) FROM usage_events"))[0]
@@ -243,11 +273,12 @@ async def _verify(store, redis, n: int) -> None:
         raise BenchError(f"request_log holds {log_rows} rows, expected {n}")
     scopes = [s for s in await redis.smembers(SCOPES_KEY) if s.startswith("p:")]
     totals = await WindowReader(redis).read(scopes, int(time.time()))
-    day = sum(t["day"]["req"] for t in totals.values())
-    if day != n:  # every synthetic event has a provider and is recent
-        raise BenchError(f"the Redis day windows count {day} requests, expected {n}")
+    day = tuple(sum(t["day"][f] for t in totals.values()) for f in ("req", "tin", "tout"))
+    if day != (n, *tokens):  # every synthetic event has a provider and is recent
+        raise BenchError(f"the Redis day windows count {day} (requests, tokens in, tokens out), "
+                         f"expected {(n, *tokens)}")
     _say(f"verified: {n:,} events once in usage_events, usage_minute and request_log agree, Redis day windows "
-         f"count {day:,}")
+         f"count {day[0]:,} requests and every token")
 
 
 def machine() -> str:
