@@ -21,6 +21,7 @@ from llmgw_common.messages import Attempt, Reservation, UsageEvent, UsageHistory
 from llmgw_common.windows import SCOPES_KEY, SEEN_PREFIX, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
 from llmgw_usage import domain, queries
 from llmgw_usage.domain import body_rows, cap_body
+from llmgw_usage.handlers import decode_row
 from llmgw_usage.replay import parse_when
 from llmgw_usage.consumer import consumer_config, max_ack_pending_for
 from llmgw_usage.schema import load_migrations, split_statements
@@ -118,7 +119,8 @@ def test_ingest_event_decodes_what_usage_event_decodes():
 
 
 @pytest.mark.parametrize("change", [{"tokens_in": "5"}, {"status": 200.0}, {"id": None}, {"cost_usd": [1]},
-                                    {"endpoint": 5}, {"stream": "yes"}, {"attempts": [{"provider": "p"}]}])
+                                    {"endpoint": 5}, {"stream": "yes"}, {"attempts": [{"provider": "p"}]},
+                                    {"insert_token": "x"}, {"some_future_field": 1}])
 def test_ingest_decode_is_strict_so_odd_events_take_the_usage_event_way(change):
     data = json.dumps({**json.loads(_event().encode()), **change}).encode()
     with pytest.raises(ValueError):
@@ -143,8 +145,15 @@ def test_raw_line_only_for_values_clickhouse_stores_as_they_are(change, passes):
 def test_raw_line_refuses_what_would_break_the_insert_token():
     data = _event().encode()
     ev = domain.decode_ingest(data)
-    assert domain.raw_line(ev, b" " + data) is None
-    assert domain.raw_line(ev, data[:-1] + b', "insert_token": "x"}') is None
+    assert domain.raw_line(ev, data) == data
+    assert domain.raw_line(ev, b" " + data) is None  # the store adds the token right after the brace
+
+
+@pytest.mark.parametrize("extra", [b'"insert_token": "x"', b'"insert\\u005ftoken": "x"'])
+def test_an_event_carrying_the_insert_token_key_is_normalized(extra):
+    data = _event().encode()[:-1] + b", " + extra + b"}"
+    row = decode_row(data)
+    assert row.line != data and b"insert" not in row.line and row.id == json.loads(data)["id"]
 
 
 def test_cost_nano_matches_clamp_cost():
