@@ -36,6 +36,7 @@ from llmgw_common.messages import (
 from llmgw_common.nats_conn import RemoteError, connect_nats, ensure_usage_stream, request
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.windows import SCOPES_KEY, WindowReader, model_scope, provider_scope
+from llmgw_usage import domain
 from llmgw_usage.consumer import UsageConsumer
 from llmgw_usage.handlers import BatchProcessor
 from llmgw_usage.main import UsageSettings, serve
@@ -261,6 +262,20 @@ async def test_batch_applied_twice_counts_once(env, tmp_path):
         assert {provider_scope(provider), model_scope(provider, model)} <= await env.redis.smembers(SCOPES_KEY)
         ttl = await env.redis.ttl(f"llmgw:seen:{events[0].id}")
         assert 0 < ttl <= 86400 + 3600
+    finally:
+        await store.close()
+
+
+async def test_existing_ids_finds_ids_of_any_characters(env, tmp_path):
+    odd = [_uniq(p) for p in ("tab\t", "line\n", "back\\slash", "quote'\"", "ünï€ode", "nul\x00")]
+    rows = [domain.event_row(_event("prov", "model", id=i)) for i in odd]
+    store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")
+    await store.open()
+    try:
+        assert await store.existing_ids(rows) == set()
+        assert await store.insert_new(rows[:4]) == 4
+        assert await store.existing_ids(rows) == set(odd[:4])
+        assert await store.insert_new(rows) == 2  # only the two it did not hold
     finally:
         await store.close()
 

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -130,6 +129,7 @@ class IngestEvent(msgspec.Struct, kw_only=True, frozen=True, gc=False, forbid_un
 
 
 _INGEST_DECODER = msgspec.json.Decoder(IngestEvent)
+_to_json = msgspec.json.Encoder().encode  # compact JSON bytes, several times faster than json.dumps
 
 
 def decode_ingest(data: bytes) -> IngestEvent:
@@ -466,8 +466,7 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
         flat += [ev.id, group, a.requests, a.tokens_in, a.tokens_out, a.cost_nano]
     if not flat:
         return None
-    return [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX, json.dumps(groups, separators=(",", ":")),
-            json.dumps(flat, separators=(",", ":"))]
+    return [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX, _to_json(groups), _to_json(flat)]
 
 
 def current_from_totals(totals: dict[str, dict[str, dict[str, int]]], at: datetime) -> UsageCurrent:
