@@ -149,11 +149,12 @@ def test_raw_line_refuses_what_would_break_the_insert_token():
     assert domain.raw_line(ev, b" " + data) is None  # the store adds the token right after the brace
 
 
-@pytest.mark.parametrize("extra", [b'"insert_token": "x"', b'"insert\\u005ftoken": "x"'])
-def test_an_event_carrying_the_insert_token_key_is_normalized(extra):
+@pytest.mark.parametrize("extra", [b'"insert_token": "x"', b'"insert\\u005ftoken": "x"', b'"a_newer_field": 1'])
+def test_an_event_with_a_key_it_does_not_know_is_stored_normalized(extra):
     data = _event().encode()[:-1] + b", " + extra + b"}"
     row = decode_row(data)
-    assert row.line != data and b"insert" not in row.line and row.id == json.loads(data)["id"]
+    assert row.line != data and b"insert" not in row.line and b"newer" not in row.line
+    assert row.id == json.loads(data)["id"] and row.event.tokens_in == json.loads(data)["tokens_in"]
 
 
 def test_cost_nano_matches_clamp_cost():
