@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from llmgw_cli.infra import free_port
+from llmgw_cli.infra import free_port, port_is_free
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +67,18 @@ def test_llmgw_run_end_to_end_and_ctrl_c(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_port_left_in_time_wait_is_free_but_a_listening_one_is_not():
+    """Restarting right after a stop: the old server's closed connections sit in TIME_WAIT."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    assert not port_is_free(port)
+    conn.close()  # the server side closes first: its end goes to TIME_WAIT
+    client.close()
+    listener.close()
+    time.sleep(0.1)
+    assert port_is_free(port)
+
