@@ -485,7 +485,7 @@ async def test_replay_twice_changes_nothing_and_restores_flushed_windows(env, tm
                                " GROUP BY minute, model, key_id", parameters={"p": provider}).result_rows) == old_rows
 
 
-async def test_replay_time_range_and_clear_errors(env, tmp_path, capsys):
+async def test_replay_and_export_time_range_is_event_time_and_errors_are_clear(env, tmp_path, capsys):
     provider = _uniq("range")
     first = [_event(provider, "a") for _ in range(5)]
     for ev in first:
@@ -496,14 +496,29 @@ async def test_replay_time_range_and_clear_errors(env, tmp_path, capsys):
     second = [_event(provider, "b") for _ in range(7)]
     for ev in second:
         await _publish(env.js, ev)
-    from llmgw_usage.replay import resolve_range, seq_at_time
+    # a backfill: stored now, stamped three days ago (as `llmgw events import` of an old file does)
+    old = _event(provider, "old", ts=cut - timedelta(days=3))
+    await _publish(env.js, old)
+    from llmgw_cli import events as cli_events
+    from llmgw_usage.replay import CLOCK_SKEW_S, resolve_range, seq_at_time
 
-    first_seq = (await env.js.stream_info(subjects.USAGE_STREAM)).state.first_seq
-    rng = await resolve_range(env.js, cut, None)
-    assert rng.total == 7 and rng.start_seq == await seq_at_time(env.js, cut) == first_seq + 5
-    rng = await resolve_range(env.js, None, cut)
-    assert (rng.start_seq, rng.end_seq) == (first_seq, first_seq + 5)
-    # only the events stored from `cut` on reach the windows
+    info = (await env.js.stream_info(subjects.USAGE_STREAM)).state
+    assert await seq_at_time(env.js, cut) == info.first_seq + 5  # the stream's own order: store time
+    rng = await resolve_range(env.js, cut, None)  # read from CLOCK_SKEW_S before `cut`, to the end
+    assert rng.start_seq == await seq_at_time(env.js, cut - timedelta(seconds=CLOCK_SKEW_S))
+    assert rng.end_seq == info.last_seq + 1
+
+    async def exported(*argv: str) -> list[str]:
+        out = io.BytesIO()
+        assert await cli_events._export(_cli_args(env, "events", "export", *argv), out) == 0
+        return [ev.model for line in out.getvalue().splitlines() if (ev := UsageEvent.decode(line)).provider == provider]
+
+    # the range is on the events' own time, wherever they are in the stream
+    assert await exported("--since", cut.isoformat()) == ["b"] * 7
+    assert await exported("--until", cut.isoformat()) == ["a"] * 5 + ["old"]
+    assert await exported("--since", "4d", "--until", "2d") == ["old"]
+    assert "outside the time range" in capsys.readouterr().err
+    # only the events stamped from `cut` on reach the windows
     assert await _replay(env, "--target", "redis", "--since", cut.isoformat()) == 0
     totals = await WindowReader(env.redis).read([model_scope(provider, "a"), model_scope(provider, "b")],
                                                 int(time.time()))

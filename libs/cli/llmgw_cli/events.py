@@ -47,8 +47,10 @@ def add_connection_arguments(p: argparse.ArgumentParser, redis: bool = True, cli
 
 
 def _add_range(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--since", help="start (ISO 8601, or relative: 90s, 15m, 2h, 7d, 1w ago); default: the beginning")
-    p.add_argument("--until", help="end, exclusive (same forms); default: the end of the stream when it starts")
+    p.add_argument("--since", help="events whose own time is at or after this (ISO 8601, or relative: 90s, 15m, "
+                                   "2h, 7d, 1w ago); default: from the beginning")
+    p.add_argument("--until", help="events whose own time is before this (same forms); default: up to the end of "
+                                   "the stream when it starts")
 
 
 def add_replay_arguments(p: argparse.ArgumentParser) -> None:
@@ -168,7 +170,8 @@ async def _replay(args) -> int:
                 await redis.aclose()
         await nc.close()
     verb, already = ("would be new", "already there") if args.dry_run else ("new", "already there (unchanged)")
-    _err(f"read {stats.read:,} events ({stats.unusable} unusable, skipped; {stats.duplicates} repeated ids)")
+    outside = f"; {stats.outside:,} outside the time range" if rng.since or rng.until else ""
+    _err(f"read {stats.read:,} events ({stats.unusable} unusable, skipped; {stats.duplicates} repeated ids{outside})")
     for name, t in stats.targets.items():
         extra = f", {t.skipped:,} older than every window or served by nobody" if name == "redis" else ""
         _err(f"  {name}: {t.new:,} {verb}, {t.already:,} {already}{extra}")
@@ -186,31 +189,35 @@ async def _export(args, out) -> int:
 
     since, until = _range_args(args)
     nc = await _connect(args.nats_url)
-    written = skipped = 0
+    written = skipped = outside = 0
     try:
         js = nc.jetstream()
         rng = await resolve_range(js, since, until)
         progress = Progress("export", rng.total)
         async for item in read_range(js, rng):
+            progress.update(written + skipped + outside)
             ev, why = decode(item.data)
             if ev is None:
                 skipped += 1
                 _err(f"stream message {item.seq} skipped: {why}")
+                continue
+            if not rng.holds(ev):
+                outside += 1
                 continue
             line = item.data.strip()
             if b"\n" in line or b"\r" in line:  # valid JSON may span lines; NDJSON may not
                 line = ev.encode()
             out.write(line + b"\n")
             written += 1
-            progress.update(written + skipped)
         out.flush()
-        progress.finish(written + skipped)
+        progress.finish(written + skipped + outside)
     except ReplayError as exc:
         _err(f"export: {exc}")
         return 2
     finally:
         await nc.close()
-    _err(f"exported {written:,} events ({skipped} unusable skipped)")
+    outside_note = f", {outside:,} outside the time range" if since or until else ""
+    _err(f"exported {written:,} events ({skipped} unusable skipped{outside_note})")
     return 0
 
 

@@ -1,11 +1,14 @@
 """Reading the usage stream back, and rebuilding the projections from it (``llmgw replay``).
 
-The range is on the time JetStream *stored* each event (what an ordered
-consumer's ``opt_start_time`` selects), read with an ephemeral ordered
-consumer. Where the range ends is fixed when the replay starts: the stream
-sequence of the first event stored at or after ``until`` (found by a binary
-search over ``get_msg``), or the end of the stream at that moment, so a live
-stream never makes a replay run forever, and the progress bar has a total.
+The range (``--since`` / ``--until``) is on the events' own time, ``ts``: what
+a user means by "January", also for events imported into the stream in March
+(``llmgw events import``). The stream is ordered by the time JetStream *stored*
+each event, which is never much before the event's own time: reading starts at
+the first event stored at ``since`` minus ``CLOCK_SKEW_S`` (a binary search over
+``get_msg``; an ephemeral ordered consumer from there) and goes to the end of
+the stream as it is when the replay starts (an event of the range may have been
+stored at any time later), keeping the events whose time is in the range. So a
+live stream never makes a replay run forever, and the progress bar has a total.
 
 Targets:
 
@@ -51,6 +54,9 @@ IDLE_TIMEOUT_S = 30.0  # no message for this long although some were expected: g
 BUSY_RETRIES = 30  # an event another writer holds is sent again this often, a second apart
 # the oldest event a window can still hold: the longest window plus one bucket
 REDIS_HORIZON_S = max(w.seconds + w.bucket_s for w in WINDOWS)
+# how far a producer's clock may run ahead of the NATS server's: an event is never stored longer than this
+# before its own time, so reading from ``since`` minus this (store time) finds every event from ``since`` on
+CLOCK_SKEW_S = 600
 
 
 class ReplayError(RuntimeError):
@@ -87,15 +93,22 @@ async def seq_at_time(js, when: datetime) -> int:
 
 @dataclass
 class StreamRange:
-    start_seq: int  # first sequence that may be in range
-    end_seq: int  # first sequence past the range
-    since: datetime | None
-    until: datetime | None
+    """The stream sequences to read, and the event times to keep from them."""
+
+    start_seq: int  # first sequence that may hold an event of the range
+    end_seq: int  # first sequence past what is read: the end of the stream when the range was resolved
+    since: datetime | None  # event time, inclusive
+    until: datetime | None  # event time, exclusive
 
     @property
     def total(self) -> int:
-        """Messages in the range, at most (deleted messages leave gaps)."""
+        """Messages to read, at most (deleted messages leave gaps); the range keeps those of its times."""
         return max(0, self.end_seq - self.start_seq)
+
+    def holds(self, ev: UsageEvent) -> bool:
+        """Whether the event's own time is in the range."""
+        ts = _utc(ev.ts)
+        return (self.since is None or ts >= _utc(self.since)) and (self.until is None or ts < _utc(self.until))
 
 
 async def resolve_range(js, since: datetime | None, until: datetime | None) -> StreamRange:
@@ -106,10 +119,12 @@ async def resolve_range(js, since: datetime | None, until: datetime | None) -> S
     except NotFoundError:
         raise ReplayError(f"the stream {subjects.USAGE_STREAM} does not exist on this NATS server (has the "
                           "gateway ever run against it? check --nats-url)") from None
-    start = await seq_at_time(js, since) if since is not None else info.state.first_seq
-    end = await seq_at_time(js, until) if until is not None else info.state.last_seq + 1
+    end = info.state.last_seq + 1
     if info.state.messages == 0:
-        start = end = info.state.last_seq + 1
+        return StreamRange(end, end, since, until)
+    start = info.state.first_seq
+    if since is not None:
+        start = await seq_at_time(js, _utc(since) - timedelta(seconds=CLOCK_SKEW_S))
     return StreamRange(start, max(start, end), since, until)
 
 
@@ -129,9 +144,8 @@ async def read_range(js, rng: StreamRange, idle_timeout_s: float = IDLE_TIMEOUT_
         await queue.put(msg)  # blocks the subscription when the caller is slower: flow control does the rest
 
     config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-    if rng.since is not None:  # ordered consumer from the start time; the sequence bound ends it
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
-                                opt_start_time=_utc(rng.since).isoformat().replace("+00:00", "Z"))
+    if rng.start_seq > 1:  # ordered consumer from the start sequence; the end bound ends it
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=rng.start_seq)
     sub = await js.subscribe(subjects.USAGE_EVENT_WILDCARD, stream=subjects.USAGE_STREAM, cb=on_msg,
                              ordered_consumer=True, config=config)
     try:
@@ -321,6 +335,7 @@ class ReplayStats:
     read: int = 0  # messages read from the range
     unusable: int = 0  # could not be decoded (or can never be stored)
     duplicates: int = 0  # the same event id again within the range (stored twice in the stream)
+    outside: int = 0  # read, but the event's own time is outside the range
     targets: dict[str, TargetStats] = field(default_factory=dict)
 
 
@@ -346,6 +361,8 @@ async def replay(js, rng: StreamRange, targets: list, dry_run: bool = False, bat
         if ev is None:
             stats.unusable += 1
             log.warning("stream message %d skipped: %s", item.seq, why)
+        elif not rng.holds(ev):
+            stats.outside += 1
         elif ev.id in ids:
             stats.duplicates += 1
         else:
