@@ -65,15 +65,17 @@ def _params(request: Request, allowed: set[str]) -> dict:
     return out
 
 
+def _invalid(what: str, exc: ValidationError) -> HTTPException:
+    """A 400 naming the first few bad fields of the ``what`` ("parameters", "body")."""
+    parts = [f"{'.'.join(str(x) for x in e['loc']) or what}: {e['msg']}" for e in exc.errors()[:5]]
+    return HTTPException(400, f"invalid {what}: " + "; ".join(parts))
+
+
 def _validate(model, data: dict):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors()[:5]:
-            loc = ".".join(str(x) for x in err["loc"]) or "parameters"
-            parts.append(f"{loc}: {err['msg']}")
-        raise HTTPException(400, "invalid parameters: " + "; ".join(parts)) from None
+        raise _invalid("parameters", exc) from None
 
 
 @router.get("/api/usage/current")
@@ -109,8 +111,7 @@ async def dev_simulate(request: Request):
     try:
         command = UsageSimulate.decode(body or b"{}")
     except ValidationError as exc:
-        parts = [f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]]
-        raise HTTPException(400, "invalid body: " + "; ".join(parts)) from None
+        raise _invalid("body", exc) from None
     except ValueError:
         raise HTTPException(400, "invalid body: not JSON") from None
     reply = await ask(request.app, subjects.USAGE_SIMULATE, command, UsageSimulated, SERVICE)

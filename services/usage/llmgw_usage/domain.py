@@ -188,10 +188,6 @@ def _exact_nano(cost: Decimal) -> int | None:
     return None
 
 
-def _cost_fits(cost: Decimal) -> bool:
-    return _exact_nano(cost) is not None
-
-
 def raw_line(ev: IngestEvent, data: bytes) -> bytes | None:
     """The message itself as the event's row when ClickHouse stores it exactly as ``event_line`` would (a
     JSON object, counters, status, schema version and cost in range); None when it must be normalized first."""
@@ -199,7 +195,7 @@ def raw_line(ev: IngestEvent, data: bytes) -> bytes | None:
             and 0 <= ev.tokens_in <= _UINT64_MAX and 0 <= ev.tokens_out <= _UINT64_MAX
             and 0 <= ev.tokens_cached <= _UINT64_MAX and 0 <= ev.status <= STATUS_MAX
             and 0 <= ev.schema_version <= UINT16_MAX
-            and _cost_fits(ev.cost_usd)):
+            and _exact_nano(ev.cost_usd) is not None):
         return data
     return None
 

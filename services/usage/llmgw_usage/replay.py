@@ -193,6 +193,24 @@ class TargetStats:
     skipped: int = 0  # not for this target (Redis: older than every window, or served by nobody)
 
 
+async def _until_not_busy(write, items: Sequence, stats: TargetStats) -> None:
+    """``write(items)`` (events or rows, each with an ``id``), then again with the items another writer held
+    (claimed, being inserted), a second apart, until none is busy; counts what was new and what was there."""
+    pending = list(items)
+    for attempt in range(BUSY_RETRIES + 1):
+        res = await write(pending)
+        stats.new += res.inserted
+        stats.already += res.already
+        if not res.busy:
+            return
+        if attempt == BUSY_RETRIES:
+            raise ReplayError(f"{len(res.busy)} events stayed claimed by another writer for "
+                              f"{BUSY_RETRIES}s; run the replay again later")
+        busy = set(res.busy)
+        pending = [item for item in pending if item.id in busy]
+        await asyncio.sleep(1.0)
+
+
 class RemoteClickHouse:
     """ClickHouse through the running usage service (the owner of the chDB directory)."""
 
@@ -223,19 +241,7 @@ class RemoteClickHouse:
 
     async def apply(self, events: Sequence[UsageEvent], dry_run: bool) -> None:
         for chunk in self._chunks(events):
-            pending = chunk
-            for attempt in range(BUSY_RETRIES + 1):
-                res = await self._send(pending, dry_run)
-                self.stats.new += res.inserted
-                self.stats.already += res.already
-                if not res.busy:
-                    break
-                if attempt == BUSY_RETRIES:
-                    raise ReplayError(f"{len(res.busy)} events stayed claimed by another writer for "
-                                      f"{BUSY_RETRIES}s; run the replay again later")
-                busy = set(res.busy)
-                pending = [ev for ev in pending if ev.id in busy]
-                await asyncio.sleep(1.0)
+            await _until_not_busy(lambda pending: self._send(pending, dry_run), chunk, self.stats)
 
     async def close(self) -> None:
         pass
@@ -277,18 +283,8 @@ class DirectClickHouse:
         return cls(store, projection)
 
     async def apply(self, events: Sequence[UsageEvent], dry_run: bool) -> None:
-        pending = [domain.event_row(ev) for ev in events]
-        for attempt in range(BUSY_RETRIES + 1):
-            res = await self._projection.project(pending, dry_run=dry_run)
-            self.stats.new += res.inserted
-            self.stats.already += res.already
-            if not res.busy:
-                return
-            if attempt == BUSY_RETRIES:
-                raise ReplayError(f"{len(res.busy)} events stayed claimed by another writer for "
-                                  f"{BUSY_RETRIES}s; run the replay again later")
-            pending = [row for row in pending if row.id in res.busy]
-            await asyncio.sleep(1.0)
+        rows = [domain.event_row(ev) for ev in events]
+        await _until_not_busy(lambda pending: self._projection.project(pending, dry_run=dry_run), rows, self.stats)
 
     async def close(self) -> None:
         await self._store.close()
