@@ -8,17 +8,24 @@ import pytest
 
 from fake_secrets import fake_key
 from llmgw_common.logs import redact
-from llmgw_edge.errors import GatewayError
-from llmgw_edge.openai_wire import classify_sse_data, parse_chat_request, strip_null_usage, upstream_body
+from llmgw_edge.api.openai_chat import OpenAIChatCodec
+from llmgw_edge.core.errors import GatewayError
+from llmgw_edge.providers.openai import _strip_null_usage, usage_of_body
 
 
-def test_valid_request_passes_through_untouched():
+def _parse(raw: bytes):
+    return OpenAIChatCodec().parse(raw, {})
+
+
+def test_valid_request_keeps_the_clients_body():
     raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2,
                       "tools": [{"type": "function", "function": {"name": "f"}}], "n": 2}).encode()
-    req = parse_chat_request(raw)
-    body = json.loads(upstream_body(req, "vendor/m"))
-    assert body["model"] == "vendor/m" and body["tools"] and body["n"] == 2 and body["temperature"] == 0.2
-    assert "stream_options" not in body
+    exchange = _parse(raw)
+    body = exchange.raw.body
+    assert body["tools"] and body["n"] == 2 and body["temperature"] == 0.2 and exchange.model == "m"
+    assert "stream_options" not in body and exchange.raw.format == "openai_chat"
+    core = exchange.chat()
+    assert core.n == 2 and core.temperature == 0.2 and core.tools[0].name == "f"
 
 
 @pytest.mark.parametrize("raw,param", [
@@ -29,27 +36,23 @@ def test_valid_request_passes_through_untouched():
 ])
 def test_bad_requests_are_400_with_param(raw, param):
     with pytest.raises(GatewayError) as err:
-        parse_chat_request(raw)
+        _parse(raw)
     assert err.value.status == 400 and err.value.param == param
 
 
-def test_stream_always_asks_upstream_for_usage():
-    req = parse_chat_request(b'{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}')
-    assert not req.client_wants_usage
-    assert json.loads(upstream_body(req, "m"))["stream_options"] == {"include_usage": True}
-    req = parse_chat_request(b'{"model":"m","stream":true,"stream_options":{"include_usage":true},'
-                             b'"messages":[{"role":"user","content":"x"}]}')
-    assert req.client_wants_usage
+def test_stream_usage_request_is_remembered():
+    assert not _parse(b'{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}').raw.include_usage
+    assert _parse(b'{"model":"m","stream":true,"stream_options":{"include_usage":true},'
+                  b'"messages":[{"role":"user","content":"x"}]}').raw.include_usage
 
 
-def test_sse_classification():
-    assert classify_sse_data("[DONE]").done
-    plain = classify_sse_data('{"choices":[{"delta":{"content":"x"}}],"usage":null}')
-    assert plain.usage is None and not plain.usage_only
-    final = classify_sse_data('{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,'
-                              '"prompt_tokens_details":{"cached_tokens":2}}}')
-    assert final.usage_only and (final.usage.tokens_in, final.usage.tokens_out, final.usage.tokens_cached) == (5, 7, 2)
-    assert strip_null_usage('{"a":1,"usage":null}') == '{"a":1}'
+def test_usage_of_openai_bodies():
+    usage = usage_of_body(b'{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,'
+                          b'"prompt_tokens_details":{"cached_tokens":2},'
+                          b'"completion_tokens_details":{"reasoning_tokens":3}}}')
+    assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.reasoning_tokens) == (5, 7, 2, 3)
+    assert usage_of_body(b'{"choices":[]}').input_tokens == 0
+    assert _strip_null_usage('{"a":1,"usage":null}') == '{"a":1}'
 
 
 def test_redaction_of_secrets_in_logs():
@@ -63,10 +66,10 @@ def test_redaction_of_secrets_in_logs():
 
 from datetime import datetime, timedelta, timezone  # noqa: E402
 
-from llmgw_edge.commands import parse_command  # noqa: E402
-from llmgw_edge.prompt_class import classify  # noqa: E402
-from llmgw_edge.ratelimit_headers import retry_after_seconds  # noqa: E402
-from llmgw_edge.tokens import estimate_prompt_tokens  # noqa: E402
+from llmgw_edge.core.commands import parse_command  # noqa: E402
+from llmgw_edge.core.prompt_class import classify  # noqa: E402
+from llmgw_edge.providers.ratelimit_headers import retry_after_seconds  # noqa: E402
+from llmgw_edge.core.tokens import estimate_prompt_tokens  # noqa: E402
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -109,7 +112,7 @@ def test_token_estimate_counts_text_images_and_messages():
 
 def test_chat_command_parsing():
     def body(text):
-        return {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": text}]}
+        return text
 
     assert parse_command(body("proxy-cli status")) == ["status"]
     assert parse_command(body("  proxy-cli use groq")) == ["use", "groq"]

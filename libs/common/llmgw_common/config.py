@@ -29,15 +29,24 @@ class _Strict(BaseModel):
 
 
 PromptClass = Literal["code", "research", "conversation", "complex"]
+ProviderType = Literal["openai", "anthropic", "gemini", "copilot", "claude_code", "gemini_cli"]
 Strategy = Literal["priority", "round-robin", "weighted", "least-busy", "lowest-latency", "lowest-cost"]
 
 
 class Price(_Strict):
-    """USD per million tokens, plus an optional fixed charge per request."""
+    """USD per million tokens, plus an optional fixed charge per request.
+
+    Token parts (what ``cost`` takes): the prompt (``tokens_in``) is uncached input, cache reads
+    (``cached_in``) and cache writes (``cache_write``); the output (``tokens_out``) is visible output and
+    reasoning (``reasoning``). Each part has its own rate; an unset rate is the plain input or output one."""
 
     input_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
     output_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
-    cached_input_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cached_input_per_mtok: Decimal | None = Field(default=None, ge=0, description="prompt tokens read from the "
+                                                  "provider's prompt cache; unset: the input price")
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0, description="prompt tokens written to the "
+                                                 "provider's prompt cache (e.g. Anthropic: 1.25x input for a "
+                                                 "5-minute cache); unset: the input price")
     per_request: Decimal = Field(default=Decimal(0), ge=0)
     reasoning_per_mtok: Decimal | None = Field(default=None, ge=0, description="reasoning (thinking) output tokens; "
                                                "unset: the output price")
@@ -48,17 +57,24 @@ class Price(_Strict):
     def is_free(self) -> bool:
         """Zero marginal cost (a flat monthly fee alone still counts as free at the margin)."""
         return not (self.input_per_mtok or self.output_per_mtok or self.per_request or self.cached_input_per_mtok
-                    or self.reasoning_per_mtok)
+                    or self.cache_write_per_mtok or self.reasoning_per_mtok)
 
-    def cost(self, tokens_in: int, tokens_out: int, cached_in: int = 0, reasoning: int = 0) -> Decimal:
-        """Exact marginal cost in USD. ``tokens_in`` includes ``cached_in`` and ``tokens_out`` includes
-        ``reasoning`` (OpenAI's convention); the monthly fee is never part of it."""
-        cached_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
-        uncached = max(tokens_in - cached_in, 0)
+    def cost(self, tokens_in: int, tokens_out: int, cached_in: int = 0, reasoning: int = 0,
+             cache_write: int = 0) -> Decimal:
+        """Exact marginal cost in USD; the monthly fee is never part of it.
+
+        ``tokens_in`` is the whole prompt: it includes the cache reads ``cached_in`` and the cache writes
+        ``cache_write`` (the rest, floored at 0, is priced as plain input). ``tokens_out`` is the whole
+        output: it includes ``reasoning``. (OpenAI's convention; Anthropic's ``input_tokens`` excludes
+        both cache counts, so add them to it first.)"""
+        inp = self.input_per_mtok
+        cached_price = inp if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        write_price = inp if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        uncached = max(tokens_in - cached_in - cache_write, 0)
         reasoning_price = self.output_per_mtok if self.reasoning_per_mtok is None else self.reasoning_per_mtok
         visible_out = max(tokens_out - reasoning, 0)
-        micro = (uncached * self.input_per_mtok + cached_in * cached_price + visible_out * self.output_per_mtok
-                 + reasoning * reasoning_price)
+        micro = (uncached * inp + cached_in * cached_price + cache_write * write_price
+                 + visible_out * self.output_per_mtok + reasoning * reasoning_price)
         return micro / Decimal(1_000_000) + self.per_request
 
 
@@ -90,9 +106,21 @@ class ModelConfig(_Strict):
 
 class ProviderConfig(_Strict):
     id: str
-    type: Literal["openai"] = Field(default="openai", description="adapter: any OpenAI-compatible HTTP API")
-    base_url: str
+    type: ProviderType = Field(default="openai", description="adapter: openai (any OpenAI-compatible HTTP API), "
+                               "anthropic, gemini (native APIs), copilot (GitHub Copilot), claude_code / "
+                               "gemini_cli (the installed CLI run as a subprocess)")
+    base_url: str | None = Field(default=None, description="unset: the type's public endpoint (openai and "
+                                 "copilot need one unless they are api.openai.com / api.githubcopilot.com)")
     api_key: str | None = Field(default=None, description="literal or ${ENV_VAR}")
+    responses_api: bool | None = Field(default=None, description="openai type: the upstream serves /responses "
+                                       "itself (unset: only api.openai.com); else Responses requests are "
+                                       "translated to chat")
+    command: list[str] | None = Field(default=None, min_length=1, description="claude_code / gemini_cli: the "
+                                      "executable and fixed arguments (unset: claude / gemini on the PATH)")
+    max_concurrency: int = Field(default=4, ge=1, le=256, description="claude_code / gemini_cli: CLI processes "
+                                 "at once")
+    token_file: str | None = Field(default=None, description="copilot: the GitHub OAuth token file (unset: "
+                                   "<state dir>/copilot/<id>.json, written by `llmgw copilot login`)")
     enabled: bool = True
     free_tier: bool = Field(default=False, description="treat as zero marginal cost whatever the prices")
     priority: int = Field(default=100, description="lower is tried first within a cost tier")
@@ -112,10 +140,20 @@ class ProviderConfig(_Strict):
 
     @field_validator("base_url")
     @classmethod
-    def _url_shape(cls, v: str) -> str:
+    def _url_shape(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
         if not re.match(r"^https?://[^\s/]+", v):
             raise ValueError("must be an http:// or https:// URL")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _base_url_when_needed(self) -> "ProviderConfig":
+        if self.type == "openai" and self.base_url is None:
+            self.base_url = "https://api.openai.com/v1"
+        if self.command is not None and self.type not in ("claude_code", "gemini_cli"):
+            raise ValueError("command: only for the claude_code and gemini_cli types")
+        return self
 
     @field_validator("api_key")
     @classmethod

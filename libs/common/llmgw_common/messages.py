@@ -53,6 +53,7 @@ class RouteRequest(Message):
     headers: dict[str, str] = Field(default_factory=dict)  # lower-case names, credentials removed
     prompt_class: str | None = None
     exclude: list[str] = Field(default_factory=list)  # providers already tried for this request
+    endpoint: str = "chat"  # chat | embeddings: what the client asked for
 
 
 class Reservation(BaseModel):
@@ -104,6 +105,7 @@ class AttemptOutcome(Message):
     latency_ms: float
     retry_after_s: float | None = None  # from Retry-After / rate-limit reset headers on a 429
     reservation: Reservation | None = None  # released when the attempt failed
+    kind: str | None = None  # llmgw_common.failures.FailureKind of a failed attempt (None: judge by status)
 
 
 class PinCommand(Message):
@@ -184,7 +186,14 @@ class Attempt(BaseModel):
 
 
 class UsageEvent(Message):
-    """One client request, after it finished. Immutable fact; ``id`` is the dedup key."""
+    """One client request, after it finished. Immutable fact; ``id`` is the dedup key.
+
+    Tokens: ``tokens_in`` is the whole prompt, cache reads and cache writes included; ``tokens_out`` the
+    whole output, reasoning included. The other counters are parts of those two, never added to them:
+    ``tokens_cached`` cache reads (OpenAI/Gemini ``cached_tokens``, Anthropic ``cache_read_input_tokens``)
+    and ``tokens_cache_write`` cache writes (Anthropic ``cache_creation_input_tokens``), both within
+    ``tokens_in``; ``tokens_reasoning`` reasoning (thinking) tokens within ``tokens_out``. An event from
+    before these counters existed reads as 0 for them."""
 
     id: str = Field(default_factory=new_id)
     ts: datetime = Field(default_factory=utcnow)
@@ -197,7 +206,9 @@ class UsageEvent(Message):
     stream: bool = False
     tokens_in: int = 0
     tokens_out: int = 0
-    tokens_cached: int = 0
+    tokens_cached: int = 0  # cache reads: part of tokens_in
+    tokens_cache_write: int = 0  # cache writes (cache creation): part of tokens_in
+    tokens_reasoning: int = 0  # reasoning (thinking) tokens: part of tokens_out
     cost_usd: Decimal = Decimal(0)
     latency_ms: float = 0.0
     ttft_ms: float | None = None
@@ -262,7 +273,9 @@ class HistoryRow(BaseModel):
     tokens_out: int
     cost_usd: Decimal
     key_id: str = ""
-    tokens_cached: int = 0
+    tokens_cached: int = 0  # parts of tokens_in / tokens_out, as in UsageEvent
+    tokens_cache_write: int = 0
+    tokens_reasoning: int = 0
     free_requests: int = 0  # cost 0 and status < 400
     latency_ms_sum: float = 0.0  # average latency = latency_ms_sum / requests
 
@@ -308,7 +321,9 @@ class RequestLogRow(BaseModel):
     retries: int  # upstream tries beyond the first (retries on a provider plus fail-overs)
     tokens_in: int
     tokens_out: int
-    tokens_cached: int
+    tokens_cached: int  # parts of tokens_in / tokens_out, as in UsageEvent
+    tokens_cache_write: int = 0
+    tokens_reasoning: int = 0
     cost_usd: Decimal
     attempts: list[Attempt] = Field(default_factory=list)
     request_body: str | None = None  # only with include_bodies, and only when captured

@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 import aiohttp
 
-from .prompt_class import CLASSES
+from .core.prompt_class import CLASSES
 
 log = logging.getLogger("llmgw.edge.classifier")
 

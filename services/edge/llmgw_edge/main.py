@@ -1,34 +1,48 @@
-"""Edge service: the HTTP front clients talk to (OpenAI-compatible).
+"""Edge service: the HTTP front clients talk to (OpenAI and Anthropic formats).
 
-Wiring only: settings, shared clients (one pooled aiohttp session, one NATS
-connection, one usage publisher) created once at start-up, thin routes.
+Wiring only: settings, shared clients (one pooled HTTP transport, one NATS
+connection, one usage publisher, one adapter per configured provider) created
+once at start-up, and thin routes: each picks its format's codec, lets the
+gateway (``core/gateway.py``) do the work and turns its ``Reply`` into a
+response. Every error is rendered in the caller's format.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
-
-from llmgw_common.config import load_config_or_default, resolve_secret
-from llmgw_common.logs import setup_logging
-from llmgw_common.nats_conn import connect_nats
 from pydantic import Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from llmgw_common import subjects
+from llmgw_common.config import GatewayConfig, load_config_or_default
+from llmgw_common.logs import setup_logging
+from llmgw_common.messages import AttemptOutcome
+from llmgw_common.nats_conn import connect_nats
 from llmgw_common.settings import CommonSettings
 
-from .chat import EdgeContext, chat_completions
+from . import router_client
+from .api import anthropic_messages, embeddings, models, openai_chat, passthrough
+from .api.anthropic_messages import AnthropicCodec
+from .api.embeddings import EmbeddingsCodec
+from .api.openai_chat import OpenAIChatCodec
 from .classifier import ModelClassifier
+from .core.commands import command_runner
+from .core.errors import GatewayError
+from .core.gateway import Deps, Gateway, Reply
+from .core.prompt_class import classify
+from .providers import build_providers
+from .providers.http import AiohttpTransport
 from .request_log import recent_requests_text
-from .errors import GatewayError
-from .models import list_models
-from .providers.http import create_session
 from .usage_publisher import UsagePublisher
 
 log = logging.getLogger("llmgw.edge")
@@ -39,9 +53,51 @@ class EdgeSettings(CommonSettings):
     port: int = Field(default=8080, alias="LLMGW_EDGE_PORT")
 
 
-def error_response(err: GatewayError) -> Response:
-    return Response(err.openai_json(), status_code=err.status, media_type="application/json",
-                    headers=err.headers)
+@dataclass
+class Edge:
+    """What the routes need from the running edge (built once in the lifespan)."""
+
+    config: GatewayConfig
+    nc: Any
+    gateway: Gateway
+    started: int
+
+
+def _response(reply: Reply) -> Response:
+    if reply.stream is not None:
+        return StreamingResponse(reply.stream, status_code=reply.status, media_type=reply.media_type,
+                                 headers=reply.headers)
+    return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
+
+
+def _error_format(request: Request) -> str:
+    """Anthropic clients get Anthropic's error JSON; everyone else OpenAI's."""
+    if request.url.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
+        return "anthropic"
+    return "openai"
+
+
+def error_response(err: GatewayError, fmt: str = "openai") -> Response:
+    body = anthropic_messages.error_body(err) if fmt == "anthropic" else openai_chat.error_body(err)
+    return Response(body, status_code=err.status, media_type="application/json", headers=err.headers)
+
+
+def _outcome_reporter(nc) -> Callable[[AttemptOutcome], None]:
+    tasks: set[asyncio.Task] = set()
+
+    async def publish(data: bytes) -> None:
+        try:
+            await nc.publish(subjects.ROUTER_OUTCOME, data)
+        except Exception:  # NATS away: health learning is best effort; reservations expire with their window
+            pass
+
+    def report(outcome: AttemptOutcome) -> None:
+        # fire and forget, off the response path; the loop keeps only a weak reference to a task
+        task = asyncio.get_running_loop().create_task(publish(outcome.encode()))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return report
 
 
 def create_app(settings: EdgeSettings) -> FastAPI:
@@ -51,57 +107,110 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         nc = await connect_nats(settings.nats_url, "llmgw-edge")
         publisher = UsagePublisher(nc.jetstream(), settings.state_dir / f"edge-{settings.port}-unsent-usage.ndjson")
         await publisher.start()
-        # one pooled client for every upstream: no per-request connection set-up
-        http = create_session()
+        transport = AiohttpTransport()  # one pooled client for every upstream: no per-request set-up
+        providers = build_providers(config, transport, settings.state_dir)
         smart = config.routing.smart
-        classifier = ModelClassifier(http, f"http://127.0.0.1:{settings.port}", smart.classifier_model,
+        classifier = ModelClassifier(transport.session, f"http://127.0.0.1:{settings.port}", smart.classifier_model,
                                      smart.classifier_timeout_s, smart.cache_size) if smart.classifier_model else None
-        app.state.ctx = EdgeContext(config=config, secrets={p.id: resolve_secret(p.api_key) for p in config.providers},
-                                    http=http, nc=nc, publish=publisher.submit,
-                                    recent_requests=lambda n: recent_requests_text(nc, n),
-                                    classify_with_model=classifier)
-        app.state.started = int(time.time())
+
+        async def classify_prompt(text: str, headers) -> str | None:
+            if smart.enabled and classifier is not None and headers.get("x-llmgw-internal") != "classifier":
+                found = await classifier(text)
+                if found:
+                    return found
+            return classify(text)
+
+        async def decide(route_request):
+            return await router_client.decide(nc, route_request, config.routing.decide_timeout_s)
+
+        edge = Edge(config=config, nc=nc, gateway=None, started=int(time.time()))  # type: ignore[arg-type]
+        edge.gateway = Gateway(Deps(config=config, providers=providers, decide=decide,
+                                    report=_outcome_reporter(nc), publish=publisher.submit,
+                                    classify_prompt=classify_prompt,
+                                    command=command_runner(edge, lambda n: recent_requests_text(nc, n))))
+        app.state.edge = edge
         log.info("edge ready on %s:%d with %d providers", settings.host, settings.port, len(config.providers))
         try:
             yield
         finally:
             await publisher.stop()
-            await http.close()
+            for provider in providers.values():
+                await provider.close()
+            await transport.close()
             await nc.drain()
 
     app = FastAPI(title="LLM Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.exception_handler(GatewayError)
-    async def gateway_error(_request: Request, exc: GatewayError):
-        return error_response(exc)
+    async def gateway_error(request: Request, exc: GatewayError):
+        return error_response(exc, _error_format(request))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError):
-        return error_response(GatewayError(400, str(exc.errors()[0].get("msg", "invalid request"))))
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error_response(GatewayError(400, str(exc.errors()[0].get("msg", "invalid request"))),
+                              _error_format(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException):
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_response(GatewayError(exc.status_code, str(exc.detail), type_))
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(GatewayError(exc.status_code, str(exc.detail)), _error_format(request))
 
     @app.exception_handler(Exception)
-    async def unexpected_error(_request: Request, exc: Exception):
+    async def unexpected_error(request: Request, exc: Exception):
         log.exception("unhandled error")
-        return error_response(GatewayError(500, "The gateway hit an internal error.", "server_error",
-                                           code="internal_error"))
+        return error_response(GatewayError(500, "The gateway hit an internal error.", code="internal_error"),
+                              _error_format(request))
+
+    def edge_of(request: Request) -> Edge:
+        return request.app.state.edge
 
     @app.post("/v1/chat/completions")
     async def post_chat_completions(request: Request) -> Response:
-        return await chat_completions(request.app.state.ctx, await request.body(), request.headers)
+        codec = OpenAIChatCodec()
+        exchange = codec.parse(await request.body(), request.headers)
+        return _response(await edge_of(request).gateway.handle(exchange, codec))
+
+    @app.post("/v1/messages")
+    async def post_messages(request: Request) -> Response:
+        codec = AnthropicCodec()
+        exchange = codec.parse(await request.body(), request.headers)
+        return _response(await edge_of(request).gateway.handle(exchange, codec))
+
+    @app.post("/v1/messages/count_tokens")
+    async def post_count_tokens(request: Request) -> Response:
+        edge = edge_of(request)
+        return _response(await anthropic_messages.count_tokens(edge.config, edge.gateway.deps.providers,
+                                                               await request.body(), request.headers))
+
+    @app.post("/v1/embeddings")
+    async def post_embeddings(request: Request) -> Response:
+        codec = EmbeddingsCodec()
+        exchange = codec.parse(await request.body(), request.headers)
+        return _response(await edge_of(request).gateway.handle(exchange, codec))
 
     @app.get("/v1/models")
     async def get_models(request: Request) -> JSONResponse:
-        return JSONResponse(list_models(request.app.state.ctx.config, request.app.state.started))
+        edge = edge_of(request)
+        if "anthropic-version" in request.headers:
+            return JSONResponse(models.anthropic_list(edge.config, edge.started))
+        return JSONResponse(models.list_models(edge.config, edge.started))
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(request: Request, model_id: str) -> JSONResponse:
+        edge = edge_of(request)
+        entry = models.retrieve_model(edge.config, edge.started, model_id)
+        return JSONResponse(models.anthropic_model(entry) if "anthropic-version" in request.headers else entry)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
-        ok = request.app.state.ctx.nc.is_connected
+        ok = edge_of(request).nc.is_connected
         return JSONResponse({"status": "ok" if ok else "degraded", "nats": ok}, status_code=200 if ok else 503)
+
+    @app.api_route("/{provider_id}/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
+        edge = edge_of(request)
+        codec, exchange = passthrough.parse(edge.config, provider_id, request.method, "/v1/" + path,
+                                            request.url.query, await request.body(), request.headers)
+        return _response(await edge.gateway.handle(exchange, codec))
 
     return app
 

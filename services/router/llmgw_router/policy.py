@@ -139,7 +139,8 @@ def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state:
         allowed = config.routing.groups[action.group]
 
     est_in = request.estimated_prompt_tokens
-    est_out = request.max_tokens or config.routing.default_max_tokens
+    # embeddings produce no output tokens; chat reserves its answer size
+    est_out = 0 if request.endpoint == "embeddings" else request.max_tokens or config.routing.default_max_tokens
     eligible: list[tuple[int, Target, PlannedCandidate]] = []
     skipped: list[Skipped] = []
     for index, t in enumerate(targets):

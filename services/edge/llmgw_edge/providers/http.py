@@ -1,37 +1,53 @@
-"""The one HTTP client the edge uses for every upstream, and the response wrapper adapters return.
+"""The HTTP transport every HTTP provider uses, and the reply it returns.
 
 aiohttp rather than httpx on this path: under load httpx/httpcore spent most
 of the edge's CPU (see docs/benchmarks.md). Every transport failure is mapped
-to ``UpstreamError`` here, so nothing above this module knows the library.
+to ``UpstreamError`` here, once, so nothing above this module knows the
+library. ``Transport`` is the seam tests replace (``MockTransport`` in
+``providers/testing.py``): providers never touch aiohttp themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, Mapping, Protocol
 
 import aiohttp
 
-from ..errors import UpstreamError
+from llmgw_common.failures import FailureKind
+
+from ..core.errors import UpstreamError
 
 
-def create_session() -> aiohttp.ClientSession:
-    """One pooled session per process (created inside the running loop)."""
-    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
-    # SSE lines and whole JSON bodies can be long: allow 8 MiB lines
-    return aiohttp.ClientSession(connector=connector, auto_decompress=True, read_bufsize=2**16,
-                                 max_line_size=8 * 2**20, max_field_size=2**16, raise_for_status=False)
+class HttpReply(Protocol):
+    """An upstream answer whose body has not been read yet (any status)."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def lines(self) -> AsyncIterator[str]: ...
+
+    def close(self) -> None: ...
 
 
-def _transport_error(exc: BaseException) -> UpstreamError:
+class Transport(Protocol):
+    async def request(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
+                      timeout_s: float) -> HttpReply: ...
+
+    async def close(self) -> None: ...
+
+
+def transport_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return UpstreamError(504, f"upstream timed out ({type(exc).__name__})", retryable=True)
-    return UpstreamError(502, f"upstream unreachable ({type(exc).__name__})", retryable=True)
+        return UpstreamError(504, f"upstream timed out ({type(exc).__name__})", kind=FailureKind.TIMEOUT)
+    return UpstreamError(502, f"upstream unreachable ({type(exc).__name__})", kind=FailureKind.CONNECTION)
 
 
-class UpstreamResponse:
-    """A 2xx upstream response whose body has not been read yet."""
-
+class AiohttpReply:
     def __init__(self, response: aiohttp.ClientResponse):
         self._response = response
         self.status = response.status
@@ -41,9 +57,17 @@ class UpstreamResponse:
         try:
             return await self._response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise _transport_error(exc) from None
+            raise transport_error(exc) from None
         finally:
             self._response.release()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; breaks become ``UpstreamError``."""
+        try:
+            async for data in self._response.content.iter_any():
+                yield data
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise transport_error(exc) from None
 
     async def lines(self) -> AsyncIterator[str]:
         """Lines of the body without their line endings; breaks become ``UpstreamError``."""
@@ -55,30 +79,53 @@ class UpstreamResponse:
                     return
                 yield raw.decode("utf-8", "replace").rstrip("\r\n")
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            raise _transport_error(exc) from None
+            raise transport_error(exc) from None
 
     def close(self) -> None:
         self._response.close()
 
 
-async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
-               timeout_s: float) -> UpstreamResponse | tuple[int, bytes, dict[str, str]]:
-    """POST; a 2xx gives an ``UpstreamResponse``, anything else ``(status, body, headers)``.
+class AiohttpTransport:
+    """One pooled session per process (created inside the running loop): no per-request set-up."""
 
-    ``timeout_s`` bounds the connection set-up and every wait for data, not the
-    whole (possibly long) stream.
-    """
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, timeout_s), sock_read=timeout_s)
-    try:
-        response = await session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise _transport_error(exc) from None
-    if response.status < 400:
-        return UpstreamResponse(response)
-    try:
-        payload = await response.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        payload = b""
-    finally:
-        response.release()
-    return response.status, payload, dict(response.headers)
+    def __init__(self, session: aiohttp.ClientSession | None = None):
+        self.session = session or create_session()
+
+    async def request(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
+                      timeout_s: float) -> AiohttpReply:
+        """``timeout_s`` bounds the connection set-up and every wait for data, not a whole (long) stream."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, timeout_s), sock_read=timeout_s)
+        try:
+            response = await self.session.request(method, url, data=body, headers=headers, timeout=timeout,
+                                                  allow_redirects=False)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise transport_error(exc) from None
+        return AiohttpReply(response)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def create_session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
+    # SSE lines and whole JSON bodies can be long: allow 8 MiB lines
+    return aiohttp.ClientSession(connector=connector, auto_decompress=True, read_bufsize=2**16,
+                                 max_line_size=8 * 2**20, max_field_size=2**16, raise_for_status=False)
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str | None, str]]:
+    """``(event name, data)`` per server-sent event; comments skipped, multi-line data joined."""
+    event: str | None = None
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = None, []
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        # ":" comments, id:, retry: are nothing to us
+    if data:
+        yield event, "\n".join(data)

@@ -1,54 +1,395 @@
-"""OpenAI-compatible upstreams (OpenAI, Groq, Mistral, OpenRouter, Gemini's OpenAI endpoint,
-vLLM, llama.cpp, Ollama...). Classifies every error status into UpstreamError."""
+"""OpenAI-compatible upstreams: OpenAI, Groq, Mistral, OpenRouter, Gemini's OpenAI endpoint,
+vLLM, llama.cpp, Ollama, LM Studio...
+
+Pass-through for clients that speak OpenAI (chat, embeddings; Responses where
+the upstream serves it): the client's body with the model rewritten, the
+answer relayed as it came, only the usage read. Translated requests (an
+Anthropic or Responses client) are built from and parsed into core types.
+"""
 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
+from typing import Any, AsyncIterator, Mapping
 
-import aiohttp
+from llmgw_common.failures import FailureKind
 
-from llmgw_common.config import ProviderConfig
-from llmgw_common.logs import redact
+from ..core.errors import UpstreamError, unsupported
+from ..core.types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Image, Message,
+                          Start, StreamEvent, Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta,
+                          ToolCallStart, ToolResult, Usage, UsageUpdate)
+from .base import HttpProvider, RawCall, RawReply, dumps, loads_object
+from .http import HttpReply, sse_events
 
-from ..errors import UpstreamError
-from .http import UpstreamResponse, post
-
-# statuses where another provider may well succeed: rate limits, outages, and
-# provider-side credential / model problems that are not the client's fault
-_RETRYABLE = {401, 403, 404, 408, 409, 425, 429}
-
-
-def _headers(provider: ProviderConfig, secret: str | None, stream: bool) -> dict[str, str]:
-    headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json"}
-    headers.update(provider.headers)
-    if secret:
-        headers["authorization"] = f"Bearer {secret}"
-    return headers
+_FINISH_IN = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
+              "content_filter": "content_filter"}
 
 
-async def send(session: aiohttp.ClientSession, provider: ProviderConfig, secret: str | None, path: str,
-               body: bytes, stream: bool) -> UpstreamResponse:
-    """POST to the provider; a 2xx response (body unread) or ``UpstreamError``."""
-    result = await post(session, provider.base_url + path, body, _headers(provider, secret, stream),
-                        provider.timeout_s)
-    if isinstance(result, UpstreamResponse):
-        return result
-    status, payload, headers = result
-    retryable = status >= 500 or status in _RETRYABLE
-    keep = {k.lower(): v for k, v in headers.items()
-            if k.lower() == "retry-after" or k.lower().startswith(("x-ratelimit-", "anthropic-ratelimit-"))}
-    raise UpstreamError(status, _error_message(status, payload), retryable=retryable, upstream_body=payload,
-                        headers=keep)
+class OpenAIProvider(HttpProvider):
+    type = "openai"
+    default_base_url = "https://api.openai.com/v1"
+
+    @property
+    def passthrough(self) -> frozenset[str]:  # type: ignore[override]
+        formats = {"openai_chat", "embeddings", "raw"}
+        if self.serves_responses:
+            formats.add("openai_responses")
+        return frozenset(formats)
+
+    @property
+    def serves_responses(self) -> bool:
+        if self.config.responses_api is not None:
+            return self.config.responses_api
+        return (self.config.base_url or "").startswith("https://api.openai.com/")
+
+    # ---- translated ---------------------------------------------------------
+
+    async def chat(self, req: ChatRequest, model: str) -> ChatResponse:
+        reply = await self.send("/chat/completions", dumps(chat_body(req, model, stream=False)), stream=False)
+        return parse_chat_response(loads_object(await reply.read()), model)
+
+    async def chat_stream(self, req: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        reply = await self.send("/chat/completions", dumps(chat_body(req, model, stream=True)), stream=True)
+        try:
+            async for event in stream_events(reply, model):
+                yield event
+        finally:
+            reply.close()
+
+    async def embed(self, req: EmbeddingRequest, model: str) -> EmbeddingResponse:
+        body: dict[str, Any] = {"model": model, "input": req.inputs}
+        if req.dimensions is not None:
+            body["dimensions"] = req.dimensions
+        if req.encoding_format:
+            body["encoding_format"] = req.encoding_format
+        obj = loads_object(await (await self.send("/embeddings", dumps(body), stream=False)).read())
+        data = sorted(obj.get("data") or [], key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0)
+        return EmbeddingResponse(model=model, vectors=[d.get("embedding") for d in data if isinstance(d, dict)],
+                                 usage=usage_from(obj.get("usage")) or Usage())
+
+    # ---- pass-through -------------------------------------------------------
+
+    async def relay(self, call: RawCall, model: str | None) -> RawReply:
+        if call.format == "raw":
+            return await relay_raw(self, call)
+        if call.format not in self.passthrough:
+            raise unsupported(f"provider {self.id} cannot take {call.format} requests as they are")
+        body = dict(call.body or {})
+        if model is not None:
+            body["model"] = model
+        path = {"openai_chat": "/chat/completions", "embeddings": "/embeddings",
+                "openai_responses": "/responses"}[call.format]
+        if call.stream and call.format == "openai_chat":
+            # always ask for usage so streams are counted; stripped again if the client did not ask
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        reply = await self.send(path, dumps(body), stream=call.stream)
+        if not call.stream:
+            content = await reply.read()
+            return RawReply(reply.status, {}, "application/json", body=content, usage=usage_of_body(content))
+        out = RawReply(reply.status, {}, "text/event-stream")
+        relay = relay_chat_stream if call.format == "openai_chat" else relay_responses_stream
+        out.chunks = relay(reply, out, call.include_usage)
+        return out
+
+    def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        err = super().classify(status, body, headers)
+        text = body[:2000].decode("utf-8", "replace")
+        if status in (402, 403) and ("insufficient_quota" in text or "quota" in text.lower()):
+            err.kind = FailureKind.RATE_LIMITED  # out of credit: another provider, and cool down
+        return err
 
 
-def _error_message(status: int, body: bytes) -> str:
-    # upstream messages sometimes echo part of the key ("Incorrect API key provided: sk-...")
+# ---- core -> OpenAI chat ------------------------------------------------------
+
+def _content(parts: list) -> str | list[dict[str, Any]]:
+    if all(isinstance(p, Text) for p in parts):
+        return "".join(p.text for p in parts)
+    out: list[dict[str, Any]] = []
+    for p in parts:
+        if isinstance(p, Text):
+            out.append({"type": "text", "text": p.text})
+        elif isinstance(p, Image):
+            image: dict[str, Any] = {"url": p.data_url()}
+            if p.detail:
+                image["detail"] = p.detail
+            out.append({"type": "image_url", "image_url": image})
+    return out
+
+
+def chat_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        results = [p for p in m.parts if isinstance(p, ToolResult)]
+        others = [p for p in m.parts if not isinstance(p, (ToolResult, Thinking))]
+        for r in results:  # each tool result is a message of its own in OpenAI's format
+            out.append({"role": "tool", "tool_call_id": r.tool_call_id,
+                        "content": _content([p for p in r.content if isinstance(p, (Text, Image))]) or ""})
+        if m.role == "tool":
+            continue
+        if m.role == "assistant":
+            msg: dict[str, Any] = {"role": "assistant", "content": "".join(
+                p.text for p in others if isinstance(p, Text)) or None}
+            if m.tool_calls:
+                msg["tool_calls"] = [{"id": c.id, "type": "function",
+                                      "function": {"name": c.name, "arguments": c.arguments or "{}"}}
+                                     for c in m.tool_calls]
+            out.append(msg)
+        elif others or not results:
+            out.append({"role": m.role, "content": _content(others)})
+    return out
+
+
+def chat_body(req: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": chat_messages(req.messages)}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if req.max_tokens is not None:
+        body["max_tokens"] = req.max_tokens
+    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "user",
+                 "reasoning_effort", "response_format"):
+        value = getattr(req, name)
+        if value is not None:
+            body[name] = value
+    if req.n != 1:
+        body["n"] = req.n
+    if req.stop:
+        body["stop"] = req.stop
+    if req.tools:
+        body["tools"] = [{"type": "function", "function": {
+            "name": t.name, **({"description": t.description} if t.description else {}),
+            "parameters": t.parameters}} for t in req.tools]
+    choice = req.tool_choice
+    if choice is not None:
+        if choice.mode == "tool":
+            body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        elif req.tools or choice.mode == "none":
+            body["tool_choice"] = choice.mode
+        if choice.parallel is not None and req.tools:
+            body["parallel_tool_calls"] = choice.parallel
+    return body
+
+
+# ---- OpenAI chat -> core ------------------------------------------------------
+
+def usage_from(obj: Any) -> Usage | None:
+    """OpenAI's usage object (chat: prompt/completion tokens; Responses and embeddings: input/output)."""
+    if not isinstance(obj, dict):
+        return None
+
+    def num(value: Any) -> int:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+    prompt_details = obj.get("prompt_tokens_details") or obj.get("input_tokens_details") or {}
+    out_details = obj.get("completion_tokens_details") or obj.get("output_tokens_details") or {}
+    usage = Usage(
+        input_tokens=num(obj.get("prompt_tokens", obj.get("input_tokens"))),
+        output_tokens=num(obj.get("completion_tokens", obj.get("output_tokens"))),
+        cache_read_tokens=num(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+        reasoning_tokens=num(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0)
+    # some OpenAI-compatible servers (DeepSeek, vLLM with prefix caching) name cache figures differently
+    if not usage.cache_read_tokens:
+        usage.cache_read_tokens = num(obj.get("prompt_cache_hit_tokens"))
+    cost = obj.get("cost")  # OpenRouter reports what it charged
+    if isinstance(cost, (int, float, str)) and not isinstance(cost, bool):
+        try:
+            reported = Decimal(str(cost))
+            if reported.is_finite() and reported >= 0:
+                usage.reported_cost = reported
+        except ArithmeticError:
+            pass
+    return usage
+
+
+def usage_of_body(content: bytes) -> Usage:
+    # cheap test first: the usage object is near the end of the body
+    if b'"usage"' not in content:
+        return Usage()
     try:
-        err = json.loads(body).get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return f"upstream {status}: {redact(str(err['message'])[:500])}"
-        if isinstance(err, str):
-            return f"upstream {status}: {redact(err[:500])}"
-    except (ValueError, AttributeError):
-        pass
-    return f"upstream {status}"
+        obj = json.loads(content)
+    except ValueError:
+        return Usage()
+    if isinstance(obj, dict):
+        # Responses API: {"usage": ...} at the top; chat and embeddings too
+        return usage_from(obj.get("usage")) or usage_from((obj.get("response") or {}).get("usage")) or Usage()
+    return Usage()
+
+
+def parse_chat_response(obj: dict[str, Any], model: str) -> ChatResponse:
+    choices = obj.get("choices") or []
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") or {}
+    parts: list = []
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        parts.append(Thinking(text=reasoning))
+    content = message.get("content")
+    if isinstance(content, str) and content:
+        parts.append(Text(content))
+    elif isinstance(content, list):
+        parts += [Text(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    calls = [ToolCall(id=str(c.get("id") or f"call_{i}"), name=str((c.get("function") or {}).get("name") or ""),
+                      arguments=str((c.get("function") or {}).get("arguments") or "{}"))
+             for i, c in enumerate(message.get("tool_calls") or []) if isinstance(c, dict)]
+    finish = _FINISH_IN.get(choice.get("finish_reason") or "stop", "stop")
+    if calls and finish == "stop":
+        finish = "tool_calls"
+    return ChatResponse(id=str(obj.get("id") or ""), model=str(obj.get("model") or model), parts=parts,
+                        tool_calls=calls, finish_reason=finish, usage=usage_from(obj.get("usage")) or Usage(),
+                        created=int(obj.get("created") or 0))
+
+
+async def stream_events(reply: HttpReply, model: str) -> AsyncIterator[StreamEvent]:
+    """OpenAI chat chunks as core stream events (choice 0 only)."""
+    started = False
+    finish: Finish | None = None
+    tool_index: dict[int, int] = {}  # upstream tool call index -> ours
+    async for _event, data in sse_events(reply.lines()):
+        if data == "[DONE]":
+            if finish is None:
+                finish = Finish("stop")
+            yield finish
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamError(502, "upstream sent a stream chunk that is not JSON", kind=FailureKind.PROTOCOL)
+        if not isinstance(chunk, dict):
+            continue
+        if isinstance(chunk.get("error"), dict):
+            raise UpstreamError(502, f"upstream stream error: {chunk['error'].get('message', '')}"[:500],
+                                kind=FailureKind.SERVER)
+        if not started:
+            started = True
+            yield Start(id=str(chunk.get("id") or ""), model=str(chunk.get("model") or model),
+                        created=int(chunk.get("created") or 0))
+        usage = usage_from(chunk.get("usage"))
+        if usage is not None:
+            yield UsageUpdate(usage)
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                yield ThinkingDelta(text=reasoning)
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                yield TextDelta(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                if not isinstance(call, dict):
+                    continue
+                upstream_index = call.get("index", 0)
+                fn = call.get("function") or {}
+                if upstream_index not in tool_index:
+                    tool_index[upstream_index] = len(tool_index)
+                    yield ToolCallStart(tool_index[upstream_index], str(call.get("id") or f"call_{upstream_index}"),
+                                        str(fn.get("name") or ""))
+                if fn.get("arguments"):
+                    yield ToolCallDelta(tool_index[upstream_index], str(fn["arguments"]))
+            if choice.get("finish_reason"):
+                reason = _FINISH_IN.get(choice["finish_reason"], "stop")
+                finish = Finish("tool_calls" if tool_index and reason == "stop" else reason)
+    if finish is None:
+        raise UpstreamError(502, "upstream closed the stream before it finished", kind=FailureKind.PROTOCOL)
+    yield finish  # some servers end without [DONE]: the finish reason is enough
+
+
+# ---- pass-through relays ------------------------------------------------------
+
+def _strip_null_usage(payload: str) -> str:
+    """Drop the ``"usage":null`` that include_usage adds to every chunk (OpenAI omits the key otherwise)."""
+    return payload.replace(',"usage":null', "").replace(', "usage": null', "")
+
+
+async def relay_chat_stream(reply: HttpReply, out: RawReply, client_wants_usage: bool) -> AsyncIterator[bytes]:
+    """Chat chunks as they came; the usage chunk we asked for on the client's behalf is hidden again."""
+    try:
+        async for line in reply.lines():
+            if not line.startswith("data:"):
+                continue  # comments, event names and blank lines: we frame each chunk ourselves
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                out.finished = True
+                yield b"data: [DONE]\n\n"
+                return
+            out.pieces += 1
+            # cheap test first: most chunks carry no usage (or "usage":null)
+            if '"usage"' in payload and '"usage":null' not in payload and '"usage": null' not in payload:
+                try:
+                    chunk = json.loads(payload)
+                except ValueError:
+                    chunk = None
+                if isinstance(chunk, dict):
+                    usage = usage_from(chunk.get("usage"))
+                    if usage is not None:
+                        out.usage.merge(usage)
+                        if not client_wants_usage and not chunk.get("choices"):
+                            continue  # the usage-only chunk the client did not ask for
+            if client_wants_usage:
+                yield b"data: " + payload.encode() + b"\n\n"
+            else:
+                yield b"data: " + _strip_null_usage(payload).encode() + b"\n\n"
+    finally:
+        reply.close()
+
+
+async def relay_responses_stream(reply: HttpReply, out: RawReply, _wants_usage: bool) -> AsyncIterator[bytes]:
+    """Responses API events as they came; usage from ``response.completed``."""
+    try:
+        async for event, data in sse_events(reply.lines()):
+            out.pieces += 1
+            if event in ("response.completed", "response.incomplete", "response.failed") or \
+                    '"response.completed"' in data[:200]:
+                out.usage.merge(usage_of_body(data.encode()))
+                out.finished = True
+            head = f"event: {event}\n".encode() if event else b""
+            yield head + b"data: " + data.encode() + b"\n\n"
+    finally:
+        reply.close()
+
+
+async def relay_raw(provider: HttpProvider, call: RawCall) -> RawReply:
+    """``/{provider}/v1/...``: any path, the provider's own key; usage read when the answer has one."""
+    base = provider.base_url
+    if base.endswith("/v1") and call.path.startswith("/v1"):
+        base = base[:-3]  # the configured base already ends in /v1
+    reply = await provider.ctx.transport.request(
+        call.method, base + call.path, call.raw if call.method not in ("GET", "HEAD") else None,
+        {**(await provider.headers(call.stream)),
+         **({"content-type": call.headers["content-type"]} if "content-type" in call.headers else {})},
+        provider.config.timeout_s)
+    media = reply.headers.get("content-type", "application/json")
+    headers = {k.lower(): v for k, v in reply.headers.items()
+               if k.lower().startswith(("x-ratelimit-", "anthropic-ratelimit-", "retry-after", "x-request-id"))}
+    if "text/event-stream" not in media:
+        content = await reply.read()
+        usage = usage_of_body(content) if reply.status < 400 else Usage()
+        return RawReply(reply.status, headers, media, body=content, usage=usage)
+    out = RawReply(reply.status, headers, media)
+    out.chunks = _relay_bytes(reply, out)
+    return out
+
+
+async def _relay_bytes(reply: HttpReply, out: RawReply) -> AsyncIterator[bytes]:
+    tail = b""
+    try:
+        async for data in reply.chunks():
+            out.pieces += 1
+            tail = (tail + data)[-4096:]
+            yield data
+        out.finished = True
+        # the last usage a stream reported (OpenAI's final chunk, Anthropic's message_delta)
+        for line in reversed(tail.split(b"\n")):
+            if b'"usage"' in line and line.startswith(b"data:"):
+                try:
+                    obj = json.loads(line[5:])
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    found = usage_from(obj.get("usage"))
+                    if found is not None:
+                        out.usage.merge(found)
+                break
+    finally:
+        reply.close()

@@ -1,5 +1,5 @@
 """Chat commands: a last user message starting with ``proxy-cli`` is answered by the gateway itself,
-as a normal chat completion (streamed when asked), and never reaches a provider.
+as a normal answer in the client's own format (streamed when asked), and never reaches a provider.
 
 So the gateway can be driven from any chat UI: ``proxy-cli status``,
 ``models``, ``use X`` / ``use auto``, ``smart [on|off]``, ``logs N``, ``help``.
@@ -7,21 +7,14 @@ So the gateway can be driven from any chat UI: ``proxy-cli status``,
 
 from __future__ import annotations
 
-import json
-import time
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
-from starlette.responses import Response, StreamingResponse
-
 from llmgw_common import subjects
-from llmgw_common.ids import new_id
 from llmgw_common.messages import Message, PinCommand, RouterState, RouterStateQuery, SmartCommand
 from llmgw_common.nats_conn import RemoteError, request
 
-from .models import list_models
-from .openai_wire import ChatRequest
-from .prompt_class import last_user_text
+from ..api.models import list_models
 
 PREFIX = "proxy-cli"
 HELP = """proxy-cli commands (answered by the gateway, never sent to a provider):
@@ -34,8 +27,9 @@ HELP = """proxy-cli commands (answered by the gateway, never sent to a provider)
   proxy-cli help          this text"""
 
 
-def parse_command(body: dict[str, Any]) -> list[str] | None:
-    text = last_user_text(body).strip()
+def parse_command(text: str) -> list[str] | None:
+    """The command's words when the last user message is a ``proxy-cli`` command, else None."""
+    text = text.strip()
     if not text.lower().startswith(PREFIX):
         return None
     rest = text[len(PREFIX):]
@@ -107,29 +101,16 @@ async def run_command(ctx, args: list[str], recent_requests: Callable[[int], Awa
     return f"unknown command {name!r}\n\n{HELP}"
 
 
-def completion_response(req: ChatRequest, text: str) -> Response:
-    """The answer as an OpenAI chat completion (or a stream of chunks), model ``proxy-cli``."""
-    cid, created = "chatcmpl-" + new_id().lower(), int(time.time())
-    headers = {"x-llmgw-provider": "proxy-cli", "x-llmgw-attempts": "0"}
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    if not req.stream:
-        body = {"id": cid, "object": "chat.completion", "created": created, "model": PREFIX,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                             "finish_reason": "stop"}], "usage": usage}
-        return Response(json.dumps(body), media_type="application/json", headers=headers)
+def command_runner(ctx, recent_requests: Callable[[int], Awaitable[str]]) -> Callable[[str], Awaitable[str | None]]:
+    """The gateway's ``command`` hook: the answer to a ``proxy-cli`` message, or None for any other."""
 
-    def chunk(delta: dict, finish: str | None) -> bytes:
-        c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": PREFIX,
-             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        return b"data: " + json.dumps(c).encode() + b"\n\n"
+    async def run(text: str) -> str | None:
+        args = parse_command(text)
+        if args is None:
+            return None
+        try:
+            return await run_command(ctx, args, recent_requests)
+        except CommandError as exc:
+            return f"proxy-cli: {exc}"
 
-    async def events():
-        yield chunk({"role": "assistant", "content": ""}, None)
-        yield chunk({"content": text}, None)
-        yield chunk({}, "stop")
-        if req.client_wants_usage:
-            yield b"data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                          "model": PREFIX, "choices": [], "usage": usage}).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return run

@@ -14,6 +14,8 @@ import functools
 import logging
 from typing import Any
 
+from .types import ChatRequest, Image, Text, Thinking, ToolResult
+
 log = logging.getLogger("llmgw.edge.tokens")
 
 PER_MESSAGE_OVERHEAD = 4  # role and separators, as in OpenAI's counting recipe
@@ -59,10 +61,41 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     texts, images = _texts(messages)
     if body.get("tools"):
         texts.append(str(body["tools"]))
+    return max(1, _count(texts) + PER_MESSAGE_OVERHEAD * len(messages) + IMAGE_TOKENS * images)
+
+
+def _count(texts: list[str]) -> int:
     chars = sum(len(t) for t in texts)
     enc = _encoding()
     if enc is None or chars > MAX_EXACT_CHARS:
-        counted = chars // 4
-    else:
-        counted = sum(len(enc.encode(t, disallowed_special=())) for t in texts)
-    return max(1, counted + PER_MESSAGE_OVERHEAD * len(messages) + IMAGE_TOKENS * images)
+        return chars // 4
+    return sum(len(enc.encode(t, disallowed_special=())) for t in texts)
+
+
+def estimate_text_tokens(text: str) -> int:
+    return _count([text])
+
+
+def estimate_chat_tokens(req: ChatRequest) -> int:
+    """The same estimate from a format-neutral request (Anthropic and Responses clients)."""
+    texts: list[str] = []
+    images = 0
+
+    def add_parts(parts: list) -> None:
+        nonlocal images
+        for p in parts:
+            if isinstance(p, Text):
+                texts.append(p.text)
+            elif isinstance(p, Thinking):
+                texts.append(p.text)
+            elif isinstance(p, Image):
+                images += 1
+            elif isinstance(p, ToolResult):
+                add_parts(p.content)
+
+    for m in req.messages:
+        add_parts(m.parts)
+        texts.extend(c.name + c.arguments for c in m.tool_calls)
+    if req.tools:
+        texts.append(str([(t.name, t.description, t.parameters) for t in req.tools]))
+    return max(1, _count(texts) + PER_MESSAGE_OVERHEAD * len(req.messages) + IMAGE_TOKENS * images)

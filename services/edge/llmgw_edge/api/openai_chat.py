@@ -1,0 +1,270 @@
+"""OpenAI chat completions in and out: ``POST /v1/chat/completions``.
+
+Parsing validates only what routing and accounting need and keeps the
+client's body for providers that speak OpenAI (byte pass-through); the core
+request is built only when another format must be sent. Rendering turns core
+answers and stream events back into OpenAI's JSON and chunks. Errors are
+OpenAI's ``{"error": {...}}`` (``error_body``), used by every OpenAI-format route.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, AsyncIterator, Mapping
+
+from ..core.errors import GatewayError, bad_request
+from ..core.gateway import Exchange
+from ..core.types import (ChatRequest, ChatResponse, EmbeddingResponse, Finish, Image, Message, Start, StreamEvent,
+                          Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolChoice,
+                          ToolResult, ToolSpec, Usage, UsageUpdate)
+from ..providers.base import RawCall
+from ..core.tokens import estimate_prompt_tokens
+
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+_FINISH_OUT = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter",
+               "stop_sequence": "stop", "error": "stop"}
+
+
+def error_body(err: GatewayError) -> bytes:
+    return json.dumps({"error": {"message": err.message, "type": err.type, "param": err.param,
+                                 "code": err.code}}).encode()
+
+
+def load_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad_request("We could not parse the JSON body of your request. The body must be a JSON object.")
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return body
+
+
+class OpenAIChatCodec:
+    format = "openai_chat"
+    error_format = "openai"
+    endpoint = "chat.completions"
+
+    def __init__(self, include_usage: bool = False):
+        self.include_usage = include_usage
+
+    # ---- parse --------------------------------------------------------------
+
+    def parse(self, raw: bytes, headers: Mapping[str, str]) -> Exchange:
+        body = load_json_object(raw)
+        model = body.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise bad_request("you must provide a model parameter", param="model")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("'messages' must be a non-empty array", param="messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise bad_request(f"messages[{i}] must be an object", param=f"messages[{i}]")
+            role = m.get("role")
+            if role not in _ROLES:
+                raise bad_request(f"messages[{i}].role must be one of {sorted(_ROLES)}, got {role!r}",
+                                  param=f"messages[{i}].role")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise bad_request("'stream' must be a boolean", param="stream")
+        opts = body.get("stream_options")
+        if opts is not None and not isinstance(opts, dict):
+            raise bad_request("'stream_options' must be an object", param="stream_options")
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
+                                       or max_tokens < 1):
+            raise bad_request("'max_tokens' must be a positive integer", param="max_tokens")
+        self.include_usage = bool(stream and isinstance(opts, dict) and opts.get("include_usage"))
+        return Exchange(
+            model=model, stream=stream, max_tokens=max_tokens, headers=headers,
+            raw=RawCall("openai_chat", body, raw, stream=stream, headers=headers, include_usage=self.include_usage),
+            build_chat=lambda: chat_request(body), estimated_prompt_tokens=estimate_prompt_tokens(body),
+            prompt_text=last_user_text(messages))
+
+    # ---- render -------------------------------------------------------------
+
+    def render_response(self, resp: ChatResponse) -> bytes:
+        message: dict[str, Any] = {"role": "assistant", "content": resp.text() or (None if resp.tool_calls else ""),
+                                   "refusal": None}
+        thinking = "".join(p.text for p in resp.parts if isinstance(p, Thinking))
+        if thinking:
+            message["reasoning_content"] = thinking  # the de-facto extension (DeepSeek, vLLM, OpenRouter)
+        if resp.tool_calls:
+            message["tool_calls"] = [{"id": c.id, "type": "function",
+                                      "function": {"name": c.name, "arguments": c.arguments}} for c in resp.tool_calls]
+        return json.dumps({
+            "id": _completion_id(resp.id), "object": "chat.completion", "created": resp.created or int(time.time()),
+            "model": resp.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": _FINISH_OUT.get(resp.finish_reason, "stop")}],
+            "usage": usage_body(resp.usage)}, ensure_ascii=False).encode()
+
+    async def render_stream(self, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
+        cid, created, model = "chatcmpl-", int(time.time()), ""
+        usage = Usage()
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+
+        async for event in events:
+            if isinstance(event, Start):
+                cid, model = _completion_id(event.id), event.model
+                created = event.created or created
+                yield chunk({"role": "assistant", "content": ""})
+            elif isinstance(event, TextDelta):
+                yield chunk({"content": event.text})
+            elif isinstance(event, ThinkingDelta):
+                if event.text:
+                    yield chunk({"reasoning_content": event.text})
+            elif isinstance(event, ToolCallStart):
+                yield chunk({"tool_calls": [{"index": event.index, "id": event.id, "type": "function",
+                                             "function": {"name": event.name, "arguments": ""}}]})
+            elif isinstance(event, ToolCallDelta):
+                yield chunk({"tool_calls": [{"index": event.index, "function": {"arguments": event.arguments}}]})
+            elif isinstance(event, Finish):
+                yield chunk({}, _FINISH_OUT.get(event.reason, "stop"))
+            elif isinstance(event, UsageUpdate):
+                usage.merge(event.usage)
+        if self.include_usage:
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [], "usage": usage_body(usage)}
+            yield b"data: " + json.dumps(body).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    def render_embeddings(self, resp: EmbeddingResponse) -> bytes:  # pragma: no cover - not a chat answer
+        raise NotImplementedError
+
+    def stream_error(self, err: GatewayError) -> bytes:
+        body = {"error": {"message": err.message, "type": "upstream_error", "param": None,
+                          "code": "upstream_stream_error"}}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    def render_error(self, err: GatewayError) -> bytes:
+        return error_body(err)
+
+
+def _completion_id(upstream_id: str) -> str:
+    return upstream_id if upstream_id.startswith("chatcmpl") else "chatcmpl-" + (upstream_id or "llmgw")
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    return {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}}
+
+
+def last_user_text(messages: list[Any]) -> str:
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict)
+                                and isinstance(p.get("text"), str))
+    return ""
+
+
+# ---- OpenAI chat -> core --------------------------------------------------------
+
+def _parts(content: Any) -> list:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [Text(content)] if content else []
+    parts: list = []
+    for p in content if isinstance(content, list) else []:
+        if not isinstance(p, dict):
+            continue
+        kind = p.get("type")
+        if kind in ("text", "input_text", "output_text") and isinstance(p.get("text"), str):
+            parts.append(Text(p["text"]))
+        elif kind == "image_url":
+            image = p.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if isinstance(url, str):
+                parts.append(image_from_url(url, image.get("detail") if isinstance(image, dict) else None))
+        elif kind == "refusal" and isinstance(p.get("refusal"), str):
+            parts.append(Text(p["refusal"]))
+    return parts
+
+
+def image_from_url(url: str, detail: str | None = None) -> Image:
+    """An image URL; ``data:`` URLs become inline data (what Anthropic and Gemini want)."""
+    if url.startswith("data:") and ";base64," in url:
+        media_type, data = url[5:].split(";base64,", 1)
+        return Image(data=data, media_type=media_type or "image/png", detail=detail)
+    return Image(url=url, detail=detail)
+
+
+def chat_request(body: dict[str, Any]) -> ChatRequest:
+    messages: list[Message] = []
+    for m in body["messages"]:
+        role = m.get("role")
+        if role in ("system", "developer"):
+            messages.append(Message("system", _parts(m.get("content"))))
+        elif role == "user":
+            messages.append(Message("user", _parts(m.get("content"))))
+        elif role == "assistant":
+            calls = [ToolCall(id=str(c.get("id") or f"call_{i}"),
+                              name=str((c.get("function") or {}).get("name") or ""),
+                              arguments=str((c.get("function") or {}).get("arguments") or "{}"))
+                     for i, c in enumerate(m.get("tool_calls") or []) if isinstance(c, dict)]
+            fc = m.get("function_call")
+            if isinstance(fc, dict):  # the legacy single function call
+                calls.append(ToolCall(id=f"call_{fc.get('name', 'fn')}", name=str(fc.get("name") or ""),
+                                      arguments=str(fc.get("arguments") or "{}")))
+            parts = _parts(m.get("content"))
+            if isinstance(m.get("reasoning_content"), str) and m["reasoning_content"]:
+                parts.insert(0, Thinking(text=m["reasoning_content"]))
+            messages.append(Message("assistant", parts, calls))
+        elif role in ("tool", "function"):
+            call_id = str(m.get("tool_call_id") or f"call_{m.get('name', 'fn')}")
+            messages.append(Message("tool", [ToolResult(call_id, _parts(m.get("content")), name=m.get("name"))]))
+    tools = []
+    for t in body.get("tools") or []:
+        fn = t.get("function") if isinstance(t, dict) else None
+        if isinstance(fn, dict) and fn.get("name"):
+            tools.append(ToolSpec(str(fn["name"]), fn.get("description"),
+                                  fn.get("parameters") or {"type": "object", "properties": {}}))
+    for fn in body.get("functions") or []:  # legacy
+        if isinstance(fn, dict) and fn.get("name"):
+            tools.append(ToolSpec(str(fn["name"]), fn.get("description"),
+                                  fn.get("parameters") or {"type": "object", "properties": {}}))
+    stop = body.get("stop")
+    return ChatRequest(
+        model=body["model"], messages=messages, stream=bool(body.get("stream")),
+        max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
+        temperature=_number(body.get("temperature")), top_p=_number(body.get("top_p")),
+        stop=[stop] if isinstance(stop, str) else [s for s in stop or [] if isinstance(s, str)],
+        tools=tools, tool_choice=_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls")),
+        n=body.get("n") if isinstance(body.get("n"), int) and body.get("n") > 0 else 1,
+        response_format=body.get("response_format") if isinstance(body.get("response_format"), dict) else None,
+        reasoning_effort=body.get("reasoning_effort") if isinstance(body.get("reasoning_effort"), str) else None,
+        user=body.get("user") if isinstance(body.get("user"), str) else None,
+        seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
+        presence_penalty=_number(body.get("presence_penalty")),
+        frequency_penalty=_number(body.get("frequency_penalty")),
+        include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _tool_choice(choice: Any, parallel: Any) -> ToolChoice | None:
+    par = parallel if isinstance(parallel, bool) else None
+    if choice is None:
+        return ToolChoice("auto", parallel=par) if par is not None else None
+    if choice in ("auto", "none", "required"):
+        return ToolChoice(choice, parallel=par)
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") or choice.get("name")
+        if name:
+            return ToolChoice("tool", name=str(name), parallel=par)
+    return ToolChoice("auto", parallel=par)

@@ -1,0 +1,67 @@
+"""``/{provider}/v1/...``: one named provider, called directly with its configured key.
+
+The request goes as it is (path, query, body: nothing rewritten) and the
+answer comes back as it is, whatever its status. A request whose body names a
+model the provider serves is admitted by the router like any other (limits,
+cooldowns, accounting under ``provider/model``); other requests (model lists,
+files, a model not in the config) go straight through. Usage is counted
+whenever the answer carries a readable usage object.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Mapping
+
+from llmgw_common.config import GatewayConfig
+
+from ..core.errors import GatewayError
+from ..core.gateway import Exchange
+from ..core.types import ChatResponse, EmbeddingResponse, StreamEvent
+from ..providers.base import RawCall
+from .openai_chat import error_body
+
+MAX_PATH = 2048
+
+
+class PassthroughCodec:
+    format = "raw"
+    error_format = "openai"
+    endpoint = "passthrough"
+
+    def render_response(self, resp: ChatResponse) -> bytes:  # pragma: no cover - never translated
+        raise NotImplementedError
+
+    def render_stream(self, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:  # pragma: no cover
+        raise NotImplementedError
+
+    def render_embeddings(self, resp: EmbeddingResponse) -> bytes:  # pragma: no cover
+        raise NotImplementedError
+
+    def stream_error(self, err: GatewayError) -> bytes:
+        return b"data: " + error_body(err) + b"\n\n"
+
+
+def parse(config: GatewayConfig, provider_id: str, method: str, path: str, query: str, raw: bytes,
+          headers: Mapping[str, str]) -> tuple[PassthroughCodec, Exchange]:
+    provider = config.provider(provider_id)
+    if provider is None or not provider.enabled:
+        raise GatewayError(404, f"No provider `{provider_id}` is configured (or it is disabled).",
+                           code="provider_not_found")
+    if len(path) + len(query) > MAX_PATH:
+        raise GatewayError(414, "The URL is too long.", code="uri_too_long")
+    body: Any = None
+    if raw and "json" in headers.get("content-type", "application/json"):
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            body = None
+    model = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+    stream = bool(isinstance(body, dict) and body.get("stream") is True) \
+        or "text/event-stream" in headers.get("accept", "")
+    routed = model is not None and provider.model(model) is not None
+    call = RawCall("raw", body if isinstance(body, dict) else None, raw, stream=stream, headers=headers,
+                   path=path + (f"?{query}" if query else ""), method=method)
+    exchange = Exchange(model=model or "", stream=stream, raw=call, headers=headers, provider=provider_id,
+                        routed=routed, estimated_prompt_tokens=0)
+    return PassthroughCodec(), exchange

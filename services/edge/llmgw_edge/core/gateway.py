@@ -1,0 +1,492 @@
+"""The gateway: admit -> send -> retry / fail over -> account, for every format and provider.
+
+One request: an inbound codec has parsed it into an ``Exchange`` -> (a
+``proxy-cli`` command is answered here) -> ask the router, which admits one
+provider (reserving capacity atomically) -> send through that provider's
+adapter, byte for byte when it speaks the client's format, else translated
+through core types -> retry transient failures on the same provider with
+backoff -> on a failure another provider may not have, ask the router again
+with that provider excluded -> answer in the client's format (the codec
+renders) -> publish one usage event and every attempt's outcome.
+
+A stream commits to a provider once its first upstream event has arrived; a
+stream that breaks later ends with the codec's error event. No web framework
+here: the HTTP layer turns a ``Reply`` into a response, and tests drive this
+module in-process with fake providers and a fake router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
+
+from llmgw_common.config import GatewayConfig
+from llmgw_common.failures import FailureKind
+from llmgw_common.ids import new_id
+from llmgw_common.messages import Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest, UsageEvent
+
+from ..providers.base import Provider, RawCall, RawReply
+from .errors import GatewayError, UpstreamError
+from .types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Start, StreamEvent, Text,
+                    TextDelta, ThinkingDelta, ToolCallDelta, Usage, UsageUpdate)
+
+# never forwarded to the router (it sees routing-relevant headers only, never credentials)
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key",
+                            "cookie"})
+
+
+class Codec(Protocol):
+    """What the gateway needs from an inbound codec (``api/``): rendering in the client's format."""
+
+    format: str  # openai_chat | anthropic_messages | openai_responses | embeddings | raw
+    error_format: str  # openai | anthropic: the shape of its error bodies
+    endpoint: str  # the usage event's endpoint name
+
+    def render_response(self, resp: ChatResponse) -> bytes: ...
+
+    def render_stream(self, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]: ...
+
+    def render_embeddings(self, resp: EmbeddingResponse) -> bytes: ...
+
+    def stream_error(self, err: GatewayError) -> bytes: ...
+
+
+@dataclass
+class Exchange:
+    """One client request, parsed by its codec."""
+
+    model: str
+    stream: bool
+    raw: RawCall  # the client's own body, for providers that speak its format
+    # chat-like requests: the core request, built only when a provider needs a translation
+    build_chat: Callable[[], ChatRequest] | None = None
+    embedding: EmbeddingRequest | None = None
+    estimated_prompt_tokens: int = 0
+    max_tokens: int | None = None
+    prompt_text: str = ""  # the last user message (smart routing, proxy-cli)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    provider: str | None = None  # /{provider}/v1/...: this provider only
+    routed: bool = True  # False: straight to ``provider``, no admission (a raw call naming no configured model)
+    _chat: ChatRequest | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.build_chat is not None
+
+    def chat(self) -> ChatRequest:
+        if self._chat is None:
+            assert self.build_chat is not None
+            self._chat = self.build_chat()
+        return self._chat
+
+
+@dataclass
+class Reply:
+    """What the HTTP layer sends: a whole body or a stream of byte chunks."""
+
+    status: int
+    headers: dict[str, str]
+    media_type: str
+    body: bytes | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+
+@dataclass
+class Meter:
+    """What a stream has shown so far (filled while it is relayed or rendered)."""
+
+    usage: Usage = field(default_factory=Usage)
+    pieces: int = 0
+    finished: bool = False
+
+
+@dataclass
+class Deps:
+    config: GatewayConfig
+    providers: Mapping[str, Provider]
+    decide: Callable[[RouteRequest], Awaitable[RouteDecision]]  # raises GatewayError
+    report: Callable[[AttemptOutcome], None]  # never blocks
+    publish: Callable[[UsageEvent], None]  # never blocks
+    classify_prompt: Callable[[str, Mapping[str, str]], Awaitable[str | None]] | None = None
+    command: Callable[[str], Awaitable[str | None]] | None = None  # proxy-cli: the answer, or None
+
+
+@dataclass
+class _Sent:
+    """A successful attempt: a whole body, or a committed stream."""
+
+    status: int
+    media_type: str
+    headers: dict[str, str]
+    body: bytes | None = None
+    usage: Usage | None = None
+    stream: AsyncIterator[bytes] | None = None
+    meter: Meter | RawReply | None = None
+
+
+class DeadlineReached(UpstreamError):
+    """The request's total timeout ran out: nothing is left to fail over with."""
+
+    def __init__(self) -> None:
+        super().__init__(504, "the request's total timeout was reached", kind=FailureKind.TIMEOUT)
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class _Outcome:
+    """The request's account: attempts, route reason, the usage event at the end."""
+
+    def __init__(self, exchange: Exchange, endpoint: str):
+        self.request_id = new_id()
+        self.started = time.perf_counter()
+        self.exchange = exchange
+        self.endpoint = endpoint
+        self.model = exchange.model
+        self.attempts: list[Attempt] = []
+        self.route_reason = ""
+
+    def event(self, status: int, candidate: Candidate | None, usage: Usage | None, error: str | None,
+              ttft_ms: float | None) -> UsageEvent:
+        usage = usage or Usage()
+        if usage.reported_cost is not None:
+            cost = usage.reported_cost  # the provider's own figure wins (OpenRouter reports it)
+        elif candidate and candidate.price:
+            cost = candidate.price.cost(usage.input_tokens, usage.output_tokens, cached_in=usage.cache_read_tokens,
+                                        reasoning=usage.reasoning_tokens, cache_write=usage.cache_write_tokens)
+        else:
+            cost = Decimal(0)
+        return UsageEvent(
+            request_id=self.request_id, endpoint=self.endpoint, provider=candidate.provider if candidate else None,
+            model=self.model, upstream_model=candidate.upstream_model if candidate else None,
+            stream=self.exchange.stream, tokens_in=usage.input_tokens, tokens_out=usage.output_tokens,
+            tokens_cached=usage.cache_read_tokens, tokens_cache_write=usage.cache_write_tokens,
+            tokens_reasoning=usage.reasoning_tokens, cost_usd=cost,
+            latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
+            error=error, attempts=self.attempts, route_reason=self.route_reason,
+            reservation=candidate.reservation if candidate else None)
+
+    def headers(self, candidate: Candidate | None, attempts: int | None = None) -> dict[str, str]:
+        h = {"x-request-id": self.request_id,
+             "x-llmgw-attempts": str(len(self.attempts) if attempts is None else attempts)}
+        if candidate:
+            h["x-llmgw-provider"] = candidate.provider
+            h["x-llmgw-model"] = candidate.upstream_model.encode("ascii", "replace").decode()[:200]
+        if self.route_reason:
+            # header values must be latin-1; keep it one line and bounded
+            h["x-llmgw-route-reason"] = self.route_reason.encode("ascii", "replace").decode()[:1000]
+        return h
+
+
+def routing_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        n = name.lower()
+        if n not in SECRET_HEADERS and len(out) < 64:
+            out[n] = value[:256]
+    return out
+
+
+class Gateway:
+    def __init__(self, deps: Deps):
+        self.deps = deps
+        self._outcome_tasks: set[asyncio.Task] = set()
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.deps.config
+
+    async def handle(self, exchange: Exchange, codec: Codec) -> Reply:
+        if exchange.is_chat and self.deps.command is not None:
+            answer = await self.deps.command(exchange.prompt_text)
+            if answer is not None:
+                return self._command_reply(exchange, codec, answer)
+        if exchange.provider is not None and not exchange.routed:
+            return await self._direct(exchange, codec)
+        outcome = _Outcome(exchange, codec.endpoint)
+        route_request = RouteRequest(
+            request_id=outcome.request_id, model=exchange.model, stream=exchange.stream,
+            estimated_prompt_tokens=exchange.estimated_prompt_tokens, max_tokens=exchange.max_tokens,
+            headers=routing_headers(exchange.headers), endpoint="embeddings" if exchange.embedding else "chat",
+            prompt_class=await self._prompt_class(exchange))
+        if exchange.provider is not None:  # a raw call to one provider, admitted under provider/model
+            route_request.model = f"{exchange.provider}/{exchange.model}"
+        try:
+            cand, sent, t0 = await self._admit_and_send(exchange, codec, route_request, outcome)
+        except UpstreamError as err:
+            if err.kind is FailureKind.BAD_REQUEST and err.upstream_body and err.upstream_format == codec.error_format:
+                # a client error the provider diagnosed, in the client's own format: its body goes back
+                return Reply(err.status, outcome.headers(None), "application/json", body=err.upstream_body)
+            err.headers = {**err.headers, **outcome.headers(None)}
+            raise
+        except GatewayError as err:
+            err.headers = {**err.headers, **outcome.headers(None)}
+            raise
+        if sent.stream is not None:
+            ttft = (time.perf_counter() - t0) * 1000
+            headers = outcome.headers(cand, attempts=len(outcome.attempts) + 1)  # this one is recorded at the end
+            headers.update(sent.headers)
+            headers["cache-control"] = "no-cache"
+            body = self._relay(codec, cand, outcome, sent, t0, ttft)
+            return Reply(sent.status, headers, sent.media_type, stream=body)
+        latency = (time.perf_counter() - t0) * 1000
+        outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
+                                        status=sent.status, latency_ms=latency))
+        self._report(outcome, cand, ok=True, status=sent.status, latency_ms=latency)
+        usage = self._with_estimates(exchange, sent.usage or Usage(), None)
+        self.deps.publish(outcome.event(sent.status, cand, usage, None, None))
+        headers = outcome.headers(cand)
+        headers.update(sent.headers)
+        return Reply(sent.status, headers, sent.media_type, body=sent.body)
+
+    async def _direct(self, exchange: Exchange, codec: Codec) -> Reply:
+        """A raw call to one provider without admission; counted when its answer says its usage."""
+        outcome = _Outcome(exchange, codec.endpoint)
+        outcome.route_reason = f"{exchange.provider}: direct pass-through"
+        provider = self.deps.providers.get(exchange.provider or "")
+        if provider is None:
+            raise GatewayError(404, f"No provider `{exchange.provider}` is configured.", code="provider_not_found")
+        cand = Candidate(provider=provider.id, model=exchange.model, upstream_model=exchange.model,
+                         reason="direct pass-through")
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.config.routing.total_timeout_s):
+                sent = await _attempt(provider, exchange, codec, exchange.model)
+        except TimeoutError:
+            raise DeadlineReached() from None
+        except GatewayError as err:
+            err.headers = {**err.headers, **outcome.headers(None)}
+            raise
+        headers = {**outcome.headers(cand, attempts=1), **sent.headers}
+        if sent.stream is not None:
+            return Reply(sent.status, headers, sent.media_type,
+                         stream=self._relay(codec, cand, outcome, sent, t0, (time.perf_counter() - t0) * 1000,
+                                            report=False))
+        usage = sent.usage or Usage()
+        if usage.input_tokens or usage.output_tokens:
+            outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
+                                            status=sent.status, latency_ms=(time.perf_counter() - t0) * 1000))
+            self.deps.publish(outcome.event(sent.status, cand, usage, None, None))
+        return Reply(sent.status, headers, sent.media_type, body=sent.body)
+
+    # ---- routing ------------------------------------------------------------
+
+    async def _prompt_class(self, exchange: Exchange) -> str | None:
+        if not exchange.prompt_text or self.deps.classify_prompt is None:
+            return None
+        return await self.deps.classify_prompt(exchange.prompt_text, exchange.headers)
+
+    def _deadline_left(self, outcome: _Outcome) -> float:
+        return self.config.routing.total_timeout_s - (time.perf_counter() - outcome.started)
+
+    async def _admit_and_send(self, exchange: Exchange, codec: Codec, route_request: RouteRequest,
+                              outcome: _Outcome) -> tuple[Candidate, _Sent, float]:
+        """Ask the router for one admitted provider at a time until one answers."""
+        last: UpstreamError | None = None
+        while self._deadline_left(outcome) > 0:
+            try:
+                decision = await self.deps.decide(route_request)
+            except GatewayError as exc:
+                if last is None:
+                    # an unknown model is the client's mistake, not usage; other refusals are recorded
+                    if exc.status != 404:
+                        self.deps.publish(outcome.event(exc.status, None, None, exc.message, None))
+                    raise
+                break  # nobody left to fail over to: the client gets the last upstream error
+            outcome.model = decision.model  # the logical name: windows and analytics group by it
+            if not route_request.exclude:
+                outcome.route_reason = _route_reason(decision)
+            cand = decision.candidates[0]
+            route_request.exclude = [*route_request.exclude, cand.provider]
+            try:
+                sent, t0 = await self._send_with_retries(exchange, codec, cand, outcome)
+                return cand, sent, t0
+            except UpstreamError as exc:
+                last = exc
+                outcome.route_reason += f"; {cand.provider} failed: {exc.kind.value} {exc.status or ''}".rstrip()
+                if not exc.retryable:
+                    break
+        err = _all_failed(outcome, last)
+        self.deps.publish(outcome.event(err.status, None, None, err.message, None))
+        raise err
+
+    async def _send_with_retries(self, exchange: Exchange, codec: Codec, cand: Candidate,
+                                 outcome: _Outcome) -> tuple[_Sent, float]:
+        provider = self.deps.providers.get(cand.provider)
+        if provider is None:  # the router knows a provider this edge's config does not (a reload in between)
+            raise UpstreamError(503, f"provider {cand.provider} is not configured on this edge",
+                                kind=FailureKind.UNSUPPORTED)
+        retry = self.config.routing.retry
+        tries = 0
+        t_first = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            try:
+                left = self._deadline_left(outcome)
+                if left <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(left):
+                    return await _attempt(provider, exchange, codec, cand.upstream_model), t0
+            except (UpstreamError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    exc = DeadlineReached()
+                if (exc.retry_here and tries < retry.attempts and not isinstance(exc, DeadlineReached)
+                        and self._deadline_left(outcome) > 0):
+                    tries += 1
+                    delay = min(retry.max_delay_s, retry.base_delay_s * 2 ** (tries - 1))
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # full jitter, at least half
+                    continue
+                status = 0 if exc.upstream_body is None and exc.kind is FailureKind.CONNECTION else exc.status
+                latency = (time.perf_counter() - t_first) * 1000
+                outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
+                                                status=status, error=exc.message, latency_ms=latency, retries=tries))
+                self._report(outcome, cand, ok=False, status=status, latency_ms=latency, kind=exc.kind,
+                             retry_after_s=exc.retry_after_s, release=True)
+                raise exc
+
+    def _report(self, outcome: _Outcome, cand: Candidate, ok: bool, status: int, latency_ms: float,
+                kind: FailureKind | None = None, retry_after_s: float | None = None, release: bool = False) -> None:
+        self.deps.report(AttemptOutcome(
+            request_id=outcome.request_id, provider=cand.provider, model=cand.model, ok=ok, status=status,
+            latency_ms=latency_ms, retry_after_s=retry_after_s, kind=kind.value if kind else None,
+            reservation=cand.reservation if release else None))
+
+    # ---- streams ------------------------------------------------------------
+
+    def _with_estimates(self, exchange: Exchange, usage: Usage, meter: Meter | RawReply | None) -> Usage:
+        """Never zero: a provider that reported nothing (a stream cut short, a server without usage)
+        is counted with the prompt estimate and the pieces of output seen."""
+        if not usage.input_tokens:
+            usage.input_tokens = exchange.estimated_prompt_tokens
+        if not usage.output_tokens and meter is not None:
+            usage.output_tokens = meter.pieces
+        return usage
+
+    async def _relay(self, codec: Codec, cand: Candidate, outcome: _Outcome, sent: _Sent, t0: float,
+                     ttft: float, report: bool = True) -> AsyncIterator[bytes]:
+        status, error = sent.status, None
+        meter = sent.meter
+        assert sent.stream is not None and meter is not None
+        try:
+            async for piece in sent.stream:
+                yield piece
+            if not meter.finished:
+                # the upstream closed without its end marker: never let that look like success
+                status, error = 502, "upstream closed the stream before it finished"
+                yield codec.stream_error(UpstreamError(502, error, kind=FailureKind.PROTOCOL))
+        except UpstreamError as exc:
+            status, error = 502, f"upstream stream broke: {exc.message}"
+            yield codec.stream_error(UpstreamError(502, error, kind=exc.kind))
+        except (asyncio.CancelledError, GeneratorExit):
+            # the client went away; the provider may still bill what it generated so far
+            status, error = 499, "client disconnected during the stream"
+            raise
+        finally:
+            latency = (time.perf_counter() - t0) * 1000
+            ok = status < 400 or status == 499
+            outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
+                                            status=200 if ok else 0, error=error, latency_ms=latency))
+            # a stream that broke after its first byte still used the provider: the usage event settles
+            # its reservation, so the outcome does not release it
+            if report:
+                self._report(outcome, cand, ok=ok, status=200 if ok else 0, latency_ms=ttft,
+                             kind=None if ok else FailureKind.PROTOCOL)
+                usage = self._with_estimates(outcome.exchange, meter.usage, meter)
+                self.deps.publish(outcome.event(status, cand, usage, error, ttft))
+            elif meter.usage.input_tokens or meter.usage.output_tokens:  # a direct call: counted when readable
+                self.deps.publish(outcome.event(status, cand, meter.usage, error, ttft))
+            aclose = getattr(sent.stream, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    pass
+
+    def _command_reply(self, exchange: Exchange, codec: Codec, text: str) -> Reply:
+        headers = {"x-llmgw-provider": "proxy-cli", "x-llmgw-attempts": "0"}
+        resp = ChatResponse(id=new_id().lower(), model="proxy-cli", parts=[Text(text)], created=int(time.time()))
+        if not exchange.stream:
+            return Reply(200, headers, "application/json", body=codec.render_response(resp))
+
+        async def events() -> AsyncIterator[StreamEvent]:
+            yield Start(resp.id, resp.model, resp.created)
+            yield TextDelta(text)
+            yield Finish("stop")
+            yield UsageUpdate(Usage())
+
+        return Reply(200, headers, "text/event-stream", stream=codec.render_stream(events()))
+
+
+async def _attempt(provider: Provider, exchange: Exchange, codec: Codec, model: str) -> _Sent:
+    """One try at one provider: pass-through when it speaks the client's format, else translated.
+    Returns once the answer is whole (or, for a stream, once its first event is in)."""
+    if provider.can_relay(exchange.raw.format):
+        reply = await provider.relay(exchange.raw, None if exchange.raw.format == "raw" else model)
+        if reply.chunks is None:
+            return _Sent(reply.status, reply.media_type, reply.headers, body=reply.body, usage=reply.usage)
+        first = await _first(reply.chunks)
+        return _Sent(reply.status, reply.media_type, reply.headers, stream=_chain(first, reply.chunks), meter=reply)
+    if exchange.embedding is not None:
+        resp = await provider.embed(exchange.embedding, model)
+        return _Sent(200, "application/json", {}, body=codec.render_embeddings(resp), usage=resp.usage)
+    if not exchange.is_chat:
+        raise UpstreamError(400, f"provider {provider.id} cannot take this request as it is",
+                            kind=FailureKind.UNSUPPORTED)
+    if not exchange.stream:
+        resp = await provider.chat(exchange.chat(), model)
+        return _Sent(200, "application/json", {}, body=codec.render_response(resp), usage=resp.usage)
+    meter = Meter()
+    events = _metered(provider.chat_stream(exchange.chat(), model), meter)
+    first = await _first(events)
+    return _Sent(200, "text/event-stream", {}, stream=codec.render_stream(_chain(first, events)), meter=meter)
+
+
+async def _first(items: AsyncIterator[Any]) -> Any:
+    try:
+        return await anext(items)
+    except StopAsyncIteration:
+        raise UpstreamError(502, "upstream stream ended before its first event", kind=FailureKind.PROTOCOL) from None
+
+
+async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
+
+
+async def _metered(events: AsyncIterator[StreamEvent], meter: Meter) -> AsyncIterator[StreamEvent]:
+    async for event in events:
+        if isinstance(event, UsageUpdate):
+            meter.usage.merge(event.usage)
+        elif isinstance(event, (TextDelta, ThinkingDelta, ToolCallDelta)):
+            meter.pieces += 1
+        elif isinstance(event, Finish):
+            meter.finished = True
+        yield event
+
+
+def _route_reason(decision: RouteDecision) -> str:
+    parts = [f"{c.provider}: {c.reason}" for c in decision.candidates[:3]]
+    parts += [f"{s.provider} skipped: {s.reason}" for s in decision.skipped]
+    if decision.rule:
+        parts.insert(0, f"rule {decision.rule}")
+    return "; ".join(parts)
+
+
+def _all_failed(outcome: _Outcome, last: UpstreamError | None) -> GatewayError:
+    if last is not None and not last.retryable:
+        return last
+    tried = ", ".join(f"{a.provider} ({a.status or a.error})" for a in outcome.attempts) or "none"
+    all_429 = bool(outcome.attempts) and all(a.status == 429 for a in outcome.attempts)
+    status = 429 if all_429 else 502
+    headers = dict(last.headers) if last and status == 429 else {}
+    if status == 429 and last is not None and last.retry_after_s and "retry-after" not in headers:
+        headers["retry-after"] = str(max(1, int(last.retry_after_s + 0.999)))
+    return GatewayError(status, f"Every provider failed for model `{outcome.model}`: {tried}",
+                        code="all_providers_failed", headers=headers,
+                        type_="rate_limit_exceeded" if status == 429 else "upstream_error")

@@ -1,0 +1,190 @@
+"""The one interface every provider type implements (one module per type beside this one).
+
+A provider is built once per configured provider (``ProviderConfig``) with
+its resolved secret and the shared transport. The gateway calls it in one of
+two ways:
+
+- **translated**: ``chat`` / ``chat_stream`` / ``embed`` take format-neutral
+  core types and return core types; the inbound codec renders them in the
+  client's format. Every provider implements these (or raises ``unsupported``).
+- **pass-through**: ``relay`` sends the client's own body (model rewritten)
+  when the client speaks the provider's native format (``passthrough``), and
+  relays the answer byte for byte, reading only the usage. This is the fast
+  path and keeps every field the gateway does not know about.
+
+Errors are ``UpstreamError`` with a ``FailureKind`` (``classify``), mapped
+here once per provider type.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, ClassVar, Mapping
+
+from llmgw_common.config import ProviderConfig
+from llmgw_common.failures import FailureKind
+from llmgw_common.logs import redact
+
+from ..core.errors import UpstreamError, unsupported
+from ..core.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamEvent, Usage
+from .ratelimit_headers import retry_after_seconds
+from .http import HttpReply, Transport
+
+# upstream response headers worth keeping on an error: rate-limit facts the router and clients use
+_KEEP_ERROR_HEADERS = ("retry-after",)
+_KEEP_ERROR_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+
+@dataclass
+class ProviderContext:
+    transport: Transport
+    secret: str | None
+    state_dir: Path
+
+
+@dataclass
+class RawCall:
+    """A client's request in the provider's own format, for ``relay``."""
+
+    format: str  # openai_chat | openai_responses | embeddings | anthropic_messages | anthropic_count_tokens | raw
+    body: dict[str, Any] | None  # the client's JSON body (None for raw bodies that are not JSON)
+    raw: bytes
+    stream: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)  # the client's headers (lower-case names)
+    include_usage: bool = False  # OpenAI streams: the client asked for the usage chunk
+    path: str = ""  # raw: the path after /{provider}, with its query string
+    method: str = "POST"
+
+
+@dataclass
+class RawReply:
+    """An upstream answer relayed as it came. ``usage`` fills while ``chunks`` is read."""
+
+    status: int
+    headers: dict[str, str]
+    media_type: str
+    body: bytes | None = None
+    chunks: AsyncIterator[bytes] | None = None
+    usage: Usage = field(default_factory=Usage)
+    pieces: int = 0  # content pieces relayed so far (an aborted stream's output estimate)
+    finished: bool = False  # the stream ended the way the format says a complete answer ends
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()
+            if k.lower() in _KEEP_ERROR_HEADERS or k.lower().startswith(_KEEP_ERROR_PREFIXES)}
+
+
+def error_message(status: int, body: bytes) -> str:
+    """The provider's own message, redacted (some echo part of the key), bounded."""
+    try:
+        obj = json.loads(body)
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if isinstance(obj, list) and obj and isinstance(obj[0], dict):  # Gemini's array answers
+            err = obj[0].get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return f"upstream {status}: {redact(str(err['message'])[:500])}"
+        if isinstance(err, str):
+            return f"upstream {status}: {redact(err[:500])}"
+    except (ValueError, AttributeError):
+        pass
+    return f"upstream {status}"
+
+
+class Provider:
+    type: ClassVar[str]
+    error_format: ClassVar[str] = "openai"  # the wire format of its error bodies
+    passthrough: ClassVar[frozenset[str]] = frozenset()  # inbound formats ``relay`` takes as they are
+
+    def __init__(self, config: ProviderConfig, ctx: ProviderContext):
+        self.config = config
+        self.ctx = ctx
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def can_relay(self, fmt: str) -> bool:
+        return fmt in self.passthrough
+
+    async def chat(self, req: ChatRequest, model: str) -> ChatResponse:
+        raise unsupported(f"provider {self.id} ({self.type}) does not serve chat requests")
+
+    def chat_stream(self, req: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        """Stream events; raises ``UpstreamError`` before the first event if the provider refuses."""
+        raise unsupported(f"provider {self.id} ({self.type}) does not stream")
+
+    async def embed(self, req: EmbeddingRequest, model: str) -> EmbeddingResponse:
+        raise unsupported(f"provider {self.id} ({self.type}) does not serve embeddings")
+
+    async def relay(self, call: RawCall, model: str | None) -> RawReply:
+        raise unsupported(f"provider {self.id} ({self.type}) cannot take {call.format} requests as they are")
+
+    async def close(self) -> None:
+        pass
+
+    def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        """An error answer as one ``UpstreamError`` (provider modules refine the kind from their bodies)."""
+        kept = kept_headers(headers)
+        return UpstreamError(status, error_message(status, body), upstream_body=body,
+                             upstream_format=self.error_format, headers=kept,
+                             retry_after_s=retry_after_seconds(kept) if status == 429 else None)
+
+
+class HttpProvider(Provider):
+    """A provider reached over HTTP at ``base_url`` (its type's default when the config has none)."""
+
+    default_base_url: ClassVar[str | None] = None
+
+    @property
+    def base_url(self) -> str:
+        url = self.config.base_url or self.default_base_url
+        if not url:
+            raise UpstreamError(500, f"provider {self.id} has no base_url", kind=FailureKind.UNSUPPORTED)
+        return url
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.ctx.secret}"} if self.ctx.secret else {}
+
+    async def headers(self, stream: bool) -> dict[str, str]:
+        """Request headers: content type, the provider's credentials, then the config's extra headers."""
+        h = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json"}
+        h.update(await self.credentials())
+        h.update(self.config.headers)
+        return h
+
+    async def credentials(self) -> dict[str, str]:
+        return self.auth_headers()
+
+    async def send(self, path: str, body: bytes | None, stream: bool, method: str = "POST",
+                   extra_headers: Mapping[str, str] | None = None, url: str | None = None) -> HttpReply:
+        """One request; a 2xx/3xx reply with its body unread, or the error classified."""
+        headers = await self.headers(stream)
+        if extra_headers:
+            headers.update(extra_headers)
+        reply = await self.ctx.transport.request(method, url or self.base_url + path, body, headers,
+                                                 self.config.timeout_s)
+        if reply.status < 400:
+            return reply
+        try:
+            payload = await reply.read()
+        except UpstreamError:
+            payload = b""
+        raise self.classify(reply.status, payload, reply.headers)
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def loads_object(body: bytes, what: str = "upstream") -> dict[str, Any]:
+    """A JSON object from a provider, or a ``PROTOCOL`` failure."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise UpstreamError(502, f"{what} sent a body that is not JSON", kind=FailureKind.PROTOCOL) from None
+    if not isinstance(obj, dict):
+        raise UpstreamError(502, f"{what} sent JSON that is not an object", kind=FailureKind.PROTOCOL)
+    return obj
