@@ -81,7 +81,7 @@ def test_multipart_content_and_long_prompt_truncated(client):
     parts = [{"type": "text", "text": "describe"},
              {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     r = client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": parts}])
-    assert r.choices[0].message.content == "Echo: describe"
+    assert r.choices[0].message.content == "Echo: describe [1 image]"  # text parts echoed, images counted
     long = " ".join(f"w{i}" for i in range(500))
     r = client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": long}])
     assert r.usage.completion_tokens == 1 + wire.ECHO_MAX_WORDS

@@ -12,19 +12,36 @@ MAX_RECORDED_REQUESTS = 1000
 @dataclass
 class Behaviour:
     models: list[str] = field(default_factory=lambda: ["demo-chat"])
-    # Fail chat/embedding requests with this HTTP status and an OpenAI error body ...
+    # Fail generation requests (every face) with this HTTP status and the face's error body ...
     fail_status: int | None = None
     # ... for the next N requests only (None: every request while fail_status is set).
     fail_times: int | None = None
-    # Seconds; sent as Retry-After on failures and as x-ratelimit-reset-requests on 429.
+    # Seconds; sent as Retry-After on failures and, on 429, as x-ratelimit-reset-requests (OpenAI),
+    # anthropic-ratelimit-requests-reset (Anthropic) or the RetryInfo retryDelay (Gemini).
     retry_after: float | None = None
     delay_s: float = 0.0  # before the response, or before the first chunk when streaming
     chunk_delay_s: float = 0.0  # between streamed chunks
-    # Streaming: drop the connection after this many content chunks, without finish or [DONE].
+    # Streaming: drop the connection after this many content chunks (text / arguments deltas, Gemini
+    # chunks), without finish or [DONE] (Anthropic: no content_block_stop, message_delta, message_stop).
     die_after_chunks: int | None = None
-    reply: str | None = None  # fixed reply text; None: "Echo: <last user message>"
-    api_key: str | None = None  # when set, requests must carry "Authorization: Bearer <api_key>"
-    # Every POST received, oldest first: {"method", "path", "headers", "body"}.
+    # Fixed text for every text answer; None: "Echo: <last user message>" (" [N image(s)]" added),
+    # or "Tool said: <result>" after a tool result. Never replaces a tool call.
+    reply: str | None = None
+    # Arguments of the tool calls answered when the request offers tools; None: {"input": "<last user text>"}.
+    tool_arguments: dict[str, Any] | None = None
+    # Usage details: OpenAI's prompt_tokens_details.cached_tokens (part of prompt_tokens; also the
+    # Responses input_tokens_details and Gemini's cachedContentTokenCount) ...
+    cached_tokens: int = 0
+    # ... and hidden reasoning tokens, added to completion/output tokens on every face
+    # (completion_tokens_details.reasoning_tokens, output_tokens_details, Gemini's thoughtsTokenCount).
+    reasoning_tokens: int = 0
+    # Anthropic's cache_read_input_tokens / cache_creation_input_tokens; input_tokens excludes both.
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    # When set, requests must carry it: "Authorization: Bearer <api_key>" (OpenAI), "x-api-key"
+    # (Anthropic), "x-goog-api-key" or "?key=" (Gemini).
+    api_key: str | None = None
+    # Every POST received, oldest first: {"method", "path", "headers", "body"} (Gemini: and "query").
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, entry: dict[str, Any]) -> None:

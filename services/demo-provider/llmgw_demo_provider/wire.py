@@ -9,23 +9,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any
+
+from . import replies
 
 MODEL_CREATED = 1_700_000_000
 OWNED_BY = "llmgw-demo"
 SYSTEM_FINGERPRINT = "fp_llmgw_demo"
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-ECHO_MAX_WORDS = 64
+ECHO_MAX_WORDS = replies.ECHO_MAX_WORDS
 WORDS_PER_CHUNK = 3
 EMBEDDING_DIMENSIONS = 16
 # Counted like OpenAI's chat formatting overhead: a few tokens per message plus reply priming.
 TOKENS_PER_MESSAGE = 3
 TOKENS_REPLY_PRIMING = 3
 
-_WORD = re.compile(r"\S+")
 
 
 class OpenAIError(Exception):
@@ -164,6 +164,8 @@ class ChatRequest:
     n: int
     max_tokens: int | None
     stop: tuple[str, ...]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -211,6 +213,10 @@ def parse_chat_request(body: Any) -> ChatRequest:
     max_tokens = _int_param(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _int_param(body, "max_tokens", 1)
+    tools = body.get("tools")
+    tool_choice = body.get("tool_choice")
+    if tools is not None or tool_choice is not None:
+        _check_tools(tools, tool_choice)
     return ChatRequest(
         model=model,
         messages=messages,
@@ -219,7 +225,34 @@ def parse_chat_request(body: Any) -> ChatRequest:
         n=_int_param(body, "n", 1, 128) or 1,
         max_tokens=max_tokens,
         stop=stops,
+        tools=tools or None,
+        tool_choice=tool_choice,
     )
+
+
+def _check_tools(tools: Any, tool_choice: Any) -> None:
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _invalid_type("tools", "an array", tools)
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise _invalid_type(f"tools[{i}]", "an object", tool)
+            if tool.get("type", "function") == "function":
+                function = tool.get("function")
+                if not isinstance(function, dict):
+                    raise _missing(f"tools[{i}].function")
+                if not isinstance(function.get("name"), str):
+                    raise _missing(f"tools[{i}].function.name")
+    if tool_choice is not None:
+        if not tools:
+            raise OpenAIError(400, "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' "
+                                   "are specified.", param="tool_choice")
+        if isinstance(tool_choice, str):
+            if tool_choice not in ("none", "auto", "required"):
+                raise OpenAIError(400, f"Invalid value: '{tool_choice}'. Supported values are: 'none', 'auto', "
+                                       "and 'required'.", param="tool_choice", code="invalid_value")
+        elif not isinstance(tool_choice, dict):
+            raise _invalid_type("tool_choice", "a string or an object", tool_choice)
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -232,27 +265,53 @@ def message_text(message: dict[str, Any]) -> str:
     return ""
 
 
-def count_tokens(text: str) -> int:
-    """Deterministic stand-in for a tokenizer: whitespace-separated words."""
-    return len(_WORD.findall(text))
+def image_count(message: dict[str, Any]) -> int:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for p in content if isinstance(p, dict) and p.get("type") in ("image_url", "input_image"))
+
+
+count_tokens = replies.count_tokens
 
 
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return TOKENS_REPLY_PRIMING + sum(TOKENS_PER_MESSAGE + count_tokens(message_text(m)) for m in messages)
 
 
-def _cut_after_words(text: str, words: int) -> str:
-    """``text`` up to the end of its ``words``-th word, spacing kept as it was."""
-    for i, match in enumerate(_WORD.finditer(text), start=1):
-        if i == words:
-            return text[:match.end()]
-    return text
+_cut_after_words = replies.cut_after_words
 
 
 def default_reply(messages: list[dict[str, Any]]) -> str:
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-    text = message_text(last_user).strip() if last_user else ""
-    return "Echo: " + _cut_after_words(text, ECHO_MAX_WORDS)
+    if last_user is None:
+        return "Echo: "
+    return replies.echo(message_text(last_user), image_count(last_user))
+
+
+def wants_tool_reply(req: ChatRequest) -> bool:
+    """Whether the reply rule may give something else than the plain echo: tools offered, or a tool result."""
+    return req.tools is not None or req.messages[-1].get("role") == "tool"
+
+
+def chat_turn(req: ChatRequest) -> replies.Turn:
+    messages = req.messages
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    names = tuple(t["function"]["name"] for t in req.tools or () if t.get("type", "function") == "function")
+    choice = req.tool_choice
+    forced = None
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        forced = function.get("name") if isinstance(function, dict) else choice.get("name")
+    last = messages[-1]
+    return replies.Turn(
+        user_text=message_text(last_user) if last_user else "",
+        images=image_count(last_user) if last_user else 0,
+        tool_result=message_text(last) if last.get("role") == "tool" else None,
+        tools=names,
+        forced_tool=forced if isinstance(forced, str) else None,
+        tools_off=choice == "none",
+    )
 
 
 def apply_limits(reply: str, stop: tuple[str, ...], max_tokens: int | None) -> tuple[str, str]:
@@ -267,29 +326,38 @@ def apply_limits(reply: str, stop: tuple[str, ...], max_tokens: int | None) -> t
 
 def split_chunks(content: str, words_per_chunk: int = WORDS_PER_CHUNK) -> list[str]:
     """Stream pieces of a few words each; joined they give back ``content`` exactly."""
-    ends = [m.end() for m in _WORD.finditer(content)][words_per_chunk - 1::words_per_chunk]
-    pieces, start = [], 0
-    for end in ends:
-        pieces.append(content[start:end])
-        start = end
-    if start < len(content):
-        pieces.append(content[start:])
-    return pieces
+    return replies.split_words(content, words_per_chunk)
 
 
-def usage(prompt: int, completion: int) -> dict[str, Any]:
+def usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
+    """OpenAI's usage: cached tokens are part of the prompt, reasoning tokens part of the completion."""
+    completion += reasoning
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
                                       "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
     }
 
 
-def chat_completion(completion_id: str, created: int, model: str, n: int, content: str,
-                    finish_reason: str, usage_body: dict[str, Any]) -> dict[str, Any]:
+def tool_call_tokens(reply: replies.Reply) -> int:
+    """What a tool call costs in completion tokens: its name plus its arguments' words."""
+    return 1 + count_tokens(reply.arguments_json)
+
+
+def tool_call(call_id: str, reply: replies.Reply) -> dict[str, Any]:
+    return {"id": call_id, "type": "function",
+            "function": {"name": reply.tool_name, "arguments": reply.arguments_json}}
+
+
+def chat_completion(completion_id: str, created: int, model: str, n: int, content: str | None,
+                    finish_reason: str, usage_body: dict[str, Any],
+                    tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+    if tool_calls is not None:
+        message["tool_calls"] = tool_calls
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -297,7 +365,7 @@ def chat_completion(completion_id: str, created: int, model: str, n: int, conten
         "model": model,
         "choices": [
             {"index": i,
-             "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
+             "message": dict(message),
              "logprobs": None,
              "finish_reason": finish_reason}
             for i in range(n)
