@@ -39,6 +39,16 @@ class FakeProvider:
         return f"{self.origin}/v1"
 
     @property
+    def anthropic_url(self) -> str:
+        """Base URL as the anthropic SDK wants it (it adds /v1/messages)."""
+        return self.origin
+
+    @property
+    def gemini_url(self) -> str:
+        """Base URL of the Gemini face: {gemini_url}/models/{model}:generateContent."""
+        return f"{self.origin}/v1beta"
+
+    @property
     def requests(self) -> list[dict[str, Any]]:
         return self.behaviour.requests
 

@@ -35,7 +35,7 @@ def upstream(provider):
 
 @pytest.fixture
 def client(upstream):
-    with anthropic.Anthropic(base_url=upstream.origin, api_key="sk-ant-test", max_retries=0) as c:
+    with anthropic.Anthropic(base_url=upstream.anthropic_url, api_key="sk-ant-test", max_retries=0) as c:
         yield c
 
 
@@ -241,7 +241,7 @@ def test_version_header_and_json_required(upstream):
 
 def test_api_key(upstream):
     upstream.behaviour.api_key = "sk-ant-right"
-    with anthropic.Anthropic(base_url=upstream.origin, api_key="sk-ant-wrong", max_retries=0) as c:
+    with anthropic.Anthropic(base_url=upstream.anthropic_url, api_key="sk-ant-wrong", max_retries=0) as c:
         with pytest.raises(anthropic.AuthenticationError) as e:
             c.messages.create(model="demo-chat", max_tokens=5, messages=USER)
     assert e.value.body["error"]["type"] == "authentication_error" and "sk-ant-wrong" not in str(e.value.body)
@@ -252,7 +252,7 @@ def test_api_key(upstream):
     assert r.status_code == 401 and r.json()["error"]["message"] == "invalid x-api-key"
     r = httpx.post(upstream.origin + "/v1/messages", headers={**VERSION, "x-api-key": "sk-ant-right"}, json=body)
     assert r.status_code == 200
-    with anthropic.Anthropic(base_url=upstream.origin, api_key="sk-ant-right", max_retries=0) as c:
+    with anthropic.Anthropic(base_url=upstream.anthropic_url, api_key="sk-ant-right", max_retries=0) as c:
         assert c.messages.create(model="demo-chat", max_tokens=5, messages=USER).content
 
 
@@ -302,7 +302,7 @@ def test_sdk_retries_honour_the_failure_budget(upstream):
     upstream.behaviour.fail_status = 529
     upstream.behaviour.fail_times = 1
     upstream.behaviour.retry_after = 0
-    with anthropic.Anthropic(base_url=upstream.origin, api_key="k", max_retries=2) as c:
+    with anthropic.Anthropic(base_url=upstream.anthropic_url, api_key="k", max_retries=2) as c:
         assert c.messages.create(model="demo-chat", max_tokens=5, messages=USER).content
     assert len(upstream.requests) == 2
 
@@ -330,7 +330,7 @@ def test_die_after_chunks_and_delays(client, upstream):
 
 
 async def test_async_client(upstream):
-    async with anthropic.AsyncAnthropic(base_url=upstream.origin, api_key="k", max_retries=0) as c:
+    async with anthropic.AsyncAnthropic(base_url=upstream.anthropic_url, api_key="k", max_retries=0) as c:
         m = await c.messages.create(model="demo-chat", max_tokens=100, messages=USER)
         assert m.content[0].text == "Echo: hello there you fine machine"
         async with c.messages.stream(model="demo-chat", max_tokens=100, messages=USER, tools=TOOLS) as stream:
