@@ -95,9 +95,19 @@ def _runs() -> list[bench.RunResult]:
 
 def test_table_has_ratios_on_gateway_rows():
     lines = bench.results_table(_runs()).splitlines()
-    assert lines[0].startswith("| concurrency | target | RPS | p50 | p99 | errors |")
-    assert lines[2] == "| 1 | direct | 4,193 | 0.22 ms | 1.05 ms | 0 |  |  |"
-    assert lines[3] == "| 1 | gateway | 1,048 | 0.90 ms | 3.20 ms | 0 | 0.25× | +0.68 ms |"
+    assert lines[0].startswith("| concurrency | request | target | RPS | p50 | p99 | errors |")
+    assert lines[2] == "| 1 | chat → OpenAI (pass-through) | direct | 4,193 | 0.22 ms | 1.05 ms | 0 |  |  |"
+    assert lines[3] == "| 1 | chat → OpenAI (pass-through) | gateway | 1,048 | 0.90 ms | 3.20 ms | 0 | 0.25× | +0.68 ms |"
+
+
+def test_translated_rows_compare_with_the_upstream_they_call():
+    direct = bench.WrkResult(requests_per_s=2000, p50_ms=0.5, p99_ms=1, requests=1, non_2xx=0, socket_errors=0)
+    gateway = bench.WrkResult(requests_per_s=500, p50_ms=2.5, p99_ms=4, requests=1, non_2xx=0, socket_errors=0)
+    messages = "messages → Anthropic (pass-through)"
+    lines = bench.results_table([bench.RunResult(10, "direct", direct, messages, messages),
+                                 bench.RunResult(10, "gateway", gateway, "chat → Anthropic (translated)",
+                                                 messages)]).splitlines()
+    assert lines[3].endswith("| 0.25× | +2.00 ms |")
 
 
 def test_results_section_replaces_the_previous_one(tmp_path):
@@ -122,6 +132,8 @@ def test_gateway_config_is_valid(tmp_path):
     provider = config.provider("demo")
     assert provider.base_url == "http://127.0.0.1:18123/v1" and provider.free_tier
     assert provider.model(bench.MODEL) is not None
+    anthropic = config.provider("demo-anthropic")
+    assert anthropic.type == "anthropic" and anthropic.model(bench.ANTHROPIC_MODEL).upstream_name == bench.MODEL
 
 
 def test_missing_wrk_is_explained(monkeypatch, capsys):

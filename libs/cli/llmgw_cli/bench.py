@@ -1,9 +1,12 @@
 """``llmgw bench`` (``make bench``): what the gateway costs, measured against its upstream called directly.
 
-Starts the demo provider (zero delay) and a whole gateway (``llmgw run``) in
-front of it, then drives both with ``wrk`` at concurrency 1 and 10 in the same
-session, and writes the table to docs/benchmarks.md. Every process it starts
-is stopped again, on error and on Ctrl-C too.
+Starts the demo provider (zero delay; it speaks OpenAI and Anthropic) and a
+whole gateway (``llmgw run``) in front of it, then drives both with ``wrk`` at
+concurrency 1 and 10 in the same session: OpenAI chat passed through to an
+OpenAI upstream, Anthropic messages passed through to an Anthropic upstream,
+and OpenAI chat translated for the Anthropic upstream, each beside the
+upstream called directly. Writes the table to docs/benchmarks.md. Every
+process it starts is stopped again, on error and on Ctrl-C too.
 """
 
 from __future__ import annotations
@@ -37,8 +40,24 @@ GATEWAY_READY_TIMEOUT_S = 60
 GATEWAY_STOP_GRACE_S = 30  # ``llmgw run`` stops its own children (NATS, Redis, services) on SIGTERM
 RESULTS_START = "<!-- bench:results:start -->"
 RESULTS_END = "<!-- bench:results:end -->"
+ANTHROPIC_MODEL = "demo-claude"  # served by the demo provider's Anthropic face, through provider demo-anthropic
 CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in five words"}],
              "max_tokens": 16}
+MESSAGES_BODY = {"model": ANTHROPIC_MODEL, "max_tokens": 16,
+                 "messages": [{"role": "user", "content": "Say hello in five words"}]}
+ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of request, sent straight to the upstream (``direct``) or through the gateway."""
+
+    request: str  # the table's label, e.g. "chat → OpenAI (pass-through)"
+    target: str  # direct | gateway
+    path: str
+    body: dict
+    headers: dict
+    baseline: str  # the direct scenario whose upstream work this one also does
 
 
 class BenchError(RuntimeError):
@@ -97,6 +116,8 @@ class RunResult:
     concurrency: int
     target: str  # "direct" or "gateway"
     result: WrkResult
+    request: str = "chat → OpenAI (pass-through)"
+    baseline: str = "chat → OpenAI (pass-through)"  # the direct run it is compared with
 
 
 def _ms(value: float) -> str:
@@ -104,19 +125,20 @@ def _ms(value: float) -> str:
 
 
 def results_table(runs: list[RunResult]) -> str:
-    """Markdown table; gateway rows carry their ratio to the direct run at the same concurrency."""
-    direct = {r.concurrency: r.result for r in runs if r.target == "direct"}
-    lines = ["| concurrency | target | RPS | p50 | p99 | errors | RPS gateway/direct | p50 overhead |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    """Markdown table; gateway rows carry their ratio to the direct run of the same upstream work at the
+    same concurrency."""
+    direct = {(r.concurrency, r.request): r.result for r in runs if r.target == "direct"}
+    lines = ["| concurrency | request | target | RPS | p50 | p99 | errors | RPS gateway/direct | p50 overhead |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for run in runs:
         r = run.result
         ratio = overhead = ""
-        base = direct.get(run.concurrency)
+        base = direct.get((run.concurrency, run.baseline))
         if run.target == "gateway" and base is not None:
             ratio = f"{r.requests_per_s / base.requests_per_s:.2f}×" if base.requests_per_s else "n/a"
             overhead = f"+{r.p50_ms - base.p50_ms:.2f} ms"
-        lines.append(f"| {run.concurrency} | {run.target} | {r.requests_per_s:,.0f} | {_ms(r.p50_ms)} | "
-                     f"{_ms(r.p99_ms)} | {r.errors} | {ratio} | {overhead} |")
+        lines.append(f"| {run.concurrency} | {run.request} | {run.target} | {r.requests_per_s:,.0f} | "
+                     f"{_ms(r.p50_ms)} | {_ms(r.p99_ms)} | {r.errors} | {ratio} | {overhead} |")
     return "\n".join(lines)
 
 
@@ -153,10 +175,13 @@ def results_section(runs: list[RunResult], duration_s: int, warmup_s: int, when:
         "",
         f"- Date: {when.strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {machine}",
-        f"- Method: `wrk --latency`, {duration_s}s per run, POST /v1/chat/completions (non-streaming, "
-        f"one short user message, max_tokens 16), after a {warmup_s}s warm-up of the gateway. "
-        "*direct* calls the demo provider itself; *gateway* calls the same demo provider through "
-        "`llmgw run` (edge → router over NATS → upstream → usage event), in the same session. "
+        f"- Method: `wrk --latency`, {duration_s}s per run, non-streaming requests with one short user "
+        f"message and max_tokens 16: POST /v1/chat/completions to an OpenAI upstream, POST /v1/messages to an "
+        f"Anthropic upstream, and POST /v1/chat/completions translated for the Anthropic upstream, after a "
+        f"{warmup_s}s warm-up of the gateway. "
+        "*direct* calls the demo provider itself (its OpenAI or Anthropic face); *gateway* calls the same "
+        "demo provider through `llmgw run` (edge → router over NATS → upstream → usage event), in the same "
+        "session; a translated row is compared with the direct run of the upstream it calls. "
         "Concurrency 1 uses 1 wrk thread, concurrency 10 uses 2. Load generator, gateway and "
         "upstream share the machine. Errors = non-2xx responses + socket errors.",
         "",
@@ -243,14 +268,15 @@ def _wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
     raise BenchError(f"{url} did not answer 200 within {timeout_s:g}s")
 
 
-def _check_chat(url: str, headers: dict[str, str]) -> None:
+def _check(url: str, body: dict, headers: dict[str, str]) -> None:
     """One request before the load, so a broken gateway fails loudly instead of as a table of errors."""
     try:
-        response = httpx.post(url, json=CHAT_BODY, headers=headers, timeout=30)
+        response = httpx.post(url, json=body, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         raise BenchError(f"POST {url} failed: {exc}") from None
     try:
-        answered = response.status_code == 200 and bool(response.json().get("choices"))
+        answer = response.json()
+        answered = response.status_code == 200 and bool(answer.get("choices") or answer.get("content"))
     except ValueError:
         answered = False
     if not answered:
@@ -276,17 +302,36 @@ def write_gateway_config(path: Path, upstream_port: int) -> None:
             "base_url": f"http://127.0.0.1:{upstream_port}/v1",
             "free_tier": True,
             "models": [{"name": MODEL}],
+        }, {
+            "id": "demo-anthropic",
+            "type": "anthropic",
+            "base_url": f"http://127.0.0.1:{upstream_port}",
+            "free_tier": True,
+            "models": [{"name": ANTHROPIC_MODEL, "upstream": MODEL}],
         }],
     }
     parse_config(data, str(path))  # fail here, clearly, if the schema moved on
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
-def write_wrk_script(path: Path) -> None:
-    body = json.dumps(CHAT_BODY)
+def write_wrk_script(path: Path, body: dict | None = None) -> None:
+    body_text = json.dumps(CHAT_BODY if body is None else body)
     path.write_text('wrk.method = "POST"\n'
                     'wrk.headers["Content-Type"] = "application/json"\n'
-                    f"wrk.body = [[{body}]]\n", encoding="utf-8")
+                    f"wrk.body = [[{body_text}]]\n", encoding="utf-8")
+
+
+def scenarios() -> list[Scenario]:
+    chat, messages = "chat → OpenAI (pass-through)", "messages → Anthropic (pass-through)"
+    upstream_messages = {**MESSAGES_BODY, "model": MODEL}  # the demo provider's own model name
+    return [
+        Scenario(chat, "direct", "/v1/chat/completions", CHAT_BODY, {}, chat),
+        Scenario(chat, "gateway", "/v1/chat/completions", CHAT_BODY, {}, chat),
+        Scenario(messages, "direct", "/v1/messages", upstream_messages, ANTHROPIC_HEADERS, messages),
+        Scenario(messages, "gateway", "/v1/messages", MESSAGES_BODY, ANTHROPIC_HEADERS, messages),
+        Scenario("chat → Anthropic (translated)", "gateway", "/v1/chat/completions",
+                 {**CHAT_BODY, "model": ANTHROPIC_MODEL}, {}, messages),
+    ]
 
 
 def run_wrk(url: str, script: Path, connections: int, threads: int, duration_s: int,
@@ -379,27 +424,29 @@ def _bench(args: argparse.Namespace, state_dir: Path, children: ChildProcesses) 
     _wait_http_ok(f"http://127.0.0.1:{edge_port}/healthz", GATEWAY_READY_TIMEOUT_S, gateway)
     say("gateway ready")
 
-    targets = {
-        "direct": (f"http://127.0.0.1:{upstream_port}/v1/chat/completions", {}),
-        "gateway": (f"http://127.0.0.1:{edge_port}/v1/chat/completions",
-                    {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}),
-    }
-    for url, headers in targets.values():
-        _check_chat(url, headers)
-    script = state_dir / "chat.lua"
-    write_wrk_script(script)
+    origins = {"direct": f"http://127.0.0.1:{upstream_port}", "gateway": f"http://127.0.0.1:{edge_port}"}
+    auth = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    planned = []
+    for i, scenario in enumerate(scenarios()):
+        url = origins[scenario.target] + scenario.path
+        headers = {**scenario.headers, **(auth if scenario.target == "gateway" else {})}
+        _check(url, scenario.body, headers)
+        script = state_dir / f"scenario-{i}.lua"
+        write_wrk_script(script, scenario.body)
+        planned.append((scenario, url, headers, script))
     if args.warmup > 0:
         say(f"warm-up: {args.warmup}s on the gateway")
-        gateway_url, gateway_headers = targets["gateway"]
-        run_wrk(gateway_url, script, 10, 2, args.warmup, gateway_headers)
+        _scenario, url, headers, script = planned[1]
+        run_wrk(url, script, 10, 2, args.warmup, headers)
 
     runs: list[RunResult] = []
-    total = len(LOADS) * len(targets)
+    total = len(LOADS) * len(planned)
     for connections, threads in LOADS:
-        for target, (url, headers) in targets.items():
-            say(f"run {len(runs) + 1}/{total}: {target}, concurrency {connections}, {args.duration}s")
+        for scenario, url, headers, script in planned:
+            say(f"run {len(runs) + 1}/{total}: {scenario.request}, {scenario.target}, concurrency {connections}, "
+                f"{args.duration}s")
             result = run_wrk(url, script, connections, threads, args.duration, headers)
-            runs.append(RunResult(connections, target, result))
+            runs.append(RunResult(connections, scenario.target, result, scenario.request, scenario.baseline))
             say(f"  {result.requests_per_s:,.0f} req/s, p50 {_ms(result.p50_ms)}, p99 {_ms(result.p99_ms)}, "
                 f"errors {result.errors}")
 
