@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_replay_arguments(replay)
     replay.set_defaults(func=events.cmd_replay)
     events.add_events_arguments(sub.add_parser("events", help="usage events as NDJSON: export / import"))
+    from . import copilot_login  # `llmgw copilot login`: the GitHub device flow for copilot providers
+
+    copilot_login.add_arguments(sub.add_parser("copilot", help="GitHub Copilot subscriptions: login"))
     return parser
 
 
