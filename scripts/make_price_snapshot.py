@@ -9,7 +9,9 @@ The list (``model_prices_and_context_window.json``) is read from one of:
     --pypi         (the default) ``pip download --no-deps litellm`` into a temp dir, then as --wheel
 
 Only chat and embedding models with per-token prices are kept, in USD per
-million tokens, keyed as LiteLLM keys them (``gpt-4o``, ``groq/<model>``,
+million tokens (input and output, plus cache reads, cache writes and reasoning
+tokens where LiteLLM lists them: ``llmgw_pricing.sources.parse_litellm``),
+keyed as LiteLLM keys them (``gpt-4o``, ``groq/<model>``,
 ``openrouter/<vendor>/<model>``...); the pricing service also looks keys up by
 provider-qualified and bare names. The origin (source, package version or
 URL, SHA-256 of the list) and the date are written into the snapshot.

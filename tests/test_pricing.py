@@ -52,6 +52,9 @@ LITELLM_JSON = {
                     "output_cost_per_token": 2e-06, "cache_read_input_token_cost": 5e-07},
     "o3-mini": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 1.1e-06,
                 "output_cost_per_token": 4.4e-06, "output_cost_per_reasoning_token": 8e-06},
+    "claude-haiku-4-5": {"litellm_provider": "anthropic", "mode": "chat", "input_cost_per_token": 1e-06,
+                         "output_cost_per_token": 5e-06, "cache_creation_input_token_cost": 1.25e-06,
+                         "cache_read_input_token_cost": 1e-07},
     "groq/llama-3.3-70b-versatile": {"litellm_provider": "groq", "mode": "chat",
                                      "input_cost_per_token": 5.9e-07, "output_cost_per_token": 7.9e-07},
     "text-embedding-3-small": {"litellm_provider": "openai", "mode": "embedding", "input_cost_per_token": 2e-08},
@@ -161,11 +164,32 @@ def test_cost_keeps_its_semantics_and_adds_reasoning():
     assert not r.is_free and not Price(reasoning_per_mtok=Decimal("1")).is_free
 
 
+def test_cost_prices_cache_reads_cache_writes_and_reasoning_each_at_its_rate():
+    # Anthropic-like: cache writes 1.25x input, cache reads 0.1x input; a reasoning price of its own
+    p = Price(input_per_mtok=Decimal("3"), output_per_mtok=Decimal("15"), cached_input_per_mtok=Decimal("0.3"),
+              cache_write_per_mtok=Decimal("3.75"), reasoning_per_mtok=Decimal("20"))
+    # prompt 10,000 = 2,000 cache reads + 5,000 cache writes + 3,000 plain; output 1,000 = 400 reasoning + 600
+    by_hand = (Decimal(3000) * 3 + Decimal(2000) * Decimal("0.3") + Decimal(5000) * Decimal("3.75")
+               + Decimal(600) * 15 + Decimal(400) * 20) / 1_000_000
+    assert by_hand == Decimal("0.04535")
+    assert p.cost(10_000, 1_000, cached_in=2_000, reasoning=400, cache_write=5_000) == by_hand
+    assert p.cost(10_000, 1_000, 2_000, 400, 5_000) == by_hand  # positional order kept for old callers
+    # without a cache-write price, cache writes cost the input price: same as plain prompt tokens
+    q = Price(input_per_mtok=Decimal("3"), output_per_mtok=Decimal("15"))
+    assert q.cost(10_000, 0, cache_write=5_000) == q.cost(10_000, 0) == Decimal("0.03")
+    # more cache tokens than prompt tokens (a provider counting them apart): nothing negative, each part priced
+    assert p.cost(100, 0, cached_in=100, cache_write=100) == (100 * Decimal("0.3") + 100 * Decimal("3.75")) / 1_000_000
+    # a cache-write price alone makes a model paid
+    assert not Price(cache_write_per_mtok=Decimal("1")).is_free and Price(cache_write_per_mtok=Decimal(0)).is_free
+    with pytest.raises(ValueError):
+        Price(cache_write_per_mtok=Decimal("-1"))
+
+
 def test_per_request_and_flat_rate():
     per_req = Price(per_request=Decimal("0.002"))
     assert per_req.cost(5000, 5000) == Decimal("0.002") and not per_req.is_free
     flat = Price(monthly_fee_usd=Decimal("10"))
-    assert flat.cost(100_000, 100_000, cached_in=10, reasoning=10) == 0  # marginal cost 0
+    assert flat.cost(100_000, 100_000, cached_in=10, reasoning=10, cache_write=10) == 0  # marginal cost 0
     assert flat.is_free  # routing treats it as free capacity; the fee is reported, not charged per call
     assert Price().is_free
 
@@ -186,6 +210,10 @@ def test_pricing_config_section_and_error_paths():
     assert "pricing.refresh_interval_s" in problems({"pricing": {"refresh_interval_s": 5}})
     assert "pricing.overrides.gpt-4o.input_per_mtok" in problems(
         {"pricing": {"overrides": {"gpt-4o": {"input_per_mtok": -1}}}})
+    assert "pricing.overrides.claude.cache_write_per_mtok" in problems(
+        {"pricing": {"overrides": {"claude": {"cache_write_per_mtok": -1}}}})
+    assert parse_config({"pricing": {"overrides": {"claude": {"cache_write_per_mtok": "3.75"}}}}).pricing.overrides[
+        "claude"].cache_write_per_mtok == Decimal("3.75")
     assert "pricing.overrides.gpt-4o.monthly_fee" in problems(
         {"pricing": {"overrides": {"gpt-4o": {"monthly_fee": 3}}}})
     assert "providers[0].models[0].price.reasoning_per_mtok" in problems(
@@ -198,10 +226,15 @@ def test_pricing_config_section_and_error_paths():
 
 def test_parse_litellm_keeps_chat_and_embedding_token_prices():
     prices = parse_litellm(LITELLM_JSON)
-    assert set(prices) == {"gpt-4o-mini", "o3-mini", "groq/llama-3.3-70b-versatile", "text-embedding-3-small"}
+    assert set(prices) == {"gpt-4o-mini", "o3-mini", "claude-haiku-4-5", "groq/llama-3.3-70b-versatile",
+                           "text-embedding-3-small"}
     assert prices["gpt-4o-mini"] == Price(input_per_mtok=Decimal("1"), output_per_mtok=Decimal("2"),
                                           cached_input_per_mtok=Decimal("0.5"))
     assert prices["o3-mini"].reasoning_per_mtok == Decimal("8")
+    assert prices["o3-mini"].cache_write_per_mtok is None and prices["gpt-4o-mini"].cache_write_per_mtok is None
+    assert prices["claude-haiku-4-5"] == Price(input_per_mtok=Decimal("1"), output_per_mtok=Decimal("5"),
+                                               cache_write_per_mtok=Decimal("1.25"),
+                                               cached_input_per_mtok=Decimal("0.1"))
     assert prices["groq/llama-3.3-70b-versatile"].input_per_mtok == Decimal("0.59")
     assert prices["text-embedding-3-small"] == Price(input_per_mtok=Decimal("0.02"))
     with pytest.raises(PriceSourceError, match="top level"):
@@ -295,6 +328,8 @@ def test_snapshot_script_from_json_and_from_wheel(tmp_path):
     table = PriceTable.bundled(out)
     assert table.origin == "litellm 9.9.9 (litellm/model_prices_and_context_window_backup.json)"
     assert table.prices["o3-mini"].reasoning_per_mtok == Decimal("8")
+    assert table.prices["claude-haiku-4-5"].cache_write_per_mtok == Decimal("1.25")  # the snapshot keeps it
+    assert '"cache_write_per_mtok": "1.25"' in out.read_text()
 
 
 # ---- fetching -------------------------------------------------------------------

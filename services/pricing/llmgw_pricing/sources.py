@@ -68,8 +68,11 @@ def parse_litellm(data: Any) -> dict[str, Price]:
     """LiteLLM's ``model_prices_and_context_window.json`` -> prices per key.
 
     Kept: chat and embedding models with a per-token input price (and an output
-    price, except embeddings where it defaults to 0). Cached input and reasoning
-    token prices are carried when given.
+    price, except embeddings where it defaults to 0). Carried when given: cache reads
+    (``cache_read_input_token_cost``, or ``input_cost_per_token_cache_hit``), cache writes
+    (``cache_creation_input_token_cost``: the 5-minute cache; the 1-hour rate
+    ``cache_creation_input_token_cost_above_1hr`` is not kept), reasoning tokens
+    (``output_cost_per_reasoning_token``) and a per-request charge (``input_cost_per_request``).
     """
     if not isinstance(data, dict):
         raise PriceSourceError("not a LiteLLM price list: the top level is not a JSON object")
@@ -92,6 +95,9 @@ def parse_litellm(data: Any) -> dict[str, Price]:
             cached = _number(spec.get("input_cost_per_token_cache_hit"))
         if cached is not None:
             fields["cached_input_per_mtok"] = _per_mtok(cached)
+        cache_write = _number(spec.get("cache_creation_input_token_cost"))
+        if cache_write is not None:
+            fields["cache_write_per_mtok"] = _per_mtok(cache_write)
         reasoning = _number(spec.get("output_cost_per_reasoning_token"))
         if reasoning is not None:
             fields["reasoning_per_mtok"] = _per_mtok(reasoning)
