@@ -34,7 +34,7 @@ T0_S = int(T0.timestamp())
 def _event(**kw) -> UsageEvent:
     base = dict(id="01JTESTEVENT0000000000000A", ts=T0, request_id="req-1", provider="groq", model="llama",
                 upstream_model="llama-3.1-8b", tokens_in=120, tokens_out=30, tokens_cached=20,
-                cost_usd=Decimal("0.000123456"), latency_ms=250.5, ttft_ms=80.0, status=200)
+                tokens_cache_write=40, tokens_reasoning=12, cost_usd=Decimal("0.000123456"), latency_ms=250.5, ttft_ms=80.0, status=200)
     base.update(kw)
     return UsageEvent(**base)
 
@@ -56,6 +56,7 @@ def test_event_line_holds_the_stored_fields():
     assert row["provider"] == "groq" and row["model"] == "llama" and row["upstream_model"] == "llama-3.1-8b"
     assert row["key_id"] == "key-7" and row["stream"] is True
     assert (row["tokens_in"], row["tokens_out"], row["tokens_cached"]) == (120, 30, 20)
+    assert (row["tokens_cache_write"], row["tokens_reasoning"]) == (40, 12)
     assert Decimal(row["cost_usd"]) == Decimal("0.000123456")
     assert row["ttft_ms"] == 80.0 and row["status"] == 200 and row["error"] is None
     assert row["attempts"][0] == {"provider": "a", "upstream_model": "m", "status": 503, "error": "upstream 503",
@@ -65,9 +66,10 @@ def test_event_line_holds_the_stored_fields():
 
 def test_event_line_naive_timestamp_is_utc_and_values_are_clamped():
     ev = _event(ts=datetime(2025, 1, 1, 12, 0, 0), tokens_in=-5, cost_usd=Decimal("1e12"), status=70000,
-                schema_version=-1)
+                schema_version=-1, tokens_cache_write=-3, tokens_reasoning=2**64)
     row = _line(ev)
     assert row["schema_version"] == 0
+    assert row["tokens_cache_write"] == 0 and row["tokens_reasoning"] == 2**64 - 1
     assert datetime.fromisoformat(row["ts"].replace("Z", "+00:00")) == datetime(2025, 1, 1, 12, tzinfo=timezone.utc)
     assert row["tokens_in"] == 0 and row["status"] == 65535
     assert Decimal(row["cost_usd"]) == domain.COST_MAX
@@ -130,6 +132,9 @@ def test_ingest_decode_is_strict_so_odd_events_take_the_usage_event_way(change):
 @pytest.mark.parametrize("change, passes", [
     ({}, True),
     ({"tokens_in": -1}, False),
+    ({"tokens_cache_write": -1}, False),
+    ({"tokens_reasoning": 2**64}, False),
+    ({"tokens_cache_write": 2**64 - 1, "tokens_reasoning": 0}, True),
     ({"status": 70000}, False),
     ({"schema_version": -1}, False),  # ClickHouse refuses it: normalized (clamped) instead
     ({"cost_usd": Decimal("0.0000000001")}, False),  # more decimals than Decimal(18, 9) keeps
@@ -140,6 +145,22 @@ def test_raw_line_only_for_values_clickhouse_stores_as_they_are(change, passes):
     data = _event(**change).encode()
     ev = domain.decode_ingest(data)
     assert (domain.raw_line(ev, data) == data) is passes
+
+
+def test_an_event_from_before_the_cache_write_and_reasoning_counters_still_ingests():
+    """An event without tokens_cache_write / tokens_reasoning (an older edge) decodes strictly, goes to
+    ClickHouse as it is (the columns default to 0) and reads back as 0 in both decoders."""
+    old = json.loads(_event().encode())
+    del old["tokens_cache_write"], old["tokens_reasoning"]
+    data = json.dumps(old).encode()
+    ev = domain.decode_ingest(data)
+    assert (ev.tokens_cache_write, ev.tokens_reasoning) == (0, 0)
+    assert domain.raw_line(ev, data) == data
+    pyd = UsageEvent.decode(data)
+    assert (pyd.tokens_cache_write, pyd.tokens_reasoning) == (0, 0)
+    assert (_line(pyd)["tokens_cache_write"], _line(pyd)["tokens_reasoning"]) == (0, 0)
+    row = decode_row(data)
+    assert row.line == data and row.event.tokens_cached == 20
 
 
 def test_raw_line_refuses_what_would_break_the_insert_token():
@@ -288,12 +309,17 @@ def test_history_plan_binds_values_and_ranks_top_groups():
 
 def test_history_rows_fill_missing_dimensions():
     plan = queries.history_plan(UsageHistoryQuery(group_by=["model"]))
-    rows = queries.history_rows([(1_700_000_100, "llama", 3, 1, 30, 12, "0.000000123", 4, 1, 99.5)], plan)
+    rows = queries.history_rows([(1_700_000_100, "llama", 3, 1, 30, 12, "0.000000123", 4, 1, 99.5, 6, 5)], plan)
     r = rows[0]
     assert r.bucket == datetime.fromtimestamp(1_700_000_100, tz=timezone.utc)
     assert (r.provider, r.model, r.key_id, r.requests, r.errors, r.tokens_in, r.tokens_out) == (
         "", "llama", "", 3, 1, 30, 12)
     assert (r.cost_usd, r.tokens_cached, r.free_requests, r.latency_ms_sum) == (Decimal("0.000000123"), 4, 1, 99.5)
+    assert (r.tokens_cache_write, r.tokens_reasoning) == (6, 5)
+    sql = plan.rows_sql()[0]
+    assert "sum(tokens_cache_write)" in sql and "sum(tokens_reasoning)" in sql
+    raw = queries.history_plan(UsageHistoryQuery(group_by=["model"], status_class="ok"))
+    assert raw.source == "usage_events" and "sum(tokens_cache_write)" in raw.rows_sql()[0]
 
 
 def test_existing_ids_sql_carries_ids_as_one_base64_literal():
@@ -303,6 +329,18 @@ def test_existing_ids_sql_carries_ids_as_one_base64_literal():
     literal = sql.split("base64Decode('")[1].split("'")[0]
     assert json.loads(base64.b64decode(literal)) == ["a'b", "x"]
     assert f"toInt64({int(T0.timestamp() * 1000) - 1000})" in sql
+
+
+def test_request_rows_carry_every_token_counter():
+    sql, _ = queries.requests_sql(UsageRequestsQuery())
+    assert "tokens_cached, tokens_cache_write, tokens_reasoning, toString(cost_usd)" in sql
+    raw = (T0, "id1", "req-1", "chat.completions", "k", "p", "m", "u", True, 200, None, 12.5, None, "", 0,
+           1000, 300, 200, 500, 120, "0.00123", [("p", "u", 200, None, 12.0, 0)])
+    rows, cursor = queries.request_rows([raw], 10, {}, False)
+    r = rows[0]
+    assert (r.tokens_in, r.tokens_out, r.tokens_cached, r.tokens_cache_write, r.tokens_reasoning) == (
+        1000, 300, 200, 500, 120)
+    assert r.cost_usd == Decimal("0.00123") and r.attempts[0].provider == "p" and cursor is None
 
 
 def test_request_cursor_round_trip_and_rejects_garbage():

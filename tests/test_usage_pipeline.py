@@ -69,18 +69,19 @@ def rollup_disagreements(ch, provider_prefix: str) -> list:
     """Per (minute, provider, model, key_id): usage_minute sums vs the same sums over usage_events FINAL.
     Empty when they agree everywhere."""
     metrics = ("requests", "errors", "tokens_in", "tokens_out", "tokens_cached", "cost", "free", "latency",
-               "ttft_sum", "ttft_n", "attempts")
+               "ttft_sum", "ttft_n", "attempts", "tokens_cache_write", "tokens_reasoning")
     raw = ch.query(
         "SELECT toStartOfMinute(ts) AS m, provider AS p, model AS mo, key_id AS k, count(), countIf(status >= 400),"
         " sum(tokens_in), sum(tokens_out), sum(tokens_cached), toString(sum(cost_usd)),"
         " countIf(cost_usd = 0 AND status < 400), round(sum(latency_ms), 3), round(sum(ifNull(ttft_ms, 0)), 3),"
-        " countIf(ttft_ms IS NOT NULL), sum(attempts_count)"
+        " countIf(ttft_ms IS NOT NULL), sum(attempts_count), sum(tokens_cache_write), sum(tokens_reasoning)"
         " FROM usage_events FINAL WHERE startsWith(provider, {p:String}) GROUP BY m, p, mo, k",
         parameters={"p": provider_prefix}).result_rows
     rolled = ch.query(
         "SELECT minute, toString(provider), toString(model), toString(key_id), sum(requests), sum(errors),"
         " sum(tokens_in), sum(tokens_out), sum(tokens_cached), toString(sum(cost_usd)), sum(free_requests),"
-        " round(sum(latency_ms_sum), 3), round(sum(ttft_ms_sum), 3), sum(ttft_count), sum(attempts)"
+        " round(sum(latency_ms_sum), 3), round(sum(ttft_ms_sum), 3), sum(ttft_count), sum(attempts),"
+        " sum(tokens_cache_write), sum(tokens_reasoning)"
         " FROM usage_minute WHERE startsWith(provider, {p:String}) GROUP BY minute, provider, model, key_id",
         parameters={"p": provider_prefix}).result_rows
 
@@ -144,7 +145,8 @@ def _mixed_events(provider: str, n: int, base: datetime) -> list[UsageEvent]:
     out = []
     for i in range(n):
         out.append(_event(provider, f"m{i % 3}", key_id=f"k{i % 2}", tokens_in=10 + i, tokens_out=i % 7,
-                          tokens_cached=i % 3, cost_usd=Decimal(0) if i % 4 == 0 else Decimal("0.000001") * (i + 1),
+                          tokens_cached=i % 3, tokens_cache_write=i % 4 * 5, tokens_reasoning=i % 6,
+                          cost_usd=Decimal(0) if i % 4 == 0 else Decimal("0.000001") * (i + 1),
                           status=500 if i % 9 == 0 else 200, latency_ms=10.0 + i, ttft_ms=None if i % 5 else 3.5,
                           ts=base + timedelta(seconds=7 * i),
                           attempts=[Attempt(provider=provider, upstream_model="u", status=200, latency_ms=5)]))
@@ -166,8 +168,14 @@ def test_rollup_and_request_log_schema(infra, tmp_path):
             ("minute", "DateTime('UTC')"), ("provider", "LowCardinality(String)"), ("model", "LowCardinality(String)"),
             ("key_id", "LowCardinality(String)"), ("requests", "UInt64"), ("errors", "UInt64"),
             ("tokens_in", "UInt64"), ("tokens_out", "UInt64"), ("tokens_cached", "UInt64"),
-            ("cost_usd", "Decimal(18, 9)"), ("free_requests", "UInt64"), ("latency_ms_sum", "Float64"),
+            ("tokens_cache_write", "UInt64"), ("tokens_reasoning", "UInt64"), ("cost_usd", "Decimal(18, 9)"), ("free_requests", "UInt64"), ("latency_ms_sum", "Float64"),
             ("ttft_ms_sum", "Float64"), ("ttft_count", "UInt64"), ("attempts", "UInt64")]
+        for table in ("usage_events", "request_log"):
+            tokens = ch.query("SELECT name, type FROM system.columns WHERE database = currentDatabase()"
+                              " AND table = {t:String} AND startsWith(name, 'tokens_') ORDER BY position",
+                              parameters={"t": table}).result_rows
+            assert tokens == [(c, "UInt64") for c in ("tokens_in", "tokens_out", "tokens_cached",
+                                                      "tokens_cache_write", "tokens_reasoning")], table
         engines = dict(ch.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()").result_rows)
         assert engines["usage_minute"] == "SummingMergeTree" and engines["usage_minute_mv"] == "MaterializedView"
         assert engines["request_log"] == "ReplacingMergeTree" and engines["request_log_mv"] == "MaterializedView"
@@ -198,8 +206,9 @@ async def test_rollups_agree_with_raw_events_after_duplicates(env):
     with _clickhouse(env) as ch:
         assert raw_counts(ch, provider) == (40, 40, 40, 40)  # no duplicate row ever reached the views
         assert rollup_disagreements(ch, provider) == []
-        assert ch.query("SELECT sum(requests) FROM usage_minute WHERE provider = {p:String}",
-                        parameters={"p": provider}).result_rows == [(40,)]
+        assert ch.query("SELECT sum(requests), sum(tokens_cache_write), sum(tokens_reasoning) FROM usage_minute"
+                        " WHERE provider = {p:String}", parameters={"p": provider}).result_rows == [
+            (40, sum(ev.tokens_cache_write for ev in events), sum(ev.tokens_reasoning for ev in events))]
 
 
 async def test_two_writers_racing_insert_each_event_once(env, tmp_path):
@@ -601,6 +610,8 @@ async def test_request_log_pages_filters_and_bodies(env):
     for i in range(25):  # pairs share a timestamp: the event id breaks the tie
         events.append(_event(provider, "m", ts=base + timedelta(seconds=i // 2), key_id="ka" if i % 2 else "kb",
                              status=502 if i % 5 == 0 else 200, error="upstream 502" if i % 5 == 0 else None,
+                             tokens_in=1000 + i, tokens_out=200 + i, tokens_cached=100 + i,
+                             tokens_cache_write=300 + i, tokens_reasoning=50 + i,
                              attempts=[Attempt(provider="x", upstream_model="u", status=503, latency_ms=3, retries=1),
                                        Attempt(provider=provider, upstream_model="u", status=200, latency_ms=9)]))
     key = fake_key()
@@ -623,6 +634,9 @@ async def test_request_log_pages_filters_and_bodies(env):
         assert pages == 3 and [r.id for r in seen] == [ev.id for ev in expected]
         row = seen[0]
         assert row.retries == 2 and len(row.attempts) == 2 and row.attempts[0].retries == 1
+        for r, ev in zip(seen, expected):
+            assert (r.tokens_in, r.tokens_out, r.tokens_cached, r.tokens_cache_write, r.tokens_reasoning) == (
+                ev.tokens_in, ev.tokens_out, ev.tokens_cached, ev.tokens_cache_write, ev.tokens_reasoning)
         assert row.request_body is None
 
         errors = await _requests(env.nc, provider=provider, status_class="error", limit=100)

@@ -203,6 +203,72 @@ def test_migrations_applied_once_and_recorded(infra, tmp_path):
         assert engine == [("ReplacingMergeTree", "toYYYYMM(ts)", "toDate(ts), id")]
 
 
+def test_cache_write_and_reasoning_columns_added_to_a_database_in_use(infra, tmp_path):
+    """0007 on a database that already holds events and rollups: the old rows read 0 for the new counters,
+    the views (changed in place, not dropped) keep filling usage_minute and request_log, now with them."""
+    provider = _uniq("mig")
+    old = [_event(provider, "m", key_id="k", tokens_in=100, tokens_out=10, tokens_cached=5, cost_usd=Decimal("0.1"))
+           for _ in range(3)]
+    new = [_event(provider, "m", key_id="k", tokens_in=100, tokens_out=10, tokens_cached=5, tokens_cache_write=40 + i,
+                  tokens_reasoning=7, cost_usd=Decimal("0.1")) for i in range(2)]
+    minute = min(ev.ts for ev in old + new).replace(second=0, microsecond=0)
+    for ev in old + new:
+        ev.ts = minute + timedelta(seconds=1)
+
+    def insert(client, events):
+        body = b"\n".join(domain.event_line(ev) for ev in events).decode()
+        client.command(f"INSERT INTO usage_events FORMAT {domain.INSERT_FORMAT} {body}",
+                       settings=domain.INSERT_FORMAT_SETTINGS)
+
+    with contextlib.closing(connect_clickhouse(infra.clickhouse_url, tmp_path / "ch")) as ch:
+        migs = load_migrations()
+        apply_migrations(ch, [m for m in migs if m.version < 7])
+        if [v for (v,) in ch.query("SELECT version FROM schema_migrations FINAL").result_rows if v >= 7]:
+            pytest.skip("a shared ClickHouse server already past 0007")
+        # an event as an older usage service stored it: no such columns yet
+        body = "\n".join(json.dumps({k: v for k, v in json.loads(domain.event_line(ev)).items()
+                                      if k not in ("tokens_cache_write", "tokens_reasoning")}) for ev in old)
+        ch.command(f"INSERT INTO usage_events FORMAT {domain.INSERT_FORMAT} {body}",
+                   settings=domain.INSERT_FORMAT_SETTINGS)
+        assert apply_migrations(ch, migs) == [7]
+        insert(ch, new)
+        p = {"p": provider}
+        assert ch.query("SELECT sum(requests), sum(tokens_cached), sum(tokens_cache_write), sum(tokens_reasoning)"
+                        " FROM usage_minute WHERE provider = {p:String}", parameters=p).result_rows == [(5, 25, 81, 14)]
+        log = ch.query("SELECT id, tokens_cache_write, tokens_reasoning FROM request_log FINAL"
+                       " WHERE provider = {p:String}", parameters=p).result_rows
+        assert sorted(log) == sorted([(ev.id, 0, 0) for ev in old] + [(ev.id, 40 + i, 7) for i, ev in enumerate(new)])
+        events = ch.query("SELECT sum(tokens_cache_write), sum(tokens_reasoning) FROM usage_events FINAL"
+                          " WHERE provider = {p:String}", parameters=p).result_rows
+        assert events == [(81, 14)]
+        # applying everything again changes nothing
+        assert apply_migrations(ch, migs) == []
+        ch.command("OPTIMIZE TABLE usage_minute FINAL")
+        assert ch.query("SELECT count(), sum(requests), sum(tokens_cache_write) FROM usage_minute"
+                        " WHERE provider = {p:String}", parameters=p).result_rows == [(1, 5, 81)]
+
+
+def test_insert_repeated_after_a_restart_right_after_the_migrations_counts_once(infra, tmp_path):
+    """The process that applied the migrations inserts, is stopped, and the next one repeats that insert from
+    the journal with the same token: the views write nothing again. (A view changed with ALTER TABLE ...
+    MODIFY QUERY fails this on chDB: it deduplicates differently after the restart; 0007 re-creates them.)"""
+    from llmgw_usage.store import _insert_settings, insert_body
+
+    provider = _uniq("again")
+    events = [_event(provider, f"m{i % 2}", key_id=f"k{i % 3}", tokens_in=1, tokens_cache_write=2, tokens_reasoning=3)
+              for i in range(60)]
+    body = insert_body("feed01", (domain.event_line(ev) for ev in events))
+    for _ in range(2):  # first process, then its restart
+        with contextlib.closing(connect_clickhouse(infra.clickhouse_url, tmp_path / "ch")) as ch:
+            apply_migrations(ch)
+            ch.raw_insert("usage_events", None, body, settings=_insert_settings("feed01"), fmt=domain.INSERT_FORMAT)
+            p = {"p": provider}
+            assert ch.query("SELECT sum(requests), sum(tokens_cache_write), sum(tokens_reasoning) FROM usage_minute"
+                            " WHERE provider = {p:String}", parameters=p).result_rows == [(60, 120, 180)]
+            assert ch.query("SELECT count(), sum(tokens_cache_write) FROM request_log WHERE provider = {p:String}",
+                            parameters=p).result_rows == [(60, 120)]
+
+
 async def test_store_reopen_applies_nothing_new(infra, tmp_path):
     store = ClickHouseStore(infra.clickhouse_url, tmp_path / "ch")
     await store.open()
@@ -394,7 +460,8 @@ async def test_events_reach_clickhouse_and_windows(env):
     events = []
     for i in range(12):
         events.append(_event(p1, model, tokens_in=100 + i, tokens_out=10, cost_usd=Decimal("0.000250001"),
-                             key_id="key-a", ttft_ms=12.5,
+                             key_id="key-a", ttft_ms=12.5, tokens_cached=20, tokens_cache_write=30 + i,
+                             tokens_reasoning=4,
                              attempts=[Attempt(provider=p1, upstream_model=model, status=200, latency_ms=5)]))
     for i in range(5):
         events.append(_event(p2, model, tokens_in=7, tokens_out=3, cost_usd=Decimal("0"), status=200 if i else 500,
@@ -417,6 +484,13 @@ async def test_events_reach_clickhouse_and_windows(env):
         assert by_provider[p1] == [12, 0, sum(100 + i for i in range(12)), 120, Decimal("0.003000012")]
         assert by_provider[p2] == [5, 1, 35, 15, Decimal("0")]
         assert by_provider[""] == [1, 1, 0, 0, Decimal("0")]  # stored although nobody served it
+        for rows in (hist.rows, hist.totals):  # per bucket, and per group over the whole range
+            parts = {}
+            for row in rows:
+                agg = parts.setdefault(row.provider, [0, 0, 0])
+                for i, v in enumerate((row.tokens_cached, row.tokens_cache_write, row.tokens_reasoning)):
+                    agg[i] += v
+            assert parts[p1] == [240, sum(30 + i for i in range(12)), 48] and parts[p2] == [0, 0, 0]
 
         cur = await _current(env.nc)
         elapsed = time.monotonic() - published_at
@@ -434,13 +508,15 @@ async def test_events_reach_clickhouse_and_windows(env):
         assert all(s.provider for s in cur.scopes)  # the unserved event counts in no scope
 
     with _clickhouse(env) as ch:
-        rows = ch.query("SELECT provider, key_id, attempts_count, attempts, ttft_ms, cost_usd, ts FROM usage_events"
-                        " FINAL WHERE id = {id:String}", parameters={"id": events[0].id}).result_rows
+        rows = ch.query("SELECT provider, key_id, attempts_count, attempts, ttft_ms, cost_usd, ts, tokens_cached,"
+                        " tokens_cache_write, tokens_reasoning FROM usage_events"
+                        " FINAL WHERE id = {id:String}", parameters={"id": events[1].id}).result_rows
         assert len(rows) == 1
-        provider, key_id, n_attempts, attempts, ttft, cost, ts = rows[0]
+        provider, key_id, n_attempts, attempts, ttft, cost, ts, cached, cache_write, reasoning = rows[0]
         assert (provider, key_id, n_attempts, ttft, cost) == (p1, "key-a", 1, 12.5, Decimal("0.000250001"))
+        assert (cached, cache_write, reasoning) == (20, 31, 4)
         assert f'"provider":"{p1}"' in attempts
-        assert abs(ts.replace(tzinfo=timezone.utc) - events[0].ts) < timedelta(milliseconds=1)
+        assert abs(ts.replace(tzinfo=timezone.utc) - events[1].ts) < timedelta(milliseconds=1)
         err = ch.query("SELECT provider, status, error FROM usage_events FINAL WHERE id = {id:String}",
                        parameters={"id": nobody.id}).result_rows
         assert err == [("", 503, "no provider available")]

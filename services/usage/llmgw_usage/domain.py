@@ -57,8 +57,8 @@ INSERT_FORMAT_SETTINGS = {
 # the UsageEvent fields usage_events stores (attempts_count is computed by ClickHouse from attempts)
 ROW_FIELDS = frozenset({
     "id", "ts", "request_id", "endpoint", "key_id", "provider", "model", "upstream_model", "stream",
-    "tokens_in", "tokens_out", "tokens_cached", "cost_usd", "latency_ms", "ttft_ms", "status", "error",
-    "attempts", "route_reason", "schema_version",
+    "tokens_in", "tokens_out", "tokens_cached", "tokens_cache_write", "tokens_reasoning", "cost_usd", "latency_ms",
+    "ttft_ms", "status", "error", "attempts", "route_reason", "schema_version",
 })
 
 # Decimal(18, 9): 9 digits after the point, 9 before.
@@ -116,6 +116,8 @@ class IngestEvent(msgspec.Struct, kw_only=True, frozen=True, gc=False, forbid_un
     tokens_in: int = 0
     tokens_out: int = 0
     tokens_cached: int = 0
+    tokens_cache_write: int = 0
+    tokens_reasoning: int = 0
     cost_usd: Decimal = Decimal(0)
     latency_ms: float = 0.0
     ttft_ms: float | None = None
@@ -193,7 +195,8 @@ def raw_line(ev: IngestEvent, data: bytes) -> bytes | None:
     JSON object, counters, status, schema version and cost in range); None when it must be normalized first."""
     if (data[:1] == b"{"  # the store adds the insert token after the brace (no other key: IngestEvent)
             and 0 <= ev.tokens_in <= _UINT64_MAX and 0 <= ev.tokens_out <= _UINT64_MAX
-            and 0 <= ev.tokens_cached <= _UINT64_MAX and 0 <= ev.status <= STATUS_MAX
+            and 0 <= ev.tokens_cached <= _UINT64_MAX and 0 <= ev.tokens_cache_write <= _UINT64_MAX
+            and 0 <= ev.tokens_reasoning <= _UINT64_MAX and 0 <= ev.status <= STATUS_MAX
             and 0 <= ev.schema_version <= UINT16_MAX
             and _exact_nano(ev.cost_usd) is not None):
         return data
@@ -208,6 +211,8 @@ def event_line(ev: UsageEvent) -> bytes:
         "tokens_in": _uint(ev.tokens_in),
         "tokens_out": _uint(ev.tokens_out),
         "tokens_cached": _uint(ev.tokens_cached),
+        "tokens_cache_write": _uint(ev.tokens_cache_write),
+        "tokens_reasoning": _uint(ev.tokens_reasoning),
         "cost_usd": clamp_cost(ev.cost_usd),
         "status": _uint(ev.status, STATUS_MAX),
         "schema_version": _uint(ev.schema_version, UINT16_MAX),

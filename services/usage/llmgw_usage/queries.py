@@ -104,6 +104,8 @@ _METRICS = (
     ("sum(tokens_cached)", "sum(tokens_cached)"),
     ("sum(free_requests)", "countIf(cost_usd = 0 AND status < 400)"),
     ("sum(latency_ms_sum)", "sum(latency_ms)"),
+    ("sum(tokens_cache_write)", "sum(tokens_cache_write)"),
+    ("sum(tokens_reasoning)", "sum(tokens_reasoning)"),
 )
 _ORDER = {
     "requests": ("sum(requests)", "count()"),
@@ -209,13 +211,13 @@ def history_rows(result_rows: Iterable[Sequence[Any]], plan: HistoryPlan) -> lis
     for r in result_rows:
         bucket = r[0]
         dims = dict(zip(plan.dims, r[1 : 1 + n]))
-        req, err, tin, tout, cost, cached, free, lat = r[1 + n :]
+        req, err, tin, tout, cost, cached, free, lat, cache_write, reasoning = r[1 + n :]
         rows.append(HistoryRow(
             bucket=datetime.fromtimestamp(int(bucket), tz=timezone.utc),
             provider=dims.get("provider", ""), model=dims.get("model", ""), key_id=dims.get("key_id", ""),
             requests=int(req), errors=int(err), tokens_in=int(tin), tokens_out=int(tout),
             cost_usd=Decimal(str(cost)), tokens_cached=int(cached), free_requests=int(free),
-            latency_ms_sum=float(lat),
+            latency_ms_sum=float(lat), tokens_cache_write=int(cache_write), tokens_reasoning=int(reasoning),
         ))
     return rows
 
@@ -225,7 +227,8 @@ def history_rows(result_rows: Iterable[Sequence[Any]], plan: HistoryPlan) -> lis
 _REQUEST_COLUMNS = (
     "ts", "id", "request_id", "endpoint", "toString(key_id)", "toString(provider)", "toString(model)",
     "toString(upstream_model)", "stream", "status", "error", "latency_ms", "ttft_ms", "route_reason", "retries",
-    "tokens_in", "tokens_out", "tokens_cached", "toString(cost_usd)", "attempts",
+    "tokens_in", "tokens_out", "tokens_cached", "tokens_cache_write", "tokens_reasoning", "toString(cost_usd)",
+    "attempts",
 )
 
 
@@ -303,14 +306,15 @@ def request_rows(result_rows: Sequence[Sequence[Any]], limit: int, bodies: dict[
     rows: list[RequestLogRow] = []
     for r in result_rows[:limit]:
         (ts, event_id, request_id, endpoint, key_id, provider, model, upstream_model, stream, status, error,
-         latency_ms, ttft_ms, route_reason, retries, tin, tout, cached, cost, attempts) = r
+         latency_ms, ttft_ms, route_reason, retries, tin, tout, cached, cache_write, reasoning, cost, attempts) = r
         body = bodies.get(event_id) if include_bodies else None
         rows.append(RequestLogRow(
             id=event_id, ts=to_utc(ts), request_id=request_id, endpoint=endpoint, key_id=key_id, provider=provider,
             model=model, upstream_model=upstream_model, stream=bool(stream), status=int(status), error=error,
             latency_ms=float(latency_ms), ttft_ms=None if ttft_ms is None else float(ttft_ms),
             route_reason=route_reason, retries=int(retries), tokens_in=int(tin), tokens_out=int(tout),
-            tokens_cached=int(cached), cost_usd=Decimal(str(cost)), attempts=[_attempt(a) for a in attempts or []],
+            tokens_cached=int(cached), tokens_cache_write=int(cache_write), tokens_reasoning=int(reasoning),
+            cost_usd=Decimal(str(cost)), attempts=[_attempt(a) for a in attempts or []],
             request_body=(body[0] or None) if body else None, response_body=(body[1] or None) if body else None,
         ))
     next_cursor = encode_cursor(rows[-1].ts, rows[-1].id) if len(result_rows) > limit and rows else None
