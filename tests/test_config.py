@@ -87,10 +87,13 @@ def test_masked_hides_literals_but_keeps_env_references():
 
 def test_starter_config_is_valid_with_and_without_keys():
     bare = parse_config_text(starter_config({}))
-    assert [p.id for p in bare.providers] == ["demo"] and bare.demo.enabled
+    assert [p.id for p in bare.providers] == ["demo", "demo-anthropic"] and bare.demo.enabled
     full = parse_config_text(starter_config({k: "x" for k in (
-        "OPENAI_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "MISTRAL_API_KEY", "OPENROUTER_API_KEY")}))
-    assert {p.id for p in full.providers} == {"demo", "openai", "gemini", "groq", "mistral", "openrouter"}
+        "OPENAI_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "MISTRAL_API_KEY", "OPENROUTER_API_KEY",
+        "ANTHROPIC_API_KEY")}))
+    assert {p.id for p in full.providers} == {"demo", "demo-anthropic", "openai", "gemini", "groq", "mistral",
+                                              "openrouter", "anthropic"}
+    assert full.provider("gemini").type == "gemini" and full.provider("anthropic").type == "anthropic"
     # keys are references, never literals
     assert all(p.api_key is None or p.api_key.startswith("${") for p in full.providers)
 

@@ -361,3 +361,12 @@ async def test_bad_anthropic_requests_are_400s():
         with pytest.raises(GatewayError) as err:
             codec.parse(json.dumps(body).encode(), {})
         assert err.value.status == 400 and err.value.param == param
+
+
+async def test_a_request_no_provider_can_translate_is_a_400_saying_why():
+    h = Harness(config(openai_provider("a"), openai_provider("b")), lambda req: MockResponse(json=chat_completion()))
+    with pytest.raises(GatewayError) as err:
+        await h.anthropic({"model": "m", "max_tokens": 10, "messages": USER,
+                           "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+    assert err.value.status == 400 and "served by Anthropic only" in err.value.message
+    assert not h.transport.requests  # refused before anything was sent

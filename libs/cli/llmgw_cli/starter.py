@@ -13,9 +13,8 @@ from typing import Mapping
 # limits where one exists; adjust them to your account.
 _PROVIDERS: list[tuple[str, str]] = [
     ("GEMINI_API_KEY", """\
-  - id: gemini                      # Google AI Studio, OpenAI-compatible endpoint
-    type: openai
-    base_url: https://generativelanguage.googleapis.com/v1beta/openai
+  - id: gemini                      # Google AI Studio, native API (free tier)
+    type: gemini
     api_key: ${GEMINI_API_KEY}
     free_tier: true
     priority: 10
@@ -61,6 +60,15 @@ _PROVIDERS: list[tuple[str, str]] = [
       - name: mistral-small-latest
       - name: mistral-large-latest
 """),
+    ("ANTHROPIC_API_KEY", """\
+  - id: anthropic                   # native Messages API: prompt caching, thinking, Claude Code betas
+    type: anthropic
+    api_key: ${ANTHROPIC_API_KEY}
+    priority: 60
+    models:
+      - name: claude-sonnet-4-5
+      - name: claude-haiku-4-5
+"""),
     ("OPENAI_API_KEY", """\
   - id: openai
     type: openai
@@ -101,6 +109,15 @@ providers:
     priority: 90
     models:
       - name: demo-chat
+        price: {{input_per_mtok: 0, output_per_mtok: 0}}
+  - id: demo-anthropic               # the same demo server's Anthropic Messages face
+    type: anthropic
+    base_url: http://127.0.0.1:{demo_port}
+    free_tier: true
+    priority: 90
+    models:
+      - name: demo-claude
+        upstream: demo-chat
         price: {{input_per_mtok: 0, output_per_mtok: 0}}
 {blocks}
 routing:

@@ -35,6 +35,7 @@ from .api import anthropic_messages, embeddings, models, openai_chat, passthroug
 from .api.anthropic_messages import AnthropicCodec
 from .api.embeddings import EmbeddingsCodec
 from .api.openai_chat import OpenAIChatCodec
+from .api.openai_responses import ResponsesCodec
 from .classifier import ModelClassifier
 from .core.commands import command_runner
 from .core.errors import GatewayError
@@ -181,6 +182,12 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         return _response(await anthropic_messages.count_tokens(edge.config, edge.gateway.deps.providers,
                                                                await request.body(), request.headers))
 
+    @app.post("/v1/responses")
+    async def post_responses(request: Request) -> Response:
+        codec = ResponsesCodec()
+        exchange = codec.parse(await request.body(), request.headers)
+        return _response(await edge_of(request).gateway.handle(exchange, codec))
+
     @app.post("/v1/embeddings")
     async def post_embeddings(request: Request) -> Response:
         codec = EmbeddingsCodec()
@@ -205,12 +212,16 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         ok = edge_of(request).nc.is_connected
         return JSONResponse({"status": "ok" if ok else "degraded", "nats": ok}, status_code=200 if ok else 503)
 
-    @app.api_route("/{provider_id}/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
         edge = edge_of(request)
-        codec, exchange = passthrough.parse(edge.config, provider_id, request.method, "/v1/" + path,
+        version = request.url.path.split("/")[2]  # v1, or v1beta (Gemini's native API)
+        codec, exchange = passthrough.parse(edge.config, provider_id, request.method, f"/{version}/{path}",
                                             request.url.query, await request.body(), request.headers)
         return _response(await edge.gateway.handle(exchange, codec))
+
+    for version in ("v1", "v1beta"):
+        app.add_api_route(f"/{{provider_id}}/{version}/{{path:path}}", provider_passthrough,
+                          methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 
     return app
 

@@ -481,6 +481,10 @@ def _route_reason(decision: RouteDecision) -> str:
 def _all_failed(outcome: _Outcome, last: UpstreamError | None) -> GatewayError:
     if last is not None and not last.retryable:
         return last
+    if last is not None and last.kind is FailureKind.UNSUPPORTED and all(a.status == 400 for a in outcome.attempts):
+        # no provider can serve this kind of request (a built-in tool, n > 1...): say why, as a 400
+        return GatewayError(400, f"No provider for model `{outcome.model}` can serve this request: {last.message}",
+                            code="unsupported_request")
     tried = ", ".join(f"{a.provider} ({a.status or a.error})" for a in outcome.attempts) or "none"
     all_429 = bool(outcome.attempts) and all(a.status == 429 for a in outcome.attempts)
     status = 429 if all_429 else 502
