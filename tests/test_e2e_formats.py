@@ -2,8 +2,11 @@
 
 Clients are the official SDKs: ``openai`` (chat, responses, embeddings) and
 ``anthropic`` (messages). Upstreams are the demo provider's real-wire faces
-(OpenAI, Anthropic, Gemini). Each cell: plain and stream, with a tool call,
-answered in the client's own format, and its usage event in the request log.
+(OpenAI, Anthropic, Gemini), the demo provider behind a fake GitHub token
+exchange (Copilot), and fake ``claude`` / ``gemini`` executables printing the
+CLIs' real stream-json (the CLI providers). Each cell: plain and stream, with a
+tool call where the provider can take client tools, answered in the client's
+own format, and its usage event in the request log.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import httpx
 import openai
 import pytest
 
-from fakes import FakeProvider
+from fakes import GITHUB_TOKEN, FakeGitHub, FakeProvider
 from stacks import clear_router_health, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
-UPSTREAM_TYPES = ["openai", "anthropic", "gemini"]
+UPSTREAM_TYPES = ["openai", "anthropic", "gemini", "copilot"]  # they take client tools
+CLI_TYPES = ["claude_code", "gemini_cli"]  # they answer in text only (a CLI runs its own tools, not the client's)
+FAKE_CLI = os.path.join(os.path.dirname(__file__), "fake_cli")
 TOOL_OPENAI = {"type": "function", "function": {"name": "lookup", "description": "look a word up",
                                                 "parameters": {"type": "object",
                                                                "properties": {"input": {"type": "string"}}}}}
@@ -31,7 +36,7 @@ TOOL_RESPONSES = {"type": "function", "name": "lookup", "description": "look a w
                   "parameters": {"type": "object", "properties": {"input": {"type": "string"}}}}
 
 
-def _config(up: dict[str, FakeProvider]) -> str:
+def _config(up: dict) -> str:
     return f"""
 version: 1
 providers:
@@ -59,6 +64,25 @@ providers:
     models:
       - name: m-gemini
         upstream: up-model
+  - id: p-copilot
+    type: copilot
+    api_key: {GITHUB_TOKEN}
+    models:
+      - name: m-copilot
+        upstream: up-model
+  - id: p-claude_code
+    type: claude_code
+    command: [{FAKE_CLI}/claude]
+    max_concurrency: 2
+    models:
+      - name: m-claude_code
+        upstream: sonnet
+  - id: p-gemini_cli
+    type: gemini_cli
+    command: [{FAKE_CLI}/gemini]
+    models:
+      - name: m-gemini_cli
+        upstream: gemini-2.5-flash
 routing:
   retry: {{attempts: 0}}
 usage:
@@ -68,16 +92,24 @@ usage:
 
 @pytest.fixture(scope="module")
 def upstreams():
-    with FakeProvider(models=["up-model", "up-embed"]) as o, \
-            FakeProvider(models=["up-model"], api_key="anthropic-upstream-key") as a, \
-            FakeProvider(models=["up-model"], api_key="gemini-test-key") as g:
-        yield {"openai": o, "anthropic": a, "gemini": g}
+    github = FakeGitHub().start()
+    try:
+        with FakeProvider(models=["up-model", "up-embed"]) as o, \
+                FakeProvider(models=["up-model"], api_key="anthropic-upstream-key") as a, \
+                FakeProvider(models=["up-model"], api_key="gemini-test-key") as g, \
+                FakeProvider(models=["up-model"]) as c:
+            github.api = c.url  # the Copilot API the token exchange points at
+            yield {"openai": o, "anthropic": a, "gemini": g, "copilot": c, "github": github}
+    finally:
+        github.stop()
 
 
 @pytest.fixture(scope="module")
 def stack(infra, upstreams, tmp_path_factory):
     env = dict(os.environ, NATS_URL=infra.nats_url, REDIS_URL=infra.redis_url, CLICKHOUSE_URL=infra.clickhouse_url,
-               LLMGW_TEST_ANTHROPIC_KEY="anthropic-upstream-key")
+               LLMGW_TEST_ANTHROPIC_KEY="anthropic-upstream-key", LLMGW_GITHUB_API_URL=upstreams["github"].origin)
+    for name in [n for n in env if n.startswith("FAKE_CLI_")]:
+        del env[name]
     with running_stack(tmp_path_factory.mktemp("formats"), _config(upstreams), env) as s:
         yield s
 
@@ -85,6 +117,8 @@ def stack(infra, upstreams, tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _reset(upstreams, infra):
     for u in upstreams.values():
+        if not isinstance(u, FakeProvider):
+            continue
         b = u.behaviour
         b.fail_status = b.fail_times = b.retry_after = None
         b.cache_read_tokens = b.cache_write_tokens = b.cached_tokens = b.reasoning_tokens = 0
@@ -189,6 +223,55 @@ def test_openai_responses_client(oai, stack, upstream, stream):
     row = logged(stack, request_id)
     assert row["provider"] == f"p-{upstream}" and row["status"] == 200 and row["endpoint"] == "responses"
     assert row["tokens_out"] == response.usage.output_tokens
+
+
+@pytest.mark.parametrize("upstream", CLI_TYPES)
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("client", ["openai_chat", "anthropic_messages", "openai_responses"])
+def test_cli_providers_answer_every_format(oai, claude, stack, client, upstream, stream):
+    model, prompt = f"m-{upstream}", [{"role": "user", "content": "say hello"}]
+    if client == "openai_chat":
+        if stream:
+            with oai.chat.completions.with_streaming_response.create(
+                    model=model, messages=prompt, stream=True, stream_options={"include_usage": True}) as raw:
+                request_id, chunks = raw.headers["x-request-id"], list(raw.parse())
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            tokens_out = chunks[-1].usage.completion_tokens
+        else:
+            raw = oai.chat.completions.with_raw_response.create(model=model, messages=prompt)
+            request_id, reply = raw.headers["x-request-id"], raw.parse()
+            text, tokens_out = reply.choices[0].message.content, reply.usage.completion_tokens
+    elif client == "anthropic_messages":
+        if stream:
+            with claude.messages.stream(model=model, max_tokens=50, messages=prompt) as s:
+                text = "".join(s.text_stream)
+                message = s.get_final_message()
+                request_id = s.response.headers["x-request-id"]  # httpx response of the stream
+        else:
+            raw = claude.messages.with_raw_response.create(model=model, max_tokens=50, messages=prompt)
+            request_id, message = raw.headers["x-request-id"], raw.parse()
+            text = message.content[0].text
+        tokens_out = message.usage.output_tokens
+    else:
+        if stream:
+            with oai.responses.with_streaming_response.create(model=model, input="say hello", stream=True) as raw:
+                request_id, events = raw.headers["x-request-id"], list(raw.parse())
+            response = events[-1].response
+        else:
+            raw = oai.responses.with_raw_response.create(model=model, input="say hello")
+            request_id, response = raw.headers["x-request-id"], raw.parse()
+        text, tokens_out = response.output_text, response.usage.output_tokens
+    assert text == "Hello from the fake CLI."
+    row = logged(stack, request_id)
+    assert row["provider"] == f"p-{upstream}" and row["status"] == 200 and row["tokens_out"] == tokens_out > 0
+    assert float(row["cost_usd"]) == 0  # a subscription: no marginal cost
+
+
+def test_cli_provider_with_client_tools_is_refused_clearly(oai):
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(model="m-claude_code", tools=[TOOL_OPENAI],
+                                    messages=[{"role": "user", "content": "x"}])
+    assert "tool" in err.value.message.lower()
 
 
 # ---- around the matrix --------------------------------------------------------------------

@@ -601,3 +601,17 @@ async def test_ui_api_pricing_unavailable_is_a_clear_503(infra, tmp_path):
         resp = await ui.get("/api/pricing")
     assert resp.status_code == 503
     assert resp.json()["error"]["message"] == "the pricing service is not answering"
+
+
+def test_subscription_provider_types_cost_nothing_at_the_margin():
+    from llmgw_pricing.prices import PriceTable, effective_price
+
+    cfg = parse_config({"providers": [
+        {"id": "cli", "type": "claude_code", "models": [{"name": "sonnet"}, {"name": "paid", "price": {
+            "input_per_mtok": 1}}]},
+        {"id": "api", "type": "anthropic", "models": [{"name": "sonnet"}]}]})
+    table = PriceTable({"sonnet": Price(input_per_mtok=Decimal(3), output_per_mtok=Decimal(15))}, "bundled")
+    cli = effective_price(cfg, [table], PriceKey(provider="cli", model="sonnet"))
+    assert cli.price.is_free and cli.source == "config" and "subscription" in cli.matched
+    assert effective_price(cfg, [table], PriceKey(provider="cli", model="paid")).price.input_per_mtok == 1
+    assert effective_price(cfg, [table], PriceKey(provider="api", model="sonnet")).price.input_per_mtok == 3

@@ -30,6 +30,8 @@ class _Strict(BaseModel):
 
 PromptClass = Literal["code", "research", "conversation", "complex"]
 ProviderType = Literal["openai", "anthropic", "gemini", "copilot", "claude_code", "gemini_cli"]
+# provider types paid by a flat subscription: zero marginal cost unless the config gives a price
+SUBSCRIPTION_TYPES = frozenset({"copilot", "claude_code", "gemini_cli"})
 Strategy = Literal["priority", "round-robin", "weighted", "least-busy", "lowest-latency", "lowest-cost"]
 
 

@@ -31,7 +31,7 @@ from llmgw_common.nats_conn import connect_nats
 from llmgw_common.settings import CommonSettings
 
 from . import router_client
-from .api import anthropic_messages, embeddings, models, openai_chat, passthrough
+from .api import anthropic_messages, models, openai_chat, passthrough
 from .api.anthropic_messages import AnthropicCodec
 from .api.embeddings import EmbeddingsCodec
 from .api.openai_chat import OpenAIChatCodec

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Sequence
 from urllib.parse import urlsplit
 
-from llmgw_common.config import GatewayConfig, Price, ProviderConfig
+from llmgw_common.config import SUBSCRIPTION_TYPES, GatewayConfig, Price, ProviderConfig
 from llmgw_common.messages import PriceInfo, PriceKey
 
 from .sources import parse_document
@@ -171,6 +171,11 @@ def effective_price(config: GatewayConfig, tables: PriceTable | Iterable[PriceTa
             if name in overrides:
                 return PriceInfo(provider=key.provider, model=key.model, price=overrides[name], source="config",
                                  matched=f"pricing.overrides.{name}")
+    if provider is not None and provider.type in SUBSCRIPTION_TYPES:
+        # the public list prices the model's API use; through a subscription the margin is zero
+        return PriceInfo(provider=key.provider, model=key.model, price=Price(), source="config",
+                         matched=f"providers[{config.providers.index(provider)}].type: {provider.type} "
+                                 "(a subscription: no marginal cost)")
     names = lookup_names(key.provider, key.model, provider)
     for table in _as_tables(tables):
         found = table.find(names)

@@ -126,6 +126,7 @@ class _Sent:
     usage: Usage | None = None
     stream: AsyncIterator[bytes] | None = None
     meter: Meter | RawReply | None = None
+    upstream: AsyncIterator[Any] | None = None  # the provider's own stream, closed when the client's ends
 
 
 class DeadlineReached(UpstreamError):
@@ -400,12 +401,10 @@ class Gateway:
                 self.deps.publish(outcome.event(status, cand, usage, error, ttft))
             elif meter.usage.input_tokens or meter.usage.output_tokens:  # a direct call: counted when readable
                 self.deps.publish(outcome.event(status, cand, meter.usage, error, ttft))
-            aclose = getattr(sent.stream, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    pass
+            # close the whole chain now, not when the garbage collector gets to it: a CLI provider's
+            # child process or an upstream connection must not outlive the client's stream
+            for stream in (sent.stream, sent.upstream):
+                await _close(stream)
 
     def _command_reply(self, exchange: Exchange, codec: Codec, text: str) -> Reply:
         headers = {"x-llmgw-provider": "proxy-cli", "x-llmgw-attempts": "0"}
@@ -429,8 +428,9 @@ async def _attempt(provider: Provider, exchange: Exchange, codec: Codec, model: 
         reply = await provider.relay(exchange.raw, None if exchange.raw.format == "raw" else model)
         if reply.chunks is None:
             return _Sent(reply.status, reply.media_type, reply.headers, body=reply.body, usage=reply.usage)
-        first = await _first(reply.chunks)
-        return _Sent(reply.status, reply.media_type, reply.headers, stream=_chain(first, reply.chunks), meter=reply)
+        first = await _first(reply.chunks, reply.chunks)
+        return _Sent(reply.status, reply.media_type, reply.headers, stream=_chain(first, reply.chunks), meter=reply,
+                     upstream=reply.chunks)
     if exchange.embedding is not None:
         resp = await provider.embed(exchange.embedding, model)
         return _Sent(200, "application/json", {}, body=codec.render_embeddings(resp), usage=resp.usage)
@@ -441,16 +441,31 @@ async def _attempt(provider: Provider, exchange: Exchange, codec: Codec, model: 
         resp = await provider.chat(exchange.chat(), model)
         return _Sent(200, "application/json", {}, body=codec.render_response(resp), usage=resp.usage)
     meter = Meter()
-    events = _metered(provider.chat_stream(exchange.chat(), model), meter)
-    first = await _first(events)
-    return _Sent(200, "text/event-stream", {}, stream=codec.render_stream(_chain(first, events)), meter=meter)
+    upstream = provider.chat_stream(exchange.chat(), model)
+    events = _metered(upstream, meter)
+    first = await _first(events, upstream)
+    return _Sent(200, "text/event-stream", {}, stream=codec.render_stream(_chain(first, events)), meter=meter,
+                 upstream=upstream)
 
 
-async def _first(items: AsyncIterator[Any]) -> Any:
+async def _first(items: AsyncIterator[Any], upstream: AsyncIterator[Any] | None = None) -> Any:
+    """The first item of a stream: the moment the answer commits to this provider."""
     try:
         return await anext(items)
     except StopAsyncIteration:
         raise UpstreamError(502, "upstream stream ended before its first event", kind=FailureKind.PROTOCOL) from None
+    except BaseException:
+        await _close(upstream)
+        raise
+
+
+async def _close(stream: AsyncIterator[Any] | None) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # closing a broken stream may raise its own error again: it is over either way
+            pass
 
 
 async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Mapping
 from llmgw_common.failures import FailureKind
 
 from ..core.errors import UpstreamError, unsupported
-from ..core.types import (ChatRequest, ChatResponse, Finish, Image, Message, Start, StreamEvent, Text, TextDelta,
+from ..core.types import (ChatRequest, ChatResponse, Finish, Image, Start, StreamEvent, Text, TextDelta,
                           Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolResult, Usage,
                           UsageUpdate)
 from .base import HttpProvider, RawCall, RawReply, dumps, loads_object
