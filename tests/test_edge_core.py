@@ -370,3 +370,63 @@ async def test_a_request_no_provider_can_translate_is_a_400_saying_why():
                            "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
     assert err.value.status == 400 and "served by Anthropic only" in err.value.message
     assert not h.transport.requests  # refused before anything was sent
+
+
+# ---- images and tool results cross formats ------------------------------------------------
+
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+async def test_openai_images_and_tool_results_reach_anthropic_as_its_blocks():
+    h = Harness(config(anthropic_provider("a")), lambda req: MockResponse(json=anthropic_message()))
+    await h.openai({"model": "m", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                     {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+                                     {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "zoom", "arguments": '{"x": 2}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "zoomed"},
+        {"role": "user", "content": "and now?"}]})
+    sent = h.transport.requests[0].json()["messages"]
+    assert sent[0]["content"][1] == {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                  "data": PIXEL}}
+    assert sent[0]["content"][2] == {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+    assert sent[1] == {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "zoom",
+                                                         "input": {"x": 2}}]}
+    # the tool result and the next user turn are one user turn in Anthropic's alternation
+    assert sent[2]["role"] == "user" and sent[2]["content"][0] == {
+        "type": "tool_result", "tool_use_id": "call_1", "content": [{"type": "text", "text": "zoomed"}]}
+    assert sent[2]["content"][1] == {"type": "text", "text": "and now?"}
+
+
+async def test_anthropic_images_and_tool_results_reach_openai_as_its_messages():
+    h = Harness(config(openai_provider("a")), lambda req: MockResponse(json=chat_completion()))
+    await h.anthropic({"model": "m", "max_tokens": 20, "messages": [
+        {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                  "data": PIXEL}},
+                                     {"type": "text", "text": "what is this?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "let me zoom"},
+                                          {"type": "tool_use", "id": "toolu_1", "name": "zoom", "input": {"x": 2}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "zoomed",
+                                      "is_error": False}]}]})
+    sent = h.transport.requests[0].json()["messages"]
+    assert sent[0] == {"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+        {"type": "text", "text": "what is this?"}]}
+    assert sent[1] == {"role": "assistant", "content": "let me zoom", "tool_calls": [
+        {"id": "toolu_1", "type": "function", "function": {"name": "zoom", "arguments": '{"x": 2}'}}]}
+    assert sent[2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "zoomed"}
+
+
+async def test_stop_reasons_and_stop_sequences_translate():
+    h = Harness(config(anthropic_provider("a")), lambda req: MockResponse(
+        json={**anthropic_message(stop="stop_sequence"), "stop_sequence": "END"}))
+    reply = await h.openai({"model": "m", "messages": USER, "stop": ["END"], "max_tokens": 5})
+    assert h.transport.requests[0].json()["stop_sequences"] == ["END"]
+    assert json.loads(reply.body)["choices"][0]["finish_reason"] == "stop"
+    h = Harness(config(openai_provider("a")), lambda req: MockResponse(json={
+        **chat_completion(), "choices": [{"index": 0, "message": {"role": "assistant", "content": "cut"},
+                                          "finish_reason": "length"}]}))
+    reply = await h.anthropic({"model": "m", "max_tokens": 5, "messages": USER, "stop_sequences": ["X"]})
+    assert anthropic.types.Message.model_validate_json(reply.body).stop_reason == "max_tokens"
+    assert h.transport.requests[0].json()["stop"] == ["X"]

@@ -1,6 +1,7 @@
 """Provider adapters: one module per provider type behind one interface (``base.Provider``).
 
-Adding a provider type = one module here plus its name in ``llmgw_common.config.ProviderType``.
+Adding a provider type = one module here, its class in ``PROVIDER_TYPES`` and its name in
+``llmgw_common.config.ProviderType``.
 """
 
 from __future__ import annotations
@@ -9,30 +10,17 @@ from pathlib import Path
 
 from llmgw_common.config import GatewayConfig, ProviderConfig, resolve_secret
 
+from .anthropic import AnthropicProvider
 from .base import Provider, ProviderContext
+from .claude_code import ClaudeCodeProvider
+from .copilot import CopilotProvider
+from .gemini import GeminiProvider
+from .gemini_cli import GeminiCliProvider
 from .http import Transport
 from .openai import OpenAIProvider
 
-PROVIDER_TYPES: dict[str, type[Provider]] = {"openai": OpenAIProvider}
-
-
-def _register_optional() -> None:
-    # each module registers when present; a type without its module is refused at start-up
-    import importlib
-
-    for module, name in (("anthropic", "AnthropicProvider"), ("gemini", "GeminiProvider"),
-                         ("copilot", "CopilotProvider"), ("claude_code", "ClaudeCodeProvider"),
-                         ("gemini_cli", "GeminiCliProvider")):
-        try:
-            cls = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{module}":
-                raise
-            continue
-        PROVIDER_TYPES[cls.type] = cls
-
-
-_register_optional()
+PROVIDER_TYPES: dict[str, type[Provider]] = {cls.type: cls for cls in (
+    OpenAIProvider, AnthropicProvider, GeminiProvider, CopilotProvider, ClaudeCodeProvider, GeminiCliProvider)}
 
 
 def build_provider(config: ProviderConfig, transport: Transport, state_dir: Path) -> Provider:
