@@ -164,35 +164,23 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     def edge_of(request: Request) -> Edge:
         return request.app.state.edge
 
-    @app.post("/v1/chat/completions")
-    async def post_chat_completions(request: Request) -> Response:
-        codec = OpenAIChatCodec()
-        exchange = codec.parse(await request.body(), request.headers)
-        return _response(await edge_of(request).gateway.handle(exchange, codec))
+    def served_by(codec_type: type) -> Callable:
+        async def handle(request: Request) -> Response:
+            codec = codec_type()
+            exchange = codec.parse(await request.body(), request.headers)
+            return _response(await edge_of(request).gateway.handle(exchange, codec))
+        return handle
 
-    @app.post("/v1/messages")
-    async def post_messages(request: Request) -> Response:
-        codec = AnthropicCodec()
-        exchange = codec.parse(await request.body(), request.headers)
-        return _response(await edge_of(request).gateway.handle(exchange, codec))
+    # one route per client format: its codec parses and renders, the gateway does the rest
+    for path, codec_type in (("/v1/chat/completions", OpenAIChatCodec), ("/v1/messages", AnthropicCodec),
+                             ("/v1/responses", ResponsesCodec), ("/v1/embeddings", EmbeddingsCodec)):
+        app.add_api_route(path, served_by(codec_type), methods=["POST"])
 
     @app.post("/v1/messages/count_tokens")
     async def post_count_tokens(request: Request) -> Response:
         edge = edge_of(request)
         return _response(await anthropic_messages.count_tokens(edge.config, edge.gateway.deps.providers,
                                                                await request.body(), request.headers))
-
-    @app.post("/v1/responses")
-    async def post_responses(request: Request) -> Response:
-        codec = ResponsesCodec()
-        exchange = codec.parse(await request.body(), request.headers)
-        return _response(await edge_of(request).gateway.handle(exchange, codec))
-
-    @app.post("/v1/embeddings")
-    async def post_embeddings(request: Request) -> Response:
-        codec = EmbeddingsCodec()
-        exchange = codec.parse(await request.body(), request.headers)
-        return _response(await edge_of(request).gateway.handle(exchange, codec))
 
     @app.get("/v1/models")
     async def get_models(request: Request) -> JSONResponse:

@@ -29,10 +29,10 @@ from llmgw_common.failures import FailureKind
 from llmgw_common.ids import new_id
 from llmgw_common.messages import Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest, UsageEvent
 
-from ..providers.base import Provider, RawCall, RawReply
+from ..providers.base import Provider, RawCall
 from .errors import GatewayError, UpstreamError
-from .types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Start, StreamEvent, Text,
-                    TextDelta, ThinkingDelta, ToolCallDelta, Usage, UsageUpdate)
+from .types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Meter, Start, StreamEvent,
+                    Text, TextDelta, ThinkingDelta, ToolCallDelta, Usage, UsageUpdate)
 
 # never forwarded to the router (it sees routing-relevant headers only, never credentials)
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key",
@@ -96,15 +96,6 @@ class Reply:
 
 
 @dataclass
-class Meter:
-    """What a stream has shown so far (filled while it is relayed or rendered)."""
-
-    usage: Usage = field(default_factory=Usage)
-    pieces: int = 0
-    finished: bool = False
-
-
-@dataclass
 class Deps:
     config: GatewayConfig
     providers: Mapping[str, Provider]
@@ -125,7 +116,7 @@ class _Sent:
     body: bytes | None = None
     usage: Usage | None = None
     stream: AsyncIterator[bytes] | None = None
-    meter: Meter | RawReply | None = None
+    meter: Meter | None = None
     upstream: AsyncIterator[Any] | None = None  # the provider's own stream, closed when the client's ends
 
 
@@ -359,7 +350,7 @@ class Gateway:
 
     # ---- streams ------------------------------------------------------------
 
-    def _with_estimates(self, exchange: Exchange, usage: Usage, meter: Meter | RawReply | None) -> Usage:
+    def _with_estimates(self, exchange: Exchange, usage: Usage, meter: Meter | None) -> Usage:
         """Never zero: a provider that reported nothing (a stream cut short, a server without usage)
         is counted with the prompt estimate and the pieces of output seen."""
         if not usage.input_tokens:

@@ -7,7 +7,6 @@ user message); the optional classifier model is asked only when configured.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 CLASSES = ("code", "research", "conversation", "complex")
 
@@ -26,18 +25,6 @@ _COMPLEX = re.compile(
     r"multi-step|reason through|calculate|equation|algorithm)\b", re.IGNORECASE)
 _GREETING = re.compile(r"^\s*(hi|hello|hey|thanks|thank you|good (morning|evening|afternoon)|how are you|yo)\b",
                        re.IGNORECASE)
-
-
-def last_user_text(body: dict[str, Any]) -> str:
-    for m in reversed(body.get("messages") or []):
-        if isinstance(m, dict) and m.get("role") == "user":
-            content = m.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict)
-                                and isinstance(p.get("text"), str))
-    return ""
 
 
 def classify(text: str) -> str:

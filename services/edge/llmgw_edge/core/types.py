@@ -159,6 +159,15 @@ class Usage:
             self.reported_cost = other.reported_cost
 
 
+@dataclass
+class Meter:
+    """What a stream has shown so far, filled while it is relayed or rendered."""
+
+    usage: Usage = field(default_factory=Usage)
+    pieces: int = 0  # content pieces seen (an aborted stream's output estimate)
+    finished: bool = False  # it ended the way its format says a complete answer ends
+
+
 @dataclass(slots=True)
 class ChatResponse:
     id: str

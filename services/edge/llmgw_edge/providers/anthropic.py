@@ -20,7 +20,7 @@ from ..core.errors import UpstreamError, unsupported
 from ..core.types import (ChatRequest, ChatResponse, Finish, Image, Start, StreamEvent, Text, TextDelta,
                           Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolResult, Usage,
                           UsageUpdate)
-from .base import HttpProvider, RawCall, RawReply, dumps, loads_object
+from .base import HttpProvider, RawCall, RawReply, dumps, loads_object, token_count
 from .http import HttpReply, sse_events
 from .openai import relay_raw
 
@@ -92,8 +92,9 @@ class AnthropicProvider(HttpProvider):
                     usage = usage_from(json.loads(content).get("usage")) or Usage()
                 except (ValueError, AttributeError):
                     pass
-            return RawReply(reply.status, headers, "application/json", body=content, usage=usage)
-        out = RawReply(reply.status, headers, "text/event-stream")
+            return RawReply(status=reply.status, headers=headers, media_type="application/json", body=content,
+                            usage=usage)
+        out = RawReply(status=reply.status, headers=headers, media_type="text/event-stream")
         out.chunks = relay_stream(reply, out)
         return out
 
@@ -214,17 +215,14 @@ def messages_body(req: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
 
 # ---- Anthropic -> core -----------------------------------------------------------
 
-def _num(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def usage_from(obj: Any) -> Usage | None:
     """Anthropic's usage: ``input_tokens`` excludes cache reads and writes; ours is the whole prompt."""
     if not isinstance(obj, dict):
         return None
-    read, write = _num(obj.get("cache_read_input_tokens")), _num(obj.get("cache_creation_input_tokens"))
-    return Usage(input_tokens=_num(obj.get("input_tokens")) + read + write, output_tokens=_num(obj.get("output_tokens")),
-                 cache_read_tokens=read, cache_write_tokens=write)
+    read = token_count(obj.get("cache_read_input_tokens"))
+    write = token_count(obj.get("cache_creation_input_tokens"))
+    return Usage(input_tokens=token_count(obj.get("input_tokens")) + read + write,
+                 output_tokens=token_count(obj.get("output_tokens")), cache_read_tokens=read, cache_write_tokens=write)
 
 
 def parse_message(obj: dict[str, Any], model: str) -> ChatResponse:

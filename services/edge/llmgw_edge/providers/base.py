@@ -28,7 +28,7 @@ from llmgw_common.failures import FailureKind
 from llmgw_common.logs import redact
 
 from ..core.errors import UpstreamError, unsupported
-from ..core.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamEvent, Usage
+from ..core.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Meter, StreamEvent
 from .ratelimit_headers import retry_after_seconds
 from .http import HttpReply, Transport
 
@@ -58,18 +58,20 @@ class RawCall:
     method: str = "POST"
 
 
-@dataclass
-class RawReply:
-    """An upstream answer relayed as it came. ``usage`` fills while ``chunks`` is read."""
+@dataclass(kw_only=True)
+class RawReply(Meter):
+    """An upstream answer relayed as it came; its ``Meter`` fills while ``chunks`` is read."""
 
     status: int
     headers: dict[str, str]
     media_type: str
     body: bytes | None = None
     chunks: AsyncIterator[bytes] | None = None
-    usage: Usage = field(default_factory=Usage)
-    pieces: int = 0  # content pieces relayed so far (an aborted stream's output estimate)
-    finished: bool = False  # the stream ended the way the format says a complete answer ends
+
+
+def token_count(value: Any) -> int:
+    """A token figure from a provider's JSON: a positive int, else 0 (absent, null, negative, a bool...)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -34,7 +34,7 @@ from ..core.tokens import estimate_text_tokens
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Image, Message,
                           Start, StreamEvent, Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta,
                           ToolCallStart, ToolResult, Usage, UsageUpdate)
-from .base import HttpProvider, RawCall, RawReply, dumps, loads_object
+from .base import HttpProvider, RawCall, RawReply, dumps, loads_object, token_count
 from .http import HttpReply, sse_events
 from .openai import relay_raw
 
@@ -526,18 +526,14 @@ def generate_body(req: ChatRequest, model: str = "") -> dict[str, Any]:
 
 # ---- Gemini -> core -----------------------------------------------------------------
 
-def _num(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def usage_from(obj: Any) -> Usage | None:
     """``usageMetadata``: the prompt count includes cached tokens; our output includes the thoughts."""
     if not isinstance(obj, dict):
         return None
-    thoughts = _num(obj.get("thoughtsTokenCount"))
-    return Usage(input_tokens=_num(obj.get("promptTokenCount")) + _num(obj.get("toolUsePromptTokenCount")),
-                 output_tokens=_num(obj.get("candidatesTokenCount")) + thoughts,
-                 cache_read_tokens=_num(obj.get("cachedContentTokenCount")), reasoning_tokens=thoughts)
+    thoughts = token_count(obj.get("thoughtsTokenCount"))
+    prompt = token_count(obj.get("promptTokenCount")) + token_count(obj.get("toolUsePromptTokenCount"))
+    return Usage(input_tokens=prompt, output_tokens=token_count(obj.get("candidatesTokenCount")) + thoughts,
+                 cache_read_tokens=token_count(obj.get("cachedContentTokenCount")), reasoning_tokens=thoughts)
 
 
 def _usage_of_body(content: bytes) -> Usage:

@@ -19,7 +19,7 @@ from ..core.errors import UpstreamError, unsupported
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Image, Message,
                           Start, StreamEvent, Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta,
                           ToolCallStart, ToolResult, Usage, UsageUpdate)
-from .base import HttpProvider, RawCall, RawReply, dumps, loads_object
+from .base import HttpProvider, RawCall, RawReply, dumps, loads_object, token_count
 from .http import HttpReply, sse_events
 
 _FINISH_IN = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
@@ -86,8 +86,9 @@ class OpenAIProvider(HttpProvider):
         reply = await self.send(path, dumps(body), stream=call.stream)
         if not call.stream:
             content = await reply.read()
-            return RawReply(reply.status, {}, "application/json", body=content, usage=usage_of_body(content))
-        out = RawReply(reply.status, {}, "text/event-stream")
+            return RawReply(status=reply.status, headers={}, media_type="application/json", body=content,
+                            usage=usage_of_body(content))
+        out = RawReply(status=reply.status, headers={}, media_type="text/event-stream")
         relay = relay_chat_stream if call.format == "openai_chat" else relay_responses_stream
         out.chunks = relay(reply, out, call.include_usage)
         return out
@@ -178,19 +179,16 @@ def usage_from(obj: Any) -> Usage | None:
     if not isinstance(obj, dict):
         return None
 
-    def num(value: Any) -> int:
-        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
     prompt_details = obj.get("prompt_tokens_details") or obj.get("input_tokens_details") or {}
     out_details = obj.get("completion_tokens_details") or obj.get("output_tokens_details") or {}
     usage = Usage(
-        input_tokens=num(obj.get("prompt_tokens", obj.get("input_tokens"))),
-        output_tokens=num(obj.get("completion_tokens", obj.get("output_tokens"))),
-        cache_read_tokens=num(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
-        reasoning_tokens=num(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0)
+        input_tokens=token_count(obj.get("prompt_tokens", obj.get("input_tokens"))),
+        output_tokens=token_count(obj.get("completion_tokens", obj.get("output_tokens"))),
+        cache_read_tokens=token_count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+        reasoning_tokens=token_count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0)
     # some OpenAI-compatible servers (DeepSeek, vLLM with prefix caching) name cache figures differently
     if not usage.cache_read_tokens:
-        usage.cache_read_tokens = num(obj.get("prompt_cache_hit_tokens"))
+        usage.cache_read_tokens = token_count(obj.get("prompt_cache_hit_tokens"))
     cost = obj.get("cost")  # OpenRouter reports what it charged
     if isinstance(cost, (int, float, str)) and not isinstance(cost, bool):
         try:
@@ -365,8 +363,8 @@ async def relay_raw(provider: HttpProvider, call: RawCall) -> RawReply:
     if "text/event-stream" not in media:
         content = await reply.read()
         usage = usage_of_body(content) if reply.status < 400 else Usage()
-        return RawReply(reply.status, headers, media, body=content, usage=usage)
-    out = RawReply(reply.status, headers, media)
+        return RawReply(status=reply.status, headers=headers, media_type=media, body=content, usage=usage)
+    out = RawReply(status=reply.status, headers=headers, media_type=media)
     out.chunks = _relay_bytes(reply, out)
     return out
 
