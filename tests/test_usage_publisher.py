@@ -41,7 +41,7 @@ async def test_events_survive_a_nats_restart(tmp_path):
     try:
         js = nc.jetstream()
         await ensure_usage_stream(js, 3600, 10**8)
-        publisher = UsagePublisher(js, tmp_path / "spill.ndjson")
+        publisher = UsagePublisher(js, tmp_path / "spill", "edge-a")
         await publisher.start()
         for i in range(5):
             publisher.submit(_event(i))
@@ -68,13 +68,14 @@ async def _count_is(js, n: int) -> bool:
 
 async def test_unsent_events_are_spilled_at_shutdown_and_sent_at_next_start(tmp_path):
     server = NatsServer(tmp_path / "nats").start()
-    spill = tmp_path / "spill.ndjson"
+    spill_dir = tmp_path / "spill"
+    spill = spill_dir / "edge-a.ndjson"
     nc = await connect_nats(server.url, "test-edge")
     try:
         js = nc.jetstream()
         await ensure_usage_stream(js, 3600, 10**8)
         server.kill()
-        publisher = UsagePublisher(js, spill)
+        publisher = UsagePublisher(js, spill_dir, "edge-a")
         await publisher.start()
         events = [_event(i) for i in range(3)]
         for e in events:
@@ -83,11 +84,11 @@ async def test_unsent_events_are_spilled_at_shutdown_and_sent_at_next_start(tmp_
         assert len(spill.read_text().splitlines()) == 3
 
         server.start()
-        again = UsagePublisher(js, spill)
+        again = UsagePublisher(js, spill_dir, "edge-b")  # another replica picks it up
         await again.start()
         await _eventually(lambda: _count_is(js, 3), timeout=30)
         await again.stop()
-        assert not spill.exists()
+        assert not list(spill_dir.iterdir())
         # the ids were kept: JetStream stored each event once
         sub = await js.pull_subscribe(subjects.USAGE_EVENT_WILDCARD, durable=None)
         got = {UsageEvent.decode(m.data).id for m in await sub.fetch(3, timeout=5)}
@@ -95,3 +96,49 @@ async def test_unsent_events_are_spilled_at_shutdown_and_sent_at_next_start(tmp_
     finally:
         await nc.close()
         server.stop()
+
+
+async def test_an_event_held_while_nats_is_away_survives_a_stop_during_the_retry_sleep(tmp_path):
+    server = NatsServer(tmp_path / "nats").start()
+    nc = await connect_nats(server.url, "test-edge")
+    try:
+        js = nc.jetstream()
+        await ensure_usage_stream(js, 3600, 10**8)
+        server.kill()
+        publisher = UsagePublisher(js, tmp_path / "spill", "edge-a")
+        await publisher.start()
+        held = _event(1)
+        publisher.submit(held)
+        await asyncio.sleep(1.0)  # the worker holds it, failing and sleeping between tries
+        await publisher.stop(flush_timeout=0.1)  # cancelled wherever it is
+        lines = (tmp_path / "spill" / "edge-a.ndjson").read_text().splitlines()
+        assert [UsageEvent.model_validate_json(x).id for x in lines] == [held.id]
+    finally:
+        await nc.close()
+        server.stop()
+
+
+async def test_spill_files_of_every_replica_are_claimed_once(tmp_path):
+    import fcntl
+
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    for name, i in (("edge-a", 1), ("edge-b", 2)):
+        (spill_dir / f"{name}.ndjson").write_text(_event(i).model_dump_json() + "\n")
+    # a claim whose holder died (no lock) is claimed again; a live one (locked) is left alone
+    (spill_dir / ".claimed-dead").write_text(_event(3).model_dump_json() + "\n")
+    live = spill_dir / ".claimed-live"
+    live.write_text(_event(4).model_dump_json() + "\n")
+    with live.open() as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+
+        class NoJetStream:
+            async def publish(self, *args, **kwargs):
+                raise ConnectionError("away")
+
+        first = UsagePublisher(NoJetStream(), spill_dir, "edge-c")
+        second = UsagePublisher(NoJetStream(), spill_dir, "edge-d")
+        got_first = {e.request_id for e in first._claim_spilled()}
+        got_second = {e.request_id for e in second._claim_spilled()}
+        assert got_first == {"r1", "r2", "r3"} and got_second == set()
+        assert live.exists()

@@ -254,6 +254,14 @@ class UsageConfig(_Strict):
     batch_wait_s: float = Field(default=0.5, gt=0)
 
 
+class EdgeConfig(_Strict):
+    """What the edge accepts from clients (bigger bodies get 413, deeper JSON 400, in the caller's format)."""
+
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024**3,
+                                description="request body size limit (images travel inline: keep room)")
+    max_json_depth: int = Field(default=100, ge=8, le=1000, description="nesting of objects and arrays")
+
+
 class DemoConfig(_Strict):
     """The local demo provider that ``llmgw run`` starts (a real HTTP process)."""
 
@@ -298,6 +306,7 @@ class GatewayConfig(_Strict):
     providers: list[ProviderConfig] = Field(default_factory=list)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
+    edge: EdgeConfig = Field(default_factory=EdgeConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
 

@@ -39,6 +39,7 @@ class ErrorInfo(BaseModel):
     status: int
     code: str
     message: str
+    retry_after_s: float | None = None  # a 429: when capacity frees up (the window or cooldown that refused)
 
 
 # ---- router ----------------------------------------------------------------

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llmgw_common import subjects
 from llmgw_common.config import GatewayConfig, load_config_or_default
+from llmgw_common.ids import new_id
 from llmgw_common.logs import setup_logging
 from llmgw_common.messages import AttemptOutcome
 from llmgw_common.nats_conn import connect_nats
@@ -32,6 +33,7 @@ from llmgw_common.settings import CommonSettings
 
 from . import router_client
 from .api import anthropic_messages, models, openai_chat, passthrough
+from .api.body import read_body
 from .api.anthropic_messages import AnthropicCodec
 from .api.embeddings import EmbeddingsCodec
 from .api.openai_chat import OpenAIChatCodec
@@ -44,7 +46,7 @@ from .core.prompt_class import classify
 from .providers import build_providers
 from .providers.http import AiohttpTransport
 from .request_log import recent_requests_text
-from .usage_publisher import UsagePublisher
+from .usage_publisher import UsagePublisher, replica_id
 
 log = logging.getLogger("llmgw.edge")
 
@@ -80,7 +82,9 @@ def _error_format(request: Request) -> str:
 
 def error_response(err: GatewayError, fmt: str = "openai") -> Response:
     body = anthropic_messages.error_body(err) if fmt == "anthropic" else openai_chat.error_body(err)
-    return Response(body, status_code=err.status, media_type="application/json", headers=err.headers)
+    # every answer can be traced, errors the gateway made before routing included
+    headers = {"x-request-id": new_id(), "x-llmgw-attempts": "0", **err.headers}
+    return Response(body, status_code=err.status, media_type="application/json", headers=headers)
 
 
 def _outcome_reporter(nc) -> Callable[[AttemptOutcome], None]:
@@ -106,7 +110,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def lifespan(app: FastAPI):
         config = load_config_or_default(settings.config_path)
         nc = await connect_nats(settings.nats_url, "llmgw-edge")
-        publisher = UsagePublisher(nc.jetstream(), settings.state_dir / f"edge-{settings.port}-unsent-usage.ndjson")
+        publisher = UsagePublisher(nc.jetstream(), settings.state_dir / "edge-unsent-usage",
+                                   replica_id(settings.port))
         await publisher.start()
         transport = AiohttpTransport()  # one pooled client for every upstream: no per-request set-up
         providers = build_providers(config, transport, settings.state_dir)
@@ -164,11 +169,15 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     def edge_of(request: Request) -> Edge:
         return request.app.state.edge
 
+    async def body_of(request: Request) -> bytes:
+        return await read_body(request.headers, request.stream(), edge_of(request).config.edge.max_body_bytes)
+
     def served_by(codec_type: type) -> Callable:
         async def handle(request: Request) -> Response:
-            codec = codec_type()
-            exchange = codec.parse(await request.body(), request.headers)
-            return _response(await edge_of(request).gateway.handle(exchange, codec))
+            edge = edge_of(request)
+            codec = codec_type(max_depth=edge.config.edge.max_json_depth)
+            exchange = codec.parse(await body_of(request), request.headers)
+            return _response(await edge.gateway.handle(exchange, codec))
         return handle
 
     # one route per client format: its codec parses and renders, the gateway does the rest
@@ -180,7 +189,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def post_count_tokens(request: Request) -> Response:
         edge = edge_of(request)
         return _response(await anthropic_messages.count_tokens(edge.config, edge.gateway.deps.providers,
-                                                               await request.body(), request.headers))
+                                                               await body_of(request), request.headers))
 
     @app.get("/v1/models")
     async def get_models(request: Request) -> JSONResponse:
@@ -204,7 +213,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         edge = edge_of(request)
         version = request.url.path.split("/")[2]  # v1, or v1beta (Gemini's native API)
         codec, exchange = passthrough.parse(edge.config, provider_id, request.method, f"/{version}/{path}",
-                                            request.url.query, await request.body(), request.headers)
+                                            request.url.query, await body_of(request), request.headers)
         return _response(await edge.gateway.handle(exchange, codec))
 
     for version in ("v1", "v1beta"):

@@ -2,28 +2,49 @@
 
 Events go into a bounded in-memory queue; one worker publishes them with
 ``Nats-Msg-Id`` = event id (so a retried publish is stored once) and retries
-while NATS is away. Whatever is still queued at shutdown is spilled to an
-NDJSON file in the state dir and published at the next start.
+while NATS is away. Whatever is not published at shutdown — the queue and the
+event the worker holds, whichever ``await`` it was stopped at — is spilled to
+disk and published at the next start.
+
+Spill files live in one directory shared by every edge replica (a volume in
+compose): each replica appends to its own file (``<replica id>.ndjson``,
+under an exclusive ``flock``), and a starting replica claims every file there,
+its own or a dead replica's, by taking the lock and renaming it before it
+reads. A file is therefore sent by exactly one replica; an event sent twice
+anyway (a publish whose ack was lost) is stored once by its id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
+import socket
 from pathlib import Path
 
 from llmgw_common import subjects
+from llmgw_common.ids import new_id
 from llmgw_common.messages import UsageEvent
 
 log = logging.getLogger("llmgw.edge.usage")
 
 
+def replica_id(port: int) -> str:
+    """``LLMGW_REPLICA_ID`` when set (compose, the runner), else host, port and process: unique per replica."""
+    return os.environ.get("LLMGW_REPLICA_ID") or f"{socket.gethostname()}-{port}-{os.getpid()}"
+
+
 class UsagePublisher:
-    def __init__(self, js, spill_file: Path, max_queued: int = 100_000):
+    def __init__(self, js, spill_dir: Path, replica: str, max_queued: int = 100_000):
         self._js = js
-        self._spill = spill_file
+        self._spill_dir = spill_dir
+        self._spill = spill_dir / f"{replica}.ndjson"
         self._queue: asyncio.Queue[UsageEvent] = asyncio.Queue(max_queued)
         self._worker: asyncio.Task | None = None
+        self._holding: UsageEvent | None = None  # taken from the queue, not yet acknowledged by JetStream
+        self._claims: list[tuple[Path, object]] = []  # spill files taken at start, locked until sent
+        self._claimed_events = 0
         self.published = 0
 
     def submit(self, event: UsageEvent) -> None:
@@ -34,7 +55,7 @@ class UsagePublisher:
             self._append_spill([event])
 
     async def start(self) -> None:
-        for event in self._take_spilled():
+        for event in self._claim_spilled():
             self.submit(event)
         self._worker = asyncio.create_task(self._run(), name="usage-publisher")
 
@@ -49,48 +70,85 @@ class UsagePublisher:
                 await self._worker
             except asyncio.CancelledError:
                 pass
-        left = []
+        left = [self._holding] if self._holding is not None else []
+        self._holding = None
         while not self._queue.empty():
             left.append(self._queue.get_nowait())
         if left:
             log.warning("spilling %d unpublished usage events to %s", len(left), self._spill)
             self._append_spill(left)
+        # claimed events still unsent are in ``left`` (spilled again) or were sent: the claims can go
+        self._release_claims()
 
     async def _run(self) -> None:
         while True:
-            event = await self._queue.get()
+            self._holding = await self._queue.get()
+            event = self._holding
             delay = 0.2
             while True:
                 try:
                     await self._js.publish(subjects.usage_event_subject(event.provider or "none"), event.encode(),
                                            timeout=5.0, headers={"Nats-Msg-Id": event.id})
-                    self.published += 1
                     break
                 except asyncio.CancelledError:
-                    self._append_spill([event])
-                    self._queue.task_done()
-                    raise
+                    raise  # ``stop`` spills what we hold
                 except Exception as exc:  # NATS down or JetStream not ready: keep the event, retry
                     log.warning("usage publish failed (%s), retrying in %.1fs", type(exc).__name__, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+            self._holding = None
+            self.published += 1
             self._queue.task_done()
+            if self._claims and self.published >= self._claimed_events:
+                self._release_claims()  # the claimed events were queued first: all of them are out
 
     def _append_spill(self, events: list[UsageEvent]) -> None:
-        self._spill.parent.mkdir(parents=True, exist_ok=True)
+        self._spill_dir.mkdir(parents=True, exist_ok=True)
         with self._spill.open("a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # a starting replica claiming this file waits for the whole batch
             for e in events:
                 f.write(e.model_dump_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
-    def _take_spilled(self) -> list[UsageEvent]:
-        if not self._spill.exists():
+    def _claim_spilled(self) -> list[UsageEvent]:
+        """Every spill file in the directory, renamed to a claim this process holds locked until its
+        events are published (a claim whose holder died is claimed again by the next start)."""
+        if not self._spill_dir.is_dir():
             return []
-        events = []
-        for line in self._spill.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    events.append(UsageEvent.model_validate_json(line))
-                except ValueError:
-                    log.error("skipping unreadable spilled usage event")
-        self._spill.unlink()
+        events: list[UsageEvent] = []
+        for path in sorted(self._spill_dir.glob("*.ndjson")) + sorted(self._spill_dir.glob(".claimed-*")):
+            try:
+                f = path.open("r", encoding="utf-8")
+            except FileNotFoundError:
+                continue
+            try:
+                # a writer holds its lock only while appending: wait for it; a live claim's holder keeps
+                # its lock until its events are out: leave that claim alone
+                fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if path.name.startswith(".claimed-") else 0))
+            except BlockingIOError:
+                f.close()
+                continue
+            claimed = path.with_name(f".claimed-{new_id()}")
+            try:
+                os.rename(path, claimed)  # only one replica wins a file
+            except FileNotFoundError:
+                f.close()
+                continue
+            for line in f.read().splitlines():
+                if line.strip():
+                    try:
+                        events.append(UsageEvent.model_validate_json(line))
+                    except ValueError:
+                        log.error("skipping an unreadable spilled usage event in %s", path.name)
+            self._claims.append((claimed, f))
+        self._claimed_events = len(events)
+        if events:
+            log.info("sending %d usage events spilled by an earlier run", len(events))
         return events
+
+    def _release_claims(self) -> None:
+        for path, f in self._claims:
+            path.unlink(missing_ok=True)
+            f.close()
+        self._claims.clear()

@@ -26,7 +26,7 @@ from ..core.types import (ChatRequest, ChatResponse, EmbeddingResponse, Finish, 
                           ToolResult, ToolSpec, Usage, UsageUpdate)
 from ..providers.base import Provider, RawCall
 from .models import serving
-from .openai_chat import load_json_object
+from .body import json_object
 
 _STOP_OUT = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "stop_sequence": "stop_sequence",
              "content_filter": "refusal", "error": "end_turn"}
@@ -45,13 +45,14 @@ class AnthropicCodec:
     error_format = "anthropic"
     endpoint = "messages"
 
-    def __init__(self) -> None:
+    def __init__(self, max_depth: int = 100) -> None:
+        self.max_depth = max_depth
         self.estimated_input = 0
 
     # ---- parse --------------------------------------------------------------
 
     def parse(self, raw: bytes, headers: Mapping[str, str], count_only: bool = False) -> Exchange:
-        body = load_json_object(raw)
+        body = json_object(raw, self.max_depth)
         req = chat_request(body, count_only)
         self.estimated_input = estimate_chat_tokens(req)
         return Exchange(
@@ -325,7 +326,7 @@ async def count_tokens(config: GatewayConfig, providers: Mapping[str, Provider],
                        headers: Mapping[str, str]) -> Reply:
     """Asked of an Anthropic provider serving the model when there is one (exact, and free there);
     else our own estimate. Never counted as usage: nothing is generated."""
-    codec = AnthropicCodec()
+    codec = AnthropicCodec(config.edge.max_json_depth)
     exchange = codec.parse(raw, headers, count_only=True)
     for provider_config, model in serving(config, exchange.model):
         provider = providers.get(provider_config.id)

@@ -14,7 +14,8 @@ from ..core.gateway import Exchange
 from ..core.tokens import estimate_text_tokens
 from ..core.types import ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamEvent
 from ..providers.base import RawCall
-from .openai_chat import error_body, load_json_object
+from .body import json_object
+from .openai_chat import error_body
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
 
@@ -24,8 +25,11 @@ class EmbeddingsCodec:
     error_format = "openai"
     endpoint = "embeddings"
 
+    def __init__(self, max_depth: int = 100) -> None:
+        self.max_depth = max_depth
+
     def parse(self, raw: bytes, headers: Mapping[str, str]) -> Exchange:
-        body = load_json_object(raw)
+        body = json_object(raw, self.max_depth)
         model = body.get("model")
         if not isinstance(model, str) or not model.strip():
             raise bad_request("you must provide a model parameter", param="model")

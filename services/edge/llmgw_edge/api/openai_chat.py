@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Mapping
 
 from ..core.errors import GatewayError, bad_request
 from ..core.gateway import Exchange
+from .body import json_object
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingResponse, Finish, Image, Message, Start, StreamEvent,
                           Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolChoice,
                           ToolResult, ToolSpec, Usage, UsageUpdate)
@@ -31,28 +32,19 @@ def error_body(err: GatewayError) -> bytes:
                                  "code": err.code}}).encode()
 
 
-def load_json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise bad_request("We could not parse the JSON body of your request. The body must be a JSON object.")
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    return body
-
-
 class OpenAIChatCodec:
     format = "openai_chat"
     error_format = "openai"
     endpoint = "chat.completions"
 
-    def __init__(self, include_usage: bool = False):
-        self.include_usage = include_usage
+    def __init__(self, max_depth: int = 100):
+        self.max_depth = max_depth  # JSON nesting the edge accepts (config edge.max_json_depth)
+        self.include_usage = False
 
     # ---- parse --------------------------------------------------------------
 
     def parse(self, raw: bytes, headers: Mapping[str, str]) -> Exchange:
-        body = load_json_object(raw)
+        body = json_object(raw, self.max_depth)
         model = body.get("model")
         if not isinstance(model, str) or not model.strip():
             raise bad_request("you must provide a model parameter", param="model")

@@ -57,7 +57,8 @@ from ..core.types import (ChatRequest, ChatResponse, EmbeddingResponse, Finish, 
                           TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolChoice,
                           ToolResult, ToolSpec, Usage, UsageUpdate)
 from ..providers.base import RawCall
-from .openai_chat import error_body, image_from_url, load_json_object
+from .body import json_object
+from .openai_chat import error_body, image_from_url
 
 _ROLES = {"user", "assistant", "system", "developer"}
 _TEXT_PARTS = {"input_text", "output_text"}
@@ -105,14 +106,15 @@ class ResponsesCodec:
     error_format = "openai"
     endpoint = "responses"
 
-    def __init__(self) -> None:
+    def __init__(self, max_depth: int = 100) -> None:
+        self.max_depth = max_depth
         self._echo: dict[str, Any] = _echo({})
         self._stream: _Stream | None = None
 
     # ---- parse --------------------------------------------------------------
 
     def parse(self, raw: bytes, headers: Mapping[str, str]) -> Exchange:
-        body = load_json_object(raw)
+        body = json_object(raw, self.max_depth)
         _validate(body)
         req, problem = _convert(body)
         self._echo = _echo(body)

@@ -10,7 +10,6 @@ whenever the answer carries a readable usage object.
 
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator, Mapping
 
 from llmgw_common.config import GatewayConfig
@@ -19,6 +18,7 @@ from ..core.errors import GatewayError
 from ..core.gateway import Exchange
 from ..core.types import ChatResponse, EmbeddingResponse, StreamEvent
 from ..providers.base import RawCall
+from .body import json_object
 from .openai_chat import error_body
 
 MAX_PATH = 2048
@@ -53,9 +53,9 @@ def parse(config: GatewayConfig, provider_id: str, method: str, path: str, query
     body: Any = None
     if raw and "json" in headers.get("content-type", "application/json"):
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            body = None
+            body = json_object(raw, config.edge.max_json_depth)
+        except GatewayError:
+            body = None  # not ours to judge: the provider answers it as it is
     model = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
     stream = bool(isinstance(body, dict) and body.get("stream") is True) \
         or "text/event-stream" in headers.get("accept", "")

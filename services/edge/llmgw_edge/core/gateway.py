@@ -118,6 +118,7 @@ class _Sent:
     stream: AsyncIterator[bytes] | None = None
     meter: Meter | None = None
     upstream: AsyncIterator[Any] | None = None  # the provider's own stream, closed when the client's ends
+    retries: int = 0  # failed tries on the same provider before this one
 
 
 class DeadlineReached(UpstreamError):
@@ -163,9 +164,13 @@ class _Outcome:
             error=error, attempts=self.attempts, route_reason=self.route_reason,
             reservation=candidate.reservation if candidate else None)
 
+    def upstream_calls(self) -> int:
+        """Every call made upstream: each attempt and the retries on its provider."""
+        return sum(1 + a.retries for a in self.attempts)
+
     def headers(self, candidate: Candidate | None, attempts: int | None = None) -> dict[str, str]:
         h = {"x-request-id": self.request_id,
-             "x-llmgw-attempts": str(len(self.attempts) if attempts is None else attempts)}
+             "x-llmgw-attempts": str(self.upstream_calls() if attempts is None else attempts)}
         if candidate:
             h["x-llmgw-provider"] = candidate.provider
             h["x-llmgw-model"] = candidate.upstream_model.encode("ascii", "replace").decode()[:200]
@@ -175,12 +180,19 @@ class _Outcome:
         return h
 
 
+# what travels to the router over NATS is bounded, whatever the client sent
+MAX_MODEL_CHARS = 256
+MAX_ROUTING_HEADERS = 64
+MAX_HEADER_NAME_CHARS = 64
+MAX_HEADER_VALUE_CHARS = 256
+
+
 def routing_headers(headers: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers.items():
         n = name.lower()
-        if n not in SECRET_HEADERS and len(out) < 64:
-            out[n] = value[:256]
+        if n not in SECRET_HEADERS and len(n) <= MAX_HEADER_NAME_CHARS and len(out) < MAX_ROUTING_HEADERS:
+            out[n] = value[:MAX_HEADER_VALUE_CHARS]
     return out
 
 
@@ -198,6 +210,9 @@ class Gateway:
             answer = await self.deps.command(exchange.prompt_text)
             if answer is not None:
                 return self._command_reply(exchange, codec, answer)
+        if len(exchange.model) > MAX_MODEL_CHARS:
+            raise GatewayError(400, f"The model name is longer than {MAX_MODEL_CHARS} characters.", param="model",
+                               code="invalid_model")
         if exchange.provider is not None and not exchange.routed:
             return await self._direct(exchange, codec)
         outcome = _Outcome(exchange, codec.endpoint)
@@ -221,14 +236,15 @@ class Gateway:
             raise
         if sent.stream is not None:
             ttft = (time.perf_counter() - t0) * 1000
-            headers = outcome.headers(cand, attempts=len(outcome.attempts) + 1)  # this one is recorded at the end
+            # this attempt is recorded when the stream ends: count it now
+            headers = outcome.headers(cand, attempts=outcome.upstream_calls() + sent.retries + 1)
             headers.update(sent.headers)
             headers["cache-control"] = "no-cache"
             body = self._relay(codec, cand, outcome, sent, t0, ttft)
             return Reply(sent.status, headers, sent.media_type, stream=body)
         latency = (time.perf_counter() - t0) * 1000
         outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
-                                        status=sent.status, latency_ms=latency))
+                                        status=sent.status, latency_ms=latency, retries=sent.retries))
         self._report(outcome, cand, ok=True, status=sent.status, latency_ms=latency)
         usage = self._with_estimates(exchange, sent.usage or Usage(), None)
         self.deps.publish(outcome.event(sent.status, cand, usage, None, None))
@@ -323,7 +339,9 @@ class Gateway:
                 if left <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(left):
-                    return await _attempt(provider, exchange, codec, cand.upstream_model), t0
+                    sent = await _attempt(provider, exchange, codec, cand.upstream_model)
+                sent.retries = tries
+                return sent, t0
             except (UpstreamError, TimeoutError) as exc:
                 if isinstance(exc, TimeoutError):
                     exc = DeadlineReached()
@@ -382,7 +400,8 @@ class Gateway:
             latency = (time.perf_counter() - t0) * 1000
             ok = status < 400 or status == 499
             outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
-                                            status=200 if ok else 0, error=error, latency_ms=latency))
+                                            status=200 if ok else 0, error=error, latency_ms=latency,
+                                            retries=sent.retries))
             # a stream that broke after its first byte still used the provider: the usage event settles
             # its reservation, so the outcome does not release it
             if report:

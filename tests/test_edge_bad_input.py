@@ -1,0 +1,163 @@
+"""Hostile and malformed input at the edge: always a clear 4xx in the caller's format, never a 5xx,
+and the connection stays usable afterwards. Through the whole stack (real NATS, Redis, chDB)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from fakes import FakeProvider
+from stacks import running_stack
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeProvider(models=["m"]) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def stack(infra, upstream, tmp_path_factory):
+    config = f"""
+version: 1
+providers:
+  - id: p
+    base_url: {upstream.url}
+    models: [{{name: m}}]
+  - id: a
+    type: anthropic
+    base_url: {upstream.origin}
+    models: [{{name: claude-m, upstream: m}}]
+edge:
+  max_body_bytes: {LIMIT}
+  max_json_depth: 32
+routing:
+  retry: {{attempts: 1, base_delay_s: 0, max_delay_s: 0}}
+usage:
+  batch_wait_s: 0.1
+"""
+    env = dict(os.environ, NATS_URL=infra.nats_url, REDIS_URL=infra.redis_url, CLICKHOUSE_URL=infra.clickhouse_url)
+    with running_stack(tmp_path_factory.mktemp("bad-input"), config, env) as s:
+        yield s
+
+
+@pytest.fixture
+def http(stack):
+    with httpx.Client(base_url=f"http://127.0.0.1:{stack.edge_port}", timeout=30) as c:
+        yield c
+
+
+def _openai_error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json") and r.headers.get("x-request-id")
+    body = r.json()["error"]
+    assert set(body) == {"message", "type", "param", "code"} and body["message"]
+    return body
+
+
+def _anthropic_error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["type"] == "error" and body["error"]["message"] and r.headers.get("x-request-id")
+    return body["error"]
+
+
+def _chat(content: str = "hi", **extra) -> dict:
+    return {"model": "m", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def test_a_body_over_the_limit_is_413_in_each_format_and_the_connection_stays_usable(http):
+    big = _chat("x" * (LIMIT + 10))
+    assert _openai_error(http.post("/v1/chat/completions", json=big), 413)["code"] == "request_too_large"
+    anthropic_big = {"model": "claude-m", "max_tokens": 5, "messages": [{"role": "user", "content": "x" * LIMIT}]}
+    assert _anthropic_error(http.post("/v1/messages", json=anthropic_big), 413)["type"] == "request_too_large"
+    # the same keep-alive connection answers the next request
+    assert http.post("/v1/chat/completions", json=_chat()).status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(http):
+    def chunks():
+        yield b'{"model": "m", "messages": [{"role": "user", "content": "'
+        for _ in range(LIMIT // 1024 + 2):
+            yield b"y" * 1024
+        yield b'"}]}'
+
+    _openai_error(http.post("/v1/chat/completions", content=chunks(),
+                            headers={"content-type": "application/json"}), 413)
+    assert http.post("/v1/chat/completions", json=_chat()).status_code == 200
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(http):
+    for depth in (40, 10_000):
+        nested = "[" * depth + "]" * depth
+        raw = ('{"model": "m", "messages": [{"role": "user", "content": "x"}], "metadata": ' + nested + "}").encode()
+        _openai_error(http.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"}),
+                      400)
+        _anthropic_error(http.post("/v1/messages", content=raw.replace(b'"model": "m"', b'"model": "claude-m"'),
+                                   headers={"content-type": "application/json"}), 400)
+    assert http.post("/v1/chat/completions", json=_chat()).status_code == 200
+
+
+def test_a_huge_model_name_is_a_400_not_a_nats_error(http):
+    body = _openai_error(http.post("/v1/chat/completions", json={**_chat(), "model": "m" * 60_000}), 400)
+    assert body["param"] == "model"
+    anthropic_body = {"model": "c" * 60_000, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    _anthropic_error(http.post("/v1/messages", json=anthropic_body), 400)
+
+
+def test_many_and_long_headers_do_not_reach_the_router_unbounded(http):
+    headers = {f"x-junk-{i}": "v" * 4000 for i in range(100)}
+    assert http.post("/v1/chat/completions", json=_chat(), headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("raw", [b"", b"null", b"[]", b'"text"', b"{", b"\xff\xfe", b'{"model": 5}',
+                                 b'{"model": "m", "messages": "hi"}', b'{"model": "m", "messages": [1]}',
+                                 b'{"model": "m", "messages": [{"role": "user"}], "stream": "yes"}'])
+def test_malformed_chat_bodies_are_400s(http, raw):
+    _openai_error(http.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"}), 400)
+
+
+@pytest.mark.parametrize("raw", [b"", b"[]", b'{"model": "claude-m"}', b'{"model": "claude-m", "max_tokens": "5"}',
+                                 b'{"model": "claude-m", "max_tokens": 5, "messages": [{"role": "user", '
+                                 b'"content": [{"type": "image", "source": {"type": "ftp"}}]}]}'])
+def test_malformed_messages_bodies_are_anthropic_400s(http, raw):
+    _anthropic_error(http.post("/v1/messages", content=raw, headers={"content-type": "application/json"}), 400)
+
+
+def test_unknown_routes_and_methods_are_json_in_the_callers_format(http):
+    assert _openai_error(http.get("/v1/nothing-here/at-all"), 404)
+    assert _openai_error(http.get("/v1/chat/completions"), 405)
+    assert _anthropic_error(http.get("/v1/messages"), 405)
+    assert _anthropic_error(http.get("/v2/x", headers={"anthropic-version": "2023-06-01"}), 404)
+    assert _openai_error(http.post("/nobody/v1/chat/completions", json=_chat()), 404)["code"] == "provider_not_found"
+
+
+def test_sdks_see_typed_errors(stack):
+    base = f"http://127.0.0.1:{stack.edge_port}"
+    with pytest.raises(openai.BadRequestError):
+        openai.OpenAI(base_url=base + "/v1", api_key="k", max_retries=0).chat.completions.create(
+            model="m" * 1000, messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.BadRequestError):
+        anthropic.Anthropic(base_url=base, api_key="k", max_retries=0).messages.create(
+            model="claude-m", max_tokens=5, messages=[])
+
+
+def test_errors_made_by_the_gateway_carry_request_id_and_attempts(http, upstream):
+    r = http.post("/v1/chat/completions", content=b"{", headers={"content-type": "application/json"})
+    assert r.headers["x-request-id"] and r.headers["x-llmgw-attempts"] == "0"
+    upstream.behaviour.fail_status, upstream.behaviour.fail_times = 503, 1
+    try:
+        ok = http.post("/v1/chat/completions", json=_chat("retried once"))
+    finally:
+        upstream.behaviour.fail_status = upstream.behaviour.fail_times = None
+    assert ok.status_code == 200 and ok.headers["x-llmgw-attempts"] == "2"  # one retry on the same provider
+    assert json.loads(ok.content)["choices"]
