@@ -32,7 +32,11 @@ version: 1
 providers:
   - id: p
     base_url: {upstream.url}
-    models: [{{name: m}}]
+    models:
+      - name: m
+      - name: tiny
+        upstream: m
+        limits: {{requests_per_minute: 1}}
   - id: a
     type: anthropic
     base_url: {upstream.origin}
@@ -161,3 +165,15 @@ def test_errors_made_by_the_gateway_carry_request_id_and_attempts(http, upstream
         upstream.behaviour.fail_status = upstream.behaviour.fail_times = None
     assert ok.status_code == 200 and ok.headers["x-llmgw-attempts"] == "2"  # one retry on the same provider
     assert json.loads(ok.content)["choices"]
+
+
+def test_the_gateways_own_429_says_when_to_retry(http):
+    assert http.post("/v1/chat/completions", json={**_chat(), "model": "tiny"}).status_code == 200
+    refused = http.post("/v1/chat/completions", json={**_chat(), "model": "tiny"})
+    body = _openai_error(refused, 429)
+    assert body["type"] == "rate_limit_exceeded" and "requests_per_minute" in body["message"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60 and refused.headers["x-request-id"]
+    anthropic_refused = http.post("/v1/messages", json={"model": "p/tiny", "max_tokens": 5,
+                                                       "messages": [{"role": "user", "content": "x"}]})
+    assert _anthropic_error(anthropic_refused, 429)["type"] == "rate_limit_error"
+    assert int(anthropic_refused.headers["retry-after"]) >= 1

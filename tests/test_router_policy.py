@@ -182,3 +182,14 @@ def test_outcome_classification():
 def test_price_cost_is_exact():
     p = Price(input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.6"), cached_input_per_mtok=Decimal("0.075"))
     assert p.cost(1000, 500, cached_in=200) == Decimal("0.000435")
+
+
+def test_retry_after_comes_from_the_soonest_refusal():
+    from llmgw_router.outcomes import retry_after_s
+
+    assert retry_after_s(["cooling down after a 429 (12s left)", "circuit breaker open (30s left)"]) == 12
+    assert retry_after_s(["requests_per_minute reached on provider (5/5) (41s left)",
+                          "tokens_per_day would be exceeded on model (9 used + ~3 > 10)"]) == 41
+    assert retry_after_s(["tokens_per_hour would be exceeded on model (9 used + ~3 > 10)"]) == 60  # a bucket
+    assert retry_after_s(["circuit breaker half-open, a probe is in flight"]) is None
+    assert retry_after_s(["cooling down after a 429 (0s left)"]) == 1  # never "retry after 0"

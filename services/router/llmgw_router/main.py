@@ -27,7 +27,7 @@ from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
 from llmgw_common.windows import WindowReader
 
-from .outcomes import classify
+from .outcomes import classify, retry_after_s
 from .policy import PriceBook, RoutingState, plan
 from .state_view import router_state
 from .store import RoutingStore
@@ -101,7 +101,8 @@ class Router:
             why = "; ".join(f"{s.provider}: {s.reason}" for s in decision.skipped) or "no provider left"
             decision.error = ErrorInfo(status=429, code="rate_limit_exceeded",
                                        message=f"No provider can take a request for `{route_request.model}` "
-                                               f"now: {why}")
+                                               f"now: {why}",
+                                       retry_after_s=retry_after_s(admission.reasons.values()))
             return decision
         admitted = p.ordered[admission.index].candidate
         admitted.reservation = admission.reservation
