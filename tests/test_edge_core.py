@@ -7,7 +7,9 @@ with the official SDKs' own types.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -430,3 +432,41 @@ async def test_stop_reasons_and_stop_sequences_translate():
     reply = await h.anthropic({"model": "m", "max_tokens": 5, "messages": USER, "stop_sequences": ["X"]})
     assert anthropic.types.Message.model_validate_json(reply.body).stop_reason == "max_tokens"
     assert h.transport.requests[0].json()["stop"] == ["X"]
+
+
+# ---- timeouts ---------------------------------------------------------------------------------
+
+async def test_a_provider_over_its_own_total_timeout_is_left_for_the_next_without_a_retry():
+    async def handler(req):
+        if "a.test" in req.url:
+            await asyncio.sleep(5)
+        return MockResponse(json=chat_completion("from b"))
+
+    h = Harness(config(openai_provider("a", total_timeout_s=0.2), openai_provider("b")), handler)
+    started = time.monotonic()
+    reply = await h.openai({"model": "m", "messages": USER})
+    assert json.loads(reply.body)["choices"][0]["message"]["content"] == "from b"
+    assert time.monotonic() - started < 2  # the hung provider cost its timeout once
+    assert [r.url.split("/")[2] for r in h.transport.requests] == ["a.test", "b.test"]
+    assert h.router.outcomes[0].kind == "timeout" and h.events[0].attempts[0].status == 504
+
+
+async def test_first_byte_timeout_on_a_real_connection():
+    from fakes import FakeProvider
+    from llmgw_common.config import ProviderConfig
+    from llmgw_edge.providers import build_provider
+    from llmgw_edge.providers.http import AiohttpTransport
+
+    with FakeProvider(models=["m"], delay_s=2.0) as slow:
+        transport = AiohttpTransport()
+        try:
+            provider = build_provider(ProviderConfig(id="s", base_url=slow.url, first_byte_timeout_s=0.2,
+                                                     models=[{"name": "m"}]), transport, Path("/tmp"))
+            started = time.monotonic()
+            with pytest.raises(UpstreamError) as err:
+                await provider.chat(OpenAIChatCodec().parse(json.dumps({"model": "m", "messages": USER}).encode(),
+                                                            {}).chat(), "m")
+            assert err.value.kind is FailureKind.TIMEOUT and "first byte" in err.value.message
+            assert time.monotonic() - started < 1.5
+        finally:
+            await transport.close()

@@ -126,7 +126,14 @@ class ProviderConfig(_Strict):
     enabled: bool = True
     free_tier: bool = Field(default=False, description="treat as zero marginal cost whatever the prices")
     priority: int = Field(default=100, description="lower is tried first within a cost tier")
-    timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0, description="the longest silence while waiting for data: before "
+                             "the answer starts and between its bytes or stream events")
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="TCP and TLS connection set-up")
+    first_byte_timeout_s: float | None = Field(default=None, gt=0, description="from sending the request to the "
+                                               "answer's status line; unset: timeout_s")
+    total_timeout_s: float | None = Field(default=None, gt=0, description="one attempt at this provider: a whole "
+                                          "non-streaming answer, or a stream until its first event; unset: only "
+                                          "routing.total_timeout_s bounds it")
     models: list[ModelConfig] = Field(min_length=1)
     limits: Limits = Field(default_factory=Limits)
     headers: dict[str, str] = Field(default_factory=dict, description="extra headers sent upstream")

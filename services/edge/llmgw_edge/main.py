@@ -23,12 +23,13 @@ from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llmgw_common import subjects
+from llmgw_common import health, subjects
 from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.ids import new_id
 from llmgw_common.logs import setup_logging
 from llmgw_common.messages import AttemptOutcome
 from llmgw_common.nats_conn import connect_nats
+from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
 
 from . import router_client
@@ -206,8 +207,19 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
-        ok = edge_of(request).nc.is_connected
-        return JSONResponse({"status": "ok" if ok else "degraded", "nats": ok}, status_code=200 if ok else 503)
+        """What serving a request needs: NATS, JetStream (usage events), a router, Redis (the router's
+        admission: no routing without it). Cached ~1 s; 503 while one is down (docs/reliability.md)."""
+        monitor = getattr(request.app.state, "health", None)
+        if monitor is None:
+            nc = edge_of(request).nc
+            monitor = request.app.state.health = health.HealthMonitor([
+                health.Check("nats", health.nats_connected(nc)),
+                health.Check("jetstream", health.jetstream(nc)),
+                health.Check("router", health.service_ping(nc, "router")),
+                health.Check("redis", health.redis_ping(connect_redis(settings.redis_url, max_connections=2))),
+            ])
+        report = await monitor.report()
+        return JSONResponse(report.body(), status_code=report.status_code)
 
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
         edge = edge_of(request)

@@ -338,13 +338,17 @@ class Gateway:
                 left = self._deadline_left(outcome)
                 if left <= 0:
                     raise TimeoutError
+                per_attempt = asyncio.timeout(provider.config.total_timeout_s)
                 async with asyncio.timeout(left):
-                    sent = await _attempt(provider, exchange, codec, cand.upstream_model)
+                    async with per_attempt:
+                        sent = await _attempt(provider, exchange, codec, cand.upstream_model)
                 sent.retries = tries
                 return sent, t0
             except (UpstreamError, TimeoutError) as exc:
                 if isinstance(exc, TimeoutError):
-                    exc = DeadlineReached()
+                    # this provider's own bound: the next one may be quicker; the request's: nothing is left
+                    exc = UpstreamError(504, f"upstream did not answer within {provider.config.total_timeout_s:g}s",
+                                        kind=FailureKind.TIMEOUT) if per_attempt.expired() else DeadlineReached()
                 if (exc.retry_here and tries < retry.attempts and not isinstance(exc, DeadlineReached)
                         and self._deadline_left(outcome) > 0):
                     tries += 1

@@ -30,7 +30,7 @@ from llmgw_common.logs import redact
 from ..core.errors import UpstreamError, unsupported
 from ..core.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Meter, StreamEvent
 from .ratelimit_headers import retry_after_seconds
-from .http import HttpReply, Transport
+from .http import HttpReply, Timeouts, Transport
 
 # upstream response headers worth keeping on an error: rate-limit facts the router and clients use
 _KEEP_ERROR_HEADERS = ("retry-after",)
@@ -108,6 +108,11 @@ class Provider:
     def id(self) -> str:
         return self.config.id
 
+    @property
+    def timeouts(self) -> Timeouts:
+        c = self.config
+        return Timeouts(connect=c.connect_timeout_s, read=c.timeout_s, first_byte=c.first_byte_timeout_s)
+
     def can_relay(self, fmt: str) -> bool:
         return fmt in self.passthrough
 
@@ -167,7 +172,7 @@ class HttpProvider(Provider):
         if extra_headers:
             headers.update(extra_headers)
         reply = await self.ctx.transport.request(method, url or self.base_url + path, body, headers,
-                                                 self.config.timeout_s)
+                                                 self.timeouts)
         if reply.status < 400:
             return reply
         try:

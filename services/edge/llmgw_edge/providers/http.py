@@ -10,6 +10,7 @@ library. ``Transport`` is the seam tests replace (``MockTransport`` in
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import AsyncIterator, Mapping, Protocol
 
 import aiohttp
@@ -17,6 +18,17 @@ import aiohttp
 from llmgw_common.failures import FailureKind
 
 from ..core.errors import UpstreamError
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0  # TCP + TLS set-up
+    read: float = 60.0  # the longest silence while reading (before the first byte too)
+    first_byte: float | None = None  # request sent -> status line; None: ``read``
+
+    @classmethod
+    def of(cls, value: "float | Timeouts") -> "Timeouts":
+        return value if isinstance(value, Timeouts) else cls(connect=min(10.0, value), read=value)
 
 
 class HttpReply(Protocol):
@@ -36,7 +48,7 @@ class HttpReply(Protocol):
 
 class Transport(Protocol):
     async def request(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
-                      timeout_s: float) -> HttpReply: ...
+                      timeouts: "float | Timeouts") -> HttpReply: ...
 
     async def close(self) -> None: ...
 
@@ -92,13 +104,20 @@ class AiohttpTransport:
         self.session = session or create_session()
 
     async def request(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
-                      timeout_s: float) -> AiohttpReply:
-        """``timeout_s`` bounds the connection set-up and every wait for data, not a whole (long) stream."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, timeout_s), sock_read=timeout_s)
+                      timeouts: "float | Timeouts") -> AiohttpReply:
+        """Returns once the status line and headers are in. The timeouts bound the connection set-up, the
+        wait for the first byte and every silence while reading: never a whole (possibly long) stream."""
+        t = Timeouts.of(timeouts)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
+        first_byte = asyncio.timeout(t.first_byte)
         try:
-            response = await self.session.request(method, url, data=body, headers=headers, timeout=timeout,
-                                                  allow_redirects=False)
+            async with first_byte:
+                response = await self.session.request(method, url, data=body, headers=headers, timeout=timeout,
+                                                      allow_redirects=False)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            if first_byte.expired():
+                raise UpstreamError(504, f"upstream sent no answer within {t.first_byte:g}s (first byte)",
+                                    kind=FailureKind.TIMEOUT) from None
             raise transport_error(exc) from None
         return AiohttpReply(response)
 

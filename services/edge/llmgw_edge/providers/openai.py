@@ -356,7 +356,7 @@ async def relay_raw(provider: HttpProvider, call: RawCall) -> RawReply:
         call.method, base + call.path, call.raw if call.method not in ("GET", "HEAD") else None,
         {**(await provider.headers(call.stream)),
          **({"content-type": call.headers["content-type"]} if "content-type" in call.headers else {})},
-        provider.config.timeout_s)
+        provider.timeouts)
     media = reply.headers.get("content-type", "application/json")
     headers = {k.lower(): v for k, v in reply.headers.items()
                if k.lower().startswith(("x-ratelimit-", "anthropic-ratelimit-", "retry-after", "x-request-id"))}
