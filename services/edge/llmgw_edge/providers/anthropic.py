@@ -22,7 +22,6 @@ from ..core.types import (ChatRequest, ChatResponse, Finish, Image, Start, Strea
                           UsageUpdate)
 from .base import HttpProvider, RawCall, RawReply, dumps, loads_object, token_count
 from .http import HttpReply, sse_events
-from .openai import relay_raw
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
@@ -73,7 +72,7 @@ class AnthropicProvider(HttpProvider):
 
     async def relay(self, call: RawCall, model: str | None) -> RawReply:
         if call.format == "raw":
-            return await relay_raw(self, call)
+            return await self.relay_raw(call)
         if call.format not in self.passthrough:
             raise unsupported(f"provider {self.id} cannot take {call.format} requests as they are")
         body = dict(call.body or {})
@@ -97,6 +96,15 @@ class AnthropicProvider(HttpProvider):
         out = RawReply(status=reply.status, headers=headers, media_type="text/event-stream")
         out.chunks = relay_stream(reply, out)
         return out
+
+    def raw_usage(self, payload: bytes) -> Usage:
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            return Usage()
+        if not isinstance(obj, dict):
+            return Usage()
+        return usage_from(obj.get("usage") or (obj.get("message") or {}).get("usage")) or Usage()
 
     def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         err = super().classify(status, body, headers)

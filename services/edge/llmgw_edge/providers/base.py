@@ -28,7 +28,7 @@ from llmgw_common.failures import FailureKind
 from llmgw_common.logs import redact
 
 from ..core.errors import UpstreamError, unsupported
-from ..core.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Meter, StreamEvent
+from ..core.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Meter, StreamEvent, Usage
 from .ratelimit_headers import retry_after_seconds
 from .http import HttpReply, Timeouts, Transport
 
@@ -165,6 +165,13 @@ class HttpProvider(Provider):
     async def credentials(self) -> dict[str, str]:
         return self.auth_headers()
 
+    def raw_usage(self, payload: bytes) -> Usage:
+        """The usage in one JSON answer (or stream event) of this provider's own format, for raw relays."""
+        return Usage()
+
+    async def relay_raw(self, call: RawCall, root: str | None = None) -> RawReply:
+        return await _relay_raw(self, call, root)
+
     async def send(self, path: str, body: bytes | None, stream: bool, method: str = "POST",
                    extra_headers: Mapping[str, str] | None = None, url: str | None = None) -> HttpReply:
         """One request; a 2xx/3xx reply with its body unread, or the error classified."""
@@ -195,3 +202,54 @@ def loads_object(body: bytes, what: str = "upstream") -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UpstreamError(502, f"{what} sent JSON that is not an object", kind=FailureKind.PROTOCOL)
     return obj
+
+
+# ---- raw pass-through (/{provider}/v1/...), shared by every HTTP provider -------------------------
+
+_RAW_HEADERS = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after", "x-request-id", "request-id")
+
+
+async def _relay_raw(provider: HttpProvider, call: RawCall, root: str | None = None) -> RawReply:
+    """Any path with the provider's own credentials, the answer as it came, whatever its status; usage
+    read (``provider.raw_usage``) from a whole body or from the last usage a stream reported.
+    ``root``: the URL raw paths are relative to (default: the base URL without a trailing /v1, since
+    raw paths start with their API version)."""
+    base = root if root is not None else provider.base_url
+    if root is None and base.endswith("/v1") and call.path.startswith("/v1"):
+        base = base[:-3]
+    headers = await provider.headers(call.stream)
+    if "content-type" in call.headers:
+        headers["content-type"] = call.headers["content-type"]
+    reply = await provider.ctx.transport.request(
+        call.method, base + call.path, call.raw if call.method not in ("GET", "HEAD") else None, headers,
+        provider.timeouts)
+    media = reply.headers.get("content-type", "application/json")
+    kept = {k.lower(): v for k, v in reply.headers.items() if k.lower().startswith(_RAW_HEADERS)}
+    if "text/event-stream" not in media:
+        content = await reply.read()
+        usage = provider.raw_usage(content) if reply.status < 400 else None
+        return RawReply(status=reply.status, headers=kept, media_type=media, body=content,
+                        **({"usage": usage} if usage is not None else {}))
+    out = RawReply(status=reply.status, headers=kept, media_type=media)
+    out.chunks = _relay_bytes(provider, reply, out)
+    return out
+
+
+async def _relay_bytes(provider: HttpProvider, reply: HttpReply, out: RawReply) -> AsyncIterator[bytes]:
+    tail = b""
+    try:
+        async for data in reply.chunks():
+            out.pieces += 1
+            tail = (tail + data)[-8192:]
+            yield data
+        out.finished = True
+        # streams report usage near their end (OpenAI's last chunk, Anthropic's message_delta, Gemini's
+        # cumulative usageMetadata): the last data line that has some is the whole
+        for line in reversed(tail.split(b"\n")):
+            if line.startswith(b"data:") and b"sage" in line:
+                usage = provider.raw_usage(line[5:].strip())
+                if usage.input_tokens or usage.output_tokens:
+                    out.usage.merge(usage)
+                    break
+    finally:
+        reply.close()

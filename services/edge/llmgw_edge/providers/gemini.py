@@ -36,7 +36,6 @@ from ..core.types import (ChatRequest, ChatResponse, EmbeddingRequest, Embedding
                           ToolCallStart, ToolResult, Usage, UsageUpdate)
 from .base import HttpProvider, RawCall, RawReply, dumps, loads_object, token_count
 from .http import HttpReply, sse_events
-from .openai import relay_raw
 
 API_VERSION = "v1beta"
 _VERSIONED = re.compile(r"/v\d+(?:(?:alpha|beta)\d*)?$")  # a base URL that already names its API version
@@ -153,15 +152,12 @@ class GeminiProvider(HttpProvider):
     async def relay(self, call: RawCall, model: str | None) -> RawReply:
         if call.format != "raw":
             raise unsupported(f"provider {self.id} cannot take {call.format} requests as they are")
-        # relay_raw joins base + path; raw paths carry their API version, so the base is the root.
-        # A client's ?key= (its gateway key) must not travel to Google: ours goes in the header.
-        out = await relay_raw(_AtRoot(self), replace(call, path=_without_key(call.path)))  # type: ignore[arg-type]
-        if out.status < 400:
-            if out.body is not None:
-                out.usage.merge(_usage_of_body(out.body))
-            elif out.chunks is not None:
-                out.chunks = _read_stream_usage(out.chunks, out)
-        return out
+        # raw paths carry their API version, so they join the root; a client's ?key= (its gateway key)
+        # must not travel to Google: ours goes in the header
+        return await self.relay_raw(replace(call, path=_without_key(call.path)), root=self.root_url)
+
+    def raw_usage(self, payload: bytes) -> Usage:
+        return _usage_of_body(payload)
 
     # ---- errors ---------------------------------------------------------------
 
@@ -183,22 +179,6 @@ class GeminiProvider(HttpProvider):
             if wait is not None:
                 err.retry_after_s = wait
         return err
-
-
-class _AtRoot:
-    """The provider as ``relay_raw`` sees it: based at the API root, credentials and timeout its own."""
-
-    def __init__(self, provider: GeminiProvider):
-        self._provider = provider
-        self.ctx = provider.ctx
-        self.config = provider.config
-
-    @property
-    def base_url(self) -> str:
-        return self._provider.root_url
-
-    async def headers(self, stream: bool) -> dict[str, str]:
-        return await self._provider.headers(stream)
 
 
 def _model_path(model: str) -> str:
@@ -634,24 +614,3 @@ async def stream_events(reply: HttpReply, model: str,
             yield Finish(reason)  # type: ignore[arg-type]
     if not finished:
         raise UpstreamError(502, "upstream closed the stream before it finished", kind=FailureKind.PROTOCOL)
-
-
-# ---- raw relay -----------------------------------------------------------------------
-
-async def _read_stream_usage(chunks: AsyncIterator[bytes], out: RawReply) -> AsyncIterator[bytes]:
-    """A relayed SSE stream as it came; each ``usageMetadata`` (cumulative) read on the way."""
-    pending = b""
-    try:
-        async for data in chunks:
-            yield data
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if line.startswith(b"data:") and b'"usageMetadata"' in line:
-                    out.usage.merge(_usage_of_body(line[5:].strip()))
-            if len(pending) > 2**23:  # a line longer than any answer: stop looking into it
-                pending = b""
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()

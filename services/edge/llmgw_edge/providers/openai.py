@@ -72,7 +72,7 @@ class OpenAIProvider(HttpProvider):
 
     async def relay(self, call: RawCall, model: str | None) -> RawReply:
         if call.format == "raw":
-            return await relay_raw(self, call)
+            return await self.relay_raw(call)
         if call.format not in self.passthrough:
             raise unsupported(f"provider {self.id} cannot take {call.format} requests as they are")
         body = dict(call.body or {})
@@ -92,6 +92,9 @@ class OpenAIProvider(HttpProvider):
         relay = relay_chat_stream if call.format == "openai_chat" else relay_responses_stream
         out.chunks = relay(reply, out, call.include_usage)
         return out
+
+    def raw_usage(self, payload: bytes) -> Usage:
+        return usage_of_body(payload)
 
     def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         err = super().classify(status, body, headers)
@@ -343,51 +346,5 @@ async def relay_responses_stream(reply: HttpReply, out: RawReply, _wants_usage: 
                 out.finished = True
             head = f"event: {event}\n".encode() if event else b""
             yield head + b"data: " + data.encode() + b"\n\n"
-    finally:
-        reply.close()
-
-
-async def relay_raw(provider: HttpProvider, call: RawCall) -> RawReply:
-    """``/{provider}/v1/...``: any path, the provider's own key; usage read when the answer has one."""
-    base = provider.base_url
-    if base.endswith("/v1") and call.path.startswith("/v1"):
-        base = base[:-3]  # the configured base already ends in /v1
-    reply = await provider.ctx.transport.request(
-        call.method, base + call.path, call.raw if call.method not in ("GET", "HEAD") else None,
-        {**(await provider.headers(call.stream)),
-         **({"content-type": call.headers["content-type"]} if "content-type" in call.headers else {})},
-        provider.timeouts)
-    media = reply.headers.get("content-type", "application/json")
-    headers = {k.lower(): v for k, v in reply.headers.items()
-               if k.lower().startswith(("x-ratelimit-", "anthropic-ratelimit-", "retry-after", "x-request-id"))}
-    if "text/event-stream" not in media:
-        content = await reply.read()
-        usage = usage_of_body(content) if reply.status < 400 else Usage()
-        return RawReply(status=reply.status, headers=headers, media_type=media, body=content, usage=usage)
-    out = RawReply(status=reply.status, headers=headers, media_type=media)
-    out.chunks = _relay_bytes(reply, out)
-    return out
-
-
-async def _relay_bytes(reply: HttpReply, out: RawReply) -> AsyncIterator[bytes]:
-    tail = b""
-    try:
-        async for data in reply.chunks():
-            out.pieces += 1
-            tail = (tail + data)[-4096:]
-            yield data
-        out.finished = True
-        # the last usage a stream reported (OpenAI's final chunk, Anthropic's message_delta)
-        for line in reversed(tail.split(b"\n")):
-            if b'"usage"' in line and line.startswith(b"data:"):
-                try:
-                    obj = json.loads(line[5:])
-                except ValueError:
-                    continue
-                if isinstance(obj, dict):
-                    found = usage_from(obj.get("usage"))
-                    if found is not None:
-                        out.usage.merge(found)
-                break
     finally:
         reply.close()
