@@ -258,7 +258,8 @@ providers:
                 served.append(d.candidates[0].provider)
                 clock["now"] += 1000
             skipped = [s.reason for s in d.skipped]
-            clock["now"] = start + 66_000  # the minute window (5 s buckets) has let go of the first requests
+            # a request counts for 60 s and at most one 5-s bucket more: the first one (at start) is gone
+            clock["now"] = start + 65_000
             d = await router.decide(RouteRequest(request_id="b", model="m"))
             return served, skipped, d.candidates[0].provider
         finally:

@@ -1,13 +1,23 @@
 """The Redis sliding-window layout: the live store the usage service writes and the router reads.
 
-Each window is a ring of fixed buckets; a window's total is the sum of the
-buckets that overlap ``(now - window, now]``. Precision: a request leaves a
-window between 0 and one bucket later than exactly ``window`` seconds after it
-happened (5 s for the minute window, 1 min for the hour, 15 min for the day).
+Each window of ``seconds`` is kept in fixed buckets of ``bucket_s``; a request
+goes into the bucket of its second (``at_s - at_s % bucket_s``). At time
+``now`` a window sums the buckets that overlap ``[now - seconds, now]``: the
+current bucket and the ``seconds // bucket_s`` before it (13 keys for the
+minute, 61 for the hour, 97 for the day). The window's oldest bucket is read in
+full, so a request counts for at least ``seconds`` (it still counts at
+``t + seconds - 1 ms``) and at most one bucket longer (it is gone by
+``t + seconds + bucket_s``): 60..65 s for the minute, 1 h..1 h 1 min for the
+hour, 1 d..1 d 15 min for the day. Summing one bucket fewer would let a
+request go up to one bucket *early*, and a limit of N per minute would then
+admit up to 2N within some 60 s. (With one bucket per request, fewer keys
+cannot cover every ``[t, t + seconds)``: a request in the last second of its
+bucket must still count while ``now`` is in the bucket ``seconds`` later.)
 
 Key per bucket: ``llmgw:w:{scope}:{bucket_s}:{bucket_start}``, a hash with
 integer fields ``req``, ``tin``, ``tout`` and ``cost`` (nano-USD, so sums stay
-exact). It expires once it can no longer fall inside its window.
+exact). It expires at ``bucket_start + seconds + bucket_s``: exactly when the
+last window that sums it has moved past it.
 """
 
 from __future__ import annotations
@@ -31,7 +41,24 @@ class Window:
 
     @property
     def buckets(self) -> int:
+        """Buckets per window length (12, 60, 96); a window sums one more (``keys_read``)."""
         return self.seconds // self.bucket_s
+
+    @property
+    def keys_read(self) -> int:
+        return self.buckets + 1
+
+    def bucket_start(self, ts_s: int) -> int:
+        return ts_s - ts_s % self.bucket_s
+
+    def read_range(self, now_s: int) -> tuple[int, int]:
+        """(first, last) bucket start a window sums at ``now_s``, both included (step ``bucket_s``)."""
+        last = self.bucket_start(now_s)
+        return last - self.seconds, last
+
+    def expire_at(self, start: int) -> int:
+        """The first second no window reads the bucket starting at ``start`` any more."""
+        return start + self.seconds + self.bucket_s
 
 
 WINDOWS: tuple[Window, ...] = (
@@ -68,10 +95,20 @@ def nano_to_usd(nano: int) -> Decimal:
     return Decimal(nano) / NANO
 
 
+# The window arithmetic in Lua, shared by every script that reads the windows
+# (this reader and the router's admission): the first and last bucket start a
+# window of ``seconds`` sums at ``now`` (integer seconds), as ``Window.read_range``.
+LUA_WINDOW_RANGE = """
+local function window_range(now, seconds, bucket)
+  local last = now - (now % bucket)
+  return last - seconds, last
+end
+"""
+
 # Sum every window of every scope in one round trip.
 # KEYS: none. ARGV: now_s, n_scopes, scope..., then per window: seconds, bucket_s.
 # Returns per scope, per window: {req, tin, tout, cost} as a flat list.
-READ_WINDOWS_LUA = """
+READ_WINDOWS_LUA = LUA_WINDOW_RANGE + """
 local now = tonumber(ARGV[1])
 local n_scopes = tonumber(ARGV[2])
 local windows = {}
@@ -85,8 +122,7 @@ for s = 1, n_scopes do
   local scope = ARGV[2 + s]
   for _, w in ipairs(windows) do
     local seconds, bucket = w[1], w[2]
-    local last = now - (now % bucket)
-    local first = last - seconds + bucket
+    local first, last = window_range(now, seconds, bucket)
     local req, tin, tout, cost = 0, 0, 0, 0
     for b = first, last, bucket do
       local v = redis.call('HMGET', 'llmgw:w:' .. scope .. ':' .. bucket .. ':' .. b, 'req', 'tin', 'tout', 'cost')

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from llmgw_common.config import BreakerConfig, Limits
 from llmgw_common.messages import AttemptOutcome, Reservation
-from llmgw_common.windows import SCOPES_KEY, WINDOWS, model_scope, provider_scope, usd_to_nano
+from llmgw_common.windows import LUA_WINDOW_RANGE, SCOPES_KEY, WINDOWS, model_scope, provider_scope, usd_to_nano
 
 from .policy import PlannedCandidate, ProviderStats
 
@@ -35,7 +35,7 @@ _WINDOW_ARGS: list[object] = [len(WINDOWS)]
 for _w in WINDOWS:
     _WINDOW_ARGS += [_w.name, _w.seconds, _w.bucket_s]
 
-_LUA_WINDOWS = """
+_LUA_WINDOWS = LUA_WINDOW_RANGE + """
 local function read_windows(i)
   local nw = tonumber(ARGV[i])
   local wins = {}
@@ -55,11 +55,13 @@ local nw = #wins
 local n = tonumber(ARGV[i]); i = i + 1
 local out = {0}
 
+-- every bucket overlapping [now - seconds, now]: a request counts for at least
+-- the window's length (see llmgw_common.windows)
 local function window_sum(scope, w)
   local bucket, seconds = wins[w][3], wins[w][2]
-  local last = now - (now % bucket)
+  local first, last = window_range(now, seconds, bucket)
   local req, tok, cost = 0, 0, 0
-  for b = last - seconds + bucket, last, bucket do
+  for b = first, last, bucket do
     local v = redis.call('HMGET', 'llmgw:w:' .. scope .. ':' .. bucket .. ':' .. b, 'req', 'tin', 'tout', 'cost')
     req = req + (tonumber(v[1]) or 0)
     tok = tok + (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0)
@@ -128,7 +130,7 @@ for c = 1, n do
     for s = 1, 2 do
       for w = 1, nw do
         local seconds, bucket = wins[w][2], wins[w][3]
-        local start = now - (now % bucket)
+        local start = now - (now % bucket)  -- the bucket of the reservation's at_s (= now)
         local key = 'llmgw:w:' .. scopes[s] .. ':' .. bucket .. ':' .. start
         redis.call('HINCRBY', key, 'req', 1)
         redis.call('HINCRBY', key, 'tin', est_in)
@@ -181,7 +183,7 @@ if has_res then
     for w = 1, #wins do
       local seconds, bucket = wins[w][2], wins[w][3]
       local start = at - (at % bucket)
-      if start + seconds + bucket > now then
+      if start + seconds + bucket > now then  -- a window still sums it (else it has expired)
         local key = 'llmgw:w:' .. scopes[s] .. ':' .. bucket .. ':' .. start
         redis.call('HINCRBY', key, 'req', -1)
         -- "0 - x", not "-x": Lua's -0 becomes the string "-0", which HINCRBY rejects

@@ -1,6 +1,12 @@
 """Redis adapter: applies usage events to the sliding windows with one
 EVALSHA per chunk of events (script registered once; redis-py falls back to
-EVAL + caching when the server lost its script cache, e.g. after a restart)."""
+EVAL + caching when the server lost its script cache, e.g. after a restart).
+
+Where amounts go is the contract of ``llmgw_common.windows``: the bucket of the
+event's second, or of its reservation's ``at_s`` (so a reconciliation lands
+where admission reserved), in every window whose readers still sum that bucket
+(``Window.expire_at`` later than now), with that expiry; ``domain.live_buckets``
+computes it and tests/test_windows.py holds the two to the same arithmetic."""
 
 from __future__ import annotations
 
