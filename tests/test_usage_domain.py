@@ -302,7 +302,7 @@ def test_history_plan_binds_values_and_ranks_top_groups():
     assert "(model) IN (SELECT model FROM usage_minute" in sql and "ORDER BY sum(cost_usd) DESC" in sql
     assert "LIMIT 3)" in sql and "LIMIT 5" in sql
     assert "toString(model) AS g_model" in sql and "g_provider" not in sql
-    assert plan.top_sql.endswith("LIMIT 3") and "GROUP BY model" in plan.top_sql
+    assert plan.top_sql.endswith("LIMIT 3 OFFSET 0") and "GROUP BY model" in plan.top_sql
     with pytest.raises(queries.QueryError):
         queries.history_plan(UsageHistoryQuery(since=T0, until=T0))
 
@@ -505,3 +505,176 @@ def test_reserved_event_adds_only_the_difference_to_the_reservation_buckets():
     assert all(u.key.endswith(f":{at - at % 5}") for u in live if ":5:" in u.key)
     rebuilt = domain.window_updates(ev, now_s=T0_S, rebuild=True)
     assert {(u.requests, u.tokens_in, u.tokens_out, u.cost_nano) for u in rebuilt} == {(1, 120, 30, 123_456)}
+
+
+# ---- refused or normalized (the table in domain's module doc) ------------------------------
+
+def _with(**change) -> bytes:
+    return json.dumps({**json.loads(_event().encode()), **change}).encode()
+
+
+@pytest.mark.parametrize("change, code", [
+    ({"status": 10**30}, "out_of_range"),
+    ({"status": 1000}, "out_of_range"),
+    ({"status": -1}, "out_of_range"),
+    ({"tokens_in": -5}, "out_of_range"),
+    ({"tokens_out": 10**9 + 1}, "out_of_range"),
+    ({"tokens_reasoning": 2**64}, "out_of_range"),
+    ({"cost_usd": "-0.01"}, "out_of_range"),
+    ({"cost_usd": "1000000.000000001"}, "out_of_range"),
+    ({"cost_usd": "NaN"}, "out_of_range"),
+    ({"latency_ms": -1.0}, "out_of_range"),
+    ({"latency_ms": 1e12}, "out_of_range"),
+    ({"ttft_ms": -0.5}, "out_of_range"),
+    ({"schema_version": 70000}, "out_of_range"),
+    ({"model": "m" * 257}, "too_long"),
+    ({"id": "i" * 257}, "too_long"),
+    ({"key_id": "k" * 300}, "too_long"),
+    ({"id": ""}, "no_key"),
+    ({"attempts": [{"provider": "p", "upstream_model": "u", "status": 200, "latency_ms": 1}] * 65}, "too_long"),
+    ({"attempts": [{"provider": "p", "upstream_model": "u", "status": 99999, "latency_ms": 1}]}, "out_of_range"),
+    ({"attempts": [{"provider": "p" * 300, "upstream_model": "u", "status": 200, "latency_ms": 1}]}, "too_long"),
+    ({"reservation": {"provider": "p", "model": "m", "at_s": 5, "tokens_in": -1, "tokens_out": 0,
+                      "cost_nano": 0}}, "out_of_range"),
+    ({"ts": "0001-01-01T00:00:00Z"}, "timestamp"),
+])
+def test_refused_events_say_why(change, code):
+    """Whichever decoder takes the message (strict msgspec or pydantic), the same refusal."""
+    data = _with(**change)
+    try:
+        ev = domain.decode_ingest(data)
+    except ValueError:
+        ev = UsageEvent.decode(data)
+    refusal = domain.refusal(ev)
+    assert refusal is not None and refusal.code == code, (change, refusal)
+    assert len(refusal.detail) < 300
+    try:  # the consumer's path (decode_row, then refusal) refuses it the same way
+        row = decode_row(data)
+    except ValueError:
+        return
+    assert domain.refusal(row.event, row.ts_s).code == code
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"status": 0}, {"status": 999}, {"tokens_in": 10**9}, {"cost_usd": "1000000"}, {"model": "m" * 256},
+    {"latency_ms": 0.0}, {"ttft_ms": None}, {"error": "e" * 100_000}, {"route_reason": "r" * 5000},
+    {"attempts": [{"provider": "p", "upstream_model": "u", "status": 503, "latency_ms": 1, "error": "x" * 5000}] * 64},
+])
+def test_accepted_events_pass(change):
+    assert domain.refusal(UsageEvent.decode(_with(**change))) is None
+
+
+def test_long_texts_are_cut_not_refused():
+    data = _with(error="é" * 5000, route_reason="r" * 4097,
+                 attempts=[{"provider": "p", "upstream_model": "u", "status": 503, "latency_ms": 1, "error": "x" * 2000}])
+    ev = domain.decode_ingest(data)
+    assert domain.raw_line(ev, data) is None  # cut first: not stored as sent
+    row = decode_row(data)
+    line = json.loads(row.line)
+    assert len(line["error"]) == domain.MAX_ERROR_CHARS and line["error"].endswith(domain.CUT_MARK)
+    assert len(line["route_reason"]) == domain.MAX_ERROR_CHARS
+    assert len(line["attempts"][0]["error"]) == domain.MAX_ATTEMPT_ERROR_CHARS
+    short = _event(error="short", route_reason="fine").encode()
+    assert domain.raw_line(domain.decode_ingest(short), short) == short
+
+
+def test_size_refusal():
+    assert domain.size_refusal(domain.MAX_EVENT_BYTES) is None
+    refused = domain.size_refusal(900 * 1024)
+    assert refused.code == "too_large" and "921600 bytes" in refused.detail
+
+
+def test_replay_decode_refuses_what_the_consumer_refuses():
+    from llmgw_usage.replay import decode
+
+    assert decode(_with(status=10**30))[0] is None
+    assert decode(b'{"x": "' + b"a" * (domain.MAX_EVENT_BYTES + 1) + b'"}')[1].startswith("message of")
+    assert decode(_with(error="e" * 10_000))[0] is not None  # normalized later, not refused
+
+
+def test_dead_letter_keeps_the_original_or_an_excerpt():
+    from llmgw_usage import deadletter
+
+    class Meta:
+        class sequence:
+            stream = 42
+
+    class Msg:
+        subject = "llmgw.usage.event.p"
+        metadata = Meta
+
+        def __init__(self, data):
+            self.data = data
+
+    subject, body, headers = deadletter.dead_letter(Msg(b"{bad"), domain.Refusal("invalid", "not JSON\r\nat all"))
+    assert subject == "llmgw.usage.dead.invalid" and body == b"{bad"
+    assert headers["Llmgw-Stream-Seq"] == "42" and headers["Llmgw-Size"] == "4"
+    assert headers["Llmgw-Detail"] == "not JSON??at all" and headers["Nats-Msg-Id"].startswith("42:")
+    big = b"x" * (900 * 1024)
+    _, body, headers = deadletter.dead_letter(Msg(big), domain.size_refusal(len(big)))
+    assert len(body) == deadletter.EXCERPT_BYTES and headers["Llmgw-Size"] == str(len(big))
+
+
+# ---- replies cut to one NATS message ----------------------------------------------------------
+
+def _log_row(i: int, **kw):
+    from llmgw_common.messages import RequestLogRow
+
+    base = dict(id=f"id{i:04d}", ts=T0 - timedelta(seconds=i), request_id="r", endpoint="chat", key_id="",
+                provider="p", model="m", upstream_model="u", stream=False, status=200, latency_ms=1.0,
+                route_reason="", retries=0, tokens_in=1, tokens_out=1, tokens_cached=0, cost_usd=Decimal(0))
+    base.update(kw)
+    return RequestLogRow(**base)
+
+
+def test_reply_budget_leaves_headroom():
+    assert queries.reply_budget(None) == queries.reply_budget(1024 * 1024) == 1024 * 1024 - 16 * 1024
+    assert queries.reply_budget(64 * 1024) == 64 * 1024 - 8 * 1024
+    assert queries.reply_budget(10) == 1024
+
+
+def test_page_requests_cuts_by_bytes_and_points_after_the_last_row_kept():
+    rows = [_log_row(i, route_reason="r" * 4000) for i in range(10)]
+    size = queries.json_size(rows[0])
+    kept, cursor = queries.page_requests(rows, "next-of-the-store", size * 3 + 10)
+    assert len(kept) == 3 and queries.decode_cursor(cursor) == (int(rows[2].ts.timestamp() * 1000), rows[2].id)
+    assert queries.page_requests(rows, "next-of-the-store", size * 10 + 10) == (rows, "next-of-the-store")
+    # a row that does not fit alone still goes, shortened (and says so)
+    huge = _log_row(0, error="e" * 5000, request_body="b" * 20000,
+                    attempts=[Attempt(provider="p", upstream_model="u", status=500, latency_ms=1, error="x" * 900)] * 20)
+    kept, cursor = queries.page_requests([huge, rows[1]], None, 4096)
+    assert len(kept) == 1 and kept[0].truncated and kept[0].request_body is None and len(kept[0].attempts) == 8
+    assert queries.json_size(kept[0]) < 4096 and cursor is not None
+
+
+def test_history_cursor_round_trip_and_garbage():
+    c = queries.HistoryCursor(None, [1700000000, "p", "m"], 12)
+    assert queries.decode_history_cursor(queries.encode_history_cursor(c), ["provider", "model"]) == c
+    assert queries.decode_history_cursor(None, []) == queries.HistoryCursor()
+    for bad in ("%%%", queries.encode_history_cursor(c)[:-3], queries.encode_history_cursor(c)):
+        with pytest.raises(queries.QueryError):
+            queries.decode_history_cursor(bad, ["provider"])  # the last: another group_by
+
+
+def test_history_pages_totals_first_then_rows_after_a_key():
+    from llmgw_common.messages import HistoryRow
+
+    def hrow(i: int) -> HistoryRow:
+        return HistoryRow(bucket=T0.replace(microsecond=0) + timedelta(minutes=i), provider="p", model=f"m{i}",
+                          requests=i, errors=0, tokens_in=0, tokens_out=0, cost_usd=Decimal(0))
+
+    plan = queries.history_plan(UsageHistoryQuery(limit=50))
+    rows, totals = [hrow(i) for i in range(20)], [hrow(i) for i in range(5)]
+    size = queries.json_size(rows[0])
+    r, t, cursor = queries.page_history(rows, totals, plan, size * 3)
+    assert (r, t) == ([], totals[:3]) and queries.decode_history_cursor(cursor, plan.dims).totals_offset == 3
+    r, t, cursor = queries.page_history(rows, totals, plan, size * 8)
+    assert t == totals and r == rows[:3]
+    nxt = queries.decode_history_cursor(cursor, plan.dims)
+    assert nxt == queries.HistoryCursor(None, [int(rows[2].bucket.timestamp()), "p", "m2"], 3)
+    plan2 = queries.history_plan(UsageHistoryQuery(limit=50, cursor=cursor))
+    sql, params = plan2.rows_sql()
+    assert "> ({c_bucket:Int64}, {c_provider:String}, {c_model:String})" in sql and "LIMIT 47" in sql
+    assert (params["c_bucket"], params["c_model"]) == (int(rows[2].bucket.timestamp()), "m2")
+    assert not plan2.totals_wanted
+    assert queries.page_history(rows, [], plan2, size * 100) == (rows, [], None)

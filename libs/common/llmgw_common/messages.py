@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -226,8 +226,14 @@ class UsageEvent(Message):
     response_body: str | None = None
 
 
+# Query and reply sizes: a filter value is at most as long as what an event may hold (256 characters, see
+# llmgw_usage.domain); replies whose size depends on the data are cut to the NATS max payload and carry a
+# ``next_cursor`` (None: nothing more), passed back as ``cursor`` for the rest.
+FILTER_MAX_CHARS = 256
+
+
 class UsageCurrentQuery(Message):
-    pass
+    cursor: str | None = Field(default=None, max_length=1024)  # next_cursor of the previous page
 
 
 class WindowTotals(BaseModel):
@@ -247,21 +253,23 @@ class ScopeUsage(BaseModel):
 class UsageCurrent(Message):
     at: datetime = Field(default_factory=utcnow)
     scopes: list[ScopeUsage] = Field(default_factory=list)
+    next_cursor: str | None = None  # None: every scope is in this reply
 
 
 class UsageHistoryQuery(Message):
     since: datetime | None = None
     until: datetime | None = None
     bucket_s: int = Field(default=60, ge=60, le=86400)
-    provider: str | None = None
-    model: str | None = None
-    limit: int = Field(default=10_000, gt=0, le=100_000)
-    key_id: str | None = None
+    provider: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
+    model: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
+    limit: int = Field(default=10_000, gt=0, le=100_000)  # rows at most, over all pages
+    key_id: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
     status_class: Literal["ok", "error"] | None = None  # ok: status < 400; error: status >= 400
     # the dimensions of a row (besides its bucket); a dimension left out is "" in the rows
     group_by: list[Literal["provider", "model", "key_id"]] = Field(default_factory=lambda: ["provider", "model"])
     top: int | None = Field(default=None, gt=0, le=1000)  # only the N groups with the most `order_by` in the range
     order_by: Literal["requests", "errors", "tokens", "cost"] = "requests"
+    cursor: str | None = Field(default=None, max_length=4096)  # next_cursor of the previous page
 
 
 class HistoryRow(BaseModel):
@@ -286,6 +294,9 @@ class UsageHistory(Message):
     # one row per group over the whole range (bucket = its first bucket), largest first when `top` was asked
     totals: list[HistoryRow] = Field(default_factory=list)
     source: str = ""  # "usage_minute" (the rollup) or "usage_events" (raw, when the query needs it)
+    # the answer did not fit one reply: ask again with cursor=next_cursor for the rest (totals first, then
+    # rows, each page going on where the last one stopped); None: this page ends the answer
+    next_cursor: str | None = None
 
 
 class UsageRequestsQuery(Message):
@@ -293,10 +304,10 @@ class UsageRequestsQuery(Message):
 
     since: datetime | None = None
     until: datetime | None = None
-    provider: str | None = None
-    model: str | None = None
-    key_id: str | None = None
-    request_id: str | None = None
+    provider: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
+    model: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
+    key_id: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
+    request_id: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
     status: int | None = Field(default=None, ge=0, le=999)
     status_class: Literal["ok", "error"] | None = None
     limit: int = Field(default=100, gt=0, le=1000)
@@ -329,9 +340,14 @@ class RequestLogRow(BaseModel):
     attempts: list[Attempt] = Field(default_factory=list)
     request_body: str | None = None  # only with include_bodies, and only when captured
     response_body: str | None = None
+    # cut to fit a reply on its own (a NATS max payload far below the default): bodies dropped, long texts
+    # and the attempts list shortened
+    truncated: bool = False
 
 
 class UsageRequests(Message):
+    """A page holds at most ``limit`` rows, fewer when more would not fit one reply (NATS max payload)."""
+
     rows: list[RequestLogRow] = Field(default_factory=list)
     next_cursor: str | None = None  # None: this was the last page
 
@@ -355,9 +371,12 @@ class UsageSimulate(Message):
     """Dev only (usage service with LLMGW_DEV_SIMULATE=1): publish synthetic usage events to the stream."""
 
     count: int = Field(default=100, gt=0, le=10_000)
-    providers: list[str] = Field(default_factory=lambda: ["sim-free", "sim-paid"], min_length=1, max_length=50)
-    models: list[str] = Field(default_factory=lambda: ["sim-small", "sim-large"], min_length=1, max_length=50)
-    key_ids: list[str] = Field(default_factory=lambda: ["sim-key"], min_length=1, max_length=50)
+    providers: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: ["sim-free", "sim-paid"], min_length=1, max_length=50)
+    models: list[Annotated[str, Field(min_length=1, max_length=FILTER_MAX_CHARS)]] = Field(
+        default_factory=lambda: ["sim-small", "sim-large"], min_length=1, max_length=50)
+    key_ids: list[Annotated[str, Field(min_length=1, max_length=FILTER_MAX_CHARS)]] = Field(
+        default_factory=lambda: ["sim-key"], min_length=1, max_length=50)
     spread_s: int = Field(default=60, ge=0, le=7 * 86400)  # timestamps spread over the last spread_s seconds
     error_rate: float = Field(default=0.05, ge=0, le=1)
     seed: int | None = None
@@ -366,3 +385,31 @@ class UsageSimulate(Message):
 class UsageSimulated(Message):
     published: int = 0
     ids: list[str] = Field(default_factory=list)
+
+
+class UsageDeadLettersQuery(Message):
+    """The dead letters (stream messages the usage consumer refused), newest first."""
+
+    cursor: int | None = Field(default=None, ge=1)  # next_cursor of the previous page (a dead-letter sequence)
+    limit: int = Field(default=50, gt=0, le=500)
+    reason: str | None = Field(default=None, max_length=64)  # only this reason
+    count_only: bool = False  # only total and by_reason
+
+
+class DeadLetter(BaseModel):
+    seq: int  # sequence in LLMGW_USAGE_DLQ
+    at: datetime  # when it was refused
+    reason: str  # the code: its subject's last token
+    detail: str  # what was wrong, in words
+    subject: str  # the original message's subject
+    stream_seq: int | None = None  # the original message's sequence in LLMGW_USAGE
+    size: int  # the original message's size in bytes
+    kept: int  # bytes of it the dead letter holds (all unless it was too large)
+    excerpt: str  # its first bytes as text (invalid UTF-8 replaced)
+
+
+class UsageDeadLetters(Message):
+    total: int = 0  # dead letters held (all reasons)
+    by_reason: dict[str, int] = Field(default_factory=dict)
+    rows: list[DeadLetter] = Field(default_factory=list)
+    next_cursor: int | None = None  # None: no older dead letter

@@ -38,6 +38,14 @@ USAGE_REPLAY = "llmgw.usage.replay"
 # dev only (LLMGW_DEV_SIMULATE=1): synthetic usage events
 USAGE_SIMULATE = "llmgw.usage.simulate"
 
+# dead letters: stream messages the usage consumer refused (not an event, out of range, too large), each
+# under its reason (llmgw.usage.dead.<reason>) with the original bytes; outside LLMGW_USAGE's subjects
+USAGE_DLQ_STREAM = "LLMGW_USAGE_DLQ"
+USAGE_DEAD_PREFIX = "llmgw.usage.dead"
+USAGE_DEAD_WILDCARD = USAGE_DEAD_PREFIX + ".>"
+# the dead letters, newest first (request/reply, queue group "usage")
+USAGE_QUERY_DEAD = "llmgw.usage.query.dead"
+
 # config (announcement after ui-api wrote a new config file)
 CONFIG_CHANGED = "llmgw.config.changed"
 
@@ -46,3 +54,9 @@ def usage_event_subject(provider: str) -> str:
     """Per-provider subject so consumers can filter; tokens are sanitised."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in provider) or "_"
     return f"{USAGE_EVENT_PREFIX}.{safe}"
+
+
+def usage_dead_subject(reason: str) -> str:
+    """Subject of a dead letter refused for ``reason`` (a short code: letters, digits, '_')."""
+    safe = "".join(c if c.isalnum() or c == "_" else "_" for c in reason) or "_"
+    return f"{USAGE_DEAD_PREFIX}.{safe}"

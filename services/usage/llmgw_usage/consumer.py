@@ -214,7 +214,7 @@ class UsageConsumer:
             await self._pause(1.0)
         else:
             self.batches += 1
-            self.events += result.received - result.busy
+            self.events += result.received - result.busy - result.deferred
 
     async def _loop(self) -> None:
         failures = 0

@@ -1,9 +1,32 @@
 """Pure domain logic of the usage service: no I/O, unit-tested without servers.
 
+- ``refusal``: whether a stream message is an event at all (ranges, sizes); what it refuses goes to the
+  dead letters (``deadletter.py``), and ``llmgw replay`` / ``events import`` skip it the same way.
 - ``raw_line`` / ``event_line``: an event as a ``usage_events`` JSON row (ClickHouse parses it).
 - ``window_updates`` / ``window_script_args``: what one event adds to the Redis
   sliding windows (layout in ``llmgw_common.windows``).
 - ``current_from_totals``: window totals as a ``UsageCurrent`` reply.
+
+What an event may hold. A value outside these bounds is no fact about a request (a status of 10^30, a
+negative token count, a cost of a billion dollars): the message is *refused*, i.e. dead-lettered and
+terminated, never stored or counted. A value that is only inconvenient is *normalized* and stored:
+
+| field | refused (dead letter, reason) | normalized (stored) |
+| --- | --- | --- |
+| the message | over 256 kB (``too_large``); not JSON or not a ``UsageEvent`` (``invalid``) | unknown keys dropped; pydantic's coercions (``"stream": "yes"``) |
+| id, ts | missing, empty id (``no_key``); ts before 1970 or from 2200 on (``timestamp``) | ts in another zone or naive: UTC |
+| id, request_id, endpoint, key_id, provider, model, upstream_model | over 256 characters (``too_long``) | |
+| status | outside 0..999 (``out_of_range``) | |
+| tokens_in/out/cached/cache_write/reasoning | outside 0..10^9 (``out_of_range``) | |
+| cost_usd | negative, over 10^6 USD, not finite (``out_of_range``) | rounded to nano-USD |
+| latency_ms, ttft_ms | outside 0..10^9 ms or not finite (``out_of_range``) | |
+| schema_version | outside 0..65535 (``out_of_range``) | |
+| error, route_reason | | cut to 4096 characters (ending in "…") |
+| attempts | over 64 entries (``too_long``); an attempt's provider / upstream_model over 256 characters, status outside 0..999, latency outside 0..10^9 ms, retries outside 0..1000 (``out_of_range`` / ``too_long``) | an attempt's error cut to 1024 characters |
+| reservation | provider / model over 256 characters, tokens outside 0..10^9, cost_nano outside 0..10^15, at_s outside the ts range | |
+| request_body, response_body | (only through the message size) | redacted, cut to 16 kB each |
+
+A message ClickHouse still refuses (none is known) is dead-lettered as ``rejected``.
 """
 
 from __future__ import annotations
@@ -150,6 +173,40 @@ class EventRow(msgspec.Struct, frozen=True, gc=False):
     line: bytes
 
 
+# ---- what an event may hold (the table in the module doc) ----------------------
+
+MAX_EVENT_BYTES = 256 * 1024  # a stream message larger than this is refused unread
+MAX_ID_CHARS = 256  # ids and names: id, request_id, endpoint, key_id, provider, model, upstream_model
+MAX_STATUS = 999
+MAX_TOKENS = 10**9
+MAX_COST_USD = Decimal(10**6)
+MAX_COST_NANO = 10**15  # MAX_COST_USD in nano-USD (a reservation's cost)
+MAX_MS = 1e9  # latency_ms, ttft_ms, an attempt's latency_ms: about 11.6 days
+MAX_ATTEMPTS = 64
+MAX_RETRIES = 1000  # an attempt's retries
+MAX_ERROR_CHARS = 4096  # error, route_reason: longer ones are cut
+MAX_ATTEMPT_ERROR_CHARS = 1024  # an attempt's error: longer ones are cut
+CUT_MARK = "…"
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """Why a message is no event: ``code`` names the dead-letter subject, ``detail`` says it in words."""
+
+    code: str
+    detail: str
+
+
+TOO_LARGE, INVALID, NO_KEY, TIMESTAMP, OUT_OF_RANGE, TOO_LONG, REJECTED = (
+    "too_large", "invalid", "no_key", "timestamp", "out_of_range", "too_long", "rejected")
+
+
+def size_refusal(size: int) -> Refusal | None:
+    """A message over ``MAX_EVENT_BYTES`` is refused before it is decoded."""
+    if size > MAX_EVENT_BYTES:
+        return Refusal(TOO_LARGE, f"message of {size} bytes, more than the {MAX_EVENT_BYTES} an event may have")
+    return None
+
+
 def to_utc(dt: datetime) -> datetime:
     """Aware UTC datetime; a naive one is taken to be UTC already (that is what every service sends)."""
     if dt.tzinfo is None:
@@ -198,15 +255,38 @@ def raw_line(ev: IngestEvent, data: bytes) -> bytes | None:
             and 0 <= ev.tokens_cached <= _UINT64_MAX and 0 <= ev.tokens_cache_write <= _UINT64_MAX
             and 0 <= ev.tokens_reasoning <= _UINT64_MAX and 0 <= ev.status <= STATUS_MAX
             and 0 <= ev.schema_version <= UINT16_MAX
-            and _exact_nano(ev.cost_usd) is not None):
+            and _exact_nano(ev.cost_usd) is not None and not needs_cut(ev)):
         return data
     return None
 
 
+def needs_cut(ev: IngestEvent | UsageEvent) -> bool:
+    """Whether a text of the event is longer than it is stored (``event_line`` cuts it)."""
+    if len(ev.route_reason) > MAX_ERROR_CHARS or (ev.error is not None and len(ev.error) > MAX_ERROR_CHARS):
+        return True
+    for a in ev.attempts:
+        if a.error is not None and len(a.error) > MAX_ATTEMPT_ERROR_CHARS:
+            return True
+    return False
+
+
+def cut_text(text: str | None, limit: int) -> str | None:
+    """``text`` at most ``limit`` characters long, a cut one ending in ``CUT_MARK``."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - len(CUT_MARK)] + CUT_MARK
+
+
 def event_line(ev: UsageEvent) -> bytes:
     """The event as a usage_events JSON row, normalized: UTC time, counters clamped to their column types,
-    cost rounded to nano-USD inside Decimal(18, 9)."""
+    cost rounded to nano-USD inside Decimal(18, 9), long texts cut (``needs_cut``)."""
+    cuts: dict[str, Any] = {}
+    if needs_cut(ev):
+        cuts = {"error": cut_text(ev.error, MAX_ERROR_CHARS), "route_reason": cut_text(ev.route_reason, MAX_ERROR_CHARS),
+                "attempts": [a.model_copy(update={"error": cut_text(a.error, MAX_ATTEMPT_ERROR_CHARS)})
+                             for a in ev.attempts]}
     clean = ev.model_copy(update={
+        **cuts,
         "ts": to_utc(ev.ts),
         "tokens_in": _uint(ev.tokens_in),
         "tokens_out": _uint(ev.tokens_out),
@@ -231,18 +311,96 @@ _TS_MIN_S, _TS_MAX_S = TS_MIN.timestamp(), TS_MAX.timestamp()
 _OWN_KEY = frozenset({"id", "ts"})
 
 
-def rejection_reason(ev: IngestEvent | UsageEvent, ts_s: float | None = None) -> str | None:
-    """Why a decodable event can still never be stored (it is then terminated, not retried forever).
-    ``ts_s``: its time in seconds since the epoch, when known already.
+def _ms_ok(value: float | None) -> bool:
+    return value is None or 0 <= value <= MAX_MS  # False for NaN and infinities too
+
+
+def _names_ok(*values: str | None) -> bool:
+    for v in values:
+        if v is not None and len(v) > MAX_ID_CHARS:
+            return False
+    return True
+
+
+def _attempt_ok(a: IngestAttempt | Any) -> bool:
+    return (len(a.provider) <= MAX_ID_CHARS and len(a.upstream_model) <= MAX_ID_CHARS
+            and 0 <= a.status <= MAX_STATUS and 0 <= a.latency_ms <= MAX_MS and 0 <= a.retries <= MAX_RETRIES)
+
+
+def _reservation_ok(r: IngestReservation | Any) -> bool:
+    return (len(r.provider) <= MAX_ID_CHARS and len(r.model) <= MAX_ID_CHARS and _TS_MIN_S <= r.at_s < _TS_MAX_S
+            and 0 <= r.tokens_in <= MAX_TOKENS and 0 <= r.tokens_out <= MAX_TOKENS
+            and 0 <= r.cost_nano <= MAX_COST_NANO)
+
+
+def _cost_ok(cost: Decimal) -> bool:
+    return cost.is_finite() and 0 <= cost <= MAX_COST_USD
+
+
+def _num(value: Any) -> str:
+    """A number for a message, short even when it is huge."""
+    try:
+        text = str(value)
+    except ValueError:  # an int too long to print
+        return "a huge number"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def refusal(ev: IngestEvent | UsageEvent, ts_s: float | None = None) -> Refusal | None:
+    """Why a decoded event is no event the projections may hold (see the module doc's table); None: it is
+    one. ``ts_s``: its time in seconds since the epoch, when known already.
 
     A ``UsageEvent`` decoded without an id or a time of its own is refused too: the defaults would give it a
     new one at every decode, so a redelivery, a replay or a second import would count it again."""
     if isinstance(ev, UsageEvent) and not _OWN_KEY <= ev.model_fields_set:
         missing = " and ".join(sorted(_OWN_KEY - ev.model_fields_set))
-        return f"no {missing}: an event needs its own id and time (its dedup key)"
+        return Refusal(NO_KEY, f"no {missing}: an event needs its own id and time (its dedup key)")
     if not _TS_MIN_S <= (epoch_s(ev.ts) if ts_s is None else ts_s) < _TS_MAX_S:
-        return f"timestamp {to_utc(ev.ts).isoformat()} out of range"
-    return None
+        return Refusal(TIMESTAMP, f"timestamp {to_utc(ev.ts).isoformat()} out of range")
+    # the usual case in one expression; the details only for a message that fails it
+    if (ev.id and 0 <= ev.status <= MAX_STATUS
+            and 0 <= ev.tokens_in <= MAX_TOKENS and 0 <= ev.tokens_out <= MAX_TOKENS
+            and 0 <= ev.tokens_cached <= MAX_TOKENS and 0 <= ev.tokens_cache_write <= MAX_TOKENS
+            and 0 <= ev.tokens_reasoning <= MAX_TOKENS and _cost_ok(ev.cost_usd)
+            and 0 <= ev.latency_ms <= MAX_MS and _ms_ok(ev.ttft_ms) and 0 <= ev.schema_version <= UINT16_MAX
+            and _names_ok(ev.id, ev.request_id, ev.endpoint, ev.key_id, ev.provider, ev.model, ev.upstream_model)
+            and len(ev.attempts) <= MAX_ATTEMPTS and all(_attempt_ok(a) for a in ev.attempts)
+            and (ev.reservation is None or _reservation_ok(ev.reservation))):
+        return None
+    return _refusal_detail(ev)
+
+
+def _refusal_detail(ev: IngestEvent | UsageEvent) -> Refusal:
+    if not ev.id:
+        return Refusal(NO_KEY, "empty id: an event needs its own id (its dedup key)")
+    for name in ("id", "request_id", "endpoint", "key_id", "provider", "model", "upstream_model"):
+        value = getattr(ev, name)
+        if value is not None and len(value) > MAX_ID_CHARS:
+            return Refusal(TOO_LONG, f"{name} of {len(value)} characters (at most {MAX_ID_CHARS})")
+    if len(ev.attempts) > MAX_ATTEMPTS:
+        return Refusal(TOO_LONG, f"{len(ev.attempts)} attempts (at most {MAX_ATTEMPTS})")
+    ranges = [("status", ev.status, 0, MAX_STATUS), ("schema_version", ev.schema_version, 0, UINT16_MAX)]
+    ranges += [(name, getattr(ev, name), 0, MAX_TOKENS) for name in
+               ("tokens_in", "tokens_out", "tokens_cached", "tokens_cache_write", "tokens_reasoning")]
+    ranges += [("latency_ms", ev.latency_ms, 0, MAX_MS), ("ttft_ms", ev.ttft_ms, 0, MAX_MS)]
+    for name, value, low, high in ranges:
+        if value is not None and not low <= value <= high:
+            return Refusal(OUT_OF_RANGE, f"{name} {_num(value)} outside {low}..{_num(high)}")
+    if not _cost_ok(ev.cost_usd):
+        return Refusal(OUT_OF_RANGE, f"cost_usd {_num(ev.cost_usd)} outside 0..{MAX_COST_USD}")
+    for i, a in enumerate(ev.attempts):
+        if not _attempt_ok(a):
+            if len(a.provider) > MAX_ID_CHARS or len(a.upstream_model) > MAX_ID_CHARS:
+                return Refusal(TOO_LONG, f"attempts[{i}]: provider or upstream_model over {MAX_ID_CHARS} characters")
+            return Refusal(OUT_OF_RANGE, f"attempts[{i}]: status {_num(a.status)}, latency_ms {_num(a.latency_ms)} "
+                                         f"or retries {_num(a.retries)} out of range")
+    return Refusal(OUT_OF_RANGE, "reservation out of range (names over 256 characters, tokens, cost or at_s)")
+
+
+def rejection_reason(ev: IngestEvent | UsageEvent, ts_s: float | None = None) -> str | None:
+    """``refusal`` in words (None: an event the projections may hold)."""
+    r = refusal(ev, ts_s)
+    return None if r is None else r.detail
 
 
 _Keyed = TypeVar("_Keyed", UsageEvent, EventRow)

@@ -4,7 +4,13 @@ A batch is decoded, inserted into ClickHouse, applied to the Redis windows,
 and only then acknowledged. Both projections are idempotent by
 event id (ClickHouse: ``projection.py``; Redis: a seen-marker per event in the
 same Lua script as the increments), so a failure anywhere simply leads to a
-redelivery that counts nothing twice.
+redelivery that counts nothing twice. A message that is no event
+(``domain.refusal``) goes to the dead letters (``deadletter.py``) and is
+terminated: it never blocks the stream and never comes back.
+
+Query replies whose size depends on the data (request log, history, current
+windows, dead letters) are cut to the NATS max payload and carry a
+``next_cursor`` for the rest (``queries.page_requests`` / ``page_history``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from pydantic import ValidationError
 
 from llmgw_common import subjects
 from llmgw_common.messages import (
+    UsageCurrent,
     UsageCurrentQuery,
+    UsageDeadLettersQuery,
     UsageEvent,
     UsageHistory,
     UsageHistoryQuery,
@@ -33,7 +41,8 @@ from llmgw_common.messages import (
 )
 from llmgw_common.windows import SCOPES_KEY
 
-from . import domain, simulate
+from . import deadletter, domain, queries, simulate
+from .domain import Refusal
 from .projection import ProjectionResult
 from .queries import QueryError
 from .store import InsertRejected
@@ -46,6 +55,11 @@ LOG_PREFIX_BYTES = 32
 RETRY_DELAY_S = 2.0
 # redelivery delay of an event another replica is inserting into ClickHouse right now
 BUSY_RETRY_S = 1.0
+# a refused message whose dead letter could not be stored comes back this often before it is terminated
+# anyway (logged in full): the dead-letter stream being away must not hold a message forever
+DEAD_LETTER_DELIVERIES = 5
+# scopes read from Redis at a time for a reply of the current windows
+CURRENT_CHUNK = 500
 
 
 class StreamMsg(Protocol):
@@ -66,7 +80,9 @@ class BatchResult:
     already: int = 0  # distinct events ClickHouse held before (redelivered / replayed)
     busy: int = 0  # distinct events another writer was inserting: left for redelivery
     applied: int = 0  # events new to the Redis windows (not seen before)
-    terminated: int = 0  # undecodable, never redelivered
+    terminated: int = 0  # refused (no event): never redelivered
+    dead_lettered: int = 0  # of those, stored in the dead-letter stream
+    deferred: int = 0  # refused, but their dead letter could not be stored yet: redelivered
     failed: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -97,8 +113,17 @@ def decode_row(data: bytes) -> domain.EventRow:
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ValidationError) and exc.errors():
-        return exc.errors()[0]["msg"]
-    return type(exc).__name__
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        return f"{loc}: {err['msg']}" if loc else err["msg"]
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _deliveries(msg: StreamMsg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - no JetStream metadata
+        return 1
 
 
 class BatchProcessor:
@@ -109,15 +134,35 @@ class BatchProcessor:
     ClickHouse is down (the redelivery then counts nothing twice in Redis).
     """
 
-    def __init__(self, projection, writer, clock: Callable[[], float] = time.time):
+    def __init__(self, projection, writer, clock: Callable[[], float] = time.time, dead_letters=None):
         self._projection = projection
         self._writer = writer
         self._clock = clock
+        self._dead = dead_letters  # a deadletter.DeadLetters; None: refused messages are only logged
 
-    async def _terminate(self, msg: StreamMsg, reason: str, result: BatchResult) -> None:
-        log.warning("unusable usage message terminated (%s): %s; body starts %r",
-                    _describe(msg), reason, bytes(msg.data or b"")[:LOG_PREFIX_BYTES])
+    async def _terminate(self, msg: StreamMsg, refusal: Refusal, result: BatchResult) -> None:
+        """Dead-letter a refused message, then terminate it. When the dead letter cannot be stored, the
+        message comes back later (nak), and after ``DEAD_LETTER_DELIVERIES`` it is terminated anyway."""
+        stored = False
+        if self._dead is not None:
+            try:
+                await self._dead.put(msg, refusal)
+                stored = True
+            except Exception as exc:  # noqa: BLE001 - NATS away, the stream missing: try again later
+                if _deliveries(msg) < DEAD_LETTER_DELIVERIES:
+                    log.warning("dead letter of a refused usage message not stored (%s: %s); it comes back in "
+                                "%.0fs (%s)", type(exc).__name__, exc, RETRY_DELAY_S, _describe(msg))
+                    result.deferred += 1
+                    await _quietly(msg.nak, delay=RETRY_DELAY_S)
+                    return
+                log.error("dead letter of a refused usage message not stored after %d deliveries (%s: %s); "
+                          "terminating it anyway (%s, %s: %s)", _deliveries(msg), type(exc).__name__, exc,
+                          _describe(msg), refusal.code, refusal.detail)
+        log.warning("usage message refused and terminated (%s): %s: %s; %s; body starts %r", _describe(msg),
+                    refusal.code, refusal.detail, "dead-lettered" if stored else "not dead-lettered",
+                    bytes(msg.data or b"")[:LOG_PREFIX_BYTES])
         result.terminated += 1
+        result.dead_lettered += stored
         await _quietly(msg.term)
 
     async def _decode(self, msgs: Sequence[StreamMsg], result: BatchResult,
@@ -125,16 +170,18 @@ class BatchProcessor:
         good: list[StreamMsg] = []
         rows: list[domain.EventRow] = []
         for msg in msgs:
-            try:
-                row = decode(msg.data)
-                reason = domain.rejection_reason(row.event, row.ts_s)
-            except (ValidationError, ValueError, TypeError) as exc:
-                reason = _reason(exc)
-            if reason is None:
+            refusal = domain.size_refusal(len(msg.data or b""))
+            if refusal is None:
+                try:
+                    row = decode(msg.data)
+                    refusal = domain.refusal(row.event, row.ts_s)
+                except (ValidationError, ValueError, TypeError) as exc:
+                    refusal = Refusal(domain.INVALID, f"not a usage event: {_reason(exc)}")
+            if refusal is None:
                 good.append(msg)
                 rows.append(row)
             else:
-                await self._terminate(msg, reason, result)
+                await self._terminate(msg, refusal, result)
         return good, rows
 
     async def _project(self, good: list[StreamMsg], rows: list[domain.EventRow], result: BatchResult):
@@ -159,7 +206,8 @@ class BatchProcessor:
             return await self._projection.project(domain.dedupe(rows)), good, rows
         except InsertRejected as exc:
             if len(rows) == 1:
-                await self._terminate(good[0], f"ClickHouse refuses it: {str(exc)[:200]}", result)
+                await self._terminate(good[0], Refusal(domain.REJECTED, f"ClickHouse refuses it: {str(exc)[:200]}"),
+                                      result)
                 return ProjectionResult(), [], []
         mid = len(rows) // 2
         first, good_a, rows_a = await self._isolate(good[:mid], rows[:mid], result)
@@ -224,7 +272,7 @@ class QueryHandlers:
     error texts are short and never carry a traceback."""
 
     def __init__(self, store, redis, reader, projection=None, js=None, simulate_enabled: bool = False,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, max_payload: Callable[[], int | None] | None = None):
         self._store = store
         self._redis = redis
         self._reader = reader
@@ -232,18 +280,37 @@ class QueryHandlers:
         self._js = js
         self._simulate_enabled = simulate_enabled
         self._clock = clock
+        self._max_payload = max_payload or (lambda: None)
+
+    def budget(self) -> int:
+        """Bytes the rows of one reply may take (the NATS max payload this connection was told, less room)."""
+        return queries.reply_budget(self._max_payload())
 
     async def current(self, req) -> None:
         try:
-            UsageCurrentQuery.decode(req.data or b"{}")
+            q = UsageCurrentQuery.decode(req.data or b"{}")
         except (ValidationError, ValueError) as exc:
             await req.respond_error("400", _bad_request(exc))
             return
         try:
             now = self._clock()
             scopes = sorted(await self._redis.smembers(SCOPES_KEY))
-            totals = await self._reader.read(scopes, int(now))
-            reply = domain.current_from_totals(totals, at=utcnow())
+            if q.cursor is not None:
+                scopes = [s for s in scopes if s > q.cursor]
+            reply = UsageCurrent(at=utcnow())
+            budget = self.budget()
+            for start in range(0, len(scopes), CURRENT_CHUNK):
+                chunk = scopes[start:start + CURRENT_CHUNK]
+                part = domain.current_from_totals(await self._reader.read(chunk, int(now)), at=reply.at)
+                n, used = queries.fit_count(part.scopes, budget)
+                reply.scopes += part.scopes[:n]
+                budget -= used
+                if n < len(part.scopes):
+                    if reply.scopes:
+                        reply.next_cursor = chunk[n - 1] if n else scopes[start - 1]
+                    else:  # never an empty page: one scope always goes (a scope is small)
+                        reply.scopes, reply.next_cursor = part.scopes[:1], chunk[0]
+                    break
         except Exception as exc:  # noqa: BLE001
             log.exception("usage current query failed")
             await req.respond_error("500", f"usage windows unavailable: {type(exc).__name__}")
@@ -257,7 +324,7 @@ class QueryHandlers:
             await req.respond_error("400", _bad_request(exc))
             return
         try:
-            rows, totals, source = await self._store.history(q)
+            rows, totals, plan = await self._store.history(q)
         except QueryError as exc:
             await req.respond_error("400", str(exc))
             return
@@ -265,7 +332,8 @@ class QueryHandlers:
             log.exception("usage history query failed")
             await req.respond_error("500", f"usage history unavailable: {type(exc).__name__}")
             return
-        await req.respond(UsageHistory(rows=rows, totals=totals, source=source).encode())
+        rows, totals, next_cursor = queries.page_history(rows, totals, plan, self.budget())
+        await req.respond(UsageHistory(rows=rows, totals=totals, source=plan.source, next_cursor=next_cursor).encode())
 
     async def requests(self, req) -> None:
         try:
@@ -282,7 +350,28 @@ class QueryHandlers:
             log.exception("request log query failed")
             await req.respond_error("500", f"request log unavailable: {type(exc).__name__}")
             return
+        rows, next_cursor = queries.page_requests(rows, next_cursor, self.budget())
         await req.respond(UsageRequests(rows=rows, next_cursor=next_cursor).encode())
+
+    async def dead_letters(self, req) -> None:
+        """The dead letters, newest first, and their counts (``deadletter.list_dead``)."""
+        try:
+            q = UsageDeadLettersQuery.decode(req.data or b"{}")
+        except (ValidationError, ValueError) as exc:
+            await req.respond_error("400", _bad_request(exc))
+            return
+        try:
+            reply = await deadletter.list_dead(self._js, q)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("dead-letter query failed")
+            await req.respond_error("500", f"dead letters unavailable: {type(exc).__name__}")
+            return
+        n, _ = queries.fit_count(reply.rows, self.budget())
+        if n < len(reply.rows):
+            n = max(n, 1)  # a listed dead letter is small (its excerpt is bounded)
+            reply.rows = reply.rows[:n]
+            reply.next_cursor = reply.rows[-1].seq - 1 or None
+        await req.respond(reply.encode())
 
     async def replay(self, req) -> None:
         """Events from ``llmgw replay`` into ClickHouse, through the same guarded insert as the stream."""
@@ -291,15 +380,31 @@ class QueryHandlers:
         except (ValidationError, ValueError) as exc:
             await req.respond_error("400", _bad_request(exc))
             return
-        rows = [domain.event_row(ev) for ev in domain.dedupe(batch.events) if domain.rejection_reason(ev) is None]
+        rows = [domain.event_row(ev) for ev in domain.dedupe(batch.events) if domain.refusal(ev) is None]
         try:
-            res = await self._projection.project(rows, dry_run=batch.dry_run)
+            res = await self._project_isolating(rows, batch.dry_run)
         except Exception as exc:  # noqa: BLE001
             log.exception("replay batch failed")
             await req.respond_error("500", f"replay batch not stored: {type(exc).__name__}: {str(exc)[:200]}")
             return
         await req.respond(UsageReplayResult(received=len(batch.events), inserted=res.inserted, already=res.already,
                                             busy=sorted(res.busy)).encode())
+
+    async def _project_isolating(self, rows: list[domain.EventRow], dry_run: bool) -> ProjectionResult:
+        """Insert replayed rows; rows ClickHouse refuses (as the live ingest dead-letters them) are halved
+        down to and left out, so a replay never stores them and never fails on them."""
+        try:
+            return await self._projection.project(rows, dry_run=dry_run)
+        except InsertRejected as exc:
+            if len(rows) <= 1:
+                log.warning("replay: ClickHouse refuses event %s; skipped: %s", rows[0].id if rows else "-",
+                            str(exc)[:200])
+                return ProjectionResult()
+        mid = len(rows) // 2
+        first = await self._project_isolating(rows[:mid], dry_run)
+        second = await self._project_isolating(rows[mid:], dry_run)
+        return ProjectionResult(first.inserted + second.inserted, first.already + second.already,
+                                first.busy | second.busy)
 
     async def simulate(self, req) -> None:
         """Dev only: synthetic events published to the stream, so they take the real path."""

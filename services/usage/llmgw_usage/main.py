@@ -19,6 +19,7 @@ from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
 from llmgw_common.windows import WindowReader
 
+from . import deadletter
 from .consumer import UsageConsumer
 from .handlers import BatchProcessor, QueryHandlers
 from .projection import ClickHouseProjection
@@ -63,6 +64,7 @@ def load_gateway_config(settings: CommonSettings) -> GatewayConfig:
 async def _ensure_stream(js, config: GatewayConfig) -> None:
     await ensure_usage_stream(js, max_age_s=config.usage.stream_max_age_days * 86400,
                               max_bytes=config.usage.stream_max_bytes)
+    await deadletter.ensure_stream(js)
 
 
 async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyncio.Event | None = None) -> None:
@@ -79,7 +81,7 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
 
         projection = ClickHouseProjection(store, redis)
         await projection.recover()  # inserts a crash cut short, before anything new
-        processor = BatchProcessor(projection, WindowWriter(redis))
+        processor = BatchProcessor(projection, WindowWriter(redis), dead_letters=deadletter.DeadLetters(js))
         tune_gc()
         consumer = UsageConsumer(js, processor, config.usage.batch_size, config.usage.batch_wait_s, nc=nc,
                                  ack_wait_s=settings.ack_wait_s)
@@ -101,12 +103,14 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
 
         await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
 
-        queries = QueryHandlers(store, redis, WindowReader(redis), projection, js, settings.dev_simulate)
+        queries = QueryHandlers(store, redis, WindowReader(redis), projection, js, settings.dev_simulate,
+                                max_payload=lambda: nc.max_payload)
         service = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION, queue_group=QUEUE_GROUP,
-                                    description="usage windows, history, request log, replay")
+                                    description="usage windows, history, request log, dead letters, replay")
         await service.add_endpoint(name="current", subject=subjects.USAGE_QUERY_CURRENT, handler=queries.current)
         await service.add_endpoint(name="history", subject=subjects.USAGE_QUERY_HISTORY, handler=queries.history)
         await service.add_endpoint(name="requests", subject=subjects.USAGE_QUERY_REQUESTS, handler=queries.requests)
+        await service.add_endpoint(name="dead", subject=subjects.USAGE_QUERY_DEAD, handler=queries.dead_letters)
         await service.add_endpoint(name="replay", subject=subjects.USAGE_REPLAY, handler=queries.replay)
         await service.add_endpoint(name="simulate", subject=subjects.USAGE_SIMULATE, handler=queries.simulate)
         await nc.flush()

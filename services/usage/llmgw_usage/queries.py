@@ -4,6 +4,8 @@
 - ``history_plan`` / ``history_rows``: bucketed totals, from the ``usage_minute`` rollup whenever the
   query allows it (minute-aligned range and buckets, no status filter), else from ``usage_events FINAL``.
 - ``requests_sql`` / ``request_rows``: one page of the request log with a stable (ts, id) cursor.
+- ``fit_count`` / ``page_requests`` / ``page_history``: a reply cut to what one NATS message can carry
+  (``reply_budget``: the server's max payload less a headroom), with the cursor of the rest.
 
 Every value travels as a bound parameter; only validated numbers and fixed
 column names are written into the SQL text.
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterable, Protocol, Sequence
+
+from pydantic import BaseModel
 
 from llmgw_common.messages import Attempt, HistoryRow, RequestLogRow, UsageHistoryQuery, UsageRequestsQuery
 
@@ -120,6 +124,39 @@ def _aligned(dt: datetime | None) -> bool:
 
 
 @dataclass
+class HistoryCursor:
+    """Where a history answer goes on. The totals come first, by offset (they are ranked by a metric that
+    moves while events arrive), then the rows, after the key (bucket, dimensions...) of the last one sent."""
+
+    totals_offset: int | None = 0  # totals phase: the next totals row; None: rows phase
+    key: list | None = None  # rows phase: (bucket epoch seconds, dimension values...) of the last row sent
+    sent: int = 0  # rows sent on earlier pages (the query's limit is over all pages)
+
+
+def encode_history_cursor(c: HistoryCursor) -> str:
+    raw = json.dumps({"t": c.totals_offset, "k": c.key, "n": c.sent}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_history_cursor(cursor: str | None, dims: Sequence[str]) -> HistoryCursor:
+    if not cursor:
+        return HistoryCursor()
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        t, k, n = data["t"], data["k"], data["n"]
+        ok = isinstance(n, int) and n >= 0 and (
+            (isinstance(t, int) and t >= 0 and k is None)
+            or (t is None and (k is None or (isinstance(k, list) and len(k) == 1 + len(dims)
+                                             and isinstance(k[0], int) and all(isinstance(v, str) for v in k[1:])))))
+        if not ok:
+            raise ValueError
+        return HistoryCursor(t, k, n)
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise QueryError("invalid cursor (pass next_cursor of the previous page as it is, with the same "
+                         "group_by)") from None
+
+
+@dataclass
 class HistoryPlan:
     source: str  # ROLLUP or TABLE
     dims: list[str]
@@ -131,6 +168,12 @@ class HistoryPlan:
     top: int | None
     top_sql: str | None = None
     metrics: list[str] = field(default_factory=list)
+    cursor: HistoryCursor = field(default_factory=HistoryCursor)
+    tcol: str = "ts"
+
+    @property
+    def totals_wanted(self) -> bool:
+        return self.cursor.totals_offset is not None
 
     def _from(self) -> str:
         return f"{self.source} FINAL" if self.source == TABLE else self.source
@@ -145,16 +188,29 @@ class HistoryPlan:
                 f" ORDER BY {self.order_expr} DESC, {dims} LIMIT {int(self.top)})")
 
     def rows_sql(self) -> tuple[str, dict[str, Any]]:
+        """The rows of this page: after the cursor's key, up to what the limit leaves."""
         where = self.where
+        params = dict(self.params)
         if self.top is not None and self.dims:
             where = (where + " AND " if where else "WHERE ") + self._in_top()
+        key = self.cursor.key if self.cursor.totals_offset is None else None
+        if key is not None:
+            # groups after the last one sent; the time bound only lets ClickHouse skip parts
+            names = ["c_bucket"] + [f"c_{d}" for d in self.dims]
+            left = ", ".join([f"toInt64({self.bucket_expr})", *self.dims])
+            right = ", ".join(["{c_bucket:Int64}"] + [f"{{c_{d}:String}}" for d in self.dims])
+            where = (where + " AND " if where else "WHERE ") + (
+                f"({left}) > ({right}) AND {self.tcol} >= fromUnixTimestamp64Milli(toInt64({{c_bucket_ms:Int64}}), 'UTC')")
+            params.update(zip(names, key))
+            params["c_bucket_ms"] = int(key[0]) * 1000
+        left_over = max(0, int(self.limit) - self.cursor.sent if self.cursor.totals_offset is None else int(self.limit))
         group = ", ".join(["bucket", *self.dims])
         select_dims = "".join(f", toString({d}) AS g_{d}" for d in self.dims)
         sql = (f"SELECT {self.bucket_expr} AS bucket{select_dims}, " + ", ".join(
             f"{m} AS m{i}" for i, m in enumerate(self.metrics))
-            + f" FROM {self._from()} {where} GROUP BY {group} ORDER BY {group} LIMIT {int(self.limit)}"
+            + f" FROM {self._from()} {where} GROUP BY {group} ORDER BY {group} LIMIT {left_over}"
             + self._settings())
-        return sql, self.params
+        return sql, params
 
 
 def history_plan(q: UsageHistoryQuery) -> HistoryPlan:
@@ -163,6 +219,7 @@ def history_plan(q: UsageHistoryQuery) -> HistoryPlan:
     if since is not None and until is not None and to_utc(until) <= to_utc(since):
         raise QueryError("until must be after since")
     dims = [d for d in DIMENSIONS if d in q.group_by]
+    cursor = decode_history_cursor(q.cursor, dims)
     rollup = q.status_class is None and q.bucket_s % 60 == 0 and _aligned(since) and _aligned(until)
     source = ROLLUP if rollup else TABLE
     tcol = "minute" if rollup else "ts"
@@ -189,7 +246,7 @@ def history_plan(q: UsageHistoryQuery) -> HistoryPlan:
         source=source, dims=dims, where=where_sql, params=params,
         bucket_expr=f"toUnixTimestamp(toStartOfInterval({tcol}, toIntervalSecond({{bucket_s:UInt32}})))",
         limit=q.limit, order_expr=_ORDER[q.order_by][col], top=q.top,
-        metrics=[m[col] for m in _METRICS],
+        metrics=[m[col] for m in _METRICS], cursor=cursor, tcol=tcol,
     )
     # totals per group over the whole range: ranked by order_by (the top N when asked)
     group = ", ".join(dims)
@@ -200,7 +257,9 @@ def history_plan(q: UsageHistoryQuery) -> HistoryPlan:
         f"SELECT {first_bucket} AS first_bucket{select_dims}, "
         + ", ".join(f"{m} AS m{i}" for i, m in enumerate(plan.metrics))
         + f" FROM {plan._from()} {where_sql}" + (f" GROUP BY {group}" if group else "")
-        + f" HAVING count() > 0 ORDER BY {order} LIMIT {int(q.top or q.limit)}" + plan._settings()
+        + f" HAVING count() > 0 ORDER BY {order}"
+        + f" LIMIT {max(0, int(q.top or q.limit) - (cursor.totals_offset or 0))} OFFSET {cursor.totals_offset or 0}"
+        + plan._settings()
     )
     return plan
 
@@ -319,3 +378,87 @@ def request_rows(result_rows: Sequence[Sequence[Any]], limit: int, bodies: dict[
         ))
     next_cursor = encode_cursor(rows[-1].ts, rows[-1].id) if len(result_rows) > limit and rows else None
     return rows, next_cursor
+
+
+# ---- replies cut to one NATS message ----------------------------------------------
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default
+REPLY_HEADROOM = 16 * 1024  # the reply's other fields, a cursor, the protocol's own bytes
+
+
+def reply_budget(max_payload: int | None) -> int:
+    """Bytes the data-dependent part of one reply may take (its rows)."""
+    limit = max_payload or DEFAULT_MAX_PAYLOAD
+    return max(1024, limit - min(REPLY_HEADROOM, limit // 8))
+
+
+def json_size(item: BaseModel) -> int:
+    """The item's size in a reply's JSON (a separator included)."""
+    return len(item.__pydantic_serializer__.to_json(item)) + 1
+
+
+def fit_count(items: Sequence[BaseModel], budget: int) -> tuple[int, int]:
+    """(how many of ``items``, from the first, fit into ``budget`` bytes; the bytes they take)."""
+    used = 0
+    for i, item in enumerate(items):
+        size = json_size(item)
+        if used + size > budget:
+            return i, used
+        used += size
+    return len(items), used
+
+
+SHRUNK_TEXT_CHARS = 256
+SHRUNK_ATTEMPTS = 8
+
+
+def shrink_request_row(row: RequestLogRow) -> RequestLogRow:
+    """A row small enough for any sane max payload: no bodies, texts and attempts shortened."""
+    from .domain import cut_text
+
+    attempts = [a.model_copy(update={"error": cut_text(a.error, SHRUNK_TEXT_CHARS)})
+                for a in row.attempts[:SHRUNK_ATTEMPTS]]
+    return row.model_copy(update={
+        "request_body": None, "response_body": None, "error": cut_text(row.error, SHRUNK_TEXT_CHARS),
+        "route_reason": cut_text(row.route_reason, SHRUNK_TEXT_CHARS), "attempts": attempts, "truncated": True})
+
+
+def page_requests(rows: list[RequestLogRow], next_cursor: str | None,
+                  budget: int) -> tuple[list[RequestLogRow], str | None]:
+    """The rows that fit one reply; when some are left out, the cursor goes on after the last one kept.
+    A page always holds a row (shortened when it does not fit alone), so paging always gets on."""
+    n, _ = fit_count(rows, budget)
+    if n == len(rows):
+        return rows, next_cursor
+    if n == 0:
+        kept = [shrink_request_row(rows[0])]
+    else:
+        kept = rows[:n]
+    return kept, encode_cursor(kept[-1].ts, kept[-1].id)
+
+
+def _row_key(row: HistoryRow, dims: Sequence[str]) -> list:
+    return [int(row.bucket.timestamp()), *(getattr(row, d) for d in dims)]
+
+
+def page_history(rows: list[HistoryRow], totals: list[HistoryRow], plan: HistoryPlan,
+                 budget: int) -> tuple[list[HistoryRow], list[HistoryRow], str | None]:
+    """What of a history answer fits one reply: totals first, then rows; the cursor of the rest (None: the
+    answer ends here). ``rows``: the plan's rows page; ``totals``: its totals page (empty in the rows phase)."""
+    c = plan.cursor
+    used = 0
+    if c.totals_offset is not None:
+        n, used = fit_count(totals, budget)
+        if n < len(totals):
+            n = max(n, 1)  # a totals row is small: always get on
+            return [], totals[:n], encode_history_cursor(HistoryCursor(c.totals_offset + n))
+        sent = 0
+    else:
+        sent = c.sent
+    n, _ = fit_count(rows, budget - used)
+    if n == len(rows):
+        return rows, totals, None
+    if n == 0 and c.totals_offset is not None:  # the totals filled this reply: rows from the first on
+        return [], totals, encode_history_cursor(HistoryCursor(None, None, 0))
+    n = max(n, 1)
+    return rows[:n], totals, encode_history_cursor(HistoryCursor(None, _row_key(rows[n - 1], plan.dims), sent + n))

@@ -171,7 +171,11 @@ async def read_range(js, rng: StreamRange, idle_timeout_s: float = IDLE_TIMEOUT_
 
 
 def decode(data: bytes) -> tuple[UsageEvent | None, str | None]:
-    """(event, None) or (None, why it is unusable)."""
+    """(event, None) or (None, why it is unusable): the live consumer's rules (``domain.refusal``), so what
+    it dead-lettered is never replayed, exported or imported."""
+    too_large = domain.size_refusal(len(data))
+    if too_large is not None:
+        return None, too_large.detail
     try:
         ev = UsageEvent.decode(data)
     except (ValidationError, ValueError) as exc:
@@ -180,8 +184,8 @@ def decode(data: bytes) -> tuple[UsageEvent | None, str | None]:
             loc = ".".join(str(x) for x in err["loc"]) or "<body>"
             return None, f"{loc}: {err['msg']}"
         return None, type(exc).__name__
-    reason = domain.rejection_reason(ev)
-    return (None, reason) if reason else (ev, None)
+    refusal = domain.refusal(ev)
+    return (None, refusal.detail) if refusal else (ev, None)
 
 
 # ---- targets ------------------------------------------------------------------

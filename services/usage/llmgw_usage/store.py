@@ -324,19 +324,23 @@ class ClickHouseStore:
     async def forget_insert(self, insert: JournaledInsert) -> None:
         await self._run(insert.path.unlink, missing_ok=True)
 
-    async def history(self, q: UsageHistoryQuery) -> tuple[list[HistoryRow], list[HistoryRow], str]:
-        """(rows per bucket, totals per group over the whole range, the table it came from)."""
+    async def history(self, q: UsageHistoryQuery) -> tuple[list[HistoryRow], list[HistoryRow], queries.HistoryPlan]:
+        """(rows per bucket, totals per group over the whole range, the plan: table, dimensions, cursor) of
+        the page ``q.cursor`` asks for: totals only in the totals phase (the first page, usually)."""
         plan = queries.history_plan(q)
         sql, params = plan.rows_sql()
 
         def _query():
             client = self._require()
-            totals = client.query(plan.top_sql, parameters=params).result_rows
-            rows = client.query(sql, parameters=params).result_rows if totals else []
-            return rows, totals
+            totals = []
+            if plan.totals_wanted:
+                totals = client.query(plan.top_sql, parameters=plan.params).result_rows
+                if not totals and not plan.cursor.totals_offset:
+                    return [], []  # no group at all: no rows either
+            return client.query(sql, parameters=params).result_rows, totals
 
         rows, totals = await self._run(_query)
-        return queries.history_rows(rows, plan), queries.history_rows(totals, plan), plan.source
+        return queries.history_rows(rows, plan), queries.history_rows(totals, plan), plan
 
     async def requests(self, q: UsageRequestsQuery) -> tuple[list[RequestLogRow], str | None]:
         """One page of the request log, newest first, and the cursor of the next page (None: last page)."""
