@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     from . import copilot_login  # `llmgw copilot login`: the GitHub device flow for copilot providers
 
     copilot_login.add_arguments(sub.add_parser("copilot", help="GitHub Copilot subscriptions: login"))
+    from . import keys_cmd  # `llmgw keys`: gateway API keys in the key store (NATS key-value bucket)
+
+    keys = sub.add_parser("keys", help="gateway API keys: create, list, rotate, revoke")
+    keys_cmd.add_arguments(keys)
+    keys.set_defaults(func=keys_cmd.cmd_keys)
     return parser
 
 

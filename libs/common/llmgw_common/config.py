@@ -267,6 +267,8 @@ class EdgeConfig(_Strict):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024**3,
                                 description="request body size limit (images travel inline: keep room)")
     max_json_depth: int = Field(default=100, ge=8, le=1000, description="nesting of objects and arrays")
+    require_keys: bool = Field(default=False, description="refuse clients without a gateway key even while no "
+                               "key exists (keys are required anyway as soon as one does)")
 
 
 class DemoConfig(_Strict):

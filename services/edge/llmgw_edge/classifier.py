@@ -1,10 +1,10 @@
 """Optional smart-routing classifier: a small model asked through the gateway itself.
 
 Used only when ``routing.smart.enabled`` and ``routing.smart.classifier_model``
-are set. The call goes to this edge's own API (so it is routed, limited and
-counted like any request) with a header that stops it from being classified
-in turn; it has a timeout and an LRU cache, and any failure falls back to the
-heuristics.
+are set. The call goes through this edge's own gateway, in-process (so it is
+routed, limited and counted like any request, under no client key) with a
+header that stops it from being classified in turn; it has a timeout and an
+LRU cache, and any failure falls back to the heuristics.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-
-import aiohttp
+from typing import Awaitable, Callable
 
 from .core.prompt_class import CLASSES
 
@@ -29,12 +28,11 @@ MAX_CHARS = 4000
 
 
 class ModelClassifier:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, model: str, timeout_s: float,
+    def __init__(self, ask: Callable[[bytes], Awaitable[bytes | None]], model: str, timeout_s: float,
                  cache_size: int):
-        self._session = session
-        self._url = base_url.rstrip("/") + "/v1/chat/completions"
+        self._ask = ask  # an OpenAI chat body -> the completion's body (None: not answered)
         self._model = model
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._cache_size = cache_size
 
@@ -47,14 +45,12 @@ class ModelClassifier:
         body = {"model": self._model, "temperature": 0, "max_tokens": 5,
                 "messages": [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": text}]}
         try:
-            async with self._session.post(self._url, data=json.dumps(body),
-                                          headers={"content-type": "application/json",
-                                                   "x-llmgw-internal": "classifier"},
-                                          timeout=self._timeout) as r:
-                if r.status != 200:
-                    return None
-                answer = (await r.json())["choices"][0]["message"]["content"] or ""
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError) as exc:
+            async with asyncio.timeout(self._timeout_s):
+                reply = await self._ask(json.dumps(body).encode())
+            if reply is None:
+                return None
+            answer = json.loads(reply)["choices"][0]["message"]["content"] or ""
+        except Exception as exc:  # any failure of the classifier call: the heuristics answer instead
             log.info("classifier model unavailable (%s); using heuristics", type(exc).__name__)
             return None
         words = answer.strip().lower().split()

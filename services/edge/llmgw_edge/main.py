@@ -10,6 +10,7 @@ response. Every error is rendered in the caller's format.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from llmgw_common import health, subjects
 from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.ids import new_id
+from llmgw_common.keys import KeyRecord
 from llmgw_common.logs import setup_logging
 from llmgw_common.messages import AttemptOutcome
 from llmgw_common.nats_conn import connect_nats
@@ -39,6 +41,7 @@ from .api.anthropic_messages import AnthropicCodec
 from .api.embeddings import EmbeddingsCodec
 from .api.openai_chat import OpenAIChatCodec
 from .api.openai_responses import ResponsesCodec
+from .auth import KeyCache, check_model
 from .classifier import ModelClassifier
 from .core.commands import command_runner
 from .core.errors import GatewayError
@@ -64,7 +67,12 @@ class Edge:
     config: GatewayConfig
     nc: Any
     gateway: Gateway
+    keys: KeyCache
     started: int
+
+    def caller(self, request: Request) -> KeyRecord | None:
+        """The caller's gateway key (None while keys are not enforced); 401 / 429 when it fails."""
+        return self.keys.authenticate(request.headers, request.client.host if request.client else "unknown")
 
 
 def _response(reply: Reply) -> Response:
@@ -72,6 +80,13 @@ def _response(reply: Reply) -> Response:
         return StreamingResponse(reply.stream, status_code=reply.status, media_type=reply.media_type,
                                  headers=reply.headers)
     return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _error_format(request: Request) -> str:
@@ -114,11 +129,26 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         publisher = UsagePublisher(nc.jetstream(), settings.state_dir / "edge-unsent-usage",
                                    replica_id(settings.port))
         await publisher.start()
+        keys = KeyCache(require_keys=config.edge.require_keys)
+        await keys.start(nc.jetstream())
+        if not keys.enforcing and not _loopback(settings.host):
+            await keys.stop()
+            raise SystemExit(
+                f"refusing to listen on {settings.host}: no gateway API key exists, so anyone who can reach this "
+                "address could spend the providers' keys. Create one first (`llmgw keys create --name NAME`, "
+                "with NATS_URL pointing at this gateway's NATS) or listen on 127.0.0.1 (LLMGW_EDGE_HOST).")
         transport = AiohttpTransport()  # one pooled client for every upstream: no per-request set-up
         providers = build_providers(config, transport, settings.state_dir)
         smart = config.routing.smart
-        classifier = ModelClassifier(transport.session, f"http://127.0.0.1:{settings.port}", smart.classifier_model,
-                                     smart.classifier_timeout_s, smart.cache_size) if smart.classifier_model else None
+
+        async def ask_self(body: bytes) -> bytes | None:
+            """The classifier's question, through this gateway in-process: routed and counted, no HTTP."""
+            codec = OpenAIChatCodec()
+            reply = await edge.gateway.handle(codec.parse(body, {"x-llmgw-internal": "classifier"}), codec)
+            return reply.body if reply.status == 200 else None
+
+        classifier = ModelClassifier(ask_self, smart.classifier_model, smart.classifier_timeout_s,
+                                     smart.cache_size) if smart.classifier_model else None
 
         async def classify_prompt(text: str, headers) -> str | None:
             if smart.enabled and classifier is not None and headers.get("x-llmgw-internal") != "classifier":
@@ -130,7 +160,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         async def decide(route_request):
             return await router_client.decide(nc, route_request, config.routing.decide_timeout_s)
 
-        edge = Edge(config=config, nc=nc, gateway=None, started=int(time.time()))  # type: ignore[arg-type]
+        edge = Edge(config=config, nc=nc, gateway=None, keys=keys, started=int(time.time()))  # type: ignore[arg-type]
         edge.gateway = Gateway(Deps(config=config, providers=providers, decide=decide,
                                     report=_outcome_reporter(nc), publish=publisher.submit,
                                     classify_prompt=classify_prompt,
@@ -141,6 +171,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             yield
         finally:
             await publisher.stop()
+            await keys.stop()
             for provider in providers.values():
                 await provider.close()
             await transport.close()
@@ -176,8 +207,11 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     def served_by(codec_type: type) -> Callable:
         async def handle(request: Request) -> Response:
             edge = edge_of(request)
+            key = edge.caller(request)
             codec = codec_type(max_depth=edge.config.edge.max_json_depth)
             exchange = codec.parse(await body_of(request), request.headers)
+            check_model(key, exchange.model)
+            exchange.key_id = key.id if key else None
             return _response(await edge.gateway.handle(exchange, codec))
         return handle
 
@@ -189,19 +223,24 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     @app.post("/v1/messages/count_tokens")
     async def post_count_tokens(request: Request) -> Response:
         edge = edge_of(request)
+        key = edge.caller(request)
         return _response(await anthropic_messages.count_tokens(edge.config, edge.gateway.deps.providers,
-                                                               await body_of(request), request.headers))
+                                                               await body_of(request), request.headers, key))
 
     @app.get("/v1/models")
     async def get_models(request: Request) -> JSONResponse:
         edge = edge_of(request)
+        key = edge.caller(request)
+        listed = models.list_models(edge.config, edge.started, key.allows_model if key else None)
         if "anthropic-version" in request.headers:
-            return JSONResponse(models.anthropic_list(edge.config, edge.started))
-        return JSONResponse(models.list_models(edge.config, edge.started))
+            return JSONResponse(models.anthropic_list(listed))
+        return JSONResponse(listed)
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(request: Request, model_id: str) -> JSONResponse:
         edge = edge_of(request)
+        key = edge.caller(request)
+        check_model(key, model_id)
         entry = models.retrieve_model(edge.config, edge.started, model_id)
         return JSONResponse(models.anthropic_model(entry) if "anthropic-version" in request.headers else entry)
 
@@ -223,9 +262,16 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
         edge = edge_of(request)
+        key = edge.caller(request)
+        if key is not None and not key.allows_provider(provider_id):
+            raise GatewayError(403, f"This API key may not use provider `{provider_id}`.",
+                               code="provider_not_allowed", type_="permission_error")
         version = request.url.path.split("/")[2]  # v1, or v1beta (Gemini's native API)
         codec, exchange = passthrough.parse(edge.config, provider_id, request.method, f"/{version}/{path}",
                                             request.url.query, await body_of(request), request.headers)
+        if exchange.model:
+            check_model(key, exchange.model)
+        exchange.key_id = key.id if key else None
         return _response(await edge.gateway.handle(exchange, codec))
 
     for version in ("v1", "v1beta"):

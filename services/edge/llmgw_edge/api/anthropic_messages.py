@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Mapping
 
 from llmgw_common.config import GatewayConfig
 from llmgw_common.failures import FailureKind
+from llmgw_common.keys import KeyRecord
 
 from ..core.errors import GatewayError, UpstreamError, anthropic_type, bad_request
 from ..core.gateway import Exchange, Reply
@@ -323,12 +324,17 @@ def _tool_choice(choice: Any) -> ToolChoice | None:
 # ---- count_tokens --------------------------------------------------------------------
 
 async def count_tokens(config: GatewayConfig, providers: Mapping[str, Provider], raw: bytes,
-                       headers: Mapping[str, str]) -> Reply:
+                       headers: Mapping[str, str], key: KeyRecord | None = None) -> Reply:
     """Asked of an Anthropic provider serving the model when there is one (exact, and free there);
     else our own estimate. Never counted as usage: nothing is generated."""
     codec = AnthropicCodec(config.edge.max_json_depth)
     exchange = codec.parse(raw, headers, count_only=True)
+    if key is not None and not key.allows_model(exchange.model):
+        raise GatewayError(403, f"This API key may not use model `{exchange.model}`.", code="model_not_allowed",
+                           param="model", type_="permission_error")
     for provider_config, model in serving(config, exchange.model):
+        if key is not None and not key.allows_provider(provider_config.id):
+            continue
         provider = providers.get(provider_config.id)
         if provider is None or not provider.can_relay("anthropic_count_tokens"):
             continue

@@ -4,18 +4,20 @@ name the config serves, in OpenAI's shape, or Anthropic's when the client sends 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Callable
 
 from llmgw_common.config import GatewayConfig, ModelConfig, ProviderConfig
 
 from ..core.errors import GatewayError
 
 
-def list_models(config: GatewayConfig, created: int) -> dict:
+def list_models(config: GatewayConfig, created: int, allowed: Callable[[str], bool] | None = None) -> dict:
+    """Every name a client may ask for; ``allowed``: only those a key may use."""
     data: list[dict] = []
     seen: set[str] = set()
 
     def add(model_id: str, owner: str) -> None:
-        if model_id not in seen:
+        if model_id not in seen and (allowed is None or allowed(model_id)):
             seen.add(model_id)
             data.append({"id": model_id, "object": "model", "created": created, "owned_by": owner})
 
@@ -44,8 +46,8 @@ def anthropic_model(entry: dict) -> dict:
     return {"type": "model", "id": entry["id"], "display_name": entry["id"], "created_at": created}
 
 
-def anthropic_list(config: GatewayConfig, created: int) -> dict:
-    data = [anthropic_model(e) for e in list_models(config, created)["data"]]
+def anthropic_list(listed: dict) -> dict:
+    data = [anthropic_model(e) for e in listed["data"]]
     return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None}
 

@@ -71,6 +71,7 @@ class Exchange:
     headers: Mapping[str, str] = field(default_factory=dict)
     provider: str | None = None  # /{provider}/v1/...: this provider only
     routed: bool = True  # False: straight to ``provider``, no admission (a raw call naming no configured model)
+    key_id: str | None = None  # the caller's gateway key (limits, rules and usage per key)
     _chat: ChatRequest | None = None
 
     @property
@@ -155,7 +156,8 @@ class _Outcome:
         else:
             cost = Decimal(0)
         return UsageEvent(
-            request_id=self.request_id, endpoint=self.endpoint, provider=candidate.provider if candidate else None,
+            request_id=self.request_id, endpoint=self.endpoint, key_id=self.exchange.key_id,
+            provider=candidate.provider if candidate else None,
             model=self.model, upstream_model=candidate.upstream_model if candidate else None,
             stream=self.exchange.stream, tokens_in=usage.input_tokens, tokens_out=usage.output_tokens,
             tokens_cached=usage.cache_read_tokens, tokens_cache_write=usage.cache_write_tokens,
@@ -219,7 +221,8 @@ class Gateway:
         route_request = RouteRequest(
             request_id=outcome.request_id, model=exchange.model, stream=exchange.stream,
             estimated_prompt_tokens=exchange.estimated_prompt_tokens, max_tokens=exchange.max_tokens,
-            headers=routing_headers(exchange.headers), endpoint="embeddings" if exchange.embedding else "chat",
+            headers=routing_headers(exchange.headers), key_id=exchange.key_id,
+            endpoint="embeddings" if exchange.embedding else "chat",
             prompt_class=await self._prompt_class(exchange))
         if exchange.provider is not None:  # a raw call to one provider, admitted under provider/model
             route_request.model = f"{exchange.provider}/{exchange.model}"

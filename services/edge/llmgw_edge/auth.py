@@ -1,0 +1,164 @@
+"""Who is calling: gateway API keys checked at the edge, against a local copy of the key store.
+
+The copy is filled from a watch on the JetStream key-value bucket
+(``llmgw_common.keys``), so a check is a dict look-up and a hash, and a key
+created, rotated or revoked anywhere is seen here within moments. Keys are
+required as soon as one exists (a revoked one counts: revoking the last key
+must not open the gateway) or when ``edge.require_keys`` says so; a gateway
+with no keys at all answers everyone, which is the local single-user set-up
+(``llmgw run`` binds to loopback, and the edge refuses to listen elsewhere
+without keys).
+
+Accepted wherever each client puts its key: ``Authorization: Bearer``,
+``x-api-key`` (Anthropic clients), ``api-key`` (Azure-style),
+``x-goog-api-key`` (Gemini clients). Failed checks are limited per client
+address, so guessing is slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import Mapping
+
+from llmgw_common.keys import KeyRecord, KeyStore, key_id_of
+
+from .core.errors import GatewayError
+
+log = logging.getLogger("llmgw.edge.auth")
+
+KEY_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
+FAILURES_ALLOWED = 20  # failed checks per address per window before it is refused outright
+FAILURE_WINDOW_S = 60.0
+MAX_TRACKED_ADDRESSES = 10_000
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    for name in KEY_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value.strip()
+    return None
+
+
+class FailureLimiter:
+    """Failed key checks per client address in a sliding window; bounded memory."""
+
+    def __init__(self, allowed: int = FAILURES_ALLOWED, window_s: float = FAILURE_WINDOW_S):
+        self.allowed = allowed
+        self.window_s = window_s
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        times = self._failures.get(address)
+        if times is None:
+            return deque()
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        return times
+
+    def blocked_for(self, address: str, now: float | None = None) -> float:
+        """Seconds this address must wait before it may try again (0: it may)."""
+        now = time.monotonic() if now is None else now
+        times = self._recent(address, now)
+        if len(times) < self.allowed:
+            return 0.0
+        return max(0.0, times[0] + self.window_s - now)
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        times = self._recent(address, now)
+        times.append(now)
+        self._failures[address] = times
+        self._failures.move_to_end(address)
+        while len(self._failures) > MAX_TRACKED_ADDRESSES:
+            self._failures.popitem(last=False)
+
+
+class KeyCache:
+    """The edge's copy of the key store, kept current by a watch (restarted if it ever ends)."""
+
+    def __init__(self, require_keys: bool = False):
+        self.require_keys = require_keys
+        self.records: dict[str, KeyRecord] = {}
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.limiter = FailureLimiter()
+
+    @property
+    def enforcing(self) -> bool:
+        return self.require_keys or bool(self.records)
+
+    async def start(self, js, timeout_s: float = 10.0) -> None:
+        self._task = asyncio.create_task(self._follow(js), name="key-watch")
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            raise RuntimeError("the key store (JetStream key-value bucket) did not answer: is NATS with "
+                               "JetStream up?") from None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _follow(self, js) -> None:
+        delay = 0.5
+        while True:
+            try:
+                store = await KeyStore.open(js)
+                fresh: dict[str, KeyRecord] = {}
+                initial = True
+                async for item in store.watch():
+                    if item is None:  # the initial state is complete: switch over at once
+                        self.records, initial = fresh, False
+                        self.ready.set()
+                        continue
+                    key_id, record = item
+                    target = fresh if initial else self.records
+                    if record is None:
+                        target.pop(key_id, None)
+                    else:
+                        target[key_id] = record
+                    delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away: keep the last copy (fail closed stays closed), retry
+                log.warning("key watch interrupted (%s); retrying in %.1fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def authenticate(self, headers: Mapping[str, str], address: str) -> KeyRecord | None:
+        """The caller's key (None when keys are not enforced); raises 401 / 429 otherwise."""
+        if not self.enforcing:
+            return None
+        wait = self.limiter.blocked_for(address)
+        if wait > 0:
+            raise GatewayError(429, "Too many failed API key checks from this address; wait before trying "
+                                    "again.", code="too_many_failed_auth",
+                               headers={"retry-after": str(max(1, int(wait + 0.999)))})
+        secret = presented_key(headers)
+        if secret is None:
+            self.limiter.failed(address)
+            raise GatewayError(401, "Missing API key: send your gateway key as `Authorization: Bearer <key>` "
+                                    "(or x-api-key).", code="missing_api_key", type_="authentication_error")
+        record = self.records.get(key_id_of(secret) or "")
+        if record is None or not record.matches(secret) or not record.usable():
+            self.limiter.failed(address)
+            # one message for every failure: an unknown, wrong, revoked or expired key look alike
+            raise GatewayError(401, "Invalid API key.", code="invalid_api_key", type_="authentication_error")
+        return record
+
+
+def check_model(record: KeyRecord | None, model: str) -> None:
+    if record is not None and not record.allows_model(model):
+        raise GatewayError(403, f"This API key may not use model `{model}`.", code="model_not_allowed",
+                           param="model", type_="permission_error")
