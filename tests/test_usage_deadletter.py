@@ -185,3 +185,27 @@ async def test_dead_letters_stored_once_and_the_batch_goes_on(env, tmp_path):
         assert "tokens_in -1" in listing.rows[0].detail
     finally:
         await store.close()
+
+
+async def test_a_replayed_event_clickhouse_refuses_is_left_out():
+    """Replay (through the usage service or directly) halves a refused insert down to the refused events
+    and stores the rest, instead of failing the whole replay."""
+    from llmgw_usage.projection import ProjectionResult, project_leaving_out_refused
+    from llmgw_usage.store import InsertRejected
+
+    rows = [domain.event_row(_event("p", "m", tokens_in=i)) for i in range(6)]
+    poison = {rows[4].id}
+
+    class Projection:
+        def __init__(self):
+            self.stored = []
+
+        async def project(self, batch, dry_run=False):
+            if any(r.id in poison for r in batch):
+                raise InsertRejected("Cannot parse input")
+            self.stored += [r.id for r in batch]
+            return ProjectionResult(inserted=len(batch))
+
+    projection = Projection()
+    result = await project_leaving_out_refused(projection, rows)
+    assert result.inserted == 5 and set(projection.stored) == {r.id for r in rows} - poison

@@ -659,6 +659,103 @@ async def test_request_log_pages_filters_and_bodies(env):
         assert resp.headers["Nats-Service-Error-Code"] == "400"
 
 
+async def test_request_log_pages_never_exceed_the_max_payload(env):
+    """Events with every field as large as an event may have it: one page of them would pass the NATS max
+    payload (1 MB). The usage service cuts the page by bytes and gives a cursor; /api/requests answers 200
+    with it, and following the cursors gives every row once, newest first."""
+    provider = _uniq("big")
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    long_attempt = Attempt(provider="p" * domain.MAX_ID_CHARS, upstream_model="u" * domain.MAX_ID_CHARS, status=503,
+                           error="a" * domain.MAX_ATTEMPT_ERROR_CHARS, latency_ms=1.0)
+    events = [_event(provider, "m", ts=base + timedelta(seconds=i), error="e" * domain.MAX_ERROR_CHARS,
+                     route_reason="r" * domain.MAX_ERROR_CHARS, attempts=[long_attempt] * domain.MAX_ATTEMPTS,
+                     request_body="q" * BODY_CAP_BYTES, response_body="s" * BODY_CAP_BYTES) for i in range(14)]
+    assert all(len(ev.encode()) <= domain.MAX_EVENT_BYTES for ev in events)
+    assert sum(len(ev.encode()) for ev in events) > 1024 * 1024
+    async with running_usage(env), _ui(env) as ui:
+        for ev in events:
+            await _publish(env.js, ev)
+        await _wait_caught_up(env.js)
+
+        raw = await env.nc.request(subjects.USAGE_QUERY_REQUESTS, UsageRequestsQuery(
+            provider=provider, limit=100, include_bodies=True).encode(), timeout=30)
+        assert len(raw.data) <= env.nc.max_payload and not (raw.headers or {}).get("Nats-Service-Error-Code")
+
+        seen, cursor, pages = [], None, 0
+        while True:
+            params = {"provider": provider, "limit": 100, "include_bodies": "true"}
+            if cursor:
+                params["cursor"] = cursor
+            resp = await ui.get("/api/requests", params=params)
+            assert resp.status_code == 200, resp.text[:300]
+            page = resp.json()
+            pages += 1
+            assert len(page["rows"]) < 14 or page["next_cursor"] is None
+            seen += page["rows"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert pages >= 2
+        assert [r["id"] for r in seen] == [ev.id for ev in reversed(events)]
+        row = seen[0]
+        assert len(row["attempts"]) == domain.MAX_ATTEMPTS and len(row["error"]) == domain.MAX_ERROR_CHARS
+        assert len(row["response_body"]) == BODY_CAP_BYTES and row["truncated"] is False
+
+
+async def test_history_and_current_are_paged_and_followed_by_ui_api(env, monkeypatch):
+    """With replies cut to a few rows (a tiny budget), the usage service answers history and the current
+    windows in pages; following the cursors gives the same answer as one reply, and ui-api follows them."""
+    from llmgw_common.messages import UsageCurrent, UsageCurrentQuery
+    from llmgw_usage import queries
+
+    provider = _uniq("page")
+    base = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=10)
+    events = [_event(provider, f"m{i % 9}", ts=base + timedelta(seconds=20 * i), tokens_in=i + 1,
+                     key_id=f"k{i % 2}") for i in range(30)]
+    async with running_usage(env), _ui(env) as ui:
+        for ev in events:
+            await _publish(env.js, ev)
+        await _wait_caught_up(env.js)
+        ask = dict(provider=provider, group_by=["model", "key_id"], bucket_s=60)
+        full = await _history(env.nc, **ask)
+        assert full.next_cursor is None and len(full.rows) > 20 and len(full.totals) == 18
+        full_current = await request(env.nc, subjects.USAGE_QUERY_CURRENT, UsageCurrentQuery(), UsageCurrent,
+                                     timeout=30)
+        assert full_current.next_cursor is None and len(full_current.scopes) == 10
+
+        monkeypatch.setattr(queries, "reply_budget", lambda _max_payload: 2500)  # a few rows per reply
+        rows, totals, cursor, pages = [], [], None, 0
+        while True:
+            page = await _history(env.nc, **ask, cursor=cursor)
+            pages += 1
+            assert len(page.model_dump_json()) < 2500 + 1000
+            rows += page.rows
+            totals += page.totals
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert pages >= 4
+        assert [r.model_dump() for r in totals] == [r.model_dump() for r in full.totals]
+        assert [r.model_dump() for r in rows] == [r.model_dump() for r in full.rows]
+        limited = await _history(env.nc, **ask, limit=7, cursor=None)
+        got = list(limited.rows)
+        while limited.next_cursor:
+            limited = await _history(env.nc, **ask, limit=7, cursor=limited.next_cursor)
+            got += limited.rows
+        assert [r.model_dump() for r in got] == [r.model_dump() for r in full.rows[:7]]  # limit: over all pages
+
+        via_ui = (await ui.get("/api/usage/history", params={"provider": provider, "group_by": "model,key_id",
+                                                             "bucket_s": 60})).json()
+        assert via_ui["next_cursor"] is None
+        assert via_ui["rows"] == [r.model_dump(mode="json") for r in full.rows]
+        assert via_ui["totals"] == [r.model_dump(mode="json") for r in full.totals]
+        current = (await ui.get("/api/usage/current")).json()
+        assert current["next_cursor"] is None
+        assert [s["model"] for s in current["scopes"]] == [s.model for s in full_current.scopes]
+        bad = await ui.get("/api/usage/history", params={"provider": provider, "cursor": "garbage"})
+        assert bad.status_code == 400 and "cursor" in bad.json()["error"]["message"]
+
+
 # ---- history: rollups, filters, top-N ---------------------------------------------------------
 
 async def test_history_top_n_from_rollups_and_raw_fallback(env):

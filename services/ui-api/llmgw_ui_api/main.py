@@ -11,7 +11,7 @@ import logging
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from pydantic import Field
 from starlette.responses import JSONResponse
 
@@ -20,6 +20,7 @@ from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.settings import CommonSettings
 
+from . import errors
 from .routes_pricing import router as pricing_router
 from .routes_router import router as router_routes
 from .routes_usage import router as usage_router
@@ -34,7 +35,7 @@ class UiApiSettings(CommonSettings):
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "api_error", "code": code}}, status_code=status)
+    return errors.error_response(status, message, code)
 
 
 BACKEND_SERVICES = ("router", "usage", "pricing")
@@ -64,14 +65,7 @@ def create_app(settings: UiApiSettings) -> FastAPI:
 
     app = FastAPI(title="LLM Gateway admin API", version="0.1.0", lifespan=lifespan)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException):
-        return _error(exc.status_code, str(exc.detail), "unavailable" if exc.status_code == 503 else "error")
-
-    @app.exception_handler(Exception)
-    async def unexpected(_request: Request, exc: Exception):
-        log.exception("unhandled error")
-        return _error(500, "internal error", "internal_error")
+    errors.install(app)  # one error shape for every 4xx / 5xx, input limits, the OpenAPI document
 
     @app.get("/healthz")
     async def healthz(request: Request):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from llmgw_common import subjects
@@ -15,27 +15,40 @@ router = APIRouter()
 
 
 class PinBody(BaseModel):
-    provider: str | None = None  # null: automatic routing
+    model_config = ConfigDict(extra="forbid")
+
+    # a provider id as the config allows it (lowercase letters, digits, '-', '_'; at most 63); null: automatic
+    provider: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class SmartBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     enabled: bool | None = None  # null: toggle
 
 
-@router.get("/debug/router")
+class PinReply(BaseModel):
+    pinned: str | None
+
+
+class SmartReply(BaseModel):
+    smart: bool
+
+
+@router.get("/debug/router", response_model=RouterState)
 async def debug_router(request: Request):
     """Per provider and model: each window against its limit, cooldown or breaker, in flight, latency."""
     state = await ask(request.app, subjects.ROUTER_STATE, RouterStateQuery(), RouterState, "the router")
     return JSONResponse(state.model_dump(mode="json"))
 
 
-@router.post("/api/router/pin")
+@router.post("/api/router/pin", response_model=PinReply)
 async def pin(request: Request, body: PinBody):
     state = await ask(request.app, subjects.ROUTER_PIN, PinCommand(provider=body.provider), RouterState, "the router")
     return JSONResponse({"pinned": state.pinned})
 
 
-@router.post("/api/router/smart")
+@router.post("/api/router/smart", response_model=SmartReply)
 async def smart(request: Request, body: SmartBody):
     state = await ask(request.app, subjects.ROUTER_SMART, SmartCommand(enabled=body.enabled), RouterState,
                       "the router")

@@ -43,7 +43,7 @@ from llmgw_common.windows import SCOPES_KEY
 
 from . import deadletter, domain, queries, simulate
 from .domain import Refusal
-from .projection import ProjectionResult
+from .projection import ProjectionResult, project_leaving_out_refused
 from .queries import QueryError
 from .store import InsertRejected
 
@@ -382,29 +382,13 @@ class QueryHandlers:
             return
         rows = [domain.event_row(ev) for ev in domain.dedupe(batch.events) if domain.refusal(ev) is None]
         try:
-            res = await self._project_isolating(rows, batch.dry_run)
+            res = await project_leaving_out_refused(self._projection, rows, batch.dry_run)
         except Exception as exc:  # noqa: BLE001
             log.exception("replay batch failed")
             await req.respond_error("500", f"replay batch not stored: {type(exc).__name__}: {str(exc)[:200]}")
             return
         await req.respond(UsageReplayResult(received=len(batch.events), inserted=res.inserted, already=res.already,
                                             busy=sorted(res.busy)).encode())
-
-    async def _project_isolating(self, rows: list[domain.EventRow], dry_run: bool) -> ProjectionResult:
-        """Insert replayed rows; rows ClickHouse refuses (as the live ingest dead-letters them) are halved
-        down to and left out, so a replay never stores them and never fails on them."""
-        try:
-            return await self._projection.project(rows, dry_run=dry_run)
-        except InsertRejected as exc:
-            if len(rows) <= 1:
-                log.warning("replay: ClickHouse refuses event %s; skipped: %s", rows[0].id if rows else "-",
-                            str(exc)[:200])
-                return ProjectionResult()
-        mid = len(rows) // 2
-        first = await self._project_isolating(rows[:mid], dry_run)
-        second = await self._project_isolating(rows[mid:], dry_run)
-        return ProjectionResult(first.inserted + second.inserted, first.already + second.already,
-                                first.busy | second.busy)
 
     async def simulate(self, req) -> None:
         """Dev only: synthetic events published to the stream, so they take the real path."""

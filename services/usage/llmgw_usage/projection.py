@@ -222,3 +222,21 @@ class ClickHouseProjection:
         result.inserted = inserted
         result.already = len(todo) - inserted
         return result
+
+
+async def project_leaving_out_refused(projection: ClickHouseProjection, rows: Sequence[EventRow],
+                                      dry_run: bool = False) -> ProjectionResult:
+    """``projection.project(rows)``, but rows ClickHouse refuses (as the live ingest dead-letters them) are
+    found by halving and left out: a replay never stores them and never fails on them."""
+    try:
+        return await projection.project(rows, dry_run=dry_run)
+    except InsertRejected as exc:
+        if len(rows) <= 1:
+            log.warning("replay: ClickHouse refuses event %s; left out: %s", rows[0].id if rows else "-",
+                        str(exc)[:200])
+            return ProjectionResult()
+    mid = len(rows) // 2
+    first = await project_leaving_out_refused(projection, rows[:mid], dry_run)
+    second = await project_leaving_out_refused(projection, rows[mid:], dry_run)
+    return ProjectionResult(first.inserted + second.inserted, first.already + second.already,
+                            first.busy | second.busy)

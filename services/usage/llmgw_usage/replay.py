@@ -287,8 +287,11 @@ class DirectClickHouse:
         return cls(store, projection)
 
     async def apply(self, events: Sequence[UsageEvent], dry_run: bool) -> None:
+        from .projection import project_leaving_out_refused
+
         rows = [domain.event_row(ev) for ev in events]
-        await _until_not_busy(lambda pending: self._projection.project(pending, dry_run=dry_run), rows, self.stats)
+        await _until_not_busy(lambda pending: project_leaving_out_refused(self._projection, pending, dry_run),
+                              rows, self.stats)
 
     async def close(self) -> None:
         await self._store.close()
