@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from typing import Any, Literal, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -271,6 +272,22 @@ class EdgeConfig(_Strict):
                                "key exists (keys are required anyway as soon as one does)")
 
 
+class KeysConfig(_Strict):
+    """Gateway API keys (created with ``llmgw keys`` or the admin API, kept in NATS, not in this file)."""
+
+    budget_timezone: str = Field(default="UTC", description="keys' monthly limits reset at the start of each "
+                                 "calendar month in this IANA time zone")
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as UTC or Europe/Paris)") from None
+        return v
+
+
 class DemoConfig(_Strict):
     """The local demo provider that ``llmgw run`` starts (a real HTTP process)."""
 
@@ -316,6 +333,7 @@ class GatewayConfig(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
     edge: EdgeConfig = Field(default_factory=EdgeConfig)
+    keys: KeysConfig = Field(default_factory=KeysConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
 

@@ -15,10 +15,12 @@ providers' (scope ``k:<id>``).
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 from datetime import datetime, timezone
@@ -28,6 +30,8 @@ from typing import Any, AsyncIterator
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .config import Limits
+
+log = logging.getLogger(__name__)
 
 KEYS_BUCKET = "LLMGW_KEYS"
 SECRET_PREFIX = "llmgw-"
@@ -214,3 +218,57 @@ class KeyStore:
 
 def dumps_public(records: list[KeyRecord]) -> str:
     return json.dumps([r.public() for r in records], indent=2)
+
+
+class KeyMirror:
+    """A process's copy of every key record, kept current by a watch on the bucket (restarted whenever it
+    ends: NATS away, the bucket recreated). Look-ups are dict reads; ``ready`` is set once the first full
+    copy is in. The edge checks callers against it, the router applies keys' limits and providers."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, KeyRecord] = {}
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def start(self, js, timeout_s: float = 10.0) -> None:
+        self._task = asyncio.create_task(self._follow(js), name="key-mirror")
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            raise RuntimeError("the key store (JetStream key-value bucket) did not answer: is NATS with "
+                               "JetStream up?") from None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _follow(self, js) -> None:
+        delay = 0.5
+        while True:
+            try:
+                store = await KeyStore.open(js)
+                fresh: dict[str, KeyRecord] = {}
+                initial = True
+                async for item in store.watch():
+                    if item is None:  # the initial state is complete: switch over at once
+                        if initial:
+                            self.records, initial = fresh, False
+                            self.ready.set()
+                        continue
+                    key_id, record = item
+                    target = fresh if initial else self.records
+                    if record is None:
+                        target.pop(key_id, None)
+                    else:
+                        target[key_id] = record
+                    delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away: keep the last copy (fail closed stays closed), retry
+                log.warning("key watch interrupted (%s); retrying in %.1fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

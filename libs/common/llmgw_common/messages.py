@@ -66,6 +66,7 @@ class Reservation(BaseModel):
     tokens_in: int
     tokens_out: int
     cost_nano: int
+    key_id: str | None = None  # the gateway key whose windows and month it also went into
 
 
 class Candidate(BaseModel):
@@ -244,10 +245,10 @@ class WindowTotals(BaseModel):
 
 
 class ScopeUsage(BaseModel):
-    scope: Literal["provider", "model"]
-    provider: str
+    scope: Literal["provider", "model", "key"]
+    provider: str  # for a key scope: the key id
     model: str | None = None
-    windows: dict[str, WindowTotals]  # "minute" | "hour" | "day"
+    windows: dict[str, WindowTotals]  # "minute" | "hour" | "day" (and "month" for a key)
 
 
 class UsageCurrent(Message):

@@ -23,7 +23,9 @@ last window that sums it has moved past it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 KEY_PREFIX = "llmgw:w:"
 SCOPES_KEY = "llmgw:scopes"  # set of every scope that has ever been written
@@ -78,13 +80,44 @@ def model_scope(provider: str, model: str) -> str:
     return f"m:{provider}/{model}"
 
 
+def key_scope(key_id: str) -> str:
+    return f"k:{key_id}"
+
+
 def parse_scope(scope: str) -> tuple[str, str, str | None]:
-    """``p:openai`` -> ("provider", "openai", None); ``m:openai/gpt-4o`` -> ("model", "openai", "gpt-4o")."""
+    """``p:openai`` -> ("provider", "openai", None); ``m:openai/gpt-4o`` -> ("model", "openai", "gpt-4o");
+    ``k:<key id>`` -> ("key", "<key id>", None)."""
     kind, _, rest = scope.partition(":")
     if kind == "m":
         provider, _, model = rest.partition("/")
         return "model", provider, model
+    if kind == "k":
+        return "key", rest, None
     return "provider", rest, None
+
+
+# ---- calendar months (keys' budgets) --------------------------------------------------------------
+# A gateway key's monthly limits count in one hash per calendar month, in the configured time zone
+# (keys.budget_timezone, UTC by default): ``llmgw:cal:{scope}:month:{YYYY-MM}`` with the same fields as
+# a window bucket. The month's total is that one hash; it resets when the next month's hash starts.
+# Kept 40 days past the month's end, for looking back.
+CALENDAR_PREFIX = "llmgw:cal:"
+CALENDAR_KEEP_S = 40 * 86400
+
+
+def month_of(ts_s: float, tz: str = "UTC") -> tuple[str, int, int]:
+    """(label ``YYYY-MM``, start, end) of the calendar month ``ts_s`` falls in, in zone ``tz`` (epoch seconds)."""
+    zone = ZoneInfo(tz)
+    local = datetime.fromtimestamp(ts_s, zone)
+    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1))
+    return f"{start.year:04d}-{start.month:02d}", int(start.timestamp()), int(end.timestamp())
+
+
+def month_key(scope: str, ts_s: float, tz: str = "UTC") -> tuple[str, int]:
+    """(key, expire_at) of the calendar-month hash ``ts_s`` counts in."""
+    label, _start, end = month_of(ts_s, tz)
+    return f"{CALENDAR_PREFIX}{scope}:month:{label}", end + CALENDAR_KEEP_S
 
 
 def usd_to_nano(usd: Decimal) -> int:

@@ -17,17 +17,14 @@ address, so guessing is slow.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections import OrderedDict, deque
 from typing import Mapping
 
-from llmgw_common.keys import KeyRecord, KeyStore, key_id_of
+from llmgw_common.keys import KeyMirror, KeyRecord, key_id_of
 
 from .core.errors import GatewayError
 
-log = logging.getLogger("llmgw.edge.auth")
 
 KEY_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
 FAILURES_ALLOWED = 20  # failed checks per address per window before it is refused outright
@@ -80,61 +77,17 @@ class FailureLimiter:
             self._failures.popitem(last=False)
 
 
-class KeyCache:
-    """The edge's copy of the key store, kept current by a watch (restarted if it ever ends)."""
+class KeyCache(KeyMirror):
+    """The edge's copy of the key store (a ``KeyMirror``) and the checks made against it."""
 
     def __init__(self, require_keys: bool = False):
+        super().__init__()
         self.require_keys = require_keys
-        self.records: dict[str, KeyRecord] = {}
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task | None = None
         self.limiter = FailureLimiter()
 
     @property
     def enforcing(self) -> bool:
         return self.require_keys or bool(self.records)
-
-    async def start(self, js, timeout_s: float = 10.0) -> None:
-        self._task = asyncio.create_task(self._follow(js), name="key-watch")
-        try:
-            await asyncio.wait_for(self.ready.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            raise RuntimeError("the key store (JetStream key-value bucket) did not answer: is NATS with "
-                               "JetStream up?") from None
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _follow(self, js) -> None:
-        delay = 0.5
-        while True:
-            try:
-                store = await KeyStore.open(js)
-                fresh: dict[str, KeyRecord] = {}
-                initial = True
-                async for item in store.watch():
-                    if item is None:  # the initial state is complete: switch over at once
-                        self.records, initial = fresh, False
-                        self.ready.set()
-                        continue
-                    key_id, record = item
-                    target = fresh if initial else self.records
-                    if record is None:
-                        target.pop(key_id, None)
-                    else:
-                        target[key_id] = record
-                    delay = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS away: keep the last copy (fail closed stays closed), retry
-                log.warning("key watch interrupted (%s); retrying in %.1fs", type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
     def authenticate(self, headers: Mapping[str, str], address: str) -> KeyRecord | None:
         """The caller's key (None when keys are not enforced); raises 401 / 429 otherwise."""

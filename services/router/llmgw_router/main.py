@@ -18,6 +18,7 @@ from nats.micro.request import Request
 
 from llmgw_common import subjects
 from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
+from llmgw_common.keys import KeyMirror
 from llmgw_common.lifecycle import wait_for_stop
 from llmgw_common.logs import setup_logging
 from llmgw_common.messages import (AttemptOutcome, ErrorInfo, PinCommand, PriceKey, PriceList, PriceLookup,
@@ -57,6 +58,7 @@ class Router:
         self.windows = windows
         self.state = RoutingState(smart=config.routing.smart.enabled)
         self.now_ms = _now_ms  # injectable: tests move time forward instead of sleeping for a window
+        self.keys = KeyMirror()  # gateway keys: their providers and limits (started in ``serve``)
         self._tasks: set[asyncio.Task] = set()
 
     # ---- decide ----------------------------------------------------------
@@ -87,12 +89,15 @@ class Router:
 
     async def decide(self, route_request: RouteRequest) -> RouteDecision:
         self.state.rr_counter += 1
-        p = plan(self.config, self.prices, route_request, self.state)
+        # a key the edge accepted but this mirror has not seen yet (created a moment ago) has no limits here
+        key = self.keys.records.get(route_request.key_id) if route_request.key_id else None
+        p = plan(self.config, self.prices, route_request, self.state, key=key)
         decision = RouteDecision(request_id=route_request.request_id, model=p.model, skipped=list(p.skipped),
                                  strategy=p.strategy, rule=p.rule, error=p.error)
         if p.error is not None:
             return decision
-        admission = await self.store.admit(p.ordered, route_request.request_id, self.now_ms())
+        admission = await self.store.admit(p.ordered, route_request.request_id, self.now_ms(), key,
+                                           self.config.keys.budget_timezone)
         first = len(p.ordered) if admission.index is None else admission.index
         for i in range(first):
             decision.skipped.append(Skipped(provider=p.ordered[i].candidate.provider,
@@ -123,7 +128,7 @@ class Router:
         kind, cooldown_ms = classify(outcome, self.config.routing)
         try:
             result = await self.store.record_outcome(outcome, kind, cooldown_ms, self.config.routing.breaker,
-                                                     self.now_ms())
+                                                     self.now_ms(), self.config.keys.budget_timezone)
         except Exception:
             log.exception("could not record the outcome of %s", outcome.request_id)
             return
@@ -225,6 +230,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
         except Exception as exc:
             log.warning("cannot refresh routing state: %s", type(exc).__name__)
 
+    await router.keys.start(nc.jetstream())
     await nc.subscribe(subjects.PRICING_CHANGED, cb=on_pricing_changed)
     await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
     await nc.subscribe(subjects.ROUTER_REFRESH, cb=on_refresh)
@@ -246,6 +252,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
             await stop.wait()
     finally:
         refresher.cancel()
+        await router.keys.stop()
         await service.stop()
         if router._tasks:  # let decisions in hand answer before the connection drains
             await asyncio.wait(set(router._tasks), timeout=5)

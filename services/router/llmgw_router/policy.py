@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from llmgw_common.config import GatewayConfig, Limits, Price, ProviderConfig, Rule
+from llmgw_common.keys import KeyRecord
 from llmgw_common.messages import Candidate, ErrorInfo, RouteRequest, Skipped
 
 PriceBook = dict[tuple[str, str], Price | None]  # (provider, upstream model) -> price
@@ -116,7 +117,9 @@ def _is_free(provider: ProviderConfig, price: Price | None) -> bool:
 
 
 def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state: RoutingState,
-         rng: random.Random | None = None) -> Plan:
+         rng: random.Random | None = None, key: KeyRecord | None = None) -> Plan:
+    """``key``: the caller's gateway key, whose provider list narrows the candidates (its limits are
+    checked at admission, with the providers')."""
     rng = rng or random.Random()
     rule = first_matching_rule(config, request)
     action = rule.action if rule else None
@@ -148,6 +151,8 @@ def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state:
         m = p.model(t.model)
         if allowed is not None and p.id not in allowed:
             skipped.append(Skipped(provider=p.id, reason=f"not allowed by rule {rule.name!r}"))
+        elif key is not None and not key.allows_provider(p.id):
+            skipped.append(Skipped(provider=p.id, reason=f"not allowed for key {key.name!r}"))
         elif not p.enabled:
             skipped.append(Skipped(provider=p.id, reason="disabled"))
         elif p.id in request.exclude:

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 from llmgw_common.config import BreakerConfig, Limits
 from llmgw_common.messages import AttemptOutcome, Reservation
-from llmgw_common.windows import LUA_WINDOW_RANGE, SCOPES_KEY, WINDOWS, model_scope, provider_scope, usd_to_nano
+from llmgw_common.keys import KeyRecord
+from llmgw_common.windows import (LUA_WINDOW_RANGE, SCOPES_KEY, WINDOWS, key_scope, model_scope, month_key, month_of,
+                                  provider_scope, usd_to_nano)
 
 from .policy import PlannedCandidate, ProviderStats
 
@@ -52,48 +54,108 @@ local now = math.floor(now_ms / 1000)
 local rid = ARGV[2]
 local wins, i = read_windows(3)
 local nw = #wins
+-- the caller's gateway key: its scope, name, window limits (3 x nw) and calendar month
+local key_scope, key_name = ARGV[i], ARGV[i + 1]
+local key_limits_at = i + 2
+i = i + 2 + 3 * nw
+local month_key, month_end, month_expire = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+local month_limits = {tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])}
+i = i + 6
 local n = tonumber(ARGV[i]); i = i + 1
 local out = {0}
 
 -- every bucket overlapping [now - seconds, now]: a request counts for at least
--- the window's length (see llmgw_common.windows)
+-- the window's length (see llmgw_common.windows). Also returns the buckets' own
+-- totals, oldest first, to tell how long until enough of them leave the window.
 local function window_sum(scope, w)
   local bucket, seconds = wins[w][3], wins[w][2]
   local first, last = window_range(now, seconds, bucket)
   local req, tok, cost = 0, 0, 0
+  local each = {}
   for b = first, last, bucket do
     local v = redis.call('HMGET', 'llmgw:w:' .. scope .. ':' .. bucket .. ':' .. b, 'req', 'tin', 'tout', 'cost')
-    req = req + (tonumber(v[1]) or 0)
-    tok = tok + (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0)
-    cost = cost + (tonumber(v[4]) or 0)
+    local r, t, c = tonumber(v[1]) or 0, (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0), tonumber(v[4]) or 0
+    req, tok, cost = req + r, tok + t, cost + c
+    table.insert(each, {b, r, t, c})
   end
-  return req, tok, cost
+  return req, tok, cost, each
 end
 
--- the first limit this request would break, as a reason, or nil
-local function over_limit(scopes, kinds, at, est_tok, est_cost)
-  for s = 1, 2 do
-    local base = at + (s - 1) * 3 * nw
-    for w = 1, nw do
-      local lr = tonumber(ARGV[base + w - 1])
-      local lt = tonumber(ARGV[base + nw + w - 1])
-      local lc = tonumber(ARGV[base + 2 * nw + w - 1])
-      if lr >= 0 or lt >= 0 or lc >= 0 then
-        local req, tok, cost = window_sum(scopes[s], w)
-        local name = wins[w][1]
-        if lr >= 0 and req + 1 > lr then
-          return 'requests_per_' .. name .. ' reached on ' .. kinds[s] .. ' (' .. req .. '/' .. lr .. ')'
-        end
-        if lt >= 0 and tok + est_tok > lt then
-          return 'tokens_per_' .. name .. ' would be exceeded on ' .. kinds[s] .. ' (' .. tok .. ' used + ~' .. est_tok .. ' > ' .. lt .. ')'
-        end
-        if lc >= 0 and cost + est_cost > lc then
-          return 'cost_per_' .. name .. ' would be exceeded on ' .. kinds[s]
-        end
+-- seconds until the window's sum of field f (1 req, 2 tok, 3 cost) leaves room for `need` more under
+-- `limit`, as its oldest buckets leave it; nil when even an empty window has no room
+local function wait_for_room(each, f, total, need, limit, seconds, bucket)
+  if need > limit then return nil end
+  local left = total
+  for _, b in ipairs(each) do
+    left = left - b[f + 1]
+    if left + need <= limit then
+      return math.max(1, b[1] + seconds + bucket - now)
+    end
+  end
+  return nil
+end
+
+local function left_text(wait)
+  if wait then return ' (' .. wait .. 's left)' end
+  return ''
+end
+
+-- the first limit of `scope` (limits at ARGV[at..]) this request would break, as a reason, or nil
+local function over_scope(scope, kind, at, est_tok, est_cost)
+  for w = 1, nw do
+    local lr = tonumber(ARGV[at + w - 1])
+    local lt = tonumber(ARGV[at + nw + w - 1])
+    local lc = tonumber(ARGV[at + 2 * nw + w - 1])
+    if lr >= 0 or lt >= 0 or lc >= 0 then
+      local req, tok, cost, each = window_sum(scope, w)
+      local name, seconds, bucket = wins[w][1], wins[w][2], wins[w][3]
+      if lr >= 0 and req + 1 > lr then
+        return 'requests_per_' .. name .. ' reached on ' .. kind .. ' (' .. req .. '/' .. lr .. ')'
+          .. left_text(wait_for_room(each, 1, req, 1, lr, seconds, bucket))
+      end
+      if lt >= 0 and tok + est_tok > lt then
+        return 'tokens_per_' .. name .. ' would be exceeded on ' .. kind .. ' (' .. tok .. ' used + ~' .. est_tok
+          .. ' > ' .. lt .. ')' .. left_text(wait_for_room(each, 2, tok, est_tok, lt, seconds, bucket))
+      end
+      if lc >= 0 and cost + est_cost > lc then
+        return 'cost_per_' .. name .. ' would be exceeded on ' .. kind
+          .. left_text(wait_for_room(each, 3, cost, est_cost, lc, seconds, bucket))
       end
     end
   end
   return nil
+end
+
+-- the key's calendar month: one hash, reset when the next month starts
+local function over_month(est_tok, est_cost)
+  if month_key == '' then return nil end
+  local v = redis.call('HMGET', month_key, 'req', 'tin', 'tout', 'cost')
+  local req, tok, cost = tonumber(v[1]) or 0, (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0), tonumber(v[4]) or 0
+  local reset = ' (' .. math.max(1, month_end - now) .. 's left)'
+  if month_limits[1] >= 0 and req + 1 > month_limits[1] then
+    return 'requests_per_month reached on key ' .. key_name .. ' (' .. req .. '/' .. month_limits[1] .. ')' .. reset
+  end
+  if month_limits[2] >= 0 and tok + est_tok > month_limits[2] then
+    return 'tokens_per_month would be exceeded on key ' .. key_name .. reset
+  end
+  if month_limits[3] >= 0 and cost + est_cost > month_limits[3] then
+    return 'cost_per_month budget would be exceeded on key ' .. key_name .. reset
+  end
+  return nil
+end
+
+local function reserve(scope, est_in, est_out, est_cost)
+  for w = 1, nw do
+    local seconds, bucket = wins[w][2], wins[w][3]
+    local start = now - (now % bucket)  -- the bucket of the reservation's at_s (= now)
+    local key = 'llmgw:w:' .. scope .. ':' .. bucket .. ':' .. start
+    redis.call('HINCRBY', key, 'req', 1)
+    redis.call('HINCRBY', key, 'tin', est_in)
+    redis.call('HINCRBY', key, 'tout', est_out)
+    redis.call('HINCRBY', key, 'cost', est_cost)
+    redis.call('EXPIREAT', key, start + seconds + bucket)
+  end
+  redis.call('SADD', KEYS[1], scope)
 end
 
 for c = 1, n do
@@ -120,26 +182,31 @@ for c = 1, n do
       end
     end
   end
+  local est_tok = est_in + est_out
   if not reason then
-    reason = over_limit(scopes, {'provider', 'model'}, limits_at, est_in + est_out, est_cost)
+    reason = over_scope(scopes[1], 'provider', limits_at, est_tok, est_cost)
+      or over_scope(scopes[2], 'model', limits_at + 3 * nw, est_tok, est_cost)
+  end
+  if not reason and key_scope ~= '' then
+    reason = over_scope(key_scope, 'key ' .. key_name, key_limits_at, est_tok, est_cost)
+      or over_month(est_tok, est_cost)
   end
   if not reason then
     if probe then
       redis.call('SET', 'llmgw:probe:' .. provider, rid, 'PX', tonumber(ARGV[#ARGV]))
     end
-    for s = 1, 2 do
-      for w = 1, nw do
-        local seconds, bucket = wins[w][2], wins[w][3]
-        local start = now - (now % bucket)  -- the bucket of the reservation's at_s (= now)
-        local key = 'llmgw:w:' .. scopes[s] .. ':' .. bucket .. ':' .. start
-        redis.call('HINCRBY', key, 'req', 1)
-        redis.call('HINCRBY', key, 'tin', est_in)
-        redis.call('HINCRBY', key, 'tout', est_out)
-        redis.call('HINCRBY', key, 'cost', est_cost)
-        redis.call('EXPIREAT', key, start + seconds + bucket)
-      end
+    reserve(scopes[1], est_in, est_out, est_cost)
+    reserve(scopes[2], est_in, est_out, est_cost)
+    if key_scope ~= '' then
+      reserve(key_scope, est_in, est_out, est_cost)
     end
-    redis.call('SADD', KEYS[1], scopes[1], scopes[2])
+    if month_key ~= '' then
+      redis.call('HINCRBY', month_key, 'req', 1)
+      redis.call('HINCRBY', month_key, 'tin', est_in)
+      redis.call('HINCRBY', month_key, 'tout', est_out)
+      redis.call('HINCRBY', month_key, 'cost', est_cost)
+      redis.call('EXPIREAT', month_key, month_expire)
+    end
     redis.call('ZADD', 'llmgw:inflight:' .. provider, now_ms, rid)
     out[1] = c
     return out
@@ -159,8 +226,12 @@ local max_failures, window_ms, open_ms = tonumber(ARGV[7]), tonumber(ARGV[8]), t
 local alpha = tonumber(ARGV[10])
 local has_res = ARGV[11] == '1'
 local at, tin, tout, cost = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
-local scopes = {ARGV[16], ARGV[17]}
-local wins = read_windows(18)
+-- the scopes it was reserved in (provider, model, and the key's when there was one), then the key's month
+local n_scopes = tonumber(ARGV[16])
+local scopes = {}
+for k = 1, n_scopes do scopes[k] = ARGV[16 + k] end
+local month_key = ARGV[17 + n_scopes]
+local wins = read_windows(18 + n_scopes)
 
 redis.call('ZREM', 'llmgw:inflight:' .. provider, rid)
 local probe_key = 'llmgw:probe:' .. provider
@@ -179,7 +250,13 @@ end
 
 -- a failed attempt: give back what admission reserved for it
 if has_res then
-  for s = 1, 2 do
+  if month_key ~= '' and redis.call('EXISTS', month_key) == 1 then
+    redis.call('HINCRBY', month_key, 'req', -1)
+    redis.call('HINCRBY', month_key, 'tin', 0 - tin)
+    redis.call('HINCRBY', month_key, 'tout', 0 - tout)
+    redis.call('HINCRBY', month_key, 'cost', 0 - cost)
+  end
+  for s = 1, #scopes do
     for w = 1, #wins do
       local seconds, bucket = wins[w][2], wins[w][3]
       local start = at - (at % bucket)
@@ -246,6 +323,24 @@ def _limit_args(limits: Limits) -> list[int]:
     return out
 
 
+_NO_LIMITS = [-1] * (3 * len(WINDOWS))
+
+
+def _key_args(key: KeyRecord | None, now_ms: int, budget_tz: str) -> list[object]:
+    """The admission script's key block: scope, name, window limits, then the calendar month's key, end,
+    expiry and limits ("" and no limits without a key)."""
+    if key is None:
+        return ["", "", *_NO_LIMITS, "", 0, 0, -1, -1, -1]
+    scope = key_scope(key.id)
+    _label, _start, end = month_of(now_ms / 1000, budget_tz)
+    month, expire_at = month_key(scope, now_ms / 1000, budget_tz)
+    lim = key.limits
+    return [scope, key.name.replace("'", ""), *_limit_args(lim), month, end, expire_at,
+            -1 if lim.requests_per_month is None else int(lim.requests_per_month),
+            -1 if lim.tokens_per_month is None else int(lim.tokens_per_month),
+            -1 if lim.cost_per_month is None else usd_to_nano(lim.cost_per_month)]
+
+
 @dataclass
 class Admission:
     index: int | None  # position in the ordered list of the admitted candidate
@@ -260,10 +355,14 @@ class RoutingStore:
         self._outcome = redis.register_script(OUTCOME_LUA)
         self._stats = redis.register_script(STATS_LUA)
 
-    async def admit(self, ordered: list[PlannedCandidate], request_id: str, now_ms: int) -> Admission:
+    async def admit(self, ordered: list[PlannedCandidate], request_id: str, now_ms: int,
+                    key: KeyRecord | None = None, budget_tz: str = "UTC") -> Admission:
+        """Admit the first candidate under every limit: its provider's, its model's and the caller's key's
+        (windows and calendar month), reserving the estimate in all of them at once."""
         if not ordered:
             return Admission(None, {}, None)
-        args: list[object] = [now_ms, request_id, *_WINDOW_ARGS, len(ordered)]
+        args: list[object] = [now_ms, request_id, *_WINDOW_ARGS, *_key_args(key, now_ms, budget_tz),
+                              len(ordered)]
         for pc in ordered:
             c = pc.candidate
             est_cost = usd_to_nano(pc.est_cost)
@@ -280,19 +379,23 @@ class RoutingStore:
         pc = ordered[admitted - 1]
         reservation = Reservation(provider=pc.candidate.provider, model=pc.candidate.model, at_s=now_ms // 1000,
                                   tokens_in=pc.est_tokens_in, tokens_out=pc.est_tokens_out,
-                                  cost_nano=usd_to_nano(pc.est_cost))
+                                  cost_nano=usd_to_nano(pc.est_cost), key_id=key.id if key else None)
         return Admission(admitted - 1, reasons, reservation)
 
     async def record_outcome(self, o: AttemptOutcome, kind: str, cooldown_ms: int, breaker: BreakerConfig,
-                             now_ms: int) -> str:
+                             now_ms: int, budget_tz: str = "UTC") -> str:
         r = o.reservation
+        scopes = [provider_scope(r.provider if r else o.provider),
+                  model_scope(r.provider, r.model) if r else model_scope(o.provider, o.model)]
+        month = ""
+        if r is not None and r.key_id:
+            scopes.append(key_scope(r.key_id))
+            month = month_key(key_scope(r.key_id), r.at_s, budget_tz)[0]
         args: list[object] = [now_ms, o.provider, o.request_id, kind, cooldown_ms, o.latency_ms,
                               breaker.failures, int(breaker.window_s * 1000), int(breaker.open_s * 1000),
                               LATENCY_ALPHA, 1 if r else 0, r.at_s if r else 0, r.tokens_in if r else 0,
                               r.tokens_out if r else 0, r.cost_nano if r else 0,
-                              provider_scope(r.provider if r else o.provider),
-                              model_scope(r.provider, r.model) if r else model_scope(o.provider, o.model),
-                              *_WINDOW_ARGS]
+                              len(scopes), *scopes, month, *_WINDOW_ARGS]
         return str(await self._outcome(keys=[], args=args))
 
     async def read_stats(self, providers: list[str], now_ms: int) -> tuple[str | None, str | None,

@@ -50,7 +50,9 @@ from llmgw_common.windows import (
     SEEN_TTL_S,
     WINDOWS,
     Window,
+    key_scope,
     model_scope,
+    month_key,
     nano_to_usd,
     parse_scope,
     provider_scope,
@@ -101,6 +103,7 @@ class IngestReservation(msgspec.Struct, frozen=True, gc=False):
     tokens_in: int
     tokens_out: int
     cost_nano: int
+    key_id: str | None = None
 
 
 class IngestAttempt(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -328,7 +331,8 @@ def _attempt_ok(a: IngestAttempt | Any) -> bool:
 
 
 def _reservation_ok(r: IngestReservation | Any) -> bool:
-    return (len(r.provider) <= MAX_ID_CHARS and len(r.model) <= MAX_ID_CHARS and _TS_MIN_S <= r.at_s < _TS_MAX_S
+    return (len(r.provider) <= MAX_ID_CHARS and len(r.model) <= MAX_ID_CHARS
+            and (r.key_id is None or len(r.key_id) <= MAX_ID_CHARS) and _TS_MIN_S <= r.at_s < _TS_MAX_S
             and 0 <= r.tokens_in <= MAX_TOKENS and 0 <= r.tokens_out <= MAX_TOKENS
             and 0 <= r.cost_nano <= MAX_COST_NANO)
 
@@ -460,15 +464,24 @@ def bucket_expire_at(start: int, window: Window) -> int:
 
 
 def event_scopes(ev: IngestEvent | UsageEvent) -> tuple[str, ...]:
-    """Scopes an event counts in: its provider and its (provider, model); none when nobody served it."""
+    """Scopes an event counts in: its provider, its (provider, model) and its gateway key; none when nobody
+    served it."""
     if not ev.provider:
         return ()
-    return _scopes(ev.provider, ev.model)
+    return _scopes(ev.provider, ev.model, ev.key_id)
 
 
 @functools.lru_cache(maxsize=4096)
-def _scopes(provider: str, model: str) -> tuple[str, str]:
+def _scopes(provider: str, model: str, key_id: str | None = None) -> tuple[str, ...]:
+    if key_id:
+        return provider_scope(provider), model_scope(provider, model), key_scope(key_id)
     return provider_scope(provider), model_scope(provider, model)
+
+
+@functools.lru_cache(maxsize=1024)
+def _month(scope: str, quarter_hour: int, tz: str) -> tuple[str, int]:
+    # month boundaries fall on quarter hours in every zone: one computation per scope and quarter hour
+    return month_key(scope, quarter_hour, tz)
 
 
 def cost_nano(cost: Decimal) -> int:
@@ -517,13 +530,15 @@ def event_amounts(ev: IngestEvent | UsageEvent, now_s: int, rebuild: bool = Fals
     cost = cost_nano(ev.cost_usd)
     r = ev.reservation
     if r is not None and not rebuild and r.provider == ev.provider:
-        return EventAmounts(min(r.at_s, now_s), _scopes(r.provider, r.model),
+        return EventAmounts(min(r.at_s, now_s), _scopes(r.provider, r.model, r.key_id),
                             0, tin - r.tokens_in, tout - r.tokens_out, cost - r.cost_nano)
-    return EventAmounts(min(math.floor(epoch_s(ev.ts)), now_s), _scopes(ev.provider, ev.model), 1, tin, tout, cost)
+    return EventAmounts(min(math.floor(epoch_s(ev.ts)), now_s), _scopes(ev.provider, ev.model, ev.key_id), 1, tin,
+                        tout, cost)
 
 
-def live_buckets(scopes: Sequence[str], ts_s: int, now_s: int) -> list[tuple[str, int]]:
-    """(key, expire_at) of every bucket of every window that time ``ts_s`` falls in and that has not expired."""
+def live_buckets(scopes: Sequence[str], ts_s: int, now_s: int, budget_tz: str = "UTC") -> list[tuple[str, int]]:
+    """(key, expire_at) of every bucket of every window that time ``ts_s`` falls in and that has not expired;
+    for a gateway key's scope also its calendar month (its budgets) in ``budget_tz``."""
     out = []
     for scope in scopes:
         for w in WINDOWS:
@@ -531,6 +546,10 @@ def live_buckets(scopes: Sequence[str], ts_s: int, now_s: int) -> list[tuple[str
             expire_at = bucket_expire_at(start, w)
             if expire_at > now_s:
                 out.append((bucket_key(scope, w.bucket_s, start), expire_at))
+        if scope.startswith("k:"):
+            key, expire_at = _month(scope, ts_s - ts_s % 900, budget_tz)
+            if expire_at > now_s:
+                out.append((key, expire_at))
     return out
 
 
@@ -604,7 +623,7 @@ def seen_key(event_id: str) -> str:
 
 
 def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
-                       rebuild: bool = False) -> list[Any] | None:
+                       rebuild: bool = False, budget_tz: str = "UTC") -> list[Any] | None:
     """ARGV for ``APPLY_EVENTS_LUA``; events nobody served (no scope) are left out. None: nothing to apply."""
     group_of: dict[tuple[tuple[str, ...], int], int] = {}
     groups: list[list] = []
@@ -619,7 +638,7 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
         if group is None:
             group = group_of[signature] = len(groups) + 1
             buckets: list[Any] = []
-            for key, expire_at in live_buckets(a.scopes, a.ts_s, now_s):
+            for key, expire_at in live_buckets(a.scopes, a.ts_s, now_s, budget_tz):
                 buckets += [key, expire_at]
             groups.append([buckets, list(a.scopes)])
         flat += [ev.id, group, a.requests, a.tokens_in, a.tokens_out, a.cost_nano]

@@ -81,7 +81,8 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
 
         projection = ClickHouseProjection(store, redis)
         await projection.recover()  # inserts a crash cut short, before anything new
-        processor = BatchProcessor(projection, WindowWriter(redis), dead_letters=deadletter.DeadLetters(js))
+        writer = WindowWriter(redis, config.keys.budget_timezone)
+        processor = BatchProcessor(projection, writer, dead_letters=deadletter.DeadLetters(js))
         tune_gc()
         consumer = UsageConsumer(js, processor, config.usage.batch_size, config.usage.batch_wait_s, nc=nc,
                                  ack_wait_s=settings.ack_wait_s)
@@ -94,6 +95,7 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
                 log.warning("config change ignored: %s", exc)
                 return
             consumer.configure(new.usage.batch_size, new.usage.batch_wait_s)
+            writer.budget_tz = new.keys.budget_timezone
             try:
                 await _ensure_stream(js, new)
             except Exception as exc:  # noqa: BLE001

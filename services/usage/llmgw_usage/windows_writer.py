@@ -21,8 +21,9 @@ CHUNK = 2000
 
 
 class WindowWriter:
-    def __init__(self, redis):
+    def __init__(self, redis, budget_tz: str = "UTC"):
         self._script = redis.register_script(domain.APPLY_EVENTS_LUA)
+        self.budget_tz = budget_tz  # keys' calendar months (config keys.budget_timezone)
 
     async def apply(self, events: Sequence[domain.IngestEvent | UsageEvent], now_s: int, rebuild: bool = False) -> int:
         """Apply events not applied before; returns how many were new.
@@ -32,7 +33,7 @@ class WindowWriter:
         """
         applied = 0
         for i in range(0, len(events), CHUNK):
-            args = domain.window_script_args(events[i : i + CHUNK], now_s, rebuild)
+            args = domain.window_script_args(events[i : i + CHUNK], now_s, rebuild, self.budget_tz)
             if args is None:  # nothing with a scope in this chunk
                 continue
             applied += int(await self._script(keys=[], args=args))
