@@ -248,7 +248,7 @@ class ScopeUsage(BaseModel):
     scope: Literal["provider", "model", "key"]
     provider: str  # for a key scope: the key id
     model: str | None = None
-    windows: dict[str, WindowTotals]  # "minute" | "hour" | "day" (and "month" for a key)
+    windows: dict[str, WindowTotals]  # "minute" | "hour" | "day"
 
 
 class UsageCurrent(Message):
