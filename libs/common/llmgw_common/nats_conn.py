@@ -7,6 +7,7 @@ from typing import TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -18,11 +19,24 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 
+# Reconnection (docs/reliability.md): a service never gives up on NATS, and notices a dead server fast.
+RECONNECT_WAIT_S = 0.5  # between attempts at the same server: a restarted nats-server is back in about a second
+PING_INTERVAL_S = 5  # a connection whose server stopped answering (no FIN/RST: host gone, network cut) ...
+MAX_OUTSTANDING_PINGS = 2  # ... is declared stale after two unanswered pings, then reconnected
+CONNECT_TIMEOUT_S = 2
+
+
 async def connect_nats(url: str, name: str) -> NATS:
-    """Connect with endless reconnects: a NATS restart must not kill a service."""
+    """Connect with endless reconnects: a NATS restart must not kill a service, nor need it restarted.
+
+    The first connection is retried forever too (``max_reconnect_attempts=-1``): a service started while
+    nats-server is down waits for it. Publishes made while reconnecting are buffered (nats-py's 2 MiB
+    pending buffer) and sent after the reconnect: acks and fire-and-forget events survive a short outage.
+    Requests are not: ``request`` refuses at once while disconnected (see ``NotConnectedError``).
+    """
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
+        log.warning("nats error: %s", exc or type(exc).__name__)
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected")
@@ -34,12 +48,27 @@ async def connect_nats(url: str, name: str) -> NATS:
         servers=[url],
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=5,
+        reconnect_time_wait=RECONNECT_WAIT_S,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
+
+
+class NotConnectedError(NoRespondersError):
+    """A request made while the connection to NATS is down: nobody can answer it now.
+
+    Raised at once instead of buffering the request until the reconnect: the caller answers its own
+    client with a clean 503 now, and no service acts later on a request its sender has given up on (a
+    routing decision answered after the edge's timeout would hold a reservation nobody releases). A
+    subclass of ``NoRespondersError``, so every caller that maps "no responders" to 503 handles it.
+    """
+
+    def __str__(self) -> str:
+        return "nats: not connected"
 
 
 class RemoteError(Exception):
@@ -52,8 +81,16 @@ class RemoteError(Exception):
 
 
 async def request(nc: NATS, subject: str, msg: Message, reply_type: type[M], timeout: float) -> M:
-    """Request/reply with typed messages; a micro-service error reply becomes ``RemoteError``."""
-    resp = await nc.request(subject, msg.encode(), timeout=timeout)
+    """Request/reply with typed messages; a micro-service error reply becomes ``RemoteError``.
+
+    While NATS is unreachable this fails at once with ``NotConnectedError`` (a ``NoRespondersError``).
+    """
+    if getattr(nc, "is_connected", True) is False:
+        raise NotConnectedError
+    try:
+        resp = await nc.request(subject, msg.encode(), timeout=timeout)
+    except (OutboundBufferLimitError, ConnectionClosedError):
+        raise NotConnectedError from None
     if resp.headers and resp.headers.get("Nats-Service-Error-Code"):
         raise RemoteError(int(resp.headers["Nats-Service-Error-Code"]), "service_error",
                           resp.headers.get("Nats-Service-Error", ""))
