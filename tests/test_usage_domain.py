@@ -678,3 +678,13 @@ def test_history_pages_totals_first_then_rows_after_a_key():
     assert (params["c_bucket"], params["c_model"]) == (int(rows[2].bucket.timestamp()), "m2")
     assert not plan2.totals_wanted
     assert queries.page_history(rows, [], plan2, size * 100) == (rows, [], None)
+
+
+def test_history_cursor_of_the_longest_names_fits_its_bound():
+    from llmgw_common.messages import UsageHistoryQuery as Q
+
+    name = "ü€𝄞" * (domain.MAX_ID_CHARS // 3)
+    c = queries.HistoryCursor(None, [1700000000, name, name, name], 99_999)
+    text = queries.encode_history_cursor(c)
+    assert Q(cursor=text, group_by=["provider", "model", "key_id"]).cursor == text
+    assert queries.decode_history_cursor(text, ["provider", "model", "key_id"]) == c

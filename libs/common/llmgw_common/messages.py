@@ -270,7 +270,7 @@ class UsageHistoryQuery(Message):
     group_by: list[Literal["provider", "model", "key_id"]] = Field(default_factory=lambda: ["provider", "model"])
     top: int | None = Field(default=None, gt=0, le=1000)  # only the N groups with the most `order_by` in the range
     order_by: Literal["requests", "errors", "tokens", "cost"] = "requests"
-    cursor: str | None = Field(default=None, max_length=4096)  # next_cursor of the previous page
+    cursor: str | None = Field(default=None, max_length=8192)  # next_cursor of the previous page
 
 
 class HistoryRow(BaseModel):

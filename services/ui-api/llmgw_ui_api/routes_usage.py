@@ -68,7 +68,10 @@ MAX_FOLLOWED_PAGES = 32
 # refuses unknown and repeated ones); bounds as the usage messages have them
 Text = Annotated[str | None, Query(max_length=FILTER_MAX_CHARS)]
 When = Annotated[datetime | None, Query(description="ISO 8601; no zone: UTC")]
-Cursor = Annotated[str | None, Query(max_length=4096, description="next_cursor of the previous page")]
+# a cursor is base64url text; bounded well below what the HTTP server takes in a request line (uvicorn
+# answers a head over 80 kB itself, in plain text), even percent-encoded at 12 bytes a character
+Cursor = Annotated[str | None, Query(max_length=4096, pattern=r"^[A-Za-z0-9_=-]*$",
+                                     description="next_cursor of the previous page")]
 
 
 def _params(request: Request, allowed: set[str]) -> dict:

@@ -134,7 +134,8 @@ class HistoryCursor:
 
 
 def encode_history_cursor(c: HistoryCursor) -> str:
-    raw = json.dumps({"t": c.totals_offset, "k": c.key, "n": c.sent}, separators=(",", ":")).encode()
+    raw = json.dumps({"t": c.totals_offset, "k": c.key, "n": c.sent}, separators=(",", ":"),
+                     ensure_ascii=False).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
