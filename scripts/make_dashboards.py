@@ -179,6 +179,19 @@ def usage_dashboard() -> tuple[dict, list[list[Panel]]]:
                  "mean_latency_ms"], "model", "request_count DESC, model", ts=False, limit="25")],
                 12, 8, "The busiest models in the time range."),
         ],
+        [
+            Panel("Top API keys", "table", [q_rollup(
+                f"{KEY} AS key_name, sum(requests) AS request_count, sum(tokens_in) AS input_tokens,"
+                " sum(tokens_out) AS output_tokens, toFloat64(sum(cost_usd)) AS cost,"
+                " sum(errors) / greatest(sum(requests), 1) AS error_rate",
+                ["key_name", "request_count", "input_tokens", "output_tokens", "cost", "error_rate"], "key_name",
+                "cost DESC, request_count DESC, key_name", ts=False, limit="25")],
+                12, 8, "Gateway API keys by spend in the time range ((none): requests made without a key)."),
+            Panel("Requests by API key", "timeseries", [q_rollup(
+                f"{ROLLUP_TIME} AS time, {KEY} AS key_name, sum(requests) AS request_count",
+                ["time", "key_name", "request_count"], "time, key_name", "time")],
+                12, 8, unit="short", series_label="key_name", stacked=True),
+        ],
     ]
     return meta, rows
 
