@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -50,3 +53,125 @@ def clear_router_health(redis_url: str) -> None:
         for key in r.scan_iter(pattern):
             r.delete(key)
     r.close()
+
+
+# ---- supervised stacks and the runner as a process (fault injection) ----------------------------------
+
+
+@contextlib.contextmanager
+def supervised_stack(root: Path, config_text: str, env: dict[str, str], state_dir: Path | None = None,
+                     edge_port: int | None = None, ui_port: int | None = None, **stack_options):
+    """Like ``running_stack``, with the supervision ``llmgw run`` does (restarts with backoff, health
+    changes recorded in ``stack.health_changes``). Leave NATS_URL / REDIS_URL out of ``env`` to have the
+    stack start — and supervise — its own nats-server and Redis."""
+    config = root / "llmgw.yaml"
+    config.write_text(config_text)
+    stack = Stack(config, state_dir or root / "state", edge_port=edge_port or free_port(),
+                  ui_port=ui_port or free_port(), env=env, log_file=root / "stack.log", **stack_options)
+    try:
+        stack.start(ready_timeout=90)
+    except Exception:
+        stack.stop()
+        print((root / "stack.log").read_text())
+        raise
+    stack.supervise_in_background()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        try:
+            cmd = (Path("/proc") / str(p) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        out.append((p, cmd))
+        todo += children.get(p, [])
+    return out
+
+
+class RunnerProcess:
+    """``llmgw run`` as a real process (what a user starts), its output in ``log``; can be killed -9."""
+
+    def __init__(self, config: Path, state_dir: Path, edge_port: int, ui_port: int, env: dict[str, str],
+                 log: Path):
+        self.config, self.state_dir, self.edge_port, self.ui_port = config, state_dir, edge_port, ui_port
+        self.env = {k: v for k, v in env.items() if k not in ("NATS_URL", "REDIS_URL")}
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_timeout: float = 90.0) -> "RunnerProcess":
+        import sys
+
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llmgw_cli.main", "run", "--config", str(self.config), "--state-dir",
+                 str(self.state_dir), "--edge-port", str(self.edge_port), "--ui-port", str(self.ui_port)],
+                env=dict(self.env, PYTHONUNBUFFERED="1"), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + ready_timeout
+        while "gateway ready" not in self.output(offset):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"llmgw run not ready:\n{self.output(offset)}")
+            time.sleep(0.2)
+        return self
+
+    def output(self, offset: int = 0) -> str:
+        return self.log.read_bytes()[offset:].decode(errors="replace") if self.log.exists() else ""
+
+    def children(self) -> dict[str, int]:
+        """name -> pid of what the runner runs: nats, redis and the services."""
+        found = {}
+        for pid, cmd in descendants(self.proc.pid):
+            if "nats-server" in cmd:
+                found["nats"] = pid
+            elif "redis-server" in cmd or "valkey" in cmd:
+                found["redis"] = pid
+            elif "llmgw_cli.main" in cmd:
+                found[cmd.split("llmgw_cli.main", 1)[1].split()[0]] = pid
+        return found
+
+    def kill_all(self) -> None:
+        """kill -9 the runner and every process below it at once (a crash: nobody stops cleanly)."""
+        victims = [pid for pid, _ in descendants(self.proc.pid)]
+        os.kill(self.proc.pid, signal.SIGSTOP)  # the runner must not react to its children dying
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in victims) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -1,19 +1,28 @@
-"""``llmgw run`` as a user runs it: starter config, demo provider, a counted request, clean Ctrl-C."""
+"""``llmgw run`` as a user runs it: starter config, demo provider, a counted request, clean Ctrl-C; supervision
+of its own nats-server and Redis; health checks and the changes the runner prints."""
 
 from __future__ import annotations
 
+import asyncio
+import http.server
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import openai
 import pytest
 
+from fakes import FakeProvider
 from llmgw_cli.infra import free_port, port_is_free
+from llmgw_cli.runner import HealthWatch, Stack, describe_exit, restart_delay
+from llmgw_common import health
+from stacks import supervised_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +91,185 @@ def test_a_port_left_in_time_wait_is_free_but_a_listening_one_is_not():
     time.sleep(0.1)
     assert port_is_free(port)
 
+
+
+# ---- supervision: nats-server and Redis die and come back; health says so --------------------------
+
+
+def test_restart_backoff_and_exit_descriptions():
+    assert [restart_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert restart_delay(100) == 30.0
+    assert restart_delay(1, base_s=3) == 3
+    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
+    assert describe_exit(1) == "exited with 1"
+
+
+def _own_servers_env() -> dict[str, str]:
+    """The environment without NATS_URL / REDIS_URL: the stack starts (and supervises) its own servers."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("NATS_URL", "REDIS_URL", "CLICKHOUSE_URL") and not k.endswith("_API_KEY")}
+
+
+def _health(url: str) -> tuple[int, dict]:
+    r = httpx.get(url, timeout=10)
+    return r.status_code, r.json()
+
+
+def test_supervised_nats_and_redis_come_back_on_their_port_with_their_data(tmp_path):
+    """kill -9 of the stack's own Redis, then of its nats-server: while each is down both health endpoints
+    answer 503 naming it and a request gets a quick 503; each comes back on the same port with its data (Redis's
+    append-only file, the JetStream file store), the services reconnect by themselves, nothing is lost."""
+    with FakeProvider(models=["demo-chat"]) as upstream, supervised_stack(tmp_path, f"""
+version: 1
+providers:
+  - id: p
+    base_url: {upstream.url}
+    models: [{{name: m, upstream: demo-chat}}]
+usage: {{batch_wait_s: 0.1}}
+""", _own_servers_env(), restart_base_s=4) as stack:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack.edge_port}/v1", api_key="unused", max_retries=0,
+                               timeout=10)
+        edge_health = f"http://127.0.0.1:{stack.edge_port}/healthz"
+        ui_health = f"http://127.0.0.1:{stack.ui_port}/api/health"
+        ui = f"http://127.0.0.1:{stack.ui_port}"
+        served = 0
+
+        def chat() -> None:
+            nonlocal served
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            served += 1
+
+        def counted() -> tuple[int, int]:
+            history = httpx.get(f"{ui}/api/usage/history", params={"provider": "p"}, timeout=10).json()["rows"]
+            scopes = httpx.get(f"{ui}/api/usage/current", timeout=10).json()["scopes"]
+            day = sum(s["windows"]["day"]["requests"] for s in scopes if s["scope"] == "provider")
+            return sum(r["requests"] for r in history), day
+
+        chat()
+        assert _health(edge_health)[1]["checks"].keys() == {"nats", "jetstream", "router", "redis"}
+        assert _health(ui_health)[1]["checks"].keys() == {"nats", "jetstream", "redis", "router", "usage", "pricing",
+                                                          "clickhouse"}
+        wait_for(lambda: counted() == (1, 1))
+
+        for name, server, check in (("redis", stack.redis, "redis"), ("nats", stack.nats, "nats")):
+            port, pid = server.port, server.proc.pid
+            os.kill(pid, signal.SIGKILL)
+            for url in (edge_health, ui_health):
+                status, body = wait_for(lambda u=url: (h := _health(u))[0] == 503 and h, timeout=3.5)
+                assert body["status"] == "degraded" and body["checks"][check]["ok"] is False, body
+            began = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as err:  # down: a clean 503, not a hang
+                chat()
+            assert err.value.status_code == 503 and time.monotonic() - began < 3.5
+            wait_for(lambda: _health(edge_health)[0] == _health(ui_health)[0] == 200, timeout=20)
+            assert server.port == port and server.proc.pid != pid  # restarted on the same port
+            chat()  # the services reconnected by themselves
+            wait_for(lambda: counted() == (served, served))  # the stream and the windows kept everything
+            # the runner saw it go down and come back (it polls the health endpoints every second)
+            wait_for(lambda: [(c.name, c.ok) for c in stack.health_changes if c.name == check][-2:]
+                     == [(check, False), (check, True)], timeout=5)
+            assert f"{name} | killed by SIGKILL; restarting in 4s on the same port ({port})" in \
+                   (tmp_path / "stack.log").read_text()
+        said = (tmp_path / "stack.log").read_text()
+        assert "health | redis DOWN: ConnectionError" in said
+        assert "health | nats, jetstream, router, usage, pricing, clickhouse DOWN: CheckFailed: reconnecting" in said
+
+
+def test_stack_leaves_servers_the_user_gave_alone(infra, tmp_path):
+    """NATS_URL / REDIS_URL: the user's servers; the stack neither starts nor supervises any."""
+    env = dict(_own_servers_env(), NATS_URL=infra.nats_url, REDIS_URL=infra.redis_url)
+    stack = Stack(tmp_path / "llmgw.yaml", tmp_path / "state", env=env)
+    assert stack.supervised() == [] and stack.nats is None and stack.redis is None
+
+
+# ---- health: checks, cache, the runner's watch ------------------------------------------------------
+
+
+async def test_health_monitor_caches_shares_a_round_and_bounds_each_check():
+    calls = {"fast": 0, "slow": 0}
+
+    async def fast() -> str:
+        calls["fast"] += 1
+        return "fine"
+
+    async def slow() -> str:
+        calls["slow"] += 1
+        await asyncio.sleep(5)
+        return "never"
+
+    async def broken() -> str:
+        raise ConnectionError("refused")
+
+    monitor = health.HealthMonitor([health.Check("fast", fast), health.Check("slow", slow, timeout_s=0.2),
+                                    health.Check("extra", broken, required=False)], ttl_s=0.5)
+    began = time.monotonic()
+    reports = await asyncio.gather(*(monitor.report() for _ in range(5)))  # five polls at once: one round
+    assert time.monotonic() - began < 1.0 and calls == {"fast": 1, "slow": 1}
+    report = reports[0]
+    assert all(r is report for r in reports)
+    assert not report.ok and report.status_code == 503
+    body = report.body()
+    assert body["status"] == "degraded"
+    assert body["checks"]["fast"] == {"ok": True, "required": True, "detail": "fine", "ms": body["checks"]["fast"]["ms"]}
+    assert body["checks"]["slow"]["detail"] == "no answer within 0.2s"
+    assert body["checks"]["extra"]["detail"] == "ConnectionError: refused"
+    await monitor.report()
+    assert calls["fast"] == 1  # cached
+    await asyncio.sleep(0.6)
+    await monitor.report()
+    assert calls["fast"] == 2
+
+    optional_only = health.HealthMonitor([health.Check("fast", fast), health.Check("extra", broken, required=False)])
+    assert (await optional_only.report()).status_code == 200
+
+
+class _FakeHealth:
+    """A health endpoint whose checks a test sets; ``None``: it does not answer at all."""
+
+    def __init__(self):
+        self.checks: dict | None = {"redis": {"ok": True, "detail": "PONG"}}
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if outer.checks is None:
+                    self.close_connection = True
+                    return
+                ok = all(c["ok"] for c in outer.checks.values())
+                body = json.dumps({"checks": outer.checks}).encode()
+                self.send_response(200 if ok else 503)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_health_watch_reports_changes_only():
+    edge, ui = _FakeHealth(), _FakeHealth()
+    ui.checks["clickhouse"] = {"ok": True, "detail": "fine"}
+    changes = []
+    watch = HealthWatch({"edge": edge.url, "ui-api": ui.url}, changes.extend)
+    try:
+        watch.poll(baseline=True)
+        watch.poll()
+        assert changes == []
+        edge.checks["redis"] = {"ok": False, "detail": "ConnectionError: refused"}
+        ui.checks["redis"] = {"ok": False, "detail": "ConnectionError: refused"}
+        watch.poll()
+        watch.poll()
+        assert [(c.name, c.ok, c.detail, c.seen_by) for c in changes] == [
+            ("redis", False, "ConnectionError: refused", ("edge", "ui-api"))]
+        edge.checks["redis"] = ui.checks["redis"] = {"ok": True, "detail": "PONG"}
+        edge.checks = None  # the edge stops answering; ui-api alone says Redis is back
+        watch.poll()
+        assert [(c.name, c.ok) for c in changes[1:]] == [("edge", False), ("redis", True)]
+        assert changes[2].detail.startswith("after ")
+    finally:
+        edge.server.shutdown()
+        ui.server.shutdown()

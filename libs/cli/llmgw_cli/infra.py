@@ -157,6 +157,8 @@ class NatsServer(ServerProcess):
 
 
 class RedisServer(ServerProcess):
+    """``persist=True`` (what ``llmgw run`` uses): the append-only file in ``data_dir``, see ``command``."""
+
     name = "redis"
 
     def __init__(self, *args, persist: bool = False, **kwargs):
@@ -166,9 +168,13 @@ class RedisServer(ServerProcess):
     def command(self) -> list[str]:
         binary, _flavour = redis_server_binary()
         cmd = [str(binary), "--bind", self.host, "--port", str(self.port), "--dir", str(self.data_dir),
-               "--daemonize", "no", "--protected-mode", "no", "--save", ""]
+               "--daemonize", "no", "--protected-mode", "no", "--save", ""]  # no RDB snapshots
         if self.persist:
-            cmd += ["--appendonly", "yes"]
+            # Append-only file: a write reaches the file (the OS's page cache) before its reply is sent, so a
+            # Redis killed (even -9) and restarted on this directory has its acknowledged writes back (unless a
+            # disk too slow for the once-a-second fsync made it postpone a write, for at most 2 s); the fsync
+            # bounds what a crash of the whole machine can lose to about a second.
+            cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
             cmd += ["--appendonly", "no"]
         return cmd

@@ -1,29 +1,46 @@
 """``llmgw run``: every service plus embedded infrastructure on one machine.
 
 Each service is a child process running the same command a container runs
-(``llmgw <service>``); its output is prefixed with its name. A service that
-dies is restarted with backoff. Ctrl-C (or SIGTERM) stops everything in order.
+(``llmgw <service>``); its output is prefixed with its name. The runner
+supervises everything it started: a service, nats-server or Redis that dies
+is restarted with backoff — the servers on the same port with the same data
+directory, so the JetStream file store and Redis's append-only file carry on
+and the services' own reconnection finds them again. Servers the user gave
+(``NATS_URL``, ``REDIS_URL``) are never touched. While it runs, the runner
+polls the gateway's health endpoints and prints every dependency that goes
+down or comes back. Ctrl-C (or SIGTERM) stops everything in order.
+See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmgw_common.config import load_config
 
-from .infra import InfraError, NatsServer, RedisServer, die_with_parent, free_port, port_is_free
+from .infra import InfraError, NatsServer, RedisServer, ServerProcess, die_with_parent, free_port, port_is_free
 
 SERVICES = ("pricing", "usage", "router", "edge", "ui-api")
-_COLOURS = {"nats": 90, "redis": 90, "demo": 36, "pricing": 35, "usage": 34, "router": 33, "edge": 32, "ui-api": 96}
+_COLOURS = {"nats": 90, "redis": 90, "demo": 36, "pricing": 35, "usage": 34, "router": 33, "edge": 32, "ui-api": 96,
+            "health": 91}
+
+# Restarts: 0.5 s after the first death, doubling with every further death within a minute, at most 30 s.
+RESTART_BASE_S = 0.5
+RESTART_MAX_S = 30.0
+RESTART_WINDOW_S = 60.0
+TICK_S = 0.2  # how often the supervisor looks at its children
+HEALTH_POLL_S = 1.0  # how often the health endpoints are polled (they cache their checks ~1 s)
 
 
 def _say(name: str, line: str, out=None) -> None:
@@ -34,6 +51,22 @@ def _say(name: str, line: str, out=None) -> None:
     out.flush()
 
 
+def restart_delay(recent_deaths: int, base_s: float = RESTART_BASE_S) -> float:
+    """Backoff before a restart, given how many times the child died within the last minute (this one incl.)."""
+    return min(base_s * 2 ** max(0, recent_deaths - 1), RESTART_MAX_S)
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "stopped"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with {returncode}"
+
+
 @dataclass
 class Child:
     name: str
@@ -41,7 +74,8 @@ class Child:
     env: dict[str, str]
     log: object = None  # file to write prefixed output to; None: stdout
     proc: subprocess.Popen | None = None
-    restarts: list[float] = field(default_factory=list)
+    restarts: list[float] = field(default_factory=list)  # monotonic times of recent deaths
+    due: float | None = None  # when the pending restart is due
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -52,6 +86,14 @@ class Child:
     def _pump(self, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
             _say(self.name, line, self.log)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -68,6 +110,38 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@dataclass
+class ServerChild:
+    """An embedded server (nats-server, Redis) the runner started, supervised like a service: restarted on
+    the same port with the same data directory."""
+
+    name: str
+    server: ServerProcess
+    log: object = None
+    restarts: list[float] = field(default_factory=list)
+    due: float | None = None
+
+    def start(self) -> None:
+        if not port_is_free(self.server.port, self.server.host):
+            raise InfraError(f"port {self.server.port} is taken by another process")
+        try:
+            self.server.start()
+        except BaseException:
+            self.server.kill()  # started but never listened: do not leave it half alive
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.proc.pid if self.server.proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.server.proc.poll() if self.server.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.server.proc is not None and self.server.proc.poll() is None
 
 
 def _wait_jetstream(url: str, timeout: float = 20.0) -> None:
@@ -94,25 +168,118 @@ def _wait_jetstream(url: str, timeout: float = 20.0) -> None:
 
 def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:
+        with urllib.request.urlopen(url, timeout=3) as r:
             return r.status == 200
     except OSError:
         return False
 
 
+def _health_of(url: str, timeout: float = 5.0) -> dict[str, tuple[bool, str]] | None:
+    """The checks a health endpoint reports (name -> (ok, detail)); None when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read()
+    except urllib.error.HTTPError as exc:  # 503: the body still lists the checks
+        body = exc.read()
+    except OSError:
+        return None
+    try:
+        checks = json.loads(body).get("checks", {})
+        return {name: (bool(c.get("ok")), str(c.get("detail", ""))) for name, c in checks.items()}
+    except (ValueError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class HealthChange:
+    at: float  # time.monotonic()
+    name: str  # a dependency ("redis", "nats", "clickhouse", ...) or a front end ("edge", "ui-api")
+    ok: bool
+    detail: str = ""  # why it is down, or how long it was down
+    seen_by: tuple[str, ...] = ()  # the front ends that said it was down
+
+
+class HealthWatch:
+    """Polls the edge's ``/healthz`` and ui-api's ``/api/health`` and reports every dependency state change.
+
+    A dependency is down when any front end that answered says so; a front end that does not answer at
+    all is itself down. The first poll only sets the baseline (the runner started everything healthy).
+    """
+
+    def __init__(self, endpoints: dict[str, str], on_changes, interval: float = HEALTH_POLL_S):
+        self.endpoints = endpoints  # front end name -> health URL
+        self.on_changes = on_changes  # called with the changes one poll found (never with none)
+        self.interval = interval
+        self.state: dict[str, bool] = {}
+        self._since: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="health-watch")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            began = time.monotonic()
+            self.poll(baseline=first)
+            first = False
+            self._stop.wait(max(0.1, self.interval - (time.monotonic() - began)))
+
+    def poll(self, baseline: bool = False) -> None:
+        found: dict[str, tuple[bool, str, list[str]]] = {}  # name -> (ok, detail, front ends saying it is down)
+        for front, url in self.endpoints.items():
+            checks = _health_of(url)
+            found[front] = (checks is not None, "not answering", [])
+            for name, (ok, detail) in (checks or {}).items():
+                was_ok, was_detail, who = found.get(name, (True, "", []))
+                found[name] = (was_ok and ok, was_detail if not was_ok else detail, who + ([] if ok else [front]))
+        # a dependency only a silent front end reports keeps its last state
+        if self._stop.is_set():
+            return
+        now = time.monotonic()
+        changes = []
+        for name, (ok, detail, who) in found.items():
+            before = self.state.get(name)
+            self.state[name] = ok
+            if before == ok:
+                continue
+            lasted = now - self._since.get(name, now)
+            self._since[name] = now
+            if baseline or (before is None and ok):
+                continue
+            changes.append(HealthChange(now, name, ok, detail if not ok else f"after {lasted:.1f}s", tuple(who)))
+        if changes:
+            self.on_changes(changes)
+
+
 class Stack:
     def __init__(self, config_path: Path, state_dir: Path, edge_port: int = 8080, ui_port: int = 8081,
-                 host: str = "127.0.0.1", env: dict[str, str] | None = None, log_file: Path | None = None):
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None, log_file: Path | None = None,
+                 restart_base_s: float = RESTART_BASE_S):
         self.config_path = config_path.resolve()
         self.state_dir = state_dir.resolve()
         self.edge_port = edge_port
         self.ui_port = ui_port
         self.host = host
+        self.restart_base_s = restart_base_s  # the first restart's delay (tests lengthen it to watch an outage)
         self.base_env = dict(os.environ if env is None else env)
         self.nats: NatsServer | None = None
         self.redis: RedisServer | None = None
+        self.servers: list[ServerChild] = []  # only the servers this stack started
         self.children: list[Child] = []
+        self.health_changes: list[HealthChange] = []
+        self.restart_log: list[tuple[float, str, str]] = []  # (monotonic time, child, "died" | "started")
         self._stopping = False
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()  # held while (re)starting a child: stop() waits for it
+        self._watch: HealthWatch | None = None
         self.log = open(log_file, "a", buffering=1) if log_file else None
 
     def start(self, ready_timeout: float = 60.0) -> None:
@@ -125,17 +292,21 @@ class Stack:
         nats_url = self.base_env.get("NATS_URL", "")
         if not nats_url:
             self.nats = NatsServer(self.state_dir / "nats", port=free_port(), log_file=self.state_dir / "nats.log")
+            self.servers.append(ServerChild("nats", self.nats, self.log))
             self.nats.start()
             nats_url = self.nats.url
-            _say("nats", f"nats-server with JetStream on {nats_url} (data in {self.nats.data_dir})", self.log)
+            _say("nats", f"nats-server with JetStream on {nats_url} (data in {self.nats.data_dir}; supervised)",
+                 self.log)
         _wait_jetstream(nats_url)
         redis_url = self.base_env.get("REDIS_URL", "")
         if not redis_url:
             self.redis = RedisServer(self.state_dir / "redis", port=free_port(), persist=True,
                                      log_file=self.state_dir / "redis.log")
+            self.servers.append(ServerChild("redis", self.redis, self.log))
             self.redis.start()
             redis_url = self.redis.url
-            _say("redis", f"redis on {redis_url} (data in {self.redis.data_dir})", self.log)
+            _say("redis", f"redis on {redis_url} (data in {self.redis.data_dir}, append-only file; supervised)",
+                 self.log)
         env = dict(self.base_env, NATS_URL=nats_url, REDIS_URL=redis_url, LLMGW_CONFIG=str(self.config_path),
                    LLMGW_STATE_DIR=str(self.state_dir), LLMGW_EDGE_PORT=str(self.edge_port),
                    LLMGW_UI_PORT=str(self.ui_port), LLMGW_EDGE_HOST=self.host, LLMGW_UI_HOST=self.host,
@@ -150,10 +321,14 @@ class Stack:
             child.start()
         self._wait_ready(ready_timeout)
 
+    @property
+    def health_urls(self) -> dict[str, str]:
+        return {"edge": f"http://{self.host}:{self.edge_port}/healthz",
+                "ui-api": f"http://{self.host}:{self.ui_port}/api/health"}
+
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        urls = [f"http://{self.host}:{self.edge_port}/healthz", f"http://{self.host}:{self.ui_port}/api/health"]
-        while not all(_http_ok(u) for u in urls):
+        while not all(_http_ok(u) for u in self.health_urls.values()):
             for child in self.children:
                 if not child.alive():
                     raise InfraError(f"{child.name} exited with {child.proc.returncode} during start-up")
@@ -161,26 +336,80 @@ class Stack:
                 raise InfraError(f"the gateway was not ready after {timeout}s")
             time.sleep(0.2)
 
-    def child(self, name: str) -> Child:
-        return next(c for c in self.children if c.name == name)
+    def child(self, name: str) -> Child | ServerChild:
+        return next(c for c in self.supervised() if c.name == name)
+
+    def supervised(self) -> list[Child | ServerChild]:
+        """Everything this stack restarts, servers first (the services need them)."""
+        return [*self.servers, *self.children]
+
+    # ---- supervision ------------------------------------------------------------------------------
 
     def supervise(self) -> None:
-        """Restart services that die, with backoff, until ``stop``."""
+        """Restart whatever dies, with backoff, and report health changes, until ``stop``."""
+        self._watch = HealthWatch(self.health_urls, self._on_health_changes)
+        self._watch.start()
         while not self._stopping:
-            for child in self.children:
-                if self._stopping or child.alive():
+            self.supervise_once()
+            time.sleep(TICK_S)
+
+    def supervise_in_background(self) -> threading.Thread:
+        """``supervise`` on a thread of its own (tests). The thread lives until ``stop`` has finished: a
+        child gets SIGTERM when the *thread* that started it ends (PR_SET_PDEATHSIG), and a restarted
+        nats-server must not go down before the services it serves have stopped."""
+
+        def run() -> None:
+            self.supervise()
+            self._stopped.wait()
+
+        thread = threading.Thread(target=run, daemon=True, name="supervisor")
+        thread.start()
+        return thread
+
+    def supervise_once(self) -> None:
+        for child in self.supervised():
+            with self._lock:
+                if self._stopping:
+                    return
+                if child.alive():
                     continue
                 now = time.monotonic()
-                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
-                delay = min(2 ** (len(child.restarts) - 1), 30)
-                _say(child.name, f"exited with {child.proc.returncode}; restarting in {delay}s", self.log)
-                time.sleep(delay)
-                if not self._stopping:
+                if child.due is None:  # just found dead
+                    child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S] + [now]
+                    delay = restart_delay(len(child.restarts), self.restart_base_s)
+                    child.due = now + delay
+                    self.restart_log.append((now, child.name, "died"))
+                    where = f" on the same port ({child.server.port}) and data" if isinstance(child, ServerChild) else ""
+                    _say(child.name, f"{describe_exit(child.returncode)}; restarting in {delay:g}s{where}", self.log)
+                    continue
+                if now < child.due:
+                    continue
+                child.due = None
+                try:
                     child.start()
-            time.sleep(0.5)
+                except (InfraError, OSError) as exc:
+                    _say(child.name, f"restart failed: {exc}", self.log)  # found dead again next tick: backoff
+                    continue
+                self.restart_log.append((time.monotonic(), child.name, "started"))
+                _say(child.name, f"restarted (pid {child.pid})", self.log)
+
+    def _on_health_changes(self, changes: list[HealthChange]) -> None:
+        """One line per kind of change: NATS going away takes every check made over NATS with it."""
+        self.health_changes += changes
+        lines: dict[tuple[bool, str], list[HealthChange]] = {}
+        for c in changes:
+            lines.setdefault((c.ok, c.detail), []).append(c)
+        for (ok, detail), same in lines.items():
+            seen_by = sorted({front for c in same for front in c.seen_by})
+            text = f"{', '.join(c.name for c in same)} {'up' if ok else 'DOWN'}" + (f": {detail}" if detail else "")
+            _say("health", text + (f" (seen by {', '.join(seen_by)})" if seen_by else ""), self.log)
 
     def stop(self) -> None:
         self._stopping = True
+        with self._lock:  # a restart in progress finishes first; nothing starts after this
+            pass
+        if self._watch is not None:
+            self._watch.stop()
         # the front first, so nothing new arrives while the back ends drain
         for group in (("edge", "ui-api", "demo"), ("router", "pricing"), ("usage",)):
             members = [c for c in self.children if c.name in group]
@@ -194,6 +423,7 @@ class Stack:
                 server.stop()
         if self.log:
             self.log.close()
+        self._stopped.set()
 
 
 def run_stack(config_path: Path, state_dir: Path, edge_port: int, ui_port: int, host: str) -> int:
