@@ -253,6 +253,14 @@ class RoutingConfig(_Strict):
     smart: SmartRoutingConfig = Field(default_factory=SmartRoutingConfig)
     decide_timeout_s: float = Field(default=2.0, gt=0, description="how long the edge waits for the router")
     total_timeout_s: float = Field(default=300.0, gt=0, description="per request, all attempts together")
+    abandoned_after_s: float | None = Field(default=None, gt=0, description="an admitted request whose edge has "
+                                            "not settled it (nor renewed a running stream) this long after "
+                                            "admission is recorded as abandoned, at its reserved estimate; "
+                                            "unset: total_timeout_s + 60")
+
+    @property
+    def lease_s(self) -> float:
+        return self.abandoned_after_s if self.abandoned_after_s is not None else self.total_timeout_s + 60.0
 
 
 class UsageConfig(_Strict):

@@ -54,6 +54,7 @@ class RouteRequest(Message):
     headers: dict[str, str] = Field(default_factory=dict)  # lower-case names, credentials removed
     prompt_class: str | None = None
     exclude: list[str] = Field(default_factory=list)  # providers already tried for this request
+    event_id: str | None = None  # the request's usage event id, chosen first: the admission lease names it
     endpoint: str = "chat"  # chat | embeddings: what the client asked for
 
 
@@ -108,6 +109,13 @@ class AttemptOutcome(Message):
     retry_after_s: float | None = None  # from Retry-After / rate-limit reset headers on a 429
     reservation: Reservation | None = None  # released when the attempt failed
     kind: str | None = None  # llmgw_common.failures.FailureKind of a failed attempt (None: judge by status)
+
+
+class LeaseRenewal(Message):
+    """The edge's requests still running (long streams): extend their admission leases."""
+
+    members: list[str] = Field(default_factory=list, max_length=10_000)  # leases.lease_member(request, provider)
+    extend_s: float = 120.0
 
 
 class PinCommand(Message):
@@ -255,6 +263,23 @@ class UsageCurrent(Message):
     at: datetime = Field(default_factory=utcnow)
     scopes: list[ScopeUsage] = Field(default_factory=list)
     next_cursor: str | None = None  # None: every scope is in this reply
+
+
+class KeyUsageQuery(Message):
+    """One gateway key's live windows and calendar month (``llmgw.usage.query.key``)."""
+
+    key_id: str = Field(pattern=r"^[a-z0-9]{12}$")
+
+
+class KeyUsage(Message):
+    at: datetime = Field(default_factory=utcnow)
+    key_id: str
+    windows: dict[str, WindowTotals] = Field(default_factory=dict)  # "minute" | "hour" | "day" of scope k:<id>
+    month: str  # YYYY-MM, in ``timezone`` (config keys.budget_timezone)
+    timezone: str = "UTC"
+    month_start: datetime
+    month_end: datetime
+    month_totals: WindowTotals = Field(default_factory=WindowTotals)
 
 
 class UsageHistoryQuery(Message):

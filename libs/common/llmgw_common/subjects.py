@@ -16,6 +16,8 @@ ROUTER_SMART = "llmgw.router.smart"
 ROUTER_REFRESH = "llmgw.router.refresh"
 # attempt outcomes from the edge (plain publish, queue group "router": one replica applies each)
 ROUTER_OUTCOME = "llmgw.router.outcome"
+# the edge's streams still running: their admission leases are extended (plain publish, queue group "router")
+ROUTER_LEASE_RENEW = "llmgw.router.lease.renew"
 
 # pricing (request/reply, queue group "pricing")
 PRICING_LOOKUP = "llmgw.pricing.lookup"
@@ -33,6 +35,8 @@ USAGE_CONSUMER = "usage-projector"
 USAGE_QUERY_CURRENT = "llmgw.usage.query.current"
 USAGE_QUERY_HISTORY = "llmgw.usage.query.history"
 USAGE_QUERY_REQUESTS = "llmgw.usage.query.requests"
+# one gateway key's live windows and calendar-month totals (the admin API's GET /api/keys/{id}/usage)
+USAGE_QUERY_KEY = "llmgw.usage.query.key"
 # replay into ClickHouse through the usage service (it owns the chDB directory)
 USAGE_REPLAY = "llmgw.usage.replay"
 # dev only (LLMGW_DEV_SIMULATE=1): synthetic usage events

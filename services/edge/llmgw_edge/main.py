@@ -29,7 +29,8 @@ from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.ids import new_id
 from llmgw_common.keys import KeyRecord
 from llmgw_common.logs import setup_logging
-from llmgw_common.messages import AttemptOutcome
+from llmgw_common.leases import RENEW_EVERY_S
+from llmgw_common.messages import AttemptOutcome, LeaseRenewal
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
@@ -121,6 +122,18 @@ def _outcome_reporter(nc) -> Callable[[AttemptOutcome], None]:
     return report
 
 
+async def _renew_leases(nc, gateway: Gateway, extend_s: float) -> None:
+    """Keep the admission leases of streams still running from expiring into "abandoned" events."""
+    while True:
+        await asyncio.sleep(min(RENEW_EVERY_S, extend_s / 3))  # several renewals per lease: one may be lost
+        if gateway.running:
+            try:
+                await nc.publish(subjects.ROUTER_LEASE_RENEW,
+                                 LeaseRenewal(members=sorted(gateway.running)[:10_000], extend_s=extend_s).encode())
+            except Exception as exc:  # NATS away: the next round tries again
+                log.warning("cannot renew admission leases (%s)", type(exc).__name__)
+
+
 def create_app(settings: EdgeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -166,10 +179,13 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                                     classify_prompt=classify_prompt,
                                     command=command_runner(edge, lambda n: recent_requests_text(nc, n))))
         app.state.edge = edge
+        renewer = asyncio.create_task(_renew_leases(nc, edge.gateway, config.routing.lease_s),
+                                      name="lease-renewal")
         log.info("edge ready on %s:%d with %d providers", settings.host, settings.port, len(config.providers))
         try:
             yield
         finally:
+            renewer.cancel()
             await publisher.stop()
             await keys.stop()
             for provider in providers.values():

@@ -21,17 +21,18 @@ from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_defau
 from llmgw_common.keys import KeyMirror
 from llmgw_common.lifecycle import wait_for_stop
 from llmgw_common.logs import setup_logging
-from llmgw_common.messages import (AttemptOutcome, ErrorInfo, PinCommand, PriceKey, PriceList, PriceLookup,
-                                   RouteDecision, RouteRequest, RouterState, Skipped, SmartCommand)
+from llmgw_common.messages import (AttemptOutcome, ErrorInfo, LeaseRenewal, PinCommand, PriceKey, PriceList,
+                                   PriceLookup, RouteDecision, RouteRequest, RouterState, Skipped, SmartCommand)
 from llmgw_common.nats_conn import connect_nats, request
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
 from llmgw_common.windows import WindowReader
 
+from .abandoned import reap_forever
 from .outcomes import classify, retry_after_s
 from .policy import PriceBook, RoutingState, plan
 from .state_view import router_state
-from .store import RoutingStore
+from .store import Leases, RoutingStore
 
 log = logging.getLogger("llmgw.router")
 STATS_REFRESH_S = 0.5
@@ -59,6 +60,7 @@ class Router:
         self.state = RoutingState(smart=config.routing.smart.enabled)
         self.now_ms = _now_ms  # injectable: tests move time forward instead of sleeping for a window
         self.keys = KeyMirror()  # gateway keys: their providers and limits (started in ``serve``)
+        self.leases = Leases(store.redis)
         self._tasks: set[asyncio.Task] = set()
 
     # ---- decide ----------------------------------------------------------
@@ -97,7 +99,8 @@ class Router:
         if p.error is not None:
             return decision
         admission = await self.store.admit(p.ordered, route_request.request_id, self.now_ms(), key,
-                                           self.config.keys.budget_timezone)
+                                           self.config.keys.budget_timezone, route_request.event_id,
+                                           self.config.routing.lease_s)
         first = len(p.ordered) if admission.index is None else admission.index
         for i in range(first):
             decision.skipped.append(Skipped(provider=p.ordered[i].candidate.provider,
@@ -134,6 +137,16 @@ class Router:
             return
         if result in ("breaker_open", "cooldown"):
             log.warning("provider %s: %s after status %s", outcome.provider, result, outcome.status)
+
+    async def on_lease_renewal(self, msg) -> None:
+        try:
+            renewal = LeaseRenewal.decode(msg.data)
+        except ValueError:
+            return
+        try:
+            await self.leases.extend(renewal.members, self.now_ms() + int(renewal.extend_s * 1000))
+        except Exception as exc:
+            log.warning("cannot extend admission leases (%s)", type(exc).__name__)
 
     async def refresh_state(self) -> None:
         ids = [p.id for p in self.config.providers]
@@ -235,6 +248,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
     await nc.subscribe(subjects.ROUTER_REFRESH, cb=on_refresh)
     await nc.subscribe(subjects.ROUTER_OUTCOME, queue="router", cb=router.on_outcome)
+    await nc.subscribe(subjects.ROUTER_LEASE_RENEW, queue="router", cb=router.on_lease_renewal)
     service = await add_service(nc, name="router", version="0.2.0", description="routing decisions",
                                 queue_group="router")
     await service.add_endpoint(name="decide", subject=subjects.ROUTER_DECIDE, handler=router.handle_decide)
@@ -244,6 +258,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
                                handler=lambda r: router.handle_smart(r, nc))
     await router.refresh_prices(nc)
     refresher = asyncio.create_task(router.refresh_loop(), name="router-state")
+    reaper = asyncio.create_task(reap_forever(router.leases, nc.jetstream(), router.now_ms), name="leases")
     log.info("router ready: %d providers, strategy %s", len(router.config.providers), router.config.routing.strategy)
     try:
         if stop is None:
@@ -252,6 +267,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
             await stop.wait()
     finally:
         refresher.cancel()
+        reaper.cancel()
         await router.keys.stop()
         await service.stop()
         if router._tasks:  # let decisions in hand answer before the connection drains

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from llmgw_common.config import BreakerConfig, Limits
 from llmgw_common.messages import AttemptOutcome, Reservation
 from llmgw_common.keys import KeyRecord
+from llmgw_common.leases import LEASES_KEY, lease_key
 from llmgw_common.windows import (LUA_WINDOW_RANGE, SCOPES_KEY, WINDOWS, key_scope, model_scope, month_key, month_of,
                                   provider_scope, usd_to_nano)
 
@@ -61,6 +62,9 @@ i = i + 2 + 3 * nw
 local month_key, month_end, month_expire = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
 local month_limits = {tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])}
 i = i + 6
+-- the admission lease (llmgw_common.leases): the request's event id and how long until it counts as abandoned
+local lease_event, lease_ttl_ms = ARGV[i], tonumber(ARGV[i + 1])
+i = i + 2
 local n = tonumber(ARGV[i]); i = i + 1
 local out = {0}
 
@@ -208,6 +212,14 @@ for c = 1, n do
       redis.call('EXPIREAT', month_key, month_expire)
     end
     redis.call('ZADD', 'llmgw:inflight:' .. provider, now_ms, rid)
+    if lease_event ~= '' then
+      local member = rid .. ':' .. provider
+      local lease = 'llmgw:lease:' .. member
+      redis.call('HSET', lease, 'event', lease_event, 'rid', rid, 'provider', provider, 'model_scope', scopes[2],
+                 'key_scope', key_scope, 'at', now, 'tin', est_in, 'tout', est_out, 'cost', est_cost)
+      redis.call('PEXPIREAT', lease, now_ms + lease_ttl_ms + 86400000)  -- a backstop: the reaper takes it first
+      redis.call('ZADD', 'llmgw:leases', now_ms + lease_ttl_ms, member)
+    end
     out[1] = c
     return out
   end
@@ -234,6 +246,10 @@ local month_key = ARGV[17 + n_scopes]
 local wins = read_windows(18 + n_scopes)
 
 redis.call('ZREM', 'llmgw:inflight:' .. provider, rid)
+if has_res then  -- a failed attempt's reservation is given back below: its lease ends here
+  redis.call('ZREM', 'llmgw:leases', rid .. ':' .. provider)
+  redis.call('DEL', 'llmgw:lease:' .. rid .. ':' .. provider)
+end
 local probe_key = 'llmgw:probe:' .. provider
 local was_probe = redis.call('GET', probe_key) == rid
 
@@ -356,13 +372,16 @@ class RoutingStore:
         self._stats = redis.register_script(STATS_LUA)
 
     async def admit(self, ordered: list[PlannedCandidate], request_id: str, now_ms: int,
-                    key: KeyRecord | None = None, budget_tz: str = "UTC") -> Admission:
+                    key: KeyRecord | None = None, budget_tz: str = "UTC", event_id: str | None = None,
+                    lease_s: float = 0.0) -> Admission:
         """Admit the first candidate under every limit: its provider's, its model's and the caller's key's
-        (windows and calendar month), reserving the estimate in all of them at once."""
+        (windows and calendar month), reserving the estimate in all of them at once; with ``event_id``
+        also the admission lease that makes the reservation an abandoned event if nobody settles it
+        within ``lease_s``."""
         if not ordered:
             return Admission(None, {}, None)
         args: list[object] = [now_ms, request_id, *_WINDOW_ARGS, *_key_args(key, now_ms, budget_tz),
-                              len(ordered)]
+                              event_id or "", int(lease_s * 1000), len(ordered)]
         for pc in ordered:
             c = pc.candidate
             est_cost = usd_to_nano(pc.est_cost)
@@ -410,6 +429,10 @@ class RoutingStore:
                                      cooldown_ms=int(cooldown), breaker=str(breaker))
         return pinned, smart, stats
 
+    @property
+    def redis(self):
+        return self._redis
+
     async def set_pin(self, provider: str | None) -> None:
         if provider:
             await self._redis.set(PIN_KEY, provider)
@@ -418,3 +441,45 @@ class RoutingStore:
 
     async def set_smart(self, enabled: bool) -> None:
         await self._redis.set(SMART_KEY, "1" if enabled else "0")
+
+
+# Takes up to ARGV[2] leases expired at ARGV[1] (ms): removes them and returns, per lease, its member and
+# its hash as a flat field/value list. One replica takes each (atomic).
+REAP_LUA = """
+local due = redis.call('ZRANGEBYSCORE', 'llmgw:leases', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, member in ipairs(due) do
+  redis.call('ZREM', 'llmgw:leases', member)
+  local lease = 'llmgw:lease:' .. member
+  table.insert(out, member)
+  table.insert(out, redis.call('HGETALL', lease))
+  redis.call('DEL', lease)
+end
+return out
+"""
+
+
+class Leases:
+    """Admission leases (``llmgw_common.leases``): extended while the edge's streams run, taken when they
+    expire."""
+
+    def __init__(self, redis):
+        self._redis = redis
+        self._reap = redis.register_script(REAP_LUA)
+
+    async def extend(self, members: list[str], until_ms: int) -> None:
+        if members:
+            await self._redis.zadd(LEASES_KEY, {m: until_ms for m in members}, xx=True)
+
+    async def take_expired(self, now_ms: int, limit: int = 200) -> list[tuple[str, dict[str, str]]]:
+        out = await self._reap(keys=[], args=[now_ms, limit])
+        taken = []
+        for j in range(0, len(out), 2):
+            flat = out[j + 1]
+            taken.append((str(out[j]), {str(flat[k]): str(flat[k + 1]) for k in range(0, len(flat), 2)}))
+        return taken
+
+    async def put_back(self, member: str, fields: dict[str, str], due_ms: int) -> None:
+        """A lease whose abandoned event could not be published: tried again later."""
+        await self._redis.hset(lease_key(member), mapping=fields)
+        await self._redis.zadd(LEASES_KEY, {member: due_ms})

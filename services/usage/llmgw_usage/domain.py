@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence, TypeVar
 
 import msgspec
 
+from llmgw_common.leases import lease_member
 from llmgw_common.logs import redact
 from llmgw_common.messages import ScopeUsage, UsageCurrent, UsageEvent, WindowTotals
 from llmgw_common.windows import (
@@ -582,6 +583,13 @@ local scopes_key = ARGV[2]
 local seen_prefix = ARGV[3]
 local groups = cjson.decode(ARGV[4])
 local events = cjson.decode(ARGV[5])
+-- the admission leases these events settle (llmgw_common.leases): they will never be taken for abandoned
+if ARGV[6] then
+  for _, member in ipairs(cjson.decode(ARGV[6])) do
+    redis.call('ZREM', 'llmgw:leases', member)
+    redis.call('DEL', 'llmgw:lease:' .. member)
+  end
+end
 local sums, hit = {}, {}
 for g = 1, #groups do sums[g] = {0, 0, 0, 0} end
 local applied = 0
@@ -628,6 +636,7 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
     group_of: dict[tuple[tuple[str, ...], int], int] = {}
     groups: list[list] = []
     flat: list[Any] = []
+    settled: list[str] = []  # admission leases ended by these events
     step = WINDOWS[0].bucket_s
     for ev in events:
         a = event_amounts(ev, now_s, rebuild)
@@ -642,9 +651,11 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
                 buckets += [key, expire_at]
             groups.append([buckets, list(a.scopes)])
         flat += [ev.id, group, a.requests, a.tokens_in, a.tokens_out, a.cost_nano]
+        if ev.reservation is not None and not rebuild:
+            settled.append(lease_member(ev.request_id, ev.reservation.provider))
     if not flat:
         return None
-    return [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX, _to_json(groups), _to_json(flat)]
+    return [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX, _to_json(groups), _to_json(flat), _to_json(settled)]
 
 
 def current_from_totals(totals: dict[str, dict[str, dict[str, int]]], at: datetime) -> UsageCurrent:

@@ -27,6 +27,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
 from llmgw_common.config import GatewayConfig
 from llmgw_common.failures import FailureKind
 from llmgw_common.ids import new_id
+from llmgw_common.leases import lease_member
 from llmgw_common.messages import Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest, UsageEvent
 
 from ..providers.base import Provider, RawCall
@@ -138,6 +139,8 @@ class _Outcome:
 
     def __init__(self, exchange: Exchange, endpoint: str):
         self.request_id = new_id()
+        # chosen before admission: the router's lease names it, so an abandoned event would share it
+        self.event_id = new_id()
         self.started = time.perf_counter()
         self.exchange = exchange
         self.endpoint = endpoint
@@ -156,7 +159,7 @@ class _Outcome:
         else:
             cost = Decimal(0)
         return UsageEvent(
-            request_id=self.request_id, endpoint=self.endpoint, key_id=self.exchange.key_id,
+            id=self.event_id, request_id=self.request_id, endpoint=self.endpoint, key_id=self.exchange.key_id,
             provider=candidate.provider if candidate else None,
             model=self.model, upstream_model=candidate.upstream_model if candidate else None,
             stream=self.exchange.stream, tokens_in=usage.input_tokens, tokens_out=usage.output_tokens,
@@ -201,7 +204,8 @@ def routing_headers(headers: Mapping[str, str]) -> dict[str, str]:
 class Gateway:
     def __init__(self, deps: Deps):
         self.deps = deps
-        self._outcome_tasks: set[asyncio.Task] = set()
+        # streams being relayed, as admission lease members: their leases are renewed while they run
+        self.running: set[str] = set()
 
     @property
     def config(self) -> GatewayConfig:
@@ -221,7 +225,7 @@ class Gateway:
         route_request = RouteRequest(
             request_id=outcome.request_id, model=exchange.model, stream=exchange.stream,
             estimated_prompt_tokens=exchange.estimated_prompt_tokens, max_tokens=exchange.max_tokens,
-            headers=routing_headers(exchange.headers), key_id=exchange.key_id,
+            headers=routing_headers(exchange.headers), key_id=exchange.key_id, event_id=outcome.event_id,
             endpoint="embeddings" if exchange.embedding else "chat",
             prompt_class=await self._prompt_class(exchange))
         if exchange.provider is not None:  # a raw call to one provider, admitted under provider/model
@@ -389,6 +393,8 @@ class Gateway:
         status, error = sent.status, None
         meter = sent.meter
         assert sent.stream is not None and meter is not None
+        lease = lease_member(outcome.request_id, cand.provider)
+        self.running.add(lease)
         try:
             async for piece in sent.stream:
                 yield piece
@@ -404,6 +410,7 @@ class Gateway:
             status, error = 499, "client disconnected during the stream"
             raise
         finally:
+            self.running.discard(lease)
             latency = (time.perf_counter() - t0) * 1000
             ok = status < 400 or status == 499
             outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
