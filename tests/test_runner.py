@@ -7,6 +7,7 @@ import asyncio
 import http.server
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,6 +27,10 @@ from stacks import supervised_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
+# the admin API (ui-api) wants a bearer token: the stacks here give their ui-api this one
+ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(24)
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 def _processes_mentioning(text: str) -> list[str]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
@@ -39,6 +44,7 @@ def test_llmgw_run_end_to_end_and_ctrl_c(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("NATS_URL", "REDIS_URL", "CLICKHOUSE_URL") and not k.endswith("_API_KEY")}
     env["LLMGW_DEMO_PORT"] = str(demo)
+    env["LLMGW_ADMIN_TOKEN"] = ADMIN_TOKEN
     proc = subprocess.Popen([sys.executable, "-m", "llmgw_cli.main", "run", "--config", str(config),
                              "--state-dir", str(state), "--edge-port", str(edge), "--ui-port", str(ui)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -57,7 +63,7 @@ def test_llmgw_run_end_to_end_and_ctrl_c(tmp_path):
         assert reply.choices[0].message.content == "Echo: hi"
 
         def demo_requests() -> int:
-            scopes = httpx.get(f"http://127.0.0.1:{ui}/api/usage/current").json()["scopes"]
+            scopes = httpx.get(f"http://127.0.0.1:{ui}/api/usage/current", headers=ADMIN).json()["scopes"]
             return sum(s["windows"]["minute"]["requests"] for s in scopes if s["scope"] == "provider")
 
         deadline = time.monotonic() + 20
@@ -107,7 +113,8 @@ def test_restart_backoff_and_exit_descriptions():
 def _own_servers_env() -> dict[str, str]:
     """The environment without NATS_URL / REDIS_URL: the stack starts (and supervises) its own servers."""
     return {k: v for k, v in os.environ.items()
-            if k not in ("NATS_URL", "REDIS_URL", "CLICKHOUSE_URL") and not k.endswith("_API_KEY")}
+            if k not in ("NATS_URL", "REDIS_URL", "CLICKHOUSE_URL") and not k.endswith("_API_KEY")} | {
+        "LLMGW_ADMIN_TOKEN": ADMIN_TOKEN}
 
 
 def _health(url: str) -> tuple[int, dict]:
@@ -140,8 +147,9 @@ usage: {{batch_wait_s: 0.1}}
             served += 1
 
         def counted() -> tuple[int, int]:
-            history = httpx.get(f"{ui}/api/usage/history", params={"provider": "p"}, timeout=10).json()["rows"]
-            scopes = httpx.get(f"{ui}/api/usage/current", timeout=10).json()["scopes"]
+            history = httpx.get(f"{ui}/api/usage/history", params={"provider": "p"}, headers=ADMIN,
+                                timeout=10).json()["rows"]
+            scopes = httpx.get(f"{ui}/api/usage/current", headers=ADMIN, timeout=10).json()["scopes"]
             day = sum(s["windows"]["day"]["requests"] for s in scopes if s["scope"] == "provider")
             return sum(r["requests"] for r in history), day
 
@@ -210,7 +218,8 @@ async def test_health_monitor_caches_shares_a_round_and_bounds_each_check():
     assert not report.ok and report.status_code == 503
     body = report.body()
     assert body["status"] == "degraded"
-    assert body["checks"]["fast"] == {"ok": True, "required": True, "detail": "fine", "ms": body["checks"]["fast"]["ms"]}
+    fast_check = body["checks"]["fast"]
+    assert fast_check == {"ok": True, "required": True, "detail": "fine", "ms": fast_check["ms"]}
     assert body["checks"]["slow"]["detail"] == "no answer within 0.2s"
     assert body["checks"]["extra"]["detail"] == "ConnectionError: refused"
     await monitor.report()

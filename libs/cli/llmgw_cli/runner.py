@@ -379,7 +379,8 @@ class Stack:
                     delay = restart_delay(len(child.restarts), self.restart_base_s)
                     child.due = now + delay
                     self.restart_log.append((now, child.name, "died"))
-                    where = f" on the same port ({child.server.port}) and data" if isinstance(child, ServerChild) else ""
+                    server = isinstance(child, ServerChild)
+                    where = f" on the same port ({child.server.port}) and data" if server else ""
                     _say(child.name, f"{describe_exit(child.returncode)}; restarting in {delay:g}s{where}", self.log)
                     continue
                 if now < child.due:
