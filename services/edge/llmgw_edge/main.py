@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import uvicorn
@@ -25,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llmgw_common import health, subjects
-from llmgw_common.config import GatewayConfig, load_config_or_default
+from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
 from llmgw_common.ids import new_id
 from llmgw_common.keys import KeyRecord
 from llmgw_common.logs import setup_logging
@@ -48,7 +47,7 @@ from .core.commands import command_runner
 from .core.errors import GatewayError
 from .core.gateway import Deps, Gateway, Reply
 from .core.prompt_class import classify
-from .providers import build_providers
+from .providers import build_provider
 from .providers.http import AiohttpTransport
 from .request_log import recent_requests_text
 from .usage_publisher import UsagePublisher, replica_id
@@ -61,19 +60,81 @@ class EdgeSettings(CommonSettings):
     port: int = Field(default=8080, alias="LLMGW_EDGE_PORT")
 
 
-@dataclass
 class Edge:
-    """What the routes need from the running edge (built once in the lifespan)."""
+    """The running edge: what the routes need, and its config, which can change while it runs.
 
-    config: GatewayConfig
-    nc: Any
-    gateway: Gateway
-    keys: KeyCache
-    started: int
+    ``apply`` swaps in a new config between two requests: adapters whose provider config did not change
+    are kept (pooled connections, a Copilot token), new ones are built, removed ones are closed once the
+    requests still using them are done. A request in flight keeps the provider it has.
+    """
+
+    def __init__(self, settings: EdgeSettings, nc, keys: KeyCache, transport: AiohttpTransport,
+                 publish: Callable[[Any], None]):
+        self.settings = settings
+        self.nc = nc
+        self.keys = keys
+        self.transport = transport
+        self.started = int(time.time())
+        self.config = GatewayConfig()
+        self.providers: dict[str, Any] = {}
+        self.classifier: ModelClassifier | None = None
+        self._retired: set[asyncio.Task] = set()
+        self.gateway = Gateway(Deps(config=self.config, providers=self.providers, decide=self._decide,
+                                    report=_outcome_reporter(nc), publish=publish,
+                                    classify_prompt=self._classify_prompt,
+                                    command=command_runner(self, lambda n: recent_requests_text(nc, n))))
+
+    def apply(self, config: GatewayConfig) -> None:
+        providers = {}
+        for p in config.providers:
+            kept = self.providers.get(p.id)
+            providers[p.id] = kept if kept is not None and kept.config == p else \
+                build_provider(p, self.transport, self.settings.state_dir)
+        retired = [old for pid, old in self.providers.items() if providers.get(pid) is not old]
+        smart = config.routing.smart
+        self.classifier = ModelClassifier(self._ask_self, smart.classifier_model, smart.classifier_timeout_s,
+                                          smart.cache_size) if smart.classifier_model else None
+        # no await from here on: every request sees the old config or the new one, never half of each
+        self.config = config
+        self.providers = providers
+        self.gateway.deps.config = config
+        self.gateway.deps.providers = providers
+        self.keys.require_keys = config.edge.require_keys
+        for old in retired:  # closed once the requests that hold them are surely over
+            task = asyncio.get_running_loop().create_task(self._close_later(old, config.routing.total_timeout_s))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def _close_later(self, provider, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        await provider.close()
+
+    async def close(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
+        for provider in self.providers.values():
+            await provider.close()
 
     def caller(self, request: Request) -> KeyRecord | None:
         """The caller's gateway key (None while keys are not enforced); 401 / 429 when it fails."""
         return self.keys.authenticate(request.headers, request.client.host if request.client else "unknown")
+
+    async def _decide(self, route_request):
+        return await router_client.decide(self.nc, route_request, self.config.routing.decide_timeout_s)
+
+    async def _ask_self(self, body: bytes) -> bytes | None:
+        """The classifier's question, through this gateway in-process: routed and counted, no HTTP."""
+        codec = OpenAIChatCodec()
+        reply = await self.gateway.handle(codec.parse(body, {"x-llmgw-internal": "classifier"}), codec)
+        return reply.body if reply.status == 200 else None
+
+    async def _classify_prompt(self, text: str, headers) -> str | None:
+        smart, classifier = self.config.routing.smart, self.classifier
+        if smart.enabled and classifier is not None and headers.get("x-llmgw-internal") != "classifier":
+            found = await classifier(text)
+            if found:
+                return found
+        return classify(text)
 
 
 def _response(reply: Reply) -> Response:
@@ -122,9 +183,10 @@ def _outcome_reporter(nc) -> Callable[[AttemptOutcome], None]:
     return report
 
 
-async def _renew_leases(nc, gateway: Gateway, extend_s: float) -> None:
+async def _renew_leases(nc, gateway: Gateway, lease_s: Callable[[], float]) -> None:
     """Keep the admission leases of streams still running from expiring into "abandoned" events."""
     while True:
+        extend_s = lease_s()
         await asyncio.sleep(min(RENEW_EVERY_S, extend_s / 3))  # several renewals per lease: one may be lost
         if gateway.running:
             try:
@@ -151,35 +213,21 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 "address could spend the providers' keys. Create one first (`llmgw keys create --name NAME`, "
                 "with NATS_URL pointing at this gateway's NATS) or listen on 127.0.0.1 (LLMGW_EDGE_HOST).")
         transport = AiohttpTransport()  # one pooled client for every upstream: no per-request set-up
-        providers = build_providers(config, transport, settings.state_dir)
-        smart = config.routing.smart
-
-        async def ask_self(body: bytes) -> bytes | None:
-            """The classifier's question, through this gateway in-process: routed and counted, no HTTP."""
-            codec = OpenAIChatCodec()
-            reply = await edge.gateway.handle(codec.parse(body, {"x-llmgw-internal": "classifier"}), codec)
-            return reply.body if reply.status == 200 else None
-
-        classifier = ModelClassifier(ask_self, smart.classifier_model, smart.classifier_timeout_s,
-                                     smart.cache_size) if smart.classifier_model else None
-
-        async def classify_prompt(text: str, headers) -> str | None:
-            if smart.enabled and classifier is not None and headers.get("x-llmgw-internal") != "classifier":
-                found = await classifier(text)
-                if found:
-                    return found
-            return classify(text)
-
-        async def decide(route_request):
-            return await router_client.decide(nc, route_request, config.routing.decide_timeout_s)
-
-        edge = Edge(config=config, nc=nc, gateway=None, keys=keys, started=int(time.time()))  # type: ignore[arg-type]
-        edge.gateway = Gateway(Deps(config=config, providers=providers, decide=decide,
-                                    report=_outcome_reporter(nc), publish=publisher.submit,
-                                    classify_prompt=classify_prompt,
-                                    command=command_runner(edge, lambda n: recent_requests_text(nc, n))))
+        edge = Edge(settings, nc, keys, transport, publisher.submit)
+        edge.apply(config)
         app.state.edge = edge
-        renewer = asyncio.create_task(_renew_leases(nc, edge.gateway, config.routing.lease_s),
+
+        async def on_config_changed(_msg) -> None:
+            try:
+                new = load_config_or_default(settings.config_path)
+            except ConfigError as exc:  # ui-api validates before it writes: this is a hand edit gone wrong
+                log.error("config change ignored, the running config stays: %s", exc)
+                return
+            edge.apply(new)
+            log.info("config reloaded: %d providers", len(new.providers))
+
+        await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
+        renewer = asyncio.create_task(_renew_leases(nc, edge.gateway, lambda: edge.config.routing.lease_s),
                                       name="lease-renewal")
         log.info("edge ready on %s:%d with %d providers", settings.host, settings.port, len(config.providers))
         try:
@@ -188,8 +236,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             renewer.cancel()
             await publisher.stop()
             await keys.stop()
-            for provider in providers.values():
-                await provider.close()
+            await edge.close()
             await transport.close()
             await nc.drain()
 
