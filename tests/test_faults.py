@@ -54,17 +54,6 @@ RESULTS: dict[str, dict] = {}
 ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(24)
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
-# Known failures outside the runner, health and reconnection (remove a mark once its fix is in):
-ABANDONED_RESERVATION = pytest.mark.xfail(strict=False, reason=(
-    "edge: a request in flight when the edge dies was admitted (one request reserved in the Redis windows) "
-    "but no usage event ever reports it: Redis counts more than ClickHouse (the 'abandoned' event fix)"))
-LOST_DECISION = pytest.mark.xfail(strict=False, reason=(
-    "router: a routing decision whose reply never reaches the edge (the router killed after its Redis "
-    "admission, or nats-server killed between the admission and the reply) leaves its reservation in the "
-    "Redis windows; the edge asks again under the same request id and is admitted a second time: Redis "
-    "counts one request more than ClickHouse per lost reply (fix: admission idempotent per request id)"))
-
-
 def _config(upstream: FakeProvider) -> str:
     providers = "".join(f"""
   - id: f-{fault}
@@ -79,6 +68,9 @@ version: 1
 providers:{providers}
 routing:
   decide_timeout_s: 2
+  # a request in flight when its edge dies becomes an "abandoned" event this long after admission
+  # (default: total_timeout_s + 60 s; shortened so the suite stays short)
+  abandoned_after_s: 4
 usage:
   batch_wait_s: 0.1
 """
@@ -344,17 +336,14 @@ def test_usage_killed(gateway):
     run_fault(gateway, "usage")
 
 
-@LOST_DECISION
 def test_router_killed(gateway):
     run_fault(gateway, "router")
 
 
-@ABANDONED_RESERVATION
 def test_edge_killed(gateway):
     run_fault(gateway, "edge")
 
 
-@LOST_DECISION
 def test_nats_killed(gateway):
     run_fault(gateway, "nats")
 
@@ -363,6 +352,5 @@ def test_redis_killed(gateway):
     run_fault(gateway, "redis")
 
 
-@ABANDONED_RESERVATION
 def test_runner_and_all_children_killed(gateway):
     run_fault(gateway, "runner")

@@ -158,3 +158,15 @@ def _admin(stack) -> httpx.Client:
     except ImportError:
         return httpx.Client(base_url=f"http://127.0.0.1:{stack.ui_port}", timeout=10)
     return admin_client(stack)
+
+
+async def test_a_question_asked_again_gets_the_same_admission_not_a_second_reservation(redis):
+    store, provider = RoutingStore(redis), f"lease-{uuid.uuid4().hex[:8]}"
+    reader, scope = WindowReader(redis), model_scope(provider, "m")
+    first = await store.admit([_planned(provider)], "req-q", T0, event_id="evt-q", lease_s=30)
+    again = await store.admit([_planned(provider)], "req-q", T0 + 1500, event_id="evt-q", lease_s=30)
+    assert again.index == first.index == 0 and again.reservation == first.reservation
+    assert (await reader.read([scope], T0 // 1000 + 2))[scope]["minute"]["req"] == 1  # reserved once
+    # the next attempt (another provider excluded) is a new question
+    other = await store.admit([_planned(provider)], "req-q", T0 + 2000, event_id="evt-q", lease_s=30, attempt=1)
+    assert other.index == 0 and (await reader.read([scope], T0 // 1000 + 3))[scope]["minute"]["req"] == 2

@@ -35,7 +35,7 @@ from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
 
 from . import router_client
-from .api import anthropic_messages, models, openai_chat, passthrough
+from .api import anthropic_messages, models, openai_chat, passthrough, schemas
 from .api.body import read_body
 from .api.anthropic_messages import AnthropicCodec
 from .api.embeddings import EmbeddingsCodec
@@ -279,11 +279,13 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         return handle
 
     # one route per client format: its codec parses and renders, the gateway does the rest
-    for path, codec_type in (("/v1/chat/completions", OpenAIChatCodec), ("/v1/messages", AnthropicCodec),
-                             ("/v1/responses", ResponsesCodec), ("/v1/embeddings", EmbeddingsCodec)):
-        app.add_api_route(path, served_by(codec_type), methods=["POST"])
+    for path, codec_type, schema in (("/v1/chat/completions", OpenAIChatCodec, schemas.OPENAI_CHAT),
+                                     ("/v1/messages", AnthropicCodec, schemas.ANTHROPIC_MESSAGES),
+                                     ("/v1/responses", ResponsesCodec, schemas.OPENAI_RESPONSES),
+                                     ("/v1/embeddings", EmbeddingsCodec, schemas.EMBEDDINGS)):
+        app.add_api_route(path, served_by(codec_type), methods=["POST"], openapi_extra=schemas.body(schema))
 
-    @app.post("/v1/messages/count_tokens")
+    @app.post("/v1/messages/count_tokens", openapi_extra=schemas.body(schemas.ANTHROPIC_COUNT_TOKENS))
     async def post_count_tokens(request: Request) -> Response:
         edge = edge_of(request)
         key = edge.caller(request)
@@ -338,8 +340,9 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         return _response(await edge.gateway.handle(exchange, codec))
 
     for version in ("v1", "v1beta"):
-        app.add_api_route(f"/{{provider_id}}/{version}/{{path:path}}", provider_passthrough,
-                          methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):  # one route each: one OpenAPI operation each
+            app.add_api_route(f"/{{provider_id}}/{version}/{{path:path}}", provider_passthrough, methods=[method],
+                              name=f"provider_{version}_{method.lower()}")
 
     return app
 

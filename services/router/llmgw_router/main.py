@@ -100,7 +100,7 @@ class Router:
             return decision
         admission = await self.store.admit(p.ordered, route_request.request_id, self.now_ms(), key,
                                            self.config.keys.budget_timezone, route_request.event_id,
-                                           self.config.routing.lease_s)
+                                           self.config.routing.lease_s, attempt=len(route_request.exclude))
         first = len(p.ordered) if admission.index is None else admission.index
         for i in range(first):
             decision.skipped.append(Skipped(provider=p.ordered[i].candidate.provider,

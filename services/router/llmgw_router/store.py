@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from llmgw_common.config import BreakerConfig, Limits
 from llmgw_common.messages import AttemptOutcome, Reservation
 from llmgw_common.keys import KeyRecord
-from llmgw_common.leases import LEASES_KEY, lease_key
+from llmgw_common.leases import LEASES_KEY, lease_key, lease_member
 from llmgw_common.windows import (LUA_WINDOW_RANGE, SCOPES_KEY, WINDOWS, key_scope, model_scope, month_key, month_of,
                                   provider_scope, usd_to_nano)
 
 from .policy import PlannedCandidate, ProviderStats
 
 PIN_KEY = "llmgw:pin"
+ANSWER_PREFIX = "llmgw:adm:"  # (request id, attempt) -> the provider admitted: a question asked again
 SMART_KEY = "llmgw:smart"
 INFLIGHT_STALE_MS = 15 * 60 * 1000  # an admitted request whose outcome never came stops counting
 PROBE_TTL_MS = 60_000
@@ -64,9 +65,18 @@ local month_limits = {tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARG
 i = i + 6
 -- the admission lease (llmgw_common.leases): the request's event id and how long until it counts as abandoned
 local lease_event, lease_ttl_ms = ARGV[i], tonumber(ARGV[i + 1])
-i = i + 2
+-- the same question asked again (the edge lost the answer: a router or NATS died after admission): the
+-- same answer, not a second reservation
+local answer_key = ARGV[i + 2]
+i = i + 3
 local n = tonumber(ARGV[i]); i = i + 1
 local out = {0}
+if answer_key ~= '' then
+  local earlier = redis.call('GET', answer_key)
+  if earlier then
+    return {-1, earlier}
+  end
+end
 
 -- every bucket overlapping [now - seconds, now]: a request counts for at least
 -- the window's length (see llmgw_common.windows). Also returns the buckets' own
@@ -212,6 +222,9 @@ for c = 1, n do
       redis.call('EXPIREAT', month_key, month_expire)
     end
     redis.call('ZADD', 'llmgw:inflight:' .. provider, now_ms, rid)
+    if answer_key ~= '' then
+      redis.call('SET', answer_key, provider, 'PX', math.max(lease_ttl_ms, 1000))
+    end
     if lease_event ~= '' then
       local member = rid .. ':' .. provider
       local lease = 'llmgw:lease:' .. member
@@ -373,15 +386,17 @@ class RoutingStore:
 
     async def admit(self, ordered: list[PlannedCandidate], request_id: str, now_ms: int,
                     key: KeyRecord | None = None, budget_tz: str = "UTC", event_id: str | None = None,
-                    lease_s: float = 0.0) -> Admission:
+                    lease_s: float = 0.0, attempt: int = 0) -> Admission:
         """Admit the first candidate under every limit: its provider's, its model's and the caller's key's
         (windows and calendar month), reserving the estimate in all of them at once; with ``event_id``
         also the admission lease that makes the reservation an abandoned event if nobody settles it
         within ``lease_s``."""
         if not ordered:
             return Admission(None, {}, None)
+        # one admission per question: (request, providers already tried); asked again, it answers the same
+        answer = f"{ANSWER_PREFIX}{request_id}:{attempt}" if event_id else ""
         args: list[object] = [now_ms, request_id, *_WINDOW_ARGS, *_key_args(key, now_ms, budget_tz),
-                              event_id or "", int(lease_s * 1000), len(ordered)]
+                              event_id or "", int(lease_s * 1000), answer, len(ordered)]
         for pc in ordered:
             c = pc.candidate
             est_cost = usd_to_nano(pc.est_cost)
@@ -391,6 +406,8 @@ class RoutingStore:
                 args += _limit_args(limits)
         args.append(PROBE_TTL_MS)
         out = await self._admit(keys=[SCOPES_KEY], args=args)
+        if int(out[0]) == -1:
+            return await self._earlier_admission(ordered, request_id, str(out[1]))
         admitted = int(out[0])
         reasons = {int(out[j]) - 1: str(out[j + 1]) for j in range(1, len(out), 2)}
         if not admitted:
@@ -400,6 +417,22 @@ class RoutingStore:
                                   tokens_in=pc.est_tokens_in, tokens_out=pc.est_tokens_out,
                                   cost_nano=usd_to_nano(pc.est_cost), key_id=key.id if key else None)
         return Admission(admitted - 1, reasons, reservation)
+
+    async def _earlier_admission(self, ordered: list[PlannedCandidate], request_id: str,
+                                 provider: str) -> Admission:
+        """The admission an earlier try of this same question made, rebuilt from its lease."""
+        lease = await self._redis.hgetall(lease_key(lease_member(request_id, provider)))
+        index = next((j for j, pc in enumerate(ordered) if pc.candidate.provider == provider), None)
+        if index is None or not lease:  # settled or released meanwhile: nothing is reserved for it any more
+            return Admission(None, {j: "answered before; its reservation has ended" for j in range(len(ordered))},
+                             None)
+        pc = ordered[index]
+        key_scope_value = lease.get("key_scope") or ""
+        reservation = Reservation(provider=provider, model=pc.candidate.model, at_s=int(lease["at"]),
+                                  tokens_in=int(lease["tin"]), tokens_out=int(lease["tout"]),
+                                  cost_nano=int(lease["cost"]),
+                                  key_id=key_scope_value[2:] if key_scope_value.startswith("k:") else None)
+        return Admission(index, {}, reservation)
 
     async def record_outcome(self, o: AttemptOutcome, kind: str, cooldown_ms: int, breaker: BreakerConfig,
                              now_ms: int, budget_tz: str = "UTC") -> str:
