@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from . import subjects
+from . import metrics, subjects, tracing
 from .messages import Message
 
 log = logging.getLogger(__name__)
@@ -84,16 +86,42 @@ async def request(nc: NATS, subject: str, msg: Message, reply_type: type[M], tim
     """Request/reply with typed messages; a micro-service error reply becomes ``RemoteError``.
 
     While NATS is unreachable this fails at once with ``NotConnectedError`` (a ``NoRespondersError``).
+    Every request is timed (``llmgw_nats_request_duration_seconds{subject, outcome}``: subjects are
+    constants); while tracing is on it is a CLIENT span whose context travels in the request's headers
+    (``traceparent``), for the answering service to continue the trace.
     """
     if getattr(nc, "is_connected", True) is False:
         raise NotConnectedError
+    if tracing.enabled:
+        with tracing.span("llmgw.nats", f"send {subject}", tracing.CLIENT,
+                          {"messaging.system": "nats", "messaging.destination.name": subject}):
+            return await _request(nc, subject, msg, reply_type, timeout, tracing.inject())
+    return await _request(nc, subject, msg, reply_type, timeout, None)
+
+
+async def _request(nc: NATS, subject: str, msg: Message, reply_type: type[M], timeout: float,
+                   headers: dict[str, str] | None) -> M:
+    outcome = "error"
+    t0 = time.perf_counter()
     try:
-        resp = await nc.request(subject, msg.encode(), timeout=timeout)
-    except (OutboundBufferLimitError, ConnectionClosedError):
-        raise NotConnectedError from None
-    if resp.headers and resp.headers.get("Nats-Service-Error-Code"):
-        raise RemoteError(int(resp.headers["Nats-Service-Error-Code"]), "service_error",
-                          resp.headers.get("Nats-Service-Error", ""))
+        try:
+            resp = await nc.request(subject, msg.encode(), timeout=timeout, headers=headers)
+        except (OutboundBufferLimitError, ConnectionClosedError):
+            outcome = "no_responders"
+            raise NotConnectedError from None
+        except NatsTimeoutError:
+            outcome = "timeout"
+            raise
+        except NoRespondersError:
+            outcome = "no_responders"
+            raise
+        if resp.headers and resp.headers.get("Nats-Service-Error-Code"):
+            outcome = "remote_error"
+            raise RemoteError(int(resp.headers["Nats-Service-Error-Code"]), "service_error",
+                              resp.headers.get("Nats-Service-Error", ""))
+        outcome = "ok"
+    finally:
+        metrics.nats().observe(subject, outcome, time.perf_counter() - t0)
     return reply_type.decode(resp.data)
 
 

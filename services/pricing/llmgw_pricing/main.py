@@ -19,7 +19,7 @@ import uvloop
 from nats.micro import add_service
 from nats.micro.request import Request
 
-from llmgw_common import subjects
+from llmgw_common import metrics, subjects, tracing
 from llmgw_common.config import ConfigError, GatewayConfig, PricingConfig, load_config_or_default
 from llmgw_common.lifecycle import wait_for_stop
 from llmgw_common.logs import setup_logging
@@ -92,6 +92,9 @@ class PricingService:
             return
         tables = self.tables()
         prices = [effective_price(self.config, tables, k) for k in query.keys]
+        lookups = metrics.pricing().lookups
+        for p in prices:
+            lookups.labels(p.source).inc()
         await req.respond(PriceList(prices=prices).encode())
 
     async def list(self, req: Request) -> None:
@@ -116,6 +119,7 @@ class PricingService:
                 prices = await fetch_prices(url, pricing.fetch_timeout_s)
             except PriceSourceError as exc:
                 self.last_fetch_at, self.last_fetch_ok, self.last_fetch_error = _now(), False, str(exc)
+                metrics.pricing().fetches.labels("failed").inc()
                 using = (f"the {self.fetched.kind} prices of {_when(self.fetched.as_of)}" if self.fetched
                          else f"the bundled snapshot ({self.bundled.origin}, {self.bundled.snapshot_date})")
                 log.warning("price fetch failed, using %s: %s", using, exc)
@@ -124,6 +128,8 @@ class PricingService:
             before = fingerprint(self.prices())
             self.fetched = PriceTable(prices, "remote", fetched_at, shown)
             self.last_fetch_at, self.last_fetch_ok, self.last_fetch_error = fetched_at, True, None
+            metrics.pricing().fetches.labels("ok").inc()
+            metrics.pricing().last_fetch.set(fetched_at.timestamp())
             try:
                 await asyncio.to_thread(write_cache, self.cache_file, prices, url, fetched_at)
             except OSError as exc:
@@ -212,4 +218,6 @@ async def serve(settings: PricingSettings, stop: asyncio.Event | None = None) ->
 def run() -> None:
     settings = PricingSettings()
     setup_logging("pricing", settings.log_level)
+    tracing.setup("pricing")
+    metrics.serve_from_env()  # LLMGW_METRICS_PORT
     uvloop.run(serve(settings))  # uvloop: a faster event loop, as the HTTP services use

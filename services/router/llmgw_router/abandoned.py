@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from llmgw_common import subjects
+from llmgw_common import metrics, subjects
 from llmgw_common.leases import ABANDONED_ERROR, ABANDONED_STATUS
 from llmgw_common.messages import Reservation, UsageEvent
 from llmgw_common.windows import NANO, parse_scope
@@ -58,6 +58,7 @@ async def reap_once(leases: Leases, js, now_ms: int) -> int:
             await leases.put_back(member, fields, now_ms + RETRY_AFTER_MS)
             continue
         published += 1
+        metrics.router().abandoned.inc()
         log.warning("request %s on %s was never settled by its edge: recorded as abandoned at its reserved "
                     "estimate", event.request_id, event.provider)
     return published

@@ -16,11 +16,11 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from nats.micro import add_service
 from nats.micro.request import Request
 
-from llmgw_common import subjects
+from llmgw_common import metrics, subjects, tracing
 from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
 from llmgw_common.keys import KeyMirror
 from llmgw_common.lifecycle import wait_for_stop
-from llmgw_common.logs import setup_logging
+from llmgw_common.logs import REQUEST_ID, setup_logging
 from llmgw_common.messages import (AttemptOutcome, ErrorInfo, LeaseRenewal, PinCommand, PriceKey, PriceList,
                                    PriceLookup, RouteDecision, RouteRequest, RouterState, Skipped, SmartCommand)
 from llmgw_common.nats_conn import connect_nats, request
@@ -62,6 +62,7 @@ class Router:
         self.keys = KeyMirror()  # gateway keys: their providers and limits (started in ``serve``)
         self.leases = Leases(store.redis)
         self._tasks: set[asyncio.Task] = set()
+        self.meter = metrics.RouterMeter()
 
     # ---- decide ----------------------------------------------------------
 
@@ -73,7 +74,8 @@ class Router:
         task.add_done_callback(self._tasks.discard)
 
     async def handle_decide(self, req: Request) -> None:
-        self.spawn(self._decide_and_reply(req))
+        # while tracing is on: a SERVER span, child of the edge's context in the request's headers
+        self.spawn(tracing.serving(self._decide_and_reply(req), "llmgw.router", "llmgw.router.decide", req.headers))
 
     async def _decide_and_reply(self, req: Request) -> None:
         try:
@@ -81,12 +83,19 @@ class Router:
         except ValueError as exc:
             await req.respond_error("400", "bad route request: " + str(exc).splitlines()[0])
             return
+        REQUEST_ID.set(route_request.request_id)  # in this task's log lines
+        t0 = time.perf_counter()
         try:
             decision = await self.decide(route_request)
         except Exception:  # a Redis outage must not leave the edge waiting for a timeout
+            self.meter.decision(None, time.perf_counter() - t0)
             log.exception("decide failed for %s", route_request.request_id)
             await req.respond_error("503", "router cannot reach its shared state")
             return
+        outcome = self.meter.decision(decision, time.perf_counter() - t0)
+        if tracing.enabled:
+            tracing.annotate({"llmgw.request_id": route_request.request_id, "llmgw.outcome": outcome,
+                              "llmgw.provider": decision.candidates[0].provider if decision.candidates else ""})
         await req.respond(decision.encode())
 
     async def decide(self, route_request: RouteRequest) -> RouteDecision:
@@ -98,9 +107,11 @@ class Router:
                                  strategy=p.strategy, rule=p.rule, error=p.error)
         if p.error is not None:
             return decision
-        admission = await self.store.admit(p.ordered, route_request.request_id, self.now_ms(), key,
-                                           self.config.keys.budget_timezone, route_request.event_id,
-                                           self.config.routing.lease_s, attempt=len(route_request.exclude))
+        admission = await tracing.traced(  # the atomic admission (one Lua script in Redis) as its own span
+            self.store.admit(p.ordered, route_request.request_id, self.now_ms(), key,
+                             self.config.keys.budget_timezone, route_request.event_id,
+                             self.config.routing.lease_s, attempt=len(route_request.exclude)),
+            "llmgw.router", "redis admission", attributes={"db.system": "redis", "llmgw.candidates": len(p.ordered)})
         first = len(p.ordered) if admission.index is None else admission.index
         for i in range(first):
             decision.skipped.append(Skipped(provider=p.ordered[i].candidate.provider,
@@ -154,6 +165,7 @@ class Router:
         self.state.pinned = pinned if pinned in ids else None
         self.state.smart = self.config.routing.smart.enabled if smart is None else smart == "1"
         self.state.stats = stats
+        self.meter.provider_state(stats)
 
     async def refresh_loop(self) -> None:
         while True:
@@ -279,4 +291,6 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
 def run() -> None:
     settings = RouterSettings()
     setup_logging("router", settings.log_level)
+    tracing.setup("router")
+    metrics.serve_from_env()  # LLMGW_METRICS_PORT
     uvloop.run(serve(settings))  # uvloop: a faster event loop, as the HTTP services use

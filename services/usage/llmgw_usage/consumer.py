@@ -6,6 +6,12 @@ The next batch is pulled while earlier ones are being committed, and two
 batches commit at once, so the network, ClickHouse and Redis work overlap;
 ClickHouse inserts themselves stay one at a time. NATS disconnects, timeouts and a vanished consumer are retried with a
 back-off; nothing here ends the loop except ``stop()``.
+
+Observability (docs/observability.md): each batch's size, duration and results go to the
+``llmgw_usage_*`` series, the consumer's lag (``num_pending``, ``num_ack_pending``, ``num_redelivered``)
+is polled every ``LAG_POLL_S``. While tracing is on, a batch is one span (a trace of its own, linked to
+its events' traces) and each event that carries a trace context (the edge's ``traceparent`` header) gets
+a CONSUMER span in its request's trace, covering the batch's commit and linked to the batch span.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ import collections
 import contextlib
 import json
 import logging
+import time
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from llmgw_common import subjects
+from llmgw_common import metrics, subjects, tracing
 
 from .handlers import BatchProcessor
 
@@ -32,6 +39,10 @@ MAX_BACKOFF_S = 5.0
 COMMITS_IN_FLIGHT = 2
 # extra wait beyond a pull request's own expiry before we stop waiting for its 408
 PULL_GRACE_S = 2.0
+# how often the consumer's lag is read (one JetStream API request)
+LAG_POLL_S = 5.0
+# a batch span links to at most this many of its events
+MAX_BATCH_LINKS = 128
 
 
 def max_ack_pending_for(batch_size: int) -> int:
@@ -160,6 +171,8 @@ class UsageConsumer:
         self.batch_wait_s = batch_wait_s
         self._fetcher: PullFetcher | None = None
         self._task: asyncio.Task | None = None
+        self._lag_task: asyncio.Task | None = None
+        self._metrics = metrics.usage()
         self._stopping = asyncio.Event()
         self.batches = 0  # committed batches (observability / tests)
         self.events = 0  # messages acknowledged in committed batches
@@ -167,12 +180,15 @@ class UsageConsumer:
     async def start(self) -> None:
         await self._bind()
         self._task = asyncio.create_task(self._loop(), name="usage-consumer")
+        self._lag_task = asyncio.create_task(self._poll_lag(), name="usage-consumer-lag")
 
     def configure(self, batch_size: int, batch_wait_s: float) -> None:
         self.batch_size, self.batch_wait_s = batch_size, batch_wait_s
 
     async def stop(self, timeout: float = 60.0) -> None:
         self._stopping.set()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         if self._task is not None:
             try:
                 # the loop finishes the batches in hand (at most one pull wait + one commit)
@@ -203,13 +219,55 @@ class UsageConsumer:
         except asyncio.TimeoutError:
             pass
 
+    async def _poll_lag(self) -> None:
+        """The consumer's lag into the gauges, now and every ``LAG_POLL_S``."""
+        m = self._metrics
+        while not self._stopping.is_set():
+            try:
+                info = await self._js.consumer_info(subjects.USAGE_STREAM, subjects.USAGE_CONSUMER)
+                m.pending.set(info.num_pending or 0)
+                m.ack_pending.set(info.num_ack_pending or 0)
+                m.redelivered.set(info.num_redelivered or 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS away: the next poll tries again
+                log.debug("cannot read the usage consumer's lag: %s", exc)
+            await self._pause(LAG_POLL_S)
+
+    def _count(self, msgs: list, result, seconds: float) -> None:
+        m = self._metrics
+        m.batch_size.observe(len(msgs))
+        m.batch_duration.observe(seconds)
+        if result is None or result.failed:
+            m.batches.labels("failed").inc()
+            settled = 0 if result is None else result.terminated + result.deferred
+            m.events.labels("failed").inc(len(msgs) - settled)
+        else:
+            m.batches.labels("committed").inc()
+            for label, n in (("ingested", result.stored), ("duplicate", result.already), ("busy", result.busy)):
+                if n:
+                    m.events.labels(label).inc(n)
+        if result is not None:
+            for label, n in (("refused", result.terminated), ("deferred", result.deferred)):
+                if n:
+                    m.events.labels(label).inc(n)
+
     async def _commit(self, msgs: list) -> None:
+        t0 = time.perf_counter()
+        traced = _BatchTrace(msgs) if tracing.enabled else None
         try:
-            result = await self._processor.process(msgs)
+            with tracing.using(traced.span if traced else None):
+                result = await self._processor.process(msgs)
         except Exception:  # noqa: BLE001 - never expected; messages are redelivered after ack_wait
             log.exception("usage batch processing crashed")
+            self._count(msgs, None, time.perf_counter() - t0)
+            if traced:
+                traced.end(None)
             await self._pause(1.0)
             return
+        self._count(msgs, result, time.perf_counter() - t0)
+        if traced:
+            traced.end(result)
         if result.failed:
             await self._pause(1.0)
         else:
@@ -243,3 +301,33 @@ class UsageConsumer:
         finally:
             for task in committing:
                 await task
+
+
+class _BatchTrace:
+    """A batch's span (linked to its events' traces) and, at its end, one span per traced event."""
+
+    def __init__(self, msgs: list):
+        self.start_ns = time.time_ns()
+        self.contexts = [tracing.extract(getattr(m, "headers", None)) for m in msgs]
+        links = [link for link in map(tracing.link_to, self.contexts[:MAX_BATCH_LINKS]) if link is not None]
+        self.span = tracing.start("llmgw.usage", "usage batch", tracing.CONSUMER,
+                                  {"messaging.system": "nats", "messaging.destination.name": subjects.USAGE_STREAM,
+                                   "messaging.batch.message_count": len(msgs)}, links=links,
+                                  start_time=self.start_ns)
+
+    def end(self, result) -> None:
+        failed = result is None or result.failed
+        error = "batch not committed (redelivered)" if failed else None
+        attrs = {} if result is None else {"llmgw.usage.ingested": result.stored,
+                                           "llmgw.usage.duplicate": result.already,
+                                           "llmgw.usage.refused": result.terminated}
+        end_ns = time.time_ns()
+        tracing.end(self.span, error, attrs, end_time=end_ns)
+        batch_link = [tracing.Link(self.span.get_span_context())] if self.span is not None else None
+        for context in self.contexts:
+            if tracing.link_to(context) is None:  # no trace context: an event from replay, import, the router
+                continue
+            s = tracing.start("llmgw.usage", "ingest usage event", tracing.CONSUMER,
+                              {"messaging.system": "nats", "messaging.destination.name": subjects.USAGE_STREAM},
+                              context=context, links=batch_link, start_time=self.start_ns)
+            tracing.end(s, error, end_time=end_ns)
