@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from pydantic import ValidationError
 
-from llmgw_common import subjects
+from llmgw_common import metrics, subjects
 from llmgw_common.messages import (
     UsageCurrent,
     UsageCurrentQuery,
@@ -162,6 +162,7 @@ class BatchProcessor:
                     refusal.code, refusal.detail, "dead-lettered" if stored else "not dead-lettered",
                     bytes(msg.data or b"")[:LOG_PREFIX_BYTES])
         result.terminated += 1
+        metrics.usage().dead_letters.labels(refusal.code).inc()
         result.dead_lettered += stored
         await _quietly(msg.term)
 

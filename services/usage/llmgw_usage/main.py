@@ -10,7 +10,7 @@ import uvloop
 from nats.micro import add_service
 from pydantic import Field
 
-from llmgw_common import subjects
+from llmgw_common import metrics, subjects, tracing
 from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
 from llmgw_common.lifecycle import wait_for_stop
 from llmgw_common.logs import setup_logging
@@ -160,6 +160,8 @@ async def _shutdown(nc, redis, consumer, service, store: ClickHouseStore) -> Non
 def run() -> None:
     settings = UsageSettings()
     setup_logging("usage", settings.log_level)
+    tracing.setup("usage")
+    metrics.serve_from_env()  # LLMGW_METRICS_PORT
     try:
         config = load_gateway_config(settings)
     except ConfigError as exc:
