@@ -19,12 +19,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable, Protocol, Sequence
 
 from pydantic import ValidationError
 
 from llmgw_common import metrics, subjects
 from llmgw_common.messages import (
+    KeyUsage,
+    KeyUsageQuery,
     UsageCurrent,
     UsageCurrentQuery,
     UsageDeadLettersQuery,
@@ -37,9 +40,10 @@ from llmgw_common.messages import (
     UsageRequestsQuery,
     UsageSimulate,
     UsageSimulated,
+    WindowTotals,
     utcnow,
 )
-from llmgw_common.windows import SCOPES_KEY
+from llmgw_common.windows import SCOPES_KEY, key_scope, month_key, month_of, nano_to_usd
 
 from . import deadletter, domain, queries, simulate
 from .domain import Refusal
@@ -273,7 +277,8 @@ class QueryHandlers:
     error texts are short and never carry a traceback."""
 
     def __init__(self, store, redis, reader, projection=None, js=None, simulate_enabled: bool = False,
-                 clock: Callable[[], float] = time.time, max_payload: Callable[[], int | None] | None = None):
+                 clock: Callable[[], float] = time.time, max_payload: Callable[[], int | None] | None = None,
+                 budget_tz: Callable[[], str] = lambda: "UTC"):
         self._store = store
         self._redis = redis
         self._reader = reader
@@ -282,6 +287,7 @@ class QueryHandlers:
         self._simulate_enabled = simulate_enabled
         self._clock = clock
         self._max_payload = max_payload or (lambda: None)
+        self._budget_tz = budget_tz  # keys' calendar months (config keys.budget_timezone, as the writer has it)
 
     def budget(self) -> int:
         """Bytes the rows of one reply may take (the NATS max payload this connection was told, less room)."""
@@ -315,6 +321,32 @@ class QueryHandlers:
         except Exception as exc:  # noqa: BLE001
             log.exception("usage current query failed")
             await req.respond_error("500", f"usage windows unavailable: {type(exc).__name__}")
+            return
+        await req.respond(reply.encode())
+
+    async def key_usage(self, req) -> None:
+        """One key's live windows (scope ``k:<id>``) and this calendar month's totals (its month hash)."""
+        try:
+            q = KeyUsageQuery.decode(req.data or b"{}")
+        except (ValidationError, ValueError) as exc:
+            await req.respond_error("400", _bad_request(exc))
+            return
+        try:
+            now, tz = self._clock(), self._budget_tz()
+            scope = key_scope(q.key_id)
+            part = domain.current_from_totals(await self._reader.read([scope], int(now)), at=utcnow())
+            label, start, end = month_of(now, tz)
+            month = await self._redis.hgetall(month_key(scope, now, tz)[0])
+            fields = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in month.items()}
+            reply = KeyUsage(at=part.at, key_id=q.key_id, windows=part.scopes[0].windows if part.scopes else {},
+                             month=label, timezone=tz, month_start=datetime.fromtimestamp(start, timezone.utc),
+                             month_end=datetime.fromtimestamp(end, timezone.utc),
+                             month_totals=WindowTotals(requests=fields.get("req", 0), tokens_in=fields.get("tin", 0),
+                                                       tokens_out=fields.get("tout", 0),
+                                                       cost_usd=nano_to_usd(fields.get("cost", 0))))
+        except Exception as exc:  # noqa: BLE001
+            log.exception("key usage query failed")
+            await req.respond_error("500", f"key usage unavailable: {type(exc).__name__}")
             return
         await req.respond(reply.encode())
 

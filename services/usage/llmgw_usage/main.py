@@ -106,12 +106,13 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
         await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
 
         queries = QueryHandlers(store, redis, WindowReader(redis), projection, js, settings.dev_simulate,
-                                max_payload=lambda: nc.max_payload)
+                                max_payload=lambda: nc.max_payload, budget_tz=lambda: writer.budget_tz)
         service = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION, queue_group=QUEUE_GROUP,
                                     description="usage windows, history, request log, dead letters, replay")
         await service.add_endpoint(name="current", subject=subjects.USAGE_QUERY_CURRENT, handler=queries.current)
         await service.add_endpoint(name="history", subject=subjects.USAGE_QUERY_HISTORY, handler=queries.history)
         await service.add_endpoint(name="requests", subject=subjects.USAGE_QUERY_REQUESTS, handler=queries.requests)
+        await service.add_endpoint(name="key", subject=subjects.USAGE_QUERY_KEY, handler=queries.key_usage)
         await service.add_endpoint(name="dead", subject=subjects.USAGE_QUERY_DEAD, handler=queries.dead_letters)
         await service.add_endpoint(name="replay", subject=subjects.USAGE_REPLAY, handler=queries.replay)
         await service.add_endpoint(name="simulate", subject=subjects.USAGE_SIMULATE, handler=queries.simulate)
