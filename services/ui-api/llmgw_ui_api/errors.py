@@ -65,16 +65,38 @@ def _shown(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _routes(routes) -> list:
+    """Every route with a path, also those of included routers (FastAPI keeps those as routers of their own;
+    ui-api includes them without a prefix)."""
+    out = []
+    for route in routes:
+        if getattr(route, "original_router", None) is not None:
+            out += _routes(route.original_router.routes)
+        elif getattr(route, "path_regex", None) is not None:
+            out.append(route)
+    return out
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Every method some route answers on this path (Starlette's Allow names only the first route's)."""
+    path = request.url.path
+    return {m for r in _routes(request.app.routes) if r.path_regex.match(path) for m in (getattr(r, "methods", None)
+                                                                                         or ())}
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     status = exc.status_code
     message = str(exc.detail) if exc.detail is not None else ""
+    headers = getattr(exc, "headers", None)
     if status == 404 and message == "Not Found":
         message = f"no such route: {request.method} {_shown(request.url.path)}"
     elif status == 405 and message == "Method Not Allowed":
-        allowed = (exc.headers or {}).get("Allow", "")
+        methods = _allowed_methods(request) | set((exc.headers or {}).get("Allow", "").replace(",", " ").split())
+        allowed = ", ".join(sorted(methods))
+        headers = {**(headers or {}), "Allow": allowed}
         message = f"method {request.method} not allowed on {_shown(request.url.path)}" + (
             f" (allowed: {allowed})" if allowed else "")
-    return error_response(status, message or "error", headers=getattr(exc, "headers", None))
+    return error_response(status, message or "error", headers=headers)
 
 
 def validation_message(errors: list[dict[str, Any]], what: str = "request") -> str:
@@ -165,8 +187,18 @@ def _openapi(app: FastAPI) -> dict:
     schemas.update(defs.pop("$defs", {}))
     schemas["ErrorResponse"] = defs
     ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-    for path_item in doc.get("paths", {}).values():
+    # who may call what (services/ui-api/llmgw_ui_api/auth.py): the admin or read-only token, or the login
+    # session with the x-llmgw-csrf header on state-changing calls; /healthz and /api/health are open
+    doc["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "the admin token (everything) or the "
+                   "read-only token (GET only)"},
+        "session": {"type": "apiKey", "in": "cookie", "name": "llmgw_session", "description": "set by POST "
+                    "/api/login; state-changing calls also send the header x-llmgw-csrf: 1"},
+    }
+    for path, path_item in doc.get("paths", {}).items():
         for operation in path_item.values():
+            if path not in ("/healthz", "/api/health", "/api/login"):
+                operation["security"] = [{"bearer": []}, {"session": []}]
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             responses["4XX"] = {"description": "the request was refused", **ref}

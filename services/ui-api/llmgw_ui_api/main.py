@@ -1,7 +1,10 @@
 """ui-api service: the admin REST API (and, later, the web UI).
 
 It is the only writer of the config; reads of usage go to the usage service
-over NATS (chDB belongs to the usage process alone).
+over NATS (chDB belongs to the usage process alone). Every route but
+``/healthz`` and ``/api/health`` needs the admin or the read-only token, or a
+login session (``auth``); the tokens are loaded, or generated into the state
+dir, at start-up.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
-from pydantic import Field
+from pydantic import Field, SecretStr
 from starlette.responses import JSONResponse
 
 from llmgw_common import health
+from llmgw_common.admin_auth import ADMIN_TOKEN_ENV, READONLY_TOKEN_ENV, AdminCredentials, AdminTokenError
 from llmgw_common.config import ConfigError, load_config_or_default, masked
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
@@ -23,6 +27,9 @@ from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
 
 from . import errors
+from .auth import AdminAuth, AuthMiddleware
+from .routes_auth import router as auth_router
+from .routes_keys import router as keys_router
 from .routes_pricing import router as pricing_router
 from .routes_router import router as router_routes
 from .routes_usage import router as usage_router
@@ -34,6 +41,9 @@ class UiApiSettings(CommonSettings):
     host: str = Field(default="127.0.0.1", alias="LLMGW_UI_HOST")
     port: int = Field(default=8081, alias="LLMGW_UI_PORT")
     query_timeout_s: float = Field(default=5.0, alias="LLMGW_UI_QUERY_TIMEOUT_S")
+    # unset: generated into <state dir>/admin-token and admin-token-readonly (llmgw_common.admin_auth)
+    admin_token: SecretStr | None = Field(default=None, alias=ADMIN_TOKEN_ENV)
+    admin_readonly_token: SecretStr | None = Field(default=None, alias=READONLY_TOKEN_ENV)
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -55,19 +65,39 @@ async def ping_services(nc, timeout: float = 1.0) -> dict[str, bool]:
     return dict(zip(BACKEND_SERVICES, results))
 
 
-def create_app(settings: UiApiSettings) -> FastAPI:
+def load_credentials(settings: UiApiSettings) -> AdminCredentials:
+    """The admin and read-only tokens (environment, else the state dir's files, generated if absent); logs
+    where they come from, never the tokens."""
+    given = {ADMIN_TOKEN_ENV: settings.admin_token, READONLY_TOKEN_ENV: settings.admin_readonly_token}
+    credentials = AdminCredentials.load(settings.state_dir, {k: v.get_secret_value() for k, v in given.items() if v})
+    where = {role: f"from {source}" if source.startswith("LLMGW_") else f"in the file {source}"
+             for role, source in credentials.sources.items()}
+    log.info("the admin API wants `Authorization: Bearer <token>` on every route but /healthz and /api/health: "
+             "admin token %s, read-only token %s", where["admin"], where["readonly"])
+    return credentials
+
+
+def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = None) -> FastAPI:
+    """The app; its tokens are ``credentials``, else loaded (or generated) when it starts."""
+    auth = AdminAuth()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
+        # before serving (a request before that is refused: no route is ever answered open)
+        auth.credentials = credentials or load_credentials(settings)
         app.state.nc = await connect_nats(settings.nats_url, "llmgw-ui-api")
         try:
             yield
         finally:
             await app.state.nc.drain()
 
-    app = FastAPI(title="LLM Gateway admin API", version="0.1.0", lifespan=lifespan)
+    # no /docs or /redoc: a browser opening them sends no credential (the OpenAPI document is /openapi.json)
+    app = FastAPI(title="LLM Gateway admin API", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.admin_auth = auth
 
     errors.install(app)  # one error shape for every 4xx / 5xx, input limits, the OpenAPI document
+    app.add_middleware(AuthMiddleware, auth=auth)  # outermost: a credential before anything else runs
 
     @app.get("/healthz")
     async def healthz(request: Request):
@@ -105,11 +135,18 @@ def create_app(settings: UiApiSettings) -> FastAPI:
     app.include_router(pricing_router)  # GET /api/pricing
     app.include_router(usage_router)  # GET /api/usage/current|history, GET /api/requests, POST /api/dev/simulate
     app.include_router(router_routes)  # GET /debug/router, POST /api/router/pin|smart
+    app.include_router(auth_router)  # POST /api/login|logout, GET /api/session
+    app.include_router(keys_router)  # /api/keys...
     return app
 
 
 def run() -> None:
     settings = UiApiSettings()
     setup_logging("ui-api", settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+    try:  # a token that cannot be used stops the start here, with a clear message
+        credentials = load_credentials(settings)
+    except AdminTokenError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+    uvicorn.run(create_app(settings, credentials), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                 access_log=False, log_level="warning", timeout_graceful_shutdown=10)

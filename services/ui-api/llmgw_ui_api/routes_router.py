@@ -1,4 +1,5 @@
-"""Router state and manual control: ``GET /debug/router``, ``POST /api/router/pin``, ``POST /api/router/smart``."""
+"""Router state and manual control: ``GET /debug/router`` (also ``GET /api/router/state``),
+``POST /api/router/pin``, ``POST /api/router/smart``."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class SmartReply(BaseModel):
 
 
 @router.get("/debug/router", response_model=RouterState)
+@router.get("/api/router/state", response_model=RouterState)  # the same under /api, where the login cookie goes
 async def debug_router(request: Request):
     """Per provider and model: each window against its limit, cooldown or breaker, in flight, latency."""
     state = await ask(request.app, subjects.ROUTER_STATE, RouterStateQuery(), RouterState, "the router")

@@ -1,0 +1,266 @@
+"""Credentials of the admin API (ui-api): where the tokens live, how they are checked, sessions, limits.
+
+Two roles:
+
+- ``admin``: everything. The token is ``LLMGW_ADMIN_TOKEN`` when set, else the
+  one in ``<LLMGW_STATE_DIR>/admin-token``, generated on first start.
+- ``readonly``: GET routes only (viewers). ``LLMGW_ADMIN_READONLY_TOKEN``, else
+  ``<LLMGW_STATE_DIR>/admin-token-readonly``, generated likewise.
+
+A generated token file is created with mode 0600 (atomically: a second process
+starting at the same moment reads the first one's token), and the state
+directory loses any access for "other" users. ``llmgw run`` calls
+``ensure_admin_token(state_dir)`` before it starts the services and prints the
+token when it was just created; the ui-api only logs where the file is.
+
+Tokens are compared with ``hmac.compare_digest`` (both roles, always, so the
+time taken does not say which one came close). Browser sessions (``SessionStore``)
+are opaque random ids kept in the ui-api process's memory, only their SHA-256
+as the key. ``FailureLimiter`` slows down guessing per client address; the edge
+has its own copy in ``llmgw_edge.auth`` (a service never imports another's
+package): keep the two alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping
+
+Role = Literal["admin", "readonly"]
+ADMIN: Role = "admin"
+READONLY: Role = "readonly"
+
+ADMIN_TOKEN_ENV = "LLMGW_ADMIN_TOKEN"
+READONLY_TOKEN_ENV = "LLMGW_ADMIN_READONLY_TOKEN"
+TOKEN_FILES: dict[Role, str] = {ADMIN: "admin-token", READONLY: "admin-token-readonly"}
+TOKEN_ENVS: dict[Role, str] = {ADMIN: ADMIN_TOKEN_ENV, READONLY: READONLY_TOKEN_ENV}
+TOKEN_PREFIXES: dict[Role, str] = {ADMIN: "llmgw-admin-", READONLY: "llmgw-view-"}
+MIN_TOKEN_CHARS = 16  # a token given in the environment: at least this long
+MAX_TOKEN_CHARS = 512
+
+# the web UI's session (POST /api/login) and its CSRF defence
+SESSION_COOKIE = "llmgw_session"
+SESSION_COOKIE_PATH = "/api"
+SESSION_TTL_S = 12 * 3600
+MAX_SESSIONS = 10_000
+CSRF_HEADER = "x-llmgw-csrf"  # required, value "1", on every state-changing call a cookie authenticates
+
+FAILURES_ALLOWED = 20  # failed credential checks per address per window before it is refused outright
+FAILURE_WINDOW_S = 60.0
+MAX_TRACKED_ADDRESSES = 10_000
+
+
+class AdminTokenError(RuntimeError):
+    """A token that cannot be used (too short, unreadable file, both roles the same)."""
+
+
+def token_path(state_dir: Path | str, role: Role = ADMIN) -> Path:
+    return Path(state_dir) / TOKEN_FILES[role]
+
+
+def new_token(role: Role = ADMIN) -> str:
+    return TOKEN_PREFIXES[role] + secrets.token_urlsafe(32)  # 256 bits
+
+
+def _private_dir(directory: Path) -> None:
+    """Create ``directory`` (0700) if needed; take away whatever "other" users may do in it."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & 0o007:
+        try:
+            os.chmod(directory, mode & ~0o007)
+        except OSError as exc:
+            raise AdminTokenError(f"the state dir {directory} is accessible to every user and cannot be "
+                                  f"restricted ({exc}); chmod o-rwx it") from None
+
+
+def _read_token(path: Path, wait_s: float = 1.0) -> str:
+    """The token in ``path``; waits a moment for a file another process has just created."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise AdminTokenError(f"cannot read the admin token file {path}: {exc}") from None
+        if text or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    if len(text) < MIN_TOKEN_CHARS or len(text) > MAX_TOKEN_CHARS or any(c.isspace() for c in text):
+        raise AdminTokenError(f"the admin token file {path} does not hold a usable token (one line of "
+                              f"{MIN_TOKEN_CHARS}..{MAX_TOKEN_CHARS} characters); delete it to have a new one "
+                              f"generated")
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        os.chmod(path, 0o600)  # readable by others: not any more
+    return text
+
+
+def ensure_token_file(state_dir: Path | str, role: Role = ADMIN) -> tuple[str, bool]:
+    """(token, created): the token in ``<state_dir>/<file>``, generated (mode 0600) when there is none."""
+    directory = Path(state_dir)
+    _private_dir(directory)
+    path = token_path(directory, role)
+    token = new_token(role)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_token(path), False
+    try:
+        os.write(fd, (token + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return token, True
+
+
+def _from_env(role: Role, environ: Mapping[str, str]) -> str | None:
+    value = (environ.get(TOKEN_ENVS[role]) or "").strip()
+    if not value:
+        return None
+    if len(value) < MIN_TOKEN_CHARS or len(value) > MAX_TOKEN_CHARS or any(c.isspace() for c in value):
+        raise AdminTokenError(f"{TOKEN_ENVS[role]} must be {MIN_TOKEN_CHARS}..{MAX_TOKEN_CHARS} characters "
+                              f"without spaces (unset it to have a token generated)")
+    return value
+
+
+def ensure_token(state_dir: Path | str, role: Role = ADMIN,
+                 environ: Mapping[str, str] | None = None) -> tuple[str, bool]:
+    """(token, created) of ``role``: from its environment variable when set (never written anywhere),
+    else from its file in the state dir, generated on first use."""
+    value = _from_env(role, os.environ if environ is None else environ)
+    if value is not None:
+        return value, False
+    return ensure_token_file(state_dir, role)
+
+
+def ensure_admin_token(state_dir: Path | str, environ: Mapping[str, str] | None = None) -> tuple[str, bool]:
+    """(token, created): what ``llmgw run`` calls before starting the services; print the token when
+    ``created`` (it was just generated into ``<state_dir>/admin-token``; from then on it is only there)."""
+    return ensure_token(state_dir, ADMIN, environ)
+
+
+@dataclass(frozen=True)
+class AdminCredentials:
+    admin: str
+    readonly: str
+    sources: dict  # role -> "env" | path of its file (what ui-api logs; never the token)
+
+    @classmethod
+    def load(cls, state_dir: Path | str, environ: Mapping[str, str] | None = None) -> "AdminCredentials":
+        env = os.environ if environ is None else environ
+        tokens, sources = {}, {}
+        for role in (ADMIN, READONLY):
+            tokens[role], _created = ensure_token(state_dir, role, env)
+            sources[role] = TOKEN_ENVS[role] if _from_env(role, env) else str(token_path(state_dir, role))
+        if hmac.compare_digest(tokens[ADMIN], tokens[READONLY]):
+            raise AdminTokenError("the admin and the read-only token must differ")
+        return cls(tokens[ADMIN], tokens[READONLY], sources)
+
+    def role_of(self, token: str) -> Role | None:
+        """The role ``token`` grants, or None; both comparisons always run, each timing-safe."""
+        presented = token.encode()
+        is_admin = hmac.compare_digest(presented, self.admin.encode())
+        is_readonly = hmac.compare_digest(presented, self.readonly.encode())
+        return ADMIN if is_admin else READONLY if is_readonly else None
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else None."""
+    if authorization[:7].lower() != "bearer ":
+        return None
+    return authorization[7:].strip() or None
+
+
+@dataclass
+class Session:
+    role: Role
+    expires_at: float  # epoch seconds
+
+
+class SessionStore:
+    """Browser sessions in memory: opaque 256-bit ids, stored by their SHA-256, expiring after ``ttl_s``;
+    at most ``max_sessions`` (the oldest go first). One process's memory: a restart logs everyone out, and
+    replicas of the ui-api do not share them."""
+
+    def __init__(self, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS):
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+
+    @staticmethod
+    def _key(session_id: str) -> str:
+        return hashlib.sha256(session_id.encode()).hexdigest()
+
+    def create(self, role: Role, now: float | None = None) -> tuple[str, Session]:
+        now = time.time() if now is None else now
+        self._expire(now)
+        session_id = secrets.token_urlsafe(32)
+        session = Session(role, now + self.ttl_s)
+        self._sessions[self._key(session_id)] = session
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return session_id, session
+
+    def get(self, session_id: str, now: float | None = None) -> Session | None:
+        if not session_id or len(session_id) > 128:
+            return None
+        now = time.time() if now is None else now
+        session = self._sessions.get(self._key(session_id))
+        if session is None or session.expires_at <= now:
+            return None
+        return session
+
+    def drop(self, session_id: str) -> None:
+        self._sessions.pop(self._key(session_id), None)
+
+    def _expire(self, now: float) -> None:
+        while self._sessions:
+            key, first = next(iter(self._sessions.items()))
+            if first.expires_at > now:  # created in order with one ttl: the first expires first
+                break
+            self._sessions.pop(key)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+class FailureLimiter:
+    """Failed credential checks per client address in a sliding window; bounded memory.
+    (The same logic as ``llmgw_edge.auth.FailureLimiter``, which the ui-api may not import.)"""
+
+    def __init__(self, allowed: int = FAILURES_ALLOWED, window_s: float = FAILURE_WINDOW_S):
+        self.allowed = allowed
+        self.window_s = window_s
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        times = self._failures.get(address)
+        if times is None:
+            return deque()
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        return times
+
+    def blocked_for(self, address: str, now: float | None = None) -> float:
+        """Seconds this address must wait before it may try again (0: it may)."""
+        now = time.monotonic() if now is None else now
+        times = self._recent(address, now)
+        if len(times) < self.allowed:
+            return 0.0
+        return max(0.0, times[0] + self.window_s - now)
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        times = self._recent(address, now)
+        times.append(now)
+        self._failures[address] = times
+        self._failures.move_to_end(address)
+        while len(self._failures) > MAX_TRACKED_ADDRESSES:
+            self._failures.popitem(last=False)
