@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from admin import admin_headers
 from fakes import GITHUB_TOKEN, FakeGitHub, FakeProvider
 from stacks import clear_router_health, running_stack, wait_for
 
@@ -144,7 +145,8 @@ def claude(base) -> anthropic.Anthropic:
 def logged(stack, request_id: str) -> dict:
     """The request's usage event, once the usage service has stored it."""
     def row():
-        r = httpx.get(f"http://127.0.0.1:{stack.ui_port}/api/requests", params={"request_id": request_id})
+        r = httpx.get(f"http://127.0.0.1:{stack.ui_port}/api/requests", params={"request_id": request_id},
+                      headers=admin_headers(stack))
         rows = r.raise_for_status().json()["rows"]
         return rows[0] if rows else None
     return wait_for(row, timeout=30)

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from admin import admin_client
 from fake_secrets import fake_key
 from fakes import FakeProvider
 from stacks import clear_router_health, running_stack, wait_for
@@ -84,7 +85,7 @@ def client(stack) -> openai.OpenAI:
 
 @pytest.fixture
 def ui(stack) -> httpx.Client:
-    with httpx.Client(base_url=f"http://127.0.0.1:{stack.ui_port}", timeout=10) as c:
+    with admin_client(stack) as c:
         yield c
 
 

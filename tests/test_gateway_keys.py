@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from admin import admin_headers
 from fakes import FakeProvider
 from llmgw_cli.infra import NatsServer, free_port
 from llmgw_cli.main import main as cli_main
@@ -196,7 +197,7 @@ def test_keys_end_to_end(stack, capsys, upstream):
     # usage is recorded under the key
     def logged():
         r = httpx.get(f"http://127.0.0.1:{stack.ui_port}/api/requests",
-                      params={"request_id": raw.headers["x-request-id"]})
+                      params={"request_id": raw.headers["x-request-id"]}, headers=admin_headers(stack))
         rows = r.json().get("rows") or []
         return rows[0] if rows else None
 

@@ -41,6 +41,7 @@ from llmgw_pricing.sources import (
     write_cache,
 )
 from llmgw_ui_api.main import UiApiSettings, create_app
+from admin import ADMIN_HEADERS, UI_TOKENS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 30.0
@@ -557,10 +558,11 @@ async def test_config_change_announces_the_changed_prices(infra, run_pricing, tm
 
 @contextlib.asynccontextmanager
 async def _ui(infra, config_path: Path):
-    app = create_app(UiApiSettings(NATS_URL=infra.nats_url, LLMGW_CONFIG=str(config_path),
+    app = create_app(UiApiSettings(**UI_TOKENS, NATS_URL=infra.nats_url, LLMGW_CONFIG=str(config_path),
                                    LLMGW_UI_QUERY_TIMEOUT_S="10"))
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ui") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ui",
+                                     headers=ADMIN_HEADERS) as client:
             yield client
 
 

@@ -22,6 +22,7 @@ from llmgw_common.windows import WindowReader
 from llmgw_router.main import Router, RouterSettings, serve as serve_router
 from llmgw_router.store import RoutingStore
 
+from admin import admin_headers
 from fakes import FakeProvider
 from stacks import clear_router_health, running_stack, wait_for
 
@@ -100,7 +101,8 @@ def client(stack) -> openai.OpenAI:
 
 
 def debug_router(stack) -> dict:
-    state = httpx.get(f"http://127.0.0.1:{stack.ui_port}/debug/router", timeout=10).raise_for_status().json()
+    state = httpx.get(f"http://127.0.0.1:{stack.ui_port}/debug/router", timeout=10,
+                      headers=admin_headers(stack)).raise_for_status().json()
     return {p["id"]: p for p in state["providers"]} | {"_pinned": state["pinned"], "_smart": state["smart"]}
 
 

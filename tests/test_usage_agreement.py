@@ -14,6 +14,7 @@ import openai
 import pytest
 import redis as redis_sync
 
+from admin import admin_client
 from fakes import FakeProvider
 from stacks import running_stack, wait_for
 
@@ -43,7 +44,7 @@ usage:
 def test_clickhouse_rollups_redis_and_clients_agree_before_and_after_replay(setup):
     stack, upstream, env = setup
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack.edge_port}/v1", api_key="k", max_retries=0)
-    ui = httpx.Client(base_url=f"http://127.0.0.1:{stack.ui_port}", timeout=10)
+    ui = admin_client(stack)
     since = (datetime.now(timezone.utc) - timedelta(minutes=5)).replace(second=0, microsecond=0)
     received = {"requests": 0, "tokens_in": 0, "tokens_out": 0}
 

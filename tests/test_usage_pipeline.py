@@ -24,6 +24,7 @@ import httpx
 import pytest
 from nats.js.errors import NotFoundError
 
+from admin import ADMIN_HEADERS, UI_TOKENS
 from fake_secrets import fake_key
 from llmgw_cli.main import build_parser
 from llmgw_common import subjects
@@ -806,10 +807,12 @@ async def test_history_top_n_from_rollups_and_raw_fallback(env):
 async def _ui(env: Env):
     from llmgw_ui_api.main import UiApiSettings, create_app
 
-    app = create_app(UiApiSettings(NATS_URL=env.infra.nats_url, LLMGW_CONFIG=str(env.state_dir / "absent.yaml"),
+    app = create_app(UiApiSettings(**UI_TOKENS, NATS_URL=env.infra.nats_url,
+                                   LLMGW_CONFIG=str(env.state_dir / "absent.yaml"),
                                    LLMGW_UI_QUERY_TIMEOUT_S="30"))
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ui") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ui",
+                                     headers=ADMIN_HEADERS) as client:
             yield client
 
 
