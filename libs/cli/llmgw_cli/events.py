@@ -24,6 +24,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import runtime
 from .progress import Progress
 
 PUBLISH_WINDOW = 2000  # publishes in flight before waiting for their acks
@@ -34,16 +35,25 @@ def _err(text: str) -> None:
 
 
 def add_connection_arguments(p: argparse.ArgumentParser, redis: bool = True, clickhouse: bool = True) -> None:
-    p.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
-                   help="NATS server with the usage stream (env NATS_URL; `llmgw run` prints its URL)")
+    p.add_argument("--state-dir", default=os.environ.get("LLMGW_STATE_DIR", ".state"),
+                   help="state directory of the gateway: where `llmgw run` says where its servers are, and "
+                        "chDB keeps its data (<state-dir>/clickhouse) (env LLMGW_STATE_DIR)")
+    p.add_argument("--nats-url", default=None,
+                   help="NATS server with the usage stream (default: NATS_URL, else the one a running "
+                        "`llmgw run` started, found in --state-dir)")
     if redis:
-        p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-                       help="Redis of the live windows (env REDIS_URL)")
+        p.add_argument("--redis-url", default=None,
+                       help="Redis of the live windows (default: REDIS_URL, else the running `llmgw run`'s)")
     if clickhouse:
         p.add_argument("--clickhouse-url", default=os.environ.get("CLICKHOUSE_URL", ""),
                        help="ClickHouse server (env CLICKHOUSE_URL); empty: chDB under --state-dir")
-        p.add_argument("--state-dir", default=os.environ.get("LLMGW_STATE_DIR", ".state"),
-                       help="state directory; chDB data is in <state-dir>/clickhouse (env LLMGW_STATE_DIR)")
+
+
+def resolve_connections(args: argparse.Namespace) -> None:
+    """Fill in the URLs not given on the command line (environment, then the running gateway)."""
+    args.nats_url = runtime.nats_url(args.nats_url, args.state_dir)
+    if hasattr(args, "redis_url"):
+        args.redis_url = runtime.redis_url(args.redis_url, args.state_dir)
 
 
 def _add_range(p: argparse.ArgumentParser) -> None:
@@ -179,6 +189,7 @@ async def _replay(args) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    resolve_connections(args)
     return asyncio.run(_replay(args))
 
 
@@ -222,6 +233,7 @@ async def _export(args, out) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    resolve_connections(args)
     return asyncio.run(_export(args, sys.stdout.buffer))
 
 
@@ -300,6 +312,7 @@ async def _import(args, source) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    resolve_connections(args)
     if args.file == "-":
         return asyncio.run(_import(args, sys.stdin.buffer))
     try:

@@ -16,25 +16,10 @@ import json
 import os
 import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from llmgw_common.keys import KeyLimits, KeyRecord, KeyStore, parse_budget
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-RUNTIME_FILE = "runtime.json"  # written by `llmgw run` into its state dir: the URLs of its servers
-
-
-def nats_url(args: argparse.Namespace) -> str:
-    if args.nats_url:
-        return args.nats_url
-    if os.environ.get("NATS_URL"):
-        return os.environ["NATS_URL"]
-    runtime = Path(args.state_dir) / RUNTIME_FILE
-    try:
-        return json.loads(runtime.read_text())["nats_url"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_NATS_URL
-
+from . import runtime
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats-url", default=None, help="NATS of the gateway (default: NATS_URL, or the one "
@@ -76,7 +61,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 async def _with_store(args: argparse.Namespace) -> int:
     import nats
 
-    url = nats_url(args)
+    url = runtime.nats_url(args.nats_url, args.state_dir)
     try:
         nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
     except Exception as exc:

@@ -27,9 +27,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmgw_common.admin_auth import ensure_admin_token, token_path
 from llmgw_common.config import load_config
 
 from .infra import InfraError, NatsServer, RedisServer, ServerProcess, die_with_parent, free_port, port_is_free
+from .runtime import RUNTIME_FILE
 
 SERVICES = ("pricing", "usage", "router", "edge", "ui-api")
 _COLOURS = {"nats": 90, "redis": 90, "demo": 36, "pricing": 35, "usage": 34, "router": 33, "edge": 32, "ui-api": 96,
@@ -311,6 +313,7 @@ class Stack:
                    LLMGW_STATE_DIR=str(self.state_dir), LLMGW_EDGE_PORT=str(self.edge_port),
                    LLMGW_UI_PORT=str(self.ui_port), LLMGW_EDGE_HOST=self.host, LLMGW_UI_HOST=self.host,
                    PYTHONUNBUFFERED="1")
+        self._write_runtime(nats_url, redis_url)
         cli = [sys.executable, "-m", "llmgw_cli.main"]
         if config.demo.enabled:
             self.children.append(Child("demo", cli + ["demo-provider", "--host", config.demo.host,
@@ -320,6 +323,17 @@ class Stack:
         for child in self.children:
             child.start()
         self._wait_ready(ready_timeout)
+
+    def _write_runtime(self, nats_url: str, redis_url: str) -> None:
+        """Where this run's servers are, for the CLI's other commands (`llmgw keys`, `llmgw replay`...):
+        ``<state dir>/runtime.json``, private to the user (no secrets in it, but no need to share it)."""
+        path = self.state_dir / RUNTIME_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"nats_url": nats_url, "redis_url": redis_url,
+                                   "edge": f"http://{self.host}:{self.edge_port}",
+                                   "admin": f"http://{self.host}:{self.ui_port}", "pid": os.getpid()}))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
 
     @property
     def health_urls(self) -> dict[str, str]:
@@ -435,6 +449,10 @@ def run_stack(config_path: Path, state_dir: Path, edge_port: int, ui_port: int, 
 
     signal.signal(signal.SIGTERM, on_term)
     code = 0
+    # the admin API's credential: made on the first start, shown this once (ui-api logs only where it is)
+    token, created = ensure_admin_token(state_dir.resolve())
+    if created:
+        print(f"admin API token (shown once; kept in {token_path(state_dir.resolve())}): {token}", flush=True)
     try:
         stack.start()
         _say("llmgw", f"gateway ready: OpenAI-compatible API on http://{host}:{edge_port}/v1, "
