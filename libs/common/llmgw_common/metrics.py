@@ -24,7 +24,7 @@ import hmac
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, disable_created_metrics,
                                generate_latest)
@@ -200,23 +200,31 @@ class _Series:
         return child
 
 
+def logical_models(config) -> frozenset[str]:
+    """The model names a config serves: the only model label values besides ``unknown``."""
+    return frozenset(m.name for p in config.providers for m in p.models)
+
+
 class UsageMeter:
     """The edge's request series, from each usage event as the gateway publishes it.
 
-    ``known_models``: the config's logical model names; any other name is counted as ``unknown``.
+    ``config``: the running config (a callable: the edge swaps configs live); a model name it does not
+    serve is counted as ``unknown``.
     """
 
-    def __init__(self, known_models: Iterable[str] = ()):
+    def __init__(self, config: Callable[[], Any] | None = None):
         self.metrics = edge()
-        self.known_models = frozenset(known_models)
+        self._config_of = config
+        self._config: Any = None
+        self.known_models: frozenset[str] = frozenset()
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._attempts: dict[tuple[str, int], Any] = {}
 
-    @classmethod
-    def for_config(cls, config) -> "UsageMeter":
-        return cls(m.name for p in config.providers for m in p.models)
-
     def observe(self, event) -> None:
+        if self._config_of is not None:
+            config = self._config_of()
+            if config is not self._config:
+                self._config, self.known_models = config, logical_models(config)
         model = event.model if event.model in self.known_models else UNKNOWN
         key = (event.endpoint, event.provider or "none", model)
         s = self._series.get(key)
@@ -366,16 +374,17 @@ class HttpMetrics:
     document); ui-api's auth lets it through like ``/healthz``.
     """
 
-    def __init__(self, app, scope: str = "llmgw.http"):
+    def __init__(self, app, scope: str = "llmgw.http", router: Any = None):
         self.app = app
         self.scope = scope
+        self.router = router  # the app's router: the route template of a request refused before routing
         self.metrics = http()
         self._children: dict[tuple[str, str, int], Any] = {}
         self._durations: dict[str, Any] = {}
 
     @classmethod
     def install(cls, app, scope: str) -> None:
-        app.add_middleware(cls, scope=scope)
+        app.add_middleware(cls, scope=scope, router=app.router)
         app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -399,9 +408,20 @@ class HttpMetrics:
         finally:
             self._count(scope, status, time.perf_counter() - t0)
 
-    def _count(self, scope, status: int, seconds: float) -> None:
+    def _route(self, scope) -> str:
         route = scope.get("route")
-        path = getattr(route, "path", None) or "unmatched"
+        if route is not None:
+            return getattr(route, "path", None) or "unmatched"
+        # refused before routing (ui-api's auth, a body too large): the template its path would have had
+        from starlette.routing import Match
+
+        for candidate in getattr(self.router, "routes", ()):
+            if candidate.matches(scope)[0] is not Match.NONE and getattr(candidate, "path", None):
+                return candidate.path
+        return "unmatched"
+
+    def _count(self, scope, status: int, seconds: float) -> None:
+        path = self._route(scope)
         key = (path, scope["method"], status)
         child = self._children.get(key)
         if child is None:
@@ -430,8 +450,8 @@ class HttpMetrics:
                 await self.app(scope, receive, send_status)
             finally:
                 self._count(scope, status, time.perf_counter() - t0)
-                route = getattr(scope.get("route"), "path", None)
-                if route:
+                route = self._route(scope)
+                if route != "unmatched":
                     span.update_name(f"{method} {route}")
                     span.set_attribute("http.route", route)
                 span.set_attribute("http.response.status_code", status)

@@ -23,7 +23,7 @@ from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llmgw_common import health, subjects
+from llmgw_common import health, metrics, subjects, tracing
 from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
 from llmgw_common.ids import new_id
 from llmgw_common.keys import KeyRecord
@@ -213,7 +213,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 "address could spend the providers' keys. Create one first (`llmgw keys create --name NAME`, "
                 "with NATS_URL pointing at this gateway's NATS) or listen on 127.0.0.1 (LLMGW_EDGE_HOST).")
         transport = AiohttpTransport()  # one pooled client for every upstream: no per-request set-up
-        edge = Edge(settings, nc, keys, transport, publisher.submit)
+        meter = metrics.UsageMeter(lambda: edge.config)  # each usage event into the request / token series
+        edge = Edge(settings, nc, keys, transport, meter.wrap(publisher.submit))
         edge.apply(config)
         app.state.edge = edge
 
@@ -241,6 +242,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             await nc.drain()
 
     app = FastAPI(title="LLM Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    metrics.HttpMetrics.install(app, "llmgw.edge")  # GET /metrics; every request counted (and its span)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError):
@@ -350,5 +352,6 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 def run() -> None:
     settings = EdgeSettings()
     setup_logging("edge", settings.log_level)
+    tracing.setup("edge")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                 access_log=False, log_level="warning", timeout_graceful_shutdown=10)

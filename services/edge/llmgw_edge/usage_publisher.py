@@ -12,6 +12,10 @@ under an exclusive ``flock``), and a starting replica claims every file there,
 its own or a dead replica's, by taking the lock and renaming it before it
 reads. A file is therefore sent by exactly one replica; an event sent twice
 anyway (a publish whose ack was lost) is stored once by its id.
+
+While tracing is on, an event's message carries the trace context of the
+request that made it (``traceparent``, taken when it is queued), so the usage
+service's ingest span joins the request's trace.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import socket
 from pathlib import Path
 
-from llmgw_common import subjects
+from llmgw_common import metrics, subjects, tracing
 from llmgw_common.ids import new_id
 from llmgw_common.messages import UsageEvent
 
@@ -46,10 +50,16 @@ class UsagePublisher:
         self._claims: list[tuple[Path, object]] = []  # spill files taken at start, locked until sent
         self._claimed_events = 0
         self.published = 0
+        self._traces: dict[str, dict[str, str]] = {}  # event id -> trace headers (tracing on only)
+        self._metrics = metrics.edge()
+        self._metrics.usage_queue.set_function(self._queue.qsize)
 
     def submit(self, event: UsageEvent) -> None:
+        if tracing.enabled:
+            self._traces[event.id] = tracing.inject()
         try:
             self._queue.put_nowait(event)
+            self._metrics.usage_queued.inc()
         except asyncio.QueueFull:
             # last resort: keep it on disk rather than drop it
             self._append_spill([event])
@@ -85,10 +95,13 @@ class UsagePublisher:
             self._holding = await self._queue.get()
             event = self._holding
             delay = 0.2
+            headers = {"Nats-Msg-Id": event.id}
+            if self._traces:
+                headers.update(self._traces.pop(event.id, ()))
             while True:
                 try:
                     await self._js.publish(subjects.usage_event_subject(event.provider or "none"), event.encode(),
-                                           timeout=5.0, headers={"Nats-Msg-Id": event.id})
+                                           timeout=5.0, headers=headers)
                     break
                 except asyncio.CancelledError:
                     raise  # ``stop`` spills what we hold
@@ -98,6 +111,7 @@ class UsagePublisher:
                     delay = min(delay * 2, 5.0)
             self._holding = None
             self.published += 1
+            self._metrics.usage_published.inc()
             self._queue.task_done()
             if self._claims and self.published >= self._claimed_events:
                 self._release_claims()  # the claimed events were queued first: all of them are out
@@ -110,6 +124,9 @@ class UsagePublisher:
                 f.write(e.model_dump_json() + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self._metrics.usage_spilled.inc(len(events))
+        for e in events:
+            self._traces.pop(e.id, None)
 
     def _claim_spilled(self) -> list[UsageEvent]:
         """Every spill file in the directory, renamed to a claim this process holds locked until its

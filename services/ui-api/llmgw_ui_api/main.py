@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from pydantic import Field, SecretStr
 from starlette.responses import JSONResponse
 
-from llmgw_common import health
+from llmgw_common import health, metrics, tracing
 from llmgw_common.admin_auth import ADMIN_TOKEN_ENV, READONLY_TOKEN_ENV, AdminCredentials, AdminTokenError
 from llmgw_common.config import ConfigError, load_config_or_default, masked
 from llmgw_common.logs import setup_logging
@@ -98,6 +98,7 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
 
     errors.install(app)  # one error shape for every 4xx / 5xx, input limits, the OpenAPI document
     app.add_middleware(AuthMiddleware, auth=auth)  # outermost: a credential before anything else runs
+    metrics.HttpMetrics.install(app, "llmgw.ui-api")  # GET /metrics; counts every request, refused ones too
 
     @app.get("/healthz")
     async def healthz(request: Request):
@@ -143,6 +144,7 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
 def run() -> None:
     settings = UiApiSettings()
     setup_logging("ui-api", settings.log_level)
+    tracing.setup("ui-api")
     try:  # a token that cannot be used stops the start here, with a clear message
         credentials = load_credentials(settings)
     except AdminTokenError as exc:

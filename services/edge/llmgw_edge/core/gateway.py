@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
 
+from llmgw_common import tracing
 from llmgw_common.config import GatewayConfig
 from llmgw_common.failures import FailureKind
 from llmgw_common.ids import new_id
 from llmgw_common.leases import lease_member
+from llmgw_common.logs import REQUEST_ID
 from llmgw_common.messages import Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest, UsageEvent
 
 from ..providers.base import Provider, RawCall
@@ -121,6 +123,7 @@ class _Sent:
     meter: Meter | None = None
     upstream: AsyncIterator[Any] | None = None  # the provider's own stream, closed when the client's ends
     retries: int = 0  # failed tries on the same provider before this one
+    span: Any = None  # tracing on: a stream's attempt span, ended with the stream
 
 
 class DeadlineReached(UpstreamError):
@@ -230,6 +233,7 @@ class Gateway:
             prompt_class=await self._prompt_class(exchange))
         if exchange.provider is not None:  # a raw call to one provider, admitted under provider/model
             route_request.model = f"{exchange.provider}/{exchange.model}"
+        _tag(outcome.request_id)
         try:
             cand, sent, t0 = await self._admit_and_send(exchange, codec, route_request, outcome)
         except UpstreamError as err:
@@ -262,6 +266,7 @@ class Gateway:
     async def _direct(self, exchange: Exchange, codec: Codec) -> Reply:
         """A raw call to one provider without admission; counted when its answer says its usage."""
         outcome = _Outcome(exchange, codec.endpoint)
+        _tag(outcome.request_id)
         outcome.route_reason = f"{exchange.provider}: direct pass-through"
         provider = self.deps.providers.get(exchange.provider or "")
         if provider is None:
@@ -425,6 +430,8 @@ class Gateway:
                 self.deps.publish(outcome.event(status, cand, usage, error, ttft))
             elif meter.usage.input_tokens or meter.usage.output_tokens:  # a direct call: counted when readable
                 self.deps.publish(outcome.event(status, cand, meter.usage, error, ttft))
+            if sent.span is not None:  # tracing on: the attempt's span ends with its stream
+                _end_attempt_span(sent.span, None if ok else error, sent.status, meter.usage)
             # close the whole chain now, not when the garbage collector gets to it: a CLI provider's
             # child process or an upstream connection must not outlive the client's stream
             for stream in (sent.stream, sent.upstream):
@@ -445,7 +452,54 @@ class Gateway:
         return Reply(200, headers, "text/event-stream", stream=codec.render_stream(events()))
 
 
+def _tag(request_id: str) -> None:
+    """The request id in this task's log lines and on the request's span (tracing on)."""
+    REQUEST_ID.set(request_id)
+    if tracing.enabled:
+        tracing.annotate({"llmgw.request_id": request_id})
+
+
 async def _attempt(provider: Provider, exchange: Exchange, codec: Codec, model: str) -> _Sent:
+    """One try at one provider (``_send_once``); while tracing is on, inside a GenAI client span."""
+    if not tracing.enabled:
+        return await _send_once(provider, exchange, codec, model)
+    operation = "embeddings" if exchange.embedding is not None else "chat"
+    ptype = getattr(provider, "type", "unknown")
+    span = tracing.start("llmgw.edge", f"{operation} {model}", tracing.CLIENT, {
+        "gen_ai.operation.name": operation, "gen_ai.system": _GENAI_SYSTEM.get(ptype, ptype),
+        "gen_ai.request.model": model, "llmgw.provider": provider.id,
+        # the model asked for: a pass-through answer's body is not parsed for its own
+        "gen_ai.response.model": model, "llmgw.passthrough": provider.can_relay(exchange.raw.format)})
+    try:
+        with tracing.using(span):
+            sent = await _send_once(provider, exchange, codec, model)
+    except BaseException as exc:  # also a cancellation: the attempt's own timeout
+        kind = getattr(exc, "kind", None)
+        tracing.end(span, getattr(exc, "message", None) or type(exc).__name__, {
+            "error.type": kind.value if kind is not None else type(exc).__name__,
+            "http.response.status_code": getattr(exc, "status", 0) or 0})
+        raise
+    if sent.stream is None:
+        _end_attempt_span(span, None, sent.status, sent.usage)
+    else:
+        sent.span = span
+    return sent
+
+
+# gen_ai.system by provider type (OpenTelemetry GenAI semantic conventions)
+_GENAI_SYSTEM = {"openai": "openai", "copilot": "github_copilot", "anthropic": "anthropic",
+                 "claude_code": "anthropic", "gemini": "gcp.gemini", "gemini_cli": "gcp.gemini"}
+
+
+def _end_attempt_span(span: Any, error: str | None, status: int, usage: Usage | None) -> None:
+    attributes: dict[str, Any] = {"http.response.status_code": status}
+    if usage is not None:
+        attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+        attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+    tracing.end(span, error, attributes)
+
+
+async def _send_once(provider: Provider, exchange: Exchange, codec: Codec, model: str) -> _Sent:
     """One try at one provider: pass-through when it speaks the client's format, else translated.
     Returns once the answer is whole (or, for a stream, once its first event is in)."""
     if provider.can_relay(exchange.raw.format):
