@@ -14,12 +14,12 @@ from llmgw_cli.runner import Stack
 
 
 @contextlib.contextmanager
-def running_stack(root: Path, config_text: str, env: dict[str, str]):
+def running_stack(root: Path, config_text: str, env: dict[str, str], replicas: dict[str, int] | None = None):
     """Every service as a child process (what ``llmgw run`` starts) against the test's NATS and Redis."""
     config = root / "llmgw.yaml"
     config.write_text(config_text)
     stack = Stack(config, root / "state", edge_port=free_port(), ui_port=free_port(), env=env,
-                  log_file=root / "stack.log")
+                  log_file=root / "stack.log", replicas=replicas)
     try:
         stack.start(ready_timeout=90)
     except Exception:

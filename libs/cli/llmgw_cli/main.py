@@ -45,7 +45,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return run_stack(config_path, Path(args.state_dir), args.edge_port, args.ui_port, args.host)
+    from .infra import InfraError
+    from .runner import parse_replicas
+
+    try:
+        replicas = parse_replicas(args.replicas)
+    except InfraError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return run_stack(config_path, Path(args.state_dir), args.edge_port, args.ui_port, args.host, replicas)
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -98,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--edge-port", type=int, default=int(os.environ.get("LLMGW_EDGE_PORT", 8080)))
     run.add_argument("--ui-port", type=int, default=int(os.environ.get("LLMGW_UI_PORT", 8081)))
+    run.add_argument("--replicas", default="", metavar="SERVICE=N,...",
+                     help="several processes of a service, e.g. edge=2,router=2,pricing=2 (edges share the port; "
+                          "usage needs CLICKHOUSE_URL for more than one)")
     run.set_defaults(func=cmd_run)
 
     for name in SERVICE_ENTRY:

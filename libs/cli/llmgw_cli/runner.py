@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -47,7 +48,7 @@ HEALTH_POLL_S = 1.0  # how often the health endpoints are polled (they cache the
 
 def _say(name: str, line: str, out=None) -> None:
     out = out or sys.stdout
-    colour = _COLOURS.get(name, 37) if out.isatty() else None
+    colour = _COLOURS.get(name.rsplit("-", 1)[0] if name[-1:].isdigit() else name, 37) if out.isatty() else None
     prefix = f"\x1b[{colour}m{name:>8} |\x1b[0m " if colour else f"{name:>8} | "
     out.write(prefix + line.rstrip("\n") + "\n")
     out.flush()
@@ -87,7 +88,10 @@ class Child:
 
     def _pump(self, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
-            _say(self.name, line, self.log)
+            try:
+                _say(self.name, line, self.log)
+            except ValueError:  # the stack closed its log file while this child said its last words
+                return
 
     @property
     def pid(self) -> int | None:
@@ -264,8 +268,9 @@ class HealthWatch:
 class Stack:
     def __init__(self, config_path: Path, state_dir: Path, edge_port: int = 8080, ui_port: int = 8081,
                  host: str = "127.0.0.1", env: dict[str, str] | None = None, log_file: Path | None = None,
-                 restart_base_s: float = RESTART_BASE_S):
+                 restart_base_s: float = RESTART_BASE_S, replicas: dict[str, int] | None = None):
         self.config_path = config_path.resolve()
+        self.replicas = check_replicas(replicas or {}, env if env is not None else os.environ)
         self.state_dir = state_dir.resolve()
         self.edge_port = edge_port
         self.ui_port = ui_port
@@ -319,7 +324,15 @@ class Stack:
             self.children.append(Child("demo", cli + ["demo-provider", "--host", config.demo.host,
                                                       "--port", str(config.demo.port)], env, self.log))
         for name in SERVICES:
-            self.children.append(Child(name, cli + [name], env, self.log))
+            n = self.replicas.get(name, 1)
+            if n == 1:
+                self.children.append(Child(name, cli + [name], env, self.log))
+                continue
+            for i in range(1, n + 1):  # each its own replica id (spill files, logs); edges share the port
+                replica_env = dict(env, LLMGW_REPLICA_ID=f"{name}-{i}")
+                if name == "edge":
+                    replica_env["LLMGW_EDGE_REUSE_PORT"] = "1"
+                self.children.append(Child(f"{name}-{i}", cli + [name], replica_env, self.log))
         for child in self.children:
             child.start()
         self._wait_ready(ready_timeout)
@@ -441,8 +454,37 @@ class Stack:
         self._stopped.set()
 
 
-def run_stack(config_path: Path, state_dir: Path, edge_port: int, ui_port: int, host: str) -> int:
-    stack = Stack(config_path, state_dir, edge_port, ui_port, host)
+def parse_replicas(text: str) -> dict[str, int]:
+    """``edge=2,router=2`` -> {"edge": 2, "router": 2}."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, count = part.partition("=")
+        if not sep or name.strip() not in SERVICES or not count.strip().isdigit() or int(count) < 1:
+            raise InfraError(f"--replicas takes service=count pairs (services: {', '.join(SERVICES)}), "
+                             f"not {part!r}")
+        out[name.strip()] = int(count)
+    return out
+
+
+def check_replicas(replicas: dict[str, int], env) -> dict[str, int]:
+    if replicas.get("ui-api", 1) != 1:
+        raise InfraError("ui-api runs once: its login sessions live in its memory (put a proxy with sticky "
+                         "sessions in front of several, or use bearer tokens)")
+    if replicas.get("usage", 1) > 1 and not env.get("CLICKHOUSE_URL"):
+        raise InfraError("several usage replicas need a ClickHouse server (CLICKHOUSE_URL): the in-process "
+                         "ClickHouse (chDB) data directory belongs to one process")
+    if replicas.get("edge", 1) > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise InfraError("edge replicas share their port with SO_REUSEPORT, which this system lacks")
+    return replicas
+
+
+def run_stack(config_path: Path, state_dir: Path, edge_port: int, ui_port: int, host: str,
+              replicas: dict[str, int] | None = None) -> int:
+    try:
+        stack = Stack(config_path, state_dir, edge_port, ui_port, host, replicas=replicas)
+    except InfraError as exc:
+        _say("llmgw", f"error: {exc}", sys.stderr)
+        return 2
 
     def on_term(_sig, _frame):
         raise KeyboardInterrupt

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import socket
 import time
 from contextlib import asynccontextmanager
 from typing import Any, Callable
@@ -58,6 +60,8 @@ log = logging.getLogger("llmgw.edge")
 class EdgeSettings(CommonSettings):
     host: str = Field(default="127.0.0.1", alias="LLMGW_EDGE_HOST")
     port: int = Field(default=8080, alias="LLMGW_EDGE_PORT")
+    reuse_port: bool = Field(default=False, alias="LLMGW_EDGE_REUSE_PORT",
+                             description="share the port with other edge replicas on this machine (SO_REUSEPORT)")
 
 
 class Edge:
@@ -75,6 +79,7 @@ class Edge:
         self.keys = keys
         self.transport = transport
         self.started = int(time.time())
+        self.replica = os.environ.get("LLMGW_REPLICA_ID") or None
         self.config = GatewayConfig()
         self.providers: dict[str, Any] = {}
         self.classifier: ModelClassifier | None = None
@@ -137,7 +142,9 @@ class Edge:
         return classify(text)
 
 
-def _response(reply: Reply) -> Response:
+def _response(reply: Reply, replica: str | None = None) -> Response:
+    if replica:  # which edge replica answered (the runner and compose name them: edge-1, edge-2...)
+        reply.headers["x-llmgw-edge"] = replica
     if reply.stream is not None:
         return StreamingResponse(reply.stream, status_code=reply.status, media_type=reply.media_type,
                                  headers=reply.headers)
@@ -277,7 +284,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             exchange = codec.parse(await body_of(request), request.headers)
             check_model(key, exchange.model)
             exchange.key_id = key.id if key else None
-            return _response(await edge.gateway.handle(exchange, codec))
+            return _response(await edge.gateway.handle(exchange, codec), edge.replica)
         return handle
 
     # one route per client format: its codec parses and renders, the gateway does the rest
@@ -339,7 +346,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         if exchange.model:
             check_model(key, exchange.model)
         exchange.key_id = key.id if key else None
-        return _response(await edge.gateway.handle(exchange, codec))
+        return _response(await edge.gateway.handle(exchange, codec), edge.replica)
 
     for version in ("v1", "v1beta"):
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):  # one route each: one OpenAPI operation each
@@ -353,5 +360,21 @@ def run() -> None:
     settings = EdgeSettings()
     setup_logging("edge", settings.log_level)
     tracing.setup("edge")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
+                            http="httptools", access_log=False, log_level="warning", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    if settings.reuse_port:
+        # replicas on one machine share the port: the kernel spreads connections over them (SO_REUSEPORT)
+        server.run(sockets=[_reuse_port_socket(settings.host, settings.port)])
+    else:
+        server.run()
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
