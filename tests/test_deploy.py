@@ -330,7 +330,7 @@ def test_env_example_fills_every_required_value():
 def test_env_example_holds_no_real_key():
     text = ENV_EXAMPLE.read_text()
     for pattern in (r"sk-[A-Za-z0-9_-]{16,}", r"sk-ant-", r"AIza[0-9A-Za-z_-]{20,}", r"gsk_[A-Za-z0-9]{16,}",
-                    r"gh[pousr]_[A-Za-z0-9]{20,}", r"xox[abp]-", r"llmgw-admin-[A-Za-z0-9]", r"llmgw-[a-z0-9]{6,}-"):
+                    r"gh[pousr]_[A-Za-z0-9]{20,}", r"xox[abp]-", r"llmgw-(admin|view)-[A-Za-z0-9_-]{16,}", r"llmgw-[0-9a-f]{12}-[A-Za-z0-9_-]{16,}"):
         assert not re.search(pattern, text), f".env.example holds something like a real key ({pattern})"
     for name, value in env_example().items():
         if name.endswith(("_KEY", "_TOKEN")):
