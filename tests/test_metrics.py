@@ -196,3 +196,60 @@ def test_skip_reasons_and_labels_stay_in_fixed_sets():
         "not allowed for key 'k'", "disabled", "already tried for this request",
         "prompt of ~9 tokens (+0 answer) exceeds its context window of 4", "not admitted", "something new")}
     assert kinds == set(metrics.SKIP_REASONS)
+
+
+def _defined_series() -> dict[str, set[str]]:
+    """{sample name: its label names} of every series ``llmgw_common.metrics`` defines (a registry of its own)."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    groups = [metrics.EdgeMetrics(registry), metrics.RouterMetrics(registry), metrics.UsageMetrics(registry),
+              metrics.PricingMetrics(registry), metrics.HttpServerMetrics(registry), metrics.NatsMetrics(registry)]
+    out: dict[str, set[str]] = {"up": set()}
+    for group in groups:
+        for metric in vars(group).values():
+            if not hasattr(metric, "_labelnames"):
+                continue
+            labels = set(metric._labelnames)
+            kind, name = metric._type, metric._name
+            names = {"counter": [f"{name}_total"], "gauge": [name],
+                     "histogram": [f"{name}_bucket", f"{name}_sum", f"{name}_count"]}[kind]
+            for n in names:
+                out[n] = labels | ({"le"} if n.endswith("_bucket") else set())
+    return out
+
+
+def test_the_gateway_health_dashboard_reads_series_that_exist():
+    import json
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    dash = json.loads((root / "dashboards" / "llmgw-gateway-health.json").read_text())
+    provisioned = yaml.safe_load((root / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text())
+    uid = provisioned["datasources"][0]["uid"]
+    assert uid == "llmgw-prometheus"
+    defined = _defined_series()
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in dash["templating"]["list"]]
+    assert len(exprs) > 20
+    for p in dash["panels"]:
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == uid and all(t["datasource"]["uid"] == uid for t in p["targets"])
+    seen = set()
+    for expr in exprs:
+        for name, selector in re.findall(r"\b((?:llmgw_\w+)|up)\b(\{[^}]*\})?", expr):
+            assert name in defined, f"{name} is no series llmgw_common.metrics defines: {expr}"
+            used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector))
+            assert used <= defined[name] | {"job", "instance"}, (name, used, expr)
+            seen.add(name)
+        for group in re.findall(r"\bby \(([^)]*)\)", expr):
+            assert {g.strip() for g in group.split(",")} - {"le", "job", "instance"} <= \
+                set().union(*(defined[n] for n in re.findall(r"\bllmgw_\w+", expr))), expr
+    # the panels the issue asks for
+    for wanted in ("llmgw_edge_requests_total", "llmgw_edge_request_duration_seconds_bucket",
+                   "llmgw_edge_time_to_first_token_seconds_bucket", "llmgw_router_decisions_total",
+                   "llmgw_usage_consumer_pending", "llmgw_usage_dead_letters_total"):
+        assert wanted in seen
