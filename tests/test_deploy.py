@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
 import shlex
 import shutil
@@ -687,6 +688,23 @@ def test_grafana_datasources_and_dashboards():
     assert targets["/etc/grafana/provisioning"].rstrip("/").endswith("deploy/grafana/provisioning")
     provider = yaml.safe_load((GRAFANA_PROVISIONING / "dashboards" / "provider.yaml").read_text())["providers"][0]
     assert targets[provider["options"]["path"]].rstrip("/") in ("./dashboards", "dashboards")
+    # every datasource a dashboard refers to is provisioned (ClickHouse, Prometheus)
+    provisioned = {ds["uid"] for path in (GRAFANA_PROVISIONING / "datasources").glob("*.yaml")
+                   for ds in yaml.safe_load(path.read_text())["datasources"]}
+
+    def datasource_uids(node):
+        if isinstance(node, dict):
+            ds = node.get("datasource")
+            if isinstance(ds, dict) and isinstance(ds.get("uid"), str) and not ds["uid"].startswith("$"):
+                yield ds["uid"]
+            for v in node.values():
+                yield from datasource_uids(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from datasource_uids(v)
+    for path in sorted((ROOT / "dashboards").glob("*.json")):
+        missing = set(datasource_uids(json.loads(path.read_text()))) - provisioned
+        assert not missing, f"{path.name} uses datasources nobody provisions: {sorted(missing)}"
 
 
 def test_deploy_gateway_config():
