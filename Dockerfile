@@ -19,16 +19,9 @@ COPY libs ./libs
 COPY services ./services
 # Every dependency ships manylinux wheels for CPython 3.11 (chdb, hiredis, msgspec, uvloop, ...):
 # nothing is compiled, so no compiler is ever installed; pip itself stays behind in this stage.
-# Then the packages' source trees replace what the wheel installed: pyproject.toml lists only the
-# top-level packages, so a (non-editable) wheel lacks subpackages such as llmgw_edge.api; the
-# trees also hold the package data (migrations, the bundled price list). The imports at the end
-# fail the build if any service module is missing.
+# The imports at the end fail the build if any service module (or its package data) is missing.
 RUN /opt/llmgw/bin/pip install . \
  && /opt/llmgw/bin/pip uninstall -y pip \
- && site="$(/opt/llmgw/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && for tree in libs/*/llmgw_* services/*/llmgw_*; do \
-        rm -rf "$site/${tree##*/}" && cp -r "$tree" "$site/"; \
-    done \
  && /opt/llmgw/bin/python -c 'import llmgw_edge.main, llmgw_router.main, llmgw_usage.main, llmgw_pricing.main, llmgw_ui_api.main, llmgw_demo_provider.main, llmgw_cli.main' \
  && /opt/llmgw/bin/llmgw --help >/dev/null
 

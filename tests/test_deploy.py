@@ -747,3 +747,17 @@ def test_docker_compose_accepts_the_file(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_every_python_package_is_in_the_distribution():
+    """A non-editable install (the Docker image) gets every package directory, subpackages included."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for init in list((ROOT / "services").glob("*/llmgw_*/**/__init__.py")) + \
+            list((ROOT / "libs").glob("*/llmgw_*/**/__init__.py")):
+        parts = init.parent.parts
+        top = next(i for i, p in enumerate(parts) if p.startswith("llmgw_"))
+        found.add(".".join(parts[top:]))
+    assert found and found <= listed, sorted(found - listed)

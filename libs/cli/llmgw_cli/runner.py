@@ -332,6 +332,8 @@ class Stack:
                 replica_env = dict(env, LLMGW_REPLICA_ID=f"{name}-{i}")
                 if name == "edge":
                     replica_env["LLMGW_EDGE_REUSE_PORT"] = "1"
+                if name == "usage":  # its insert journal is locked by one process: a state dir each
+                    replica_env["LLMGW_STATE_DIR"] = str(self.state_dir / f"usage-{i}")
                 self.children.append(Child(f"{name}-{i}", cli + [name], replica_env, self.log))
         for child in self.children:
             child.start()
