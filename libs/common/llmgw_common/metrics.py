@@ -474,17 +474,20 @@ def _bearer_ok(headers: list[tuple[bytes, bytes]], token: str) -> bool:
 
 class HttpMetrics:
     """ASGI middleware of the edge and ui-api: requests by route template / method / status and their
-    duration, the request's SERVER span while tracing is on, and the ``GET /metrics`` route.
+    duration, the request's SERVER span while tracing is on, and ``GET /metrics``.
 
-    ``install(app, scope)`` adds both. The middleware sits outside the app's own middleware (auth
-    included): a refused request is counted too. ``/metrics`` is an ordinary route (not in the OpenAPI
-    document); ui-api's auth lets it through like ``/healthz``.
+    ``install(app, scope)`` adds it outside the app's own middleware, ui-api's auth included: a refused
+    request is counted too, and ``GET /metrics`` is answered here, before any credential check (a scraper
+    holds no admin token; the series are counts and names from the config, no secrets). With
+    ``LLMGW_METRICS_TOKEN`` set it wants ``Authorization: Bearer <that token>``. It is no route of the app
+    (not in the OpenAPI document, not among the routes the apps enumerate) and the scrapes are not counted.
     """
 
     def __init__(self, app, scope: str = "llmgw.http", router: Any = None):
         self.app = app
         self.scope = scope
         self.router = router  # the app's router: the route template of a request refused before routing
+        self._templates: list[tuple[Any, str]] | None = None
         self.metrics = http()
         self._children: dict[tuple[str, str, int], Any] = {}
         self._durations: dict[str, Any] = {}
@@ -492,11 +495,13 @@ class HttpMetrics:
     @classmethod
     def install(cls, app, scope: str) -> None:
         app.add_middleware(cls, scope=scope, router=app.router)
-        app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["path"] == METRICS_PATH and scope["method"] in ("GET", "HEAD"):
+            await _scrape(scope, send)
             return
         if tracing.enabled:
             await self._traced(scope, receive, send)
@@ -517,14 +522,15 @@ class HttpMetrics:
 
     def _route(self, scope) -> str:
         route = scope.get("route")
-        if route is not None:
-            return getattr(route, "path", None) or "unmatched"
+        if route is not None and getattr(route, "path", None):
+            return route.path
         # refused before routing (ui-api's auth, a body too large): the template its path would have had
-        from starlette.routing import Match
-
-        for candidate in getattr(self.router, "routes", ()):
-            if candidate.matches(scope)[0] is not Match.NONE and getattr(candidate, "path", None):
-                return candidate.path
+        if self._templates is None:
+            self._templates = list(_route_templates(getattr(self.router, "routes", ())))
+        path = scope["path"]
+        for regex, template in self._templates:
+            if regex.match(path):
+                return template
         return "unmatched"
 
     def _count(self, scope, status: int, seconds: float) -> None:
@@ -566,12 +572,28 @@ class HttpMetrics:
                     span.set_status(tracing.Status(tracing.StatusCode.ERROR))
 
 
-async def metrics_endpoint(request):
-    from starlette.responses import Response
+def _route_templates(routes) -> Iterator[tuple[Any, str]]:
+    """(regex, template) of every route, also those of included routers (FastAPI keeps them nested)."""
+    from starlette.routing import compile_path
 
+    for route in routes:
+        nested = getattr(route, "effective_candidates", None)
+        if nested is not None:
+            yield from _route_templates(nested())
+        elif getattr(route, "original_router", None) is not None:
+            yield from _route_templates(route.original_router.routes)
+        elif isinstance(getattr(route, "path", None), str) and route.path:
+            yield compile_path(route.path)[0], route.path
+
+
+async def _scrape(scope, send) -> None:
     token = os.environ.get(METRICS_TOKEN_ENV)
-    if token and not _bearer_ok(request.scope.get("headers", []), token):
-        return Response(b"metrics need the bearer token\n", status_code=401, media_type="text/plain",
-                        headers={"www-authenticate": 'Bearer realm="llmgw-metrics"'})
-    body, content_type = exposition()
-    return Response(body, media_type=content_type)
+    if token and not _bearer_ok(scope.get("headers", []), token):
+        status, body, content_type = 401, b"metrics need the bearer token\n", "text/plain; charset=utf-8"
+        extra = [(b"www-authenticate", b'Bearer realm="llmgw-metrics"')]
+    else:
+        body, content_type = exposition()
+        status, extra = 200, []
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

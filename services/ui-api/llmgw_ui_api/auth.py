@@ -1,4 +1,4 @@
-"""Who may call the admin API: every route but ``/healthz``, ``/api/health`` and ``/metrics`` needs a credential.
+"""Who may call the admin API: every route but ``/healthz`` and ``/api/health`` needs a credential.
 
 ``AuthMiddleware`` runs before anything else (before the body is read, before routing: an unknown path
 gets 401 like a known one, and ``/openapi.json`` is covered too), so a route added later is closed
@@ -41,9 +41,7 @@ from .errors import error_body
 
 log = logging.getLogger("llmgw.ui-api")
 
-# no credential: liveness and health only, and the Prometheus scrape (llmgw_common.metrics: counts, no
-# secrets; LLMGW_METRICS_TOKEN makes it want its own bearer token)
-OPEN_PATHS = frozenset({"/healthz", "/api/health", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/api/health"})  # no credential: liveness and health only
 LOGIN_PATH = "/api/login"  # takes the token in its body (checked by the route)
 LOGOUT_PATH = "/api/logout"  # the read-only role may end its own session
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -98,7 +98,9 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
 
     errors.install(app)  # one error shape for every 4xx / 5xx, input limits, the OpenAPI document
     app.add_middleware(AuthMiddleware, auth=auth)  # outermost: a credential before anything else runs
-    metrics.HttpMetrics.install(app, "llmgw.ui-api")  # GET /metrics; counts every request, refused ones too
+    # outside auth: counts every request, refused ones too, and answers GET /metrics (a scraper holds no
+    # admin token; LLMGW_METRICS_TOKEN makes it want one of its own)
+    metrics.HttpMetrics.install(app, "llmgw.ui-api")
 
     @app.get("/healthz")
     async def healthz(request: Request):
