@@ -99,6 +99,7 @@ class _LoopMetric:
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), registry=REGISTRY):
         self._name, self._documentation, self._labelnames = name, documentation, tuple(labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
+        self._unlabelled = None if self._labelnames else self.labels()  # exported from the start, as 0
         if registry is not None:
             registry.register(self)
 
@@ -121,6 +122,10 @@ class _LoopMetric:
 
 class LoopCounter(_LoopMetric):
     _type = "counter"
+
+    def inc(self, amount: float = 1.0) -> None:
+        """An unlabelled counter's increment."""
+        self._unlabelled.value += amount
 
     def _new_child(self) -> _Cell:
         return _Cell()
@@ -184,11 +189,11 @@ class EdgeMetrics:
         self.attempts = LoopCounter(
             "llmgw_edge_upstream_attempts", "Upstream attempts by provider and status (0: no HTTP answer)",
             ["provider", "status"], registry=registry)
-        self.usage_queued = Counter("llmgw_edge_usage_events_queued", "Usage events queued for JetStream",
+        self.usage_queued = LoopCounter("llmgw_edge_usage_events_queued", "Usage events queued for JetStream",
                                     registry=registry)
-        self.usage_published = Counter("llmgw_edge_usage_events_published",
+        self.usage_published = LoopCounter("llmgw_edge_usage_events_published",
                                        "Usage events JetStream acknowledged", registry=registry)
-        self.usage_spilled = Counter("llmgw_edge_usage_events_spilled",
+        self.usage_spilled = LoopCounter("llmgw_edge_usage_events_spilled",
                                      "Usage events written to the spill file (queue full or shutdown)",
                                      registry=registry)
         self.usage_queue = Gauge("llmgw_edge_usage_queue_depth", "Usage events waiting to be published",
