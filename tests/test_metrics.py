@@ -253,3 +253,18 @@ def test_the_gateway_health_dashboard_reads_series_that_exist():
                    "llmgw_edge_time_to_first_token_seconds_bucket", "llmgw_router_decisions_total",
                    "llmgw_usage_consumer_pending", "llmgw_usage_dead_letters_total"):
         assert wanted in seen
+
+
+async def test_metrics_token_when_set(monkeypatch):
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    metrics.HttpMetrics.install(app, "llmgw.test")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (await client.get("/metrics")).status_code == 200  # no token configured: open, like /healthz
+        monkeypatch.setenv(metrics.METRICS_TOKEN_ENV, "scrape-secret")
+        refused = await client.get("/metrics")
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        assert (await client.get("/metrics", headers={"authorization": "Bearer wrong"})).status_code == 401
+        ok = await client.get("/metrics", headers={"authorization": "Bearer scrape-secret"})
+        assert ok.status_code == 200 and b"llmgw_http_requests_total" in ok.content

@@ -230,3 +230,49 @@ def test_json_log_lines_carry_request_and_trace_ids(spans, capsys):
     assert "ValueError" in line["exception"] and "sk-zyxwvutsrqponmlk" not in line["exception"]
     # the default stays the human format
     assert not isinstance(logs.formatter("edge", ""), logs.JsonFormatter)
+
+
+def test_otlp_export_when_the_environment_asks(monkeypatch):
+    """``setup`` with OTEL_EXPORTER_OTLP_ENDPOINT: spans go out as OTLP/HTTP protobuf (a collector stand-in)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append((self.path, self.headers["content-type"], body))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    try:
+        assert tracing.setup("router")
+        with tracing.span("llmgw.router", "exported span"):
+            pass
+        tracing._provider.force_flush()
+        assert received, "nothing reached the collector"
+        path, content_type, body = received[0]
+        assert path == "/v1/traces" and content_type == "application/x-protobuf"
+        export = ExportTraceServiceRequest.FromString(body)
+        resource = {a.key: a.value.string_value for a in export.resource_spans[0].resource.attributes}
+        assert resource["service.name"] == "llmgw-router"
+        assert [s.name for s in export.resource_spans[0].scope_spans[0].spans] == ["exported span"]
+    finally:
+        provider = tracing._provider
+        tracing.use_provider(None)
+        if provider is not None:
+            provider.shutdown()
+        server.shutdown()
