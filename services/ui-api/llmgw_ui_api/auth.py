@@ -38,6 +38,7 @@ from llmgw_common.admin_auth import (
 )
 
 from .errors import error_body
+from .web import is_open as is_web_ui
 
 log = logging.getLogger("llmgw.ui-api")
 
@@ -86,7 +87,8 @@ class AuthMiddleware:
         if scope["type"] == "websocket":  # none served; one added later would need a check of its own
             await send({"type": "websocket.close", "code": 1008})
             return
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"] == LOGIN_PATH:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"] == LOGIN_PATH or \
+                is_web_ui(scope["path"]):  # the web UI's page and built files hold no data (web.py)
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)

@@ -1,0 +1,56 @@
+import { describe, expect, it } from "vitest";
+import type { HistoryRow, ProviderState, ScopeUsage } from "../src/lib/api/types";
+import { buildOverview, minuteSeries, recentSamples, sparkPoints, totals } from "../src/lib/usage";
+
+const state: ProviderState[] = [{
+  id: "p1", free_tier: true, enabled: true, breaker: "closed",
+  windows: { minute: { requests: 1, requests_limit: 10, tokens: 100, tokens_limit: null, cost_usd: "0.5", cost_limit_usd: "1" } },
+  models: [{ name: "m", upstream: "m-up", windows: { minute: { requests: 1, requests_limit: 5, tokens: 100, tokens_limit: 1000, cost_usd: "0", cost_limit_usd: null } } }],
+}];
+
+describe("the overview", () => {
+  it("limits from the router's state, counts from the live scopes", () => {
+    const scopes: ScopeUsage[] = [
+      { scope: "provider", provider: "p1", windows: { minute: { requests: 8, tokens_in: 300, tokens_out: 200, cost_usd: "0.95" } } },
+      { scope: "model", provider: "p1", model: "m", windows: { minute: { requests: 4, tokens_in: 1, tokens_out: 2, cost_usd: "0" } } },
+      { scope: "provider", provider: "gone", windows: { day: { requests: 3, tokens_in: 0, tokens_out: 0, cost_usd: "0" } } },
+      { scope: "key", provider: "abcdefabcdef", windows: {} },
+    ];
+    const blocks = buildOverview(state, scopes);
+    expect(blocks.map((b) => b.provider)).toEqual(["p1", "gone"]);
+    const p1 = blocks[0];
+    expect(p1.free).toBe(true);
+    expect(p1.windows.minute.requests).toEqual({ used: 8, limit: 10 });
+    expect(p1.windows.minute.tokens).toEqual({ used: 500, limit: null });
+    expect(p1.windows.minute.cost).toEqual({ used: 0.95, limit: 1 });
+    expect(p1.models[0].windows.minute.requests).toEqual({ used: 4, limit: 5 });
+    expect(blocks[1].windows.day.requests.used).toBe(3);
+    expect(totals(blocks, "minute").requests).toBe(8);
+  });
+  it("without live scopes the router's counts stand", () => {
+    expect(buildOverview(state, null)[0].windows.minute.requests.used).toBe(1);
+  });
+});
+
+describe("sparklines", () => {
+  const now = Date.parse("2025-01-01T12:10:30Z");
+  const row = (minute: string, provider: string, model: string, requests: number): HistoryRow => ({
+    bucket: `2025-01-01T12:${minute}:00Z`, provider, model, requests, errors: 0, tokens_in: 10, tokens_out: 5, cost_usd: "0.001",
+  } as HistoryRow);
+  const rows = [row("10", "p1", "a", 3), row("10", "p1", "b", 1), row("08", "p1", "a", 2), row("01", "p1", "a", 9), row("09", "p2", "a", 7)];
+  it("per-minute values, oldest first, zeros between", () => {
+    expect(minuteSeries(rows, "p1", null, 5, "requests", now)).toEqual([0, 0, 2, 0, 4]);
+    expect(minuteSeries(rows, "p1", "a", 5, "requests", now)).toEqual([0, 0, 2, 0, 3]);
+    expect(minuteSeries(rows, "p1", null, 10, "requests", now)[0]).toBe(9);
+    expect(minuteSeries(rows, "p1", null, 1, "tokens", now)).toEqual([30]);
+  });
+  it("live samples of the last minute", () => {
+    const samples = [{ t: now - 90_000, v: 1 }, { t: now - 30_000, v: 2 }, { t: now, v: 3 }];
+    expect(recentSamples(samples, 60, now)).toEqual([2, 3]);
+  });
+  it("points fill the box", () => {
+    expect(sparkPoints([0, 5, 10], 100, 20, 0)).toBe("0.0,20.0 50.0,10.0 100.0,0.0");
+    expect(sparkPoints([0, 0], 100, 20, 0)).toBe("0.0,20.0 100.0,20.0");
+    expect(sparkPoints([], 100, 20)).toBe("");
+  });
+});
