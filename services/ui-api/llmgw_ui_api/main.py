@@ -20,7 +20,6 @@ from starlette.responses import JSONResponse
 
 from llmgw_common import health, metrics, tracing
 from llmgw_common.admin_auth import ADMIN_TOKEN_ENV, READONLY_TOKEN_ENV, AdminCredentials, AdminTokenError
-from llmgw_common.config import ConfigError, load_config_or_default, masked
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
@@ -29,7 +28,10 @@ from llmgw_common.settings import CommonSettings
 from . import errors, web
 from .auth import AdminAuth, AuthMiddleware
 from .routes_auth import router as auth_router
+from .routes_compare import router as compare_router
+from .routes_config import router as config_router
 from .routes_keys import router as keys_router
+from .routes_live import router as live_router
 from .routes_pricing import router as pricing_router
 from .routes_router import router as router_routes
 from .routes_usage import router as usage_router
@@ -126,20 +128,14 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
         services = {name: report.check(name).ok for name in BACKEND_SERVICES}  # the body as it was before
         return JSONResponse(report.body(services=services), status_code=report.status_code)
 
-    @app.get("/api/config")
-    async def get_config(request: Request):
-        path = request.app.state.settings.config_path
-        try:
-            config = load_config_or_default(path)
-        except ConfigError as exc:
-            return _error(500, str(exc), "invalid_config")
-        return JSONResponse({"path": str(path), "config": masked(config)})
-
     app.include_router(pricing_router)  # GET /api/pricing
     app.include_router(usage_router)  # GET /api/usage/current|history, GET /api/requests, POST /api/dev/simulate
     app.include_router(router_routes)  # GET /debug/router, POST /api/router/pin|smart
     app.include_router(auth_router)  # POST /api/login|logout, GET /api/session
     app.include_router(keys_router)  # /api/keys...
+    app.include_router(config_router)  # GET|PUT /api/config, POST /api/config/validate|rollback, GET /api/config/history
+    app.include_router(live_router)  # GET /api/live (Server-Sent Events, one shared source)
+    app.include_router(compare_router)  # POST /api/compare (one prompt to several targets through the edge)
     web.install(app)  # the web UI at / (web.py: the built app, no credential for its files; any route still wins)
     return app
 
