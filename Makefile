@@ -26,12 +26,15 @@ run: $(STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# make bench: this gateway beside LiteLLM and Portkey (installed, pinned, into .bench/ by llmgw bench --peers);
+# make bench PEERS=0: the quick gateway-vs-direct run
+PEERS ?= 1
 bench: $(STAMP)
 	@# wrk is a Debian package: install it when we can (root with apt), else llmgw bench says what to do
 	@if ! command -v wrk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; \
 	fi
-	$(BIN)/llmgw bench
+	$(BIN)/llmgw bench $(if $(filter 1,$(PEERS)),--peers)
 
 check: $(STAMP)
 	$(BIN)/llmgw config check $${LLMGW_CONFIG:-llmgw.yaml}

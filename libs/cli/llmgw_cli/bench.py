@@ -7,6 +7,9 @@ OpenAI upstream, Anthropic messages passed through to an Anthropic upstream,
 and OpenAI chat translated for the Anthropic upstream, each beside the
 upstream called directly. Writes the table to docs/benchmarks.md. Every
 process it starts is stopped again, on error and on Ctrl-C too.
+
+With ``--peers`` (what ``make bench`` runs) it compares the gateway with LiteLLM's proxy and
+Portkey's gateway instead: see bench_peers.py.
 """
 
 from __future__ import annotations
@@ -192,10 +195,11 @@ def results_section(runs: list[RunResult], duration_s: int, warmup_s: int, when:
 
 _DOCUMENT_HEAD = """# Benchmarks
 
-`make bench` (or `llmgw bench [--duration S] [--output FILE]`) measures what the gateway
-adds on top of its upstream: it starts the demo provider, a whole gateway in front of it,
-and drives both with `wrk`. It needs `wrk` (`apt-get install wrk`). The section below is
-rewritten by every run.
+`make bench` (or `llmgw bench --peers`) compares the gateway with LiteLLM's proxy and
+Portkey's gateway in front of the same demo provider; `make bench PEERS=0` (or `llmgw bench
+[--duration S] [--output FILE]`) measures what the gateway adds on top of its upstream. Both
+drive the systems with `wrk` (`apt-get install wrk`). The sections below are rewritten by
+every run.
 """
 
 
@@ -224,30 +228,41 @@ class ChildProcesses:
     def __init__(self) -> None:
         self._children: list[tuple[str, subprocess.Popen, float]] = []
 
-    def start(self, name: str, command: list[str], log_path: Path, stop_grace_s: float) -> subprocess.Popen:
+    def start(self, name: str, command: list[str], log_path: Path, stop_grace_s: float,
+              cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
         with open(log_path, "ab") as log:
             # own session: a Ctrl-C in the terminal reaches us only, and we stop them in order
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, cwd=cwd, env=env)
         self._children.append((name, proc, stop_grace_s))
         return proc
 
+    def stop(self, proc: subprocess.Popen) -> None:
+        """Stop one of them, before the others."""
+        for entry in list(self._children):
+            if entry[1] is proc:
+                self._children.remove(entry)
+                self._stop(*entry)
+
     def stop_all(self) -> None:
         while self._children:
-            name, proc, grace = self._children.pop()
-            if proc.poll() is not None:
-                continue
-            print(f"stopping {name} (pid {proc.pid})", flush=True)
-            proc.terminate()
+            self._stop(*self._children.pop())
+
+    @staticmethod
+    def _stop(name: str, proc: subprocess.Popen, grace: float) -> None:
+        if proc.poll() is not None:
+            return
+        print(f"stopping {name} (pid {proc.pid})", flush=True)
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            # still running: kill its whole process group (it leads it: start_new_session)
             try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                # still running: kill its whole process group (it leads it: start_new_session)
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -347,12 +362,20 @@ def run_wrk(url: str, script: Path, connections: int, threads: int, duration_s: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=int, default=10, metavar="S", help="seconds per wrk run (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, metavar="S",
-                        help="seconds of unrecorded load on the gateway first (default 2)")
+    parser.add_argument("--duration", type=int, default=None, metavar="S",
+                        help="seconds per wrk run (default 10; 8 with --peers)")
+    parser.add_argument("--warmup", type=int, default=None, metavar="S",
+                        help="seconds of unrecorded load on the gateway first (default 2; 5 per system with --peers)")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"markdown file to update (default {DEFAULT_OUTPUT})")
     parser.add_argument("--api-key", default=os.environ.get("LLMGW_BENCH_API_KEY"),
                         help="gateway API key, when the gateway requires one (env LLMGW_BENCH_API_KEY)")
+    parser.add_argument("--peers", action="store_true",
+                        help="compare with LiteLLM's proxy and Portkey's gateway (installed, pinned, into "
+                             "--bench-dir) instead of the gateway-vs-direct scenarios")
+    parser.add_argument("--bench-dir", default=os.environ.get("LLMGW_BENCH_DIR", ".bench"),
+                        help="where --peers installs the peers (default .bench, env LLMGW_BENCH_DIR)")
+    parser.add_argument("--stream-duration", type=int, default=5, metavar="S",
+                        help="seconds of streamed completions per system with --peers (default 5)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -360,7 +383,10 @@ def run_bench(args: argparse.Namespace) -> int:
         print("llmgw bench needs wrk, the HTTP load generator: install it with `apt-get install wrk` "
               "(or your system's package manager) and run again.", file=sys.stderr)
         return 2
-    if args.duration < 1:
+    if not getattr(args, "peers", False):
+        args.duration = 10 if args.duration is None else args.duration
+        args.warmup = 2 if getattr(args, "warmup", None) is None else args.warmup
+    if args.duration is not None and args.duration < 1:
         print("--duration must be at least 1 second", file=sys.stderr)
         return 2
     state_dir = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
@@ -371,7 +397,12 @@ def run_bench(args: argparse.Namespace) -> int:
         previous_sigterm = None
     keep_state = True  # for a post-mortem, unless the run ended normally or was interrupted
     try:
-        code = _bench(args, state_dir, children)
+        if getattr(args, "peers", False):
+            from llmgw_cli.bench_peers import run_peers
+
+            code = run_peers(args, state_dir, children)
+        else:
+            code = _bench(args, state_dir, children)
         keep_state = False
         return code
     except BenchError as exc:
