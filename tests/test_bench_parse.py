@@ -402,3 +402,12 @@ def test_peers_install_failure_is_a_reason_not_an_exception(tmp_path, monkeypatc
     monkeypatch.setattr(peers.shutil, "which", lambda _name: None)
     install = peers.install_portkey(tmp_path, lambda _msg: None)
     assert not install.ok and install.detail == "node not found (apt-get install nodejs npm)"
+
+
+def test_install_failure_reason_is_short():
+    pip_output = ("WARNING: Location 'file:///x' is ignored\n"
+                  "ERROR: Could not find a version that satisfies the requirement litellm[proxy]==9.9 "
+                  "(from versions: 0.1.0, 0.1.1, 1.80.5)\nERROR: No matching distribution found for litellm[proxy]==9.9\n")
+    assert peers._last_error(pip_output) == (
+        "ERROR: Could not find a version that satisfies the requirement litellm[proxy]==9.9 "
+        "ERROR: No matching distribution found for litellm[proxy]==9.9")

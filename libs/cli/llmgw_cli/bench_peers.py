@@ -126,7 +126,8 @@ def _last_error(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("WARNING: Location")]
     errors = [line for line in lines if line.startswith(("ERROR", "npm error", "npm ERR!"))]
     picked = errors[-3:] if errors else lines[-2:]
-    return " ".join(picked)[:300] or "no output"
+    text = re.sub(r" \(from versions: [^)]*\)", "", " ".join(picked))  # pip lists every release
+    return text[:300] or "no output"
 
 
 def install_litellm(bench_dir: Path, say: Say) -> Install:
@@ -901,10 +902,11 @@ def run_peers(args: argparse.Namespace, state_dir: Path, children: bench.ChildPr
     errors = sum(run.errors for r in results for run in r.wrk.values()) + sum(r.stream_errors for r in results)
     if errors:
         print(f"{errors} requests failed during the runs: see the errors columns", file=sys.stderr)
-    if results and results[-1].status:
-        print(f"this gateway could not be measured: {results[-1].status}", file=sys.stderr)
+    ours = results[-1]
+    if ours.status:
+        print(f"this gateway could not be measured: {ours.status}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if ours.stream_errors or any(run.errors for run in ours.wrk.values()) else 0
 
 
 def _cell(text: str) -> str:
