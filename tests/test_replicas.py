@@ -84,6 +84,7 @@ usage:
                 request_ids.append(r.headers["x-request-id"])
             assert set(edges) == {"edge-1", "edge-2"} and min(edges.values()) >= REQUESTS // 8, edges
             per_router = asyncio.run(_router_stats(infra.nats_url))
+            print(f"spread: edges {dict(edges)}, decide per router {per_router}")  # docs/scaling.md quotes it
             assert len(per_router) == 2 and sum(per_router) >= REQUESTS and min(per_router) >= REQUESTS // 8, \
                 per_router
 
