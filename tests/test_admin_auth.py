@@ -10,7 +10,6 @@ import contextlib
 import os
 import stat
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -22,15 +21,14 @@ from fakes import FakeProvider
 from llmgw_common.admin_auth import (
     ADMIN_TOKEN_ENV,
     CSRF_HEADER,
-    FAILURES_ALLOWED,
     SESSION_COOKIE,
     AdminCredentials,
     AdminTokenError,
-    FailureLimiter,
     SessionStore,
     ensure_admin_token,
     token_path,
 )
+from llmgw_common.brute_force import FAILURES_ALLOWED, FailureLimiter
 from llmgw_common.keys import key_id_of
 from llmgw_ui_api.auth import LOGIN_PATH, LOGOUT_PATH, OPEN_PATHS
 from llmgw_ui_api.main import UiApiSettings, create_app

@@ -26,7 +26,8 @@ from llmgw_cli.main import main as cli_main
 from llmgw_common.keys import (KeyLimits, KeyRecord, KeyStore, display_prefix, key_id_of, new_key_id, new_secret,
                                parse_budget, secret_hash)
 from llmgw_common.nats_conn import connect_nats
-from llmgw_edge.auth import FailureLimiter, KeyCache, presented_key
+from llmgw_common.brute_force import FailureLimiter
+from llmgw_edge.auth import KeyCache, presented_key
 from llmgw_edge.core.errors import GatewayError
 from stacks import running_stack, wait_for
 

@@ -16,7 +16,7 @@ token when it was just created; the ui-api only logs where the file is.
 Tokens are compared with ``hmac.compare_digest`` (both roles, always, so the
 time taken does not say which one came close). Browser sessions (``SessionStore``)
 are opaque random ids kept in the ui-api process's memory, only their SHA-256
-as the key. ``FailureLimiter`` slows down guessing per client address; the edge
+as the key. ``brute_force.FailureLimiter`` slows down guessing per client address; the edge
 has its own copy in ``llmgw_edge.auth`` (a service never imports another's
 package): keep the two alike.
 """
@@ -29,10 +29,11 @@ import os
 import secrets
 import stat
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping
+
 
 Role = Literal["admin", "readonly"]
 ADMIN: Role = "admin"
@@ -53,9 +54,6 @@ SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 10_000
 CSRF_HEADER = "x-llmgw-csrf"  # required, value "1", on every state-changing call a cookie authenticates
 
-FAILURES_ALLOWED = 20  # failed credential checks per address per window before it is refused outright
-FAILURE_WINDOW_S = 60.0
-MAX_TRACKED_ADDRESSES = 10_000
 
 
 class AdminTokenError(RuntimeError):
@@ -229,38 +227,3 @@ class SessionStore:
 
     def __len__(self) -> int:
         return len(self._sessions)
-
-
-class FailureLimiter:
-    """Failed credential checks per client address in a sliding window; bounded memory.
-    (The same logic as ``llmgw_edge.auth.FailureLimiter``, which the ui-api may not import.)"""
-
-    def __init__(self, allowed: int = FAILURES_ALLOWED, window_s: float = FAILURE_WINDOW_S):
-        self.allowed = allowed
-        self.window_s = window_s
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def _recent(self, address: str, now: float) -> deque[float]:
-        times = self._failures.get(address)
-        if times is None:
-            return deque()
-        while times and times[0] <= now - self.window_s:
-            times.popleft()
-        return times
-
-    def blocked_for(self, address: str, now: float | None = None) -> float:
-        """Seconds this address must wait before it may try again (0: it may)."""
-        now = time.monotonic() if now is None else now
-        times = self._recent(address, now)
-        if len(times) < self.allowed:
-            return 0.0
-        return max(0.0, times[0] + self.window_s - now)
-
-    def failed(self, address: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        times = self._recent(address, now)
-        times.append(now)
-        self._failures[address] = times
-        self._failures.move_to_end(address)
-        while len(self._failures) > MAX_TRACKED_ADDRESSES:
-            self._failures.popitem(last=False)

@@ -32,10 +32,10 @@ from llmgw_common.admin_auth import (
     READONLY,
     SESSION_COOKIE,
     AdminCredentials,
-    FailureLimiter,
     SessionStore,
     bearer_token,
 )
+from llmgw_common.brute_force import FailureLimiter
 
 from .errors import error_body
 from .web import is_open as is_web_ui
