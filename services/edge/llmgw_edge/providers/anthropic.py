@@ -20,7 +20,7 @@ from ..core.errors import UpstreamError, unsupported
 from ..core.types import (ChatRequest, ChatResponse, Finish, Image, Start, StreamEvent, Text, TextDelta,
                           Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolResult, Usage,
                           UsageUpdate)
-from .base import HttpProvider, RawCall, RawReply, dumps, loads_object, token_count
+from .base import HttpProvider, RawCall, RawReply, dumps, token_count
 from .http import HttpReply, sse_events
 
 API_VERSION = "2023-06-01"
@@ -57,16 +57,11 @@ class AnthropicProvider(HttpProvider):
     # ---- translated ---------------------------------------------------------
 
     async def chat(self, req: ChatRequest, model: str) -> ChatResponse:
-        reply = await self.send("/v1/messages", dumps(messages_body(req, model, stream=False)), stream=False)
-        return parse_message(loads_object(await reply.read()), model)
+        return parse_message(await self.post_json("/v1/messages", messages_body(req, model, stream=False)), model)
 
-    async def chat_stream(self, req: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
-        reply = await self.send("/v1/messages", dumps(messages_body(req, model, stream=True)), stream=True)
-        try:
-            async for event in stream_events(reply, model):
-                yield event
-        finally:
-            reply.close()
+    def chat_stream(self, req: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        return self.post_events("/v1/messages", messages_body(req, model, stream=True),
+                                lambda reply: stream_events(reply, model))
 
     # ---- pass-through -------------------------------------------------------
 

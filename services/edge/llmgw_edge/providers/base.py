@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, ClassVar, Mapping
+from typing import Any, AsyncIterator, Callable, ClassVar, Mapping
 
 from llmgw_common.config import ProviderConfig
 from llmgw_common.failures import FailureKind
@@ -164,6 +164,21 @@ class HttpProvider(Provider):
 
     async def credentials(self) -> dict[str, str]:
         return self.auth_headers()
+
+    async def post_json(self, path: str, body: Any) -> dict[str, Any]:
+        """A translated request and its whole answer (a JSON object)."""
+        return loads_object(await (await self.send(path, dumps(body), stream=False)).read())
+
+    async def post_events(self, path: str, body: Any,
+                          events: Callable[[HttpReply], AsyncIterator[StreamEvent]]) -> AsyncIterator[StreamEvent]:
+        """A translated streaming request, its answer read by the provider's ``events``; the connection is
+        released however the stream ends."""
+        reply = await self.send(path, dumps(body), stream=True)
+        try:
+            async for event in events(reply):
+                yield event
+        finally:
+            reply.close()
 
     def raw_usage(self, payload: bytes) -> Usage:
         """The usage in one JSON answer (or stream event) of this provider's own format, for raw relays."""

@@ -106,18 +106,12 @@ class GeminiProvider(HttpProvider):
     # ---- translated ---------------------------------------------------------
 
     async def chat(self, req: ChatRequest, model: str) -> ChatResponse:
-        reply = await self.send(f"/{_model_path(model)}:generateContent", dumps(generate_body(req, model)),
-                                stream=False)
-        return parse_response(loads_object(await reply.read()), model)
+        return parse_response(await self.post_json(f"/{_model_path(model)}:generateContent",
+                                                   generate_body(req, model)), model)
 
-    async def chat_stream(self, req: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
-        reply = await self.send(f"/{_model_path(model)}:streamGenerateContent?alt=sse",
-                                dumps(generate_body(req, model)), stream=True)
-        try:
-            async for event in stream_events(reply, model, self.classify):
-                yield event
-        finally:
-            reply.close()
+    def chat_stream(self, req: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        return self.post_events(f"/{_model_path(model)}:streamGenerateContent?alt=sse", generate_body(req, model),
+                                lambda reply: stream_events(reply, model, self.classify))
 
     async def embed(self, req: EmbeddingRequest, model: str) -> EmbeddingResponse:
         if any(not isinstance(x, str) for x in req.inputs):

@@ -46,16 +46,12 @@ class OpenAIProvider(HttpProvider):
     # ---- translated ---------------------------------------------------------
 
     async def chat(self, req: ChatRequest, model: str) -> ChatResponse:
-        reply = await self.send("/chat/completions", dumps(chat_body(req, model, stream=False)), stream=False)
-        return parse_chat_response(loads_object(await reply.read()), model)
+        return parse_chat_response(await self.post_json("/chat/completions", chat_body(req, model, stream=False)),
+                                   model)
 
-    async def chat_stream(self, req: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
-        reply = await self.send("/chat/completions", dumps(chat_body(req, model, stream=True)), stream=True)
-        try:
-            async for event in stream_events(reply, model):
-                yield event
-        finally:
-            reply.close()
+    def chat_stream(self, req: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        return self.post_events("/chat/completions", chat_body(req, model, stream=True),
+                                lambda reply: stream_events(reply, model))
 
     async def embed(self, req: EmbeddingRequest, model: str) -> EmbeddingResponse:
         body: dict[str, Any] = {"model": model, "input": req.inputs}
