@@ -40,7 +40,7 @@ describe("the API client", () => {
 
   it("turns the error shape into an ApiError", async () => {
     const fetcher = vi.fn(async () => json(403, { error: { message: "the read-only credential may not change anything", type: "invalid_request_error", code: "read_only" } }));
-    const err = await request("POST", "/api/keys", { body: {} }, fetcher as unknown as typeof fetch).catch((e) => e);
+    const err = (await request("POST", "/api/keys", { body: {} }, fetcher as unknown as typeof fetch).catch((e: unknown) => e)) as ApiError;
     expect(err).toBeInstanceOf(ApiError);
     expect(err.status).toBe(403);
     expect(err.code).toBe("read_only");
@@ -69,7 +69,7 @@ describe("the API client", () => {
     const fetcher = vi.fn(async () => {
       throw new TypeError("Failed to fetch");
     });
-    const err = await request("GET", "/api/keys", {}, fetcher as unknown as typeof fetch).catch((e) => e);
+    const err = (await request("GET", "/api/keys", {}, fetcher as unknown as typeof fetch).catch((e: unknown) => e)) as ApiError;
     expect(err).toBeInstanceOf(ApiError);
     expect(err.status).toBe(0);
     expect(err.message).toMatch(/cannot reach/);
@@ -87,7 +87,7 @@ describe("the API client", () => {
 
   it("a 409 is an ApiError the editor can tell apart", async () => {
     const fetcher = vi.fn(async () => json(409, { error: { message: "the config changed", type: "invalid_request_error", code: "conflict" } }));
-    const err = await request("PUT", "/api/config", { body: { yaml: "" } }, fetcher as unknown as typeof fetch).catch((e) => e);
+    const err = (await request("PUT", "/api/config", { body: { yaml: "" } }, fetcher as unknown as typeof fetch).catch((e: unknown) => e)) as ApiError;
     expect(err.status).toBe(409);
   });
 });

@@ -27,6 +27,14 @@ describe("the overview", () => {
     expect(blocks[1].windows.day.requests.used).toBe(3);
     expect(totals(blocks, "minute").requests).toBe(8);
   });
+  it("the live event's limits win over the router's", () => {
+    const limits = { p1: { limits: { requests_per_minute: 20, cost_per_day: "5" }, models: { m: { requests_per_minute: 2 } } } };
+    const p1 = buildOverview(state, [], limits)[0];
+    expect(p1.windows.minute.requests.limit).toBe(20);
+    expect(p1.windows.minute.cost.limit).toBeNull();
+    expect(p1.windows.day.cost.limit).toBe(5);
+    expect(p1.models[0].windows.minute.requests.limit).toBe(2);
+  });
   it("without live scopes the router's counts stand", () => {
     expect(buildOverview(state, null)[0].windows.minute.requests.used).toBe(1);
   });

@@ -57,9 +57,12 @@ describe("the config editor's helpers", () => {
       .toEqual(["meta", "meta", "hunk", "del", "add", "same"]);
     expect(diffLines("")).toEqual([]);
   });
-  it("reads history in any of its shapes, newest first", () => {
-    expect(historyEntries({ versions: [{ version: 1 }, { version: 3 }, { version: 2 }] }).map((v) => v.version)).toEqual([3, 2, 1]);
-    expect(historyEntries([{ version: 5, at: "x" }])).toHaveLength(1);
-    expect(historyEntries(null)).toEqual([]);
+  it("reads the history: kept versions newest first, and the current file", () => {
+    const h = historyEntries({ versions: [{ version: "20250102T000000.000000Z-bbbbbbbb" }, { version: "20250101T000000.000000Z-aaaaaaaa" }],
+                               current: { version: "20250103T000000.000000Z-cccccccc", etag: "c" } });
+    expect(h.versions.map((v) => v.version)).toEqual(["20250102T000000.000000Z-bbbbbbbb", "20250101T000000.000000Z-aaaaaaaa"]);
+    expect(h.current?.etag).toBe("c");
+    expect(historyEntries([{ version: 5, at: "x" }, { nope: 1 }]).versions).toHaveLength(1);
+    expect(historyEntries(null)).toEqual({ current: null, versions: [] });
   });
 });

@@ -3,17 +3,15 @@
 import type { ConfigProblem, ConfigVersion } from "./api/types";
 import { lineForPath } from "./yamlpath";
 
-/** GET /api/config/history: a list, or {versions | history | items: [...]}; newest first. */
-export function historyEntries(reply: unknown): ConfigVersion[] {
-  const list = Array.isArray(reply)
-    ? reply
-    : typeof reply === "object" && reply !== null
-      ? ((reply as Record<string, unknown>).versions ?? (reply as Record<string, unknown>).history ??
-         (reply as Record<string, unknown>).items ?? [])
-      : [];
-  return (Array.isArray(list) ? list : [])
-    .filter((v): v is ConfigVersion => typeof v === "object" && v !== null && "version" in v)
-    .sort((a, b) => (Number(b.version) || 0) - (Number(a.version) || 0));
+/** GET /api/config/history: {versions: [...] (kept previous versions, newest first), current} (a bare list too). */
+export function historyEntries(reply: unknown): { current: ConfigVersion | null; versions: ConfigVersion[] } {
+  const obj = typeof reply === "object" && reply !== null && !Array.isArray(reply) ? (reply as Record<string, unknown>) : {};
+  const list = Array.isArray(reply) ? reply : (obj.versions ?? obj.history ?? obj.items ?? []);
+  const isVersion = (v: unknown): v is ConfigVersion => typeof v === "object" && v !== null && "version" in v;
+  return {
+    current: isVersion(obj.current) ? obj.current : null,
+    versions: (Array.isArray(list) ? list : []).filter(isVersion),
+  };
 }
 
 export type DiffKind = "add" | "del" | "hunk" | "meta" | "same";

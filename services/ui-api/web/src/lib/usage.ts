@@ -61,8 +61,39 @@ function emptyRow(provider: string, model: string | null): UsageRow {
   return { provider, model, free: false, enabled: true, windows: windowsFromState(undefined) };
 }
 
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function setLimits(row: UsageRow, limits: unknown): void {
+  if (!isObject(limits)) return;
+  for (const w of WINDOWS) {
+    row.windows[w].requests.limit = limitOf(limits[`requests_per_${w}`]);
+    row.windows[w].tokens.limit = limitOf(limits[`tokens_per_${w}`]);
+    row.windows[w].cost.limit = limitOf(limits[`cost_per_${w}`]);
+  }
+}
+
+/**
+ * The live usage event's ``limits`` (the config's: ``{provider: {limits: {...}, models: {model: {...}}}}``)
+ * over the router's, which may be a few seconds older.
+ */
+export function applyLimits(blocks: ProviderBlock[], limits: unknown): void {
+  if (!isObject(limits)) return;
+  for (const b of blocks) {
+    const entry = limits[b.provider];
+    if (!isObject(entry)) continue;
+    setLimits(b, entry.limits);
+    if (!isObject(entry.models)) continue;
+    for (const m of b.models) {
+      const ml = m.model ? entry.models[m.model] : undefined;
+      setLimits(m, isObject(ml) && isObject(ml.limits) ? ml.limits : ml);
+    }
+  }
+}
+
 /** Providers (configured ones in the router's order, then any seen only in usage), each with its models. */
-export function buildOverview(providers: ProviderState[], scopes: ScopeUsage[] | null): ProviderBlock[] {
+export function buildOverview(providers: ProviderState[], scopes: ScopeUsage[] | null, limits?: unknown): ProviderBlock[] {
   const blocks: ProviderBlock[] = providers.map((p) => ({
     provider: p.id,
     model: null,
@@ -79,7 +110,10 @@ export function buildOverview(providers: ProviderState[], scopes: ScopeUsage[] |
       windows: windowsFromState(m.windows),
     })),
   }));
-  if (!scopes) return blocks;
+  if (!scopes) {
+    applyLimits(blocks, limits);
+    return blocks;
+  }
   const byId = new Map(blocks.map((b) => [b.provider, b]));
   const block = (id: string): ProviderBlock => {
     let b = byId.get(id);
@@ -102,6 +136,7 @@ export function buildOverview(providers: ProviderState[], scopes: ScopeUsage[] |
       applyScope(row, scope);
     }
   }
+  applyLimits(blocks, limits);
   return blocks;
 }
 
