@@ -124,6 +124,7 @@ class FakeRouter:
         self.price = price
         self.requests: list[RouteRequest] = []
         self.outcomes: list[AttemptOutcome] = []
+        self.batched: list[bool] = []  # per outcome: whether the edge let it wait for a batch
 
     async def decide(self, request: RouteRequest) -> RouteDecision:
         self.requests.append(request.model_copy(deep=True))
@@ -147,8 +148,9 @@ class FakeRouter:
             raise GatewayError(429, "no provider left", code="no_capacity")
         return RouteDecision(request_id=request.request_id, model=name, candidates=cands)
 
-    def report(self, outcome: AttemptOutcome) -> None:
+    def report(self, outcome: AttemptOutcome, may_batch: bool = False) -> None:
         self.outcomes.append(outcome)
+        self.batched.append(may_batch)
 
 
 class Events(list):

@@ -470,3 +470,22 @@ async def test_first_byte_timeout_on_a_real_connection():
             assert time.monotonic() - started < 1.5
         finally:
             await transport.close()
+
+
+async def test_successes_may_wait_for_a_batch_failures_and_probes_may_not():
+    answers = iter([MockResponse(503, json={"error": {"message": "x"}})] * 2 + [MockResponse(json=chat_completion())])
+    h = Harness(config(openai_provider("a"), openai_provider("b")), lambda req: next(answers))
+    await h.openai({"model": "m", "messages": USER})
+    assert [(o.provider, o.ok) for o in h.router.outcomes] == [("a", False), ("b", True)]
+    assert h.router.batched == [False, True]
+
+    async def probing(request):  # the router admitted b as its breaker's probe
+        decision = await FakeRouter.decide(h.router, request)
+        decision.candidates[0].probe = True
+        return decision
+
+    h.gateway.deps.decide = probing
+    h.router.outcomes.clear(), h.router.batched.clear()
+    answers = iter([MockResponse(json=chat_completion())])
+    await h.openai({"model": "m", "messages": USER})
+    assert h.router.batched == [False]  # the probe's success closes the breaker: it goes at once

@@ -170,3 +170,16 @@ async def test_a_question_asked_again_gets_the_same_admission_not_a_second_reser
     # the next attempt (another provider excluded) is a new question
     other = await store.admit([_planned(provider)], "req-q", T0 + 2000, event_id="evt-q", lease_s=30, attempt=1)
     assert other.index == 0 and (await reader.read([scope], T0 // 1000 + 3))[scope]["minute"]["req"] == 2
+
+
+async def test_a_batch_of_successes_is_recorded_in_one_round_trip(redis):
+    store, provider = RoutingStore(redis), f"lease-{uuid.uuid4().hex[:8]}"
+    for rid in ("b1", "b2", "b3"):
+        await store.admit([_planned(provider)], rid, T0, event_id=f"evt-{rid}", lease_s=30)
+    assert await redis.zcard(f"llmgw:inflight:{provider}") == 3
+    items = [(AttemptOutcome(request_id=rid, provider=provider, model="m", ok=True, status=200, latency_ms=ms),
+              "ok", 0) for rid, ms in (("b1", 100.0), ("b2", 200.0), ("b3", 300.0))]
+    await store.record_outcomes(items, BreakerConfig(), T0 + 500)
+    assert await redis.zcard(f"llmgw:inflight:{provider}") == 0
+    assert 100.0 < float(await redis.get(f"llmgw:lat:{provider}")) < 300.0  # the moving average took all three
+    await redis.delete(f"llmgw:lat:{provider}")

@@ -78,6 +78,7 @@ class Candidate(BaseModel):
     free: bool = False
     reason: str = ""
     reservation: Reservation | None = None  # set on the admitted candidate only
+    probe: bool = False  # admitted as the half-open breaker's one probe: its outcome decides the breaker
 
 
 class Skipped(BaseModel):
@@ -109,6 +110,12 @@ class AttemptOutcome(Message):
     retry_after_s: float | None = None  # from Retry-After / rate-limit reset headers on a 429
     reservation: Reservation | None = None  # released when the attempt failed
     kind: str | None = None  # llmgw_common.failures.FailureKind of a failed attempt (None: judge by status)
+
+
+class AttemptOutcomes(Message):
+    """Successful attempts, batched by the edge (a failure or a probe goes alone, at once)."""
+
+    outcomes: list[AttemptOutcome] = Field(default_factory=list, max_length=1000)
 
 
 class LeaseRenewal(Message):

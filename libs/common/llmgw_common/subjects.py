@@ -16,6 +16,8 @@ ROUTER_SMART = "llmgw.router.smart"
 ROUTER_REFRESH = "llmgw.router.refresh"
 # attempt outcomes from the edge (plain publish, queue group "router": one replica applies each)
 ROUTER_OUTCOME = "llmgw.router.outcome"
+# successful attempts' outcomes in batches (the edge sends one message per ~50 ms instead of one per request)
+ROUTER_OUTCOMES = "llmgw.router.outcomes"
 # the edge's streams still running: their admission leases are extended (plain publish, queue group "router")
 ROUTER_LEASE_RENEW = "llmgw.router.lease.renew"
 

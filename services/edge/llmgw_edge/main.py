@@ -31,7 +31,7 @@ from llmgw_common.ids import new_id
 from llmgw_common.keys import KeyRecord
 from llmgw_common.logs import setup_logging
 from llmgw_common.leases import RENEW_EVERY_S
-from llmgw_common.messages import AttemptOutcome, LeaseRenewal
+from llmgw_common.messages import AttemptOutcome, AttemptOutcomes, LeaseRenewal
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
@@ -172,20 +172,42 @@ def error_response(err: GatewayError, fmt: str = "openai") -> Response:
     return Response(body, status_code=err.status, media_type="application/json", headers=headers)
 
 
-def _outcome_reporter(nc) -> Callable[[AttemptOutcome], None]:
-    tasks: set[asyncio.Task] = set()
+OUTCOME_BATCH_S = 0.05  # successes wait this long at most before they go to the routers, together
+OUTCOME_BATCH_MAX = 500
 
-    async def publish(data: bytes) -> None:
+
+def _outcome_reporter(nc) -> Callable[[AttemptOutcome, bool], None]:
+    """Attempt outcomes to the routers, fire and forget, off the response path: failures and probes at
+    once, successes batched (one message per ``OUTCOME_BATCH_S`` under load instead of one per request)."""
+    tasks: set[asyncio.Task] = set()
+    batch: list[AttemptOutcome] = []
+
+    async def publish(subject: str, data: bytes) -> None:
         try:
-            await nc.publish(subjects.ROUTER_OUTCOME, data)
+            await nc.publish(subject, data)
         except Exception:  # NATS away: health learning is best effort; reservations expire with their window
             pass
 
-    def report(outcome: AttemptOutcome) -> None:
-        # fire and forget, off the response path; the loop keeps only a weak reference to a task
-        task = asyncio.get_running_loop().create_task(publish(outcome.encode()))
+    def spawn(subject: str, data: bytes) -> None:
+        # the loop keeps only a weak reference to a task: hold it until it is done
+        task = asyncio.get_running_loop().create_task(publish(subject, data))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    def flush() -> None:
+        if batch:
+            spawn(subjects.ROUTER_OUTCOMES, AttemptOutcomes(outcomes=batch[:]).encode())
+            batch.clear()
+
+    def report(outcome: AttemptOutcome, may_batch: bool = False) -> None:
+        if not may_batch:
+            spawn(subjects.ROUTER_OUTCOME, outcome.encode())
+            return
+        batch.append(outcome)
+        if len(batch) >= OUTCOME_BATCH_MAX:
+            flush()
+        elif len(batch) == 1:
+            asyncio.get_running_loop().call_later(OUTCOME_BATCH_S, flush)
 
     return report
 

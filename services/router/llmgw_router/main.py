@@ -21,8 +21,9 @@ from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_defau
 from llmgw_common.keys import KeyMirror
 from llmgw_common.lifecycle import wait_for_stop
 from llmgw_common.logs import REQUEST_ID, setup_logging
-from llmgw_common.messages import (AttemptOutcome, ErrorInfo, LeaseRenewal, PinCommand, PriceKey, PriceList,
-                                   PriceLookup, RouteDecision, RouteRequest, RouterState, Skipped, SmartCommand)
+from llmgw_common.messages import (AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal, PinCommand, PriceKey,
+                                   PriceList, PriceLookup, RouteDecision, RouteRequest, RouterState, Skipped,
+                                   SmartCommand)
 from llmgw_common.nats_conn import connect_nats, request
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
@@ -125,6 +126,7 @@ class Router:
             return decision
         admitted = p.ordered[admission.index].candidate
         admitted.reservation = admission.reservation
+        admitted.probe = admission.probe
         decision.candidates = [admitted] + [pc.candidate for pc in p.ordered[admission.index + 1:]]
         return decision
 
@@ -148,6 +150,23 @@ class Router:
             return
         if result in ("breaker_open", "cooldown"):
             log.warning("provider %s: %s after status %s", outcome.provider, result, outcome.status)
+
+    async def on_outcomes(self, msg) -> None:
+        self.spawn(self._apply_outcomes(msg))
+
+    async def _apply_outcomes(self, msg) -> None:
+        """A batch of successful attempts from one edge: one pipelined round trip to Redis."""
+        try:
+            batch = AttemptOutcomes.decode(msg.data)
+        except ValueError:
+            log.warning("ignoring an unreadable batch of attempt outcomes")
+            return
+        items = [(o, *classify(o, self.config.routing)) for o in batch.outcomes]
+        try:
+            await self.store.record_outcomes(items, self.config.routing.breaker, self.now_ms(),
+                                             self.config.keys.budget_timezone)
+        except Exception:
+            log.exception("could not record a batch of %d outcomes", len(items))
 
     async def on_lease_renewal(self, msg) -> None:
         try:
@@ -260,6 +279,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
     await nc.subscribe(subjects.ROUTER_REFRESH, cb=on_refresh)
     await nc.subscribe(subjects.ROUTER_OUTCOME, queue="router", cb=router.on_outcome)
+    await nc.subscribe(subjects.ROUTER_OUTCOMES, queue="router", cb=router.on_outcomes)
     await nc.subscribe(subjects.ROUTER_LEASE_RENEW, queue="router", cb=router.on_lease_renewal)
     service = await add_service(nc, name="router", version="0.2.0", description="routing decisions",
                                 queue_group="router")

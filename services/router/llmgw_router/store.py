@@ -70,7 +70,7 @@ local lease_event, lease_ttl_ms = ARGV[i], tonumber(ARGV[i + 1])
 local answer_key = ARGV[i + 2]
 i = i + 3
 local n = tonumber(ARGV[i]); i = i + 1
-local out = {0}
+local out = {0, 0}  -- the admitted candidate (0: none), whether it is the breaker's probe, then the reasons
 if answer_key ~= '' then
   local earlier = redis.call('GET', answer_key)
   if earlier then
@@ -234,6 +234,7 @@ for c = 1, n do
       redis.call('ZADD', 'llmgw:leases', now_ms + lease_ttl_ms, member)
     end
     out[1] = c
+    if probe then out[2] = 1 end
     return out
   end
   table.insert(out, c)
@@ -375,6 +376,7 @@ class Admission:
     index: int | None  # position in the ordered list of the admitted candidate
     reasons: dict[int, str]  # position -> why it was not admitted
     reservation: Reservation | None
+    probe: bool = False  # the half-open breaker's probe
 
 
 class RoutingStore:
@@ -408,15 +410,15 @@ class RoutingStore:
         out = await self._admit(keys=[SCOPES_KEY], args=args)
         if int(out[0]) == -1:
             return await self._earlier_admission(ordered, request_id, str(out[1]))
-        admitted = int(out[0])
-        reasons = {int(out[j]) - 1: str(out[j + 1]) for j in range(1, len(out), 2)}
+        admitted, probe = int(out[0]), int(out[1]) == 1
+        reasons = {int(out[j]) - 1: str(out[j + 1]) for j in range(2, len(out), 2)}
         if not admitted:
             return Admission(None, reasons, None)
         pc = ordered[admitted - 1]
         reservation = Reservation(provider=pc.candidate.provider, model=pc.candidate.model, at_s=now_ms // 1000,
                                   tokens_in=pc.est_tokens_in, tokens_out=pc.est_tokens_out,
                                   cost_nano=usd_to_nano(pc.est_cost), key_id=key.id if key else None)
-        return Admission(admitted - 1, reasons, reservation)
+        return Admission(admitted - 1, reasons, reservation, probe)
 
     async def _earlier_admission(self, ordered: list[PlannedCandidate], request_id: str,
                                  provider: str) -> Admission:
@@ -432,10 +434,25 @@ class RoutingStore:
                                   tokens_in=int(lease["tin"]), tokens_out=int(lease["tout"]),
                                   cost_nano=int(lease["cost"]),
                                   key_id=key_scope_value[2:] if key_scope_value.startswith("k:") else None)
-        return Admission(index, {}, reservation)
+        return Admission(index, {}, reservation, probe=True)  # unknown: its outcome goes at once, to be safe
+
+    async def record_outcomes(self, items: list[tuple[AttemptOutcome, str, int]], breaker: BreakerConfig,
+                              now_ms: int, budget_tz: str = "UTC") -> None:
+        """Several outcomes (kind, cooldown ms each) in one round trip: the same script each, pipelined."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for outcome, kind, cooldown_ms in items:
+                await self._outcome(keys=[], args=self._outcome_args(outcome, kind, cooldown_ms, breaker, now_ms,
+                                                                     budget_tz), client=pipe)
+            await pipe.execute()
 
     async def record_outcome(self, o: AttemptOutcome, kind: str, cooldown_ms: int, breaker: BreakerConfig,
                              now_ms: int, budget_tz: str = "UTC") -> str:
+        return str(await self._outcome(keys=[], args=self._outcome_args(o, kind, cooldown_ms, breaker, now_ms,
+                                                                        budget_tz)))
+
+    @staticmethod
+    def _outcome_args(o: AttemptOutcome, kind: str, cooldown_ms: int, breaker: BreakerConfig, now_ms: int,
+                      budget_tz: str) -> list[object]:
         r = o.reservation
         scopes = [provider_scope(r.provider if r else o.provider),
                   model_scope(r.provider, r.model) if r else model_scope(o.provider, o.model)]
@@ -443,12 +460,11 @@ class RoutingStore:
         if r is not None and r.key_id:
             scopes.append(key_scope(r.key_id))
             month = month_key(key_scope(r.key_id), r.at_s, budget_tz)[0]
-        args: list[object] = [now_ms, o.provider, o.request_id, kind, cooldown_ms, o.latency_ms,
-                              breaker.failures, int(breaker.window_s * 1000), int(breaker.open_s * 1000),
-                              LATENCY_ALPHA, 1 if r else 0, r.at_s if r else 0, r.tokens_in if r else 0,
-                              r.tokens_out if r else 0, r.cost_nano if r else 0,
-                              len(scopes), *scopes, month, *_WINDOW_ARGS]
-        return str(await self._outcome(keys=[], args=args))
+        return [now_ms, o.provider, o.request_id, kind, cooldown_ms, o.latency_ms,
+                breaker.failures, int(breaker.window_s * 1000), int(breaker.open_s * 1000),
+                LATENCY_ALPHA, 1 if r else 0, r.at_s if r else 0, r.tokens_in if r else 0,
+                r.tokens_out if r else 0, r.cost_nano if r else 0,
+                len(scopes), *scopes, month, *_WINDOW_ARGS]
 
     async def read_stats(self, providers: list[str], now_ms: int) -> tuple[str | None, str | None,
                                                                              dict[str, ProviderStats]]:

@@ -104,7 +104,7 @@ class Deps:
     config: GatewayConfig
     providers: Mapping[str, Provider]
     decide: Callable[[RouteRequest], Awaitable[RouteDecision]]  # raises GatewayError
-    report: Callable[[AttemptOutcome], None]  # never blocks
+    report: Callable[[AttemptOutcome, bool], None]  # (outcome, may wait for a batch); never blocks
     publish: Callable[[UsageEvent], None]  # never blocks
     classify_prompt: Callable[[str, Mapping[str, str]], Awaitable[str | None]] | None = None
     command: Callable[[str], Awaitable[str | None]] | None = None  # proxy-cli: the answer, or None
@@ -377,10 +377,12 @@ class Gateway:
 
     def _report(self, outcome: _Outcome, cand: Candidate, ok: bool, status: int, latency_ms: float,
                 kind: FailureKind | None = None, retry_after_s: float | None = None, release: bool = False) -> None:
+        # a success is news the router can take a moment later, in a batch; a failure (cooldowns, breakers)
+        # or the breaker's probe must reach it now
         self.deps.report(AttemptOutcome(
             request_id=outcome.request_id, provider=cand.provider, model=cand.model, ok=ok, status=status,
             latency_ms=latency_ms, retry_after_s=retry_after_s, kind=kind.value if kind else None,
-            reservation=cand.reservation if release else None))
+            reservation=cand.reservation if release else None), ok and not cand.probe)
 
     # ---- streams ------------------------------------------------------------
 
