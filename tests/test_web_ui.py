@@ -214,6 +214,7 @@ def test_the_web_ui_in_a_browser(infra, tmp_path):
             server = helper.serve()
             try:
                 env = dict(os.environ, LLMGW_UI=ui, LLMGW_TOKEN=stack_token(stack),
+                           LLMGW_READONLY_TOKEN=stack_token(stack, "readonly"),
                            LLMGW_HELPER=f"http://127.0.0.1:{server.server_address[1]}", LLMGW_SHOTS=str(SHOTS),
                            LLMGW_ARTIFACTS=str(tmp_path), CHROMIUM=str(CHROMIUM))
                 run = subprocess.run(["node", "e2e/ui.e2e.mjs"], cwd=WEB, env=env, capture_output=True, text=True,

@@ -14,6 +14,7 @@ import { join } from "node:path";
 
 const UI = process.env.LLMGW_UI;
 const TOKEN = process.env.LLMGW_TOKEN;
+const READONLY_TOKEN = process.env.LLMGW_READONLY_TOKEN; // optional: the read-only role's view
 const HELPER = process.env.LLMGW_HELPER;
 const SHOTS = process.env.LLMGW_SHOTS;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
@@ -238,6 +239,26 @@ try {
     await page.keyboard.press("Enter"); // Overview, Providers, Request log: the third page link
     await page.getByRole("heading", { name: "Request log" }).waitFor();
   });
+
+  if (READONLY_TOKEN) {
+    await step("read-only", async () => {
+      const viewer = await browser.newContext({ viewport: WIDE });
+      const view = await viewer.newPage();
+      view.setDefaultTimeout(10_000);
+      await view.goto(UI + "/providers");
+      await view.getByLabel("Admin token").fill(READONLY_TOKEN);
+      await view.getByRole("button", { name: "Log in" }).click();
+      await view.getByText("read-only", { exact: true }).waitFor();
+      await view.getByRole("heading", { name: "Providers" }).waitFor(); // back where the login began
+      check(await view.getByRole("button", { name: "Pin alpha" }).isDisabled(), "the read-only role may pin");
+      await view.getByRole("navigation", { name: "Pages" }).getByRole("link", { name: "Config" }).click();
+      await view.getByTestId("config-text").waitFor();
+      check(await view.getByTestId("config-save").isDisabled(), "the read-only role may save the config");
+      await view.getByRole("button", { name: "Log out" }).click();
+      await view.getByLabel("Admin token").waitFor();
+      await viewer.close();
+    });
+  }
 
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join("; ")}`);
 } catch (error) {
