@@ -4,6 +4,14 @@
 #   docker build -t llmgw:0.1.0 .
 # The tag follows the project version in pyproject.toml.
 
+# ---- web: the admin UI (Svelte + Vite), built into ui-api's package; nothing of node stays -------
+FROM node:20.19.5-bookworm-slim AS web
+WORKDIR /src/services/ui-api/web
+COPY services/ui-api/web/package.json services/ui-api/web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY services/ui-api/web/ ./
+RUN npm run build
+
 # ---- build: the project and its runtime dependencies (no [test] extras) in one venv ----------
 FROM python:3.11.14-slim-bookworm AS build
 
@@ -17,6 +25,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY libs ./libs
 COPY services ./services
+COPY --from=web /src/services/ui-api/llmgw_ui_api/static ./services/ui-api/llmgw_ui_api/static
 # Every dependency ships manylinux wheels for CPython 3.11 (chdb, hiredis, msgspec, uvloop, ...):
 # nothing is compiled, so no compiler is ever installed; pip itself stays behind in this stage.
 # The imports at the end fail the build if any service module (or its package data) is missing.

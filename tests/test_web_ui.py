@@ -5,7 +5,8 @@ The browser suite (``services/ui-api/web/e2e/ui.e2e.mjs``: node, playwright-core
 logs in, watches the overview while this test sends requests through the edge with the openai SDK,
 pins a provider, adds a model in the config editor and calls it without a restart, submits an invalid
 config, filters the request log, creates a key, and saves a screenshot of each page into
-``docs/screenshots``. It skips when node/npm or /usr/bin/chromium are missing (``.ci/run`` installs them).
+``test-artifacts/screenshots`` (``docs/screenshots``, which the README shows, with
+``LLMGW_UPDATE_SCREENSHOTS=1``). It skips when node/npm or /usr/bin/chromium are missing (``.ci/run`` installs them).
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ from llmgw_ui_api import web
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "services" / "ui-api" / "web"
 STATIC = ROOT / "services" / "ui-api" / "llmgw_ui_api" / "static"
-SHOTS = ROOT / "docs" / "screenshots"
+# the screenshots are this test's artifacts (test-artifacts/, not in git); LLMGW_UPDATE_SCREENSHOTS=1 writes
+# them where the README shows them instead (docs/screenshots), to refresh those
+SHOTS = ROOT / ("docs/screenshots" if os.environ.get("LLMGW_UPDATE_SCREENSHOTS") == "1" else
+                "test-artifacts/screenshots")
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 SOURCES = ("src", "public", "index.html", "package.json", "package-lock.json", "vite.config.ts", "svelte.config.js",
            "tsconfig.json", "openapi.json")
