@@ -1,4 +1,5 @@
-"""A config change reaches a running edge (and router) without a restart, and drops no request in flight."""
+"""A config change reaches every running edge replica (and the router) without a restart, and drops no
+request in flight."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_the_edge_applies_a_new_config_live(infra, tmp_path):
     with FakeProvider(models=["slowish"], delay_s=2.0) as a, FakeProvider(models=["brand-new"]) as b:
         env = dict(os.environ, NATS_URL=infra.nats_url, REDIS_URL=infra.redis_url,
                    CLICKHOUSE_URL=infra.clickhouse_url)
-        with running_stack(tmp_path, _config(a, b, with_new=False), env) as stack:
+        with running_stack(tmp_path, _config(a, b, with_new=False), env, replicas={"edge": 2}) as stack:
             base = f"http://127.0.0.1:{stack.edge_port}"
 
             def ask(model: str) -> int:
@@ -67,6 +68,14 @@ def test_the_edge_applies_a_new_config_live(infra, tmp_path):
             assert b.requests[-1]["body"]["model"] == "brand-new"
             slow.join(30)
             assert in_flight == [200]  # the change dropped nothing in flight
+            # both edge replicas serve it (a new connection each: the kernel picks the replica)
+            served_by = set()
+            for _ in range(20):
+                r = httpx.post(base + "/v1/chat/completions", timeout=30,
+                               json={"model": "brand-new", "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == 200
+                served_by.add(r.headers["x-llmgw-edge"])
+            assert served_by == {"edge-1", "edge-2"}
 
             # a broken file is refused by the edge, which keeps running with the config it has
             stack.config_path.write_text("version: 1\nproviders: [{id: 'BAD ID'}]\n")
