@@ -642,7 +642,7 @@ def peers_section(results: list[SystemResult], *, when: dt.datetime, machine: st
         "## Peers: latest results",
         "",
         f"- Date: {when.strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Machine: {machine}; load average {load_after} at the end",
+        f"- Machine: {machine}; load average {load_after} at the end (the benchmark's own load included)",
         f"- Load: `wrk --latency`, {duration_s}s per run at concurrency 1 (1 thread), 10 and 50 (2 threads), "
         f"after a {warmup_s}s warm-up at concurrency 10; streamed completions at concurrency "
         f"{STREAM_CONCURRENCY} for {stream_s}s; whole run {elapsed_s / 60:.1f} min",
@@ -657,7 +657,7 @@ def peers_section(results: list[SystemResult], *, when: dt.datetime, machine: st
         "Idle RSS per process (VmRSS after the warm-up, before the measured load):",
         "",
         *memory_lines(results),
-        *([""] + notes if notes else []),
+        *(["", "Notes:", ""] + notes if notes else []),
         PEERS_END,
     ])
 
