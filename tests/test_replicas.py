@@ -69,6 +69,7 @@ usage:
                    CLICKHOUSE_URL=infra.clickhouse_url)
         replicas = {"edge": 2, "router": 2, "pricing": 2}
         with running_stack(tmp_path, config, env, replicas=replicas) as stack:
+            children = list(stack.children)
             names = sorted(c.name for c in stack.children)
             assert {"edge-1", "edge-2", "router-1", "router-2", "pricing-1", "pricing-2", "usage", "ui-api"} <= \
                 set(names)
@@ -98,3 +99,5 @@ usage:
                 windows = next(s["windows"] for s in ui.get("/api/usage/current").json()["scopes"]
                                if s["scope"] == "provider" and s["provider"] == "rep")
                 assert windows["day"]["requests"] == REQUESTS
+        # stopping the stack stops every replica too (a router left running would answer other stacks)
+        assert all(c.proc.poll() is not None for c in children), [c.name for c in children if c.proc.poll() is None]

@@ -48,7 +48,7 @@ HEALTH_POLL_S = 1.0  # how often the health endpoints are polled (they cache the
 
 def _say(name: str, line: str, out=None) -> None:
     out = out or sys.stdout
-    colour = _COLOURS.get(name.rsplit("-", 1)[0] if name[-1:].isdigit() else name, 37) if out.isatty() else None
+    colour = _COLOURS.get(service_of(name), 37) if out.isatty() else None
     prefix = f"\x1b[{colour}m{name:>8} |\x1b[0m " if colour else f"{name:>8} | "
     out.write(prefix + line.rstrip("\n") + "\n")
     out.flush()
@@ -440,9 +440,12 @@ class Stack:
             pass
         if self._watch is not None:
             self._watch.stop()
-        # the front first, so nothing new arrives while the back ends drain
-        for group in (("edge", "ui-api", "demo"), ("router", "pricing"), ("usage",)):
-            members = [c for c in self.children if c.name in group]
+        # the front first, so nothing new arrives while the back ends drain; every child belongs to a group
+        # (a replica by its service: edge-2 with edge), and whatever is left over goes last
+        groups = (("edge", "ui-api", "demo"), ("router", "pricing"), ("usage",))
+        stages = [[c for c in self.children if service_of(c.name) in group] for group in groups]
+        stages.append([c for c in self.children if not any(c in stage for stage in stages)])
+        for members in stages:
             for c in members:
                 c.terminate()
             deadline = time.monotonic() + 15
@@ -454,6 +457,12 @@ class Stack:
         if self.log:
             self.log.close()
         self._stopped.set()
+
+
+def service_of(child: str) -> str:
+    """The service a child runs: ``router-2`` -> ``router``; ``ui-api`` stays ``ui-api``."""
+    base, _, n = child.rpartition("-")
+    return base if base and n.isdigit() else child
 
 
 def parse_replicas(text: str) -> dict[str, int]:
