@@ -33,6 +33,9 @@ from llmgw_common.messages import UsageEvent
 
 log = logging.getLogger("llmgw.edge.usage")
 
+PUBLISH_BATCH = 256  # events published before their acks are awaited
+ACK_TIMEOUT_S = 5.0
+
 
 def replica_id(port: int) -> str:
     """``LLMGW_REPLICA_ID`` when set (compose, the runner), else host, port and process: unique per replica."""
@@ -46,7 +49,7 @@ class UsagePublisher:
         self._spill = spill_dir / f"{replica}.ndjson"
         self._queue: asyncio.Queue[UsageEvent] = asyncio.Queue(max_queued)
         self._worker: asyncio.Task | None = None
-        self._holding: UsageEvent | None = None  # taken from the queue, not yet acknowledged by JetStream
+        self._holding: list[UsageEvent] = []  # taken from the queue, not yet acknowledged by JetStream
         self._claims: list[tuple[Path, object]] = []  # spill files taken at start, locked until sent
         self._claimed_events = 0
         self.published = 0
@@ -80,8 +83,8 @@ class UsagePublisher:
                 await self._worker
             except asyncio.CancelledError:
                 pass
-        left = [self._holding] if self._holding is not None else []
-        self._holding = None
+        left = list(self._holding)
+        self._holding = []
         while not self._queue.empty():
             left.append(self._queue.get_nowait())
         if left:
@@ -92,29 +95,49 @@ class UsagePublisher:
 
     async def _run(self) -> None:
         while True:
-            self._holding = await self._queue.get()
-            event = self._holding
-            delay = 0.2
-            headers = {"Nats-Msg-Id": event.id}
-            if self._traces:
-                headers.update(self._traces.pop(event.id, ()))
-            while True:
+            # everything queued goes out together: one write for many messages under load, acks awaited
+            # together; the events stay held (spilled by ``stop``) until each is acknowledged
+            batch = [await self._queue.get()]
+            while len(batch) < PUBLISH_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self._holding = batch
+            pending, delay = batch, 0.2
+            while pending:
                 try:
-                    await self._js.publish(subjects.usage_event_subject(event.provider or "none"), event.encode(),
-                                           timeout=5.0, headers=headers)
-                    break
+                    pending = await self._publish(pending)
                 except asyncio.CancelledError:
                     raise  # ``stop`` spills what we hold
-                except Exception as exc:  # NATS down or JetStream not ready: keep the event, retry
+                except Exception as exc:  # NATS down or JetStream not ready: keep the events, retry
                     log.warning("usage publish failed (%s), retrying in %.1fs", type(exc).__name__, delay)
+                if pending:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
-            self._holding = None
-            self.published += 1
-            self._metrics.usage_published.inc()
-            self._queue.task_done()
+            self._holding = []
+            self.published += len(batch)
+            self._metrics.usage_published.inc(len(batch))
+            for _ in batch:
+                self._queue.task_done()
             if self._claims and self.published >= self._claimed_events:
                 self._release_claims()  # the claimed events were queued first: all of them are out
+
+    async def _publish(self, events: list[UsageEvent]) -> list[UsageEvent]:
+        """Publish every event, then wait for every ack (``ACK_TIMEOUT_S`` in all); the ones not stored."""
+        acks = []
+        for event in events:
+            headers = {"Nats-Msg-Id": event.id}  # a retried publish is stored once
+            if self._traces:
+                headers.update(self._traces.pop(event.id, ()))
+            acks.append(await self._js.publish_async(subjects.usage_event_subject(event.provider or "none"),
+                                                     event.encode(), headers=headers))
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), ACK_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return events
+        failed = [e for e, r in zip(events, results) if isinstance(r, BaseException)]
+        if failed:
+            first = next(r for r in results if isinstance(r, BaseException))
+            log.warning("%d usage events not stored (%s): trying again", len(failed), type(first).__name__)
+        return failed
 
     def _append_spill(self, events: list[UsageEvent]) -> None:
         self._spill_dir.mkdir(parents=True, exist_ok=True)
