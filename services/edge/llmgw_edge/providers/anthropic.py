@@ -65,14 +65,7 @@ class AnthropicProvider(HttpProvider):
 
     # ---- pass-through -------------------------------------------------------
 
-    async def relay(self, call: RawCall, model: str | None) -> RawReply:
-        if call.format == "raw":
-            return await self.relay_raw(call)
-        if call.format not in self.passthrough:
-            raise unsupported(f"provider {self.id} cannot take {call.format} requests as they are")
-        body = dict(call.body or {})
-        if model is not None:
-            body["model"] = model
+    async def relay_body(self, call: RawCall, body: dict[str, Any]) -> RawReply:
         forwarded = {name: call.headers[name] for name in FORWARDED if name in call.headers}
         path = "/v1/messages/count_tokens" if call.format == "anthropic_count_tokens" else "/v1/messages"
         reply = await self.send(path, dumps(body), stream=call.stream, extra_headers=forwarded)

@@ -184,6 +184,21 @@ class HttpProvider(Provider):
         """The usage in one JSON answer (or stream event) of this provider's own format, for raw relays."""
         return Usage()
 
+    async def relay(self, call: RawCall, model: str | None) -> RawReply:
+        """The client's own request: a raw call as it is, or a body of one of ``passthrough``'s formats with
+        only the model rewritten (``relay_body`` sends it)."""
+        if call.format == "raw":
+            return await self.relay_raw(call)
+        if call.format not in self.passthrough:
+            raise unsupported(f"provider {self.id} cannot take {call.format} requests as they are")
+        body = dict(call.body or {})
+        if model is not None:
+            body["model"] = model
+        return await self.relay_body(call, body)
+
+    async def relay_body(self, call: RawCall, body: dict[str, Any]) -> RawReply:
+        raise unsupported(f"provider {self.id} cannot take {call.format} requests as they are")
+
     async def relay_raw(self, call: RawCall, root: str | None = None) -> RawReply:
         return await _relay_raw(self, call, root)
 

@@ -143,12 +143,10 @@ class GeminiProvider(HttpProvider):
 
     # ---- pass-through (raw only) ---------------------------------------------
 
-    async def relay(self, call: RawCall, model: str | None) -> RawReply:
-        if call.format != "raw":
-            raise unsupported(f"provider {self.id} cannot take {call.format} requests as they are")
+    async def relay_raw(self, call: RawCall, root: str | None = None) -> RawReply:
         # raw paths carry their API version, so they join the root; a client's ?key= (its gateway key)
         # must not travel to Google: ours goes in the header
-        return await self.relay_raw(replace(call, path=_without_key(call.path)), root=self.root_url)
+        return await super().relay_raw(replace(call, path=_without_key(call.path)), root=root or self.root_url)
 
     def raw_usage(self, payload: bytes) -> Usage:
         return _usage_of_body(payload)

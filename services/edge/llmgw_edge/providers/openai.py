@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Mapping
 
 from llmgw_common.failures import FailureKind
 
-from ..core.errors import UpstreamError, unsupported
+from ..core.errors import UpstreamError
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Image, Message,
                           Start, StreamEvent, Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta,
                           ToolCallStart, ToolResult, Usage, UsageUpdate)
@@ -66,14 +66,7 @@ class OpenAIProvider(HttpProvider):
 
     # ---- pass-through -------------------------------------------------------
 
-    async def relay(self, call: RawCall, model: str | None) -> RawReply:
-        if call.format == "raw":
-            return await self.relay_raw(call)
-        if call.format not in self.passthrough:
-            raise unsupported(f"provider {self.id} cannot take {call.format} requests as they are")
-        body = dict(call.body or {})
-        if model is not None:
-            body["model"] = model
+    async def relay_body(self, call: RawCall, body: dict[str, Any]) -> RawReply:
         path = {"openai_chat": "/chat/completions", "embeddings": "/embeddings",
                 "openai_responses": "/responses"}[call.format]
         if call.stream and call.format == "openai_chat":
