@@ -178,3 +178,18 @@ def test_the_gateways_own_429_says_when_to_retry(http):
                                                        "messages": [{"role": "user", "content": "x"}]})
     assert _anthropic_error(anthropic_refused, 429)["type"] == "rate_limit_error"
     assert int(anthropic_refused.headers["retry-after"]) >= 1
+
+
+def test_a_request_the_server_cannot_parse_still_gets_json(stack):
+    """A URL too long for the HTTP parser: answered by the server itself, as JSON like every other error."""
+    import socket
+
+    for port in (stack.edge_port, stack.ui_port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /v1/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
+        assert json.loads(body)["error"]["code"] == "invalid_http_request"

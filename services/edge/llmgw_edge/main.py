@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llmgw_common import health, metrics, subjects, tracing
 from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
+from llmgw_common.http_server import json_error_protocol
 from llmgw_common.ids import new_id
 from llmgw_common.keys import KeyRecord
 from llmgw_common.logs import setup_logging
@@ -382,8 +383,9 @@ def run() -> None:
     settings = EdgeSettings()
     setup_logging("edge", settings.log_level)
     tracing.setup("edge")
+    protocol = json_error_protocol({"type": "invalid_request_error", "param": None, "code": "invalid_http_request"})
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
-                            http="httptools", access_log=False, log_level="warning", timeout_graceful_shutdown=10)
+                            http=protocol, access_log=False, log_level="warning", timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     if settings.reuse_port:
         # replicas on one machine share the port: the kernel spreads connections over them (SO_REUSEPORT)

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 
 from llmgw_common import health, metrics, tracing
 from llmgw_common.admin_auth import ADMIN_TOKEN_ENV, READONLY_TOKEN_ENV, AdminCredentials, AdminTokenError
+from llmgw_common.http_server import json_error_protocol
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
@@ -149,5 +150,6 @@ def run() -> None:
     except AdminTokenError as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
-    uvicorn.run(create_app(settings, credentials), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+    uvicorn.run(create_app(settings, credentials), host=settings.host, port=settings.port, loop="uvloop",
+                http=json_error_protocol({"type": "invalid_request_error", "code": "invalid_http_request"}),
                 access_log=False, log_level="warning", timeout_graceful_shutdown=10)
