@@ -88,3 +88,23 @@ def infra(tmp_root):
             server.stop()
     for c in started:  # pragma: no cover
         c.stop()
+
+
+# ---- the demo provider as the upstream of a test module (tests/test_demo_provider*.py) -------------
+
+@pytest.fixture(scope="module")
+def provider():
+    """One demo provider (tests/fakes.py) per module that asks for it."""
+    from fakes import FakeProvider
+
+    with FakeProvider() as fake:
+        yield fake
+
+
+@pytest.fixture
+def upstream(provider):
+    """The module's demo provider, its behaviour back to the defaults around each test."""
+    provider.behaviour.reset()
+    yield provider
+    provider.behaviour.reset()
+

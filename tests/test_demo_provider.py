@@ -16,19 +16,6 @@ from llmgw_demo_provider import Behaviour, wire
 USER = [{"role": "user", "content": "hello there you fine machine"}]
 
 
-@pytest.fixture(scope="module")
-def provider():
-    with FakeProvider() as fake:
-        yield fake
-
-
-@pytest.fixture
-def upstream(provider):
-    provider.behaviour.reset()
-    yield provider
-    provider.behaviour.reset()
-
-
 @pytest.fixture
 def client(upstream):
     # no SDK retries: each test sees exactly what the server answered

@@ -10,7 +10,6 @@ import anthropic
 import httpx
 import pytest
 
-from fakes import FakeProvider
 
 USER = [{"role": "user", "content": "hello there you fine machine"}]
 TOOLS = [{"name": "get_weather", "description": "Weather of a city",
@@ -18,19 +17,6 @@ TOOLS = [{"name": "get_weather", "description": "Weather of a city",
          {"name": "get_time", "description": "Time of a city", "input_schema": {"type": "object"}}]
 THINKING = {"type": "enabled", "budget_tokens": 1024}
 VERSION = {"anthropic-version": "2023-06-01"}
-
-
-@pytest.fixture(scope="module")
-def provider():
-    with FakeProvider() as fake:
-        yield fake
-
-
-@pytest.fixture
-def upstream(provider):
-    provider.behaviour.reset()
-    yield provider
-    provider.behaviour.reset()
 
 
 @pytest.fixture

@@ -8,26 +8,12 @@ import time
 import httpx
 import pytest
 
-from fakes import FakeProvider
 
 CONTENTS = [{"role": "user", "parts": [{"text": "hello there you fine machine"}]}]
 TOOLS = [{"functionDeclarations": [{"name": "get_weather", "description": "Weather of a city",
                                     "parameters": {"type": "OBJECT",
                                                    "properties": {"city": {"type": "STRING"}}}},
                                    {"name": "get_time", "parameters": {"type": "OBJECT"}}]}]
-
-
-@pytest.fixture(scope="module")
-def provider():
-    with FakeProvider() as fake:
-        yield fake
-
-
-@pytest.fixture
-def upstream(provider):
-    provider.behaviour.reset()
-    yield provider
-    provider.behaviour.reset()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import httpx
 import openai
 import pytest
 
-from fakes import FakeProvider
 
 USER = [{"role": "user", "content": "hello there you fine machine"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
@@ -18,19 +17,6 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
          {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
 RESPONSE_TOOLS = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}},
                   {"type": "function", "name": "get_time", "parameters": {"type": "object"}}]
-
-
-@pytest.fixture(scope="module")
-def provider():
-    with FakeProvider() as fake:
-        yield fake
-
-
-@pytest.fixture
-def upstream(provider):
-    provider.behaviour.reset()
-    yield provider
-    provider.behaviour.reset()
 
 
 @pytest.fixture

@@ -424,6 +424,20 @@ def run_bench(args: argparse.Namespace) -> int:
             shutil.rmtree(state_dir, ignore_errors=True)
 
 
+def start_demo_provider(children: ChildProcesses, state_dir: Path, port: int) -> subprocess.Popen:
+    """The upstream of a benchmark (no artificial delay), once it listens."""
+    upstream = children.start(
+        "demo provider",
+        [sys.executable, "-m", "llmgw_demo_provider.main", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],
+        state_dir / "demo-provider.log", stop_grace_s=5)
+    try:
+        wait_for_port("127.0.0.1", port, 15, upstream)
+    except InfraError as exc:
+        raise BenchError(f"the demo provider did not start: {exc}") from None
+    return upstream
+
+
 def _bench(args: argparse.Namespace, state_dir: Path, children: ChildProcesses) -> int:
     started = time.monotonic()
 
@@ -433,15 +447,7 @@ def _bench(args: argparse.Namespace, state_dir: Path, children: ChildProcesses) 
     machine = machine_description()  # before our processes add to the load average
     upstream_port = free_port()
     say(f"starting the demo provider on 127.0.0.1:{upstream_port}")
-    upstream = children.start(
-        "demo provider",
-        [sys.executable, "-m", "llmgw_demo_provider.main", "--host", "127.0.0.1", "--port", str(upstream_port),
-         "--log-level", "warning"],
-        state_dir / "demo-provider.log", stop_grace_s=5)
-    try:
-        wait_for_port("127.0.0.1", upstream_port, 15, upstream)
-    except InfraError as exc:
-        raise BenchError(f"the demo provider did not start: {exc}") from None
+    start_demo_provider(children, state_dir, upstream_port)
 
     config = state_dir / "llmgw.yaml"
     write_gateway_config(config, upstream_port)

@@ -36,7 +36,7 @@ import httpx
 import yaml
 
 from llmgw_cli import bench
-from llmgw_cli.infra import InfraError, free_port, wait_for_port
+from llmgw_cli.infra import free_port
 
 LITELLM_VERSION = "1.80.5"  # an exact version known to be clean; never a 1.107.x
 PORTKEY_VERSION = "1.15.2"
@@ -846,15 +846,7 @@ def run_peers(args: argparse.Namespace, state_dir: Path, children: bench.ChildPr
 
     upstream_port = free_port()
     say(f"starting the demo provider (the upstream of every system) on 127.0.0.1:{upstream_port}")
-    upstream = children.start(
-        "demo provider",
-        [sys.executable, "-m", "llmgw_demo_provider.main", "--host", "127.0.0.1", "--port", str(upstream_port),
-         "--log-level", "warning"],
-        state_dir / "demo-provider.log", stop_grace_s=5)
-    try:
-        wait_for_port("127.0.0.1", upstream_port, 15, upstream)
-    except InfraError as exc:
-        raise bench.BenchError(f"the demo provider did not start: {exc}") from None
+    upstream = bench.start_demo_provider(children, state_dir, upstream_port)
 
     plan = [
         ("direct to upstream", None, lambda: Running(upstream, f"http://127.0.0.1:{upstream_port}/v1/chat/completions",
