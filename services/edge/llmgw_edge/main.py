@@ -38,6 +38,7 @@ from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
 
 from . import router_client
+from .asgi_routes import ClientRoutes
 from .api import anthropic_messages, models, openai_chat, passthrough, schemas
 from .api.body import read_body
 from .api.anthropic_messages import AnthropicCodec
@@ -166,11 +167,33 @@ def _error_format(request: Request) -> str:
     return "openai"
 
 
-def error_response(err: GatewayError, fmt: str = "openai") -> Response:
+def rendered_error(err: GatewayError, fmt: str = "openai") -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An error in the caller's format: status, raw headers, body."""
     body = anthropic_messages.error_body(err) if fmt == "anthropic" else openai_chat.error_body(err)
     # every answer can be traced, errors the gateway made before routing included
     headers = {"x-request-id": new_id(), "x-llmgw-attempts": "0", **err.headers}
-    return Response(body, status_code=err.status, media_type="application/json", headers=headers)
+    raw = [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in headers.items()
+           if k.lower() not in ("content-type", "content-length")]
+    raw += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return err.status, raw, body
+
+
+def error_response(err: GatewayError, fmt: str = "openai") -> Response:
+    status, raw, body = rendered_error(err, fmt)
+    response = Response(body, status_code=status)
+    response.raw_headers = raw
+    return response
+
+
+class EdgeApp(FastAPI):
+    """FastAPI for the routes of few requests (models, health, pass-through) and the OpenAPI document; in
+    front of it, the client-format routes as plain ASGI (``asgi_routes``) and the metrics / trace layer,
+    which sees both."""
+
+    front: Callable
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.front(scope, receive, send)
 
 
 OUTCOME_BATCH_S = 0.05  # successes wait this long at most before they go to the routers, together
@@ -271,8 +294,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             await transport.close()
             await nc.drain()
 
-    app = FastAPI(title="LLM Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
-    metrics.HttpMetrics.install(app, "llmgw.edge")  # GET /metrics; every request counted (and its span)
+    app = EdgeApp(title="LLM Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError):
@@ -299,23 +321,22 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def body_of(request: Request) -> bytes:
         return await read_body(request.headers, request.stream(), edge_of(request).config.edge.max_body_bytes)
 
-    def served_by(codec_type: type) -> Callable:
-        async def handle(request: Request) -> Response:
-            edge = edge_of(request)
-            key = edge.caller(request)
-            codec = codec_type(max_depth=edge.config.edge.max_json_depth)
-            exchange = codec.parse(await body_of(request), request.headers)
-            check_model(key, exchange.model)
-            exchange.key_id = key.id if key else None
-            return _response(await edge.gateway.handle(exchange, codec), edge.replica)
-        return handle
+    async def served_in_front(request: Request) -> Response:
+        raise AssertionError("served by asgi_routes.ClientRoutes, in front of FastAPI")
 
-    # one route per client format: its codec parses and renders, the gateway does the rest
-    for path, codec_type, schema in (("/v1/chat/completions", OpenAIChatCodec, schemas.OPENAI_CHAT),
-                                     ("/v1/messages", AnthropicCodec, schemas.ANTHROPIC_MESSAGES),
-                                     ("/v1/responses", ResponsesCodec, schemas.OPENAI_RESPONSES),
-                                     ("/v1/embeddings", EmbeddingsCodec, schemas.EMBEDDINGS)):
-        app.add_api_route(path, served_by(codec_type), methods=["POST"], openapi_extra=schemas.body(schema))
+    # one route per client format: its codec parses and renders, the gateway does the rest (asgi_routes); the
+    # FastAPI routes are their OpenAPI operations
+    client_routes = {"/v1/chat/completions": (OpenAIChatCodec, schemas.OPENAI_CHAT),
+                     "/v1/messages": (AnthropicCodec, schemas.ANTHROPIC_MESSAGES),
+                     "/v1/responses": (ResponsesCodec, schemas.OPENAI_RESPONSES),
+                     "/v1/embeddings": (EmbeddingsCodec, schemas.EMBEDDINGS)}
+    for path, (_codec_type, schema) in client_routes.items():
+        app.add_api_route(path, served_in_front, methods=["POST"], openapi_extra=schemas.body(schema),
+                          name=path.rsplit("/", 1)[-1])
+    fastapi_call = FastAPI.__call__.__get__(app)
+    front = ClientRoutes(fastapi_call, {path: codec for path, (codec, _schema) in client_routes.items()},
+                         lambda: app.state.edge, rendered_error)
+    app.front = metrics.HttpMetrics(front, "llmgw.edge", app.router)  # GET /metrics; every request counted
 
     @app.post("/v1/messages/count_tokens", openapi_extra=schemas.body(schemas.ANTHROPIC_COUNT_TOKENS))
     async def post_count_tokens(request: Request) -> Response:
