@@ -116,11 +116,14 @@ def _is_free(provider: ProviderConfig, price: Price | None) -> bool:
     return provider.free_tier or (price is not None and price.is_free)
 
 
+_RNG = random.Random()  # one per process: a new Random() per request seeds from the OS (a syscall) each time
+
+
 def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state: RoutingState,
          rng: random.Random | None = None, key: KeyRecord | None = None) -> Plan:
     """``key``: the caller's gateway key, whose provider list narrows the candidates (its limits are
     checked at admission, with the providers')."""
-    rng = rng or random.Random()
+    rng = rng or _RNG
     rule = first_matching_rule(config, request)
     action = rule.action if rule else None
     strategy = (action.strategy if action and action.strategy else None) or config.routing.strategy
