@@ -38,15 +38,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(starter_config(os.environ, demo_port=_demo_port()))
         print(f"wrote a starter config to {config_path}", flush=True)
-    from llmgw_common.config import ConfigError, load_config
+    from .infra import InfraError
+    from .runner import ConfigProblem, parse_replicas, read_config
 
-    try:
-        load_config(config_path)
-    except ConfigError as exc:
+    try:  # checked by a child process: the supervisor does not keep the config schema in memory
+        read_config(config_path)
+    except ConfigProblem as exc:
         print(exc, file=sys.stderr)
         return 2
-    from .infra import InfraError
-    from .runner import parse_replicas
 
     try:
         replicas = parse_replicas(args.replicas)
@@ -65,6 +64,9 @@ def cmd_service(args: argparse.Namespace) -> int:
             os.environ[host_env] = args.host
         if args.port:
             os.environ[port_env] = str(args.port)
+    from llmgw_common.lean_imports import import_nats
+
+    import_nats()  # before the service imports it: without aiohttp, which only the edge uses itself
     importlib.import_module(SERVICE_ENTRY[args.service]).run()
     return 0
 
@@ -96,7 +98,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``llmgw`` parser. Given the command about to run, only that command's own arguments are added:
+    the modules defining the others (the benchmarks, the usage-stream tools, ``keys``) import httpx, yaml
+    and the config schema, which every service process (``llmgw <service>``) would otherwise carry."""
+    full = command is None
+
+    def wanted(name: str) -> bool:
+        return full or command == name
+
     parser = argparse.ArgumentParser(prog="llmgw", description="LLM Gateway")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -130,37 +140,57 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
 
     bench = sub.add_parser("bench", help="gateway vs direct-to-upstream load test (needs wrk)")
-    try:
-        from .bench import add_arguments
+    if wanted("bench"):
+        try:
+            from .bench import add_arguments
 
-        add_arguments(bench)
-    except ImportError:
-        pass
+            add_arguments(bench)
+        except ImportError:
+            pass
     bench.set_defaults(func=cmd_bench)
 
     # usage stream: ingest benchmark, replay, NDJSON export / import (see events.py, bench_ingest.py)
-    from . import bench_ingest, events
-
     ingest = sub.add_parser("bench-ingest", help="usage ingest throughput: N synthetic events through the consumer")
-    bench_ingest.add_arguments(ingest)
-    ingest.set_defaults(func=bench_ingest.cmd_bench_ingest)
+    if wanted("bench-ingest"):
+        from . import bench_ingest
+
+        bench_ingest.add_arguments(ingest)
+        ingest.set_defaults(func=bench_ingest.cmd_bench_ingest)
     replay = sub.add_parser("replay", help="rebuild the ClickHouse and/or Redis projections from the usage stream")
-    events.add_replay_arguments(replay)
-    replay.set_defaults(func=events.cmd_replay)
-    events.add_events_arguments(sub.add_parser("events", help="usage events as NDJSON: export / import"))
-    from . import copilot_login  # `llmgw copilot login`: the GitHub device flow for copilot providers
+    events_parser = sub.add_parser("events", help="usage events as NDJSON: export / import")
+    if wanted("replay") or wanted("events"):
+        from . import events
 
-    copilot_login.add_arguments(sub.add_parser("copilot", help="GitHub Copilot subscriptions: login"))
-    from . import keys_cmd  # `llmgw keys`: gateway API keys in the key store (NATS key-value bucket)
+        events.add_replay_arguments(replay)
+        replay.set_defaults(func=events.cmd_replay)
+        events.add_events_arguments(events_parser)
+    copilot = sub.add_parser("copilot", help="GitHub Copilot subscriptions: login")
+    if wanted("copilot"):
+        from . import copilot_login  # `llmgw copilot login`: the GitHub device flow for copilot providers
 
+        copilot_login.add_arguments(copilot)
     keys = sub.add_parser("keys", help="gateway API keys: create, list, rotate, revoke")
-    keys_cmd.add_arguments(keys)
-    keys.set_defaults(func=keys_cmd.cmd_keys)
+    if wanted("keys"):
+        from . import keys_cmd  # `llmgw keys`: gateway API keys in the key store (NATS key-value bucket)
+
+        keys_cmd.add_arguments(keys)
+        keys.set_defaults(func=keys_cmd.cmd_keys)
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names, or None (help, or not a command: the full parser answers)."""
+    first = argv[0] if argv else ""
+    return None if first.startswith("-") or first not in _COMMANDS else first
+
+
+_COMMANDS = {"run", *SERVICE_ENTRY, "demo-provider", "config", "bench", "bench-ingest", "replay", "events",
+             "copilot", "keys"}
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_of(argv)).parse_args(argv)
     sys.exit(args.func(args))
 
 

@@ -10,11 +10,15 @@ and the services' own reconnection finds them again. Servers the user gave
 polls the gateway's health endpoints and prints every dependency that goes
 down or comes back. Ctrl-C (or SIGTERM) stops everything in order.
 See docs/reliability.md.
+
+The supervisor stays small (it runs as long as the gateway): it imports neither the config schema
+(pydantic, yaml) nor a NATS or HTTP client library. The config is read and checked by a short-lived child
+process (``read_config``), JetStream's readiness is asked over a plain socket (or, for a NATS server the
+user gave, by a child process with the NATS client), and the health endpoints are read over a socket.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -23,13 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from llmgw_common.admin_auth import ensure_admin_token, token_path
-from llmgw_common.config import load_config
 
 from .infra import InfraError, NatsServer, RedisServer, ServerProcess, die_with_parent, free_port, port_is_free
 from .runtime import RUNTIME_FILE
@@ -150,32 +149,148 @@ class ServerChild:
         return self.server.proc is not None and self.server.proc.poll() is None
 
 
-def _wait_jetstream(url: str, timeout: float = 20.0) -> None:
-    """The port opens before JetStream answers; services need JetStream at once."""
-    import nats
+class ConfigProblem(InfraError):
+    """The config file does not load; the message is ``ConfigError``'s text."""
 
-    async def probe() -> None:
-        deadline = time.monotonic() + timeout
-        nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=5)
-        try:
+
+# What the runner needs of the config, read by a child process: the schema (pydantic, yaml) costs the
+# long-lived supervisor ~20 MB that it would never use again.
+_READ_CONFIG = """
+import json, sys
+from llmgw_common.config import ConfigError, load_config
+try:
+    config = load_config(sys.argv[1])
+except ConfigError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(2)
+print(json.dumps({"demo": {"enabled": config.demo.enabled, "host": config.demo.host, "port": config.demo.port}}))
+"""
+
+
+def read_config(path: Path) -> dict:
+    """The parts of the config the runner uses (``{"demo": {"enabled", "host", "port"}}``), from a child
+    process that loads and checks it; ``ConfigProblem`` (``ConfigError``'s text) when it does not load."""
+    done = subprocess.run([sys.executable, "-c", _READ_CONFIG, str(path)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise ConfigProblem(done.stderr.strip() or f"reading {path} failed ({describe_exit(done.returncode)})")
+    return json.loads(done.stdout)
+
+
+_JS_INBOX = b"_INBOX.llmgw-run-jetstream"
+
+
+# ``admin_auth.ensure_admin_token`` in a child process too (hashlib, hmac, secrets: ~6 MB in the supervisor)
+_ADMIN_TOKEN = """
+import sys
+from llmgw_common.admin_auth import AdminTokenError, ensure_admin_token, token_path
+try:
+    token, created = ensure_admin_token(sys.argv[1])
+except AdminTokenError as exc:
+    sys.exit(str(exc))
+if created:
+    print(f"admin API token (shown once; kept in {token_path(sys.argv[1])}): {token}", flush=True)
+"""
+
+
+def ensure_admin_token(state_dir: Path) -> None:
+    """The admin API's token: generated on the first start and printed this once (``admin_auth``)."""
+    done = subprocess.run([sys.executable, "-c", _ADMIN_TOKEN, str(state_dir)], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise InfraError(done.stderr.strip() or f"the admin token: {describe_exit(done.returncode)}")
+    if done.stdout:
+        print(done.stdout, end="", flush=True)
+
+
+def _jetstream_answers(host: str, port: int, timeout: float = 2.0) -> bool:
+    """One JetStream account-info request over a plain NATS connection (the embedded nats-server: no TLS,
+    no credentials): True when JetStream answered it, False when nobody did yet (503) or it said no."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            f = s.makefile("rb")
+            if not f.readline().startswith(b"INFO"):
+                return False
+            s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,'
+                      b'"protocol":1,"name":"llmgw-run"}\r\n'
+                      b"SUB " + _JS_INBOX + b" 1\r\nPUB $JS.API.INFO " + _JS_INBOX + b" 0\r\n\r\n")
             while True:
-                try:
-                    await nc.jetstream().account_info()
-                    return
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise InfraError(f"JetStream at {url} not ready after {timeout}s")
-                    await asyncio.sleep(0.1)
-        finally:
-            await nc.close()
+                line = f.readline()
+                if not line or line.startswith(b"-ERR"):
+                    return False
+                if line.startswith(b"PING"):
+                    s.sendall(b"PONG\r\n")
+                elif line.startswith(b"MSG"):  # the account info (or a JetStream API error)
+                    body = f.read(int(line.split()[-1]) + 2)
+                    return b'"error"' not in body
+                elif line.startswith(b"HMSG"):  # a status message: 503, no responders (JetStream not up yet)
+                    f.read(int(line.split()[-1]) + 2)
+                    return False
+    except (OSError, ValueError):
+        return False
 
-    asyncio.run(probe())
+
+# A NATS server the user gave (TLS, credentials, several URLs) is asked with the NATS client, in a child
+# process (the client library and asyncio cost the supervisor ~25 MB).
+_WAIT_JETSTREAM = """
+import asyncio, sys, time
+import nats
+
+async def probe(url, timeout):
+    deadline = time.monotonic() + timeout
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=5)
+    try:
+        while True:
+            try:
+                await nc.jetstream().account_info()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    sys.exit(f"JetStream at {url} not ready after {timeout}s")
+                await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+asyncio.run(probe(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def _wait_jetstream(url: str, timeout: float = 20.0, server: NatsServer | None = None) -> None:
+    """The port opens before JetStream answers; services need JetStream at once."""
+    if server is None:
+        done = subprocess.run([sys.executable, "-c", _WAIT_JETSTREAM, url, str(timeout)], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise InfraError(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
+                             else f"JetStream at {url} not ready after {timeout}s")
+        return
+    deadline = time.monotonic() + timeout
+    while not _jetstream_answers(server.host, server.port):
+        if time.monotonic() > deadline:
+            raise InfraError(f"JetStream at {url} not ready after {timeout}s")
+        time.sleep(0.1)
+
+
+def _http_get(url: str, timeout: float) -> tuple[int, bytes]:
+    """GET a local health endpoint (``http://host:port/path``) over a socket, HTTP/1.0: (status, body)."""
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
+        s.sendall(f"GET /{path} HTTP/1.0\r\nHost: {hostport}\r\nAccept: application/json\r\n\r\n".encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    try:
+        return int(head.split(b" ", 2)[1]), body
+    except (IndexError, ValueError):
+        raise OSError(f"not an HTTP response from {url}") from None
 
 
 def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            return r.status == 200
+        return _http_get(url, 3)[0] == 200
     except OSError:
         return False
 
@@ -183,10 +298,7 @@ def _http_ok(url: str) -> bool:
 def _health_of(url: str, timeout: float = 5.0) -> dict[str, tuple[bool, str]] | None:
     """The checks a health endpoint reports (name -> (ok, detail)); None when it does not answer."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            body = r.read()
-    except urllib.error.HTTPError as exc:  # 503: the body still lists the checks
-        body = exc.read()
+        _status, body = _http_get(url, timeout)  # 503: the body still lists the checks
     except OSError:
         return None
     try:
@@ -290,7 +402,7 @@ class Stack:
         self.log = open(log_file, "a", buffering=1) if log_file else None
 
     def start(self, ready_timeout: float = 60.0) -> None:
-        config = load_config(self.config_path)
+        config = read_config(self.config_path)
         for what, port in (("gateway", self.edge_port), ("admin API", self.ui_port)):
             if not port_is_free(port, self.host):
                 raise InfraError(f"port {port} for the {what} is already in use; choose another "
@@ -304,7 +416,7 @@ class Stack:
             nats_url = self.nats.url
             _say("nats", f"nats-server with JetStream on {nats_url} (data in {self.nats.data_dir}; supervised)",
                  self.log)
-        _wait_jetstream(nats_url)
+        _wait_jetstream(nats_url, server=self.nats)
         redis_url = self.base_env.get("REDIS_URL", "")
         if not redis_url:
             self.redis = RedisServer(self.state_dir / "redis", port=free_port(), persist=True,
@@ -320,9 +432,10 @@ class Stack:
                    PYTHONUNBUFFERED="1")
         self._write_runtime(nats_url, redis_url)
         cli = [sys.executable, "-m", "llmgw_cli.main"]
-        if config.demo.enabled:
-            self.children.append(Child("demo", cli + ["demo-provider", "--host", config.demo.host,
-                                                      "--port", str(config.demo.port)], env, self.log))
+        demo = config["demo"]
+        if demo["enabled"]:
+            self.children.append(Child("demo", cli + ["demo-provider", "--host", demo["host"],
+                                                      "--port", str(demo["port"])], env, self.log))
         for name in SERVICES:
             n = self.replicas.get(name, 1)
             if n == 1:
@@ -503,9 +616,11 @@ def run_stack(config_path: Path, state_dir: Path, edge_port: int, ui_port: int, 
     signal.signal(signal.SIGTERM, on_term)
     code = 0
     # the admin API's credential: made on the first start, shown this once (ui-api logs only where it is)
-    token, created = ensure_admin_token(state_dir.resolve())
-    if created:
-        print(f"admin API token (shown once; kept in {token_path(state_dir.resolve())}): {token}", flush=True)
+    try:
+        ensure_admin_token(state_dir.resolve())
+    except InfraError as exc:
+        _say("llmgw", f"error: {exc}", sys.stderr)
+        return 2
     try:
         stack.start()
         _say("llmgw", f"gateway ready: OpenAI-compatible API on http://{host}:{edge_port}/v1, "

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from llmgw_common.config import Price
+from llmgw_common.lean_imports import absent
+
+with absent("click", "pygments", "rich"):  # httpx's command line client, never used: ~5 MB
+    import httpx
 
 KEEP_MODES = ("chat", "embedding")
 MAX_FETCH_BYTES = 64 * 1024 * 1024

@@ -23,7 +23,6 @@ import time
 from decimal import Decimal
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,8 +30,12 @@ from starlette.responses import JSONResponse
 
 from llmgw_common import subjects
 from llmgw_common.admin_auth import ADMIN
+from llmgw_common.lean_imports import absent
 from llmgw_common.messages import PriceKey, PriceList, PriceLookup
 from llmgw_common.nats_conn import request as nats_request
+
+with absent("click", "pygments", "rich"):  # httpx's command line client, never used: ~5 MB
+    import httpx
 
 router = APIRouter()
 
