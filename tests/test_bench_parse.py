@@ -258,6 +258,13 @@ def test_descendants_and_cpu_between_snapshots():
     before = {10: 100, 11: 50, 12: 7}
     after = {10: 100 + hz, 11: 50 + hz, 13: hz}  # 12 exited, 13 started
     assert peers.cpu_seconds_between(before, after) == pytest.approx(3.0)
+    # per process, per request: same labels added up, largest first
+    labels = {10: "edge", 11: "router", 12: "edge", 13: "usage"}
+    by_process = peers.cpu_ms_by_process(before, after, labels, requests=1000)
+    assert by_process == [("edge", pytest.approx(1.0)), ("router", pytest.approx(1.0)),
+                          ("usage", pytest.approx(1.0))]
+    result = peers.SystemResult("this gateway", cpu_by_process=[("edge", 0.31), ("router", 0.2)])
+    assert peers.cpu_lines([result]) == ["- this gateway: edge 0.310, router 0.200"]
 
 
 def test_process_labels():

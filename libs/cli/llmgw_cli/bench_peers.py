@@ -359,6 +359,29 @@ def cpu_ticks(pids: list[int]) -> dict[int, int]:
     return ticks
 
 
+def cpu_ms_by_process(before: dict[int, int], after: dict[int, int], labels: dict[int, str],
+                      requests: int) -> list[tuple[str, float]]:
+    """CPU milliseconds per request of each process between two snapshots, by label (processes with the
+    same label added up), largest first."""
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    by_label: dict[str, float] = {}
+    for pid in set(before) | set(after):
+        ticks = after.get(pid, before.get(pid, 0)) - before.get(pid, 0)
+        label = labels.get(pid, "?")
+        by_label[label] = by_label.get(label, 0.0) + ticks * 1000 / hz / max(requests, 1)
+    return sorted(by_label.items(), key=lambda item: (-item[1], item[0]))
+
+
+def process_labels(pids: list[int]) -> dict[int, str]:
+    labels = {}
+    for pid in pids:
+        try:
+            labels[pid] = process_label([a for a in _read(f"/proc/{pid}/cmdline").split("\0") if a])
+        except OSError:
+            pass
+    return labels
+
+
 def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:
     """CPU seconds the processes used between two snapshots (a process gone since counts until it left
     nothing; one started since counts whole)."""
@@ -560,6 +583,7 @@ class SystemResult:
     streams: int = 0
     stream_errors: int = 0
     cpu_ms_per_request: float | None = None
+    cpu_by_process: list[tuple[str, float]] = field(default_factory=list)  # (label, CPU ms / request) at c=10
     memory: list[ProcessMemory] = field(default_factory=list)
     note: str = ""
 
@@ -623,6 +647,15 @@ def latency_table(results: list[SystemResult]) -> str:
     return "\n".join(lines)
 
 
+def cpu_lines(results: list[SystemResult]) -> list[str]:
+    out = []
+    for r in results:
+        if r.status or not r.cpu_by_process:
+            continue
+        out.append(f"- {r.name}: " + ", ".join(f"{label} {ms:.3f}" for label, ms in r.cpu_by_process))
+    return out
+
+
 def memory_lines(results: list[SystemResult]) -> list[str]:
     out = []
     for r in results:
@@ -653,6 +686,10 @@ def peers_section(results: list[SystemResult], *, when: dt.datetime, machine: st
         "answer 200 with a data line and a complete end):",
         "",
         latency_table(results),
+        "",
+        "CPU ms per request by process (user + system, during the concurrency-10 run):",
+        "",
+        *cpu_lines(results),
         "",
         "Idle RSS per process (VmRSS after the warm-up, before the measured load):",
         "",
@@ -807,11 +844,18 @@ def measure(system: Running, name: str, state_dir: Path, duration_s: int, warmup
     result.memory = process_memory(pids)
     say(f"  idle RSS {_mb(result.rss_kib)} over {len(result.memory)} processes")
     for connections, threads in PEER_LOADS:
-        before = cpu_ticks(system_pids(system.proc.pid)) if connections == CPU_LOAD else {}
+        pids = system_pids(system.proc.pid) if connections == CPU_LOAD else []
+        labels = process_labels(pids)
+        before = cpu_ticks(pids)
         run = bench.run_wrk(system.url, script, connections, threads, duration_s, system.headers)
         if connections == CPU_LOAD:
-            used = cpu_seconds_between(before, cpu_ticks(system_pids(system.proc.pid)))
+            pids_after = system_pids(system.proc.pid)
+            labels.update(process_labels([pid for pid in pids_after if pid not in labels]))
+            after = cpu_ticks(pids_after)
+            used = cpu_seconds_between(before, after)
             result.cpu_ms_per_request = used * 1000 / run.requests if run.requests else None
+            if run.requests:
+                result.cpu_by_process = cpu_ms_by_process(before, after, labels, run.requests)
         result.wrk[connections] = run
         cpu = f", CPU {result.cpu_ms_per_request:.2f} ms/request" if connections == CPU_LOAD and \
             result.cpu_ms_per_request is not None else ""
