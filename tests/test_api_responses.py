@@ -78,7 +78,7 @@ def test_string_input_with_instructions_and_options():
                 "reasoning": {"effort": "high", "summary": "auto"}, "metadata": {"k": "v"}}, codec)
     req = ex.chat()
     assert (ex.model, ex.stream, ex.max_tokens, ex.prompt_text) == ("m", True, 50, "hello there")
-    assert ex.estimated_prompt_tokens > 0 and ex.raw.format == "openai_responses" and ex.raw.stream
+    assert ex.prompt_tokens(True) > 0 and ex.raw.format == "openai_responses" and ex.raw.stream
     assert [(m.role, m.text()) for m in req.messages] == [("system", "be brief"), ("user", "hello there")]
     assert (req.max_tokens, req.temperature, req.top_p, req.user, req.reasoning_effort, req.stream) == \
         (50, 0.2, 0.9, "u1", "high", True)

@@ -489,3 +489,52 @@ async def test_successes_may_wait_for_a_batch_failures_and_probes_may_not():
     answers = iter([MockResponse(json=chat_completion())])
     await h.openai({"model": "m", "messages": USER})
     assert h.router.batched == [False]  # the probe's success closes the breaker: it goes at once
+
+
+# ---- prompt token estimates: exact only where admission decides by them -------------------------
+
+LONG_USER = [{"role": "user", "content": "internationalization " * 40}]  # 840 characters, few real tokens
+
+
+async def test_admission_counts_the_prompt_exactly_only_where_a_limit_or_window_needs_it():
+    from llmgw_common.keys import KeyLimits, KeyRecord
+    from llmgw_edge.core import tokens
+
+    def prepared(cfg: GatewayConfig, exact_key: bool):
+        h = Harness(cfg, lambda req: MockResponse(json=chat_completion()))
+        codec = OpenAIChatCodec()
+        exchange = codec.parse(json.dumps({"model": "m", "messages": LONG_USER}).encode(), {})
+        exchange.exact_tokens = exact_key  # what the route sets from the caller's key
+        return exchange, h, codec
+
+    cheap = len(LONG_USER[0]["content"]) // 4 + tokens.PER_MESSAGE_OVERHEAD
+    exact = tokens.estimate_prompt_tokens({"messages": LONG_USER}, exact=True)
+    assert exact < cheap  # the repeated word is one or two tokens: the two precisions differ
+    no_limits = config(openai_provider("a"))
+    cases = [
+        (no_limits, False, cheap),
+        (no_limits, True, exact),  # the caller's key counts tokens or cost
+        (config(openai_provider("a", limits={"tokens_per_minute": 10_000})), False, exact),
+        (config(openai_provider("a", limits={"cost_per_day": 5})), False, exact),
+        (config(openai_provider("a", limits={"requests_per_minute": 10})), False, cheap),
+        (config({**openai_provider("a"), "models": [{"name": "m", "context_window": 8000}]}), False, exact),
+    ]
+    for cfg, exact_key, expected in cases:
+        exchange, h, codec = prepared(cfg, exact_key)
+        await h.gateway.handle(exchange, codec)
+        assert h.router.requests[0].estimated_prompt_tokens == expected, (cfg.providers[0].limits, exact_key)
+
+    created = "2026-01-01T00:00:00Z"
+    record = lambda **limits: KeyRecord(id="0123456789ab", name="k", hash="h", prefix="p", created_at=created,  # noqa: E731
+                                        limits=KeyLimits(**limits))
+    assert not tokens.key_needs_exact(None) and not tokens.key_needs_exact(record(requests_per_day=5))
+    assert tokens.key_needs_exact(record(tokens_per_month=5)) and tokens.key_needs_exact(record(cost_per_month=1))
+
+
+def test_a_prompt_is_counted_once_per_precision():
+    from llmgw_edge.core.tokens import PromptTokens
+
+    calls = []
+    count = PromptTokens(lambda exact: calls.append(exact) or (10 if exact else 12))
+    assert [count(True), count(False), count(True), count(False)] == [10, 12, 10, 12]
+    assert calls == [True, False]

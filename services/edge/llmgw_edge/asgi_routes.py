@@ -23,6 +23,7 @@ from .api.body import read_body
 from .auth import check_model
 from .core.errors import GatewayError
 from .core.gateway import Reply
+from .core.tokens import key_needs_exact
 
 log = logging.getLogger("llmgw.edge")
 
@@ -90,6 +91,7 @@ class ClientRoutes:
         exchange = codec.parse(body, headers)
         check_model(key, exchange.model)
         exchange.key_id = key.id if key else None
+        exchange.exact_tokens = key_needs_exact(key)
         reply = await edge.gateway.handle(exchange, codec)
         if edge.replica:  # which edge replica answered (the runner and compose name them: edge-1, edge-2...)
             reply.headers["x-llmgw-edge"] = edge.replica

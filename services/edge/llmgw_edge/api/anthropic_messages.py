@@ -21,7 +21,7 @@ from llmgw_common.keys import KeyRecord
 
 from ..core.errors import GatewayError, UpstreamError, anthropic_type, bad_request
 from ..core.gateway import Exchange, Reply
-from ..core.tokens import estimate_chat_tokens
+from ..core.tokens import PromptTokens, estimate_chat_tokens
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingResponse, Finish, Image, Message, Start, StreamEvent,
                           Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolChoice,
                           ToolResult, ToolSpec, Usage, UsageUpdate)
@@ -48,19 +48,24 @@ class AnthropicCodec:
 
     def __init__(self, max_depth: int = 100) -> None:
         self.max_depth = max_depth
-        self.estimated_input = 0
+        self.prompt_tokens = PromptTokens(lambda exact: 0)
+
+    @property
+    def estimated_input(self) -> int:
+        """The exact estimate: what a client reads back (count_tokens, a translated stream's start)."""
+        return self.prompt_tokens(True)
 
     # ---- parse --------------------------------------------------------------
 
     def parse(self, raw: bytes, headers: Mapping[str, str], count_only: bool = False) -> Exchange:
         body = json_object(raw, self.max_depth)
         req = chat_request(body, count_only)
-        self.estimated_input = estimate_chat_tokens(req)
+        self.prompt_tokens = PromptTokens(lambda exact: estimate_chat_tokens(req, exact))
         return Exchange(
             model=req.model, stream=req.stream, max_tokens=req.max_tokens, headers=headers,
             raw=RawCall("anthropic_count_tokens" if count_only else "anthropic_messages", body, raw,
                         stream=req.stream, headers=headers),
-            build_chat=lambda: _translatable(body, req), estimated_prompt_tokens=self.estimated_input,
+            build_chat=lambda: _translatable(body, req), count_prompt=self.prompt_tokens,
             prompt_text=req.last_user_text())
 
     # ---- render -------------------------------------------------------------

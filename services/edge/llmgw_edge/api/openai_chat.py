@@ -20,7 +20,7 @@ from ..core.types import (ChatRequest, ChatResponse, EmbeddingResponse, Finish, 
                           Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolChoice,
                           ToolResult, ToolSpec, Usage, UsageUpdate)
 from ..providers.base import RawCall
-from ..core.tokens import estimate_prompt_tokens
+from ..core.tokens import PromptTokens, estimate_prompt_tokens
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _FINISH_OUT = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter",
@@ -72,7 +72,7 @@ class OpenAIChatCodec:
         return Exchange(
             model=model, stream=stream, max_tokens=max_tokens, headers=headers,
             raw=RawCall("openai_chat", body, raw, stream=stream, headers=headers, include_usage=self.include_usage),
-            build_chat=lambda: chat_request(body), estimated_prompt_tokens=estimate_prompt_tokens(body),
+            build_chat=lambda: chat_request(body), count_prompt=PromptTokens(lambda exact: estimate_prompt_tokens(body, exact)),
             prompt_text=last_user_text(messages))
 
     # ---- render -------------------------------------------------------------

@@ -52,7 +52,7 @@ from llmgw_common.failures import FailureKind
 
 from ..core.errors import GatewayError, UpstreamError, bad_request
 from ..core.gateway import Exchange
-from ..core.tokens import estimate_chat_tokens
+from ..core.tokens import PromptTokens, estimate_chat_tokens
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingResponse, Finish, Message, Start, StreamEvent, Text,
                           TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolChoice,
                           ToolResult, ToolSpec, Usage, UsageUpdate)
@@ -127,7 +127,7 @@ class ResponsesCodec:
         return Exchange(
             model=body["model"], stream=req.stream, max_tokens=req.max_tokens, headers=headers,
             raw=RawCall("openai_responses", _native_body(body), raw, stream=req.stream, headers=headers),
-            build_chat=build_chat, estimated_prompt_tokens=estimate_chat_tokens(req),
+            build_chat=build_chat, count_prompt=PromptTokens(lambda exact: estimate_chat_tokens(req, exact)),
             prompt_text=req.last_user_text())
 
     # ---- render -------------------------------------------------------------

