@@ -372,6 +372,11 @@ def test_peers_table_rows():
     assert latency[3] == ("| this gateway (usage logging on) | 2.20 / 6.60 ms | 9.50 / 28.50 ms | 50.00 / 150.00 ms | 0 "
                           "| 900 (1) |")
     assert len(latency) == 4  # no row for a system that was not measured
+    # with the heap chDB takes on opening known (measured in a separate process), the engine is left out whole
+    results = _peer_results()
+    results[-1].chdb_heap_kib = 40 * 1024
+    assert peers.peers_table(results).splitlines()[4].endswith(
+        "| 600 MB (260 MB without the chDB engine: 300 MB library pages, 40 MB heap) |")
 
 
 def test_peers_section_goes_before_the_quick_results_and_is_replaced(tmp_path):

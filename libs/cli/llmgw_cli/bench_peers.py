@@ -292,6 +292,44 @@ def smaps_rss_kib(smaps_text: str, path_contains: str) -> int:
     return total
 
 
+# Run in a separate process: what opening chDB adds to a process beyond its library's pages (ClickHouse's own
+# heap: function and format registries, caches), the way the usage service opens it. Prints two numbers, KiB:
+# RSS added by opening chDB, and of that the Rss of chDB's library mappings.
+_CHDB_ENGINE_PROBE = """
+import re, sys, tempfile
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+def library():
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            parts = line.split(None, 5)
+            inside = len(parts) == 6 and "/chdb" in parts[5]
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+import clickhouse_connect
+from llmgw_common import clickhouse_conn
+before = rss()
+with tempfile.TemporaryDirectory() as path:
+    client = clickhouse_conn.connect_clickhouse("", path)
+    client.query("SELECT count() FROM system.one")
+    print(rss() - before, library())
+"""
+
+
+def chdb_engine_heap_kib() -> int | None:
+    """RSS that opening chDB adds beyond its library's pages, measured in a fresh process (None: unknown).
+    Counted as the embedded ClickHouse engine's: a floor, since its caches grow as it works."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _CHDB_ENGINE_PROBE], capture_output=True, text=True,
+                             timeout=120, check=True).stdout.split()
+        added, library = int(out[0]), int(out[1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+    return max(0, added - library)
+
+
 def descendants(root: int, parents: dict[int, int]) -> list[int]:
     """``root`` and every process below it, from a pid -> parent pid map."""
     children: dict[int, list[int]] = {}
@@ -585,6 +623,7 @@ class SystemResult:
     cpu_ms_per_request: float | None = None
     cpu_by_process: list[tuple[str, float]] = field(default_factory=list)  # (label, CPU ms / request) at c=10
     memory: list[ProcessMemory] = field(default_factory=list)
+    chdb_heap_kib: int | None = None  # what opening chDB adds beyond its library pages (a separate process)
     note: str = ""
 
     @property
@@ -625,7 +664,10 @@ def peers_table(results: list[SystemResult]) -> str:
         ttfb = f"{r.ttfb_p50_ms:.2f} ms" if r.ttfb_p50_ms is not None else "—"
         cpu = f"{r.cpu_ms_per_request:.2f}" if r.cpu_ms_per_request is not None else "—"
         rss = _mb(r.rss_kib) if r.memory else "—"
-        if r.chdb_kib:
+        if r.chdb_kib and r.chdb_heap_kib is not None:
+            rss += (f" ({_mb(r.rss_kib - r.chdb_kib - r.chdb_heap_kib)} without the chDB engine: "
+                    f"{_mb(r.chdb_kib)} library pages, {_mb(r.chdb_heap_kib)} heap)")
+        elif r.chdb_kib:
             rss += f" ({_mb(r.rss_kib - r.chdb_kib)} without chDB's library pages)"
         lines.append(f"| {r.name} | {_rps(r, 1)} | {_rps(r, 10)} | {_rps(r, 50)} | {added} | {ttfb} | {cpu} | {rss} |")
     return "\n".join(lines)
@@ -842,6 +884,8 @@ def measure(system: Running, name: str, state_dir: Path, duration_s: int, warmup
     time.sleep(1)  # let the warm-up's connections close
     pids = system_pids(system.proc.pid)
     result.memory = process_memory(pids)
+    if result.chdb_kib:
+        result.chdb_heap_kib = chdb_engine_heap_kib()
     say(f"  idle RSS {_mb(result.rss_kib)} over {len(result.memory)} processes")
     for connections, threads in PEER_LOADS:
         pids = system_pids(system.proc.pid) if connections == CPU_LOAD else []
