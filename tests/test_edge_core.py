@@ -538,3 +538,35 @@ def test_a_prompt_is_counted_once_per_precision():
     count = PromptTokens(lambda exact: calls.append(exact) or (10 if exact else 12))
     assert [count(True), count(False), count(True), count(False)] == [10, 12, 10, 12]
     assert calls == [True, False]
+
+
+async def test_an_upstream_cookie_never_rides_along_with_a_later_request():
+    """One pooled session serves every client: a Set-Cookie from one answer must not reach the next."""
+    from aiohttp import web
+    from llmgw_edge.providers.http import AiohttpTransport
+
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("cookie"))
+        response = web.json_response({})
+        response.set_cookie("session", "client-a-secret")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    transport = AiohttpTransport()
+    try:
+        for _ in range(2):
+            # a host name, not an address: aiohttp keeps cookies of named hosts only
+            reply = await transport.request("POST", f"http://localhost:{port}/", b"{}", {}, 5.0)
+            await reply.read()
+        assert seen == [None, None]
+    finally:
+        await transport.close()
+        await runner.cleanup()

@@ -127,8 +127,11 @@ class AiohttpTransport:
 
 def create_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
-    # SSE lines and whole JSON bodies can be long: allow 8 MiB lines
-    return aiohttp.ClientSession(connector=connector, auto_decompress=True, read_bufsize=2**16,
+    # SSE lines and whole JSON bodies can be long: allow 8 MiB lines. No cookie jar: one session serves every
+    # client, so an upstream's Set-Cookie must never ride along with someone else's request (and keeping
+    # and matching cookies costs every request)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True,
+                                 read_bufsize=2**16,
                                  max_line_size=8 * 2**20, max_field_size=2**16, raise_for_status=False)
 
 
