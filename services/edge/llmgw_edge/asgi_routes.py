@@ -82,6 +82,14 @@ class ClientRoutes:
         else:
             await _stream(reply, receive, send)
 
+    async def handle(self, path: str, scope: Scope, headers: Headers, receive: Receive) -> Reply:
+        """The gateway's reply to a request for ``path`` (one of the paths served here); raises
+        ``GatewayError``."""
+        try:
+            return await self._handle(self.routes[path], scope, headers, receive)
+        except _Disconnected:
+            raise GatewayError(400, "The client closed the connection before its body arrived.") from None
+
     async def _handle(self, route: _Route, scope: Scope, headers: Headers, receive: Receive) -> Reply:
         edge = self.edge_of()
         client = scope.get("client")

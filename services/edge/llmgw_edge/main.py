@@ -321,8 +321,11 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def body_of(request: Request) -> bytes:
         return await read_body(request.headers, request.stream(), edge_of(request).config.edge.max_body_bytes)
 
-    async def served_in_front(request: Request) -> Response:
-        raise AssertionError("served by asgi_routes.ClientRoutes, in front of FastAPI")
+    def served_in_front(path: str) -> Callable:
+        async def handle(request: Request) -> Response:
+            # a request whose path reached FastAPI another way (a root path prefix, say): served the same way
+            return _response(await front.handle(path, request.scope, request.headers, request.receive))
+        return handle
 
     # one route per client format: its codec parses and renders, the gateway does the rest (asgi_routes); the
     # FastAPI routes are their OpenAPI operations
@@ -331,7 +334,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                      "/v1/responses": (ResponsesCodec, schemas.OPENAI_RESPONSES),
                      "/v1/embeddings": (EmbeddingsCodec, schemas.EMBEDDINGS)}
     for path, (_codec_type, schema) in client_routes.items():
-        app.add_api_route(path, served_in_front, methods=["POST"], openapi_extra=schemas.body(schema),
+        app.add_api_route(path, served_in_front(path), methods=["POST"], openapi_extra=schemas.body(schema),
                           name=path.rsplit("/", 1)[-1])
     fastapi_call = FastAPI.__call__.__get__(app)
     front = ClientRoutes(fastapi_call, {path: codec for path, (codec, _schema) in client_routes.items()},
