@@ -123,7 +123,7 @@ class RunnerProcess:
                 [sys.executable, "-m", "llmgw_cli.main", "run", "--config", str(self.config), "--state-dir",
                  str(self.state_dir), "--edge-port", str(self.edge_port), "--ui-port", str(self.ui_port)],
                 env=dict(self.env, PYTHONUNBUFFERED="1"), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+                stdin=subprocess.DEVNULL, preexec_fn=ctrl_c_stops)
         deadline = time.monotonic() + ready_timeout
         while "gateway ready" not in self.output(offset):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -160,6 +160,7 @@ class RunnerProcess:
             time.sleep(0.05)
 
     def stop(self, timeout: float = 60.0) -> None:
+        """Ctrl-C (SIGINT), as a user stops it; kill -9 whatever is left after ``timeout``."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGINT)
@@ -167,6 +168,12 @@ class RunnerProcess:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill_all()
+
+
+def ctrl_c_stops() -> None:
+    """In a child before it runs: SIGINT stops it, as Ctrl-C in a terminal does. A test session started in
+    the background (``cmd &`` in a script) ignores SIGINT, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _alive(pid: int) -> bool:

@@ -23,7 +23,7 @@ from fakes import FakeProvider
 from llmgw_cli.infra import free_port, port_is_free
 from llmgw_cli.runner import HealthWatch, Stack, describe_exit, restart_delay
 from llmgw_common import health
-from stacks import supervised_stack, wait_for
+from stacks import ctrl_c_stops, supervised_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,8 @@ def test_llmgw_run_end_to_end_and_ctrl_c(tmp_path):
     env["LLMGW_ADMIN_TOKEN"] = ADMIN_TOKEN
     proc = subprocess.Popen([sys.executable, "-m", "llmgw_cli.main", "run", "--config", str(config),
                              "--state-dir", str(state), "--edge-port", str(edge), "--ui-port", str(ui)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=ctrl_c_stops)
     output: list[str] = []
     try:
         deadline = time.monotonic() + 120
