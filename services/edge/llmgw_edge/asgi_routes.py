@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from starlette.datastructures import Headers
 
@@ -77,7 +77,7 @@ class ClientRoutes:
             return
         if reply.stream is None:
             await send({"type": "http.response.start", "status": reply.status,
-                        "headers": _raw_headers(reply, len(reply.body or b""))})
+                        "headers": raw_headers(reply.headers, reply.media_type, len(reply.body or b""))})
             await send({"type": "http.response.body", "body": reply.body or b""})
         else:
             await _stream(reply, receive, send)
@@ -133,10 +133,11 @@ def _content_type(media_type: str) -> bytes:
     return (f"{media_type}; charset=utf-8" if media_type.startswith("text/") else media_type).encode("latin-1")
 
 
-def _raw_headers(reply: Reply, length: int | None) -> list[tuple[bytes, bytes]]:
-    raw = [(name.lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in reply.headers.items()
+def raw_headers(headers: Mapping[str, str], media_type: str, length: int | None) -> list[tuple[bytes, bytes]]:
+    """ASGI's header list: ``headers`` with the content type (and length, unless streamed) set here."""
+    raw = [(name.lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in headers.items()
            if name.lower() not in ("content-length", "content-type")]
-    raw.append((b"content-type", _content_type(reply.media_type)))
+    raw.append((b"content-type", _content_type(media_type)))
     if length is not None:
         raw.append((b"content-length", str(length).encode()))
     return raw
@@ -159,7 +160,8 @@ async def _stream(reply: Reply, receive: Receive, send: Send) -> None:
     watcher = asyncio.get_running_loop().create_task(watch_disconnect())
     chunks = reply.stream
     try:
-        await send({"type": "http.response.start", "status": reply.status, "headers": _raw_headers(reply, None)})
+        await send({"type": "http.response.start", "status": reply.status,
+                    "headers": raw_headers(reply.headers, reply.media_type, None)})
         async for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         done = True

@@ -38,7 +38,7 @@ from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
 
 from . import router_client
-from .asgi_routes import ClientRoutes
+from .asgi_routes import ClientRoutes, raw_headers
 from .api import anthropic_messages, models, openai_chat, passthrough, schemas
 from .api.body import read_body
 from .api.anthropic_messages import AnthropicCodec
@@ -172,10 +172,7 @@ def rendered_error(err: GatewayError, fmt: str = "openai") -> tuple[int, list[tu
     body = anthropic_messages.error_body(err) if fmt == "anthropic" else openai_chat.error_body(err)
     # every answer can be traced, errors the gateway made before routing included
     headers = {"x-request-id": new_id(), "x-llmgw-attempts": "0", **err.headers}
-    raw = [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in headers.items()
-           if k.lower() not in ("content-type", "content-length")]
-    raw += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    return err.status, raw, body
+    return err.status, raw_headers(headers, "application/json", len(body)), body
 
 
 def error_response(err: GatewayError, fmt: str = "openai") -> Response:
