@@ -233,6 +233,10 @@ try {
   await step("keyboard", async () => {
     await page.setViewportSize(WIDE);
     await page.goto(UI + "/overview");
+    // the page drawn (its heading and the navigation) before any key is pressed: on a busy machine the
+    // first Tab could otherwise land before the links exist
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    await page.getByRole("navigation", { name: "Pages" }).getByRole("link", { name: "Request log" }).waitFor();
     await page.keyboard.press("Tab"); // the skip link first
     check((await page.evaluate(() => document.activeElement?.textContent)) === "Skip to content", "no skip link");
     for (let i = 0; i < 3; i++) await page.keyboard.press("Tab");
