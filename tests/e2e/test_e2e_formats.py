@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 UPSTREAM_TYPES = ["openai", "anthropic", "gemini", "copilot"]  # they take client tools
 CLI_TYPES = ["claude_code", "gemini_cli"]  # they answer in text only (a CLI runs its own tools, not the client's)
-FAKE_CLI = os.path.join(os.path.dirname(__file__), "fake_cli")
+FAKE_CLI = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fake_cli")
 TOOL_OPENAI = {"type": "function", "function": {"name": "lookup", "description": "look a word up",
                                                 "parameters": {"type": "object",
                                                                "properties": {"input": {"type": "string"}}}}}

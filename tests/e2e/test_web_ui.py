@@ -29,7 +29,7 @@ from admin import stack_token
 from fakes import FakeProvider
 from llmgw_ui_api import web
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "services" / "ui-api" / "web"
 STATIC = ROOT / "services" / "ui-api" / "llmgw_ui_api" / "static"
 # the screenshots are this test's artifacts (test-artifacts/, not in git); LLMGW_UPDATE_SCREENSHOTS=1 writes

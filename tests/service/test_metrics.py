@@ -226,7 +226,7 @@ def test_the_gateway_health_dashboard_reads_series_that_exist():
 
     import yaml
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     dash = json.loads((root / "dashboards" / "llmgw-gateway-health.json").read_text())
     provisioned = yaml.safe_load((root / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text())
     uid = provisioned["datasources"][0]["uid"]

@@ -43,7 +43,7 @@ from llmgw_pricing.sources import (
 from llmgw_ui_api.main import UiApiSettings, create_app
 from admin import ADMIN_HEADERS, UI_TOKENS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 30.0
 
 # a small list in LiteLLM's format: what the public source serves

@@ -28,7 +28,7 @@ from llmgw_common.messages import Attempt, UsageEvent
 from llmgw_usage import domain
 from llmgw_usage.schema import apply_migrations
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = ROOT / "dashboards"
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
 

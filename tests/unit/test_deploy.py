@@ -29,7 +29,7 @@ import yaml
 from llmgw_cli.main import SERVICE_ENTRY, build_parser
 from llmgw_common.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

@@ -19,7 +19,7 @@ from llmgw_edge.providers import PROVIDER_TYPES, build_provider
 from llmgw_edge.providers.claude_code import ClaudeCodeParser
 from llmgw_edge.providers.cli import render_prompt
 
-FAKE = Path(__file__).parent / "fake_cli"
+FAKE = Path(__file__).parent.parent / "fake_cli"
 TEXT = "Hello from the fake CLI."
 
 
