@@ -4,7 +4,7 @@
 The dashboards are data, kept here as Python so every panel shares one
 datasource reference, one set of filters and one grid layout; the JSON files
 are the build output and are committed (Grafana reads them as they are).
-``tests/test_dashboards.py`` checks the files match this script and runs every
+``tests/unit/test_dashboards.py`` checks the files match this script and runs every
 panel's SQL against ClickHouse.
 
     .venv/bin/python scripts/make_dashboards.py          # rewrite dashboards/*.json

@@ -96,7 +96,7 @@ def _build_ui() -> None:
 
 def _config(alpha: FakeProvider, beta: FakeProvider) -> str:
     return f"""version: 1
-# written by tests/test_web_ui.py
+# written by tests/e2e/test_web_ui.py
 providers:
   - id: alpha
     base_url: {alpha.url}

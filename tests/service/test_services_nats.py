@@ -32,7 +32,7 @@ providers:
     base_url: http://127.0.0.1:9/v1
     free_tier: true
     models: [{name: gpt-4o-mini}]
-pricing: {fetch_on_start: false}  # deterministic sources: no public fetch (tests/test_pricing.py covers it)
+pricing: {fetch_on_start: false}  # deterministic sources: no public fetch (tests/service/test_pricing.py covers it)
 """
 
 

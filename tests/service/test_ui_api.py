@@ -217,7 +217,7 @@ NOT_CHECKED_FOR_5XX = {"/api/health"}  # its 503 says that a part of the gateway
 # a key in the session's shared NATS would lock every other test's gateway (test_admin_auth creates keys
 # through the API against a NATS of its own)
 # a compare sends prompts through whatever edge answers on LLMGW_EDGE_PORT (8080) of this machine: its body's
-# validation is tested in tests/test_ui_live.py
+# validation is tested in tests/e2e/test_ui_live.py
 NOT_FUZZED = {("POST", "/api/keys"), ("POST", "/api/compare")}
 
 

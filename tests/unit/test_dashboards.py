@@ -46,7 +46,7 @@ DS_UID = gen.DATASOURCE_UID
 DS_TYPE = gen.DATASOURCE_TYPE
 
 
-# hand-written, on the Prometheus datasource (the gateway's own health): checked by tests/test_metrics.py
+# hand-written, on the Prometheus datasource (the gateway's own health): checked by tests/service/test_metrics.py
 PROMETHEUS_DASHBOARDS = {"llmgw-gateway-health.json"}
 
 

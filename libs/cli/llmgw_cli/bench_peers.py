@@ -13,7 +13,7 @@ every process of the system, and its idle RSS after a warm-up. A peer that
 cannot be installed or started is a row saying why; the run goes on.
 
 The pure parts (``.pth`` inspection, /proc parsing, the streamed-response
-reader, the tables) are unit-tested in tests/test_bench_parse.py.
+reader, the tables) are unit-tested in tests/unit/test_bench_parse.py.
 """
 
 from __future__ import annotations
