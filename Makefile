@@ -51,15 +51,16 @@ test: $(TEST_STAMP)
 test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
-# make bench: this gateway beside LiteLLM and Portkey (installed, pinned, into .bench/ by llmgw bench --peers);
-# make bench PEERS=0: the quick gateway-vs-direct run
+# make bench: this gateway beside LiteLLM and Portkey (installed, pinned, into .bench/ by python -m llmgw_bench
+# --peers); make bench PEERS=0: the quick gateway-vs-direct run. The benchmarks (bench/llmgw_bench) are not part
+# of the gateway's package: they run from the source tree.
 PEERS ?= 1
 bench: $(STAMP)
-	@# wrk is a Debian package: install it when we can (root with apt), else llmgw bench says what to do
+	@# wrk is a Debian package: install it when we can (root with apt), else the bench says what to do
 	@if ! command -v wrk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; \
 	fi
-	$(BIN)/llmgw bench $(if $(filter 1,$(PEERS)),--peers)
+	PYTHONPATH=bench $(BIN)/python -m llmgw_bench $(if $(filter 1,$(PEERS)),--peers)
 
 check: $(STAMP)
 	$(BIN)/llmgw config check $${LLMGW_CONFIG:-llmgw.yaml}

@@ -1,4 +1,4 @@
-"""``llmgw bench-ingest [--events N] [--runs R]``: how many usage events per second the usage consumer commits.
+"""``python -m llmgw_bench ingest [--events N] [--runs R]``: how many usage events per second the usage consumer commits.
 
 On embedded servers in a temp directory (nats-server with JetStream, Redis or
 Valkey, chDB), it publishes N synthetic usage events (with the router's admission
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import uvloop
 
-from .progress import Progress
+from llmgw_usage.progress import Progress
 
 DEFAULT_EVENTS = 200_000
 # runs on a shared 2-CPU VM vary by +-15 % from minute to minute: the median of a few says more than one
@@ -38,9 +38,9 @@ DEFAULT_OUTPUT = "docs/benchmarks.md"
 SECTION_START = "<!-- bench-ingest:results:start -->"
 SECTION_END = "<!-- bench-ingest:results:end -->"
 SECTION_INTRO = """
-## Usage ingest (`llmgw bench-ingest`)
+## Usage ingest (`python -m llmgw_bench ingest`)
 
-`llmgw bench-ingest [--events N] [--runs R] [--batch-size B]` measures the usage consumer on its own:
+`python -m llmgw_bench ingest [--events N] [--runs R] [--batch-size B]` measures the usage consumer on its own:
 on embedded servers in a temp directory (nats-server with JetStream, Redis or Valkey, chDB)
 it publishes N synthetic usage events (stamped within the last seconds, like live traffic,
 each with the admission reservation the router attaches, whose amounts it puts into the

@@ -136,7 +136,7 @@ def _cli_args(env: Env, *argv: str, state_dir=None):
 
 
 async def _replay(env: Env, *argv: str, state_dir=None) -> int:
-    from llmgw_cli import events
+    from llmgw_usage import commands as events
 
     return await events._replay(_cli_args(env, "replay", *argv, state_dir=state_dir))
 
@@ -509,7 +509,7 @@ async def test_replay_and_export_time_range_is_event_time_and_errors_are_clear(e
     # a backfill: stored now, stamped three days ago (as `llmgw events import` of an old file does)
     old = _event(provider, "old", ts=cut - timedelta(days=3))
     await _publish(env.js, old)
-    from llmgw_cli import events as cli_events
+    from llmgw_usage import commands as cli_events
     from llmgw_usage.replay import CLOCK_SKEW_S, resolve_range, seq_at_time
 
     info = (await env.js.stream_info(subjects.USAGE_STREAM)).state
@@ -562,7 +562,7 @@ async def test_replay_and_export_time_range_is_event_time_and_errors_are_clear(e
 # ---- NDJSON export / import ---------------------------------------------------------------
 
 async def test_export_import_round_trip_and_bad_lines(env, tmp_path, capsys):
-    from llmgw_cli import events as cli_events
+    from llmgw_usage import commands as cli_events
 
     provider = _uniq("nd")
     events = [_event(provider, "m", tokens_in=i, request_body="hi" if i == 0 else None) for i in range(12)]
@@ -894,15 +894,14 @@ async def test_dev_simulate_publishes_synthetic_events(env):
 
 
 def test_bench_ingest_runs_and_writes_its_section(tmp_path, capsys):
-    """A small run of `llmgw bench-ingest`: its own servers, the real consumer, the checks, the results file."""
-    from llmgw_cli.main import main
+    """A small run of `python -m llmgw_bench ingest`: its own servers, the real consumer, the checks, the results
+    file."""
+    from llmgw_bench.__main__ import main
 
     out = tmp_path / "benchmarks.md"
     out.write_text("# Benchmarks\n\n<!-- bench:results:start -->\nHTTP\n<!-- bench:results:end -->\n")
     thresholds = gc.get_threshold()
-    with pytest.raises(SystemExit) as exit_:
-        main(["bench-ingest", "--events", "300", "--batch-size", "100", "--runs", "2", "--output", str(out)])
-    assert exit_.value.code == 0
+    assert main(["ingest", "--events", "300", "--batch-size", "100", "--runs", "2", "--output", str(out)]) == 0
     captured = capsys.readouterr()
     assert "run 2: ingested 300 events" in captured.out and "median of 2:" in captured.out
     assert captured.err.count("verified: 300 events once") == 2
@@ -917,7 +916,5 @@ def test_cli_parser_knows_the_commands():
     assert (args.since, args.target, args.dry_run) == ("2h", "redis", True)
     args = parser.parse_args(["events", "import", "f.ndjson"])
     assert args.file == "f.ndjson"
-    args = parser.parse_args(["bench-ingest", "--events", "5"])
-    assert args.events == 5
     with pytest.raises(SystemExit):
         parser.parse_args(["replay", "--target", "postgres"])

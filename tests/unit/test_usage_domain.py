@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from fake_secrets import fake_key
-from llmgw_cli.progress import Progress
+from llmgw_usage.progress import Progress
 from llmgw_common.messages import Attempt, Reservation, UsageEvent, UsageHistoryQuery, UsageRequestsQuery, UsageSimulate
 from llmgw_common.windows import SCOPES_KEY, SEEN_PREFIX, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
 from llmgw_usage import domain, queries
@@ -391,7 +391,7 @@ def test_parse_when():
 
 
 def test_import_line_validation_reasons():
-    from llmgw_cli.events import validate_line
+    from llmgw_usage.commands import validate_line
 
     assert validate_line(_event().encode())[0].id == _event().id
     assert validate_line(b"{oops")[1] == "<body>: Invalid JSON: key must be a string at line 1 column 2"
@@ -418,7 +418,7 @@ def test_progress_lines_without_a_terminal():
 
 
 def test_bench_ingest_results_go_into_their_own_section():
-    from llmgw_cli import bench_ingest
+    from llmgw_bench import ingest as bench_ingest
 
     doc = "# Benchmarks\n\nintro\n<!-- bench:results:start -->\nHTTP\n<!-- bench:results:end -->\n"
 

@@ -1,4 +1,6 @@
-"""The ``llmgw`` command: run everything, run one service, check a config, benchmark."""
+"""The ``llmgw`` command: run everything, run one service, check a config, manage keys and the usage stream.
+
+The benchmarks are not part of it: ``make bench`` runs ``python -m llmgw_bench`` (bench/)."""
 
 from __future__ import annotations
 
@@ -92,15 +94,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
-
-    return run_bench(args)
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``llmgw`` parser. Given the command about to run, only that command's own arguments are added:
-    the modules defining the others (the benchmarks, the usage-stream tools, ``keys``) import httpx, yaml
+    the modules defining the others (the usage-stream tools, ``keys``, ``copilot``) import httpx, yaml
     and the config schema, which every service process (``llmgw <service>``) would otherwise carry."""
     full = command is None
 
@@ -139,36 +135,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
 
-    bench = sub.add_parser("bench", help="gateway vs direct-to-upstream load test (needs wrk)")
-    if wanted("bench"):
-        try:
-            from .bench import add_arguments
-
-            add_arguments(bench)
-        except ImportError:
-            pass
-    bench.set_defaults(func=cmd_bench)
-
-    # usage stream: ingest benchmark, replay, NDJSON export / import (see events.py, bench_ingest.py)
-    ingest = sub.add_parser("bench-ingest", help="usage ingest throughput: N synthetic events through the consumer")
-    if wanted("bench-ingest"):
-        from . import bench_ingest
-
-        bench_ingest.add_arguments(ingest)
-        ingest.set_defaults(func=bench_ingest.cmd_bench_ingest)
+    # commands a service provides itself (its `commands` module): the usage stream's replay and NDJSON export /
+    # import (llmgw_usage), the Copilot login (llmgw_edge)
     replay = sub.add_parser("replay", help="rebuild the ClickHouse and/or Redis projections from the usage stream")
     events_parser = sub.add_parser("events", help="usage events as NDJSON: export / import")
     if wanted("replay") or wanted("events"):
-        from . import events
+        from llmgw_usage import commands as usage_commands
 
-        events.add_replay_arguments(replay)
-        replay.set_defaults(func=events.cmd_replay)
-        events.add_events_arguments(events_parser)
+        usage_commands.add_replay_arguments(replay)
+        replay.set_defaults(func=usage_commands.cmd_replay)
+        usage_commands.add_events_arguments(events_parser)
     copilot = sub.add_parser("copilot", help="GitHub Copilot subscriptions: login")
     if wanted("copilot"):
-        from . import copilot_login  # `llmgw copilot login`: the GitHub device flow for copilot providers
+        from llmgw_edge import commands as edge_commands  # `llmgw copilot login`: the GitHub device flow
 
-        copilot_login.add_arguments(copilot)
+        edge_commands.add_arguments(copilot)
     keys = sub.add_parser("keys", help="gateway API keys: create, list, rotate, revoke")
     if wanted("keys"):
         from . import keys_cmd  # `llmgw keys`: gateway API keys in the key store (NATS key-value bucket)
@@ -184,13 +165,24 @@ def _command_of(argv: list[str]) -> str | None:
     return None if first.startswith("-") or first not in _COMMANDS else first
 
 
-_COMMANDS = {"run", *SERVICE_ENTRY, "demo-provider", "config", "bench", "bench-ingest", "replay", "events",
+_COMMANDS = {"run", *SERVICE_ENTRY, "demo-provider", "config", "replay", "events",
              "copilot", "keys"}
+
+
+def _find_running_gateway(args: argparse.Namespace) -> None:
+    """The URLs not given on the command line: the environment's, else the running ``llmgw run``'s."""
+    from . import runtime
+
+    args.nats_url = runtime.nats_url(args.nats_url, args.state_dir)
+    if hasattr(args, "redis_url"):
+        args.redis_url = runtime.redis_url(args.redis_url, args.state_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command_of(argv)).parse_args(argv)
+    if args.command in ("replay", "events"):
+        _find_running_gateway(args)
     sys.exit(args.func(args))
 
 

@@ -1,4 +1,5 @@
-"""``llmgw replay`` and ``llmgw events export|import``: the usage stream as the system of record.
+"""The usage service's own commands, ``llmgw replay`` and ``llmgw events export|import``: the usage stream as
+the system of record.
 
 - ``replay`` rebuilds the ClickHouse and/or Redis projections from the stream
   over a time range; running it twice changes nothing (see
@@ -12,7 +13,8 @@
   they already hold, so importing the same file twice counts nothing twice.
 
 Connections come from ``--nats-url`` / ``--redis-url`` / ``--clickhouse-url``
-/ ``--state-dir`` or the same environment variables the services read.
+/ ``--state-dir`` or the same environment variables the services read; the ``llmgw``
+command fills in the running gateway's URLs (its runtime.json) before these run.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import os
 import sys
 from pathlib import Path
 
-from . import runtime
 from .progress import Progress
 
 PUBLISH_WINDOW = 2000  # publishes in flight before waiting for their acks
@@ -47,13 +48,6 @@ def add_connection_arguments(p: argparse.ArgumentParser, redis: bool = True, cli
     if clickhouse:
         p.add_argument("--clickhouse-url", default=os.environ.get("CLICKHOUSE_URL", ""),
                        help="ClickHouse server (env CLICKHOUSE_URL); empty: chDB under --state-dir")
-
-
-def resolve_connections(args: argparse.Namespace) -> None:
-    """Fill in the URLs not given on the command line (environment, then the running gateway)."""
-    args.nats_url = runtime.nats_url(args.nats_url, args.state_dir)
-    if hasattr(args, "redis_url"):
-        args.redis_url = runtime.redis_url(args.redis_url, args.state_dir)
 
 
 def _add_range(p: argparse.ArgumentParser) -> None:
@@ -189,7 +183,6 @@ async def _replay(args) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    resolve_connections(args)
     return asyncio.run(_replay(args))
 
 
@@ -233,7 +226,6 @@ async def _export(args, out) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    resolve_connections(args)
     return asyncio.run(_export(args, sys.stdout.buffer))
 
 
@@ -312,7 +304,6 @@ async def _import(args, source) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    resolve_connections(args)
     if args.file == "-":
         return asyncio.run(_import(args, sys.stdin.buffer))
     try:

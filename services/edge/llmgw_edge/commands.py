@@ -1,4 +1,5 @@
-"""``llmgw copilot login``: sign a ``copilot`` provider in to GitHub with the OAuth device flow.
+"""The edge's own command, ``llmgw copilot login``: sign a ``copilot`` provider in to GitHub with the OAuth
+device flow.
 
 1. ``POST {LLMGW_GITHUB_URL}/login/device/code`` (the Copilot editor plugins' public client id, scope
    ``read:user``) gives a ``user_code`` to enter at ``verification_uri``;
