@@ -316,7 +316,7 @@ def panel_json(p: Panel, pid: int, x: int, y: int) -> dict:
     if p.decimals is not None:
         defaults["decimals"] = p.decimals
     if p.series_label:
-        defaults["displayName"] = "${__field.labels.%s}" % p.series_label
+        defaults["displayName"] = f"${{__field.labels.{p.series_label}}}"
     options: dict
     if p.kind == "timeseries":
         defaults["custom"] = {

@@ -114,7 +114,7 @@ class RunnerProcess:
         self.log = log
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready_timeout: float = 90.0) -> "RunnerProcess":
+    def start(self, ready_timeout: float = 90.0) -> RunnerProcess:
         import sys
 
         offset = self.log.stat().st_size if self.log.exists() else 0

@@ -147,7 +147,7 @@ async def _stream_worker(host: str, port: int, request: bytes, deadline: float, 
             if not (response.done and response.keep_alive):
                 writer.close()
                 reader = writer = None
-    except (OSError, asyncio.TimeoutError, ValueError) as exc:
+    except (TimeoutError, OSError, ValueError) as exc:
         run.failed(f"{type(exc).__name__}: {exc}")
     finally:
         if writer is not None:

@@ -175,7 +175,7 @@ usage: {{batch_wait_s: 0.1}}
             chat()  # the services reconnected by themselves
             wait_for(lambda: counted() == (served, served))  # the stream and the windows kept everything
             # the runner saw it go down and come back (it polls the health endpoints every second)
-            wait_for(lambda: [(c.name, c.ok) for c in stack.health_changes if c.name == check][-2:]
+            wait_for(lambda check=check: [(c.name, c.ok) for c in stack.health_changes if c.name == check][-2:]
                      == [(check, False), (check, True)], timeout=5)
             assert f"{name} | killed by SIGKILL; restarting in 4s on the same port ({port})" in \
                    (tmp_path / "stack.log").read_text()

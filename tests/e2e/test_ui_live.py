@@ -53,7 +53,7 @@ class SSE:
                         self.events.append((time.monotonic(), name, json.loads("\n".join(data))))
                     name, data = "message", []
 
-    async def __aenter__(self) -> "SSE":
+    async def __aenter__(self) -> SSE:
         self.task = asyncio.create_task(self._read())
         await asyncio.wait_for(self.opened.wait(), 30)
         return self
@@ -95,7 +95,7 @@ class QueryCounter:
         self.nats_url = nats_url
         self.times: dict[str, list[float]] = {s: [] for s in self.SUBJECTS}
 
-    async def __aenter__(self) -> "QueryCounter":
+    async def __aenter__(self) -> QueryCounter:
         self.nc = await connect_nats(self.nats_url, "test-query-counter")
         for subject in self.SUBJECTS:
             async def seen(msg, subject=subject) -> None:

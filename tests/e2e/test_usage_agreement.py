@@ -9,7 +9,6 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
-import httpx
 import openai
 import pytest
 import redis as redis_sync

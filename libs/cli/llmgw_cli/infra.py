@@ -108,7 +108,7 @@ class ServerProcess:
     def url(self) -> str:
         raise NotImplementedError
 
-    def start(self, timeout: float = 15.0) -> "ServerProcess":
+    def start(self, timeout: float = 15.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
@@ -149,7 +149,7 @@ class NatsServer(ServerProcess):
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> "NatsServer":
+    def start(self, timeout: float = 15.0) -> NatsServer:
         super().start(timeout)
         # the port opens before JetStream is ready; /healthz?js-enabled-only would need the
         # monitor port, so a client probe is done by callers that need JetStream at once.

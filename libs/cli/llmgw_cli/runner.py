@@ -196,7 +196,7 @@ if created:
 def ensure_admin_token(state_dir: Path) -> None:
     """The admin API's token: generated on the first start and printed this once (``admin_auth``)."""
     done = subprocess.run([sys.executable, "-c", _ADMIN_TOKEN, str(state_dir)], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          capture_output=True, text=True)
     if done.returncode != 0:
         raise InfraError(done.stderr.strip() or f"the admin token: {describe_exit(done.returncode)}")
     if done.stdout:

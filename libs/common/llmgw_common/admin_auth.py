@@ -151,7 +151,7 @@ class AdminCredentials:
     sources: dict  # role -> "env" | path of its file (what ui-api logs; never the token)
 
     @classmethod
-    def load(cls, state_dir: Path | str, environ: Mapping[str, str] | None = None) -> "AdminCredentials":
+    def load(cls, state_dir: Path | str, environ: Mapping[str, str] | None = None) -> AdminCredentials:
         env = os.environ if environ is None else environ
         tokens, sources = {}, {}
         for role in (ADMIN, READONLY):

@@ -158,7 +158,7 @@ class ProviderConfig(_Strict):
         return v.rstrip("/")
 
     @model_validator(mode="after")
-    def _base_url_when_needed(self) -> "ProviderConfig":
+    def _base_url_when_needed(self) -> ProviderConfig:
         if self.type == "openai" and self.base_url is None:
             self.base_url = "https://api.openai.com/v1"
         if self.command is not None and self.type not in ("claude_code", "gemini_cli"):
@@ -173,7 +173,7 @@ class ProviderConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _unique_models(self) -> "ProviderConfig":
+    def _unique_models(self) -> ProviderConfig:
         seen: set[str] = set()
         for m in self.models:
             if m.name in seen:
@@ -346,7 +346,7 @@ class GatewayConfig(_Strict):
     pricing: PricingConfig = Field(default_factory=PricingConfig)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "GatewayConfig":
+    def _cross_checks(self) -> GatewayConfig:
         ids = [p.id for p in self.providers]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:

@@ -128,7 +128,7 @@ class KeyStore:
         self._kv = kv
 
     @classmethod
-    async def open(cls, js) -> "KeyStore":
+    async def open(cls, js) -> KeyStore:
         from nats.js.api import KeyValueConfig
         from nats.js.errors import BucketNotFoundError
 
@@ -234,7 +234,7 @@ class KeyMirror:
         self._task = asyncio.create_task(self._follow(js), name="key-mirror")
         try:
             await asyncio.wait_for(self.ready.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError("the key store (JetStream key-value bucket) did not answer: is NATS with "
                                "JetStream up?") from None
 
