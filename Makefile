@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test run test test-fast bench check clean web web-test
+.PHONY: install install-test run test test-fast lint bench check clean web web-test
 
 # The web UI (services/ui-api/web: Svelte + Vite + TypeScript), built into ui-api's package, which serves it
 # at /. Built again when its files are missing or older than the sources; `make run` starts the gateway
@@ -50,6 +50,13 @@ test: $(TEST_STAMP)
 # tests/unit only: in-process, no servers (tests/service, tests/e2e and tests/faults need NATS, Redis, chDB)
 test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# ruff (rules in pyproject.toml; no formatter), mypy on libs/common and the edge core, the import contracts
+# ([tool.importlinter]: the layers point one way). CI runs it before the tests.
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	PYTHONPATH=bench $(BIN)/lint-imports
 
 # make bench: this gateway beside LiteLLM and Portkey (installed, pinned, into .bench/ by python -m llmgw_bench
 # --peers); make bench PEERS=0: the quick gateway-vs-direct run. The benchmarks (bench/llmgw_bench) are not part

@@ -6,7 +6,8 @@ logs in, watches the overview while this test sends requests through the edge wi
 pins a provider, adds a model in the config editor and calls it without a restart, submits an invalid
 config, filters the request log, creates a key, and saves a screenshot of each page into
 ``test-artifacts/screenshots`` (``docs/screenshots``, which the README shows, with
-``LLMGW_UPDATE_SCREENSHOTS=1``). It skips when node/npm or /usr/bin/chromium are missing (``.ci/run`` installs them).
+``LLMGW_UPDATE_SCREENSHOTS=1``). It skips when node/npm or /usr/bin/chromium are missing (``.ci/run`` installs them), and fails
+instead under CI (``CI=true``: tests/ci.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import httpx
 import pytest
 
 from admin import stack_token
+from ci import missing
 from fakes import FakeProvider
 from llmgw_ui_api import web
 
@@ -194,9 +196,9 @@ class Helper:
 @pytest.mark.integration
 def test_the_web_ui_in_a_browser(infra, tmp_path):
     if not (shutil.which("node") and shutil.which("npm")):
-        pytest.skip("node and npm are needed to build and drive the web UI (.ci/run installs them)")
+        missing("node and npm are needed to build and drive the web UI (.ci/run installs them)")
     if not CHROMIUM.exists():
-        pytest.skip(f"no {CHROMIUM} (apt-get install chromium; .ci/run does)")
+        missing(f"no {CHROMIUM} (apt-get install chromium; .ci/run does)")
     from stacks import running_stack  # noqa: PLC0415 (the stack helpers import the runner)
 
     started = time.monotonic()

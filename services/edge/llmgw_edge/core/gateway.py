@@ -519,8 +519,8 @@ async def _send_once(provider: Provider, exchange: Exchange, codec: Codec, model
         return _Sent(reply.status, reply.media_type, reply.headers, stream=_chain(first, reply.chunks), meter=reply,
                      upstream=reply.chunks)
     if exchange.embedding is not None:
-        resp = await provider.embed(exchange.embedding, model)
-        return _Sent(200, "application/json", {}, body=codec.render_embeddings(resp), usage=resp.usage)
+        embedded = await provider.embed(exchange.embedding, model)
+        return _Sent(200, "application/json", {}, body=codec.render_embeddings(embedded), usage=embedded.usage)
     if not exchange.is_chat:
         raise UpstreamError(400, f"provider {provider.id} cannot take this request as it is",
                             kind=FailureKind.UNSUPPORTED)
