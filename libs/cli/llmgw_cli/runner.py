@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmgw_common.files import write_atomically
+
 from .infra import InfraError, NatsServer, RedisServer, ServerProcess, die_with_parent, free_port, port_is_free
 from .runtime import RUNTIME_FILE
 
@@ -455,13 +457,9 @@ class Stack:
     def _write_runtime(self, nats_url: str, redis_url: str) -> None:
         """Where this run's servers are, for the CLI's other commands (`llmgw keys`, `llmgw replay`...):
         ``<state dir>/runtime.json``, private to the user (no secrets in it, but no need to share it)."""
-        path = self.state_dir / RUNTIME_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"nats_url": nats_url, "redis_url": redis_url,
-                                   "edge": f"http://{self.host}:{self.edge_port}",
-                                   "admin": f"http://{self.host}:{self.ui_port}", "pid": os.getpid()}))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        write_atomically(self.state_dir / RUNTIME_FILE, json.dumps({
+            "nats_url": nats_url, "redis_url": redis_url, "edge": f"http://{self.host}:{self.edge_port}",
+            "admin": f"http://{self.host}:{self.ui_port}", "pid": os.getpid()}), mode=0o600)
 
     @property
     def health_urls(self) -> dict[str, str]:

@@ -19,11 +19,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TextIO
+
+from llmgw_common.files import write_atomically
 
 if TYPE_CHECKING:
     import httpx
@@ -202,20 +203,7 @@ def write_token_file(path: Path, github_token: str, private_dir: bool) -> None:
         os.chmod(parent, 0o700)
     payload = json.dumps({"github_token": github_token,
                           "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomically(path, payload, mode=0o600)
 
 
 def check_copilot(client: httpx.Client, api_base: str, github_token: str) -> str:
