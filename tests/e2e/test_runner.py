@@ -20,8 +20,8 @@ import openai
 import pytest
 
 from fakes import FakeProvider
-from llmgw_cli.infra import free_port, port_is_free
-from llmgw_cli.runner import HealthWatch, Stack, describe_exit, restart_delay
+from llmgw_cli.infra import InfraError, NatsServer, free_port, port_is_free
+from llmgw_cli.runner import HealthWatch, Stack, _http_get, _wait_jetstream, describe_exit, restart_delay
 from llmgw_common import health
 from stacks import ctrl_c_stops, supervised_stack, wait_for
 
@@ -186,6 +186,19 @@ usage: {{batch_wait_s: 0.1}}
         named = {name.strip() for line in down for name in line.split(" DOWN: ")[0].split(",")}
         assert {"nats", "jetstream", "router", "usage", "pricing", "clickhouse"} <= named, down
         assert any(line.startswith("nats") and "CheckFailed: reconnecting" in line for line in down), down
+
+
+def test_jetstream_readiness_is_nats_servers_own_healthz(tmp_path):
+    """The runner waits on nats-server's monitoring endpoint, not on a hand-spoken NATS protocol."""
+    server = NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log").start()
+    try:
+        _wait_jetstream(server.url, timeout=20, server=server)
+        status, body = _http_get(server.jetstream_healthz_url, 3)
+        assert status == 200 and json.loads(body) == {"status": "ok"}
+    finally:
+        server.stop()
+    with pytest.raises(InfraError, match="not ready after 0.5s"):  # nobody answers: the bound holds
+        _wait_jetstream(server.url, timeout=0.5, server=server)
 
 
 def test_stack_leaves_servers_the_user_gave_alone(infra, tmp_path):
