@@ -389,8 +389,6 @@ async def test_insert_cut_short_between_table_and_views_is_completed_at_restart(
 async def test_usage_process_killed_and_restarted(env, tmp_path):
     """``llmgw usage`` as a real process, SIGKILLed while it works through a backlog, then restarted on the
     same data: every event once in ClickHouse (raw, rollups, request log) and in the windows."""
-    from llmgw_cli.infra import env_with
-
     provider = _uniq("kill")
     n = 3000
     acks = []
@@ -400,11 +398,11 @@ async def test_usage_process_killed_and_restarted(env, tmp_path):
                                                headers={"Nats-Msg-Id": ev.id}))
     await asyncio.gather(*acks)
     (tmp_path / "llmgw.yaml").write_text("version: 1\nusage:\n  batch_wait_s: 0.2\n  batch_size: 100\n")
-    proc_env = env_with(NATS_URL=env.infra.nats_url, REDIS_URL=env.infra.redis_url,
-                        CLICKHOUSE_URL=env.infra.clickhouse_url, LLMGW_CONFIG=str(tmp_path / "llmgw.yaml"),
-                        LLMGW_STATE_DIR=str(env.state_dir),
-                        # what the killed process held comes back after 2 s, not 30
-                        LLMGW_USAGE_ACK_WAIT_S="2")
+    proc_env = dict(os.environ, NATS_URL=env.infra.nats_url, REDIS_URL=env.infra.redis_url,
+                    CLICKHOUSE_URL=env.infra.clickhouse_url, LLMGW_CONFIG=str(tmp_path / "llmgw.yaml"),
+                    LLMGW_STATE_DIR=str(env.state_dir),
+                    # what the killed process held comes back after 2 s, not 30
+                    LLMGW_USAGE_ACK_WAIT_S="2")
 
     def start(log_name: str) -> subprocess.Popen:
         with open(tmp_path / log_name, "wb") as log_file:

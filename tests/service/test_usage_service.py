@@ -751,13 +751,11 @@ async def test_run_entry_point_stops_on_sigterm(env, tmp_path):
     import subprocess
     import sys
 
-    from llmgw_cli.infra import env_with
-
     provider = _uniq("prov")
     (tmp_path / "llmgw.yaml").write_text("version: 1\nusage:\n  batch_wait_s: 0.2\n  batch_size: 20\n")
-    proc_env = env_with(NATS_URL=env.infra.nats_url, REDIS_URL=env.infra.redis_url,
-                        CLICKHOUSE_URL=env.infra.clickhouse_url, LLMGW_CONFIG=str(tmp_path / "llmgw.yaml"),
-                        LLMGW_STATE_DIR=str(tmp_path / "proc-state"))
+    proc_env = dict(os.environ, NATS_URL=env.infra.nats_url, REDIS_URL=env.infra.redis_url,
+                    CLICKHOUSE_URL=env.infra.clickhouse_url, LLMGW_CONFIG=str(tmp_path / "llmgw.yaml"),
+                    LLMGW_STATE_DIR=str(tmp_path / "proc-state"))
     log_path = tmp_path / "usage.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-c", "from llmgw_usage.main import run; run()"], env=proc_env,

@@ -487,10 +487,10 @@ def test_future_events_count_now():
     assert f"llmgw:w:p:groq:5:{T0_S - T0_S % 5}" in keys
 
 
-def test_rejection_reason():
-    assert domain.rejection_reason(_event()) is None
-    assert "out of range" in domain.rejection_reason(_event(ts=datetime(1, 1, 1, tzinfo=timezone.utc)))
-    assert "out of range" in domain.rejection_reason(_event(ts=datetime(2500, 1, 1, tzinfo=timezone.utc)))
+def test_refusal_reason():
+    assert domain.refusal(_event()) is None
+    assert "out of range" in domain.refusal(_event(ts=datetime(1, 1, 1, tzinfo=timezone.utc))).detail
+    assert "out of range" in domain.refusal(_event(ts=datetime(2500, 1, 1, tzinfo=timezone.utc))).detail
 
 
 def test_reserved_event_adds_only_the_difference_to_the_reservation_buckets():

@@ -7,7 +7,6 @@ under a directory we own, so it can be killed and restarted.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -187,9 +186,3 @@ class RedisServer(ServerProcess):
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
-
-
-def env_with(base: dict[str, str] | None = None, **values: str) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    env.update({k: v for k, v in values.items() if v is not None})
-    return env

@@ -19,7 +19,6 @@ import asyncio
 import fnmatch
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -214,10 +213,6 @@ class KeyStore:
                     yield entry.key, None  # unreadable: treated as no key (fail closed)
         finally:
             await watcher.stop()
-
-
-def dumps_public(records: list[KeyRecord]) -> str:
-    return json.dumps([r.public() for r in records], indent=2)
 
 
 class KeyMirror:
