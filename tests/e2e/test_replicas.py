@@ -5,7 +5,6 @@ over them and nothing is counted twice."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections import Counter
 
@@ -17,7 +16,7 @@ from fakes import FakeProvider
 from llmgw_cli.infra import InfraError
 from llmgw_cli.runner import check_replicas, parse_replicas
 from llmgw_common.nats_conn import connect_nats
-from stacks import running_stack, wait_for
+from stacks import running_stack, service_replies, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,22 +35,14 @@ def test_replica_arguments():
         check_replicas({"ui-api": 2}, {})
 
 
-async def _router_stats(nats_url: str) -> list[int]:
+async def _router_stats(nats_url: str, replicas: int) -> list[int]:
     """``decide`` requests handled, per router replica (every replica answers $SRV.STATS.router)."""
     nc = await connect_nats(nats_url, "test-replicas")
-    inbox = nc.new_inbox()
-    replies: list[int] = []
-
-    async def on_reply(msg):
-        stats = json.loads(msg.data)
-        replies.append(next(e["num_requests"] for e in stats["endpoints"] if e["name"] == "decide"))
-
-    sub = await nc.subscribe(inbox, cb=on_reply)
-    await nc.publish("$SRV.STATS.router", b"", reply=inbox)
-    await asyncio.sleep(1.0)
-    await sub.unsubscribe()
-    await nc.close()
-    return sorted(replies)
+    try:
+        stats = await service_replies(nc, "STATS", "router", replicas)
+    finally:
+        await nc.close()
+    return sorted(next(e["num_requests"] for e in s["endpoints"] if e["name"] == "decide") for s in stats)
 
 
 def test_two_edges_two_routers_two_pricing_share_the_load_and_count_once(infra, tmp_path):
@@ -84,7 +75,7 @@ usage:
                 edges[r.headers["x-llmgw-edge"]] += 1
                 request_ids.append(r.headers["x-request-id"])
             assert set(edges) == {"edge-1", "edge-2"} and min(edges.values()) >= REQUESTS // 8, edges
-            per_router = asyncio.run(_router_stats(infra.nats_url))
+            per_router = asyncio.run(_router_stats(infra.nats_url, replicas["router"]))
             print(f"spread: edges {dict(edges)}, decide per router {per_router}")  # docs/scaling.md quotes it
             assert len(per_router) == 2 and sum(per_router) >= REQUESTS and min(per_router) >= REQUESTS // 8, \
                 per_router

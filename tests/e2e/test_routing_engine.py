@@ -17,6 +17,7 @@ import pytest
 
 from llmgw_common.config import parse_config_text
 from llmgw_common.messages import RouteRequest
+from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.windows import WindowReader
 from llmgw_router.main import Router, RouterSettings, serve as serve_router
@@ -24,7 +25,7 @@ from llmgw_router.store import RoutingStore
 
 from admin import admin_headers
 from fakes import FakeProvider
-from stacks import clear_router_health, running_stack, wait_for
+from stacks import clear_router_health, running_stack, wait_for, wait_service
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +123,11 @@ def test_exact_limit_across_two_router_replicas(stack, env, tmp_path):
                                     http_client=openai.DefaultAsyncHttpxClient(
                                         limits=httpx.Limits(max_connections=200), timeout=60))
         try:
-            await asyncio.sleep(1.0)  # the second replica joins the queue group
+            nc = await connect_nats(env["NATS_URL"], "test-routing-engine")
+            try:  # both replicas in the queue group before the load
+                await wait_service(nc, "router", count=2, endpoint="decide")
+            finally:
+                await nc.close()
 
             async def one(model):
                 try:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -67,10 +68,7 @@ def test_llmgw_run_end_to_end_and_ctrl_c(tmp_path):
             scopes = httpx.get(f"http://127.0.0.1:{ui}/api/usage/current", headers=ADMIN).json()["scopes"]
             return sum(s["windows"]["minute"]["requests"] for s in scopes if s["scope"] == "provider")
 
-        deadline = time.monotonic() + 20
-        while demo_requests() < 1:
-            assert time.monotonic() < deadline, "the request never showed up in /api/usage/current"
-            time.sleep(0.2)
+        wait_for(lambda: demo_requests() >= 1, timeout=20)  # the request shows up in /api/usage/current
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
@@ -95,8 +93,7 @@ def test_a_port_left_in_time_wait_is_free_but_a_listening_one_is_not():
     conn.close()  # the server side closes first: its end goes to TIME_WAIT
     client.close()
     listener.close()
-    time.sleep(0.1)
-    assert port_is_free(port)
+    wait_for(lambda: port_is_free(port), timeout=5)  # TIME_WAIT lasts a minute: "free" must not wait for it
 
 
 
@@ -211,8 +208,10 @@ def test_stack_leaves_servers_the_user_gave_alone(infra, tmp_path):
 # ---- health: checks, cache, the runner's watch ------------------------------------------------------
 
 
-async def test_health_monitor_caches_shares_a_round_and_bounds_each_check():
+async def test_health_monitor_caches_shares_a_round_and_bounds_each_check(monkeypatch):
     calls = {"fast": 0, "slow": 0}
+    clock = [1000.0]  # the monitor's clock, moved by the test (the checks' timeouts run on the event loop's)
+    monkeypatch.setattr(health, "time", SimpleNamespace(monotonic=lambda: clock[0], perf_counter=time.perf_counter))
 
     async def fast() -> str:
         calls["fast"] += 1
@@ -242,7 +241,7 @@ async def test_health_monitor_caches_shares_a_round_and_bounds_each_check():
     assert body["checks"]["extra"]["detail"] == "ConnectionError: refused"
     await monitor.report()
     assert calls["fast"] == 1  # cached
-    await asyncio.sleep(0.6)
+    clock[0] += 0.6  # past the 0.5 s the report is cached for
     await monitor.report()
     assert calls["fast"] == 2
 

@@ -28,8 +28,7 @@ from llmgw_common.ids import new_id
 from llmgw_common.nats_conn import request
 from llmgw_pricing.main import PricingSettings
 from llmgw_pricing.main import serve as serve_pricing
-from stacks import running_stack, wait_for
-from test_services_nats import _wait_service
+from stacks import running_stack, wait_for, wait_service, wait_until
 from test_tracing import MODEL, gateway_config, gateway_in_process
 from test_usage_service import _wait_caught_up, env  # noqa: F401 - env is a fixture
 
@@ -127,7 +126,7 @@ async def test_router_usage_and_pricing_metrics_in_process(env, upstream, tmp_pa
         NATS_URL=env.infra.nats_url, LLMGW_CONFIG=str(config), LLMGW_STATE_DIR=str(tmp_path / "pricing")),
         pricing_stop))
     try:
-        await _wait_service(env.nc, "pricing")  # before the router starts: it asks for prices at start
+        await wait_service(env.nc, "pricing")  # before the router starts: it asks for prices at start
         async with gateway_in_process(env, upstream, tmp_path) as edge:
             for _ in range(2):
                 resp = await edge.post("/v1/chat/completions", json={
@@ -146,9 +145,15 @@ async def test_router_usage_and_pricing_metrics_in_process(env, upstream, tmp_pa
             await env.js.publish(subjects.usage_event_subject("demo"), UsageEvent(
                 id=new_id(), request_id="direct", endpoint="chat.completions", provider="demo", model=MODEL,
                 tokens_in=1, cost_usd=Decimal(0), status=200).encode(), headers={"Nats-Msg-Id": new_id()})
-            await asyncio.sleep(0.5)  # the edge publishes its usage events after the responses
             await _wait_caught_up(env.js)
-            await asyncio.sleep(0.3)  # the consumer counts a batch once its acks are out
+
+            def consumer_counted(name: str) -> float:  # the consumer counts a batch once its acks are out
+                now = samples(generate_latest(REGISTRY).decode())
+                return total(now, name) - total(before, name)
+
+            # the edge publishes its usage events after the responses: 4 events and the message that is none
+            await wait_until(lambda: consumer_counted("llmgw_usage_events_total") >= 4
+                             and consumer_counted("llmgw_usage_dead_letters_total") >= 1)
 
             # the same registry over serve_from_env's HTTP server (what LLMGW_METRICS_PORT starts)
             port = free_port()

@@ -16,6 +16,7 @@ from llmgw_pricing.main import serve as serve_pricing
 from llmgw_pricing.prices import PriceTable
 from llmgw_router.main import RouterSettings
 from llmgw_router.main import serve as serve_router
+from stacks import wait_service
 
 pytestmark = pytest.mark.integration
 
@@ -56,31 +57,12 @@ async def _stop(stops, tasks):
     await asyncio.wait_for(asyncio.gather(*tasks), 15)
 
 
-async def _wait_service(nc, name, count=1, timeout=15.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        replies = []
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox)
-        try:
-            while True:
-                replies.append(await sub.next_msg(timeout=0.3))
-        except Exception:
-            pass
-        await sub.unsubscribe()
-        if len(replies) >= count:
-            return
-    raise AssertionError(f"{count} {name} services did not come up")
-
-
 async def test_pricing_lookup_sources(infra, config_file, tmp_path):
     settings = PricingSettings(NATS_URL=infra.nats_url, LLMGW_CONFIG=str(config_file), LLMGW_STATE_DIR=str(tmp_path))
     stops, tasks = await _start(lambda s: serve_pricing(settings, s))
     nc = await connect_nats(infra.nats_url, "test")
     try:
-        await _wait_service(nc, "pricing")
+        await wait_service(nc, "pricing")
         keys = [PriceKey(provider="paid", model=m) for m in ("gpt-4o-mini", "custom", "mystery", "openai/gpt-4o")]
         reply = await request(nc, subjects.PRICING_LOOKUP, PriceLookup(keys=keys), PriceList, 5)
         by_model = {p.model: p for p in reply.prices}
@@ -107,8 +89,8 @@ async def test_two_router_replicas_share_the_load_and_use_pricing(infra, config_
     r_stops, r_tasks = await _start(lambda s: serve_router(RouterSettings(**env), s), n=2)
     nc = await connect_nats(infra.nats_url, "test")
     try:
-        await _wait_service(nc, "router", count=2)
-        await _wait_service(nc, "pricing")
+        await wait_service(nc, "router", count=2)
+        await wait_service(nc, "pricing")
         decisions = await asyncio.gather(*(
             request(nc, subjects.ROUTER_DECIDE, RouteRequest(request_id=str(i), model="gpt-4o-mini"),
                     RouteDecision, 5) for i in range(40)))

@@ -28,7 +28,7 @@ from llmgw_edge.main import EdgeSettings
 from llmgw_edge.main import create_app as create_edge
 from llmgw_router.main import RouterSettings
 from llmgw_router.main import serve as serve_router
-from test_services_nats import _wait_service
+from stacks import wait_service
 from test_usage_service import env, running_usage  # noqa: F401 - env is a fixture
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ async def gateway_in_process(env, upstream: FakeProvider, tmp_path):  # noqa: F8
     stop_router = asyncio.Event()
     router = asyncio.create_task(serve_router(RouterSettings(**common), stop_router))
     try:
-        await _wait_service(env.nc, "router")
+        await wait_service(env.nc, "router")
         async with running_usage(env, GatewayConfig(usage=UsageConfig(batch_size=50, batch_wait_s=0.05))):
             app = create_edge(EdgeSettings(**common))
             async with app.router.lifespan_context(app):

@@ -11,6 +11,7 @@ from llmgw_common import subjects
 from llmgw_common.messages import UsageEvent
 from llmgw_common.nats_conn import connect_nats, ensure_usage_stream
 from llmgw_edge.usage_publisher import UsagePublisher
+from stacks import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,8 @@ async def test_events_survive_a_nats_restart(tmp_path):
         server.kill()  # NATS is gone: submitting must neither block nor fail
         for i in range(5, 15):
             publisher.submit(_event(i))
-        await asyncio.sleep(0.5)
+        # the worker has them, trying while NATS is away
+        await wait_until(lambda: publisher._queue.empty() and publisher._holding)
         server.start()  # same port, same JetStream store
         await _eventually(lambda: _count_is(js, 15), timeout=30)
         await publisher.stop()
@@ -109,7 +111,8 @@ async def test_an_event_held_while_nats_is_away_survives_a_stop_during_the_retry
         await publisher.start()
         held = _event(1)
         publisher.submit(held)
-        await asyncio.sleep(1.0)  # the worker holds it, failing and sleeping between tries
+        # the worker holds it (waiting for an ack that cannot come, or sleeping before the next try)
+        await wait_until(lambda: publisher._holding == [held])
         await publisher.stop(flush_timeout=0.1)  # cancelled wherever it is
         lines = (tmp_path / "spill" / "edge-a.ndjson").read_text().splitlines()
         assert [UsageEvent.model_validate_json(x).id for x in lines] == [held.id]
