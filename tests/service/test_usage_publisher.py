@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
@@ -24,18 +23,6 @@ async def _stream_count(js) -> int:
     return (await js.stream_info(subjects.USAGE_STREAM)).state.messages
 
 
-async def _eventually(fn, timeout=20.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await fn()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.1)
-
-
 async def test_events_survive_a_nats_restart(tmp_path):
     server = NatsServer(tmp_path / "nats").start()
     nc = await connect_nats(server.url, "test-edge")
@@ -46,7 +33,7 @@ async def test_events_survive_a_nats_restart(tmp_path):
         await publisher.start()
         for i in range(5):
             publisher.submit(_event(i))
-        await _eventually(lambda: _count_is(js, 5))
+        await wait_until(lambda: _count_is(js, 5))
 
         server.kill()  # NATS is gone: submitting must neither block nor fail
         for i in range(5, 15):
@@ -54,7 +41,7 @@ async def test_events_survive_a_nats_restart(tmp_path):
         # the worker has them, trying while NATS is away
         await wait_until(lambda: publisher._queue.empty() and publisher._holding)
         server.start()  # same port, same JetStream store
-        await _eventually(lambda: _count_is(js, 15), timeout=30)
+        await wait_until(lambda: _count_is(js, 15), timeout=30)
         await publisher.stop()
     finally:
         await nc.close()
@@ -88,7 +75,7 @@ async def test_unsent_events_are_spilled_at_shutdown_and_sent_at_next_start(tmp_
         server.start()
         again = UsagePublisher(js, spill_dir, "edge-b")  # another replica picks it up
         await again.start()
-        await _eventually(lambda: _count_is(js, 3), timeout=30)
+        await wait_until(lambda: _count_is(js, 3), timeout=30)
         await again.stop()
         assert not list(spill_dir.iterdir())
         # the ids were kept: JetStream stored each event once
