@@ -136,7 +136,7 @@ def _cli_args(env: Env, *argv: str, state_dir=None):
 
 
 async def _replay(env: Env, *argv: str, state_dir=None) -> int:
-    from llmgw_usage import commands as events
+    from llmgw_usage import subcommands as events
 
     return await events._replay(_cli_args(env, "replay", *argv, state_dir=state_dir))
 
@@ -507,7 +507,7 @@ async def test_replay_and_export_time_range_is_event_time_and_errors_are_clear(e
     # a backfill: stored now, stamped three days ago (as `llmgw events import` of an old file does)
     old = _event(provider, "old", ts=cut - timedelta(days=3))
     await _publish(env.js, old)
-    from llmgw_usage import commands as cli_events
+    from llmgw_usage import subcommands as cli_events
     from llmgw_usage.replay import CLOCK_SKEW_S, resolve_range, seq_at_time
 
     info = (await env.js.stream_info(subjects.USAGE_STREAM)).state
@@ -560,7 +560,7 @@ async def test_replay_and_export_time_range_is_event_time_and_errors_are_clear(e
 # ---- NDJSON export / import ---------------------------------------------------------------
 
 async def test_export_import_round_trip_and_bad_lines(env, tmp_path, capsys):
-    from llmgw_usage import commands as cli_events
+    from llmgw_usage import subcommands as cli_events
 
     provider = _uniq("nd")
     events = [_event(provider, "m", tokens_in=i, request_body="hi" if i == 0 else None) for i in range(12)]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fakes import GITHUB_TOKEN, PENDING, SUCCESS, FakeGitHub, FakeProvider
-from llmgw_edge import commands as copilot_login
+from llmgw_edge import subcommands as copilot_login
 from llmgw_cli.main import main as cli_main
 from llmgw_common.config import ProviderConfig
 from llmgw_common.failures import FailureKind

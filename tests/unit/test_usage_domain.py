@@ -391,7 +391,7 @@ def test_parse_when():
 
 
 def test_import_line_validation_reasons():
-    from llmgw_usage.commands import validate_line
+    from llmgw_usage.subcommands import validate_line
 
     assert validate_line(_event().encode())[0].id == _event().id
     assert validate_line(b"{oops")[1] == "<body>: Invalid JSON: key must be a string at line 1 column 2"

@@ -135,21 +135,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
 
-    # commands a service provides itself (its `commands` module): the usage stream's replay and NDJSON export /
+    # commands a service provides itself (its `subcommands` module): the usage stream's replay and NDJSON export /
     # import (llmgw_usage), the Copilot login (llmgw_edge)
     replay = sub.add_parser("replay", help="rebuild the ClickHouse and/or Redis projections from the usage stream")
     events_parser = sub.add_parser("events", help="usage events as NDJSON: export / import")
     if wanted("replay") or wanted("events"):
-        from llmgw_usage import commands as usage_commands
+        from llmgw_usage import subcommands as usage_subcommands
 
-        usage_commands.add_replay_arguments(replay)
-        replay.set_defaults(func=usage_commands.cmd_replay)
-        usage_commands.add_events_arguments(events_parser)
+        usage_subcommands.add_replay_arguments(replay)
+        replay.set_defaults(func=usage_subcommands.cmd_replay)
+        usage_subcommands.add_events_arguments(events_parser)
     copilot = sub.add_parser("copilot", help="GitHub Copilot subscriptions: login")
     if wanted("copilot"):
-        from llmgw_edge import commands as edge_commands  # `llmgw copilot login`: the GitHub device flow
+        from llmgw_edge import subcommands as edge_subcommands  # `llmgw copilot login`: the GitHub device flow
 
-        edge_commands.add_arguments(copilot)
+        edge_subcommands.add_arguments(copilot)
     keys = sub.add_parser("keys", help="gateway API keys: create, list, rotate, revoke")
     if wanted("keys"):
         from . import keys_cmd  # `llmgw keys`: gateway API keys in the key store (NATS key-value bucket)
