@@ -55,13 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--json", action="store_true", help="a JSON array of keys (the fields of `show --json`)")
     listing.set_defaults(keys_func=_list)
     show = sub.add_parser("show", help="one key (never its secret)")
-    show.add_argument("key_id", help="the key's id (the `id` column of `llmgw keys list`)")
+    show.add_argument("key_id", help="the key's id (first on its line in `llmgw keys list`)")
     show.add_argument("--json", action="store_true", help="the key as a JSON object (the fields of `list --json`)")
     show.set_defaults(keys_func=_show)
     for name, helptext, func in (("rotate", "a new secret for a key; the old one stops working", _rotate),
                                  ("revoke", "the key stops working on every edge within a second", _revoke)):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("key_id", help="the key's id (the `id` column of `llmgw keys list`)")
+        p.add_argument("key_id", help="the key's id (first on its line in `llmgw keys list`)")
         p.set_defaults(keys_func=func)
 
 
@@ -94,8 +94,9 @@ async def _keys_bucket(js, url: str):
         why = f"no key store (JetStream bucket {KEYS_BUCKET})"
     except Exception as exc:  # noqa: BLE001 - no JetStream there, or it does not answer
         why = f"no JetStream answers ({str(exc).strip() or type(exc).__name__})"
-    raise runtime.NotRunning(f"the NATS at {runtime.shown(url)} is not the gateway's: {why}; the gateway "
-                             "creates it when it starts (make run), or set NATS_URL to its NATS")
+    raise runtime.NotRunning(f"the NATS at {runtime.shown(url)} is not the gateway's: {why}. The gateway's "
+                             "services create the key store when they start (make run); or set NATS_URL to "
+                             "the gateway's NATS")
 
 
 def _limits(args: argparse.Namespace) -> KeyLimits:
