@@ -66,7 +66,7 @@ def test_redaction_of_secrets_in_logs():
 
 from datetime import datetime, timedelta, timezone  # noqa: E402
 
-from llmgw_edge.core.commands import parse_command  # noqa: E402
+from llmgw_edge.commands import parse_command  # noqa: E402
 from llmgw_edge.core.prompt_class import classify  # noqa: E402
 from llmgw_edge.providers.ratelimit_headers import retry_after_seconds  # noqa: E402
 from llmgw_edge.core.tokens import estimate_prompt_tokens  # noqa: E402
