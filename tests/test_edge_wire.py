@@ -119,3 +119,14 @@ def test_chat_command_parsing():
     assert parse_command(body("proxy-cli")) == ["help"]
     assert parse_command(body("proxy-client is a word")) is None
     assert parse_command(body("tell me about proxy-cli")) is None
+
+
+def test_every_provider_type_declares_what_the_gateway_reads_of_it():
+    """The gateway knows no provider type: each class says its OpenTelemetry gen_ai.system and the wire
+    format of its error bodies itself (core/provider.py's interface)."""
+    from llmgw_edge.providers import PROVIDER_TYPES
+
+    systems = {name: cls.genai_system for name, cls in PROVIDER_TYPES.items()}
+    assert systems == {"openai": "openai", "copilot": "github_copilot", "anthropic": "anthropic",
+                       "claude_code": "anthropic", "gemini": "gcp.gemini", "gemini_cli": "gcp.gemini"}
+    assert all(cls.error_format for cls in PROVIDER_TYPES.values())
