@@ -179,3 +179,57 @@ def test_every_problem_in_one_pass():
     assert problems(bad).keys() == {"providers[0].free_tier", "routing.rules[0].action.providers[0]"}
     two = GOOD + "  groups: {g: [x, y]}\n"
     assert problems(two).keys() == {"routing.groups.g[0]", "routing.groups.g[1]"}
+
+
+# ---- llmgw config check --------------------------------------------------------------------------------
+
+def config_check(tmp_path, capsys, text: str) -> tuple[int, str, str]:
+    path = tmp_path / "llmgw.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as done:
+        cli_main(["config", "check", str(path)])
+    out, err = capsys.readouterr()
+    return done.value.code, out.replace(str(path), "FILE"), err.replace(str(path), "FILE")
+
+
+def test_config_check_reports_every_error_at_its_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GROQ_API_KEY", "set")
+    bad = (GOOD.replace("free_tier: true", "fre_tier: true")  # line 7
+           .replace("    api_key: {literal_key}".replace("{literal_key}", LITERAL_KEY),
+                    "    type: antropic")  # line 14
+           + "  stategy: priority\n"  # line 20
+           + "  rules:\n    - name: r\n      action: {providers: [grok]}\n")  # line 23
+    code, out, err = config_check(tmp_path, capsys, bad)
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        "FILE:7: providers[0].fre_tier: not a field of an openai provider (did you mean `free_tier`?)",
+        "FILE:14: providers[1].type: unknown type 'antropic': one of openai, anthropic, gemini, copilot, "
+        "claude_code, gemini_cli (did you mean `anthropic`?)",
+        "FILE:20: routing.stategy: unknown field (did you mean `strategy`?)",
+        "FILE:23: routing.rules[0].action.providers[0]: unknown provider 'grok' (did you mean `groq`?)",
+        "FILE: invalid (4 errors)",
+    ]
+
+
+def test_config_check_points_at_a_yaml_syntax_error(tmp_path, capsys):
+    code, _, err = config_check(tmp_path, capsys, "version: 1\nproviders: [\n  - id: x\n")
+    assert code == 1 and err.splitlines()[0].startswith("FILE:3: not valid YAML") and "(1 error)" in err
+
+
+def test_config_check_warns_on_unset_env_references(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    code, out, err = config_check(tmp_path, capsys, GOOD)
+    assert code == 0  # a warning: the file is valid, the provider only cannot authenticate
+    assert err == "FILE:6: warning: providers[0].api_key: ${GROQ_API_KEY} is not set in the environment\n"
+    assert out == "FILE: OK (2 providers, 2 models, 1 alias, 0 rules, 1 warning)\n"
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_set")
+    code, out, err = config_check(tmp_path, capsys, GOOD)
+    assert code == 0 and err == "" and out == "FILE: OK (2 providers, 2 models, 1 alias, 0 rules)\n"
+
+
+def test_config_check_counts_in_words(tmp_path, capsys):
+    one = "providers:\n  - id: solo\n    base_url: http://127.0.0.1:9\n    models: [{name: m}]\n"
+    assert config_check(tmp_path, capsys, one)[1] == "FILE: OK (1 provider, 1 model, 0 aliases, 0 rules)\n"
+    two_errors = one.replace("id: solo", "id: Solo").replace("models:", "weight: -1\n    models:")
+    code, _, err = config_check(tmp_path, capsys, two_errors)
+    assert code == 1 and err.splitlines()[-1] == "FILE: invalid (2 errors)"

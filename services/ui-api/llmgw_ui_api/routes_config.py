@@ -48,7 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from llmgw_common import subjects
-from llmgw_common.config import _ENV_REF, SECRET_MASK, ConfigError, mask_url, masked, parse_config_text
+from llmgw_common.config import _ENV_REF, SECRET_MASK, mask_url, masked, parse_config_text
+from llmgw_common.config_check import check_text
 
 from .errors import MAX_BODY_BYTES, ErrorBody, error_body
 
@@ -457,13 +458,8 @@ def check(new_text: str, current_text: str | None) -> tuple[str, list[Problem]]:
 
 
 def parse_problems(text: str) -> list[Problem]:
-    try:
-        parse_config_text(text)
-    except ConfigError as exc:
-        return [Problem(path=p, message=m) for p, m in exc.problems]
-    except RecursionError:
-        return [Problem(path="", message="not valid YAML: nested too deeply")]
-    return []
+    """Every problem of a config text (what ``llmgw config check`` says about it too)."""
+    return [Problem(path=f.path, message=f.message) for f in check_text(text).errors]
 
 
 def diff_text(current_text: str, new_text: str) -> str:
