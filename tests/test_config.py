@@ -141,6 +141,8 @@ def test_each_provider_type_is_its_own_class_with_its_own_fields():
     # built directly, the type picks the class too
     assert isinstance(ProviderConfig(id="g", type="gemini_cli", models=[{"name": "m"}]), GeminiCliProviderConfig)
     assert isinstance(ProviderConfig(id="g", models=[{"name": "m"}]), OpenAIProviderConfig)
+    assert isinstance(ProviderConfig.model_validate({"id": "g", "type": "gemini_cli", "models": [{"name": "m"}]}),
+                      GeminiCliProviderConfig)
 
 
 def test_a_field_of_another_provider_type_is_named_as_such():

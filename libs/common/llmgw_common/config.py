@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal, Mapping, Union, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 from .config_errors import describe, suggestion
 
@@ -134,9 +134,16 @@ class ProviderConfig(_Strict):
 
     def __new__(cls, *args: Any, **data: Any) -> "ProviderConfig":
         # ProviderConfig(type="gemini", ...) is a GeminiProviderConfig: the class picked, pydantic validates
-        if cls is ProviderConfig:
+        # (pydantic itself calls __new__ without fields: the class asked for)
+        if cls is ProviderConfig and data:
             cls = PROVIDER_CONFIGS.get(data.get("type", "openai"), cls)
         return super().__new__(cls)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> "ProviderConfig":
+        if cls is ProviderConfig:  # the class its type names, as in a config file
+            return _PROVIDER_ADAPTER.validate_python(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
 
     @field_validator("id")
     @classmethod
@@ -264,6 +271,7 @@ AnyProvider = Annotated[
                   custom_error_message="unknown provider type",
                   custom_error_context={"types": ", ".join(get_args(ProviderType))}),
 ]
+_PROVIDER_ADAPTER: TypeAdapter[ProviderConfig] = TypeAdapter(AnyProvider)
 
 
 class RuleMatch(_Strict):
