@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
 from llmgw_cli.main import main as cli_main
 from llmgw_cli.starter import starter_config
 from fake_secrets import fake_key
 from llmgw_common.config import (ClaudeCodeProviderConfig, ConfigError, CopilotProviderConfig, GeminiCliProviderConfig,
-                                 OpenAIProviderConfig, ProviderConfig, masked, parse_config, parse_config_text,
-                                 resolve_secret)
+                                 OpenAIProviderConfig, PROVIDER_CONFIGS, ProviderConfig, ProviderType, masked,
+                                 parse_config, parse_config_text, resolve_secret)
 
 LITERAL_KEY = fake_key()
 GOOD = """
@@ -143,6 +145,11 @@ def test_each_provider_type_is_its_own_class_with_its_own_fields():
     assert isinstance(ProviderConfig(id="g", models=[{"name": "m"}]), OpenAIProviderConfig)
     assert isinstance(ProviderConfig.model_validate({"id": "g", "type": "gemini_cli", "models": [{"name": "m"}]}),
                       GeminiCliProviderConfig)
+
+
+def test_every_provider_type_has_its_config_class():
+    assert set(PROVIDER_CONFIGS) == set(get_args(ProviderType))
+    assert all(cls.model_fields["type"].default == kind for kind, cls in PROVIDER_CONFIGS.items())
 
 
 def test_a_field_of_another_provider_type_is_named_as_such():

@@ -39,6 +39,7 @@ log = logging.getLogger("llmgw.ui-api")
 
 router = APIRouter()
 
+
 def _if_match_etags(value: str) -> list[str]:
     """The entity tags of an If-Match header (quoted or not, W/ ignored)."""
     out = []
