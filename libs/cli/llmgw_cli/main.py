@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .runtime import NotRunning
+
 SERVICE_ENTRY = {
     "edge": "llmgw_edge.main",
     "router": "llmgw_router.main",
@@ -204,7 +206,12 @@ _COMMANDS = {"run", *SERVICE_ENTRY, "demo-provider", "config", "bench", "bench-i
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command_of(argv)).parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+    except NotRunning as exc:  # a command that needs the gateway: one line, no traceback
+        print(f"llmgw {args.command}: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":
