@@ -33,6 +33,7 @@ class _Strict(BaseModel):
 
 
 PromptClass = Literal["code", "research", "conversation", "complex"]
+# a provider type: its config class in PROVIDER_CONFIGS (below), its adapter in the edge
 ProviderType = Literal["openai", "anthropic", "gemini", "copilot", "claude_code", "gemini_cli"]
 # provider types paid by a flat subscription: zero marginal cost unless the config gives a price
 SUBSCRIPTION_TYPES = frozenset({"copilot", "claude_code", "gemini_cli"})
