@@ -28,7 +28,8 @@ def build_provider(config: ProviderConfig, transport: Transport, state_dir: Path
     cls = PROVIDER_TYPES.get(config.type)
     if cls is None:
         raise ValueError(f"provider {config.id}: type {config.type!r} has no adapter in this edge")
-    return cls(config, ProviderContext(transport=transport, secret=resolve_secret(config.api_key),
+    secret = resolve_secret(getattr(config, "api_key", None))  # the CLI types have none: their own login
+    return cls(config, ProviderContext(transport=transport, secret=secret,
                                        state_dir=state_dir))
 
 
