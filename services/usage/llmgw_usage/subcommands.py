@@ -13,8 +13,9 @@ the system of record.
   they already hold, so importing the same file twice counts nothing twice.
 
 Connections come from ``--nats-url`` / ``--redis-url`` / ``--clickhouse-url``
-/ ``--state-dir`` or the same environment variables the services read; the ``llmgw``
-command fills in the running gateway's URLs (its runtime.json) before these run.
+/ ``--state-dir`` or the same environment variables the services read, else
+from a running ``llmgw run`` (the ``llmgw`` command finds it, in its runtime.json, before these run);
+never from a default port.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+
+from llmgw_common.config import mask_url
+from llmgw_common.nats_conn import connect_once
 
 from .progress import Progress
 
@@ -81,18 +85,7 @@ def add_events_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _connect(url: str):
-    import nats
-
-    async def quiet(_exc: Exception) -> None:  # the failure is reported once, below, not per attempt
-        pass
-
-    try:
-        return await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
-                                  error_cb=quiet, name="llmgw-cli")
-    except Exception as exc:  # noqa: BLE001
-        raise SystemExit(f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}\n"
-                         "Is the gateway running? `llmgw run` prints its NATS URL; pass it as --nats-url "
-                         "or NATS_URL.") from None
+    return await connect_once(url, "llmgw-cli")  # NatsUnreachable: "the gateway is not running", from main
 
 
 def _range_args(args) -> tuple:
@@ -135,12 +128,15 @@ async def _replay(args) -> int:
         async def need_redis():
             nonlocal redis
             if redis is None:
+                if not args.redis_url:
+                    raise ReplayError("no Redis to write to: the gateway is not running here (no runtime file "
+                                      "in --state-dir); pass --redis-url or set REDIS_URL")
                 redis = connect_redis(args.redis_url)
                 try:
                     await redis.ping()
                 except Exception as exc:  # noqa: BLE001
-                    raise ReplayError(f"cannot reach Redis at {args.redis_url}: {type(exc).__name__} (pass "
-                                      "--redis-url or REDIS_URL)") from None
+                    raise ReplayError(f"cannot reach Redis at {mask_url(args.redis_url)}: "
+                                      f"{type(exc).__name__} (pass --redis-url or REDIS_URL)") from None
             return redis
 
         how = []
