@@ -29,7 +29,7 @@ from llmgw_edge.core.errors import GatewayError, UpstreamError
 from llmgw_edge.core.gateway import Deps, Gateway
 from llmgw_edge.core.types import (ChatResponse, Finish, Image, Start, Text, TextDelta, Thinking, ThinkingDelta,
                                    ToolCall, ToolCallDelta, ToolCallStart, ToolResult, Usage, UsageUpdate)
-from llmgw_edge.providers import build_providers
+from llmgw_edge.providers import build_provider
 
 EVENT = TypeAdapter(ResponseStreamEvent)
 TOOL = {"type": "function", "name": "lookup", "description": "look a word up", "strict": False,
@@ -389,7 +389,8 @@ class Harness:
         self.transport = MockTransport(handler)
         self.router = FakeRouter(cfg)
         self.events = Events()
-        self.gateway = Gateway(Deps(config=cfg, providers=build_providers(cfg, self.transport, Path("/tmp")),
+        providers = {p.id: build_provider(p, self.transport, Path("/tmp")) for p in cfg.providers}
+        self.gateway = Gateway(Deps(config=cfg, providers=providers,
                                     decide=self.router.decide, report=self.router.report, publish=self.events))
 
     async def post(self, body: dict):

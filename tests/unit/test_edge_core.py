@@ -28,7 +28,7 @@ from llmgw_edge.api.openai_chat import OpenAIChatCodec
 from llmgw_edge.commands import command_runner
 from llmgw_edge.core.errors import GatewayError, UpstreamError
 from llmgw_edge.core.gateway import Deps, Gateway
-from llmgw_edge.providers import build_providers
+from llmgw_edge.providers import build_provider
 
 
 def config(*providers: dict, **routing) -> GatewayConfig:
@@ -51,7 +51,8 @@ class Harness:
         self.transport = MockTransport(handler)
         self.router = FakeRouter(cfg)
         self.events = Events()
-        self.gateway = Gateway(Deps(config=cfg, providers=build_providers(cfg, self.transport, Path("/tmp")),
+        providers = {p.id: build_provider(p, self.transport, Path("/tmp")) for p in cfg.providers}
+        self.gateway = Gateway(Deps(config=cfg, providers=providers,
                                     decide=self.router.decide, report=self.router.report, publish=self.events))
 
     async def openai(self, body: dict, headers: dict | None = None):
