@@ -43,7 +43,6 @@ class BenchError(RuntimeError):
     pass
 
 
-
 def machine_description() -> str:
     cpu = ""
     try:
@@ -67,9 +66,6 @@ def _wrk_version() -> str:
         return ""
     first = out.splitlines()[0] if out else ""
     return first.split(" Copyright")[0].strip()
-
-
-# ---------------------------------------------------------------- processes
 
 
 class ChildProcesses:
@@ -167,10 +163,6 @@ def start_demo_provider(children: ChildProcesses, state_dir: Path, port: int) ->
     except InfraError as exc:
         raise BenchError(f"the demo provider did not start: {exc}") from None
     return upstream
-
-
-
-# ---------------------------------------------------------------- the run
 
 
 def write_gateway_config(path: Path, upstream_port: int) -> None:

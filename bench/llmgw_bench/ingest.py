@@ -81,7 +81,6 @@ class IngestResult:
     load_before: str
     cpu_s: dict[str, float]  # CPU seconds (user + system) each process used during the ingest
 
-
     @property
     def events_per_s(self) -> float:
         return self.events / self.ingest_s if self.ingest_s > 0 else 0.0

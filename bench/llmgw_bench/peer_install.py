@@ -15,7 +15,6 @@ from typing import Callable
 LITELLM_VERSION = "1.80.5"  # an exact version known to be clean; never a 1.107.x
 PORTKEY_VERSION = "1.15.2"
 HONO_NODE_SERVER_VERSION = "1.13.8"  # later @hono/node-server versions break Portkey's streaming
-# (connections, wrk threads)
 PIP_TIMEOUT_S = 900
 NPM_TIMEOUT_S = 600
 
@@ -24,9 +23,6 @@ NPM_TIMEOUT_S = 600
 ALLOWED_PTH_HOOKS = {"distutils-precedence.pth": "setuptools"}
 
 Say = Callable[[str], None]
-
-
-# ---------------------------------------------------------------- installs
 
 
 @dataclass(frozen=True)

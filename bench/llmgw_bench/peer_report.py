@@ -12,11 +12,9 @@ from llmgw_bench.wrk import WrkResult
 
 PEERS_START = "<!-- bench:peers:start -->"
 PEERS_END = "<!-- bench:peers:end -->"
+# (connections, wrk threads): the table's columns
 PEER_LOADS = [(1, 1), (10, 2), (50, 2)]
 STREAM_CONCURRENCY = 10
-
-
-# ---------------------------------------------------------------- results
 
 
 @dataclass

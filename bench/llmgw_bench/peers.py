@@ -30,7 +30,6 @@ from pathlib import Path
 
 import httpx
 import yaml
-from llmgw_cli.infra import free_port
 
 from llmgw_bench.harness import (
     CHAT_BODY,
@@ -72,6 +71,7 @@ from llmgw_bench.procfs import (
 )
 from llmgw_bench.streaming import measure_ttfb, percentile
 from llmgw_bench.wrk import run_wrk, write_wrk_script
+from llmgw_cli.infra import free_port
 
 DEFAULT_BENCH_DIR = ".bench"
 CPU_LOAD = 10  # the concurrency whose run is also measured for CPU time
@@ -80,9 +80,6 @@ DEFAULT_STREAM_S = 5
 DEFAULT_WARMUP_S = 5  # the peers warm up longer than the quick run's 2 s: Node's JIT, LiteLLM's 2 workers
 START_TIMEOUT_S = {"LiteLLM": 180, "Portkey": 60, "gateway": GATEWAY_READY_TIMEOUT_S}
 UPSTREAM_KEY = "dummy"
-
-
-# ---------------------------------------------------------------- the systems
 
 
 def litellm_config(upstream_port: int) -> dict:

@@ -9,8 +9,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# ---------------------------------------------------------------- /proc
-
 
 @dataclass(frozen=True)
 class ProcStat:

@@ -1,4 +1,5 @@
-"""``python -m llmgw_bench`` (``make bench PEERS=0``): what the gateway costs, measured against its upstream called directly.
+"""``python -m llmgw_bench`` (``make bench PEERS=0``): what the gateway costs, measured against its upstream
+called directly.
 
 Starts the demo provider (zero delay; it speaks OpenAI and Anthropic) and a
 whole gateway (``llmgw run``) in front of it, then drives both with ``wrk`` at
@@ -21,7 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmgw_cli.infra import free_port
 
 from llmgw_bench.harness import (
     ANTHROPIC_HEADERS,
@@ -42,11 +42,10 @@ from llmgw_bench.harness import (
     write_gateway_config,
 )
 from llmgw_bench.wrk import WrkResult, run_wrk, write_wrk_script
+from llmgw_cli.infra import free_port
 
 # (connections, wrk threads): one client in sequence, then ten at once.
 LOADS = [(1, 1), (10, 2)]
-
-
 
 
 @dataclass(frozen=True)
@@ -59,10 +58,6 @@ class Scenario:
     body: dict
     headers: dict
     baseline: str  # the direct scenario whose upstream work this one also does
-
-
-
-# ---------------------------------------------------------------- report
 
 
 @dataclass(frozen=True)
@@ -94,7 +89,6 @@ def results_table(runs: list[RunResult]) -> str:
         lines.append(f"| {run.concurrency} | {run.request} | {run.target} | {r.requests_per_s:,.0f} | "
                      f"{_ms(r.p50_ms)} | {_ms(r.p99_ms)} | {r.errors} | {ratio} | {overhead} |")
     return "\n".join(lines)
-
 
 
 def results_section(runs: list[RunResult], duration_s: int, warmup_s: int, when: dt.datetime,
@@ -136,7 +130,6 @@ def write_results(path: Path, section: str) -> None:
     path.write_text(replace_results_section(existing, section), encoding="utf-8")
 
 
-
 def scenarios() -> list[Scenario]:
     chat, messages = "chat → OpenAI (pass-through)", "messages → Anthropic (pass-through)"
     upstream_messages = {**MESSAGES_BODY, "model": MODEL}  # the demo provider's own model name
@@ -148,7 +141,6 @@ def scenarios() -> list[Scenario]:
         Scenario("chat → Anthropic (translated)", "gateway", "/v1/chat/completions",
                  {**CHAT_BODY, "model": ANTHROPIC_MODEL}, {}, messages),
     ]
-
 
 
 def run_quick(args: argparse.Namespace, state_dir: Path, children: ChildProcesses) -> int:

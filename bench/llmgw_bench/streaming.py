@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 
 import httpx
 
-# ---------------------------------------------------------------- streaming: time to the first data line
-
 
 class StreamedResponse:
     """Reads one HTTP/1.1 response to a streaming request, fed as it arrives: the status, when the first

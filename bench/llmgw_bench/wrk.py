@@ -10,8 +10,6 @@ from pathlib import Path
 
 from llmgw_bench.harness import CHAT_BODY, BenchError
 
-# ---------------------------------------------------------------- wrk output
-
 
 @dataclass(frozen=True)
 class WrkResult:
@@ -54,13 +52,11 @@ def parse_wrk_output(text: str) -> WrkResult:
     )
 
 
-
 def write_wrk_script(path: Path, body: dict | None = None) -> None:
     body_text = json.dumps(CHAT_BODY if body is None else body)
     path.write_text('wrk.method = "POST"\n'
                     'wrk.headers["Content-Type"] = "application/json"\n'
                     f"wrk.body = [[{body_text}]]\n", encoding="utf-8")
-
 
 
 def run_wrk(url: str, script: Path, connections: int, threads: int, duration_s: int,
