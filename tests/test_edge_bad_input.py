@@ -171,7 +171,8 @@ def test_the_gateways_own_429_says_when_to_retry(http):
     assert http.post("/v1/chat/completions", json={**_chat(), "model": "tiny"}).status_code == 200
     refused = http.post("/v1/chat/completions", json={**_chat(), "model": "tiny"})
     body = _openai_error(refused, 429)
-    assert body["type"] == "rate_limit_exceeded" and "requests_per_minute" in body["message"]
+    assert body["type"] == "rate_limit_exceeded"
+    assert "model 'tiny' on provider 'p' is at its limit of 1 request per minute (retry after" in body["message"]
     # until the first request's bucket leaves the minute: at most the window plus one bucket
     assert 1 <= int(refused.headers["retry-after"]) <= 65 and refused.headers["x-request-id"]
     anthropic_refused = http.post("/v1/messages", json={"model": "p/tiny", "max_tokens": 5,
