@@ -45,7 +45,7 @@ from .api.anthropic_messages import AnthropicCodec
 from .api.embeddings import EmbeddingsCodec
 from .api.openai_chat import OpenAIChatCodec
 from .api.openai_responses import ResponsesCodec
-from .auth import KeyCache, check_model
+from .auth import KeyCache, check_metered, check_model
 from .classifier import ModelClassifier
 from .core.commands import command_runner
 from .core.errors import GatewayError
@@ -389,6 +389,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                                             request.url.query, await body_of(request), request.headers)
         if exchange.model:
             check_model(key, exchange.model)
+        if not exchange.routed:
+            check_metered(key, provider_id, request.method, exchange.model or None)
         exchange.key_id = key.id if key else None
         return _response(await edge.gateway.handle(exchange, codec), edge.replica)
 

@@ -1,0 +1,116 @@
+"""What the gateway says when it refuses, through the whole stack with gateway keys and the official SDKs:
+a key's own limit named in words with a bounded Retry-After, and a key with a budget that cannot spend
+past it on the pass-through route.
+
+This module's stack runs its own NATS (the runner's): keys live in a NATS key-value bucket, and a key in the
+session's shared NATS would lock every other test's gateway.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import openai
+import pytest
+
+from fakes import FakeProvider
+from llmgw_cli.main import main as cli_main
+from stacks import running_stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeProvider(models=["m"]) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def stack(infra, upstream, tmp_path_factory):
+    config = f"""
+version: 1
+providers:
+  - id: p
+    base_url: {upstream.url}
+    models:
+      - name: m
+        price: {{input_per_mtok: 1000, output_per_mtok: 1000}}
+routing:
+  retry: {{attempts: 0}}
+usage:
+  batch_wait_s: 0.1
+"""
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    env.update(REDIS_URL=infra.redis_url, CLICKHOUSE_URL=infra.clickhouse_url)
+    with running_stack(tmp_path_factory.mktemp("refusals"), config, env) as s:
+        yield s
+
+
+def _create_key(stack, capsys, name: str, *limits: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        cli_main(["keys", "--nats-url", stack.nats.url, "create", "--name", name, *limits])
+    secret = capsys.readouterr().out.strip()
+    assert done.value.code == 0 and secret
+    return secret
+
+
+def _client(stack, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{stack.edge_port}/v1", api_key=secret, max_retries=0)
+
+
+def _until_accepted(client: openai.OpenAI) -> None:
+    """A new key reaches the edge's and the router's mirrors within moments: wait for the first 200."""
+    for _ in range(100):
+        try:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+            return
+        except (openai.AuthenticationError, openai.RateLimitError):
+            time.sleep(0.05)
+    raise AssertionError("the new key was not accepted")
+
+
+def test_a_keys_own_limit_is_named_with_a_bounded_retry_after(stack, capsys):
+    client = _client(stack, _create_key(stack, capsys, "ci", "--rpm", "2"))
+    _until_accepted(client)
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    message = refused.value.body["message"]
+    assert message.startswith("key 'ci' is at its limit of 2 requests per minute; retry after "), message
+    wait = int(refused.value.response.headers["retry-after"])
+    # a request counts for its whole 5-s bucket: it leaves the minute 60..65 s after it was admitted
+    assert 1 <= wait <= 65 and message.endswith(f"retry after {wait} s")
+
+
+def test_a_spent_budget_cannot_be_passed_on_the_pass_through_route(stack, capsys, upstream):
+    secret = _create_key(stack, capsys, "broke", "--budget", "0.05/month")
+    client = _client(stack, secret)
+    _until_accepted(client)
+    for _ in range(30):  # each request costs about a cent: the budget is spent within a few
+        try:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        except openai.RateLimitError as exc:
+            assert "key 'broke' would pass its budget of $0.05 per month" in exc.body["message"]
+            break
+    else:
+        raise AssertionError("the budget was never spent")
+    base = f"http://127.0.0.1:{stack.edge_port}"
+    headers = {"authorization": f"Bearer {secret}"}
+    body = {"messages": [{"role": "user", "content": "free ride?"}], "max_tokens": 1}
+    sent_before = len(upstream.requests)
+    # a model the config lists is admitted like any other: refused
+    listed = httpx.post(f"{base}/p/v1/chat/completions", json={**body, "model": "m"}, headers=headers)
+    assert listed.status_code == 429, listed.text
+    # one it does not list has no price and no window: refused too, saying why, and nothing reaches the provider
+    unlisted = httpx.post(f"{base}/p/v1/chat/completions", json={**body, "model": "m-unlisted"}, headers=headers)
+    assert unlisted.status_code == 403, unlisted.text
+    error = unlisted.json()["error"]
+    assert error["code"] == "unmetered_request" and "`m-unlisted`" in error["message"]
+    no_model = httpx.post(f"{base}/p/v1/audio/speech", json={"input": "x"}, headers=headers)
+    assert no_model.status_code == 403
+    assert len(upstream.requests) == sent_before
+    # reading is free: the provider's model list still answers
+    assert httpx.get(f"{base}/p/v1/models", headers=headers).status_code == 200
