@@ -1,6 +1,7 @@
 """What the gateway says when it refuses, through the whole stack with gateway keys and the official SDKs:
-a key's own limit named in words with a bounded Retry-After, and a key with a budget that cannot spend
-past it on the pass-through route.
+a key's own limit named in words with a bounded Retry-After, a key with a budget that cannot spend past it
+on the pass-through route, and requests refused before routing recorded in the request log and the
+history (a flood of them as a bounded number of events whose counts add up).
 
 This module's stack runs its own NATS (the runner's): keys live in a NATS key-value bucket, and a key in the
 session's shared NATS would lock every other test's gateway.
@@ -15,9 +16,11 @@ import httpx
 import openai
 import pytest
 
+from admin import admin_headers
 from fakes import FakeProvider
 from llmgw_cli.main import main as cli_main
-from stacks import running_stack
+from llmgw_common.keys import key_id_of
+from stacks import running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +43,8 @@ providers:
         price: {{input_per_mtok: 1000, output_per_mtok: 1000}}
 routing:
   retry: {{attempts: 0}}
+edge:
+  max_body_bytes: 65536
 usage:
   batch_wait_s: 0.1
 """
@@ -114,3 +119,77 @@ def test_a_spent_budget_cannot_be_passed_on_the_pass_through_route(stack, capsys
     assert len(upstream.requests) == sent_before
     # reading is free: the provider's model list still answers
     assert httpx.get(f"{base}/p/v1/models", headers=headers).status_code == 200
+
+
+def _log(stack, **params) -> list[dict]:
+    """Every request log row matching ``params`` (all pages)."""
+    rows: list[dict] = []
+    cursor = None
+    while True:
+        page = httpx.get(f"http://127.0.0.1:{stack.ui_port}/api/requests", headers=admin_headers(stack), timeout=30,
+                         params={**params, "limit": 1000, **({"cursor": cursor} if cursor else {})}).json()
+        rows += page["rows"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return rows
+
+
+def test_requests_refused_before_routing_are_in_the_request_log(stack, capsys, upstream):
+    secret = _create_key(stack, capsys, "careless")
+    key_id = key_id_of(secret)
+    client = _client(stack, secret)
+    _until_accepted(client)
+    base = f"http://127.0.0.1:{stack.edge_port}"
+    headers = {"authorization": f"Bearer {secret}"}
+    refused = {
+        400: httpx.post(f"{base}/v1/chat/completions", json={"model": "m", "messages": [{"role": {}}]},
+                        headers=headers),
+        404: httpx.post(f"{base}/v1/chat/completions", json={"model": "nope", "messages": [
+            {"role": "user", "content": "x"}]}, headers=headers),
+        413: httpx.post(f"{base}/v1/chat/completions", content=b"x" * 100_000,
+                        headers={**headers, "content-type": "application/json"}),
+    }
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope-either", messages=[{"role": "user", "content": "x"}])
+    for status, r in refused.items():
+        assert r.status_code == status, r.text
+        rows = wait_for(lambda r=r: _log(stack, request_id=r.headers["x-request-id"]), timeout=20)
+        (row,) = rows
+        assert (row["status"], row["key_id"], row["provider"], row["cost_usd"], row["tokens_in"]) == (
+            status, key_id, "", "0", 0)
+        assert row["error"] and row["requests"] == 1 and row["route_reason"] == "refused before routing"
+    assert wait_for(lambda: _log(stack, key_id=key_id, status=404, model="nope"), timeout=20)[0]["model"] == "nope"
+    # no key at all: recorded without one
+    anonymous = httpx.post(f"{base}/v1/chat/completions", json={"model": "m", "messages": []})
+    assert anonymous.status_code == 401
+    (row,) = wait_for(lambda: _log(stack, request_id=anonymous.headers["x-request-id"]), timeout=20)
+    assert row["key_id"] == "" and row["status"] == 401
+    # never billed, never counted against a limit: the key's live windows saw only its one good request
+    current = httpx.get(f"http://127.0.0.1:{stack.ui_port}/api/usage/current", headers=admin_headers(stack)).json()
+    (scope,) = [s for s in current["scopes"] if s["scope"] == "key" and s["provider"] == key_id]
+    assert scope["windows"]["minute"]["requests"] == 1
+
+
+def test_a_flood_of_bad_requests_is_a_bounded_number_of_events_whose_counts_add_up(stack, capsys):
+    secret = _create_key(stack, capsys, "flood")
+    key_id = key_id_of(secret)
+    _until_accepted(_client(stack, secret))
+    flood, started = 2000, time.monotonic()
+    with httpx.Client(base_url=f"http://127.0.0.1:{stack.edge_port}", timeout=30,
+                      headers={"authorization": f"Bearer {secret}", "content-type": "application/json"}) as edge:
+        statuses = {edge.post("/v1/chat/completions", content=b"{").status_code for _ in range(flood)}
+    seconds = time.monotonic() - started
+    assert statuses == {400}
+
+    def all_counted():
+        rows = _log(stack, key_id=key_id, status=400)
+        return rows if sum(r["requests"] for r in rows) >= flood else None
+
+    rows = wait_for(all_counted, timeout=30)
+    assert sum(r["requests"] for r in rows) == flood
+    # at most 20 events one by one per second, and one that sums the rest (one edge replica, one status)
+    assert len(rows) <= 21 * (int(seconds) + 2) < flood / 4
+    # the history counts every request and every error
+    history = httpx.get(f"http://127.0.0.1:{stack.ui_port}/api/usage/history", headers=admin_headers(stack),
+                        params={"key_id": key_id, "bucket_s": 3600}).json()["rows"]
+    assert sum(r["errors"] for r in history) == flood + 0 and sum(r["requests"] for r in history) == flood + 1

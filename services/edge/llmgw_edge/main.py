@@ -54,6 +54,7 @@ from .core.prompt_class import classify
 from .providers import build_provider
 from .providers.http import AiohttpTransport
 from .request_log import recent_requests_text
+from .refusals import RefusalRecorder
 from .usage_publisher import UsagePublisher, replica_id
 
 log = logging.getLogger("llmgw.edge")
@@ -85,6 +86,7 @@ class Edge:
         self.config = GatewayConfig()
         self.providers: dict[str, Any] = {}
         self.classifier: ModelClassifier | None = None
+        self.refusals = RefusalRecorder(publish)  # requests refused before any provider, as usage events
         self._retired: set[asyncio.Task] = set()
         self.gateway = Gateway(Deps(config=self.config, providers=self.providers, decide=self._decide,
                                     report=_outcome_reporter(nc), publish=publish,
@@ -285,6 +287,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             yield
         finally:
             renewer.cancel()
+            edge.refusals.flush()
             await publisher.stop()
             await keys.stop()
             await edge.close()
@@ -295,6 +298,12 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError):
+        edge = getattr(request.app.state, "edge", None)
+        if not exc.recorded and edge is not None and request.method != "GET":
+            # refused before any provider served it (a pass-through call, count_tokens): a usage event too
+            endpoint = "passthrough" if "provider_id" in request.path_params else request.url.path.strip("/")[:64]
+            edge.refusals.record(exc, endpoint, getattr(request.state, "key_id", None),
+                                 getattr(request.state, "model", None))
         return error_response(exc, _error_format(request))
 
     @app.exception_handler(RequestValidationError)
@@ -381,12 +390,14 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
         edge = edge_of(request)
         key = edge.caller(request)
+        request.state.key_id = key.id if key else None  # a refusal's usage event names them (gateway_error)
         if key is not None and not key.allows_provider(provider_id):
             raise GatewayError(403, f"This API key may not use provider `{provider_id}`.",
                                code="provider_not_allowed", type_="permission_error")
         version = request.url.path.split("/")[2]  # v1, or v1beta (Gemini's native API)
         codec, exchange = passthrough.parse(edge.config, provider_id, request.method, f"/{version}/{path}",
                                             request.url.query, await body_of(request), request.headers)
+        request.state.model = exchange.model or None
         if exchange.model:
             check_model(key, exchange.model)
         if not exchange.routed:

@@ -33,6 +33,8 @@ def anthropic_type(status: int) -> str:
 
 
 class GatewayError(Exception):
+    recorded = False  # True once its request has a usage event (the gateway's, after attempts upstream)
+
     def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
                  headers: dict[str, str] | None = None, type_: str | None = None):
         super().__init__(message)
