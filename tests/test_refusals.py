@@ -159,6 +159,13 @@ def test_requests_refused_before_routing_are_in_the_request_log(stack, capsys, u
             status, key_id, "", "0", 0)
         assert row["error"] and row["requests"] == 1 and row["route_reason"] == "refused before routing"
     assert wait_for(lambda: _log(stack, key_id=key_id, status=404, model="nope"), timeout=20)[0]["model"] == "nope"
+    # the routes served by FastAPI record theirs too: count_tokens, the pass-through
+    counted = httpx.post(f"{base}/v1/messages/count_tokens", json={"model": "m", "messages": 5}, headers=headers)
+    unknown = httpx.post(f"{base}/nobody/v1/chat/completions", json={"model": "m"}, headers=headers)
+    for r, status, endpoint in ((counted, 400, "messages.count_tokens"), (unknown, 404, "passthrough")):
+        assert r.status_code == status, r.text
+        (row,) = wait_for(lambda r=r: _log(stack, request_id=r.headers["x-request-id"]), timeout=20)
+        assert (row["status"], row["endpoint"], row["key_id"]) == (status, endpoint, key_id)
     # no key at all: recorded without one
     anonymous = httpx.post(f"{base}/v1/chat/completions", json={"model": "m", "messages": []})
     assert anonymous.status_code == 401

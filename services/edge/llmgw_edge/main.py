@@ -301,7 +301,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         edge = getattr(request.app.state, "edge", None)
         if not exc.recorded and edge is not None and request.method != "GET":
             # refused before any provider served it (a pass-through call, count_tokens): a usage event too
-            endpoint = "passthrough" if "provider_id" in request.path_params else request.url.path.strip("/")[:64]
+            endpoint = "passthrough" if "provider_id" in request.path_params else \
+                request.url.path.removeprefix("/v1/").replace("/", ".")[:64]  # messages.count_tokens
             edge.refusals.record(exc, endpoint, getattr(request.state, "key_id", None),
                                  getattr(request.state, "model", None))
         return error_response(exc, _error_format(request))
@@ -351,6 +352,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def post_count_tokens(request: Request) -> Response:
         edge = edge_of(request)
         key = edge.caller(request)
+        request.state.key_id = key.id if key else None  # a refusal's usage event names it (gateway_error)
         return _response(await anthropic_messages.count_tokens(edge.config, edge.gateway.deps.providers,
                                                                await body_of(request), request.headers, key))
 
