@@ -22,7 +22,7 @@ from typing import Callable
 from llmgw_common.ids import new_id
 from llmgw_common.messages import UsageEvent
 
-from .core.errors import GatewayError
+from .core.errors import GatewayError, UpstreamError
 
 PER_SECOND = 20  # refusals of one status and endpoint recorded one by one, per second and replica
 
@@ -97,5 +97,7 @@ class RefusalRecorder:
 
 
 def _event(err: GatewayError, endpoint: str, key_id: str | None, model: str, request_id: str) -> UsageEvent:
+    # a direct pass-through call that failed upstream is no refusal, but it had no event either
+    reason = "direct pass-through failed" if isinstance(err, UpstreamError) else "refused before routing"
     return UsageEvent(request_id=request_id, endpoint=endpoint, key_id=key_id, model=model, status=err.status,
-                      error=err.message, route_reason="refused before routing")
+                      error=err.message, route_reason=reason)
