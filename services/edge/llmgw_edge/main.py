@@ -45,7 +45,7 @@ from .api.embeddings import EmbeddingsCodec
 from .api.openai_chat import OpenAIChatCodec
 from .api.openai_responses import ResponsesCodec
 from .api.passthrough import PassthroughCodec
-from .auth import KeyCache, check_model
+from .auth import KeyCache, check_metered, check_model
 from .classifier import ModelClassifier
 from .commands import command_runner
 from .core.errors import GatewayError
@@ -56,6 +56,7 @@ from .outcomes import outcome_reporter
 from .providers import build_provider
 from .providers.http import AiohttpTransport
 from .request_log import recent_requests_text
+from .refusals import RefusalRecorder
 from .usage_publisher import UsagePublisher, replica_id
 
 log = logging.getLogger("llmgw.edge")
@@ -87,6 +88,7 @@ class Edge:
         self.config = GatewayConfig()
         self.providers: dict[str, Any] = {}
         self.classifier: ModelClassifier | None = None
+        self.refusals = RefusalRecorder(publish)  # requests refused before any provider, as usage events
         self._retired: set[asyncio.Task] = set()
         self.gateway = Gateway(Deps(config=self.config, providers=self.providers, decide=self._decide,
                                     report=outcome_reporter(nc), publish=publish,
@@ -191,12 +193,25 @@ def errors_in(render: ErrorBody | None = None, by_request: Callable[[Request], E
                 return await handler(request, *args, **kwargs)
             except GatewayError as err:
                 failure = err
+                record_refusal(request, err)
             except Exception:
                 log.exception("unhandled error")
                 failure = internal_error()
             return error_response(failure, render or by_request(request))  # type: ignore[misc]
         return route
     return wrap
+
+
+def record_refusal(request: Request, err: GatewayError) -> None:
+    """A request refused before any provider served it (a pass-through call): a usage event too. Reads are
+    left out (health pollers, model lists)."""
+    edge = getattr(request.app.state, "edge", None)
+    if err.recorded or edge is None or request.method in ("GET", "HEAD"):
+        return
+    endpoint = "passthrough" if "provider_id" in request.path_params else \
+        request.url.path.removeprefix("/v1/").replace("/", ".")[:64]
+    edge.refusals.record(err, endpoint, getattr(request.state, "key_id", None),
+                         getattr(request.state, "model", None))
 
 
 def internal_error() -> GatewayError:
@@ -258,6 +273,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             yield
         finally:
             renewer.cancel()
+            edge.refusals.flush()
             await publisher.stop()
             await keys.stop()
             await edge.close()
@@ -274,6 +290,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError):
+        record_refusal(request, exc)
         return error_response(exc, error_body_of(request))
 
     @app.exception_handler(RequestValidationError)
@@ -358,14 +375,18 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
         edge = edge_of(request)
         key = edge.caller(request)
+        request.state.key_id = key.id if key else None  # a refusal's usage event names them (gateway_error)
         if key is not None and not key.allows_provider(provider_id):
             raise GatewayError(403, f"This API key may not use provider `{provider_id}`.",
                                code="provider_not_allowed")
         version = request.url.path.split("/")[2]  # v1, or v1beta (Gemini's native API)
         codec, exchange = passthrough.parse(edge.config, provider_id, request.method, f"/{version}/{path}",
                                             request.url.query, await body_of(request), request.headers)
+        request.state.model = exchange.model or None
         if exchange.model:
             check_model(key, exchange.model)
+        if not exchange.routed:
+            check_metered(key, provider_id, request.method, exchange.model or None)
         exchange.key_id = key.id if key else None
         return _response(await edge.gateway.handle(exchange, codec), edge.replica)
 
