@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import urlparse
@@ -511,6 +512,8 @@ IMAGE_LOCK = DEPLOY / "requirements-image.txt"
 
 def _locked() -> dict[str, tuple[str, list[str]]]:
     """name -> (version, hashes) of the image's lock file."""
+    from packaging.utils import canonicalize_name
+
     out = {}
     text = IMAGE_LOCK.read_text().replace("\\\n", " ")
     for line in text.splitlines():
@@ -518,8 +521,7 @@ def _locked() -> dict[str, tuple[str, list[str]]]:
         if line:
             requirement, *options = line.split()
             name, version = requirement.split("==")
-            out[name.lower().replace("_", "-")] = (version, [o.split("=", 1)[1] for o in options
-                                                             if o.startswith("--hash=")])
+            out[canonicalize_name(name)] = (version, [o.split("=", 1)[1] for o in options if o.startswith("--hash=")])
     return out
 
 
@@ -527,12 +529,13 @@ def test_image_dependencies_are_locked_with_hashes():
     """The image installs the lock (every version pinned, every file hashed) before it copies the code, and the
     lock satisfies pyproject's dependencies: a dependency added without locking again fails here."""
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     locked = _locked()
     assert locked and all(hashes and all(h.startswith("sha256:") for h in hashes) for _v, hashes in locked.values())
     for spec in PROJECT["dependencies"]:
         req = Requirement(spec)
-        name = req.name.lower().replace("_", "-")
+        name = canonicalize_name(req.name)
         assert name in locked, f"{req.name} is not in {IMAGE_LOCK.name}: lock again (see the Dockerfile)"
         assert req.specifier.contains(locked[name][0], prereleases=True), f"{spec}: locked {locked[name][0]}"
     # the server image talks to a ClickHouse server: no chDB, and none of the data-frame libraries it brings
@@ -550,17 +553,25 @@ def test_image_dependencies_are_locked_with_hashes():
     assert "setuptools" in locked  # the build backend, from the lock
 
 
-def test_image_holds_every_package():
-    """pyproject lists top-level packages only; the Dockerfile copies the package trees over the wheel."""
-    trees = sorted(p.parent for d in CODE_DIRS for p in d.glob("*/llmgw_*/__init__.py"))
-    packages = {_module_name(p / "__init__.py") for d in CODE_DIRS for p in
-                (q.parent for q in d.rglob("__init__.py")) if "__pycache__" not in p.parts}
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    assert {t.name for t in trees} <= listed
-    if not packages <= listed:
-        text = DOCKERFILE.read_text()
-        assert "libs/*/llmgw_* services/*/llmgw_*" in text, \
-            f"pyproject does not list {sorted(packages - listed)}: the image must copy the package trees"
+def _declared_packages() -> set[str]:
+    """The packages pyproject.toml declares, as setuptools expands them (a list, or found by discovery)."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "[tool.setuptools] is beta"
+        return set(read_configuration(ROOT / "pyproject.toml")["tool"]["setuptools"]["packages"])
+
+
+def test_the_wheel_declares_every_package_and_data_directory():
+    """The image installs the wheel (no copy of the source trees), so every package is in it; and every
+    directory of a package tree that holds files (migrations, prices, the built web UI) is a declared
+    package: setuptools warns about data in undeclared ones (a screenful per directory on `pip install`)."""
+    declared = _declared_packages()
+    dirs = {p.parent for d in CODE_DIRS for tree in d.glob("*/llmgw_*") if (tree / "__init__.py").exists()
+            for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert {_module_name(d / "__init__.py") for d in dirs} <= declared
+    assert not {name for name in declared if "__pycache__" in name or not name.startswith("llmgw_")}
+    assert "libs/*/llmgw_* services/*/llmgw_*" not in DOCKERFILE.read_text()  # nothing copied over the wheel
 
 
 def test_dockerignore_keeps_secrets_and_state_out():
@@ -965,9 +976,7 @@ if __name__ == "__main__":
 
 def test_every_python_package_is_in_the_distribution():
     """A non-editable install (the Docker image) gets every package directory, subpackages included."""
-    import tomllib
-
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = _declared_packages()
     found = set()
     for init in list((ROOT / "services").glob("*/llmgw_*/**/__init__.py")) + \
             list((ROOT / "libs").glob("*/llmgw_*/**/__init__.py")):

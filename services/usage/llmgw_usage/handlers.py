@@ -40,6 +40,7 @@ from llmgw_common.messages import (
     UsageRequestsQuery,
     UsageSimulate,
     UsageSimulated,
+    UsageStatsQuery,
     WindowTotals,
     utcnow,
 )
@@ -348,6 +349,31 @@ class QueryHandlers:
             log.exception("key usage query failed")
             await req.respond_error("500", f"key usage unavailable: {type(exc).__name__}")
             return
+        try:  # the month's days: ClickHouse being away must not hide the live windows
+            reply.days = await self._store.key_days(q.key_id, start, end, tz)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("key usage: days of the month unavailable: %s: %s", type(exc).__name__, str(exc)[:200])
+        await req.respond(reply.encode())
+
+    async def stats(self, req) -> None:
+        """Errors, 429s and latency percentiles per provider and model over a range (ClickHouse)."""
+        try:
+            q = UsageStatsQuery.decode(req.data or b"{}")
+        except (ValidationError, ValueError) as exc:
+            await req.respond_error("400", _bad_request(exc))
+            return
+        try:
+            reply = await self._store.stats(q, datetime.fromtimestamp(self._clock(), timezone.utc))
+        except QueryError as exc:
+            await req.respond_error("400", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001
+            log.exception("usage stats query failed")
+            await req.respond_error("500", f"usage stats unavailable: {type(exc).__name__}")
+            return
+        n, _ = queries.fit_count(reply.rows, self.budget())
+        if n < len(reply.rows):
+            reply.rows, reply.truncated = reply.rows[:n], True
         await req.respond(reply.encode())
 
     async def history(self, req) -> None:

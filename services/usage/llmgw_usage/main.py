@@ -113,6 +113,7 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
         await service.add_endpoint(name="history", subject=subjects.USAGE_QUERY_HISTORY, handler=queries.history)
         await service.add_endpoint(name="requests", subject=subjects.USAGE_QUERY_REQUESTS, handler=queries.requests)
         await service.add_endpoint(name="key", subject=subjects.USAGE_QUERY_KEY, handler=queries.key_usage)
+        await service.add_endpoint(name="stats", subject=subjects.USAGE_QUERY_STATS, handler=queries.stats)
         await service.add_endpoint(name="dead", subject=subjects.USAGE_QUERY_DEAD, handler=queries.dead_letters)
         await service.add_endpoint(name="replay", subject=subjects.USAGE_REPLAY, handler=queries.replay)
         await service.add_endpoint(name="simulate", subject=subjects.USAGE_SIMULATE, handler=queries.simulate)
