@@ -179,6 +179,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         events.add_replay_arguments(replay)
         replay.set_defaults(func=events.cmd_replay)
         events.add_events_arguments(events_parser)
+    migrate = sub.add_parser("migrate", help="apply the usage service's ClickHouse migrations (a one-shot job)")
+    if wanted("migrate"):
+        from llmgw_usage import migrate as migrate_cmd
+
+        migrate_cmd.add_arguments(migrate)
     copilot = sub.add_parser("copilot", help="GitHub Copilot subscriptions: login")
     if wanted("copilot"):
         from . import copilot_login  # `llmgw copilot login`: the GitHub device flow for copilot providers
@@ -200,7 +205,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 _COMMANDS = {"run", *SERVICE_ENTRY, "demo-provider", "config", "bench", "bench-ingest", "replay", "events",
-             "copilot", "keys"}
+             "migrate", "copilot", "keys"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,7 @@ from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llmgw_common import health, metrics, subjects, tracing
+from llmgw_common import health, metrics, ops_port, subjects, tracing
 from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
 from llmgw_common.http_server import json_error_protocol
 from llmgw_common.ids import new_id
@@ -268,10 +268,14 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
         renewer = asyncio.create_task(renew_leases(nc, edge.gateway.running, lambda: edge.config.routing.lease_s),
                                       name="lease-renewal")
+        # metrics and health on their own port, when asked (ops_port): ready = its own NATS and JetStream
+        ops = await ops_port.start_from_env(lambda: _health_monitor(app).report(), ready=("nats", "jetstream"))
         log.info("edge ready on %s:%d with %d providers", settings.host, settings.port, len(config.providers))
         try:
             yield
         finally:
+            if ops is not None:
+                await ops.stop()
             renewer.cancel()
             edge.refusals.flush()
             await publisher.stop()
@@ -334,7 +338,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     codec_of_path = {path: codec_type for path, (codec_type, _schema, _name) in client_routes.items()}
     fastapi_call = FastAPI.__call__.__get__(app)
     front = ClientRoutes(fastapi_call, codec_of_path, lambda: app.state.edge, rendered_error)
-    app.front = metrics.HttpMetrics(front, "llmgw.edge", app.router)  # GET /metrics; every request counted
+    app.front = ops_port.public_port(metrics.HttpMetrics(front, "llmgw.edge", app.router),  # GET /metrics; every
+                                     not_found=front)  # request counted; /metrics a 404 here with an ops port
 
     @app.get("/v1/models")
     @errors_in(by_request=models_format)
@@ -358,18 +363,22 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
         """What serving a request needs: NATS, JetStream (usage events), a router, Redis (the router's
-        admission: no routing without it). Cached ~1 s; 503 while one is down (docs/reliability.md)."""
-        monitor = getattr(request.app.state, "health", None)
+        admission: no routing without it). Cached ~1 s; 503 while one is down (docs/reliability.md). With an
+        operations port (ops_port) the details are there, and this answers the status only."""
+        report = await _health_monitor(request.app).report()
+        return JSONResponse(ops_port.public_health(report), status_code=report.status_code)
+
+    def _health_monitor(app: FastAPI) -> health.HealthMonitor:
+        monitor = getattr(app.state, "health", None)
         if monitor is None:
-            nc = edge_of(request).nc
-            monitor = request.app.state.health = health.HealthMonitor([
+            nc = app.state.edge.nc
+            monitor = app.state.health = health.HealthMonitor([
                 health.Check("nats", health.nats_connected(nc)),
                 health.Check("jetstream", health.jetstream(nc)),
                 health.Check("router", health.service_ping(nc, "router")),
                 health.Check("redis", health.redis_ping(connect_redis(settings.redis_url, max_connections=2))),
             ])
-        report = await monitor.report()
-        return JSONResponse(report.body(), status_code=report.status_code)
+        return monitor
 
     @errors_in(PassthroughCodec.render_error)
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
