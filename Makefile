@@ -20,11 +20,11 @@ WEB_DEPS = { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[chdb]'  # chDB: ClickHouse in-process for llmgw run
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[chdb,test]'
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

@@ -264,7 +264,7 @@ def performance_dashboard() -> tuple[dict, list[list[Panel]]]:
                 ts=False, limit="50", array_join="\nARRAY JOIN JSONExtractArrayRaw(attempts) AS attempt")],
                 12, 8, "Every failed attempt, also those a failover rescued (status 0: no HTTP answer)."),
             Panel("Errors returned to clients", "table", [q_events(
-                f"{PROVIDER} AS provider_name, status, count() AS requests,"
+                f"{PROVIDER} AS provider_name, status, sum(usage_events.requests) AS requests,"
                 " any(substring(coalesce(error, ''), 1, 200)) AS example_error",
                 ["provider_name", "status", "requests", "example_error"], where="status >= 400",
                 group="provider_name, status", order="requests DESC, provider_name, status", ts=False, limit="50")],

@@ -173,7 +173,8 @@ def test_the_gateways_own_429_says_when_to_retry(http):
     assert http.post("/v1/chat/completions", json={**_chat(), "model": "tiny"}).status_code == 200
     refused = http.post("/v1/chat/completions", json={**_chat(), "model": "tiny"})
     body = _openai_error(refused, 429)
-    assert body["type"] == "rate_limit_exceeded" and "requests_per_minute" in body["message"]
+    assert body["type"] == "rate_limit_exceeded"
+    assert "model 'tiny' on provider 'p' is at its limit of 1 request per minute (retry after" in body["message"]
     # until the first request's bucket leaves the minute: at most the window plus one bucket
     assert 1 <= int(refused.headers["retry-after"]) <= 65 and refused.headers["x-request-id"]
     anthropic_refused = http.post("/v1/messages", json={"model": "p/tiny", "max_tokens": 5,
@@ -195,3 +196,108 @@ def test_a_request_the_server_cannot_parse_still_gets_json(stack):
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
         assert json.loads(body)["error"]["code"] == "invalid_http_request"
+
+
+# ---- wrongly typed fields, every client route ----------------------------------------------------------
+# Each route's valid body, and the models it is tried with: one whose provider speaks the route's format
+# (the body goes through as it is) and one whose provider needs a translation (the body is parsed whole).
+WRONG_VALUES = [{}, [], 7, -1, 1.5, "x", "", True, None, [{}], [7], {"a": {}}]
+ROUTES = {
+    "/v1/chat/completions": (
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+        ["m", "claude-m"],
+        ["model", "messages", "messages.0", "messages.0.role", "messages.0.content", "messages.0.content.0",
+         "messages.0.name", "messages.0.tool_calls", "tools", "tools.0", "tool_choice", "max_tokens",
+         "max_completion_tokens", "stream", "stream_options", "stop", "n", "temperature", "response_format"]),
+    "/v1/messages": (
+        {"model": "claude-m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        ["claude-m", "m"],
+        ["model", "messages", "messages.0", "messages.0.role", "messages.0.content", "messages.0.content.0",
+         "system", "tools", "tools.0", "tool_choice", "max_tokens", "stream", "stop_sequences", "thinking",
+         "metadata", "temperature"]),
+    "/v1/messages/count_tokens": (
+        {"model": "claude-m", "messages": [{"role": "user", "content": "hi"}]},
+        ["claude-m", "m"],
+        ["model", "messages", "messages.0", "messages.0.role", "messages.0.content", "messages.0.content.0",
+         "system", "tools", "tools.0"]),
+    "/v1/responses": (
+        {"model": "m", "input": [{"role": "user", "content": "hi"}], "max_output_tokens": 16},
+        ["m", "claude-m"],
+        ["model", "input", "input.0", "input.0.role", "input.0.content", "instructions", "tools", "tools.0",
+         "tool_choice", "max_output_tokens", "stream", "reasoning", "text", "temperature"]),
+    "/v1/embeddings": ({"model": "m", "input": "hi"}, ["m"], ["model", "input", "input.0", "dimensions",
+                                                              "encoding_format"]),
+}
+# (route, field, value) that are surely the wrong type: the gateway itself answers them with a 400
+MUST_BE_400 = [(route, field, value) for route in ("/v1/chat/completions", "/v1/messages")
+               for field in ("model", "messages", "messages.0", "messages.0.role", "max_tokens", "stream", "tools")
+               for value in ({}, [7], {"a": {}}, 1.5)] + [
+    ("/v1/chat/completions", "messages.0.content", value) for value in (7, {}, True, {"a": {}})] + [
+    ("/v1/messages", "messages.0.content", value) for value in (7, {}, True, {"a": {}})] + [
+    ("/v1/messages/count_tokens", field, value) for field in ("messages", "messages.0.role", "tools")
+    for value in (7, {"a": {}})] + [
+    ("/v1/responses", field, value) for field in ("model", "input", "max_output_tokens", "stream", "tools")
+    for value in (7.5, {"a": {}})] + [
+    ("/v1/embeddings", field, value) for field in ("model", "input", "dimensions") for value in ({}, 1.5)]
+
+
+def _with(body: dict, path: str, value) -> dict:
+    """A copy of ``body`` with the field at dotted ``path`` (list indexes as numbers) set to ``value``."""
+    out = json.loads(json.dumps(body))
+    *parents, last = path.split(".")
+    node = out
+    for name in parents:
+        node = node[int(name)] if isinstance(node, list) else node.setdefault(name, {})
+        if isinstance(node, str):  # "messages.0.content.0" on a string content: make it a list of parts
+            break
+    if isinstance(node, list):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        parent = out
+        for name in parents[:-1]:
+            parent = parent[int(name)] if isinstance(parent, list) else parent[name]
+        parent[parents[-1]] = [value]
+    return out
+
+
+def _is_callers_error(route: str, r: httpx.Response) -> bool:
+    if route.startswith("/v1/messages"):
+        return r.json().get("type") == "error" and bool(r.json()["error"]["message"])
+    return set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_wrongly_typed_field_is_never_a_5xx_on_any_client_route(http):
+    crashes = []
+    for route, (body, models, fields) in ROUTES.items():
+        for model in models:
+            for field in fields:
+                for value in WRONG_VALUES:
+                    sent = _with({**body, "model": model}, field, value)
+                    try:
+                        r = http.post(route, json=sent)
+                    except httpx.HTTPError as exc:  # the server dropped the connection: as bad as a 500
+                        crashes.append((route, model, field, value, type(exc).__name__))
+                        continue
+                    if r.status_code >= 500 or (r.status_code >= 400 and not _is_callers_error(route, r)):
+                        crashes.append((route, model, field, value, r.status_code, r.text[:200]))
+    assert not crashes, "\n".join(sorted({str(c[:3]) + " " + str(c[4:5]) for c in crashes}))
+
+
+@pytest.mark.parametrize("route,field,value", MUST_BE_400)
+def test_a_field_of_the_wrong_type_is_a_400_in_the_callers_format(http, route, field, value):
+    body, models, _fields = ROUTES[route]
+    for model in models:
+        r = http.post(route, json=_with({**body, "model": model}, field, value))
+        assert r.status_code == 400 and _is_callers_error(route, r), (model, r.status_code, r.text[:300])
+
+
+def test_a_role_that_is_an_object_is_a_400_for_the_sdks(stack):
+    base = f"http://127.0.0.1:{stack.edge_port}"
+    with pytest.raises(openai.BadRequestError, match="role"):
+        openai.OpenAI(base_url=base + "/v1", api_key="k", max_retries=0).chat.completions.create(
+            model="claude-m", messages=[{"role": {}, "content": "x"}])
+    with pytest.raises(anthropic.BadRequestError, match="role"):
+        anthropic.Anthropic(base_url=base, api_key="k", max_retries=0).messages.create(
+            model="m", max_tokens=5, messages=[{"role": {}, "content": "x"}])

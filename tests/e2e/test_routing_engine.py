@@ -135,7 +135,7 @@ def test_exact_limit_across_two_router_replicas(stack, env, tmp_path):
                         model=model, messages=[{"role": "user", "content": "count me"}])
                     return raw.headers["x-llmgw-provider"]
                 except openai.RateLimitError as exc:
-                    assert exc.body["code"] == "rate_limit_exceeded" and "requests_per_minute" in exc.message
+                    assert exc.body["code"] == "rate_limit_exceeded" and "limit of 50 requests per minute" in exc.message
                     return "429"
 
             shared = Counter(await asyncio.gather(*(one("shared") for _ in range(200))))

@@ -276,7 +276,11 @@ def test_compare_two_targets_side_by_side(stack, upstream):
                     {"prompt": "x", "targets": [f"p/m{i}" for i in range(7)]}, {"prompt": "", "targets": ["p/m"]},
                     {"prompt": "é" * 17000, "targets": ["p/m"]}, {"prompt": "x", "targets": ["m"]},
                     {"prompt": "x", "targets": ["p/m"], "max_tokens": 4097}, {"prompt": "x", "targets": ["p/m"],
-                                                                            "stream": True}):
+                                                                            "stream": True},
+                    # it would go into a header: a non-ASCII or multi-line key is the caller's mistake
+                    {"prompt": "x", "targets": ["p/m"], "api_key": "llmgw-clé"},
+                    {"prompt": "x", "targets": ["p/m"], "api_key": "llmgw-\u2603"},
+                    {"prompt": "x", "targets": ["p/m"], "api_key": "a\r\nx-evil: 1"}):
             resp = ui.post("/api/compare", json=bad)
             assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_request", (bad, resp.text)
     resp = httpx.post(f"{_ui(stack)}/api/compare", headers=admin_headers(stack, "readonly"), timeout=30,

@@ -80,11 +80,12 @@ def test_edge_and_ui_api_metrics_in_a_running_stack(infra, upstream, tmp_path_fa
             return samples(resp.text)
 
         # usage events are published after the response: wait until JetStream has them all
-        scrape = wait_for(lambda: (s := edge_scrape()) and value(s, "llmgw_edge_usage_events_published_total") >= 4
+        # (the unknown model's 404 is one too: a refusal, recorded without provider or cost)
+        scrape = wait_for(lambda: (s := edge_scrape()) and value(s, "llmgw_edge_usage_events_published_total") >= 5
                           and s)
         ok = dict(route="chat.completions", provider="demo", model=MODEL, status="200")
         assert value(scrape, "llmgw_edge_requests_total", **ok) == 4
-        assert value(scrape, "llmgw_edge_usage_events_queued_total") == 4
+        assert value(scrape, "llmgw_edge_usage_events_queued_total") == 5
         assert value(scrape, "llmgw_edge_usage_events_spilled_total") == 0
         for kind in ("in", "out"):
             assert value(scrape, "llmgw_edge_tokens_total", provider="demo", model=MODEL, kind=kind) > 0
@@ -179,11 +180,11 @@ async def test_router_usage_and_pricing_metrics_in_process(env, upstream, tmp_pa
         assert moved("llmgw_router_decision_duration_seconds_count") == 4
         assert ("llmgw_router_breaker_state", frozenset({("provider", "demo")})) in after
         # usage
-        assert moved("llmgw_usage_events_total", result="ingested") == 3
+        assert moved("llmgw_usage_events_total", result="ingested") == 4  # the 404 is recorded too
         assert moved("llmgw_usage_events_total", result="refused") == 1
         assert moved("llmgw_usage_dead_letters_total", reason="invalid") == 1
         assert moved("llmgw_usage_batches_total", result="committed") >= 1
-        assert moved("llmgw_usage_batch_size_sum") == 4
+        assert moved("llmgw_usage_batch_size_sum") == 5
         assert ("llmgw_usage_consumer_pending", frozenset()) in after
         # pricing (the router asked at start, and so did we)
         assert moved("llmgw_pricing_lookups_total", source="config") >= 2

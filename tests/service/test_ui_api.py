@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 
@@ -218,7 +219,9 @@ def _ui_server(settings: UiApiSettings):
         thread.join(30)
 
 
-EXAMPLES_PER_OPERATION = 25  # per generation mode (valid and invalid input, credentials declared): ~1200 in all
+# per generation mode (valid and invalid input, credentials declared): ~3500 requests, ~40 s; LLMGW_FUZZ_EXAMPLES=500 for a
+# deeper run by hand (make test keeps the default)
+EXAMPLES_PER_OPERATION = int(os.environ.get("LLMGW_FUZZ_EXAMPLES", "75"))
 NOT_CHECKED_FOR_5XX = {"/api/health"}  # its 503 says that a part of the gateway is down: its whole point
 # a key in the session's shared NATS would lock every other test's gateway (test_admin_auth creates keys
 # through the API against a NATS of its own)
@@ -278,4 +281,5 @@ async def test_schemathesis_finds_no_server_error(env, tmp_path):  # noqa: F811 
             calls: list[int] = []
             failures = await asyncio.to_thread(_fuzz, base_url, calls)
     assert not failures, "\n\n".join(failures)
-    assert 100 <= len(calls) <= 1600 and any(c == 200 for c in calls) and any(c == 400 for c in calls)
+    assert 100 <= len(calls) <= 64 * EXAMPLES_PER_OPERATION
+    assert any(c == 200 for c in calls) and any(c == 400 for c in calls)

@@ -47,7 +47,14 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 GATEWAY_IMAGE = f"llmgw:{PROJECT['version']}"
 REPLICATED = ("edge", "router", "usage", "pricing")  # queue groups / a shared durable consumer / stateless
 NATS_SERVICES = ("router", "usage", "pricing")  # metrics on LLMGW_METRICS_PORT
+HTTP_SERVICES = ("edge", "ui-api")  # metrics and health on LLMGW_METRICS_PORT, an app on their public port
 METRICS_PORT = "9100"
+# the code each gateway service of the compose file runs (a package or module, besides llmgw_common, llmgw_cli)
+SERVICE_CODE = {"edge": "llmgw_edge", "router": "llmgw_router", "usage": "llmgw_usage", "pricing": "llmgw_pricing",
+                "ui-api": "llmgw_ui_api", "migrate": "llmgw_usage.migrate", "demo-provider": "llmgw_demo_provider",
+                "config-check": None}
+# a setting whose loopback default another variable replaces (ui-api's compare: the edge's URL over its host)
+REPLACED_BY = {"LLMGW_EDGE_HOST": "LLMGW_EDGE_URL", "LLMGW_EDGE_PORT": "LLMGW_EDGE_URL"}
 # variables read by a library the services run, not by our code: name -> (module, file in it)
 LIBRARY_ENV = {"FORWARDED_ALLOW_IPS": ("uvicorn", "config.py")}
 # default ports of the third-party images we publish
@@ -194,8 +201,9 @@ def _constants() -> dict[str, set[str]]:
     return out
 
 
-def _env_reads_in_code() -> set[str]:
-    """Every environment variable name the code reads with os.environ / os.getenv / an ``env`` mapping."""
+def _env_reads_in_code(paths: list[Path] | None = None) -> set[str]:
+    """Every environment variable name the code (or the files ``paths``) reads with os.environ / os.getenv /
+    an ``env`` mapping."""
     consts = _constants()
     names: set[str] = set()
 
@@ -214,7 +222,7 @@ def _env_reads_in_code() -> set[str]:
         text = ast.unparse(node)
         return "environ" in text or re.search(r"\benv\b", text) is not None
 
-    for path in _py_files():
+    for path in _py_files() if paths is None else paths:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and node.args:
                 func = node.func
@@ -284,8 +292,67 @@ def test_the_code_scan_finds_what_the_services_read():
 
 def test_every_gateway_variable_is_read_by_the_code():
     assert set(GATEWAY) >= {"edge", "router", "usage", "pricing", "ui-api"}
-    unknown = {f"{name}: {var}" for name in GATEWAY for var in env_of(name) if not read_by_code(var)}
+    unknown = {f"{name}: {var}" for name in GATEWAY for var in env_of(name)
+               if not read_by_code(var) and not (name == "edge" and var in _config_refs())}
     assert not unknown, f"compose sets variables no code reads: {sorted(unknown)}"
+
+
+def _in(module: str, prefix: str | None) -> bool:
+    return prefix is not None and (module == prefix or module.startswith(prefix + "."))
+
+
+def _package_files(code: str | None) -> list[Path]:
+    """The code a gateway service runs: its package (or module), llmgw_common and the command line."""
+    return [p for p in _py_files() if any(_in(_module_name(p), c) for c in ("llmgw_common", "llmgw_cli", code))]
+
+
+def _settings_of(code: str | None) -> list:
+    """The settings classes of a service's own code (their inherited fields included)."""
+    return [cls for cls in _settings_classes() if _in(cls.__module__, code)]
+
+
+def service_reads(name: str) -> set[str]:
+    """The variables the code of compose service ``name`` reads (the edge: also the gateway config's ${VAR})."""
+    code = SERVICE_CODE[name]
+    aliases = {f.alias for cls in _settings_of(code) for f in cls.model_fields.values() if isinstance(f.alias, str)}
+    reads = aliases | _env_reads_in_code(_package_files(code))
+    return reads | (_config_refs() if name == "edge" else set())
+
+
+def test_each_service_gets_only_the_variables_its_code_reads():
+    """Secrets split: a variable compose gives a service is one that service's own code reads (the edge gets
+    no admin token, no database password; ui-api no provider key)."""
+    assert set(SERVICE_CODE) == set(GATEWAY), "a gateway service of compose is missing from SERVICE_CODE"
+    for name in GATEWAY:
+        assert "env_file" not in SERVICES[name], f"{name}: env_file hands it all of .env"
+        reads = service_reads(name)
+        extra = {var for var in env_of(name) if var not in reads and not var.startswith("OTEL_")
+                 and not (var in LIBRARY_ENV and _library_reads(var))}
+        assert not extra, f"{name} gets variables its code does not read: {sorted(extra)}"
+    secrets = {m.group(1) for m in INTERPOLATION.finditer(COMPOSE_FILE.read_text())
+               if re.search(r"PASSWORD|TOKEN|_KEY$", m.group(1))}
+    for var in secrets:
+        holders = {name for name in SERVICES if any(f"${{{var}" in v for v in env_of(name).values())}
+        assert holders, var
+        assert "edge" not in holders or var in _config_refs(), f"the edge gets {var}"
+    # the provider keys: exactly the ones the gateway config references, to the edge alone
+    assert {var for var in env_of("edge") if var in _config_refs()} == _config_refs()
+
+
+def test_every_loopback_default_is_replaced_in_compose():
+    """The other direction: a setting whose default points at this machine (127.0.0.1, localhost) is wrong
+    in a container, so compose sets it for every service whose code reads it (ui-api's LLMGW_EDGE_URL...)."""
+    for name in GATEWAY:
+        env = env_of(name)
+        for cls in _settings_of(SERVICE_CODE[name]):
+            for field in cls.model_fields.values():
+                default = str(field.default)
+                if isinstance(field.alias, str) and re.search(r"127\.0\.0\.1|localhost|\[::1\]", default):
+                    alias = field.alias
+                    assert alias in env or REPLACED_BY.get(alias) in env and REPLACED_BY[alias] in service_reads(
+                        name), f"{name}: {alias} defaults to {default} ({cls.__name__}) and compose does not set it"
+    assert urlparse(env_of("ui-api")["LLMGW_EDGE_URL"]).hostname == "proxy"  # any edge replica, as clients
+    assert urlparse(env_of("ui-api")["LLMGW_EDGE_URL"]).port in _served_ports("proxy")
 
 
 def test_dockerfile_env_is_read_by_the_code():
@@ -315,9 +382,10 @@ def test_env_example_names_are_all_used():
         assert read_by_code(name) or name in config_refs or name in compose_refs, \
             f".env.example: {name} is used by nothing"
     # every key the gateway config references is in .env.example, and reaches the edge (the one that
-    # resolves provider secrets) through env_file
+    # resolves provider secrets) through its environment
     assert config_refs <= set(env_example())
-    assert SERVICES["edge"].get("env_file") in (".env", [".env"], "./.env")
+    edge = env_of("edge")
+    assert all(edge.get(var) == f"${{{var}:-}}" for var in config_refs)  # from .env, empty when unset
 
 
 def test_env_example_fills_every_required_value():
@@ -416,10 +484,11 @@ def test_dockerfile_pinned_slim_non_root():
     names = set()
     for stage in stages:
         words = stage[0].split()
-        image = words[1]
+        image, _, digest = words[1].partition("@")
         if image not in names:
             assert re.fullmatch(r"(python:3\.11\.\d+|node:\d+\.\d+\.\d+)-(bookworm-)?slim(-[a-z]+)?", image), \
                 f"base image {image} is not pinned (or not slim)"
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"base image {image} is not pinned by digest"
         if len(words) >= 4 and words[2].upper() == "AS":
             names.add(words[3])
     final = stages[-1]
@@ -436,6 +505,52 @@ def test_dockerfile_pinned_slim_non_root():
     copied = [line.split() for line in final if line.upper().startswith("COPY ") and "deploy/llmgw.yaml" in line]
     assert copied and copied[0][-1] == env["LLMGW_CONFIG"] == env_of("edge")["LLMGW_CONFIG"]
     assert env["LLMGW_STATE_DIR"] == env_of("edge")["LLMGW_STATE_DIR"]
+
+
+IMAGE_LOCK = DEPLOY / "requirements-image.txt"
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of the image's lock file."""
+    from packaging.utils import canonicalize_name
+
+    out = {}
+    text = IMAGE_LOCK.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement, *options = line.split()
+            name, version = requirement.split("==")
+            out[canonicalize_name(name)] = (version, [o.split("=", 1)[1] for o in options if o.startswith("--hash=")])
+    return out
+
+
+def test_image_dependencies_are_locked_with_hashes():
+    """The image installs the lock (every version pinned, every file hashed) before it copies the code, and the
+    lock satisfies pyproject's dependencies: a dependency added without locking again fails here."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    locked = _locked()
+    assert locked and all(hashes and all(h.startswith("sha256:") for h in hashes) for _v, hashes in locked.values())
+    for spec in PROJECT["dependencies"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in locked, f"{req.name} is not in {IMAGE_LOCK.name}: lock again (see the Dockerfile)"
+        assert req.specifier.contains(locked[name][0], prereleases=True), f"{spec}: locked {locked[name][0]}"
+    # the server image talks to a ClickHouse server: no chDB, and none of the data-frame libraries it brings
+    assert not {"chdb", "chdb-core", "pandas", "pyarrow", "numpy"} & set(locked)
+    assert "chdb" not in " ".join(PROJECT["dependencies"]) and PROJECT["optional-dependencies"]["chdb"]
+    build = next(stage for stage in _dockerfile_stages() if stage[0].split()[-1] == "build")
+    steps = [line for line in build if line.upper().startswith(("COPY ", "RUN "))]
+    lock_install = next(i for i, line in enumerate(steps) if "--require-hashes" in line)
+    assert f"-r {IMAGE_LOCK.name}" in steps[lock_install] and "--no-deps" in steps[lock_install]
+    assert any(line.startswith("COPY deploy/requirements-image.txt") for line in steps[:lock_install])
+    code_copies = [i for i, line in enumerate(steps) if line.startswith(("COPY libs", "COPY services"))]
+    assert code_copies and min(code_copies) > lock_install, "the dependencies are installed before the code"
+    project_install = next(line for line in steps if re.search(r"pip install .*\s\.(\s|$)", line))
+    assert "--no-deps" in project_install and "--no-build-isolation" in project_install  # nothing unlocked
+    assert "setuptools" in locked  # the build backend, from the lock
 
 
 def _declared_packages() -> set[str]:
@@ -494,7 +609,7 @@ def test_gateway_config_read_write_for_ui_api_only():
     for name in GATEWAY:
         env = env_of(name) or {"LLMGW_CONFIG": _dockerfile_env()["LLMGW_CONFIG"]}
         assert env.get("LLMGW_CONFIG", _dockerfile_env()["LLMGW_CONFIG"]) == str(config_path)
-        if name == "demo-provider":
+        if name in ("demo-provider", "migrate"):  # neither reads the gateway config
             continue
         config_mounts = [(s, ro) for s, t, ro in mounts(name) if Path(t) == config_path.parent]
         assert len(config_mounts) == 1, f"{name}: the config directory is not mounted"
@@ -519,15 +634,24 @@ def test_state_dirs_on_volumes():
             assert is_named(source)
 
 
+def _metrics_port(name: str) -> int | None:
+    port = env_of(name).get("LLMGW_METRICS_PORT")
+    return int(port) if port and name in (*HTTP_SERVICES, *NATS_SERVICES) else None
+
+
+def _public_port(name: str) -> int:
+    env = env_of(name)
+    if name == "edge":
+        return int(env.get("LLMGW_EDGE_PORT") or settings_default("llmgw_edge.main", "LLMGW_EDGE_PORT"))
+    return int(env.get("LLMGW_UI_PORT") or settings_default("llmgw_ui_api.main", "LLMGW_UI_PORT"))
+
+
 def _served_ports(name: str) -> set[int]:
     s = SERVICES[name]
-    env = env_of(name) if name in SERVICES else {}
-    if name == "edge":
-        return {int(env.get("LLMGW_EDGE_PORT") or settings_default("llmgw_edge.main", "LLMGW_EDGE_PORT"))}
-    if name == "ui-api":
-        return {int(env.get("LLMGW_UI_PORT") or settings_default("llmgw_ui_api.main", "LLMGW_UI_PORT"))}
+    if name in HTTP_SERVICES:  # the app, and metrics and health on the operations port (llmgw_common.ops_port)
+        return {_public_port(name)} | ({_metrics_port(name)} if _metrics_port(name) else set())
     if name in NATS_SERVICES:
-        return {int(env["LLMGW_METRICS_PORT"])}
+        return {_metrics_port(name)}
     if name == "demo-provider":
         argv = command_of(name)
         return {int(argv[argv.index("--port") + 1])}
@@ -546,6 +670,90 @@ def test_published_and_exposed_ports_are_served():
         if replicas(name) > 1:
             assert not published(name) and "container_name" not in SERVICES[name], name
     assert published("proxy") == [8080] and published("ui-api") == [8081]
+
+
+def _host_ip(port_spec: str) -> str:
+    """The host address a `ports:` entry publishes on, with .env.example's values ("" = every address)."""
+    parts = interpolate(str(port_spec), env_example()).split(":")
+    return parts[0] if len(parts) == 3 else ""
+
+
+def test_only_the_gateway_is_published_to_everyone():
+    """The proxy (the gateway's port) on every address; the admin API, Grafana and Prometheus on 127.0.0.1
+    by default; metrics and health ports never (Prometheus scrapes them inside the network)."""
+    for name, s in SERVICES.items():
+        for spec in s.get("ports") or []:
+            assert not isinstance(spec, dict), f"{name}: use the short syntax"
+            host = _host_ip(spec)
+            if name == "proxy":
+                assert host == "", spec
+            else:
+                assert host == "127.0.0.1", f"{name}: {spec} is published on {host or 'every address'}"
+    for name in (*HTTP_SERVICES, *NATS_SERVICES):
+        assert _metrics_port(name) == int(METRICS_PORT), f"{name}: no LLMGW_METRICS_PORT"
+        assert _metrics_port(name) not in published(name), f"{name}: its metrics port is published"
+    assert "${ADMIN_BIND_ADDRESS:-127.0.0.1}:8081:8081" in SERVICES["ui-api"]["ports"]
+
+
+def test_forwarded_allow_ips_is_the_proxy_only():
+    """The edge takes X-Forwarded-For from the proxy's fixed address only: no other container can pick the
+    address the edge's per-address limits count."""
+    import ipaddress
+
+    trusted = env_of("edge")["FORWARDED_ALLOW_IPS"]
+    proxy_address = SERVICES["proxy"]["networks"]["default"]["ipv4_address"]
+    assert trusted == proxy_address, f"FORWARDED_ALLOW_IPS={trusted}, the proxy is {proxy_address}"
+    subnets = [ipaddress.ip_network(c["subnet"]) for c in COMPOSE["networks"]["default"]["ipam"]["config"]]
+    assert any(ipaddress.ip_address(proxy_address) in net for net in subnets)
+    others = [name for name, s in SERVICES.items() if name != "proxy" and s.get("networks")]
+    assert not others, f"only the proxy has a fixed address: {others}"
+
+
+def test_resource_limits_and_log_rotation_everywhere():
+    for name, s in SERVICES.items():
+        limits = ((s.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+        assert limits.get("cpus") and limits.get("memory"), f"{name}: no CPU / memory limit"
+        assert re.fullmatch(r"\d+(\.\d+)?", str(limits["cpus"])) and re.fullmatch(r"\d+[MG]", limits["memory"])
+        if s.get("restart") != "no":  # long-running: its logs are rotated
+            logging = s.get("logging") or {}
+            assert logging.get("driver") == "json-file", f"{name}: logs not rotated"
+            assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 2, name
+
+
+def _mb(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]+)", size).groups()
+    return int(number) * {"mb": 1, "m": 1, "gb": 1024, "g": 1024}[unit.lower()]
+
+
+def test_redis_has_maxmemory_with_a_documented_policy():
+    argv = command_of("redis")
+    maxmemory = argv[argv.index("--maxmemory") + 1]
+    # every key is routing state (windows, leases, breakers): none may be evicted to make room
+    assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
+    limit = SERVICES["redis"]["deploy"]["resources"]["limits"]["memory"]
+    assert _mb(maxmemory) < _mb(limit), "the container limit must leave room above maxmemory (AOF rewrite)"
+    assert "noeviction" in (ROOT / "docs" / "scaling.md").read_text()
+
+
+def test_removing_the_demo_provider_leaves_a_valid_file(tmp_path):
+    """docker-compose.yml says the demo provider can be removed: nothing else in the file needs it."""
+    assert "remove it" in COMPOSE_FILE.read_text()
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    del compose["services"]["demo-provider"]
+    for name, s in compose["services"].items():
+        assert "demo-provider" not in (s.get("depends_on") or {}), f"{name} depends on demo-provider"
+        assert "demo-provider" not in (s.get("links") or []), name
+    binary = shutil.which("docker-compose")
+    if binary is not None:
+        run = _compose_config(binary, tmp_path, yaml.safe_dump(compose, sort_keys=False), quiet=True)
+        assert run.returncode == 0, run.stderr
+
+
+def test_migrations_run_once_before_the_usage_replicas():
+    assert command_of("migrate") == ["migrate"] and SERVICES["migrate"]["restart"] == "no"
+    assert depends("usage").get("migrate") == "service_completed_successfully"
+    assert depends("migrate") == {"redis": "service_healthy", "clickhouse": "service_healthy"}
+    assert env_of("migrate")["CLICKHOUSE_URL"] == env_of("usage")["CLICKHOUSE_URL"]
 
 
 # ---- start-up order and health ------------------------------------------------------------------------
@@ -584,9 +792,11 @@ def test_healthchecks_hit_each_service_on_its_own_port():
     def url_in(name: str) -> str:
         return next(w for w in " ".join(health_test(name)).replace("'", " ").split() if w.startswith("http://"))
 
-    for name, path in (("edge", "/healthz"), ("ui-api", "/api/health"), *((n, "/metrics") for n in NATS_SERVICES)):
+    # edge and ui-api: readiness (their own connections up) on the operations port; router, usage and
+    # pricing: their metrics server answers (alive)
+    for name, path in (*((n, "/readyz") for n in HTTP_SERVICES), *((n, "/metrics") for n in NATS_SERVICES)):
         u = urlparse(url_in(name))
-        assert u.path == path and u.port in _served_ports(name), f"{name}: healthcheck {u.geturl()}"
+        assert u.path == path and u.port == _metrics_port(name), f"{name}: healthcheck {u.geturl()}"
     for name in ("nats", "redis", "clickhouse", "proxy", "grafana", "prometheus"):
         assert health_test(name), f"{name}: no healthcheck"
     assert urlparse(url_in("proxy")).port in _served_ports("proxy")
@@ -637,13 +847,13 @@ def test_usage_talks_to_the_clickhouse_server():
     u = urlparse(interpolate(raw, env_example()))
     assert (u.scheme, u.hostname, u.port, u.username, u.path.strip("/")) == ("http", host, 8123, user, database)
     assert u.password == env_example()["CLICKHOUSE_PASSWORD"]
-    assert not any(name != "usage" and env_of(name).get("CLICKHOUSE_URL") for name in GATEWAY)
+    assert not any(name not in ("usage", "migrate") and env_of(name).get("CLICKHOUSE_URL") for name in GATEWAY)
 
 
 def test_proxy_fronts_every_edge_replica():
     conf = NGINX_CONF.read_text()
     assert re.fullmatch(r"nginx:1\.(2[89]|[3-9]\d)\.\d+-alpine", SERVICES["proxy"]["image"])  # >= 1.27.3: resolve
-    edge_port = next(iter(_served_ports("edge")))
+    edge_port = _public_port("edge")
     upstream = re.search(r"upstream\s+(\w+)\s*\{(.*?)\}", conf, re.S)
     name, body = upstream.group(1), upstream.group(2)
     assert re.search(rf"server\s+edge:{edge_port}\s+resolve\b", body)
@@ -670,9 +880,7 @@ def test_prometheus_scrapes_every_service():
                 host, port = t.rsplit(":", 1)
                 targets.setdefault(host, set()).add(int(port))
     for name in ("edge", "router", "usage", "pricing", "ui-api"):
-        assert targets.get(name) == _served_ports(name), f"{name}: scraped at {targets.get(name)}"
-    for name in NATS_SERVICES:
-        assert env_of(name)["LLMGW_METRICS_PORT"] == METRICS_PORT
+        assert targets.get(name) == {_metrics_port(name)}, f"{name}: scraped at {targets.get(name)}"
     for name in REPLICATED:  # every replica: DNS service discovery, not one static name
         assert any(name in (sd.get("names") or []) for job in conf["scrape_configs"]
                    for sd in job.get("dns_sd_configs") or []), name
@@ -735,20 +943,26 @@ def test_deploy_gateway_config():
 # ---- docker-compose itself ----------------------------------------------------------------------------
 
 
+def _compose_config(binary: str, project: Path, text: str, quiet: bool = False) -> subprocess.CompletedProcess:
+    """`docker-compose config` of ``text`` in a project directory with .env made from .env.example."""
+    (project / "docker-compose.yml").write_text(text)
+    shutil.copy(ENV_EXAMPLE, project / ".env")
+    for name in ("Dockerfile", "deploy", "dashboards"):
+        if not (project / name).exists():
+            (project / name).symlink_to(ROOT / name)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(project)}
+    return subprocess.run([binary, "config", *(["-q"] if quiet else [])], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_docker_compose_accepts_the_file(tmp_path):
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed (apt-get install docker-compose; .ci/run does): "
                     "the file was checked statically only")
-    # a project directory with .env made from .env.example (env_file: .env must exist)
-    shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
-    shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
-    for name in ("Dockerfile", "deploy", "dashboards"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
-    run = subprocess.run([binary, "config", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    run = _compose_config(binary, tmp_path, COMPOSE_FILE.read_text(), quiet=True)
     assert run.returncode == 0, run.stderr
-    out = subprocess.run([binary, "config"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    out = _compose_config(binary, tmp_path, COMPOSE_FILE.read_text())
     resolved = yaml.safe_load(out.stdout)["services"]
     assert {name: (resolved[name].get("deploy") or {}).get("replicas") for name in REPLICATED} == \
         {name: 2 for name in REPLICATED}

@@ -17,6 +17,7 @@ from llmgw_edge.asgi_routes import ClientRoutes
 from llmgw_edge.core.errors import GatewayError
 from llmgw_edge.core.gateway import Reply
 from llmgw_edge.main import rendered_error
+from llmgw_edge.refusals import PER_SECOND, RefusalRecorder
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -40,7 +41,9 @@ class FakeGateway:
 
 def front(reply_of, max_body_bytes: int = 10_000):
     config = GatewayConfig.model_validate({"edge": {"max_body_bytes": max_body_bytes}})
-    edge = SimpleNamespace(keys=FakeKeys(), config=config, gateway=FakeGateway(reply_of), replica="edge-7")
+    events: list = []
+    edge = SimpleNamespace(keys=FakeKeys(), config=config, gateway=FakeGateway(reply_of), replica="edge-7",
+                           refusals=RefusalRecorder(events.append), events=events)
     fallback_calls = []
 
     async def fallback(scope, receive, send):
@@ -83,6 +86,14 @@ async def test_errors_are_in_the_callers_format():
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         big = await c.post("/v1/chat/completions", json={**CHAT, "pad": "x" * 2000})
         assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+    # each refusal is a usage event: its status and reason, no provider, no tokens, no cost, the client's
+    # request id
+    events = _edge.events
+    assert [(e.status, e.endpoint) for e in events] == [(400, "chat.completions"), (400, "messages"),
+                                                      (401, "chat.completions"), (413, "chat.completions")]
+    assert all(e.provider is None and e.tokens_in == e.tokens_out == 0 and e.cost_usd == 0 and e.requests == 1
+               and e.error for e in events)
+    assert events[0].request_id == bad.headers["x-request-id"] and events[3].request_id == big.headers["x-request-id"]
 
 
 async def test_the_route_decides_the_error_format_not_the_headers():
@@ -169,3 +180,38 @@ async def test_a_request_routed_by_fastapi_instead_is_served_the_same_way():
     scope = {"type": "http", "method": "POST", "path": "/gw/v1/chat/completions", "headers": [], "client": None}
     reply = await routes.handle("/v1/chat/completions", scope, Headers(scope=scope), receive)
     assert reply.body == b"m" and reply.headers["x-llmgw-edge"] == "edge-7"
+
+
+async def test_a_flood_of_refusals_is_a_bounded_number_of_events_whose_counts_add_up():
+    clock = {"now": 1000.0}
+    events: list = []
+    recorder = RefusalRecorder(events.append, clock=lambda: clock["now"])
+    for second in range(3):  # 2,000 bad requests a second, two kinds, for three seconds
+        for i in range(2000):
+            clock["now"] = 1000 + second + i / 2000
+            status = 400 if i % 4 else 401
+            recorder.record(GatewayError(status, "bad"), "chat.completions", key_id="k" if status == 401 else None,
+                            model=f"m{i % 3}")
+    clock["now"] = 1003.5
+    recorder.flush()  # the edge stops (or the second's timer fires)
+    # per second and status: PER_SECOND events one by one, then one that sums the rest
+    assert len(events) == 3 * 2 * (PER_SECOND + 1)
+    assert sum(e.requests for e in events) == 6000
+    assert sum(e.requests for e in events if e.status == 401) == 1500
+    summed = [e for e in events if e.requests > 1]
+    assert len(summed) == 6 and all("more like it in this second" in e.error for e in summed)
+    assert {e.model for e in summed} == {"(several)"} and {e.key_id for e in summed if e.status == 401} == {"k"}
+    assert all(e.provider is None and e.cost_usd == 0 and e.tokens_in == 0 for e in events)
+
+
+async def test_the_rest_of_a_second_is_published_when_it_is_over_without_another_request():
+    events: list = []
+    recorder = RefusalRecorder(events.append, per_second=1)
+    for _ in range(5):
+        recorder.record(GatewayError(404, "no such model"), "messages", model="nope")
+    assert [e.requests for e in events] == [1]
+    for _ in range(300):  # the aggregate goes out at the second's end: wait for it, bounded
+        if len(events) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [e.requests for e in events] == [1, 4] and events[1].model == "nope"

@@ -190,6 +190,42 @@ def test_retry_after_comes_from_the_soonest_refusal():
     assert retry_after_s(["cooling down after a 429 (12s left)", "circuit breaker open (30s left)"]) == 12
     assert retry_after_s(["requests_per_minute reached on provider (5/5) (41s left)",
                           "tokens_per_day would be exceeded on model (9 used + ~3 > 10)"]) == 41
-    assert retry_after_s(["tokens_per_hour would be exceeded on model (9 used + ~3 > 10)"]) == 60  # a bucket
+    # the script leaves "left" out only when this request alone is over the limit: no wait makes it fit
+    assert retry_after_s(["tokens_per_hour would be exceeded on model (0 used + ~30 > 10)"]) is None
     assert retry_after_s(["circuit breaker half-open, a probe is in flight"]) is None
     assert retry_after_s(["cooling down after a 429 (0s left)"]) == 1  # never "retry after 0"
+
+
+def test_a_full_key_limit_is_named_in_words_with_its_own_wait():
+    from llmgw_common.messages import Skipped
+    from llmgw_router.outcomes import refusal
+
+    message, wait = refusal("m", [Skipped(provider="p", reason="cooling down after a 429 (3s left)"),
+                                  Skipped(provider="q", reason="requests_per_minute reached on key ci (50/50) "
+                                                               "(12s left)")])
+    # the key is the caller's own limit: it is what they must wait for, not the provider's cooldown
+    assert message == "key 'ci' is at its limit of 50 requests per minute; retry after 12 s" and wait == 12
+    message, wait = refusal("m", [Skipped(provider="p", reason="cost_per_month budget would be exceeded on key "
+                                                               "ci (4990000000 used + ~20000000 > 5000000000 "
+                                                               "nano-USD) (86400s left)")])
+    assert message == ("key 'ci' would pass its budget of $5.00 per month ($4.99 used, this request ~$0.02); "
+                       "retry after 86400 s") and wait == 86400
+    message, wait = refusal("m", [Skipped(provider="p", reason="tokens_per_hour would be exceeded on key ci "
+                                                               "(0 used + ~300 > 100)")])
+    assert message.startswith("key 'ci' would pass its limit of 100 tokens per hour") and wait is None
+    assert "retrying cannot help" in message
+
+
+def test_full_provider_limits_are_said_per_provider():
+    from llmgw_common.messages import Skipped
+    from llmgw_router.outcomes import refusal
+
+    message, wait = refusal("tiny", [
+        Skipped(provider="p", reason="requests_per_minute reached on model (1/1) (41s left)"),
+        Skipped(provider="q", reason="tokens_per_day would be exceeded on provider (90 used + ~20 > 100) "
+                                     "(900s left)"),
+        Skipped(provider="r", reason="disabled")])
+    assert message == ("No provider can take a request for `tiny` now: p: model 'tiny' on provider 'p' is at its "
+                       "limit of 1 request per minute (retry after 41 s); q: provider 'q' would pass its limit of "
+                       "100 tokens per day (90 used, this request ~20) (retry after 900 s); r: disabled")
+    assert wait == 41

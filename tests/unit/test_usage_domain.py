@@ -334,10 +334,11 @@ def test_existing_ids_sql_carries_ids_as_one_base64_literal():
 def test_request_rows_carry_every_token_counter():
     sql, _ = queries.requests_sql(UsageRequestsQuery())
     assert "tokens_cached, tokens_cache_write, tokens_reasoning, toString(cost_usd)" in sql
-    raw = (T0, "id1", "req-1", "chat.completions", "k", "p", "m", "u", True, 200, None, 12.5, None, "", 0,
+    raw = (T0, "id1", "req-1", "chat.completions", "k", "p", "m", "u", True, 200, None, 1, 12.5, None, "", 0,
            1000, 300, 200, 500, 120, "0.00123", [("p", "u", 200, None, 12.0, 0)])
     rows, cursor = queries.request_rows([raw], 10, {}, False)
     r = rows[0]
+    assert r.requests == 1
     assert (r.tokens_in, r.tokens_out, r.tokens_cached, r.tokens_cache_write, r.tokens_reasoning) == (
         1000, 300, 200, 500, 120)
     assert r.cost_usd == Decimal("0.00123") and r.attempts[0].provider == "p" and cursor is None

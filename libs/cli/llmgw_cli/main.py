@@ -151,7 +151,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
 
     # commands a service provides itself (its `subcommands` module): the usage stream's replay and NDJSON export /
-    # import (llmgw_usage), the Copilot login (llmgw_edge)
+    # import and the ClickHouse migrations (llmgw_usage), the Copilot login (llmgw_edge)
     replay = sub.add_parser("replay", help="rebuild the ClickHouse and/or Redis projections from the usage stream")
     events_parser = sub.add_parser("events", help="usage events as NDJSON: export / import")
     if wanted("replay") or wanted("events"):
@@ -160,6 +160,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         usage_subcommands.add_replay_arguments(replay)
         replay.set_defaults(func=usage_subcommands.cmd_replay)
         usage_subcommands.add_events_arguments(events_parser)
+    migrate = sub.add_parser("migrate", help="apply the usage service's ClickHouse migrations (a one-shot job)")
+    if wanted("migrate"):
+        from llmgw_usage import subcommands as usage_subcommands
+
+        usage_subcommands.add_migrate_arguments(migrate)
     copilot = sub.add_parser("copilot", help="GitHub Copilot subscriptions: login")
     if wanted("copilot"):
         from llmgw_edge import subcommands as edge_subcommands  # `llmgw copilot login`: the GitHub device flow
@@ -180,8 +185,7 @@ def _command_of(argv: list[str]) -> str | None:
     return None if first.startswith("-") or first not in _COMMANDS else first
 
 
-_COMMANDS = {"run", *SERVICE_ENTRY, "demo-provider", "config", "replay", "events",
-             "copilot", "keys"}
+_COMMANDS = {"run", *SERVICE_ENTRY, "demo-provider", "config", "replay", "events", "migrate", "copilot", "keys"}
 
 
 def _usage_stream_command(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ usage service opens it, from a single worker thread.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ def connect_clickhouse(url: str, chdb_path: Path | str, database: str = "llmgw")
         admin.command(f"CREATE DATABASE IF NOT EXISTS {db}")
         admin.close()
         return clickhouse_connect.get_client(database=db, **kwargs)
+    if importlib.util.find_spec("chdb") is None:  # an extra: the server image leaves it out
+        raise RuntimeError("CLICKHOUSE_URL is not set and chDB is not installed: give CLICKHOUSE_URL a ClickHouse "
+                           "server, or install chDB for one machine (pip install 'llmgw[chdb]'; make does)")
     Path(chdb_path).mkdir(parents=True, exist_ok=True)
     client = clickhouse_connect.get_client(interface="chdb", path=str(chdb_path))
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")

@@ -231,6 +231,9 @@ class UsageEvent(Message):
     ttft_ms: float | None = None
     status: int  # status the client got
     error: str | None = None
+    # how many client requests this event stands for: 1, or more for requests refused before routing that an
+    # edge aggregated into one event beyond its rate (docs/reliability.md, "Refused requests")
+    requests: int = 1
     attempts: list[Attempt] = Field(default_factory=list)
     route_reason: str = ""
     # the admission reservation of the provider that served it: the live windows
@@ -396,6 +399,7 @@ class RequestLogRow(BaseModel):
     stream: bool
     status: int
     error: str | None = None
+    requests: int = 1  # more than 1: refusals an edge aggregated into this one event (UsageEvent.requests)
     latency_ms: float
     ttft_ms: float | None = None
     route_reason: str

@@ -1,5 +1,5 @@
 """The usage service's own commands, ``llmgw replay`` and ``llmgw events export|import``: the usage stream as
-the system of record.
+the system of record; and ``llmgw migrate`` (``migrate.py``).
 
 - ``replay`` rebuilds the ClickHouse and/or Redis projections from the stream
   over a time range; running it twice changes nothing (see
@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 from llmgw_common.config import mask_url
-from llmgw_common.nats_conn import connect_once
 
 from .progress import Progress
 
@@ -84,7 +83,16 @@ def add_events_arguments(p: argparse.ArgumentParser) -> None:
     imp.set_defaults(func=cmd_import)
 
 
+def add_migrate_arguments(p: argparse.ArgumentParser) -> None:
+    """``llmgw migrate``: the ClickHouse migrations as a one-shot job (its own module: no NATS, no config)."""
+    from .migrate import add_arguments
+
+    add_arguments(p)
+
+
 async def _connect(url: str):
+    from llmgw_common.nats_conn import connect_once  # here: ``llmgw migrate`` needs no NATS client
+
     return await connect_once(url, "llmgw-cli")  # NatsUnreachable: "the gateway is not running", from main
 
 
