@@ -22,7 +22,7 @@ from kubernetes_validate.utils import latest_version
 from llmgw_cli.main import build_parser
 from llmgw_common.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
 # the oldest Kubernetes release still maintained when this was written, and the newest the package knows
@@ -224,7 +224,7 @@ def test_secrets_by_reference_only():
 
 
 def test_each_container_gets_what_the_same_compose_service_gets():
-    """docker-compose.yml is checked against the code (tests/test_deploy.py): no container here gets a
+    """docker-compose.yml is checked against the code (tests/unit/test_deploy.py): no container here gets a
     variable the same service does not get there (the edge no admin token, ui-api no provider key)."""
     for doc in [*WORKLOADS.values(), *of_kind("Job").values()]:
         name = container(doc)["args"][0]
