@@ -683,6 +683,8 @@ async def test_errors_and_latency_per_provider_and_model_beyond_the_live_windows
 
     events = [ev(pa, m1, latency, ttft=latency / 10) for latency in range(100, 1100, 100)]  # 10 ok, 100..1000 ms
     events += [ev(pa, m1, 5, status=429), ev(pa, m1, 7, status=429), ev(pa, m1, 9000, status=502)]
+    # a second's refusals summed into one event (the edge's flood bound): three 429s, not one
+    events += [_event(pa, m1, ts=now - timedelta(minutes=5), latency_ms=0, status=429, requests=3)]
     events += [ev(pa, m2, 300, ts=days_ago), ev(pa, m2, 50, status=500, ts=days_ago)]
     events += [ev(pb, m1, 40, ttft=4)]
     async with running_usage(env):
@@ -693,15 +695,15 @@ async def test_errors_and_latency_per_provider_and_model_beyond_the_live_windows
         week = await _stats(env.nc, since=now - timedelta(days=7), until=now + timedelta(minutes=1))
         rows = {(r.provider, r.model): r for r in week.rows if r.provider in (pa, pb)}
         a1 = rows[(pa, m1)]
-        assert (a1.requests, a1.errors, a1.rate_limited) == (13, 3, 2)
-        assert a1.error_rate == pytest.approx(3 / 13, abs=1e-4)
+        assert (a1.requests, a1.errors, a1.rate_limited) == (16, 6, 5)
+        assert a1.error_rate == pytest.approx(6 / 16, abs=1e-4)
         # over the ten successful ones (100..1000 ms), the failures' 5, 7 and 9000 ms left out
         assert a1.latency_p50_ms == pytest.approx(550, abs=1) and a1.latency_p95_ms == pytest.approx(955, abs=1)
         assert a1.ttft_p50_ms == pytest.approx(55, abs=0.2) and a1.ttft_p95_ms == pytest.approx(95.5, abs=0.2)
         a2 = rows[(pa, m2)]
         assert (a2.requests, a2.errors, a2.rate_limited, a2.latency_p50_ms, a2.ttft_p50_ms) == (2, 1, 0, 300, None)
         whole = rows[(pa, None)]
-        assert (whole.requests, whole.errors, whole.rate_limited) == (15, 4, 2)
+        assert (whole.requests, whole.errors, whole.rate_limited) == (18, 7, 5)
         assert whole.latency_p50_ms == pytest.approx(500, abs=1)  # the median of the 11 successful ones of pa
         # each provider (busiest first) followed by its models (busiest first)
         order = [(r.provider, r.model) for r in week.rows if r.provider in (pa, pb)]

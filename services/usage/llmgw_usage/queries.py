@@ -319,7 +319,7 @@ def stats_sql(since: datetime, until: datetime) -> tuple[str, str, dict[str, Any
     counts = (f"SELECT toString(provider), toString(model), grouping(model), sum(requests), sum(errors)"
               f" FROM {ROLLUP} WHERE {_STATS_RANGE.format(t='minute')} {_STATS_GROUPS}")
     ok = "status < 400"
-    detail = (f"SELECT toString(provider), toString(model), grouping(model), countIf(status = 429),"
+    detail = (f"SELECT toString(provider), toString(model), grouping(model), sumIf(requests, status = 429),"
               f" quantilesIf(0.5, 0.95)(latency_ms, {ok}),"
               f" quantilesIf(0.5, 0.95)(ifNull(ttft_ms, 0), {ok} AND ttft_ms IS NOT NULL)"
               f" FROM {REQUEST_LOG} WHERE {_STATS_RANGE.format(t='ts')} {_STATS_GROUPS}")
