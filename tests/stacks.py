@@ -65,6 +65,8 @@ async def service_replies(nc, verb: str, name: str, count: int, timeout: float =
     INFO, STATS), as soon as that many answered one request; asked again until ``timeout``."""
     import json
 
+    from nats.errors import TimeoutError as NatsTimeoutError
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -74,8 +76,11 @@ async def service_replies(nc, verb: str, name: str, count: int, timeout: float =
         replies: list[dict] = []
         try:
             while len(replies) < count:
-                replies.append(json.loads((await sub.next_msg(timeout=0.5)).data))
-        except Exception:  # noqa: BLE001 - nats' TimeoutError: fewer answered this round
+                msg = await sub.next_msg(timeout=0.5)
+                if not msg.data:  # the server's "no responders" (status 503): none of them is up yet
+                    break
+                replies.append(json.loads(msg.data))
+        except NatsTimeoutError:  # fewer answered this round
             pass
         finally:
             await sub.unsubscribe()
