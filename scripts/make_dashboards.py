@@ -4,7 +4,7 @@
 The dashboards are data, kept here as Python so every panel shares one
 datasource reference, one set of filters and one grid layout; the JSON files
 are the build output and are committed (Grafana reads them as they are).
-``tests/test_dashboards.py`` checks the files match this script and runs every
+``tests/unit/test_dashboards.py`` checks the files match this script and runs every
 panel's SQL against ClickHouse.
 
     .venv/bin/python scripts/make_dashboards.py          # rewrite dashboards/*.json
@@ -316,7 +316,7 @@ def panel_json(p: Panel, pid: int, x: int, y: int) -> dict:
     if p.decimals is not None:
         defaults["decimals"] = p.decimals
     if p.series_label:
-        defaults["displayName"] = "${__field.labels.%s}" % p.series_label
+        defaults["displayName"] = f"${{__field.labels.{p.series_label}}}"
     options: dict
     if p.kind == "timeseries":
         defaults["custom"] = {

@@ -309,7 +309,7 @@ class UsageHistoryQuery(Message):
     key_id: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
     status_class: Literal["ok", "error"] | None = None  # ok: status < 400; error: status >= 400
     # the dimensions of a row (besides its bucket); a dimension left out is "" in the rows
-    group_by: list[Literal["provider", "model", "key_id"]] = Field(default_factory=lambda: ["provider", "model"])
+    group_by: list[Literal["provider", "model", "key_id"]] = ["provider", "model"]  # pydantic copies it per instance
     top: int | None = Field(default=None, gt=0, le=1000)  # only the N groups with the most `order_by` in the range
     order_by: Literal["requests", "errors", "tokens", "cost"] = "requests"
     cursor: str | None = Field(default=None, max_length=8192)  # next_cursor of the previous page

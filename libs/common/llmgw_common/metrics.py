@@ -29,7 +29,7 @@ import hmac
 import logging
 import os
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, disable_created_metrics,
                                generate_latest)
@@ -125,6 +125,8 @@ class LoopCounter(_LoopMetric):
 
     def inc(self, amount: float = 1.0) -> None:
         """An unlabelled counter's increment."""
+        if self._unlabelled is None:
+            raise TypeError(f"{self._name} has labels: increment .labels(...) instead")
         self._unlabelled.value += amount
 
     def _new_child(self) -> _Cell:
@@ -449,7 +451,7 @@ def exposition(registry=REGISTRY) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def serve_from_env(env: dict[str, str] | None = None) -> Any:
+def serve_from_env(env: Mapping[str, str] | None = None) -> Any:
     """The metrics HTTP server of a NATS service, on ``LLMGW_METRICS_PORT`` when set (else None).
 
     A port that cannot be bound is logged and skipped: metrics never stop a service."""

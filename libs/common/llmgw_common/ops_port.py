@@ -83,8 +83,7 @@ class OpsServer:
             status, content_type, body = await self._answer(method, path)
             writer.write(_response(status, content_type, b"" if method == "HEAD" else body, len(body)))
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
-                ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError):
             pass  # a client that sends no proper request gets no answer
         finally:
             writer.close()
@@ -101,9 +100,9 @@ class OpsServer:
             report = await self.report()
             checks = {name: report.check(name) for name in self.ready}
             ok = all(c is not None and c.ok for c in checks.values())
-            body = {"status": "ready" if ok else "not ready",
-                    "checks": {name: c.as_json() if c else None for name, c in checks.items()}}
-            return (200 if ok else 503), "application/json", json.dumps(body).encode()
+            readiness = {"status": "ready" if ok else "not ready",
+                         "checks": {name: c.as_json() if c else None for name, c in checks.items()}}
+            return (200 if ok else 503), "application/json", json.dumps(readiness).encode()
         if path == HEALTH_PATH:
             report = await self.report()
             return report.status_code, "application/json", json.dumps(report.body()).encode()

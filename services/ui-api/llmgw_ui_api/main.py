@@ -9,7 +9,6 @@ dir, at start-up.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -49,23 +48,7 @@ class UiApiSettings(CommonSettings):
     admin_readonly_token: SecretStr | None = Field(default=None, alias=READONLY_TOKEN_ENV)
 
 
-def _error(status: int, message: str, code: str) -> JSONResponse:
-    return errors.error_response(status, message, code)
-
-
 BACKEND_SERVICES = ("router", "usage", "pricing")
-
-
-async def ping_services(nc, timeout: float = 1.0) -> dict[str, bool]:
-    async def ping(name: str) -> bool:
-        try:
-            await nc.request(f"$SRV.PING.{name}", b"", timeout=timeout)
-            return True
-        except Exception:
-            return False
-
-    results = await asyncio.gather(*(ping(n) for n in BACKEND_SERVICES))
-    return dict(zip(BACKEND_SERVICES, results))
 
 
 def load_credentials(settings: UiApiSettings) -> AdminCredentials:
@@ -93,7 +76,7 @@ class _PublicPort:
 
     @staticmethod
     async def _not_found(scope, receive, send) -> None:
-        await _error(404, "Not found.", "not_found")(scope, receive, send)
+        await errors.error_response(404, "Not found.", "not_found")(scope, receive, send)
 
 
 def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = None) -> FastAPI:

@@ -407,12 +407,6 @@ def _refusal_detail(ev: IngestEvent | UsageEvent) -> Refusal:
     return Refusal(OUT_OF_RANGE, "reservation out of range (names over 256 characters, tokens, cost or at_s)")
 
 
-def rejection_reason(ev: IngestEvent | UsageEvent, ts_s: float | None = None) -> str | None:
-    """``refusal`` in words (None: an event the projections may hold)."""
-    r = refusal(ev, ts_s)
-    return None if r is None else r.detail
-
-
 _Keyed = TypeVar("_Keyed", UsageEvent, EventRow)
 
 
