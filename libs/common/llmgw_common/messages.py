@@ -6,10 +6,24 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .config import Price
 from .ids import new_id
+
+
+def _in_utc(value: datetime) -> datetime:
+    """A query's time in UTC (naive: UTC already); one that UTC cannot hold (0001-01-01T00:01+01:00) is a
+    validation error, a 400, not an OverflowError deep in a query."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("a time UTC cannot hold") from None
+
+
+QueryTime = Annotated[datetime, AfterValidator(_in_utc)]
 
 SCHEMA_VERSION = 1
 
@@ -300,8 +314,8 @@ class KeyUsage(Message):
 
 
 class UsageHistoryQuery(Message):
-    since: datetime | None = None
-    until: datetime | None = None
+    since: QueryTime | None = None
+    until: QueryTime | None = None
     bucket_s: int = Field(default=60, ge=60, le=86400)
     provider: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
     model: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
@@ -345,8 +359,8 @@ class UsageHistory(Message):
 class UsageStatsQuery(Message):
     """Errors and latency per provider and per model over a range (``llmgw.usage.query.stats``)."""
 
-    since: datetime
-    until: datetime | None = None  # None: now
+    since: QueryTime
+    until: QueryTime | None = None  # None: now
     limit: int = Field(default=500, gt=0, le=2000)  # rows at most, the busiest first
 
 
@@ -374,8 +388,8 @@ class UsageStats(Message):
 class UsageRequestsQuery(Message):
     """One page of the request log, newest first. ``cursor``: ``next_cursor`` of the previous page."""
 
-    since: datetime | None = None
-    until: datetime | None = None
+    since: QueryTime | None = None
+    until: QueryTime | None = None
     provider: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
     model: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
     key_id: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
