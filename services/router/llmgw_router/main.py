@@ -22,8 +22,8 @@ from llmgw_common.keys import KeyMirror
 from llmgw_common.lifecycle import wait_for_stop
 from llmgw_common.logs import REQUEST_ID, setup_logging
 from llmgw_common.messages import (AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal, PinCommand, PriceKey,
-                                   PriceList, PriceLookup, RouteDecision, RouteRequest, RouterState, Skipped,
-                                   SmartCommand)
+                                   PLAN_ONLY_ENDPOINT, PriceList, PriceLookup, RouteDecision, RouteRequest,
+                                   RouterState, Skipped, SmartCommand)
 from llmgw_common.nats_conn import connect_nats, request
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
@@ -31,7 +31,7 @@ from llmgw_common.windows import WindowReader
 
 from .abandoned import reap_forever
 from .outcomes import classify, refusal
-from .policy import PriceBook, RoutingState, plan
+from .policy import Plan, PriceBook, RoutingState, plan, unavailable
 from .state_view import router_state
 from .store import Leases, RoutingStore
 
@@ -108,6 +108,8 @@ class Router:
                                  strategy=p.strategy, rule=p.rule, error=p.error)
         if p.error is not None:
             return decision
+        if route_request.endpoint == PLAN_ONLY_ENDPOINT:
+            return self._plan_only(route_request, p, decision)
         admission = await tracing.traced(  # the atomic admission (one Lua script in Redis) as its own span
             self.store.admit(p.ordered, route_request.request_id, self.now_ms(), key,
                              self.config.keys.budget_timezone, route_request.event_id,
@@ -125,6 +127,20 @@ class Router:
         admitted.reservation = admission.reservation
         admitted.probe = admission.probe
         decision.candidates = [admitted] + [pc.candidate for pc in p.ordered[admission.index + 1:]]
+        return decision
+
+    def _plan_only(self, route_request: RouteRequest, p: Plan, decision: RouteDecision) -> RouteDecision:
+        """A question that needs no capacity (count_tokens): the candidates in order, cooling and broken
+        providers skipped, nothing reserved in any window and nothing in flight."""
+        for pc in p.ordered:
+            why = unavailable(self.state.stats.get(pc.candidate.provider))
+            if why is None:
+                decision.candidates.append(pc.candidate)
+            else:
+                decision.skipped.append(Skipped(provider=pc.candidate.provider, reason=why))
+        if not decision.candidates:
+            message, wait = refusal(route_request.model, decision.skipped)
+            decision.error = ErrorInfo(status=429, code="rate_limit_exceeded", message=message, retry_after_s=wait)
         return decision
 
     # ---- health, pin, smart ----------------------------------------------

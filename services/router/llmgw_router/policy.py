@@ -177,6 +177,18 @@ def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state:
     return Plan(model, ordered, skipped, strategy, rule.name if rule else None)
 
 
+def unavailable(stats: ProviderStats | None) -> str | None:
+    """Why a provider cannot be tried now (cooling down, breaker open), as last read from Redis; None: it can.
+    For questions that are planned, never admitted (count_tokens): admission checks the same atomically."""
+    if stats is None:
+        return None
+    if stats.cooldown_ms > 0:
+        return f"cooling down after a 429 ({-(-stats.cooldown_ms // 1000)}s left)"
+    if stats.breaker == "open":
+        return "circuit breaker open"
+    return None
+
+
 def _order(eligible: list[tuple[int, Target, PlannedCandidate]], strategy: str, state: RoutingState,
            request: RouteRequest, allowed: list[str] | None, rng: random.Random) -> list[PlannedCandidate]:
     n = max(len(eligible), 1)

@@ -30,7 +30,8 @@ from llmgw_common.failures import FailureKind
 from llmgw_common.ids import new_id
 from llmgw_common.leases import lease_member
 from llmgw_common.logs import REQUEST_ID
-from llmgw_common.messages import Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest, UsageEvent
+from llmgw_common.messages import (PLAN_ONLY_ENDPOINT, Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest,
+                                   UsageEvent)
 
 from .errors import GatewayError, UpstreamError
 from .provider import Provider, RawCall
@@ -86,6 +87,8 @@ class Exchange:
     # a question the gateway answers itself when the admitted provider cannot take it as it is (count_tokens:
     # the estimate); nothing is generated, so no tokens are recorded
     answer_here: Callable[[], bytes] | None = None
+    # False: a question about the prompt (count_tokens) that needs the router's plan only, never capacity
+    uses_capacity: bool = True
     _chat: ChatRequest | None = None
 
     def prompt_tokens(self, exact: bool) -> int:
@@ -244,7 +247,7 @@ class Gateway:
             estimated_prompt_tokens=exchange.prompt_tokens(exchange.exact_tokens or needs_exact(self.config)),
             max_tokens=exchange.max_tokens,
             headers=routing_headers(exchange.headers), key_id=exchange.key_id, event_id=outcome.event_id,
-            endpoint="embeddings" if exchange.embedding else "chat",
+            endpoint=_route_endpoint(exchange),
             prompt_class=await self._prompt_class(exchange))
         if exchange.provider is not None:  # a raw call to one provider, admitted under provider/model
             route_request.model = f"{exchange.provider}/{exchange.model}"
@@ -392,6 +395,8 @@ class Gateway:
                 kind: FailureKind | None = None, retry_after_s: float | None = None, release: bool = False) -> None:
         # a success is news the router can take a moment later, in a batch; a failure (cooldowns, breakers)
         # or the breaker's probe must reach it now
+        if ok and not outcome.exchange.uses_capacity:
+            return  # nothing was admitted and its latency is no model's (count_tokens): only failures are news
         self.deps.report(AttemptOutcome(
             request_id=outcome.request_id, provider=cand.provider, model=cand.model, ok=ok, status=status,
             latency_ms=latency_ms, retry_after_s=retry_after_s, kind=kind.value if kind else None,
@@ -467,6 +472,13 @@ class Gateway:
             yield UsageUpdate(Usage())
 
         return Reply(200, headers, "text/event-stream", stream=codec.render_stream(events()))
+
+
+def _route_endpoint(exchange: Exchange) -> str:
+    """What the router is asked for: capacity for a chat or embeddings request, or only a plan."""
+    if not exchange.uses_capacity:
+        return PLAN_ONLY_ENDPOINT
+    return "embeddings" if exchange.embedding else "chat"
 
 
 def _tag(request_id: str) -> None:
