@@ -236,8 +236,12 @@ class ServiceRuntime:
 
     # ---- life ------------------------------------------------------------------------------------------
 
-    async def _load(self, load: Callable[[], Awaitable[None]], stop: asyncio.Event) -> bool:
-        """``load`` until it succeeds; False when asked to stop first."""
+    async def _load(self, load: Callable[[], Awaitable[None]], stop: asyncio.Event, retry: bool) -> bool:
+        """``load`` until it succeeds (once when not ``retry``: its error ends the service); False when asked
+        to stop first."""
+        if not retry:
+            await load()
+            return True
         while not stop.is_set():
             try:
                 await load()
@@ -251,7 +255,7 @@ class ServiceRuntime:
         return False
 
     async def run(self, load: Callable[[], Awaitable[None]] | None = None,
-                  stop: asyncio.Event | None = None) -> None:
+                  stop: asyncio.Event | None = None, retry_load: bool = True) -> None:
         """Load, serve until ``stop`` is set (SIGINT/SIGTERM when None), stop in order."""
         nc = self.nc or await self.connect()
         stop_event = stop or asyncio.Event()
@@ -260,7 +264,7 @@ class ServiceRuntime:
         subs = []
         loops: list[asyncio.Task] = []
         try:
-            if load is not None and not await self._load(load, stop_event):
+            if load is not None and not await self._load(load, stop_event, retry_load):
                 return
             for subject, cb, queue in self._subscriptions:
                 subs.append(await nc.subscribe(subject, queue=queue or "", cb=cb))
@@ -273,9 +277,9 @@ class ServiceRuntime:
                     await service.add_endpoint(name=ep.name, subject=ep.subject, handler=self._handler(ep))
             loops = [asyncio.create_task(body(), name=f"{self.name}-{name}") for name, body in self._loops]
             await nc.flush()
-            log.info("%s ready (%d endpoints, version %s)", self.name, len(self._endpoints), package_version())
+            log.info("%s service ready (%d endpoints, version %s)", self.name, len(self._endpoints), package_version())
             await waiter
-            log.info("%s stopping", self.name)
+            log.info("%s service stopping", self.name)
         finally:
             waiter.cancel()
             await self._stop(nc, service, subs, loops)
