@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence, TypeVar
 
 import msgspec
 
+from llmgw_common import redis_keys
 from llmgw_common.leases import lease_member
 from llmgw_common.logs import redact
 from llmgw_common.messages import ScopeUsage, UsageCurrent, UsageEvent, WindowTotals
@@ -586,8 +587,8 @@ local events = cjson.decode(ARGV[5])
 -- the admission leases these events settle (llmgw_common.leases): they will never be taken for abandoned
 if ARGV[6] then
   for _, member in ipairs(cjson.decode(ARGV[6])) do
-    redis.call('ZREM', 'llmgw:leases', member)
-    redis.call('DEL', 'llmgw:lease:' .. member)
+    redis.call('ZREM', '$LEASES', member)
+    redis.call('DEL', '$LEASE_PREFIX' .. member)
   end
 end
 local sums, hit = {}, {}
