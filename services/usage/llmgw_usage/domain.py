@@ -40,7 +40,6 @@ from typing import Any, Iterable, Sequence, TypeVar
 
 import msgspec
 
-from llmgw_common import redis_keys
 from llmgw_common.leases import lease_member
 from llmgw_common.logs import redact
 from llmgw_common.messages import ScopeUsage, UsageCurrent, UsageEvent, WindowTotals
