@@ -20,6 +20,7 @@ from llmgw_common.config import GatewayConfig, Price
 from llmgw_common.messages import (AttemptOutcome, Candidate, Reservation, RouteDecision, RouteRequest,
                                    UsageEvent)
 from llmgw_edge.core.errors import GatewayError
+from llmgw_router.policy import resolve_targets
 
 
 @dataclass
@@ -117,7 +118,9 @@ def named_sse(*events: tuple[str, Any]) -> list[bytes]:
 
 
 class FakeRouter:
-    """Admits the configured providers serving a model, in config order, minus the excluded ones."""
+    """Admits the configured providers serving a model, in config order, minus the excluded ones. The model
+    is resolved by the router's own code (aliases, ``provider/model``): only the ordering and admission are
+    fake."""
 
     def __init__(self, config: GatewayConfig, price: Price | None = None):
         self.config = config
@@ -128,25 +131,17 @@ class FakeRouter:
 
     async def decide(self, request: RouteRequest) -> RouteDecision:
         self.requests.append(request.model_copy(deep=True))
-        name = self.config.routing.aliases.get(request.model, request.model)
-        only = None
-        if "/" in name:
-            only, name = name.split("/", 1)
-        cands = []
-        for p in self.config.providers:
-            m = p.model(name)
-            if m is None or p.id in request.exclude or (only and p.id != only):
-                continue
-            cands.append(Candidate(provider=p.id, model=name, upstream_model=m.upstream_name,
-                                   price=m.price or self.price, reason="fake router",
-                                   reservation=Reservation(provider=p.id, model=name, at_s=0, tokens_in=1,
-                                                           tokens_out=1, cost_nano=0)))
+        model, targets = resolve_targets(self.config, request.model)
+        if not targets:
+            raise GatewayError(404, f"model {request.model} not found", code="model_not_found", param="model")
+        cands = [Candidate(provider=t.provider.id, model=t.model, upstream_model=t.upstream_model,
+                           price=t.provider.model(t.model).price or self.price, reason="fake router",
+                           reservation=Reservation(provider=t.provider.id, model=t.model, at_s=0, tokens_in=1,
+                                                   tokens_out=1, cost_nano=0))
+                 for t in targets if t.provider.id not in request.exclude]
         if not cands:
-            known = any(p.model(name) for p in self.config.providers)
-            if not known:
-                raise GatewayError(404, f"model {name} not found", code="model_not_found", param="model")
             raise GatewayError(429, "no provider left", code="no_capacity")
-        return RouteDecision(request_id=request.request_id, model=name, candidates=cands)
+        return RouteDecision(request_id=request.request_id, model=model, candidates=cands)
 
     def report(self, outcome: AttemptOutcome, may_batch: bool = False) -> None:
         self.outcomes.append(outcome)

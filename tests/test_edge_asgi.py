@@ -24,7 +24,7 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 class FakeKeys:
     def authenticate(self, headers, address):
         if headers.get("authorization") == "Bearer wrong":
-            raise GatewayError(401, "Invalid API key.", code="invalid_api_key", type_="authentication_error")
+            raise GatewayError(401, "Invalid API key.", code="invalid_api_key")
         return None
 
 
@@ -83,6 +83,19 @@ async def test_errors_are_in_the_callers_format():
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         big = await c.post("/v1/chat/completions", json={**CHAT, "pad": "x" * 2000})
         assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
+
+async def test_the_route_decides_the_error_format_not_the_headers():
+    """An OpenAI client that happens to send ``anthropic-version`` still gets OpenAI's error JSON, and an
+    Anthropic route answers in Anthropic's without it: the route holds the codec, the codec renders."""
+    routes, _edge, _ = front(lambda ex: Reply(200, {}, "application/json", body=b"{}"))
+    async with client(routes) as c:
+        openai_route = await c.post("/v1/chat/completions", content=b"{not json",
+                                    headers={"anthropic-version": "2023-06-01"})
+        assert openai_route.status_code == 400 and "type" not in openai_route.json()
+        assert openai_route.json()["error"]["type"] == "invalid_request_error"
+        anthropic_route = await c.post("/v1/messages", content=b"{not json")
+        assert anthropic_route.status_code == 400 and anthropic_route.json()["type"] == "error"
 
 
 async def test_an_unexpected_error_is_a_500_in_the_callers_format():

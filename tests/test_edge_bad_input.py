@@ -141,7 +141,9 @@ def test_unknown_routes_and_methods_are_json_in_the_callers_format(http):
     assert _openai_error(http.get("/v1/nothing-here/at-all"), 404)
     assert _openai_error(http.get("/v1/chat/completions"), 405)
     assert _anthropic_error(http.get("/v1/messages"), 405)
-    assert _anthropic_error(http.get("/v2/x", headers={"anthropic-version": "2023-06-01"}), 404)
+    # no route, no codec: the gateway's default format, whatever the headers say (a route decides, not a guess)
+    assert _openai_error(http.get("/v2/x", headers={"anthropic-version": "2023-06-01"}), 404)
+    assert _anthropic_error(http.get("/v1/messages/count_tokens"), 405)
     assert _openai_error(http.post("/nobody/v1/chat/completions", json=_chat()), 404)["code"] == "provider_not_found"
 
 

@@ -12,17 +12,20 @@ import json
 import time
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import anthropic
+import openai
 import pytest
 from pydantic import TypeAdapter
 
 from edge_fakes import Events, FakeRouter, MockResponse, MockTransport, named_sse, sse
 from llmgw_common.config import GatewayConfig, parse_config
 from llmgw_common.failures import FailureKind
-from llmgw_edge.api.anthropic_messages import AnthropicCodec
+from llmgw_edge.api.anthropic_messages import AnthropicCodec, CountTokensCodec
 from llmgw_edge.api.embeddings import EmbeddingsCodec
 from llmgw_edge.api.openai_chat import OpenAIChatCodec
+from llmgw_edge.commands import command_runner
 from llmgw_edge.core.errors import GatewayError, UpstreamError
 from llmgw_edge.core.gateway import Deps, Gateway
 from llmgw_edge.providers import build_providers
@@ -340,6 +343,92 @@ async def test_proxy_cli_is_answered_in_the_clients_format():
                                "messages": [{"role": "user", "content": "proxy-cli help"}]})
     assert anthropic.types.Message.model_validate_json(reply.body).content[0].text == "pong"
     assert not h.transport.requests and not h.events
+
+
+class NoNats:
+    """A NATS connection no command may reach: arguments are checked before anything is asked."""
+
+    async def request(self, *args, **kwargs):
+        raise AssertionError("a command with bad arguments must not reach the router")
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("proxy-cli smart maybe", "usage: proxy-cli smart [on|off]"),
+    ("proxy-cli smart on now", "usage: proxy-cli smart [on|off]"),
+    ("proxy-cli logs ten", "usage: proxy-cli logs [N]"),
+    ("proxy-cli logs 0", "usage: proxy-cli logs [N]"),
+    ("proxy-cli logs 101", "usage: proxy-cli logs [N]"),
+    ("proxy-cli logs 5 6", "usage: proxy-cli logs [N]"),
+    ("proxy-cli use", "usage: proxy-cli use <id> | auto"),
+    ("proxy-cli use nobody", "unknown provider `nobody` (configured: a)"),
+    ("proxy-cli use a b", "usage: proxy-cli use <id> | auto"),
+    ("proxy-cli status now", "usage: proxy-cli status"),
+    ("proxy-cli models all", "usage: proxy-cli models"),
+    ("proxy-cli help me", "usage: proxy-cli help"),
+])
+async def test_proxy_cli_answers_bad_arguments_with_the_usage_line_in_the_clients_format(text, answer):
+    h = Harness(config(openai_provider("a")), lambda req: MockResponse(json=chat_completion()))
+    asked = []
+
+    async def recent(n):
+        asked.append(n)
+        return "last requests"
+
+    h.gateway.deps.command = command_runner(SimpleNamespace(config=h.gateway.config, nc=NoNats()), recent)
+    reply = await h.openai({"model": "m", "messages": [{"role": "user", "content": text}]})
+    completion = openai.types.chat.ChatCompletion.model_validate_json(reply.body)
+    assert answer in completion.choices[0].message.content and reply.headers["x-llmgw-provider"] == "proxy-cli"
+    assert not asked and not h.transport.requests and not h.events
+
+
+async def test_proxy_cli_logs_takes_a_count_within_its_range():
+    h = Harness(config(openai_provider("a")), lambda req: MockResponse(json=chat_completion()))
+    asked = []
+
+    async def recent(n):
+        asked.append(n)
+        return f"last {n} requests"
+
+    h.gateway.deps.command = command_runner(SimpleNamespace(config=h.gateway.config, nc=NoNats()), recent)
+    for text in ("proxy-cli logs", "proxy-cli logs 1", "proxy-cli logs 100"):
+        await h.openai({"model": "m", "messages": [{"role": "user", "content": text}]})
+    assert asked == [10, 1, 100]
+
+
+# ---- count_tokens ---------------------------------------------------------------------
+
+async def count_tokens(h: Harness, body: dict):
+    codec = CountTokensCodec()
+    return await h.gateway.handle(codec.parse(json.dumps(body).encode(), {"anthropic-version": "2023-06-01"}),
+                                  codec)
+
+
+async def test_count_tokens_asks_the_router_and_the_admitted_provider():
+    """Routed like any call: the router resolves the name (here ``provider/upstream name``) and admits a
+    provider; an Anthropic provider counts exactly, anyone else gets our estimate. Recorded without tokens."""
+    h = Harness(config(openai_provider("o"), anthropic_provider("a")),
+                lambda req: MockResponse(json={"input_tokens": 42}))
+    body = {"model": "a/claude-m", "messages": [{"role": "user", "content": "proxy-cli help"}]}
+    reply = await count_tokens(h, body)
+    assert json.loads(reply.body) == {"input_tokens": 42} and reply.headers["x-llmgw-provider"] == "a"
+    (sent,) = h.transport.requests
+    assert sent.url == "http://a.test/v1/messages/count_tokens" and sent.json()["model"] == "claude-m"
+    assert [r.model for r in h.router.requests] == ["a/claude-m"]
+    estimated = await count_tokens(h, {**body, "model": "m"})  # the router admits o first: no count upstream
+    assert json.loads(estimated.body)["input_tokens"] > 0 and estimated.headers["x-llmgw-provider"] == "estimate"
+    assert len(h.transport.requests) == 1
+    assert [(e.endpoint, e.provider, e.tokens_in, e.tokens_out, e.status) for e in h.events] == [
+        ("messages.count_tokens", "a", 0, 0, 200), ("messages.count_tokens", "o", 0, 0, 200)]
+    with pytest.raises(GatewayError) as unknown:
+        await count_tokens(h, {**body, "model": "nope"})
+    assert unknown.value.status == 404
+
+
+async def test_count_tokens_the_provider_refuses_goes_back_as_it_said():
+    refusal = {"type": "error", "error": {"type": "invalid_request_error", "message": "messages: too short"}}
+    h = Harness(config(anthropic_provider("a")), lambda req: MockResponse(400, json=refusal))
+    reply = await count_tokens(h, {"model": "m", "messages": USER})
+    assert reply.status == 400 and json.loads(reply.body) == refusal
 
 
 async def test_embeddings_are_routed_and_counted():

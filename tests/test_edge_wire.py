@@ -66,7 +66,7 @@ def test_redaction_of_secrets_in_logs():
 
 from datetime import datetime, timedelta, timezone  # noqa: E402
 
-from llmgw_edge.core.commands import parse_command  # noqa: E402
+from llmgw_edge.commands import parse_command  # noqa: E402
 from llmgw_edge.core.prompt_class import classify  # noqa: E402
 from llmgw_edge.providers.ratelimit_headers import retry_after_seconds  # noqa: E402
 from llmgw_edge.core.tokens import estimate_prompt_tokens  # noqa: E402
@@ -119,3 +119,14 @@ def test_chat_command_parsing():
     assert parse_command(body("proxy-cli")) == ["help"]
     assert parse_command(body("proxy-client is a word")) is None
     assert parse_command(body("tell me about proxy-cli")) is None
+
+
+def test_every_provider_type_declares_what_the_gateway_reads_of_it():
+    """The gateway knows no provider type: each class says its OpenTelemetry gen_ai.system and the wire
+    format of its error bodies itself (core/provider.py's interface)."""
+    from llmgw_edge.providers import PROVIDER_TYPES
+
+    systems = {name: cls.genai_system for name, cls in PROVIDER_TYPES.items()}
+    assert systems == {"openai": "openai", "copilot": "github_copilot", "anthropic": "anthropic",
+                       "claude_code": "anthropic", "gemini": "gcp.gemini", "gemini_cli": "gcp.gemini"}
+    assert all(cls.error_format for cls in PROVIDER_TYPES.values())

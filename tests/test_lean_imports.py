@@ -66,3 +66,19 @@ def test_clickhouse_without_dataframe_libraries(tmp_path):
         "print(c.query('SELECT a, s FROM t').result_rows)\n"
         "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow', 'polars') if m in sys.modules))\n")
     assert out.splitlines() == ["[(1, 'x')]", "[]"]
+
+
+def test_the_edge_core_loads_no_http_library_no_codec_and_no_provider():
+    """Layers that point one way: the core owns the provider interface (core/provider.py) and the gateway;
+    codecs (api/) and providers depend on it, never the other way, and no HTTP client or server comes
+    with it."""
+    out = _in_child(
+        "import pkgutil, sys, importlib\n"
+        "import llmgw_edge.core as core\n"
+        "names = [m.name for m in pkgutil.iter_modules(core.__path__, 'llmgw_edge.core.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print('llmgw_edge.core.gateway' in names and 'llmgw_edge.core.provider' in names)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'httpx', 'starlette', 'fastapi')\n"
+        "             or m.startswith(('llmgw_edge.api', 'llmgw_edge.providers', 'llmgw_edge.commands'))))\n")
+    assert out.splitlines() == ["True", "[]"]

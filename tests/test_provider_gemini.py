@@ -21,7 +21,7 @@ from llmgw_edge.core.errors import UpstreamError
 from llmgw_edge.core.types import (ChatRequest, EmbeddingRequest, Finish, Image, Message, Start, Text, TextDelta,
                                    Thinking, ToolCall, ToolCallStart, ToolChoice, ToolResult, ToolSpec, UsageUpdate)
 from llmgw_edge.providers import build_provider
-from llmgw_edge.providers.base import RawCall
+from llmgw_edge.providers.base import RawCall, error_message
 from llmgw_edge.providers.gemini import (DAILY_QUOTA_MAX_WAIT_S, SKIP_SIGNATURE, GeminiProvider, clean_schema,
                                          quota_wait_s, seconds_to_pacific_midnight)
 
@@ -561,3 +561,15 @@ async def test_through_the_demo_providers_gemini_face(tmp_path):
             assert exc.value.status == 400 and exc.value.kind is FailureKind.AUTH
         finally:
             await transport.close()
+
+
+def test_gemini_reads_its_own_error_bodies_also_inside_an_array(tmp_path):
+    """streamGenerateContent without alt=sse answers errors as a JSON array: gemini.py reads that shape,
+    the shared base reads only the plain ``{"error": ...}`` object."""
+    p = provider(lambda req: MockResponse(json={}), tmp_path)
+    body = b'[{"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}}]'
+    err = p.classify(429, body, {})
+    assert err.message == "upstream 429: Resource has been exhausted" and err.kind is FailureKind.RATE_LIMITED
+    assert p.classify(400, b'{"error": {"message": "bad field", "status": "INVALID_ARGUMENT"}}', {}).message \
+        == "upstream 400: bad field"
+    assert error_message(429, body) == "upstream 429"

@@ -224,6 +224,8 @@ def test_chat_commands_pin_and_status(client, stack):
     assert served_by(client)[0] == "free"
     assert "smart routing is on" in say("proxy-cli smart on").choices[0].message.content
     assert "smart routing is off" in say("proxy-cli smart").choices[0].message.content
+    assert "usage: proxy-cli smart [on|off]" in say("proxy-cli smart maybe").choices[0].message.content
+    assert "smart routing: off" in say("proxy-cli status").choices[0].message.content  # "maybe" changed nothing
     assert "shared" in say("proxy-cli models").choices[0].message.content
     streamed = "".join(c.choices[0].delta.content or "" for c in say("proxy-cli help", stream=True))
     assert "proxy-cli use" in streamed

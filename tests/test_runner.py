@@ -85,6 +85,58 @@ def test_llmgw_run_end_to_end_and_ctrl_c(tmp_path):
             proc.wait()
 
 
+def _signal_group(pgid: int, *signals: signal.Signals) -> None:
+    for sig in signals:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:  # already gone: nothing left to stop
+            return
+
+
+def test_signals_to_the_process_group_repeated_stop_it_once_and_cleanly(tmp_path):
+    """``make run`` stopped by a SIGTERM to its process group: make forwards a second one at once, and an
+    impatient user adds Ctrl-C while it stops. One orderly stop: no traceback, "stopped", no children left,
+    and the runtime file (which sends the CLI to the gateway's NATS) is gone with the stack."""
+    edge, ui, demo = free_port(), free_port(), free_port()
+    state = tmp_path / "state"
+    env = {k: v for k, v in _own_servers_env().items() if not k.startswith("LLMGW_ADMIN")}  # a generated token
+    env["LLMGW_DEMO_PORT"] = str(demo)
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw_cli.main", "run", "--config", str(tmp_path / "llmgw.yaml"),
+                             "--state-dir", str(state), "--edge-port", str(edge), "--ui-port", str(ui)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, as make and its recipe have
+    output: list[str] = []
+
+    def read_until(text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for line in proc.stdout:
+            output.append(line)
+            if text in line or time.monotonic() > deadline:
+                break
+        assert text in "".join(output), "".join(output)
+
+    try:
+        read_until("gateway ready", 120)
+        runtime_file = state / "runtime.json"
+        assert json.loads(runtime_file.read_text())["pid"] == proc.pid
+        _signal_group(proc.pid, signal.SIGTERM, signal.SIGTERM)
+        read_until("stopping...", 30)
+        _signal_group(proc.pid, signal.SIGINT, signal.SIGTERM, signal.SIGINT)  # during the stop
+        rest, _ = proc.communicate(timeout=60)
+        text = "".join(output) + rest
+        assert proc.returncode == 0, text
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+        assert text.count("stopping...") == 1 and rest.rstrip().endswith("stopped"), text
+        assert not runtime_file.exists()
+        assert not _processes_mentioning(str(state)), "children left behind"
+        # the ui-api's start line says where its token is, with nothing in it for the log redaction to mask
+        assert "[REDACTED]" not in text and f"admin token is in the file {state / 'admin-token'}" in text, text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_port_left_in_time_wait_is_free_but_a_listening_one_is_not():
     """Restarting right after a stop: the old server's closed connections sit in TIME_WAIT."""
     listener = socket.create_server(("127.0.0.1", 0))

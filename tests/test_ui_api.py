@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 ROUTES = {
     ("GET", "/healthz"), ("GET", "/api/health"), ("GET", "/api/config"), ("GET", "/api/pricing"),
-    ("GET", "/api/usage/current"), ("GET", "/api/usage/history"), ("GET", "/api/requests"),
+    ("GET", "/api/usage/current"), ("GET", "/api/usage/history"), ("GET", "/api/usage/stats"), ("GET", "/api/requests"),
     ("GET", "/api/usage/dead-letters"), ("POST", "/api/dev/simulate"), ("GET", "/debug/router"),
     ("POST", "/api/router/pin"), ("POST", "/api/router/smart"), ("GET", "/api/router/state"),
     ("POST", "/api/login"), ("POST", "/api/logout"), ("GET", "/api/session"),
@@ -123,7 +123,8 @@ async def test_every_route_answers_wrong_methods_and_oversized_input_in_one_shap
             ("/api/requests", {"provider": "p" * 257}), ("/api/requests", {"model": "m" * 257}),
             ("/api/requests", {"cursor": "c" * 201}), ("/api/usage/history", {"group_by": ",".join(["model"] * 9)}),
             ("/api/usage/history", {"bucket_s": 10}), ("/api/usage/current", {"x": 1}),
-            ("/api/usage/dead-letters", {"limit": 501}),
+            ("/api/usage/dead-letters", {"limit": 501}), ("/api/usage/stats", {}),
+            ("/api/usage/stats", {"since": "yesterday"}), ("/api/usage/stats", {"since": "2026-01-01", "limit": 0}),
         ]:
             _shaped(await ui.get(path, params=params), 400)
 
@@ -154,6 +155,11 @@ async def test_openapi_document_has_schemas_and_the_error_shape(infra, tmp_path)
     assert requests_op["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/UsageRequests"}
     assert "requestBody" in doc["paths"]["/api/dev/simulate"]["post"]
+    # the overview's errors and latency, the keys' days, the pricing page's table status: typed for the UI
+    assert {"UsageStats", "StatsRow", "DayTotals", "PricingReply", "PricingStatus"} <= set(schemas)
+    assert doc["paths"]["/api/pricing"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PricingReply"}
+    assert "days" in schemas["KeyUsageReply"]["properties"]
 
 
 # ---- schemathesis ---------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from fakes import FakeProvider
 from llmgw_common import subjects
 from llmgw_common.admin_auth import ADMIN_TOKEN_ENV, READONLY_TOKEN_ENV
 from llmgw_common.nats_conn import connect_nats
-from llmgw_ui_api.routes_config import HISTORY_DIR, mask_text, restore_secrets
+from llmgw_ui_api.config_secrets import mask_text, restore_secrets
+from llmgw_ui_api.config_store import HISTORY_DIR
 from stacks import running_stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -116,6 +117,19 @@ def test_masking_round_trip_keeps_every_secret_and_comment():
     assert restore_secrets(added, text).problems[0][0] == "providers[2].api_key"
 
 
+@pytest.mark.parametrize("text", [
+    # another block layout (dashes flush with their key) stays as written
+    "providers:\n- id: a\n  api_key: 'sk-quoted-secret-1'\n  models: [{name: m}, {name: n, upstream: x}]\n",
+    # one secret shared through an anchor, and one merged in from another provider's mapping
+    "providers:\n  - &base\n    id: a\n    api_key: &k sk-anchored-secret-2\n    headers: {X-A: sk-header-secret-3}\n"
+    "    models: [{name: m}]\n  - <<: *base\n    id: b\n    models: [{name: n}]\n  - id: c\n    api_key: *k\n"
+    "    models: [{name: o}]\n",
+])
+def test_masking_keeps_the_layout_and_follows_anchors_and_merges(text):
+    shown = mask_text(text)
+    assert "secret" not in shown and '"********"' in shown
+    assert restore_secrets(shown, text).text == text  # saved unchanged: the file byte for byte
+
 async def test_read_validate_save_reload_and_rollback(stack, upstream):
     path: Path = stack.config_path
     os.chmod(path, 0o640)
@@ -130,7 +144,8 @@ async def test_read_validate_save_reload_and_rollback(stack, upstream):
             assert view["etag"] == _etag(path) and view["path"] == str(path) and view["problems"] == []
             assert view["masked"]["providers"][0]["api_key"] == "********"
             assert view["masked"]["providers"][1]["api_key"] == "${LLMGW_TEST_Q_KEY}"
-            assert "api_key: \"********\"   # the live one" in view["yaml"]
+            # the mask quoted (a plain * would start a YAML alias), the comment kept on its line and column
+            assert '    api_key: "********"              # the live one\n' in view["yaml"]
             assert "X-Org: \"********\"" in view["yaml"] and "${LLMGW_TEST_Q_KEY}" in view["yaml"]
             with admin_client(stack, role="readonly") as viewer:
                 assert viewer.get("/api/config").json()["yaml"] == view["yaml"]

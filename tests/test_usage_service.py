@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import nats.errors
 import pytest
@@ -24,18 +25,22 @@ from nats.js.errors import NotFoundError
 
 from llmgw_common import subjects
 from llmgw_common.clickhouse_conn import connect_clickhouse
-from llmgw_common.config import GatewayConfig, UsageConfig
+from llmgw_common.config import GatewayConfig, KeysConfig, UsageConfig
 from llmgw_common.messages import (
     Attempt,
+    KeyUsage,
+    KeyUsageQuery,
     UsageCurrent,
     UsageCurrentQuery,
     UsageEvent,
     UsageHistory,
     UsageHistoryQuery,
+    UsageStats,
+    UsageStatsQuery,
 )
 from llmgw_common.nats_conn import RemoteError, connect_nats, ensure_usage_stream, request
 from llmgw_common.redis_conn import connect_redis
-from llmgw_common.windows import SCOPES_KEY, WindowReader, model_scope, provider_scope
+from llmgw_common.windows import SCOPES_KEY, WindowReader, model_scope, month_of, provider_scope
 from llmgw_usage import domain
 from llmgw_usage.consumer import UsageConsumer
 from llmgw_usage.ingest import BatchProcessor
@@ -627,6 +632,91 @@ async def test_history_buckets_and_filters(env):
         scope = _scope(await _current(env.nc), pa)
         assert scope.windows["minute"].requests == 0 and scope.windows["hour"].requests == 0
         assert scope.windows["day"].requests == 5 and scope.windows["day"].cost_usd == Decimal("1.5")
+
+
+async def _stats(nc, **kw) -> UsageStats:
+    return await request(nc, subjects.USAGE_QUERY_STATS, UsageStatsQuery(**kw), UsageStats, timeout=30)
+
+
+async def test_errors_and_latency_per_provider_and_model_beyond_the_live_windows(env):
+    """The overview's 24 h and 7 d: requests and errors from the rollup, 429s and p50/p95 latency and time
+    to first token (successful requests only) from the request log, per provider and per model."""
+    pa, pb, m1, m2 = _uniq("prov"), _uniq("prov"), _uniq("model"), _uniq("model")
+    now = datetime.now(timezone.utc)
+    days_ago = now - timedelta(days=3)  # beyond the live day window, within 7 d
+
+    def ev(provider, model, latency, ttft=None, status=200, ts=now - timedelta(minutes=5)):
+        return _event(provider, model, ts=ts, latency_ms=latency, ttft_ms=ttft, status=status)
+
+    events = [ev(pa, m1, latency, ttft=latency / 10) for latency in range(100, 1100, 100)]  # 10 ok, 100..1000 ms
+    events += [ev(pa, m1, 5, status=429), ev(pa, m1, 7, status=429), ev(pa, m1, 9000, status=502)]
+    events += [ev(pa, m2, 300, ts=days_ago), ev(pa, m2, 50, status=500, ts=days_ago)]
+    events += [ev(pb, m1, 40, ttft=4)]
+    async with running_usage(env):
+        for e in events:
+            await _publish(env.js, e)
+        await _wait_caught_up(env.js)
+
+        week = await _stats(env.nc, since=now - timedelta(days=7), until=now + timedelta(minutes=1))
+        rows = {(r.provider, r.model): r for r in week.rows if r.provider in (pa, pb)}
+        a1 = rows[(pa, m1)]
+        assert (a1.requests, a1.errors, a1.rate_limited) == (13, 3, 2)
+        assert a1.error_rate == pytest.approx(3 / 13, abs=1e-4)
+        # over the ten successful ones (100..1000 ms), the failures' 5, 7 and 9000 ms left out
+        assert a1.latency_p50_ms == pytest.approx(550, abs=1) and a1.latency_p95_ms == pytest.approx(955, abs=1)
+        assert a1.ttft_p50_ms == pytest.approx(55, abs=0.2) and a1.ttft_p95_ms == pytest.approx(95.5, abs=0.2)
+        a2 = rows[(pa, m2)]
+        assert (a2.requests, a2.errors, a2.rate_limited, a2.latency_p50_ms, a2.ttft_p50_ms) == (2, 1, 0, 300, None)
+        whole = rows[(pa, None)]
+        assert (whole.requests, whole.errors, whole.rate_limited) == (15, 4, 2)
+        assert whole.latency_p50_ms == pytest.approx(500, abs=1)  # the median of the 11 successful ones of pa
+        # each provider (busiest first) followed by its models (busiest first)
+        order = [(r.provider, r.model) for r in week.rows if r.provider in (pa, pb)]
+        assert order == [(pa, None), (pa, m1), (pa, m2), (pb, None), (pb, m1)]
+        assert rows[(pb, None)].ttft_p95_ms == 4
+
+        day = await _stats(env.nc, since=now - timedelta(hours=24))
+        assert {(r.provider, r.model) for r in day.rows if r.provider == pa} == {(pa, None), (pa, m1)}
+        assert day.since.second == 0 and day.until >= now
+        limited = await _stats(env.nc, since=now - timedelta(days=7), limit=1)
+        assert len(limited.rows) == 1 and limited.truncated
+        with pytest.raises(RemoteError) as err:
+            await _stats(env.nc, since=now, until=now - timedelta(hours=1))
+        assert err.value.status == 400 and "until must be after since" in str(err.value)
+
+
+async def test_a_keys_month_day_by_day_in_its_budget_time_zone(env):
+    """Spend per day of the calendar month in keys.budget_timezone (a UTC evening is the next day in
+    Kolkata), every day of the month listed, nothing from before the month."""
+    tz = "Asia/Kolkata"
+    key_id = uuid.uuid4().hex[:12]
+    now = time.time()
+    _label, start, end = month_of(now, tz)
+    zone = ZoneInfo(tz)
+
+    def at(ts_s: float, cost: str) -> UsageEvent:
+        return _event("p", "m", key_id=key_id, ts=datetime.fromtimestamp(ts_s, timezone.utc), cost_usd=Decimal(cost),
+                      tokens_in=10, tokens_out=5)
+
+    events = [at(start - 600, "1"), at(start + 1800, "0.25"), at(start + 1900, "0.5"), at(now - 60, "0.125")]
+    config = GatewayConfig(usage=UsageConfig(batch_size=50, batch_wait_s=0.2), keys=KeysConfig(budget_timezone=tz))
+    async with running_usage(env, config):
+        for e in events:
+            await _publish(env.js, e)
+        await _wait_caught_up(env.js)
+        usage = await request(env.nc, subjects.USAGE_QUERY_KEY, KeyUsageQuery(key_id=key_id), KeyUsage, timeout=30)
+
+    first = datetime.fromtimestamp(start, zone).date()
+    assert usage.timezone == tz and usage.days is not None
+    assert [d.day for d in usage.days] == [first + timedelta(days=n) for n in range(len(usage.days))]
+    assert usage.days[-1].day == datetime.fromtimestamp(end - 1, zone).date()
+    expected: dict = {}
+    for ts_s, cost in ((start + 1800, "0.25"), (start + 1900, "0.5"), (now - 60, "0.125")):
+        day = datetime.fromtimestamp(ts_s, zone).date()
+        expected[day] = expected.get(day, Decimal(0)) + Decimal(cost)
+    assert {d.day: d.cost_usd for d in usage.days if d.requests} == expected
+    assert sum(d.requests for d in usage.days) == 3 and usage.days[0].tokens_in >= 20
+    assert sum(d.cost_usd for d in usage.days) == usage.month_totals.cost_usd == Decimal("0.875")
 
 
 async def test_bad_queries_get_400(env):

@@ -129,11 +129,12 @@ class Helper:
         self.openai = openai
         self.config_path = config_path
 
-    def send(self, model: str, n: int = 1, provider: str | None = None) -> dict:
+    def send(self, model: str, n: int = 1, provider: str | None = None, key: str | None = None) -> dict:
         statuses, providers = [], []
+        client = self.client if key is None else self.client.with_options(api_key=key)
         for _ in range(n):
             try:
-                raw = self.client.chat.completions.with_raw_response.create(
+                raw = client.chat.completions.with_raw_response.create(
                     model=f"{provider}/{model}" if provider else model,
                     messages=[{"role": "user", "content": "hello from the web UI test"}], max_tokens=16)
                 statuses.append(raw.http_response.status_code)
@@ -177,7 +178,7 @@ class Helper:
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
                 if self.path == "/send":
-                    self._answer(helper.send(body["model"], int(body.get("n", 1)), body.get("provider")))
+                    self._answer(helper.send(body["model"], int(body.get("n", 1)), body.get("provider"), body.get("key")))
                 elif self.path == "/wait-model":
                     self._answer(helper.wait_model(body["model"], float(body.get("timeout_s", 10))))
                 else:
@@ -230,6 +231,6 @@ def test_the_web_ui_in_a_browser(infra, tmp_path):
             assert "browser suite passed" in run.stdout
             clear_router_health(infra.redis_url)
     for name in ("overview.png", "providers.png", "config-editor.png", "request-log.png", "keys.png",
-                 "overview-phone.png"):
+                 "overview-phone.png", "request-log-phone.png", "keys-phone.png"):
         assert (SHOTS / name).stat().st_mtime > time.time() - (time.monotonic() - started) - 5, name
     print(f"web UI test: {time.monotonic() - started:.1f}s")

@@ -12,7 +12,8 @@
   they already hold, so importing the same file twice counts nothing twice.
 
 Connections come from ``--nats-url`` / ``--redis-url`` / ``--clickhouse-url``
-/ ``--state-dir`` or the same environment variables the services read.
+/ ``--state-dir`` or the same environment variables the services read, else
+from a running ``llmgw run`` (``runtime.py``); never from a default port.
 """
 
 from __future__ import annotations
@@ -87,18 +88,7 @@ def add_events_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _connect(url: str):
-    import nats
-
-    async def quiet(_exc: Exception) -> None:  # the failure is reported once, below, not per attempt
-        pass
-
-    try:
-        return await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
-                                  error_cb=quiet, name="llmgw-cli")
-    except Exception as exc:  # noqa: BLE001
-        raise SystemExit(f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}\n"
-                         "Is the gateway running? `llmgw run` prints its NATS URL; pass it as --nats-url "
-                         "or NATS_URL.") from None
+    return await runtime.connect_nats(url, "llmgw-cli")  # NotRunning: one line, from main
 
 
 def _range_args(args) -> tuple:
@@ -141,12 +131,15 @@ async def _replay(args) -> int:
         async def need_redis():
             nonlocal redis
             if redis is None:
+                if not args.redis_url:
+                    raise ReplayError("no Redis to write to: the gateway is not running here (no runtime file "
+                                      "in --state-dir); pass --redis-url or set REDIS_URL")
                 redis = connect_redis(args.redis_url)
                 try:
                     await redis.ping()
                 except Exception as exc:  # noqa: BLE001
-                    raise ReplayError(f"cannot reach Redis at {args.redis_url}: {type(exc).__name__} (pass "
-                                      "--redis-url or REDIS_URL)") from None
+                    raise ReplayError(f"cannot reach Redis at {runtime.shown(args.redis_url)}: "
+                                      f"{type(exc).__name__} (pass --redis-url or REDIS_URL)") from None
             return redis
 
         how = []

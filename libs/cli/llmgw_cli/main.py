@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .runtime import NotRunning
+
 SERVICE_ENTRY = {
     "edge": "llmgw_edge.main",
     "router": "llmgw_router.main",
@@ -79,16 +81,29 @@ def cmd_demo_provider(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from llmgw_common.config import ConfigError, load_config
+    """Every problem of the file, one per line as ``FILE:LINE: path: message``; exit 1 on errors
+    (warnings alone, such as an unset ``${VAR}``, still exit 0)."""
+    from llmgw_common.config_check import check_text, plural, summary
 
     try:
-        config = load_config(args.file)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        text = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{args.file}: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 1
-    models = {m.name for p in config.providers for m in p.models}
-    print(f"{args.file}: OK ({len(config.providers)} providers, {len(models)} models, "
-          f"{len(config.routing.aliases)} aliases)")
+    report = check_text(text, os.environ)
+
+    def where(finding) -> str:
+        return f"{args.file}:{finding.line}" if finding.line is not None else args.file
+
+    for finding in report.warnings:
+        print(f"{where(finding)}: warning: {finding}", file=sys.stderr)
+    for finding in report.errors:
+        print(f"{where(finding)}: {finding}", file=sys.stderr)
+    warned = f", {plural(len(report.warnings), 'warning')}" if report.warnings else ""
+    if report.config is None:
+        print(f"{args.file}: invalid ({plural(len(report.errors), 'error')}{warned})", file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK ({summary(report.config)}{warned})")
     return 0
 
 
@@ -191,7 +206,12 @@ _COMMANDS = {"run", *SERVICE_ENTRY, "demo-provider", "config", "bench", "bench-i
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command_of(argv)).parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+    except NotRunning as exc:  # a command that needs the gateway: one line, no traceback
+        print(f"llmgw {args.command}: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":

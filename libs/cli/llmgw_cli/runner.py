@@ -463,6 +463,14 @@ class Stack:
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
 
+    def _remove_runtime(self) -> None:
+        path = self.state_dir / RUNTIME_FILE
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():  # ours, not a newer run's
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
     @property
     def health_urls(self) -> dict[str, str]:
         return {"edge": f"http://{self.host}:{self.edge_port}/healthz",
@@ -548,7 +556,12 @@ class Stack:
             _say("health", text + (f" (seen by {', '.join(seen_by)})" if seen_by else ""), self.log)
 
     def stop(self) -> None:
+        """Stop everything, the front first; the runtime file goes first of all (the CLI must not dial a NATS
+        on its way out). Once: a second call returns at once."""
+        if self._stopping:
+            return
         self._stopping = True
+        self._remove_runtime()
         with self._lock:  # a restart in progress finishes first; nothing starts after this
             pass
         if self._watch is not None:
@@ -602,6 +615,26 @@ def check_replicas(replicas: dict[str, int], env) -> dict[str, int]:
     return replicas
 
 
+class StopSignals:
+    """SIGINT and SIGTERM stop the stack, once. The first raises ``KeyboardInterrupt`` in the main thread,
+    which cuts start-up or supervision short; any later one is ignored, so the orderly stop runs to its
+    end: ``make run`` stopped by a process-group SIGTERM sends a second one (make forwards it), and an
+    impatient user presses Ctrl-C twice."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, _signum, _frame) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        raise KeyboardInterrupt
+
+
 def run_stack(config_path: Path, state_dir: Path, edge_port: int, ui_port: int, host: str,
               replicas: dict[str, int] | None = None) -> int:
     try:
@@ -610,29 +643,26 @@ def run_stack(config_path: Path, state_dir: Path, edge_port: int, ui_port: int, 
         _say("llmgw", f"error: {exc}", sys.stderr)
         return 2
 
-    def on_term(_sig, _frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    signals = StopSignals()
+    signals.install()
     code = 0
-    # the admin API's credential: made on the first start, shown this once (ui-api logs only where it is)
     try:
-        ensure_admin_token(state_dir.resolve())
-    except InfraError as exc:
-        _say("llmgw", f"error: {exc}", sys.stderr)
-        return 2
-    try:
-        stack.start()
-        _say("llmgw", f"gateway ready: OpenAI-compatible API on http://{host}:{edge_port}/v1, "
-                      f"admin API on http://{host}:{ui_port} (Ctrl-C stops)")
-        stack.supervise()
-    except KeyboardInterrupt:
-        _say("llmgw", "stopping...")
-    except InfraError as exc:
-        _say("llmgw", f"error: {exc}", sys.stderr)
-        code = 1
+        try:
+            # the admin API's credential: made on the first start, shown this once (ui-api logs only where it is)
+            ensure_admin_token(state_dir.resolve())
+            stack.start()
+            _say("llmgw", f"gateway ready: OpenAI-compatible API on http://{host}:{edge_port}/v1, "
+                          f"admin API on http://{host}:{ui_port} (Ctrl-C stops)")
+            stack.supervise()
+        except InfraError as exc:
+            signals.stopping = True
+            _say("llmgw", f"error: {exc}", sys.stderr)
+            code = 1
+    except KeyboardInterrupt:  # the first SIGINT / SIGTERM (StopSignals), also one that came during the above
+        pass
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the orderly stop short
+        signals.stopping = True
+        _say("llmgw", "stopping...")
         stack.stop()
     _say("llmgw", "stopped")
     return code

@@ -13,11 +13,14 @@ import re
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, Union, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
+
+from .config_errors import describe, suggestion
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -30,6 +33,7 @@ class _Strict(BaseModel):
 
 
 PromptClass = Literal["code", "research", "conversation", "complex"]
+# a provider type: its config class in PROVIDER_CONFIGS (below), its adapter in the edge
 ProviderType = Literal["openai", "anthropic", "gemini", "copilot", "claude_code", "gemini_cli"]
 # provider types paid by a flat subscription: zero marginal cost unless the config gives a price
 SUBSCRIPTION_TYPES = frozenset({"copilot", "claude_code", "gemini_cli"})
@@ -108,68 +112,45 @@ class ModelConfig(_Strict):
 
 
 class ProviderConfig(_Strict):
+    """What every provider type has. A config's provider is one of the per-type classes below, picked by
+    ``type`` (``openai`` when unset); each type's own fields and checks live in its class, and a field of
+    another type is an error at its path. ``ProviderConfig(type=..., ...)`` builds the right one."""
+
     id: str
     type: ProviderType = Field(default="openai", description="adapter: openai (any OpenAI-compatible HTTP API), "
                                "anthropic, gemini (native APIs), copilot (GitHub Copilot), claude_code / "
                                "gemini_cli (the installed CLI run as a subprocess)")
-    base_url: str | None = Field(default=None, description="unset: the type's public endpoint (openai and "
-                                 "copilot need one unless they are api.openai.com / api.githubcopilot.com)")
-    api_key: str | None = Field(default=None, description="literal or ${ENV_VAR}")
-    responses_api: bool | None = Field(default=None, description="openai type: the upstream serves /responses "
-                                       "itself (unset: only api.openai.com); else Responses requests are "
-                                       "translated to chat")
-    command: list[str] | None = Field(default=None, min_length=1, description="claude_code / gemini_cli: the "
-                                      "executable and fixed arguments (unset: claude / gemini on the PATH)")
-    max_concurrency: int = Field(default=4, ge=1, le=256, description="claude_code / gemini_cli: CLI processes "
-                                 "at once")
-    token_file: str | None = Field(default=None, description="copilot: the GitHub OAuth token file (unset: "
-                                   "<state dir>/copilot/<id>.json, written by `llmgw copilot login`)")
     enabled: bool = True
     free_tier: bool = Field(default=False, description="treat as zero marginal cost whatever the prices")
     priority: int = Field(default=100, description="lower is tried first within a cost tier")
     timeout_s: float = Field(default=60.0, gt=0, description="the longest silence while waiting for data: before "
-                             "the answer starts and between its bytes or stream events")
-    connect_timeout_s: float = Field(default=10.0, gt=0, description="TCP and TLS connection set-up")
-    first_byte_timeout_s: float | None = Field(default=None, gt=0, description="from sending the request to the "
-                                               "answer's status line; unset: timeout_s")
+                             "the answer starts and between its bytes or stream events (a CLI: between its lines)")
     total_timeout_s: float | None = Field(default=None, gt=0, description="one attempt at this provider: a whole "
                                           "non-streaming answer, or a stream until its first event; unset: only "
                                           "routing.total_timeout_s bounds it")
     models: list[ModelConfig] = Field(min_length=1)
     limits: Limits = Field(default_factory=Limits)
-    headers: dict[str, str] = Field(default_factory=dict, description="extra headers sent upstream")
     weight: int = Field(default=1, ge=0, description="share of traffic under the weighted strategy")
     specialties: list[PromptClass] = Field(default_factory=list, description="prompt classes it is good at")
+
+    def __new__(cls, *args: Any, **data: Any) -> "ProviderConfig":
+        # ProviderConfig(type="gemini", ...) is a GeminiProviderConfig: the class picked, pydantic validates
+        # (pydantic itself calls __new__ without fields: the class asked for)
+        if cls is ProviderConfig and data:
+            cls = PROVIDER_CONFIGS.get(data.get("type", "openai"), cls)
+        return super().__new__(cls)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> "ProviderConfig":
+        if cls is ProviderConfig:  # the class its type names, as in a config file
+            return _PROVIDER_ADAPTER.validate_python(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
 
     @field_validator("id")
     @classmethod
     def _id_shape(cls, v: str) -> str:
         if not _ID.match(v):
             raise ValueError("must be lowercase letters, digits, '-' or '_' (max 63), starting with a letter or digit")
-        return v
-
-    @field_validator("base_url")
-    @classmethod
-    def _url_shape(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        if not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("must be an http:// or https:// URL")
-        return v.rstrip("/")
-
-    @model_validator(mode="after")
-    def _base_url_when_needed(self) -> "ProviderConfig":
-        if self.type == "openai" and self.base_url is None:
-            self.base_url = "https://api.openai.com/v1"
-        if self.command is not None and self.type not in ("claude_code", "gemini_cli"):
-            raise ValueError("command: only for the claude_code and gemini_cli types")
-        return self
-
-    @field_validator("api_key")
-    @classmethod
-    def _env_ref_shape(cls, v: str | None) -> str | None:
-        if v is not None and v.startswith("${") and not _ENV_REF.match(v):
-            raise ValueError("environment references look like ${NAME}")
         return v
 
     @model_validator(mode="after")
@@ -186,6 +167,112 @@ class ProviderConfig(_Strict):
             if m.name == name:
                 return m
         return None
+
+
+class HttpProviderConfig(ProviderConfig):
+    """A provider reached over HTTP: an endpoint, a credential, extra headers, connection timeouts."""
+
+    base_url: str | None = Field(default=None, description="unset: the type's public endpoint")
+    api_key: str | None = Field(default=None, description="literal or ${ENV_VAR}")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers sent upstream")
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="TCP and TLS connection set-up")
+    first_byte_timeout_s: float | None = Field(default=None, gt=0, description="from sending the request to the "
+                                               "answer's status line; unset: timeout_s")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_shape(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _env_ref_shape(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith("${") and not _ENV_REF.match(v):
+            raise ValueError("environment references look like ${NAME}")
+        return v
+
+
+class OpenAIProviderConfig(HttpProviderConfig):
+    """Any OpenAI-compatible API (OpenAI itself when ``base_url`` is unset)."""
+
+    type: Literal["openai"] = "openai"
+    base_url: str | None = Field(default=None, description="unset: https://api.openai.com/v1")
+    responses_api: bool | None = Field(default=None, description="the upstream serves /responses itself (unset: "
+                                       "only api.openai.com); else Responses requests are translated to chat")
+
+    @model_validator(mode="after")
+    def _openai_by_default(self) -> "OpenAIProviderConfig":
+        if self.base_url is None:
+            self.base_url = "https://api.openai.com/v1"
+        return self
+
+
+class AnthropicProviderConfig(HttpProviderConfig):
+    """Anthropic's native Messages API (api.anthropic.com when ``base_url`` is unset)."""
+
+    type: Literal["anthropic"] = "anthropic"
+
+
+class GeminiProviderConfig(HttpProviderConfig):
+    """Google's native Gemini API (generativelanguage.googleapis.com when ``base_url`` is unset)."""
+
+    type: Literal["gemini"] = "gemini"
+
+
+class CopilotProviderConfig(HttpProviderConfig):
+    """GitHub Copilot: a GitHub OAuth token (``token_file``, or ``api_key``) exchanged for Copilot tokens."""
+
+    type: Literal["copilot"] = "copilot"
+    responses_api: bool | None = Field(default=None, description="send Responses requests to Copilot's "
+                                       "/responses (unset: translated to chat, which every model speaks)")
+    token_file: str | None = Field(default=None, description="the GitHub OAuth token file (unset: "
+                                   "<state dir>/copilot/<id>.json, written by `llmgw copilot login`)")
+
+
+class CliProviderConfig(ProviderConfig):
+    """An installed CLI run as a subprocess per request (its own login: no key, no URL, no headers)."""
+
+    command: list[str] | None = Field(default=None, min_length=1, description="the executable and fixed "
+                                      "arguments (unset: the type's CLI on the PATH)")
+    max_concurrency: int = Field(default=4, ge=1, le=256, description="CLI processes at once")
+
+
+class ClaudeCodeProviderConfig(CliProviderConfig):
+    """The ``claude`` CLI (Claude Code)."""
+
+    type: Literal["claude_code"] = "claude_code"
+
+
+class GeminiCliProviderConfig(CliProviderConfig):
+    """The ``gemini`` CLI."""
+
+    type: Literal["gemini_cli"] = "gemini_cli"
+
+
+PROVIDER_CONFIGS: dict[str, type[ProviderConfig]] = {cls.model_fields["type"].default: cls for cls in (
+    OpenAIProviderConfig, AnthropicProviderConfig, GeminiProviderConfig, CopilotProviderConfig,
+    ClaudeCodeProviderConfig, GeminiCliProviderConfig)}
+
+
+def _provider_tag(value: Any) -> str | None:
+    """A provider's type: ``openai`` when a mapping gives none (None: not a mapping, the union says so)."""
+    if isinstance(value, dict):
+        kind = value.get("type", "openai")
+        return kind if isinstance(kind, str) else None
+    return getattr(value, "type", None)
+
+
+AnyProvider = Annotated[
+    Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in PROVIDER_CONFIGS.items())],  # type: ignore[misc]
+    Discriminator(_provider_tag, custom_error_type="provider_type",
+                  custom_error_message="unknown provider type",
+                  custom_error_context={"types": ", ".join(get_args(ProviderType))}),
+]
+_PROVIDER_ADAPTER: TypeAdapter[ProviderConfig] = TypeAdapter(AnyProvider)
 
 
 class RuleMatch(_Strict):
@@ -337,7 +424,7 @@ class PricingConfig(_Strict):
 
 class GatewayConfig(_Strict):
     version: Literal[1] = 1
-    providers: list[ProviderConfig] = Field(default_factory=list)
+    providers: list[AnyProvider] = Field(default_factory=list)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
     edge: EdgeConfig = Field(default_factory=EdgeConfig)
@@ -347,28 +434,9 @@ class GatewayConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "GatewayConfig":
-        ids = [p.id for p in self.providers]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"provider ids must be unique, repeated: {', '.join(dupes)}")
-        served = {m.name for p in self.providers for m in p.models}
-        for alias, target in self.routing.aliases.items():
-            if target not in served:
-                raise ValueError(f"routing.aliases.{alias}: target model {target!r} is not served by any provider")
-        known = set(ids)
-        for group, members in self.routing.groups.items():
-            for i, member in enumerate(members):
-                if member not in known:
-                    raise ValueError(f"routing.groups.{group}[{i}]: unknown provider {member!r}")
-        for i, rule in enumerate(self.routing.rules):
-            a = rule.action
-            if sum(x is not None for x in (a.providers, a.group, a.reject)) > 1:
-                raise ValueError(f"routing.rules[{i}].action: use one of providers, group or reject")
-            if a.group is not None and a.group not in self.routing.groups:
-                raise ValueError(f"routing.rules[{i}].action.group: unknown group {a.group!r}")
-            for j, member in enumerate(a.providers or []):
-                if member not in known:
-                    raise ValueError(f"routing.rules[{i}].action.providers[{j}]: unknown provider {member!r}")
+        problems = reference_problems(self.model_dump(include={"providers", "routing"}))
+        if problems:
+            raise _ReferenceErrors(problems)
         return self
 
     def provider(self, provider_id: str) -> ProviderConfig | None:
@@ -388,17 +456,63 @@ class ConfigError(Exception):
         super().__init__(f"invalid config {source}:\n{lines}")
 
 
-def _loc_to_path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += ("." if path else "") + str(part)
-    return path
+class _ReferenceErrors(ValueError):
+    """Several cross-reference problems at once (``config_errors.describe`` spreads them out)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def reference_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Names that must point at something: provider ids unique, alias targets served, group members and
+    rule targets known. Reads plain data (a raw file too: a file with other errors gets these in the
+    same pass), skipping what is not even the right shape (the field checks report that)."""
+    providers = [p if isinstance(p, dict) else {} for p in _items(data.get("providers"))]
+    ids = [p["id"] for p in providers if isinstance(p.get("id"), str)]
+    problems: list[tuple[str, str]] = []
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        problems.append(("providers", f"provider ids must be unique, repeated: {', '.join(dupes)}"))
+    served = {m["name"] for p in providers for m in _items(p.get("models"))
+              if isinstance(m, dict) and isinstance(m.get("name"), str)}
+    routing = _mapping(data.get("routing"))
+    for alias, target in _mapping(routing.get("aliases")).items():
+        if isinstance(target, str) and target not in served:
+            problems.append((f"routing.aliases.{alias}", f"target model {target!r} is not served by any provider"
+                             + suggestion(target, served)))
+    known = set(ids)
+    groups = _mapping(routing.get("groups"))
+    for group, members in groups.items():
+        for i, member in enumerate(_items(members)):
+            if isinstance(member, str) and member not in known:
+                problems.append((f"routing.groups.{group}[{i}]",
+                                 f"unknown provider {member!r}{suggestion(member, known)}"))
+    for i, rule in enumerate(_items(routing.get("rules"))):
+        action = _mapping(_mapping(rule).get("action"))
+        where = f"routing.rules[{i}].action"
+        if sum(action.get(x) is not None for x in ("providers", "group", "reject")) > 1:
+            problems.append((where, "use one of providers, group or reject"))
+        group = action.get("group")
+        if isinstance(group, str) and group not in groups:
+            problems.append((f"{where}.group", f"unknown group {group!r}{suggestion(group, groups)}"))
+        for j, member in enumerate(_items(action.get("providers"))):
+            if isinstance(member, str) and member not in known:
+                problems.append((f"{where}.providers[{j}]", f"unknown provider {member!r}{suggestion(member, known)}"))
+    return problems
 
 
 def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    """The validated config, or a ``ConfigError`` with every problem found (field checks and cross
+    references together)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -406,11 +520,10 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append((_loc_to_path(err["loc"]), msg))
-        raise ConfigError(source, problems) from None
+        problems = describe(exc.errors(), data, GatewayConfig)
+    # the cross checks did not run (they need valid fields): run them on the raw data
+    problems += [p for p in reference_problems(data) if p not in problems]
+    raise ConfigError(source, problems)
 
 
 def parse_config_text(text: str, source: str = "<config>") -> GatewayConfig:
@@ -455,7 +568,8 @@ def masked(config: GatewayConfig) -> dict[str, Any]:
         key = p.get("api_key")
         if key and not _ENV_REF.match(key):
             p["api_key"] = SECRET_MASK
-        p["headers"] = {k: SECRET_MASK for k in p.get("headers", {})}
+        if "headers" in p:  # HTTP types only
+            p["headers"] = {k: SECRET_MASK for k in p["headers"]}
     pricing = data.get("pricing") or {}
     if pricing.get("source_url"):
         pricing["source_url"] = mask_url(pricing["source_url"])

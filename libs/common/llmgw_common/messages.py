@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Literal, TypeVar
 
@@ -318,6 +318,10 @@ class KeyUsageQuery(Message):
     key_id: str = Field(pattern=r"^[a-z0-9]{12}$")
 
 
+class DayTotals(WindowTotals):
+    day: date  # a calendar day in the key's budget time zone
+
+
 class KeyUsage(Message):
     at: datetime = Field(default_factory=utcnow)
     key_id: str
@@ -327,6 +331,9 @@ class KeyUsage(Message):
     month_start: datetime
     month_end: datetime
     month_totals: WindowTotals = Field(default_factory=WindowTotals)
+    # every day of the month, first to last (zeros ahead), from ClickHouse's per-minute rollup; None when
+    # ClickHouse could not be read (the live windows and month totals above come from Redis)
+    days: list[DayTotals] | None = None
 
 
 class UsageHistoryQuery(Message):
@@ -370,6 +377,35 @@ class UsageHistory(Message):
     # the answer did not fit one reply: ask again with cursor=next_cursor for the rest (totals first, then
     # rows, each page going on where the last one stopped); None: this page ends the answer
     next_cursor: str | None = None
+
+
+class UsageStatsQuery(Message):
+    """Errors and latency per provider and per model over a range (``llmgw.usage.query.stats``)."""
+
+    since: datetime
+    until: datetime | None = None  # None: now
+    limit: int = Field(default=500, gt=0, le=2000)  # rows at most, the busiest first
+
+
+class StatsRow(BaseModel):
+    provider: str
+    model: str | None = None  # None: the provider as a whole
+    requests: int = 0  # from the per-minute rollup
+    errors: int = 0  # status >= 400
+    rate_limited: int = 0  # status 429 (from the request log)
+    error_rate: float = 0.0  # errors / requests
+    # percentiles over the successful requests (status < 400) in the request log; None: none had one
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    ttft_p50_ms: float | None = None  # time to first token (streams)
+    ttft_p95_ms: float | None = None
+
+
+class UsageStats(Message):
+    since: datetime  # the start of since's minute (the rollup's resolution)
+    until: datetime
+    rows: list[StatsRow] = Field(default_factory=list)  # per provider, each followed by its models
+    truncated: bool = False  # more groups than the limit (or one reply) holds: the quietest left out
 
 
 class UsageRequestsQuery(Message):

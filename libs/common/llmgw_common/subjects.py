@@ -39,6 +39,8 @@ USAGE_QUERY_HISTORY = "llmgw.usage.query.history"
 USAGE_QUERY_REQUESTS = "llmgw.usage.query.requests"
 # one gateway key's live windows and calendar-month totals (the admin API's GET /api/keys/{id}/usage)
 USAGE_QUERY_KEY = "llmgw.usage.query.key"
+# errors, 429s and latency percentiles per provider and model over a range, from ClickHouse
+USAGE_QUERY_STATS = "llmgw.usage.query.stats"
 # replay into ClickHouse through the usage service (it owns the chDB directory)
 USAGE_REPLAY = "llmgw.usage.replay"
 # dev only (LLMGW_DEV_SIMULATE=1): synthetic usage events

@@ -1,14 +1,15 @@
-"""The client-format routes (chat completions, messages, responses, embeddings) as plain ASGI.
+"""The client-format routes (chat completions, messages, count_tokens, responses, embeddings) as plain ASGI.
 
-Every request a client sends goes through one of these four routes, so they skip
+Every request a client sends goes through one of these routes, so they skip
 FastAPI's per-request machinery (dependency solving, its exception / body-limit /
 telemetry middleware layers, Starlette's Request and Response objects, an anyio
 task group per stream): measured alone on uvicorn + httptools, a FastAPI route
 costs ~64 µs of CPU per request, a plain ASGI callable ~21 µs (docs/benchmarks.md).
 What the FastAPI routes did stays: the body is bounded while it arrives, the
-caller's key is checked, every error is rendered in the caller's format, a
-stream stops (and its upstream call is closed) when the client goes away. The
-routes stay declared in FastAPI too, only for the OpenAPI document.
+caller's key is checked, every error is rendered by the route's codec (the
+caller's format is the route's: decided here, once), a stream stops (and its
+upstream call is closed) when the client goes away. The routes stay declared
+in FastAPI too, only for the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ class _Route:
 class ClientRoutes:
     """ASGI: ``POST`` to one of ``paths`` is served here, anything else by ``app`` (the FastAPI app).
 
-    ``edge_of()`` gives the running edge (set up by the app's lifespan); ``error_response(err, fmt)``
-    renders a ``GatewayError`` as a full ``(status, headers, body)`` in the caller's format.
+    ``edge_of()`` gives the running edge (set up by the app's lifespan); ``render_error(err, error_body)``
+    makes a ``GatewayError`` a full ``(status, headers, body)``, its body written by ``error_body`` (the
+    route's codec's ``render_error``).
     """
 
     def __init__(self, app, paths: dict[str, type], edge_of: Callable[[], Any],
-                 render_error: Callable[[GatewayError, str], tuple[int, list[tuple[bytes, bytes]], bytes]]):
+                 render_error: Callable[[GatewayError, Callable[[GatewayError], bytes]],
+                                        tuple[int, list[tuple[bytes, bytes]], bytes]]):
         self.app = app
         self.routes = {path: _Route(path, codec_type) for path, codec_type in paths.items()}
         self.edge_of = edge_of
@@ -68,12 +71,12 @@ class ClientRoutes:
         except _Disconnected:
             return
         except GatewayError as err:
-            await self._send_error(send, err, headers, scope)
+            await self._send_error(send, err, route)
             return
         except Exception:
             log.exception("unhandled error")
             await self._send_error(send, GatewayError(500, "The gateway hit an internal error.",
-                                                      code="internal_error"), headers, scope)
+                                                      code="internal_error"), route)
             return
         if reply.stream is None:
             await send({"type": "http.response.start", "status": reply.status,
@@ -105,9 +108,8 @@ class ClientRoutes:
             reply.headers["x-llmgw-edge"] = edge.replica
         return reply
 
-    async def _send_error(self, send: Send, err: GatewayError, headers: Headers, scope: Scope) -> None:
-        fmt = "anthropic" if scope["path"].startswith("/v1/messages") or "anthropic-version" in headers else "openai"
-        status, raw_headers, body = self.render_error(err, fmt)
+    async def _send_error(self, send: Send, err: GatewayError, route: _Route) -> None:
+        status, raw_headers, body = self.render_error(err, route.codec_type.render_error)
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
 

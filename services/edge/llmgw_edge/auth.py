@@ -63,16 +63,16 @@ class KeyCache(KeyMirror):
         if secret is None:
             self.limiter.failed(address)
             raise GatewayError(401, "Missing API key: send your gateway key as `Authorization: Bearer <key>` "
-                                    "(or x-api-key).", code="missing_api_key", type_="authentication_error")
+                                    "(or x-api-key).", code="missing_api_key")
         record = self.records.get(key_id_of(secret) or "")
         if record is None or not record.matches(secret) or not record.usable():
             self.limiter.failed(address)
             # one message for every failure: an unknown, wrong, revoked or expired key look alike
-            raise GatewayError(401, "Invalid API key.", code="invalid_api_key", type_="authentication_error")
+            raise GatewayError(401, "Invalid API key.", code="invalid_api_key")
         return record
 
 
 def check_model(record: KeyRecord | None, model: str) -> None:
     if record is not None and not record.allows_model(model):
         raise GatewayError(403, f"This API key may not use model `{model}`.", code="model_not_allowed",
-                           param="model", type_="permission_error")
+                           param="model")

@@ -2,21 +2,22 @@
 
 Wiring only: settings, shared clients (one pooled HTTP transport, one NATS
 connection, one usage publisher, one adapter per configured provider) created
-once at start-up, and thin routes: each picks its format's codec, lets the
+once at start-up, and thin routes: each holds its format's codec, lets the
 gateway (``core/gateway.py``) do the work and turns its ``Reply`` into a
-response. Every error is rendered in the caller's format.
+response. Every error is rendered in the format of the route it came to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
 import socket
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -25,14 +26,12 @@ from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llmgw_common import health, metrics, subjects, tracing
+from llmgw_common import health, metrics, tracing
 from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.http_server import json_error_protocol
 from llmgw_common.ids import new_id
 from llmgw_common.keys import KeyRecord
 from llmgw_common.logs import setup_logging
-from llmgw_common.leases import RENEW_EVERY_S
-from llmgw_common.messages import AttemptOutcome, AttemptOutcomes, LeaseRenewal
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.service import run_steps, watch_config
@@ -42,16 +41,19 @@ from . import router_client
 from .asgi_routes import ClientRoutes, raw_headers
 from .api import anthropic_messages, models, openai_chat, passthrough, schemas
 from .api.body import read_body
-from .api.anthropic_messages import AnthropicCodec
+from .api.anthropic_messages import AnthropicCodec, CountTokensCodec
 from .api.embeddings import EmbeddingsCodec
 from .api.openai_chat import OpenAIChatCodec
 from .api.openai_responses import ResponsesCodec
+from .api.passthrough import PassthroughCodec
 from .auth import KeyCache, check_model
 from .classifier import ModelClassifier
-from .core.commands import command_runner
+from .commands import command_runner
 from .core.errors import GatewayError
 from .core.gateway import Deps, Gateway, Reply
 from .core.prompt_class import classify
+from .lease_renewal import renew_leases
+from .outcomes import outcome_reporter
 from .providers import build_provider
 from .providers.http import AiohttpTransport
 from .request_log import recent_requests_text
@@ -88,7 +90,7 @@ class Edge:
         self.classifier: ModelClassifier | None = None
         self._retired: set[asyncio.Task] = set()
         self.gateway = Gateway(Deps(config=self.config, providers=self.providers, decide=self._decide,
-                                    report=_outcome_reporter(nc), publish=publish,
+                                    report=outcome_reporter(nc), publish=publish,
                                     classify_prompt=self._classify_prompt,
                                     command=command_runner(self, lambda n: recent_requests_text(nc, n))))
 
@@ -161,26 +163,50 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _error_format(request: Request) -> str:
-    """Anthropic clients get Anthropic's error JSON; everyone else OpenAI's."""
-    if request.url.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
-        return "anthropic"
-    return "openai"
+ErrorBody = Callable[[GatewayError], bytes]  # a codec's ``render_error``: the body in its callers' format
 
 
-def rendered_error(err: GatewayError, fmt: str = "openai") -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """An error in the caller's format: status, raw headers, body."""
-    body = anthropic_messages.error_body(err) if fmt == "anthropic" else openai_chat.error_body(err)
+def rendered_error(err: GatewayError, render: ErrorBody = openai_chat.error_body
+                   ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An error as ``render`` writes it (the route's codec): status, raw headers, body."""
+    body = render(err)
     # every answer can be traced, errors the gateway made before routing included
     headers = {"x-request-id": new_id(), "x-llmgw-attempts": "0", **err.headers}
     return err.status, raw_headers(headers, "application/json", len(body)), body
 
 
-def error_response(err: GatewayError, fmt: str = "openai") -> Response:
-    status, raw, body = rendered_error(err, fmt)
+def error_response(err: GatewayError, render: ErrorBody = openai_chat.error_body) -> Response:
+    status, raw, body = rendered_error(err, render)
     response = Response(body, status_code=status)
     response.raw_headers = raw
     return response
+
+
+def errors_in(render: ErrorBody | None = None, by_request: Callable[[Request], ErrorBody] | None = None):
+    """A FastAPI route whose errors (and unexpected failures) are answered in its callers' format: ``render``
+    (its codec's), or for a route that serves both formats, the one ``by_request`` picks."""
+    def wrap(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def route(request: Request, *args, **kwargs) -> Response:
+            try:
+                return await handler(request, *args, **kwargs)
+            except GatewayError as err:
+                failure = err
+            except Exception:
+                log.exception("unhandled error")
+                failure = internal_error()
+            return error_response(failure, render or by_request(request))  # type: ignore[misc]
+        return route
+    return wrap
+
+
+def internal_error() -> GatewayError:
+    return GatewayError(500, "The gateway hit an internal error.", code="internal_error")
+
+
+def models_format(request: Request) -> ErrorBody:
+    """``/v1/models`` serves both formats: Anthropic's SDK says ``anthropic-version``."""
+    return anthropic_messages.error_body if "anthropic-version" in request.headers else openai_chat.error_body
 
 
 class EdgeApp(FastAPI):
@@ -192,59 +218,6 @@ class EdgeApp(FastAPI):
 
     async def __call__(self, scope, receive, send) -> None:
         await self.front(scope, receive, send)
-
-
-OUTCOME_BATCH_S = 0.05  # successes wait this long at most before they go to the routers, together
-OUTCOME_BATCH_MAX = 500
-
-
-def _outcome_reporter(nc) -> Callable[[AttemptOutcome, bool], None]:
-    """Attempt outcomes to the routers, fire and forget, off the response path: failures and probes at
-    once, successes batched (one message per ``OUTCOME_BATCH_S`` under load instead of one per request)."""
-    tasks: set[asyncio.Task] = set()
-    batch: list[AttemptOutcome] = []
-
-    async def publish(subject: str, data: bytes) -> None:
-        try:
-            await nc.publish(subject, data)
-        except Exception:  # NATS away: health learning is best effort; reservations expire with their window
-            pass
-
-    def spawn(subject: str, data: bytes) -> None:
-        # the loop keeps only a weak reference to a task: hold it until it is done
-        task = asyncio.get_running_loop().create_task(publish(subject, data))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    def flush() -> None:
-        if batch:
-            spawn(subjects.ROUTER_OUTCOMES, AttemptOutcomes(outcomes=batch[:]).encode())
-            batch.clear()
-
-    def report(outcome: AttemptOutcome, may_batch: bool = False) -> None:
-        if not may_batch:
-            spawn(subjects.ROUTER_OUTCOME, outcome.encode())
-            return
-        batch.append(outcome)
-        if len(batch) >= OUTCOME_BATCH_MAX:
-            flush()
-        elif len(batch) == 1:
-            asyncio.get_running_loop().call_later(OUTCOME_BATCH_S, flush)
-
-    return report
-
-
-async def _renew_leases(nc, gateway: Gateway, lease_s: Callable[[], float]) -> None:
-    """Keep the admission leases of streams still running from expiring into "abandoned" events."""
-    while True:
-        extend_s = lease_s()
-        await asyncio.sleep(min(RENEW_EVERY_S, extend_s / 3))  # several renewals per lease: one may be lost
-        if gateway.running:
-            try:
-                await nc.publish(subjects.ROUTER_LEASE_RENEW,
-                                 LeaseRenewal(members=sorted(gateway.running)[:10_000], extend_s=extend_s).encode())
-            except Exception as exc:  # NATS away: the next round tries again
-                log.warning("cannot renew admission leases (%s)", type(exc).__name__)
 
 
 def create_app(settings: EdgeSettings) -> FastAPI:
@@ -270,7 +243,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         app.state.edge = edge
 
         await watch_config(nc, settings.config_path, [edge.apply])
-        renewer = asyncio.create_task(_renew_leases(nc, edge.gateway, lambda: edge.config.routing.lease_s),
+        renewer = asyncio.create_task(renew_leases(nc, edge.gateway.running, lambda: edge.config.routing.lease_s),
                                       name="lease-renewal")
         log.info("edge ready on %s:%d with %d providers", settings.host, settings.port, len(config.providers))
         try:
@@ -282,24 +255,29 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     app = EdgeApp(title="LLM Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
 
+    def error_body_of(request: Request) -> ErrorBody:
+        """Errors no route handler answered (a wrong method, a bad path parameter): in the format of the
+        client route the request reached, else (an unknown path) OpenAI's, the gateway's default."""
+        codec_type = codec_of_path.get(getattr(request.scope.get("route"), "path", ""))
+        return codec_type.render_error if codec_type is not None else openai_chat.error_body
+
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError):
-        return error_response(exc, _error_format(request))
+        return error_response(exc, error_body_of(request))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         return error_response(GatewayError(400, str(exc.errors()[0].get("msg", "invalid request"))),
-                              _error_format(request))
+                              error_body_of(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return error_response(GatewayError(exc.status_code, str(exc.detail)), _error_format(request))
+        return error_response(GatewayError(exc.status_code, str(exc.detail)), error_body_of(request))
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception):
         log.exception("unhandled error")
-        return error_response(GatewayError(500, "The gateway hit an internal error.", code="internal_error"),
-                              _error_format(request))
+        return error_response(internal_error(), error_body_of(request))
 
     def edge_of(request: Request) -> Edge:
         return request.app.state.edge
@@ -307,34 +285,31 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def body_of(request: Request) -> bytes:
         return await read_body(request.headers, request.stream(), edge_of(request).config.edge.max_body_bytes)
 
-    def served_in_front(path: str) -> Callable:
+    def served_in_front(path: str, codec_type) -> Callable:
+        @errors_in(codec_type.render_error)
         async def handle(request: Request) -> Response:
             # a request whose path reached FastAPI another way (a root path prefix, say): served the same way
             return _response(await front.handle(path, request.scope, request.headers, request.receive))
         return handle
 
-    # one route per client format: its codec parses and renders, the gateway does the rest (asgi_routes); the
-    # FastAPI routes are their OpenAPI operations
-    client_routes = {"/v1/chat/completions": (OpenAIChatCodec, schemas.OPENAI_CHAT),
-                     "/v1/messages": (AnthropicCodec, schemas.ANTHROPIC_MESSAGES),
-                     "/v1/responses": (ResponsesCodec, schemas.OPENAI_RESPONSES),
-                     "/v1/embeddings": (EmbeddingsCodec, schemas.EMBEDDINGS)}
-    for path, (_codec_type, schema) in client_routes.items():
-        app.add_api_route(path, served_in_front(path), methods=["POST"], openapi_extra=schemas.body(schema),
-                          name=path.rsplit("/", 1)[-1])
+    # one route per client format: its codec parses and renders (errors too), the gateway does the rest
+    # (asgi_routes); the FastAPI routes are their OpenAPI operations
+    client_routes = {"/v1/chat/completions": (OpenAIChatCodec, schemas.OPENAI_CHAT, "completions"),
+                     "/v1/messages": (AnthropicCodec, schemas.ANTHROPIC_MESSAGES, "messages"),
+                     "/v1/messages/count_tokens": (CountTokensCodec, schemas.ANTHROPIC_COUNT_TOKENS,
+                                                   "post_count_tokens"),
+                     "/v1/responses": (ResponsesCodec, schemas.OPENAI_RESPONSES, "responses"),
+                     "/v1/embeddings": (EmbeddingsCodec, schemas.EMBEDDINGS, "embeddings")}
+    for path, (codec_type, schema, name) in client_routes.items():
+        app.add_api_route(path, served_in_front(path, codec_type), methods=["POST"],
+                          openapi_extra=schemas.body(schema), name=name)
+    codec_of_path = {path: codec_type for path, (codec_type, _schema, _name) in client_routes.items()}
     fastapi_call = FastAPI.__call__.__get__(app)
-    front = ClientRoutes(fastapi_call, {path: codec for path, (codec, _schema) in client_routes.items()},
-                         lambda: app.state.edge, rendered_error)
+    front = ClientRoutes(fastapi_call, codec_of_path, lambda: app.state.edge, rendered_error)
     app.front = metrics.HttpMetrics(front, "llmgw.edge", app.router)  # GET /metrics; every request counted
 
-    @app.post("/v1/messages/count_tokens", openapi_extra=schemas.body(schemas.ANTHROPIC_COUNT_TOKENS))
-    async def post_count_tokens(request: Request) -> Response:
-        edge = edge_of(request)
-        key = edge.caller(request)
-        return _response(await anthropic_messages.count_tokens(edge.config, edge.gateway.deps.providers,
-                                                               await body_of(request), request.headers, key))
-
     @app.get("/v1/models")
+    @errors_in(by_request=models_format)
     async def get_models(request: Request) -> JSONResponse:
         edge = edge_of(request)
         key = edge.caller(request)
@@ -344,6 +319,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         return JSONResponse(listed)
 
     @app.get("/v1/models/{model_id:path}")
+    @errors_in(by_request=models_format)
     async def get_model(request: Request, model_id: str) -> JSONResponse:
         edge = edge_of(request)
         key = edge.caller(request)
@@ -367,12 +343,13 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         report = await monitor.report()
         return JSONResponse(report.body(), status_code=report.status_code)
 
+    @errors_in(PassthroughCodec.render_error)
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
         edge = edge_of(request)
         key = edge.caller(request)
         if key is not None and not key.allows_provider(provider_id):
             raise GatewayError(403, f"This API key may not use provider `{provider_id}`.",
-                               code="provider_not_allowed", type_="permission_error")
+                               code="provider_not_allowed")
         version = request.url.path.split("/")[2]  # v1, or v1beta (Gemini's native API)
         codec, exchange = passthrough.parse(edge.config, provider_id, request.method, f"/{version}/{path}",
                                             request.url.query, await body_of(request), request.headers)

@@ -33,7 +33,7 @@ async def decide(nc, route_request: RouteRequest, timeout: float) -> RouteDecisi
         left = deadline - time.monotonic()
         if left <= 0:
             raise GatewayError(503, f"The gateway's router did not answer within {timeout:g}s ({tries} tries); "
-                                    "try again shortly.", code="router_unavailable", type_="server_error",
+                                    "try again shortly.", code="router_unavailable",
                                headers={"retry-after": "1"})
         tries += 1
         try:
@@ -45,14 +45,13 @@ async def decide(nc, route_request: RouteRequest, timeout: float) -> RouteDecisi
         except NoRespondersError:
             await asyncio.sleep(min(NO_RESPONDER_PAUSE_S, max(0.0, deadline - time.monotonic())))
         except RemoteError as exc:
-            raise GatewayError(503, f"The gateway's router failed: {exc}", code="router_unavailable",
-                               type_="server_error") from None
+            raise GatewayError(503, f"The gateway's router failed: {exc}", code="router_unavailable") from None
         except Exception as exc:  # NATS itself is away (reconnecting): the same as no answer
             if not nc.is_connected:
                 await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
                 continue
             raise GatewayError(503, f"The gateway could not ask its router ({type(exc).__name__}).",
-                               code="router_unavailable", type_="server_error") from None
+                               code="router_unavailable") from None
     if decision.error is not None:
         e = decision.error
         headers = {}

@@ -125,7 +125,7 @@ def vendor_hints(provider: ProviderConfig | None) -> list[str]:
     kind = getattr(provider, "type", "openai")
     if kind and kind != "openai":  # "openai" is the generic OpenAI-compatible adapter: says nothing
         hints.append(str(kind))
-    host = (urlsplit(provider.base_url or "").hostname or "").lower()
+    host = (urlsplit(getattr(provider, "base_url", None) or "").hostname or "").lower()  # CLI types have none
     if host in HOST_VENDORS:
         hints.append(HOST_VENDORS[host])
     return hints

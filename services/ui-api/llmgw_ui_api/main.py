@@ -73,10 +73,12 @@ def load_credentials(settings: UiApiSettings) -> AdminCredentials:
     where they come from, never the tokens."""
     given = {ADMIN_TOKEN_ENV: settings.admin_token, READONLY_TOKEN_ENV: settings.admin_readonly_token}
     credentials = AdminCredentials.load(settings.state_dir, {k: v.get_secret_value() for k, v in given.items() if v})
-    where = {role: f"from {source}" if source.startswith("LLMGW_") else f"in the file {source}"
+    where = {role: f"in {source}" if source.startswith("LLMGW_") else f"in the file {source}"
              for role, source in credentials.sources.items()}
-    log.info("the admin API wants `Authorization: Bearer <token>` on every route but /healthz and /api/health: "
-             "admin token %s, read-only token %s", where["admin"], where["readonly"])
+    # worded so that the log redaction (llmgw_common.logs) finds no credential-shaped text in it to mask
+    log.info("admin API login: the admin token is %s, the read-only token %s; send one as a bearer token, or "
+             "enter it on the web UI's login page (only /healthz and /api/health answer without one)",
+             where["admin"], where["readonly"])
     return credentials
 
 

@@ -6,7 +6,8 @@
 - ``GET /api/keys/{id}``; ``POST /api/keys/{id}/rotate`` (a new secret, once; the old one stops
   working; a revoked key: 409); ``POST /api/keys/{id}/revoke`` (every edge refuses it within a second).
 - ``GET /api/keys/{id}/usage``: the key's live windows (scope ``k:<id>``) and this calendar month's
-  totals (in ``keys.budget_timezone``), each next to the key's limits; asked of the usage service.
+  totals (in ``keys.budget_timezone``), each next to the key's limits, and the month day by day (``days``,
+  null when ClickHouse could not be read); asked of the usage service.
 
 The records live in the JetStream key-value bucket (``llmgw_common.keys.KeyStore``), opened on first
 use. Bad input: 400 naming the field; an unknown id: 404.
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from llmgw_common import subjects
 from llmgw_common.keys import KeyLimits, KeyRecord, KeyStore
-from llmgw_common.messages import KeyUsage, KeyUsageQuery, WindowTotals
+from llmgw_common.messages import DayTotals, KeyUsage, KeyUsageQuery, WindowTotals
 from llmgw_common.windows import WINDOWS
 
 from .nats_client import ask
@@ -91,6 +92,7 @@ class KeyUsageReply(BaseModel):
     at: datetime
     windows: dict[str, UsedAgainstLimits]  # minute, hour, day
     month: MonthUsage
+    days: list[DayTotals] | None = None  # every day of the month (its budget: month.cost_limit_usd)
 
 
 async def _store(request: Request) -> KeyStore:
@@ -175,4 +177,4 @@ async def key_usage(request: Request, key_id: KeyId):
     windows = {w.name: _against(usage.windows.get(w.name, WindowTotals()), record.limits, w.name) for w in WINDOWS}
     month = {**_against(usage.month_totals, record.limits, "month"), "month": usage.month,
              "timezone": usage.timezone, "starts_at": usage.month_start, "ends_at": usage.month_end}
-    return {"key_id": record.id, "at": usage.at, "windows": windows, "month": month}
+    return {"key_id": record.id, "at": usage.at, "windows": windows, "month": month, "days": usage.days}

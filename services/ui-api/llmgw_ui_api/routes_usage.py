@@ -6,6 +6,8 @@
   (comma separated: provider, model, key_id), ``top`` + ``order_by``
   (requests | errors | tokens | cost), ``since`` / ``until`` (ISO 8601), ``limit``.
   Served from the per-minute rollups whenever the query allows it.
+- ``GET /api/usage/stats``: requests, errors, 429s, error rate and p50/p95 latency and time to first
+  token per provider and per model over ``since`` .. ``until`` (the overview's 24 h and 7 d), from ClickHouse.
 - ``GET /api/requests``: the request log, newest first, with filters ``provider``,
   ``model``, ``key_id``, ``request_id``, ``status`` (a code, or ok | error),
   ``since`` / ``until``; ``limit`` per page and ``cursor`` = ``next_cursor`` of the
@@ -47,6 +49,8 @@ from llmgw_common.messages import (
     UsageRequestsQuery,
     UsageSimulate,
     UsageSimulated,
+    UsageStats,
+    UsageStatsQuery,
 )
 
 from .nats_client import ask
@@ -58,6 +62,7 @@ HISTORY_PARAMS = {"since", "until", "bucket_s", "provider", "model", "key_id", "
                   "order_by", "limit", "cursor"}
 REQUESTS_PARAMS = {"since", "until", "provider", "model", "key_id", "request_id", "status", "limit", "cursor",
                    "include_bodies"}
+STATS_PARAMS = {"since", "until", "limit"}
 DEAD_PARAMS = {"cursor", "limit", "reason", "count"}
 LIST_PARAMS = {"group_by"}
 MAX_LIST_VALUES = 8  # values of a list parameter (group_by), over all its repetitions
@@ -150,6 +155,19 @@ async def usage_history(
         reply.totals += more.totals
         reply.next_cursor = more.next_cursor
         pages += 1
+    return JSONResponse(reply.model_dump(mode="json"))
+
+
+@router.get("/api/usage/stats", response_model=UsageStats)
+async def usage_stats(
+    request: Request,
+    since: Annotated[datetime, Query(description="ISO 8601; no zone: UTC")],
+    until: When = None,
+    limit: Annotated[int | None, Query(gt=0, le=2000)] = None,
+):
+    """Errors, 429s and latency percentiles per provider, each followed by its models, busiest first."""
+    query = _validate(UsageStatsQuery, _params(request, STATS_PARAMS))
+    reply = await ask(request.app, subjects.USAGE_QUERY_STATS, query, UsageStats, SERVICE)
     return JSONResponse(reply.model_dump(mode="json"))
 
 

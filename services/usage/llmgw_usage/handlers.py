@@ -33,6 +33,8 @@ from llmgw_common.messages import (
     UsageRequestsQuery,
     UsageSimulate,
     UsageSimulated,
+    UsageStats,
+    UsageStatsQuery,
     WindowTotals,
     utcnow,
 )
@@ -112,6 +114,24 @@ class QueryHandlers:
         except Exception as exc:  # noqa: BLE001
             log.exception("key usage query failed")
             raise ServiceError(500, f"key usage unavailable: {type(exc).__name__}") from None
+        try:  # the month's days: ClickHouse being away must not hide the live windows
+            reply.days = await self._store.key_days(q.key_id, start, end, tz)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("key usage: days of the month unavailable: %s: %s", type(exc).__name__, str(exc)[:200])
+        return reply
+
+    async def stats(self, q: UsageStatsQuery) -> UsageStats:
+        """Errors, 429s and latency percentiles per provider and model over a range (ClickHouse)."""
+        try:
+            reply = await self._store.stats(q, datetime.fromtimestamp(self._clock(), timezone.utc))
+        except QueryError as exc:
+            raise ServiceError(400, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001
+            log.exception("usage stats query failed")
+            raise ServiceError(500, f"usage stats unavailable: {type(exc).__name__}") from None
+        n, _ = queries.fit_count(reply.rows, self.budget())
+        if n < len(reply.rows):
+            reply.rows, reply.truncated = reply.rows[:n], True
         return reply
 
     async def history(self, q: UsageHistoryQuery) -> UsageHistory:

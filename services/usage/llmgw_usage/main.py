@@ -12,7 +12,7 @@ from llmgw_common import service, subjects
 from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
 from llmgw_common.logs import setup_logging
 from llmgw_common.messages import (KeyUsageQuery, UsageCurrentQuery, UsageDeadLettersQuery, UsageHistoryQuery,
-                                   UsageReplayBatch, UsageRequestsQuery, UsageSimulate)
+                                   UsageReplayBatch, UsageRequestsQuery, UsageSimulate, UsageStatsQuery)
 from llmgw_common.nats_conn import ensure_usage_stream
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.service import ServiceRuntime
@@ -111,6 +111,7 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
     runtime.endpoint("history", subjects.USAGE_QUERY_HISTORY, UsageHistoryQuery, queries.history)
     runtime.endpoint("requests", subjects.USAGE_QUERY_REQUESTS, UsageRequestsQuery, queries.requests)
     runtime.endpoint("key", subjects.USAGE_QUERY_KEY, KeyUsageQuery, queries.key_usage)
+    runtime.endpoint("stats", subjects.USAGE_QUERY_STATS, UsageStatsQuery, queries.stats)
     runtime.endpoint("dead", subjects.USAGE_QUERY_DEAD, UsageDeadLettersQuery, queries.dead_letters)
     runtime.endpoint("replay", subjects.USAGE_REPLAY, UsageReplayBatch, queries.replay)
     runtime.endpoint("simulate", subjects.USAGE_SIMULATE, UsageSimulate, queries.simulate)

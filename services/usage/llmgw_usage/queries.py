@@ -3,6 +3,8 @@
 - ``existing_ids_sql``: which ids of a batch ``usage_events`` already holds (the ingest's dedup check).
 - ``history_plan`` / ``history_rows``: bucketed totals, from the ``usage_minute`` rollup whenever the
   query allows it (minute-aligned range and buckets, no status filter), else from ``usage_events FINAL``.
+- ``stats_sql`` / ``stats_rows``: errors, 429s and latency percentiles per provider and model over a range.
+- ``key_days_sql`` / ``key_days``: one key's totals per day of its calendar month (budget time zone).
 - ``requests_sql`` / ``request_rows``: one page of the request log with a stable (ts, id) cursor.
 - ``fit_count`` / ``page_requests`` / ``page_history``: a reply cut to what one NATS message can carry
   (``reply_budget``: the server's max payload less a headroom), with the cursor of the rest.
@@ -17,13 +19,23 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Iterable, Protocol, Sequence
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from llmgw_common.messages import Attempt, HistoryRow, RequestLogRow, UsageHistoryQuery, UsageRequestsQuery
+from llmgw_common.messages import (
+    Attempt,
+    DayTotals,
+    HistoryRow,
+    RequestLogRow,
+    StatsRow,
+    UsageHistoryQuery,
+    UsageRequestsQuery,
+    UsageStatsQuery,
+)
 
 from .domain import TABLE, to_utc
 
@@ -280,6 +292,97 @@ def history_rows(result_rows: Iterable[Sequence[Any]], plan: HistoryPlan) -> lis
             latency_ms_sum=float(lat), tokens_cache_write=int(cache_write), tokens_reasoning=int(reasoning),
         ))
     return rows
+
+
+# ---- errors and latency per provider and model (the overview beyond the live windows) ------------------
+
+# Both queries group by provider and by (provider, model) at once; grouping(model) = 1 marks a provider's
+# own row. Counts come from the rollup; 429s and percentiles need single requests, from the request log
+# (no FINAL: the ingest never inserts an event twice, see projection.py, and FINAL would cost a merge).
+_STATS_GROUPS = "GROUP BY GROUPING SETS ((provider), (provider, model))"
+_STATS_RANGE = ("{t} >= fromUnixTimestamp64Milli(toInt64({{since_ms:Int64}}), 'UTC')"
+                " AND {t} < fromUnixTimestamp64Milli(toInt64({{until_ms:Int64}}), 'UTC')")
+
+
+def stats_range(q: UsageStatsQuery, now: datetime) -> tuple[datetime, datetime]:
+    """(since floored to its minute, until or now): the rollup counts whole minutes."""
+    since, until = to_utc(q.since), to_utc(q.until or now)
+    if until <= since:
+        raise QueryError("until must be after since")
+    return since.replace(second=0, microsecond=0), until
+
+
+def stats_sql(since: datetime, until: datetime) -> tuple[str, str, dict[str, Any]]:
+    """(rollup counts SQL, request-log 429s and percentiles SQL, their parameters)."""
+    params = {"since_ms": _ms(since), "until_ms": _ms(until)}
+    counts = (f"SELECT toString(provider), toString(model), grouping(model), sum(requests), sum(errors)"
+              f" FROM {ROLLUP} WHERE {_STATS_RANGE.format(t='minute')} {_STATS_GROUPS}")
+    ok = "status < 400"
+    detail = (f"SELECT toString(provider), toString(model), grouping(model), countIf(status = 429),"
+              f" quantilesIf(0.5, 0.95)(latency_ms, {ok}),"
+              f" quantilesIf(0.5, 0.95)(ifNull(ttft_ms, 0), {ok} AND ttft_ms IS NOT NULL)"
+              f" FROM {REQUEST_LOG} WHERE {_STATS_RANGE.format(t='ts')} {_STATS_GROUPS}")
+    return counts, detail, params
+
+
+def _quantile(v: Any) -> float | None:
+    v = float(v)
+    return None if v != v else round(v, 1)  # NaN: no request to take it from
+
+
+def stats_rows(counts: Iterable[Sequence[Any]], detail: Iterable[Sequence[Any]], limit: int) -> tuple[list[StatsRow], bool]:
+    """Rows of both queries joined: each provider (busiest first) followed by its models (busiest first),
+    cut to ``limit`` rows; (rows, whether any were left out)."""
+    rows: dict[tuple[str, str | None], StatsRow] = {}
+
+    def row(provider: str, model: str, whole: int) -> StatsRow:
+        key = (provider, None if whole else model)
+        return rows.setdefault(key, StatsRow(provider=provider, model=key[1]))
+
+    for provider, model, whole, requests, errors in counts:
+        r = row(provider, model, whole)
+        r.requests, r.errors = int(requests), int(errors)
+        r.error_rate = round(r.errors / r.requests, 4) if r.requests else 0.0
+    for provider, model, whole, limited, latency, ttft in detail:
+        r = row(provider, model, whole)
+        r.rate_limited = int(limited)
+        r.latency_p50_ms, r.latency_p95_ms = (_quantile(v) for v in latency)
+        r.ttft_p50_ms, r.ttft_p95_ms = (_quantile(v) for v in ttft)
+
+    def busiest(r: StatsRow) -> tuple:
+        return (-r.requests, r.provider, r.model or "")
+
+    ordered: list[StatsRow] = []
+    for p in sorted((r for r in rows.values() if r.model is None), key=busiest):
+        ordered.append(p)
+        ordered += sorted((r for r in rows.values() if r.model is not None and r.provider == p.provider), key=busiest)
+    return ordered[:limit], len(ordered) > limit
+
+
+# ---- a key's spend per day of its calendar month ----------------------------------------------------
+
+def key_days_sql(key_id: str, start_s: int, end_s: int, tz: str) -> tuple[str, dict[str, Any]]:
+    """Per-day totals of one key between two epoch seconds (a month in ``tz``), days as dates in ``tz``."""
+    return (f"SELECT toDate(minute, {{tz:String}}) AS day, sum(requests), sum(tokens_in), sum(tokens_out),"
+            f" toString(sum(cost_usd)) FROM {ROLLUP} WHERE key_id = {{key_id:String}}"
+            f" AND minute >= toDateTime({{start_s:Int64}}, 'UTC') AND minute < toDateTime({{end_s:Int64}}, 'UTC')"
+            f" GROUP BY day ORDER BY day",
+            {"tz": tz, "key_id": key_id, "start_s": int(start_s), "end_s": int(end_s)})
+
+
+def key_days(result_rows: Iterable[Sequence[Any]], start_s: int, end_s: int, tz: str) -> list[DayTotals]:
+    """Every day of the month from ``start_s`` to ``end_s`` (in ``tz``), zeros where nothing was used."""
+    zone = ZoneInfo(tz)
+    first = datetime.fromtimestamp(start_s, zone).date()
+    last = datetime.fromtimestamp(end_s, zone).date()  # the next month's first day
+    found = {day: (req, tin, tout, cost) for day, req, tin, tout, cost in result_rows}
+    days = []
+    for n in range((last - first).days):
+        day = first + timedelta(days=n)
+        req, tin, tout, cost = found.get(day, (0, 0, 0, "0"))
+        days.append(DayTotals(day=day, requests=int(req), tokens_in=int(tin), tokens_out=int(tout),
+                              cost_usd=Decimal(str(cost))))
+    return days
 
 
 # ---- request log --------------------------------------------------------------

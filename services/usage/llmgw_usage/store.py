@@ -46,11 +46,14 @@ from pydantic import BaseModel, TypeAdapter
 
 from llmgw_common.clickhouse_conn import connect_clickhouse
 from llmgw_common.messages import (
+    DayTotals,
     HistoryRow,
     RequestLogRow,
     UsageEvent,
     UsageHistoryQuery,
     UsageRequestsQuery,
+    UsageStats,
+    UsageStatsQuery,
 )
 
 from . import domain, queries
@@ -357,6 +360,26 @@ class ClickHouseStore:
 
         rows, bodies = await self._run(_query)
         return queries.request_rows(rows, q.limit, bodies, q.include_bodies)
+
+    async def stats(self, q: UsageStatsQuery, now: datetime) -> UsageStats:
+        """Errors, 429s and latency percentiles per provider and per model over ``q``'s range."""
+        since, until = queries.stats_range(q, now)
+        counts_sql, detail_sql, params = queries.stats_sql(since, until)
+
+        def _query():
+            client = self._require()
+            return (client.query(counts_sql, parameters=params).result_rows,
+                    client.query(detail_sql, parameters=params).result_rows)
+
+        counts, detail = await self._run(_query)
+        rows, truncated = queries.stats_rows(counts, detail, q.limit)
+        return UsageStats(since=since, until=until, rows=rows, truncated=truncated)
+
+    async def key_days(self, key_id: str, start_s: int, end_s: int, tz: str) -> list[DayTotals]:
+        """One key's totals per day from ``start_s`` to ``end_s`` (a calendar month in ``tz``)."""
+        sql, params = queries.key_days_sql(key_id, start_s, end_s, tz)
+        rows = await self.query(sql, params)
+        return queries.key_days(rows, start_s, end_s, tz)
 
     async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         """Read-only helper (tests, diagnostics) on the same worker thread."""

@@ -15,26 +15,34 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator, Mapping
 
-from llmgw_common.config import GatewayConfig
 from llmgw_common.failures import FailureKind
-from llmgw_common.keys import KeyRecord
 
-from ..core.errors import GatewayError, UpstreamError, anthropic_type, bad_request
-from ..core.gateway import Exchange, Reply
+from ..core.errors import GatewayError, UpstreamError, bad_request
+from ..core.gateway import Exchange
 from ..core.tokens import PromptTokens, estimate_chat_tokens
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingResponse, Finish, Image, Message, Start, StreamEvent,
                           Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolChoice,
                           ToolResult, ToolSpec, Usage, UsageUpdate)
-from ..providers.base import Provider, RawCall
-from .models import serving
+from ..core.provider import RawCall
 from .body import json_object
 
 _STOP_OUT = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "stop_sequence": "stop_sequence",
              "content_filter": "refusal", "error": "end_turn"}
 
 
+# Anthropic's error `type` by status (its documented set)
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                429: "rate_limit_error", 500: "api_error", 503: "overloaded_error", 504: "timeout_error",
+                529: "overloaded_error"}
+
+
+def error_type(status: int) -> str:
+    return _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+
+
 def error_body(err: GatewayError) -> bytes:
-    return json.dumps({"type": "error", "error": {"type": anthropic_type(err.status), "message": err.message}}).encode()
+    return json.dumps({"type": "error", "error": {"type": error_type(err.status), "message": err.message}}).encode()
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -45,6 +53,7 @@ class AnthropicCodec:
     format = "anthropic_messages"
     error_format = "anthropic"
     endpoint = "messages"
+    render_error = staticmethod(error_body)
 
     def __init__(self, max_depth: int = 100) -> None:
         self.max_depth = max_depth
@@ -167,7 +176,7 @@ class AnthropicCodec:
 
     def stream_error(self, err: GatewayError) -> bytes:
         status = err.status if err.status != 502 or not isinstance(err, UpstreamError) else 500
-        return _sse("error", {"type": "error", "error": {"type": anthropic_type(status), "message": err.message}})
+        return _sse("error", {"type": "error", "error": {"type": error_type(status), "message": err.message}})
 
 
 def _message_id(upstream_id: str) -> str:
@@ -328,29 +337,16 @@ def _tool_choice(choice: Any) -> ToolChoice | None:
 
 # ---- count_tokens --------------------------------------------------------------------
 
-async def count_tokens(config: GatewayConfig, providers: Mapping[str, Provider], raw: bytes,
-                       headers: Mapping[str, str], key: KeyRecord | None = None) -> Reply:
-    """Asked of an Anthropic provider serving the model when there is one (exact, and free there);
-    else our own estimate. Never counted as usage: nothing is generated."""
-    codec = AnthropicCodec(config.edge.max_json_depth)
-    exchange = codec.parse(raw, headers, count_only=True)
-    if key is not None and not key.allows_model(exchange.model):
-        raise GatewayError(403, f"This API key may not use model `{exchange.model}`.", code="model_not_allowed",
-                           param="model", type_="permission_error")
-    for provider_config, model in serving(config, exchange.model):
-        if key is not None and not key.allows_provider(provider_config.id):
-            continue
-        provider = providers.get(provider_config.id)
-        if provider is None or not provider.can_relay("anthropic_count_tokens"):
-            continue
-        try:
-            reply = await provider.relay(exchange.raw, model.upstream_name)
-        except UpstreamError as exc:
-            if exc.kind is FailureKind.BAD_REQUEST and exc.upstream_body:
-                return Reply(exc.status, {}, "application/json", body=exc.upstream_body)
-            continue  # that provider is unwell: the estimate still answers
-        return Reply(reply.status, {"x-llmgw-provider": provider.id}, "application/json", body=reply.body)
-    if not serving(config, exchange.model):
-        raise GatewayError(404, f"model: {exchange.model} is not served by this gateway", param="model")
-    return Reply(200, {"x-llmgw-provider": "estimate"}, "application/json",
-                 body=json.dumps({"input_tokens": codec.estimated_input}).encode())
+class CountTokensCodec(AnthropicCodec):
+    """``POST /v1/messages/count_tokens``: routed like every call (the router resolves the model, applies its
+    rules and the key's providers, and admits one provider), asked of that provider when it counts tokens
+    itself (an Anthropic provider: exact, and free there), else answered with our own estimate. Recorded
+    without tokens: nothing is generated. Never a ``proxy-cli`` command, never classified."""
+
+    endpoint = "messages.count_tokens"
+
+    def parse(self, raw: bytes, headers: Mapping[str, str], count_only: bool = True) -> Exchange:
+        exchange = super().parse(raw, headers, count_only=True)
+        exchange.prompt_text = ""
+        exchange.answer_here = lambda: json.dumps({"input_tokens": self.estimated_input}).encode()
+        return exchange

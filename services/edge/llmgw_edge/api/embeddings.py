@@ -11,9 +11,9 @@ from typing import Any, AsyncIterator, Mapping
 
 from ..core.errors import GatewayError, bad_request
 from ..core.gateway import Exchange
+from ..core.provider import RawCall
 from ..core.tokens import estimate_text_tokens
 from ..core.types import ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamEvent
-from ..providers.base import RawCall
 from .body import json_object
 from .openai_chat import error_body
 
@@ -24,6 +24,7 @@ class EmbeddingsCodec:
     format = "embeddings"
     error_format = "openai"
     endpoint = "embeddings"
+    render_error = staticmethod(error_body)
 
     def __init__(self, max_depth: int = 100) -> None:
         self.max_depth = max_depth

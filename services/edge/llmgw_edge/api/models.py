@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Callable
 
-from llmgw_common.config import GatewayConfig, ModelConfig, ProviderConfig
+from llmgw_common.config import GatewayConfig
 
 from ..core.errors import GatewayError
 
@@ -50,14 +50,3 @@ def anthropic_list(listed: dict) -> dict:
     data = [anthropic_model(e) for e in listed["data"]]
     return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None}
-
-
-def serving(config: GatewayConfig, name: str) -> list[tuple[ProviderConfig, ModelConfig]]:
-    """Enabled providers serving ``name`` (an alias, a logical name or ``provider/model``), in config order."""
-    name = config.routing.aliases.get(name, name)
-    if "/" in name:
-        provider_id, _, model = name.partition("/")
-        p = config.provider(provider_id)
-        if p is not None and p.enabled and p.model(model) is not None:
-            return [(p, p.model(model))]  # type: ignore[list-item]
-    return [(p, m) for p in config.providers if p.enabled for m in p.models if m.name == name]

@@ -15,11 +15,11 @@ from typing import Any, AsyncIterator, Mapping
 
 from ..core.errors import GatewayError, bad_request
 from ..core.gateway import Exchange
+from ..core.provider import RawCall
 from .body import json_object
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingResponse, Finish, Image, Message, Start, StreamEvent,
                           Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolChoice,
                           ToolResult, ToolSpec, Usage, UsageUpdate)
-from ..providers.base import RawCall
 from ..core.tokens import PromptTokens, estimate_prompt_tokens
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -27,8 +27,22 @@ _FINISH_OUT = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "
                "stop_sequence": "stop", "error": "stop"}
 
 
+# OpenAI's error `type` by status: one table for every OpenAI-format route
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
+                413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
+                429: "rate_limit_exceeded"}
+
+
+def error_type(err: GatewayError) -> str:
+    if err.status < 500:
+        return _ERROR_TYPES.get(err.status, "invalid_request_error")
+    return "upstream_error" if err.kind is not None else "server_error"  # an upstream's failure, or ours
+
+
 def error_body(err: GatewayError) -> bytes:
-    return json.dumps({"error": {"message": err.message, "type": err.type, "param": err.param,
+    """OpenAI's error JSON: every OpenAI-format route (chat, responses, embeddings, pass-through) renders this."""
+    return json.dumps({"error": {"message": err.message, "type": error_type(err), "param": err.param,
                                  "code": err.code}}).encode()
 
 
@@ -36,6 +50,7 @@ class OpenAIChatCodec:
     format = "openai_chat"
     error_format = "openai"
     endpoint = "chat.completions"
+    render_error = staticmethod(error_body)
 
     def __init__(self, max_depth: int = 100):
         self.max_depth = max_depth  # JSON nesting the edge accepts (config edge.max_json_depth)
@@ -134,9 +149,6 @@ class OpenAIChatCodec:
         body = {"error": {"message": err.message, "type": "upstream_error", "param": None,
                           "code": "upstream_stream_error"}}
         return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-    def render_error(self, err: GatewayError) -> bytes:
-        return error_body(err)
 
 
 def _completion_id(upstream_id: str) -> str:

@@ -52,11 +52,11 @@ from llmgw_common.failures import FailureKind
 
 from ..core.errors import GatewayError, UpstreamError, bad_request
 from ..core.gateway import Exchange
+from ..core.provider import RawCall
 from ..core.tokens import PromptTokens, estimate_chat_tokens
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingResponse, Finish, Message, Start, StreamEvent, Text,
                           TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolChoice,
                           ToolResult, ToolSpec, Usage, UsageUpdate)
-from ..providers.base import RawCall
 from .body import json_object
 from .openai_chat import error_body, image_from_url
 
@@ -105,6 +105,7 @@ class ResponsesCodec:
     format = "openai_responses"
     error_format = "openai"
     endpoint = "responses"
+    render_error = staticmethod(error_body)
 
     def __init__(self, max_depth: int = 100) -> None:
         self.max_depth = max_depth
@@ -266,9 +267,6 @@ class ResponsesCodec:
         failed = self._response(st.id, st.model, st.created, "failed", st.output, st.usage, None,
                                 error={"code": "server_error", "message": err.message})
         return st.event("response.failed", response=failed)
-
-    def render_error(self, err: GatewayError) -> bytes:
-        return error_body(err)
 
     # ---- helpers ------------------------------------------------------------
 

@@ -16,8 +16,8 @@ from llmgw_common.config import GatewayConfig
 
 from ..core.errors import GatewayError
 from ..core.gateway import Exchange
+from ..core.provider import RawCall
 from ..core.types import ChatResponse, EmbeddingResponse, StreamEvent
-from ..providers.base import RawCall
 from .body import json_object
 from .openai_chat import error_body
 
@@ -28,6 +28,7 @@ class PassthroughCodec:
     format = "raw"
     error_format = "openai"
     endpoint = "passthrough"
+    render_error = staticmethod(error_body)
 
     def render_response(self, resp: ChatResponse) -> bytes:  # pragma: no cover - never translated
         raise NotImplementedError

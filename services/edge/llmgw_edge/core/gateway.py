@@ -32,8 +32,8 @@ from llmgw_common.leases import lease_member
 from llmgw_common.logs import REQUEST_ID
 from llmgw_common.messages import Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest, UsageEvent
 
-from ..providers.base import Provider, RawCall
 from .errors import GatewayError, UpstreamError
+from .provider import Provider, RawCall
 from .tokens import needs_exact
 from .types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Meter, Start, StreamEvent,
                     Text, TextDelta, ThinkingDelta, ToolCallDelta, Usage, UsageUpdate)
@@ -49,6 +49,11 @@ class Codec(Protocol):
     format: str  # openai_chat | anthropic_messages | openai_responses | embeddings | raw
     error_format: str  # openai | anthropic: the shape of its error bodies
     endpoint: str  # the usage event's endpoint name
+
+    @staticmethod
+    def render_error(err: GatewayError) -> bytes:
+        """An error answer's body in the client's format."""
+        ...
 
     def render_response(self, resp: ChatResponse) -> bytes: ...
 
@@ -78,6 +83,9 @@ class Exchange:
     provider: str | None = None  # /{provider}/v1/...: this provider only
     routed: bool = True  # False: straight to ``provider``, no admission (a raw call naming no configured model)
     key_id: str | None = None  # the caller's gateway key (limits, rules and usage per key)
+    # a question the gateway answers itself when the admitted provider cannot take it as it is (count_tokens:
+    # the estimate); nothing is generated, so no tokens are recorded
+    answer_here: Callable[[], bytes] | None = None
     _chat: ChatRequest | None = None
 
     def prompt_tokens(self, exact: bool) -> int:
@@ -396,6 +404,8 @@ class Gateway:
     def _with_estimates(self, exchange: Exchange, usage: Usage, meter: Meter | None) -> Usage:
         """Never zero: a provider that reported nothing (a stream cut short, a server without usage)
         is counted with the prompt estimate and the pieces of output seen."""
+        if exchange.answer_here is not None:  # a question about the prompt: nothing was generated
+            return usage
         if not usage.input_tokens:
             usage.input_tokens = exchange.prompt_tokens(exact=True)  # recorded: as exact as we can
         if not usage.output_tokens and meter is not None:
@@ -473,9 +483,8 @@ async def _attempt(provider: Provider, exchange: Exchange, codec: Codec, model: 
     if not tracing.enabled:
         return await _send_once(provider, exchange, codec, model)
     operation = "embeddings" if exchange.embedding is not None else "chat"
-    ptype = getattr(provider, "type", "unknown")
     span = tracing.start("llmgw.edge", f"{operation} {model}", tracing.CLIENT, {
-        "gen_ai.operation.name": operation, "gen_ai.system": _GENAI_SYSTEM.get(ptype, ptype),
+        "gen_ai.operation.name": operation, "gen_ai.system": provider.genai_system,
         "gen_ai.request.model": model, "llmgw.provider": provider.id,
         # the model asked for: a pass-through answer's body is not parsed for its own
         "gen_ai.response.model": model, "llmgw.passthrough": provider.can_relay(exchange.raw.format)})
@@ -493,11 +502,6 @@ async def _attempt(provider: Provider, exchange: Exchange, codec: Codec, model: 
     else:
         sent.span = span
     return sent
-
-
-# gen_ai.system by provider type (OpenTelemetry GenAI semantic conventions)
-_GENAI_SYSTEM = {"openai": "openai", "copilot": "github_copilot", "anthropic": "anthropic",
-                 "claude_code": "anthropic", "gemini": "gcp.gemini", "gemini_cli": "gcp.gemini"}
 
 
 def _end_attempt_span(span: Any, error: str | None, status: int, usage: Usage | None) -> None:
@@ -518,6 +522,8 @@ async def _send_once(provider: Provider, exchange: Exchange, codec: Codec, model
         first = await _first(reply.chunks, reply.chunks)
         return _Sent(reply.status, reply.media_type, reply.headers, stream=_chain(first, reply.chunks), meter=reply,
                      upstream=reply.chunks)
+    if exchange.answer_here is not None:
+        return _Sent(200, "application/json", {"x-llmgw-provider": "estimate"}, body=exchange.answer_here())
     if exchange.embedding is not None:
         resp = await provider.embed(exchange.embedding, model)
         return _Sent(200, "application/json", {}, body=codec.render_embeddings(resp), usage=resp.usage)
@@ -586,7 +592,7 @@ def _all_failed(outcome: _Outcome, last: UpstreamError | None) -> GatewayError:
     if last is not None and last.kind is FailureKind.UNSUPPORTED and all(a.status == 400 for a in outcome.attempts):
         # no provider can serve this kind of request (a built-in tool, n > 1...): say why, as a 400
         return GatewayError(400, f"No provider for model `{outcome.model}` can serve this request: {last.message}",
-                            code="unsupported_request")
+                            code="unsupported_request", kind=FailureKind.UNSUPPORTED)
     tried = ", ".join(f"{a.provider} ({a.status or a.error})" for a in outcome.attempts) or "none"
     all_429 = bool(outcome.attempts) and all(a.status == 429 for a in outcome.attempts)
     status = 429 if all_429 else 502
@@ -595,4 +601,4 @@ def _all_failed(outcome: _Outcome, last: UpstreamError | None) -> GatewayError:
         headers["retry-after"] = str(max(1, int(last.retry_after_s + 0.999)))
     return GatewayError(status, f"Every provider failed for model `{outcome.model}`: {tried}",
                         code="all_providers_failed", headers=headers,
-                        type_="rate_limit_exceeded" if status == 429 else "upstream_error")
+                        kind=FailureKind.RATE_LIMITED if status == 429 else last.kind if last else FailureKind.SERVER)

@@ -1,4 +1,5 @@
-"""Provider adapters: one module per provider type behind one interface (``base.Provider``).
+"""Provider adapters: one module per provider type, each implementing the core's ``Provider`` interface
+(``core/provider.py``) on the shared base (``base.BaseProvider``).
 
 Adding a provider type = one module here, its class in ``PROVIDER_TYPES`` and its name in
 ``llmgw_common.config.ProviderType``.
@@ -11,7 +12,7 @@ from pathlib import Path
 from llmgw_common.config import GatewayConfig, ProviderConfig, resolve_secret
 
 from .anthropic import AnthropicProvider
-from .base import Provider, ProviderContext
+from .base import BaseProvider, ProviderContext
 from .claude_code import ClaudeCodeProvider
 from .copilot import CopilotProvider
 from .gemini import GeminiProvider
@@ -19,17 +20,18 @@ from .gemini_cli import GeminiCliProvider
 from .http import Transport
 from .openai import OpenAIProvider
 
-PROVIDER_TYPES: dict[str, type[Provider]] = {cls.type: cls for cls in (
+PROVIDER_TYPES: dict[str, type[BaseProvider]] = {cls.type: cls for cls in (
     OpenAIProvider, AnthropicProvider, GeminiProvider, CopilotProvider, ClaudeCodeProvider, GeminiCliProvider)}
 
 
-def build_provider(config: ProviderConfig, transport: Transport, state_dir: Path) -> Provider:
+def build_provider(config: ProviderConfig, transport: Transport, state_dir: Path) -> BaseProvider:
     cls = PROVIDER_TYPES.get(config.type)
     if cls is None:
         raise ValueError(f"provider {config.id}: type {config.type!r} has no adapter in this edge")
-    return cls(config, ProviderContext(transport=transport, secret=resolve_secret(config.api_key),
+    secret = resolve_secret(getattr(config, "api_key", None))  # the CLI types have none: their own login
+    return cls(config, ProviderContext(transport=transport, secret=secret,
                                        state_dir=state_dir))
 
 
-def build_providers(config: GatewayConfig, transport: Transport, state_dir: Path) -> dict[str, Provider]:
+def build_providers(config: GatewayConfig, transport: Transport, state_dir: Path) -> dict[str, BaseProvider]:
     return {p.id: build_provider(p, transport, state_dir) for p in config.providers}

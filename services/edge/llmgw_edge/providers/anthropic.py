@@ -38,6 +38,7 @@ FORWARDED = ("anthropic-version", "anthropic-beta")
 
 class AnthropicProvider(HttpProvider):
     type = "anthropic"
+    genai_system = "anthropic"
     error_format = "anthropic"
     default_base_url = "https://api.anthropic.com"
     passthrough = frozenset({"anthropic_messages", "anthropic_count_tokens", "raw"})

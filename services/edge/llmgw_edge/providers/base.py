@@ -1,25 +1,21 @@
-"""The one interface every provider type implements (one module per type beside this one).
+"""What every provider type shares: the base of the core's ``Provider`` interface (``core/provider.py``).
 
 A provider is built once per configured provider (``ProviderConfig``) with
-its resolved secret and the shared transport. The gateway calls it in one of
-two ways:
-
-- **translated**: ``chat`` / ``chat_stream`` / ``embed`` take format-neutral
-  core types and return core types; the inbound codec renders them in the
-  client's format. Every provider implements these (or raises ``unsupported``).
-- **pass-through**: ``relay`` sends the client's own body (model rewritten)
-  when the client speaks the provider's native format (``passthrough``), and
-  relays the answer byte for byte, reading only the usage. This is the fast
-  path and keeps every field the gateway does not know about.
+its resolved secret and the shared transport (one module per type beside
+this one). Every provider answers translated calls (``chat`` /
+``chat_stream`` / ``embed``, or raises ``unsupported``); a provider that
+speaks some client formats natively lists them in ``passthrough`` and relays
+those requests as they are: the fast path, which keeps every field the
+gateway does not know about.
 
 Errors are ``UpstreamError`` with a ``FailureKind`` (``classify``), mapped
-here once per provider type.
+here once per provider type; each provider module reads its own error bodies.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, ClassVar, Mapping
 
@@ -28,7 +24,8 @@ from llmgw_common.failures import FailureKind
 from llmgw_common.logs import redact
 
 from ..core.errors import UpstreamError, unsupported
-from ..core.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Meter, StreamEvent, Usage
+from ..core.provider import RawCall, RawReply
+from ..core.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamEvent, Usage
 from .ratelimit_headers import retry_after_seconds
 from .http import HttpReply, Timeouts, Transport
 
@@ -44,31 +41,6 @@ class ProviderContext:
     state_dir: Path
 
 
-@dataclass
-class RawCall:
-    """A client's request in the provider's own format, for ``relay``."""
-
-    format: str  # openai_chat | openai_responses | embeddings | anthropic_messages | anthropic_count_tokens | raw
-    body: dict[str, Any] | None  # the client's JSON body (None for raw bodies that are not JSON)
-    raw: bytes
-    stream: bool = False
-    headers: Mapping[str, str] = field(default_factory=dict)  # the client's headers (lower-case names)
-    include_usage: bool = False  # OpenAI streams: the client asked for the usage chunk
-    path: str = ""  # raw: the path after /{provider}, with its query string
-    method: str = "POST"
-
-
-@dataclass(kw_only=True)
-class RawReply(Meter):
-    """An upstream answer relayed as it came; its ``Meter`` fills while ``chunks`` is read."""
-
-    status: int
-    headers: dict[str, str]
-    media_type: str
-    body: bytes | None = None
-    chunks: AsyncIterator[bytes] | None = None
-
-
 def token_count(value: Any) -> int:
     """A token figure from a provider's JSON: a positive int, else 0 (absent, null, negative, a bool...)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
@@ -80,23 +52,27 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def error_message(status: int, body: bytes) -> str:
-    """The provider's own message, redacted (some echo part of the key), bounded."""
+    """The provider's own message (``{"error": {"message": ...}}`` or ``{"error": "..."}``), redacted
+    (some echo part of the key), bounded."""
     try:
         obj = json.loads(body)
-        err = obj.get("error") if isinstance(obj, dict) else None
-        if isinstance(obj, list) and obj and isinstance(obj[0], dict):  # Gemini's array answers
-            err = obj[0].get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return f"upstream {status}: {redact(str(err['message'])[:500])}"
-        if isinstance(err, str):
-            return f"upstream {status}: {redact(err[:500])}"
-    except (ValueError, AttributeError):
-        pass
+        return error_message_of(status, obj.get("error") if isinstance(obj, dict) else None)
+    except (ValueError, UnicodeDecodeError):
+        return f"upstream {status}"
+
+
+def error_message_of(status: int, err: Any) -> str:
+    """``error_message`` of a body's error member, already read."""
+    if isinstance(err, dict) and err.get("message"):
+        return f"upstream {status}: {redact(str(err['message'])[:500])}"
+    if isinstance(err, str):
+        return f"upstream {status}: {redact(err[:500])}"
     return f"upstream {status}"
 
 
-class Provider:
+class BaseProvider:
     type: ClassVar[str]
+    genai_system: ClassVar[str]  # OpenTelemetry's gen_ai.system (GenAI semantic conventions)
     error_format: ClassVar[str] = "openai"  # the wire format of its error bodies
     passthrough: ClassVar[frozenset[str]] = frozenset()  # inbound formats ``relay`` takes as they are
 
@@ -135,12 +111,15 @@ class Provider:
     def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         """An error answer as one ``UpstreamError`` (provider modules refine the kind from their bodies)."""
         kept = kept_headers(headers)
-        return UpstreamError(status, error_message(status, body), upstream_body=body,
+        return UpstreamError(status, self.error_message(status, body), upstream_body=body,
                              upstream_format=self.error_format, headers=kept,
                              retry_after_s=retry_after_seconds(kept) if status == 429 else None)
 
+    def error_message(self, status: int, body: bytes) -> str:
+        return error_message(status, body)
 
-class HttpProvider(Provider):
+
+class HttpProvider(BaseProvider):
     """A provider reached over HTTP at ``base_url`` (its type's default when the config has none)."""
 
     default_base_url: ClassVar[str | None] = None

@@ -191,6 +191,7 @@ class ClaudeCodeParser(CliParser):
 
 class ClaudeCodeProvider(CliProvider):
     type = "claude_code"
+    genai_system = "anthropic"
     error_format = "anthropic"
     default_command = ["claude"]
     system_flag = True

@@ -44,7 +44,7 @@ from llmgw_common.logs import redact
 from ..core.errors import UpstreamError, unsupported
 from ..core.types import (ChatRequest, ChatResponse, Finish, Image, Message, Start, StreamEvent, Text, TextDelta,
                           Thinking, ThinkingDelta, ToolResult, UsageUpdate)
-from .base import Provider, ProviderContext
+from .base import BaseProvider, ProviderContext
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class CliParser:
         return None
 
 
-class CliProvider(Provider):
+class CliProvider(BaseProvider):
     """A provider that is a CLI: ``argv`` and ``parser`` per CLI, the rest shared."""
 
     default_command: ClassVar[list[str]]

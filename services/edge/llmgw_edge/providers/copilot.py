@@ -131,6 +131,7 @@ class CopilotToken:
 
 class CopilotProvider(OpenAIProvider):
     type = "copilot"
+    genai_system = "github_copilot"
     default_base_url = DEFAULT_COPILOT_API_URL
     clock: ClassVar = staticmethod(time.time)  # tests replace it on the instance
 

@@ -34,7 +34,7 @@ from ..core.tokens import estimate_text_tokens
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Image, Message,
                           Start, StreamEvent, Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta,
                           ToolCallStart, ToolResult, Usage, UsageUpdate)
-from .base import HttpProvider, RawCall, RawReply, dumps, loads_object, token_count
+from .base import HttpProvider, RawCall, RawReply, dumps, error_message_of, loads_object, token_count
 from .http import HttpReply, sse_events
 
 API_VERSION = "v1beta"
@@ -85,6 +85,7 @@ _MAX_REF_DEPTH = 8
 
 class GeminiProvider(HttpProvider):
     type = "gemini"
+    genai_system = "gcp.gemini"
     error_format = "gemini"
     default_base_url = f"https://generativelanguage.googleapis.com/{API_VERSION}"
     passthrough = frozenset({"raw"})
@@ -153,6 +154,9 @@ class GeminiProvider(HttpProvider):
 
     # ---- errors ---------------------------------------------------------------
 
+    def error_message(self, status: int, body: bytes) -> str:
+        return error_message_of(status, _error_member(body))
+
     def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         err = super().classify(status, body, headers)
         info = _error_object(body)
@@ -193,14 +197,19 @@ def _b64_floats(values: list[float]) -> str:
 
 # ---- errors -----------------------------------------------------------------------
 
-def _error_object(body: bytes) -> dict[str, Any] | None:
+def _error_member(body: bytes) -> Any:
+    """The ``error`` member of Gemini's error body, also inside the array answers."""
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
     if isinstance(obj, list) and obj:  # streamGenerateContent without alt=sse answers arrays
         obj = obj[0]
-    err = obj.get("error") if isinstance(obj, dict) else None
+    return obj.get("error") if isinstance(obj, dict) else None
+
+
+def _error_object(body: bytes) -> dict[str, Any] | None:
+    err = _error_member(body)
     return err if isinstance(err, dict) else None
 
 

@@ -90,6 +90,7 @@ class GeminiCliParser(CliParser):
 
 class GeminiCliProvider(CliProvider):
     type = "gemini_cli"
+    genai_system = "gcp.gemini"
     error_format = "openai"
     default_command = ["gemini"]
     system_flag = False

@@ -28,6 +28,7 @@ _FINISH_IN = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "f
 
 class OpenAIProvider(HttpProvider):
     type = "openai"
+    genai_system = "openai"
     default_base_url = "https://api.openai.com/v1"
 
     @property

@@ -113,6 +113,41 @@ try {
     await page.waitForFunction((sel) => Number(document.querySelector(sel)?.getAttribute("data-value")) >= 2,
                                '[data-testid="usage-beta-minute-requests"]', { timeout: 3000, polling: 100 });
     await page.waitForTimeout(1200);
+  });
+
+  await step("overview-beyond-the-hour", async () => {
+    // a model without any limit takes one line: its numbers, no striped bars
+    const unlimited = page.locator('[data-provider="alpha"] .model-row[data-model="m"]');
+    check((await unlimited.locator(".bar").count()) === 0, "alpha/m has no limit but shows bars");
+    const height = (await unlimited.boundingBox())?.height ?? 999;
+    check(height < 60, `alpha/m (no limits) takes ${height}px, not one line`);
+    // the toggles are real buttons: focusable, pressed state, named for a screen reader
+    const requests = page.getByRole("button", { name: "Sparkline metric: Requests" });
+    check((await requests.getAttribute("aria-pressed")) === "true", "Requests is not pressed");
+    await requests.focus();
+    await page.keyboard.press("Tab");
+    check((await page.evaluate(() => document.activeElement?.getAttribute("aria-label"))) === "Sparkline metric: Tokens",
+          "Tab from Requests does not reach Tokens");
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => document.querySelector('[aria-label="Sparkline metric: Tokens"]')?.getAttribute("aria-pressed") === "true");
+    await page.getByRole("button", { name: "Sparkline metric: Requests" }).click();
+    // the sparkline over 7 days (3-hour buckets from ClickHouse) holds the requests just sent
+    await page.getByRole("button", { name: "Sparkline span: 7 d" }).click();
+    await page.waitForFunction((sel) => (document.querySelector(sel)?.getAttribute("data-points") ?? "").split(",").length === 56
+      && Number(document.querySelector(sel)?.getAttribute("data-total")) >= 3, '[data-testid="spark-alpha"]', { timeout: 5000 });
+    await page.getByRole("button", { name: "Sparkline span: 10 min" }).click();
+    // errors and latency per provider and model, 24 h and 7 d from ClickHouse
+    const week = page.getByRole("button", { name: "Errors and latency over the last: 7 d" });
+    await week.click();
+    check((await week.getAttribute("aria-pressed")) === "true", "the 7 d range is not pressed");
+    await page.locator('[data-testid="stats-table"][data-range="7d"]').waitFor();
+    const alpha = page.locator('[data-testid="stats-row"][data-name="alpha"]');
+    await alpha.waitFor({ timeout: 10_000 });
+    await page.locator('[data-testid="stats-row"][data-name="alpha/m"]').waitFor();
+    check(/\d+ ms/.test(await alpha.locator("td").nth(5).textContent()), "alpha has no p50 latency");
+    await page.getByRole("button", { name: "Errors and latency over the last: 24 h" }).click();
+    await page.locator('[data-testid="stats-table"][data-range="24h"]').waitFor();
+    await page.locator('[data-testid="stats-row"][data-name="beta/m"]').waitFor();
     await shot("overview.png");
   });
 
@@ -200,6 +235,11 @@ try {
   await step("pricing", async () => {
     await go("Pricing");
     await page.getByRole("table", { name: "Effective prices" }).waitFor();
+    // which price table is in use and as of when, in words, never the fetch's raw error
+    const table = (await page.getByTestId("price-table").textContent()) ?? "";
+    check(/bundled snapshot of \d{4}-\d{2}-\d{2}|cached copy fetched \d{4}-|public price list, fetched/.test(table),
+          `the pricing page does not say which price table it uses: ${table}`);
+    check(!/Error|Errno/.test(table), `the pricing page shows a raw fetch error: ${table}`);
     const link = page.getByRole("link", { name: /Usage/ });
     check((await link.getAttribute("href")) === "http://localhost:3000/d/llmgw-usage", "the Grafana link is wrong");
     await shot("pricing.png");
@@ -214,9 +254,28 @@ try {
     await page.getByRole("button", { name: "Create key" }).click();
     const secret = await page.getByTestId("key-secret").textContent();
     check(/^llmgw-/.test(secret ?? ""), `no secret shown: ${secret}`);
-    await page.getByRole("row").filter({ hasText: "team-a" }).getByRole("button", { name: "Usage" }).click();
-    await page.getByText(/month \d{4}-\d{2}/).waitFor();
+    const sent = await helper("/send", { model: "m", n: 2, provider: "beta", key: secret });
+    check(sent.statuses.every((s) => s === 200), `requests with the key failed: ${JSON.stringify(sent)}`);
+    const row = page.getByRole("row").filter({ hasText: "team-a" });
+    check(!(await row.textContent()).includes("……"), "the key's prefix ends in a double ellipsis");
+    // its month day by day against its budget, once the requests reached ClickHouse
+    const chart = page.getByTestId("spend-chart");
+    for (let i = 0; i < 40; i++) {
+      await row.getByRole("button", { name: "Usage" }).click(); // open (or close and open again: a fresh read)
+      if (await row.getByRole("button", { name: "Usage" }).getAttribute("aria-expanded") !== "true") continue;
+      await page.getByText(/month \d{4}-\d{2}/).waitFor();
+      await chart.waitFor();
+      if (Number(await chart.getAttribute("data-requests")) >= 2) break; // both requests in ClickHouse
+      await page.waitForTimeout(250);
+    }
+    check(Number(await chart.getAttribute("data-requests")) >= 2, "the key's spend per day stays empty");
+    check(Number(await chart.getAttribute("data-total")) > 0, "the key's requests cost nothing per day");
+    check(Number(await chart.getAttribute("data-days")) >= 28, "the chart does not hold the whole month");
+    check((await chart.getAttribute("aria-label")).includes("$50.00 budget"), "the chart does not name the budget");
     await shot("keys.png");
+    // the request log names the key
+    await go("Request log");
+    await page.locator('[data-testid="log-key"]').filter({ hasText: "team-a" }).first().waitFor({ timeout: 10_000 });
   });
 
   await step("phone", async () => {
@@ -228,6 +287,31 @@ try {
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     check(overflow <= 1, `the overview is ${overflow}px wider than a phone`);
     await shot("overview-phone.png");
+    // every page link whole on the screen (none scrolled half out of sight: "Co")
+    const links = await page.getByRole("navigation", { name: "Pages" }).getByRole("link").evaluateAll((all) =>
+      all.map((a) => { const r = a.getBoundingClientRect(); return { text: a.textContent, left: r.left, right: r.right }; }));
+    for (const l of links) check(l.left >= 0 && l.right <= 391, `the page link ${l.text} is cut off (${l.left}..${l.right})`);
+    // the request log: no column cut off; a wide table scrolls inside its own box
+    await go("Request log");
+    await page.getByTestId("log-row").first().waitFor();
+    const fit = await page.evaluate(() => {
+      const wrap = document.querySelector('table[aria-label="Requests"]').closest(".table-wrap");
+      wrap.scrollLeft = wrap.scrollWidth;
+      const heads = [...wrap.querySelectorAll("thead th")].filter((th) => th.offsetParent !== null);
+      const last = heads.at(-1).getBoundingClientRect();
+      return { page: document.documentElement.scrollWidth - window.innerWidth, right: last.right, wrapRight: wrap.getBoundingClientRect().right };
+    });
+    check(fit.page <= 1, `the request log is ${fit.page}px wider than a phone`);
+    check(fit.right <= fit.wrapRight + 1, `the request log's last column ends at ${fit.right}px, its box at ${fit.wrapRight}px`);
+    await page.evaluate(() => { document.querySelector('table[aria-label="Requests"]').closest(".table-wrap").scrollLeft = 0; });
+    await shot("request-log-phone.png");
+    await go("Keys");
+    await page.getByRole("row").filter({ hasText: "team-a" }).first().waitFor();
+    const keysOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(keysOverflow <= 1, `the keys page is ${keysOverflow}px wider than a phone`);
+    const revoke = await page.getByRole("row").filter({ hasText: "team-a" }).first().getByRole("button", { name: "Revoke" }).boundingBox();
+    check(revoke && revoke.x + revoke.width <= 391, `the key's Revoke button is cut off at ${revoke?.x + revoke?.width}px`);
+    await shot("keys-phone.png");
   });
 
   await step("keyboard", async () => {

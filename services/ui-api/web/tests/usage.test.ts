@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
 import type { HistoryRow, ProviderState, ScopeUsage } from "../src/lib/api/types";
-import { buildOverview, minuteSeries, recentSamples, sparkPoints, totals } from "../src/lib/usage";
+import {
+  bucketSeries, buildOverview, hasLimits, minuteSeries, recentSamples, spanBuckets, spanBucketS, spanLabel, sparkPoints, totals,
+} from "../src/lib/usage";
 
 const state: ProviderState[] = [{
   id: "p1", free_tier: true, enabled: true, breaker: "closed",
@@ -35,10 +37,21 @@ describe("the overview", () => {
     expect(p1.windows.day.cost.limit).toBe(5);
     expect(p1.models[0].windows.minute.requests.limit).toBe(2);
   });
+  it("a provider or model without any limit is told apart (its numbers take one line, no striped bars)", () => {
+    const [p1] = buildOverview([...state, { id: "free", models: [{ name: "x" }] }], null);
+    expect(hasLimits(p1)).toBe(true);
+    expect(hasLimits(p1.models[0])).toBe(true);
+    const unlimited = buildOverview([{ id: "free", models: [{ name: "x" }] }], null)[0];
+    expect(hasLimits(unlimited)).toBe(false);
+    expect(hasLimits(unlimited.models[0])).toBe(false);
+    expect(hasLimits(buildOverview([{ id: "free" }], null, { free: { limits: { tokens_per_day: 10 } } })[0])).toBe(true);
+  });
   it("without live scopes the router's counts stand", () => {
     expect(buildOverview(state, null)[0].windows.minute.requests.used).toBe(1);
   });
 });
+
+const SPANS_SHOWN = [1, 5, 10, 30, 60, 1440, 10080] as const;
 
 describe("sparklines", () => {
   const now = Date.parse("2025-01-01T12:10:30Z");
@@ -51,6 +64,19 @@ describe("sparklines", () => {
     expect(minuteSeries(rows, "p1", "a", 5, "requests", now)).toEqual([0, 0, 2, 0, 3]);
     expect(minuteSeries(rows, "p1", null, 10, "requests", now)[0]).toBe(9);
     expect(minuteSeries(rows, "p1", null, 1, "tokens", now)).toEqual([30]);
+  });
+  it("24 h and 7 d from coarser buckets, aligned as the history's", () => {
+    expect(SPANS_SHOWN.map(spanLabel)).toEqual(["1 min", "5 min", "10 min", "30 min", "60 min", "24 h", "7 d"]);
+    expect([spanBucketS(60), spanBucketS(1440), spanBucketS(10080)]).toEqual([60, 1800, 10800]);
+    expect([spanBuckets(60), spanBuckets(1440), spanBuckets(10080)]).toEqual([60, 48, 56]);
+    const at = (iso: string, requests: number) => ({ bucket: iso, provider: "p1", model: "a", requests, errors: 0,
+      tokens_in: 0, tokens_out: 0, cost_usd: "0" } as HistoryRow);
+    const day = [at("2025-01-01T12:00:00Z", 4), at("2025-01-01T11:30:00Z", 2), at("2024-12-31T12:00:00Z", 8), at("2024-12-31T13:00:00Z", 1)];
+    const series = bucketSeries(day, "p1", null, 48, 1800, "requests", now);
+    expect(series.length).toBe(48);
+    expect(series.slice(-3)).toEqual([0, 2, 4]); // 11:00, 11:30, 12:00 (now is 12:10)
+    expect(series.slice(0, 2)).toEqual([0, 1]); // 2024-12-31T13:00 is the second; 12:00 is a day and a bucket back: out
+    expect(series.reduce((a, b) => a + b, 0)).toBe(7);
   });
   it("live samples of the last minute", () => {
     const samples = [{ t: now - 90_000, v: 1 }, { t: now - 30_000, v: 2 }, { t: now, v: 3 }];

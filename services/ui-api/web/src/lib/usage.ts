@@ -147,8 +147,32 @@ export function totals(blocks: ProviderBlock[], window: WindowName): Record<Metr
   return out;
 }
 
-export const SPANS = [1, 5, 10, 30, 60] as const;
+/** A row with no limit in any window: its numbers go on one line, without bars. */
+export function hasLimits(row: UsageRow): boolean {
+  return WINDOWS.some((w) => METRICS.some((m) => row.windows[w][m].limit != null));
+}
+
+/** Sparkline spans in minutes: the last hour from per-minute buckets, 24 h and 7 d from coarser ones. */
+export const SPANS = [1, 5, 10, 30, 60, 1440, 10080] as const;
 export type Span = (typeof SPANS)[number];
+
+export function spanLabel(span: Span): string {
+  if (span === 10080) return "7 d";
+  if (span === 1440) return "24 h";
+  return `${span} min`;
+}
+
+/** The bucket of a span's sparkline, in seconds: minutes up to an hour, half hours for a day, 3 h for a week. */
+export function spanBucketS(span: Span): number {
+  if (span === 10080) return 3 * 3600;
+  if (span === 1440) return 1800;
+  return 60;
+}
+
+/** How many buckets a span's sparkline has. */
+export function spanBuckets(span: Span): number {
+  return Math.max(1, Math.round((span * 60) / spanBucketS(span)));
+}
 
 function metricOf(row: HistoryRow, metric: Metric): number {
   if (metric === "requests") return num(row.requests) || 0;
@@ -157,20 +181,31 @@ function metricOf(row: HistoryRow, metric: Metric): number {
 }
 
 /**
+ * Values of the last ``buckets`` buckets of ``bucketS`` seconds (aligned to the epoch, as the history's are)
+ * up to the one holding ``now``, oldest first, zeros where nothing happened, of one provider (model null) or
+ * one of its models.
+ */
+export function bucketSeries(rows: HistoryRow[], provider: string, model: string | null, buckets: number,
+                             bucketS: number, metric: Metric, now: number = Date.now()): number[] {
+  const size = bucketS * 1000;
+  const current = Math.floor(now / size);
+  const out = new Array<number>(Math.max(1, buckets)).fill(0);
+  for (const row of rows) {
+    if (row.provider !== provider || (model !== null && row.model !== model)) continue;
+    const bucket = Math.floor(new Date(row.bucket).getTime() / size);
+    const index = out.length - 1 - (current - bucket);
+    if (index >= 0 && index < out.length) out[index] += metricOf(row, metric);
+  }
+  return out;
+}
+
+/**
  * Per-minute values of the last ``minutes`` minutes up to the minute of ``now`` (oldest first, zeros
  * where nothing happened) of one provider (model null) or one of its models.
  */
 export function minuteSeries(rows: HistoryRow[], provider: string, model: string | null, minutes: number,
                              metric: Metric, now: number = Date.now()): number[] {
-  const current = Math.floor(now / 60_000);
-  const out = new Array<number>(Math.max(1, minutes)).fill(0);
-  for (const row of rows) {
-    if (row.provider !== provider || (model !== null && row.model !== model)) continue;
-    const minute = Math.floor(new Date(row.bucket).getTime() / 60_000);
-    const index = out.length - 1 - (current - minute);
-    if (index >= 0 && index < out.length) out[index] += metricOf(row, metric);
-  }
-  return out;
+  return bucketSeries(rows, provider, model, minutes, 60, metric, now);
 }
 
 /** A live window sampled over time (the 1-minute sparkline): samples within ``seconds`` of ``now``. */
