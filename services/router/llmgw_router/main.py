@@ -1,8 +1,9 @@
 """Router service: answers ``llmgw.router.decide`` in a queue group (replicas share the load).
 
-Wiring and handlers. The policy is pure (``policy.py``, ``outcomes.py``);
-admission, health and the pin live in Redis (``store.py``) so every replica
-shares them.
+Wiring and handlers, run by the service runtime (``llmgw_common.service``). The policy is pure
+(``policy.py``, ``outcomes.py``); admission, health and the pin live in Redis (``store.py``) so every
+replica shares them. ``Router.load`` reads the gateway keys, the pin, the smart flag and the prices before
+the runtime subscribes: a replica started (or restarted after kill -9) never answers without them.
 """
 
 from __future__ import annotations
