@@ -43,7 +43,11 @@ async def test_runtime_answers_only_after_load_and_stops_in_order(infra, tmp_pat
         return RouterState(pinned=cmd.provider)
 
     runtime = ServiceRuntime("runtimetest", "a test service", infra.nats_url, tmp_path / "none.yaml")
-    runtime.endpoint("echo", SUBJECT, PinCommand, echo)
+    observed: list[tuple[str | None, bool]] = []
+    runtime.endpoint("echo", SUBJECT, PinCommand, echo, concurrent=True,
+                     observe=lambda cmd, reply, seconds: observed.append((cmd.provider, reply is not None)),
+                     failure=ServiceError(503, "cannot reach the shared state"))
+    runtime.endpoint("plain", SUBJECT + ".plain", PinCommand, echo)
     runtime.on_stop("first", lambda: order.append("stop"))
     runtime.on_close("last", lambda: order.append("close"))
     task = asyncio.create_task(runtime.run(load=load, stop=stop))
@@ -67,8 +71,12 @@ async def test_runtime_answers_only_after_load_and_stops_in_order(infra, tmp_pat
             await request(nc, SUBJECT, PinCommand(provider="refuse"), RouterState, timeout=5)
         assert refused.value.status == 404 and "unknown provider" in str(refused.value)
         crashed = await _answer(nc, PinCommand(provider="crash").encode())
-        assert crashed.headers["Nats-Service-Error-Code"] == "500"
-        assert "secret-detail" not in crashed.headers["Nats-Service-Error"]
+        assert crashed.headers["Nats-Service-Error-Code"] == "503"  # the endpoint's failure answer
+        assert crashed.headers["Nats-Service-Error"] == "cannot reach the shared state"
+        assert observed[-3:] == [("x", True), ("refuse", False), ("crash", False)]
+        plain = await nc.request(SUBJECT + ".plain", PinCommand(provider="crash").encode(), timeout=5)
+        assert plain.headers["Nats-Service-Error-Code"] == "500"
+        assert "secret-detail" not in plain.headers["Nats-Service-Error"]
         bad = await _answer(nc, b'{"provider": 12')
         assert bad.headers["Nats-Service-Error-Code"] == "400"
         assert "Traceback" not in bad.headers["Nats-Service-Error"]

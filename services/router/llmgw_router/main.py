@@ -77,23 +77,15 @@ class Router:
         if self._tasks:  # outcomes in hand reach Redis before the connections close
             await asyncio.wait(set(self._tasks), timeout=5)
 
-    async def answer_decide(self, route_request: RouteRequest) -> RouteDecision:
-        """``llmgw.router.decide`` (each request in its own task: the runtime's ``concurrent`` endpoint)."""
-        REQUEST_ID.set(route_request.request_id)  # in this task's log lines
-        t0 = time.perf_counter()
-        try:
-            decision = await self.decide(route_request)
-        except Exception:  # a Redis outage must not leave the edge waiting for a timeout
-            self.meter.decision(None, time.perf_counter() - t0)
-            log.exception("decide failed for %s", route_request.request_id)
-            raise ServiceError(503, "router cannot reach its shared state") from None
-        outcome = self.meter.decision(decision, time.perf_counter() - t0)
-        if tracing.enabled:
+    def observe_decision(self, route_request: RouteRequest, decision: RouteDecision | None, seconds: float) -> None:
+        """After each ``llmgw.router.decide`` answer (decision None: it failed), inside its span."""
+        outcome = self.meter.decision(decision, seconds)
+        if tracing.enabled and decision is not None:
             tracing.annotate({"llmgw.request_id": route_request.request_id, "llmgw.outcome": outcome,
                               "llmgw.provider": decision.candidates[0].provider if decision.candidates else ""})
-        return decision
 
     async def decide(self, route_request: RouteRequest) -> RouteDecision:
+        REQUEST_ID.set(route_request.request_id)  # in this task's log lines
         self.state.rr_counter += 1
         # a key the edge accepted but this mirror has not seen yet (created a moment ago) has no limits here
         key = self.keys.records.get(route_request.key_id) if route_request.key_id else None
@@ -263,8 +255,10 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     router = Router(load_config_or_default(settings.config_path), RoutingStore(redis), WindowReader(redis))
     router.nc = await runtime.connect()
 
-    runtime.endpoint("decide", subjects.ROUTER_DECIDE, RouteRequest, router.answer_decide, concurrent=True,
-                     span="llmgw.router.decide")
+    # each decision in its own task (each waits on Redis); a Redis outage is a prompt 503, never a timeout
+    runtime.endpoint("decide", subjects.ROUTER_DECIDE, RouteRequest, router.decide, concurrent=True,
+                     span="llmgw.router.decide", observe=router.observe_decision,
+                     failure=ServiceError(503, "router cannot reach its shared state"))
     runtime.endpoint("state", subjects.ROUTER_STATE, RouterStateQuery, router.handle_state)
     runtime.endpoint("pin", subjects.ROUTER_PIN, PinCommand, router.handle_pin)
     runtime.endpoint("smart", subjects.ROUTER_SMART, SmartCommand, router.handle_smart)
