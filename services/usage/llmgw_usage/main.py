@@ -121,10 +121,10 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
 
 def run() -> None:
     settings = UsageSettings()
+    setup_logging("usage", settings.log_level)  # before the config is read: what it says is logged
     try:
         config = load_gateway_config(settings)
     except ConfigError as exc:
-        setup_logging("usage", settings.log_level)
         log.error("%s", exc)
         raise SystemExit(2) from None
     service.main("usage", lambda: serve(settings, config), settings.log_level)
