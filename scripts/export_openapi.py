@@ -4,7 +4,7 @@ API client is generated from (``npm run gen``: openapi-typescript). Run it after
     .venv/bin/python scripts/export_openapi.py          # write the snapshot
     .venv/bin/python scripts/export_openapi.py --check  # exit 1 when it is out of date
 
-tests/test_web_ui.py checks that the snapshot is current.
+tests/e2e/test_web_ui.py checks that the snapshot is current.
 """
 
 from __future__ import annotations

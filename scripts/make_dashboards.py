@@ -4,7 +4,7 @@
 The dashboards are data, kept here as Python so every panel shares one
 datasource reference, one set of filters and one grid layout; the JSON files
 are the build output and are committed (Grafana reads them as they are).
-``tests/test_dashboards.py`` checks the files match this script and runs every
+``tests/unit/test_dashboards.py`` checks the files match this script and runs every
 panel's SQL against ClickHouse.
 
     .venv/bin/python scripts/make_dashboards.py          # rewrite dashboards/*.json
@@ -264,7 +264,7 @@ def performance_dashboard() -> tuple[dict, list[list[Panel]]]:
                 ts=False, limit="50", array_join="\nARRAY JOIN JSONExtractArrayRaw(attempts) AS attempt")],
                 12, 8, "Every failed attempt, also those a failover rescued (status 0: no HTTP answer)."),
             Panel("Errors returned to clients", "table", [q_events(
-                f"{PROVIDER} AS provider_name, status, count() AS requests,"
+                f"{PROVIDER} AS provider_name, status, sum(usage_events.requests) AS requests,"
                 " any(substring(coalesce(error, ''), 1, 200)) AS example_error",
                 ["provider_name", "status", "requests", "example_error"], where="status >= 400",
                 group="provider_name, status", order="requests DESC, provider_name, status", ts=False, limit="50")],
@@ -316,7 +316,7 @@ def panel_json(p: Panel, pid: int, x: int, y: int) -> dict:
     if p.decimals is not None:
         defaults["decimals"] = p.decimals
     if p.series_label:
-        defaults["displayName"] = "${__field.labels.%s}" % p.series_label
+        defaults["displayName"] = f"${{__field.labels.{p.series_label}}}"
     options: dict
     if p.kind == "timeseries":
         defaults["custom"] = {

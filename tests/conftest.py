@@ -90,7 +90,7 @@ def infra(tmp_root):
         c.stop()
 
 
-# ---- the demo provider as the upstream of a test module (tests/test_demo_provider*.py) -------------
+# ---- the demo provider as the upstream of a test module (tests/unit/test_demo_provider*.py) -------------
 
 @pytest.fixture(scope="module")
 def provider():

@@ -57,7 +57,7 @@ class FakeProvider:
     def requests(self) -> list[dict[str, Any]]:
         return self.behaviour.requests
 
-    def start(self, timeout: float = 10.0) -> "FakeProvider":
+    def start(self, timeout: float = 10.0) -> FakeProvider:
         # free_port() can race with another process taking the port: then try another one.
         for _attempt in range(3):
             if self._start_on(free_port(self.host), timeout):
@@ -93,7 +93,7 @@ class FakeProvider:
             self._thread.join(timeout)
         self._thread = None
 
-    def __enter__(self) -> "FakeProvider":
+    def __enter__(self) -> FakeProvider:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -187,7 +187,7 @@ class FakeGitHub:
 
     # ---- server ----
 
-    def start(self) -> "FakeGitHub":
+    def start(self) -> FakeGitHub:
         app = Starlette(routes=[Route("/login/device/code", self.device_code, methods=["POST"]),
                                 Route("/login/oauth/access_token", self.access_token, methods=["POST"]),
                                 Route("/copilot_internal/v2/token", self.exchange, methods=["GET"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -42,6 +43,65 @@ def wait_for(fn, timeout=20.0, interval=0.2):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
         time.sleep(interval)
+
+
+async def wait_until(fn, timeout=20.0, interval=0.05):
+    """``wait_for`` for async tests: polls without blocking the event loop (in-process services run on it);
+    ``fn`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+async def service_replies(nc, verb: str, name: str, count: int, timeout: float = 15.0) -> list[dict]:
+    """The replies of ``count`` instances of the NATS micro service ``name`` to ``$SRV.<verb>.<name>`` (PING,
+    INFO, STATS), as soon as that many answered one request; asked again until ``timeout``."""
+    import json
+
+    from nats.errors import TimeoutError as NatsTimeoutError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish(f"$SRV.{verb}.{name}", b"", reply=inbox)
+        replies: list[dict] = []
+        try:
+            while len(replies) < count:
+                msg = await sub.next_msg(timeout=0.5)
+                if not msg.data:  # the server's "no responders" (status 503): none of them is up yet
+                    break
+                replies.append(json.loads(msg.data))
+        except NatsTimeoutError:  # fewer answered this round
+            pass
+        finally:
+            await sub.unsubscribe()
+        if len(replies) >= count:
+            return replies
+        if loop.time() > deadline:
+            raise AssertionError(f"{len(replies)} of {count} {name} services answered $SRV.{verb} in {timeout}s")
+
+
+async def wait_service(nc, name: str, count: int = 1, timeout: float = 15.0, endpoint: str | None = None) -> None:
+    """Until ``count`` instances of the NATS micro service ``name`` answer, each with ``endpoint`` among its
+    endpoints when one is given (subscribed: it takes requests)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        infos = await service_replies(nc, "INFO", name, count, max(0.1, deadline - loop.time()))
+        if endpoint is None or all(endpoint in {e["name"] for e in i.get("endpoints") or []} for i in infos):
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"{name}: no {endpoint} endpoint on {count} instances in {timeout}s")
+        await asyncio.sleep(0.05)
 
 
 def clear_router_health(redis_url: str) -> None:
@@ -117,7 +177,7 @@ class RunnerProcess:
         self.log = log
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready_timeout: float = 90.0) -> "RunnerProcess":
+    def start(self, ready_timeout: float = 90.0) -> RunnerProcess:
         import sys
 
         offset = self.log.stat().st_size if self.log.exists() else 0

@@ -7,7 +7,6 @@ under a directory we own, so it can be killed and restarted.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -108,7 +107,7 @@ class ServerProcess:
     def url(self) -> str:
         raise NotImplementedError
 
-    def start(self, timeout: float = 15.0) -> "ServerProcess":
+    def start(self, timeout: float = 15.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
@@ -139,21 +138,26 @@ class ServerProcess:
 
 
 class NatsServer(ServerProcess):
+    """nats-server with JetStream, and its monitoring port (same host; kept across restarts) for readiness."""
+
     name = "nats"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.monitor_port = free_port(self.host)
+
     def command(self) -> list[str]:
-        return [str(nats_server_binary()), "-a", self.host, "-p", str(self.port),
+        return [str(nats_server_binary()), "-a", self.host, "-p", str(self.port), "-m", str(self.monitor_port),
                 "-js", "-sd", str(self.data_dir), "--server_name", f"llmgw-{self.port}"]
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> "NatsServer":
-        super().start(timeout)
-        # the port opens before JetStream is ready; /healthz?js-enabled-only would need the
-        # monitor port, so a client probe is done by callers that need JetStream at once.
-        return self
+    @property
+    def jetstream_healthz_url(self) -> str:
+        """200 once JetStream is up (the client port opens before it is): nats-server's own answer."""
+        return f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
 
 
 class RedisServer(ServerProcess):
@@ -182,9 +186,3 @@ class RedisServer(ServerProcess):
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
-
-
-def env_with(base: dict[str, str] | None = None, **values: str) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    env.update({k: v for k, v in values.items() if v is not None})
-    return env

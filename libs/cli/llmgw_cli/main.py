@@ -1,4 +1,6 @@
-"""The ``llmgw`` command: run everything, run one service, check a config, benchmark."""
+"""The ``llmgw`` command: run everything, run one service, check a config, manage keys and the usage stream.
+
+The benchmarks are not part of it: ``make bench`` runs ``python -m llmgw_bench`` (bench/)."""
 
 from __future__ import annotations
 
@@ -107,15 +109,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
-
-    return run_bench(args)
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``llmgw`` parser. Given the command about to run, only that command's own arguments are added:
-    the modules defining the others (the benchmarks, the usage-stream tools, ``keys``) import httpx, yaml
+    the modules defining the others (the usage-stream tools, ``keys``, ``copilot``) import httpx, yaml
     and the config schema, which every service process (``llmgw <service>``) would otherwise carry."""
     full = command is None
 
@@ -154,36 +150,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
 
-    bench = sub.add_parser("bench", help="gateway vs direct-to-upstream load test (needs wrk)")
-    if wanted("bench"):
-        try:
-            from .bench import add_arguments
-
-            add_arguments(bench)
-        except ImportError:
-            pass
-    bench.set_defaults(func=cmd_bench)
-
-    # usage stream: ingest benchmark, replay, NDJSON export / import (see events.py, bench_ingest.py)
-    ingest = sub.add_parser("bench-ingest", help="usage ingest throughput: N synthetic events through the consumer")
-    if wanted("bench-ingest"):
-        from . import bench_ingest
-
-        bench_ingest.add_arguments(ingest)
-        ingest.set_defaults(func=bench_ingest.cmd_bench_ingest)
+    # commands a service provides itself (its `subcommands` module): the usage stream's replay and NDJSON export /
+    # import and the ClickHouse migrations (llmgw_usage), the Copilot login (llmgw_edge)
     replay = sub.add_parser("replay", help="rebuild the ClickHouse and/or Redis projections from the usage stream")
     events_parser = sub.add_parser("events", help="usage events as NDJSON: export / import")
     if wanted("replay") or wanted("events"):
-        from . import events
+        from llmgw_usage import subcommands as usage_subcommands
 
-        events.add_replay_arguments(replay)
-        replay.set_defaults(func=events.cmd_replay)
-        events.add_events_arguments(events_parser)
+        usage_subcommands.add_replay_arguments(replay)
+        replay.set_defaults(func=usage_subcommands.cmd_replay)
+        usage_subcommands.add_events_arguments(events_parser)
+    migrate = sub.add_parser("migrate", help="apply the usage service's ClickHouse migrations (a one-shot job)")
+    if wanted("migrate"):
+        from llmgw_usage import subcommands as usage_subcommands
+
+        usage_subcommands.add_migrate_arguments(migrate)
     copilot = sub.add_parser("copilot", help="GitHub Copilot subscriptions: login")
     if wanted("copilot"):
-        from . import copilot_login  # `llmgw copilot login`: the GitHub device flow for copilot providers
+        from llmgw_edge import subcommands as edge_subcommands  # `llmgw copilot login`: the GitHub device flow
 
-        copilot_login.add_arguments(copilot)
+        edge_subcommands.add_arguments(copilot)
     keys = sub.add_parser("keys", help="gateway API keys: create, list, rotate, revoke")
     if wanted("keys"):
         from . import keys_cmd  # `llmgw keys`: gateway API keys in the key store (NATS key-value bucket)
@@ -199,15 +185,30 @@ def _command_of(argv: list[str]) -> str | None:
     return None if first.startswith("-") or first not in _COMMANDS else first
 
 
-_COMMANDS = {"run", *SERVICE_ENTRY, "demo-provider", "config", "bench", "bench-ingest", "replay", "events",
-             "copilot", "keys"}
+_COMMANDS = {"run", *SERVICE_ENTRY, "demo-provider", "config", "replay", "events", "migrate", "copilot", "keys"}
+
+
+def _usage_stream_command(args: argparse.Namespace) -> int:
+    """``replay`` / ``events`` (the usage service's own subcommands) against the gateway this machine runs:
+    the URLs not given on the command line are the environment's, else the running ``llmgw run``'s."""
+    from llmgw_common.nats_conn import NatsUnreachable
+
+    from . import runtime
+
+    args.nats_url = runtime.nats_url(args.nats_url, args.state_dir)
+    if hasattr(args, "redis_url"):
+        args.redis_url = runtime.redis_url(args.redis_url, args.state_dir)
+    try:
+        return args.func(args)
+    except NatsUnreachable as exc:
+        raise runtime.not_running(exc) from None
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command_of(argv)).parse_args(argv)
     try:
-        code = args.func(args)
+        code = _usage_stream_command(args) if args.command in ("replay", "events") else args.func(args)
     except NotRunning as exc:  # a command that needs the gateway: one line, no traceback
         print(f"llmgw {args.command}: {exc}", file=sys.stderr)
         code = 1

@@ -13,8 +13,9 @@ See docs/reliability.md.
 
 The supervisor stays small (it runs as long as the gateway): it imports neither the config schema
 (pydantic, yaml) nor a NATS or HTTP client library. The config is read and checked by a short-lived child
-process (``read_config``), JetStream's readiness is asked over a plain socket (or, for a NATS server the
-user gave, by a child process with the NATS client), and the health endpoints are read over a socket.
+process (``read_config``), JetStream's readiness is nats-server's monitoring endpoint
+(``/healthz?js-enabled-only=true``; for a NATS server the user gave, a child process with the NATS client
+asks), and the health endpoints are read over a socket.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from llmgw_common.files import write_atomically
 
 from .infra import InfraError, NatsServer, RedisServer, ServerProcess, die_with_parent, free_port, port_is_free
 from .runtime import RUNTIME_FILE
@@ -177,9 +180,6 @@ def read_config(path: Path) -> dict:
     return json.loads(done.stdout)
 
 
-_JS_INBOX = b"_INBOX.llmgw-run-jetstream"
-
-
 # ``admin_auth.ensure_admin_token`` in a child process too (hashlib, hmac, secrets: ~6 MB in the supervisor)
 _ADMIN_TOKEN = """
 import sys
@@ -196,38 +196,11 @@ if created:
 def ensure_admin_token(state_dir: Path) -> None:
     """The admin API's token: generated on the first start and printed this once (``admin_auth``)."""
     done = subprocess.run([sys.executable, "-c", _ADMIN_TOKEN, str(state_dir)], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          capture_output=True, text=True)
     if done.returncode != 0:
         raise InfraError(done.stderr.strip() or f"the admin token: {describe_exit(done.returncode)}")
     if done.stdout:
         print(done.stdout, end="", flush=True)
-
-
-def _jetstream_answers(host: str, port: int, timeout: float = 2.0) -> bool:
-    """One JetStream account-info request over a plain NATS connection (the embedded nats-server: no TLS,
-    no credentials): True when JetStream answered it, False when nobody did yet (503) or it said no."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            f = s.makefile("rb")
-            if not f.readline().startswith(b"INFO"):
-                return False
-            s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,'
-                      b'"protocol":1,"name":"llmgw-run"}\r\n'
-                      b"SUB " + _JS_INBOX + b" 1\r\nPUB $JS.API.INFO " + _JS_INBOX + b" 0\r\n\r\n")
-            while True:
-                line = f.readline()
-                if not line or line.startswith(b"-ERR"):
-                    return False
-                if line.startswith(b"PING"):
-                    s.sendall(b"PONG\r\n")
-                elif line.startswith(b"MSG"):  # the account info (or a JetStream API error)
-                    body = f.read(int(line.split()[-1]) + 2)
-                    return b'"error"' not in body
-                elif line.startswith(b"HMSG"):  # a status message: 503, no responders (JetStream not up yet)
-                    f.read(int(line.split()[-1]) + 2)
-                    return False
-    except (OSError, ValueError):
-        return False
 
 
 # A NATS server the user gave (TLS, credentials, several URLs) is asked with the NATS client, in a child
@@ -265,7 +238,7 @@ def _wait_jetstream(url: str, timeout: float = 20.0, server: NatsServer | None =
                              else f"JetStream at {url} not ready after {timeout}s")
         return
     deadline = time.monotonic() + timeout
-    while not _jetstream_answers(server.host, server.port):
+    while not _http_ok(server.jetstream_healthz_url):
         if time.monotonic() > deadline:
             raise InfraError(f"JetStream at {url} not ready after {timeout}s")
         time.sleep(0.1)
@@ -455,13 +428,9 @@ class Stack:
     def _write_runtime(self, nats_url: str, redis_url: str) -> None:
         """Where this run's servers are, for the CLI's other commands (`llmgw keys`, `llmgw replay`...):
         ``<state dir>/runtime.json``, private to the user (no secrets in it, but no need to share it)."""
-        path = self.state_dir / RUNTIME_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"nats_url": nats_url, "redis_url": redis_url,
-                                   "edge": f"http://{self.host}:{self.edge_port}",
-                                   "admin": f"http://{self.host}:{self.ui_port}", "pid": os.getpid()}))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        write_atomically(self.state_dir / RUNTIME_FILE, json.dumps({
+            "nats_url": nats_url, "redis_url": redis_url, "edge": f"http://{self.host}:{self.edge_port}",
+            "admin": f"http://{self.host}:{self.ui_port}", "pid": os.getpid()}), mode=0o600)
 
     def _remove_runtime(self) -> None:
         path = self.state_dir / RUNTIME_FILE

@@ -72,28 +72,19 @@ def redis_url(explicit: str | None, state_dir: str | os.PathLike[str]) -> str | 
 
 
 async def connect_nats(url: str, name: str = "llmgw-cli"):
-    """A NATS connection for a one-shot command: a couple of attempts within ``CONNECT_DEADLINE_S``, no
-    reconnects, nothing printed per attempt; ``NotRunning`` when nothing answers.
-
-    Not ``llmgw_common.nats_conn.connect_nats``: a service waits for NATS forever, a command must not.
-    (In nats-py ``max_reconnect_attempts=0`` means "retry forever", so it is 1 here.)
-    """
-    import asyncio
-
-    import nats
-
-    async def quiet(_exc: Exception) -> None:  # the failure is reported once, by the caller
-        pass
+    """A NATS connection for a one-shot command (``llmgw_common.nats_conn.connect_once``: a couple of attempts
+    within ``CONNECT_DEADLINE_S``, no reconnects); ``NotRunning`` when nothing answers."""
+    from llmgw_common.nats_conn import NatsUnreachable, connect_once
 
     try:
-        return await asyncio.wait_for(
-            nats.connect(url, name=name, connect_timeout=CONNECT_TIMEOUT_S, allow_reconnect=False,
-                         max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=quiet),
-            CONNECT_DEADLINE_S)
-    except Exception as exc:  # noqa: BLE001 - refused, timed out, no servers, TLS, auth: all the same to the user
-        detail = str(exc).strip() or type(exc).__name__
-        raise NotRunning(f"the gateway is not running: no NATS answers at {shown(url)} ({detail}); "
-                         f"{_HOW_TO_START}") from None
+        return await connect_once(url, name, CONNECT_TIMEOUT_S, CONNECT_DEADLINE_S)
+    except NatsUnreachable as exc:
+        raise not_running(exc) from None
+
+
+def not_running(exc: Exception) -> NotRunning:
+    """A one-shot connect that found no NATS (``NatsUnreachable``), said as what it means to the user."""
+    return NotRunning(f"the gateway is not running: {exc}; {_HOW_TO_START}")
 
 
 def shown(url: str) -> str:

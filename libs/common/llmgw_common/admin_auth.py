@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping
 
+from .files import write_atomically
+
 
 Role = Literal["admin", "readonly"]
 ADMIN: Role = "admin"
@@ -106,15 +108,10 @@ def ensure_token_file(state_dir: Path | str, role: Role = ADMIN) -> tuple[str, b
     _private_dir(directory)
     path = token_path(directory, role)
     token = new_token(role)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:  # exclusive: of two processes starting at once, one generates it and both read the same token
+        write_atomically(path, token + "\n", mode=0o600, exclusive=True)
     except FileExistsError:
         return _read_token(path), False
-    try:
-        os.write(fd, (token + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     return token, True
 
 
@@ -151,7 +148,7 @@ class AdminCredentials:
     sources: dict  # role -> "env" | path of its file (what ui-api logs; never the token)
 
     @classmethod
-    def load(cls, state_dir: Path | str, environ: Mapping[str, str] | None = None) -> "AdminCredentials":
+    def load(cls, state_dir: Path | str, environ: Mapping[str, str] | None = None) -> AdminCredentials:
         env = os.environ if environ is None else environ
         tokens, sources = {}, {}
         for role in (ADMIN, READONLY):

@@ -13,7 +13,7 @@ import re
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-from typing import Annotated, Any, Literal, Mapping, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Union, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -133,7 +133,7 @@ class ProviderConfig(_Strict):
     weight: int = Field(default=1, ge=0, description="share of traffic under the weighted strategy")
     specialties: list[PromptClass] = Field(default_factory=list, description="prompt classes it is good at")
 
-    def __new__(cls, *args: Any, **data: Any) -> "ProviderConfig":
+    def __new__(cls, *args: Any, **data: Any) -> ProviderConfig:
         # ProviderConfig(type="gemini", ...) is a GeminiProviderConfig: the class picked, pydantic validates
         # (pydantic itself calls __new__ without fields: the class asked for)
         if cls is ProviderConfig and data:
@@ -141,7 +141,7 @@ class ProviderConfig(_Strict):
         return super().__new__(cls)
 
     @classmethod
-    def model_validate(cls, obj: Any, **kwargs: Any) -> "ProviderConfig":
+    def model_validate(cls, obj: Any, **kwargs: Any) -> ProviderConfig:
         if cls is ProviderConfig:  # the class its type names, as in a config file
             return _PROVIDER_ADAPTER.validate_python(obj, **kwargs)
         return super().model_validate(obj, **kwargs)
@@ -154,7 +154,7 @@ class ProviderConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _unique_models(self) -> "ProviderConfig":
+    def _unique_models(self) -> ProviderConfig:
         seen: set[str] = set()
         for m in self.models:
             if m.name in seen:
@@ -205,7 +205,7 @@ class OpenAIProviderConfig(HttpProviderConfig):
                                        "only api.openai.com); else Responses requests are translated to chat")
 
     @model_validator(mode="after")
-    def _openai_by_default(self) -> "OpenAIProviderConfig":
+    def _openai_by_default(self) -> OpenAIProviderConfig:
         if self.base_url is None:
             self.base_url = "https://api.openai.com/v1"
         return self
@@ -266,12 +266,15 @@ def _provider_tag(value: Any) -> str | None:
     return getattr(value, "type", None)
 
 
-AnyProvider = Annotated[
-    Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in PROVIDER_CONFIGS.items())],  # type: ignore[misc]
-    Discriminator(_provider_tag, custom_error_type="provider_type",
-                  custom_error_message="unknown provider type",
-                  custom_error_context={"types": ", ".join(get_args(ProviderType))}),
-]
+if TYPE_CHECKING:  # to a type checker, every provider is a ProviderConfig; to pydantic, the union of the types
+    AnyProvider = ProviderConfig
+else:
+    AnyProvider = Annotated[
+        Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in PROVIDER_CONFIGS.items())],  # noqa: UP007
+        Discriminator(_provider_tag, custom_error_type="provider_type",
+                      custom_error_message="unknown provider type",
+                      custom_error_context={"types": ", ".join(get_args(ProviderType))}),
+    ]
 _PROVIDER_ADAPTER: TypeAdapter[ProviderConfig] = TypeAdapter(AnyProvider)
 
 
@@ -433,7 +436,7 @@ class GatewayConfig(_Strict):
     pricing: PricingConfig = Field(default_factory=PricingConfig)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "GatewayConfig":
+    def _cross_checks(self) -> GatewayConfig:
         problems = reference_problems(self.model_dump(include={"providers", "routing"}))
         if problems:
             raise _ReferenceErrors(problems)
@@ -501,9 +504,9 @@ def reference_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         where = f"routing.rules[{i}].action"
         if sum(action.get(x) is not None for x in ("providers", "group", "reject")) > 1:
             problems.append((where, "use one of providers, group or reject"))
-        group = action.get("group")
-        if isinstance(group, str) and group not in groups:
-            problems.append((f"{where}.group", f"unknown group {group!r}{suggestion(group, groups)}"))
+        named = action.get("group")
+        if isinstance(named, str) and named not in groups:
+            problems.append((f"{where}.group", f"unknown group {named!r}{suggestion(named, groups)}"))
         for j, member in enumerate(_items(action.get("providers"))):
             if isinstance(member, str) and member not in known:
                 problems.append((f"{where}.providers[{j}]", f"unknown provider {member!r}{suggestion(member, known)}"))

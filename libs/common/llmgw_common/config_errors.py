@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import types
-from typing import Annotated, Any, Iterable, Union, get_args, get_origin
+from typing import Annotated, Any, Iterable, Mapping, Sequence, Union, get_args, get_origin
 
 from pydantic import BaseModel, Tag
 
@@ -139,7 +139,7 @@ def _unknown_tag(root: type[BaseModel], data: Any, loc: tuple[Any, ...], ctx: di
     return field_path([*place.parts, "type"]), f"unknown type {kind!r}: one of {expected}{suggestion(kind, tags)}"
 
 
-def describe(errors: list[dict[str, Any]], data: Any, root: type[BaseModel]) -> list[Problem]:
+def describe(errors: Sequence[Mapping[str, Any]], data: Any, root: type[BaseModel]) -> list[Problem]:
     """Every pydantic error of validating ``data`` against ``root`` as (path, message)."""
     problems: list[Problem] = []
     for err in errors:

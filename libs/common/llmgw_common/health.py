@@ -89,7 +89,7 @@ async def _run(check: Check) -> CheckResult:
     try:
         detail = await asyncio.wait_for(check.probe(), check.timeout_s)
         ok = True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         ok, detail = False, f"no answer within {check.timeout_s:g}s"
     except asyncio.CancelledError:
         raise

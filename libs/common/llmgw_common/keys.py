@@ -19,7 +19,6 @@ import asyncio
 import fnmatch
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -128,7 +127,7 @@ class KeyStore:
         self._kv = kv
 
     @classmethod
-    async def open(cls, js) -> "KeyStore":
+    async def open(cls, js) -> KeyStore:
         from nats.js.api import KeyValueConfig
         from nats.js.errors import BucketNotFoundError
 
@@ -216,10 +215,6 @@ class KeyStore:
             await watcher.stop()
 
 
-def dumps_public(records: list[KeyRecord]) -> str:
-    return json.dumps([r.public() for r in records], indent=2)
-
-
 class KeyMirror:
     """A process's copy of every key record, kept current by a watch on the bucket (restarted whenever it
     ends: NATS away, the bucket recreated). Look-ups are dict reads; ``ready`` is set once the first full
@@ -237,7 +232,7 @@ class KeyMirror:
             self._task = asyncio.create_task(self._follow(js), name="key-mirror")
         try:
             await asyncio.wait_for(self.ready.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError("the key store (JetStream key-value bucket) did not answer: is NATS with "
                                "JetStream up?") from None
 

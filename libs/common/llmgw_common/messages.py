@@ -6,10 +6,24 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .config import Price
 from .ids import new_id
+
+
+def _in_utc(value: datetime) -> datetime:
+    """A query's time in UTC (naive: UTC already); one that UTC cannot hold (0001-01-01T00:01+01:00) is a
+    validation error, a 400, not an OverflowError deep in a query."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("a time UTC cannot hold") from None
+
+
+QueryTime = Annotated[datetime, AfterValidator(_in_utc)]
 
 SCHEMA_VERSION = 1
 
@@ -271,6 +285,9 @@ class UsageEvent(Message):
     ttft_ms: float | None = None
     status: int  # status the client got
     error: str | None = None
+    # how many client requests this event stands for: 1, or more for requests refused before routing that an
+    # edge aggregated into one event beyond its rate (docs/reliability.md, "Refused requests")
+    requests: int = 1
     attempts: list[Attempt] = Field(default_factory=list)
     route_reason: str = ""
     # the admission reservation of the provider that served it: the live windows
@@ -337,8 +354,8 @@ class KeyUsage(Message):
 
 
 class UsageHistoryQuery(Message):
-    since: datetime | None = None
-    until: datetime | None = None
+    since: QueryTime | None = None
+    until: QueryTime | None = None
     bucket_s: int = Field(default=60, ge=60, le=86400)
     provider: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
     model: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
@@ -346,7 +363,7 @@ class UsageHistoryQuery(Message):
     key_id: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
     status_class: Literal["ok", "error"] | None = None  # ok: status < 400; error: status >= 400
     # the dimensions of a row (besides its bucket); a dimension left out is "" in the rows
-    group_by: list[Literal["provider", "model", "key_id"]] = Field(default_factory=lambda: ["provider", "model"])
+    group_by: list[Literal["provider", "model", "key_id"]] = ["provider", "model"]  # pydantic copies it per instance
     top: int | None = Field(default=None, gt=0, le=1000)  # only the N groups with the most `order_by` in the range
     order_by: Literal["requests", "errors", "tokens", "cost"] = "requests"
     cursor: str | None = Field(default=None, max_length=8192)  # next_cursor of the previous page
@@ -382,8 +399,8 @@ class UsageHistory(Message):
 class UsageStatsQuery(Message):
     """Errors and latency per provider and per model over a range (``llmgw.usage.query.stats``)."""
 
-    since: datetime
-    until: datetime | None = None  # None: now
+    since: QueryTime
+    until: QueryTime | None = None  # None: now
     limit: int = Field(default=500, gt=0, le=2000)  # rows at most, the busiest first
 
 
@@ -411,8 +428,8 @@ class UsageStats(Message):
 class UsageRequestsQuery(Message):
     """One page of the request log, newest first. ``cursor``: ``next_cursor`` of the previous page."""
 
-    since: datetime | None = None
-    until: datetime | None = None
+    since: QueryTime | None = None
+    until: QueryTime | None = None
     provider: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
     model: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
     key_id: str | None = Field(default=None, max_length=FILTER_MAX_CHARS)
@@ -436,6 +453,7 @@ class RequestLogRow(BaseModel):
     stream: bool
     status: int
     error: str | None = None
+    requests: int = 1  # more than 1: refusals an edge aggregated into this one event (UsageEvent.requests)
     latency_ms: float
     ttft_ms: float | None = None
     route_reason: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TypeVar
@@ -14,6 +15,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import NotFoundError
 
 from . import metrics, subjects, tracing
+from .config import mask_url
 from .messages import Message
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,32 @@ async def connect_nats(url: str, name: str) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
+
+
+class NatsUnreachable(ConnectionError):
+    """No NATS answered a one-shot command's connect; the message says where (no credentials) and why."""
+
+
+async def connect_once(url: str, name: str, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+                       deadline_s: float = 5) -> NATS:
+    """A NATS connection for a one-shot command (``llmgw keys``, ``replay``, ``events``): a couple of attempts
+    within ``deadline_s``, no reconnects, nothing logged per attempt; ``NatsUnreachable`` when none answers.
+
+    Not ``connect_nats``: a service waits for NATS forever, a command must not. (In nats-py
+    ``max_reconnect_attempts=0`` means "retry forever", so it is 1 here.)
+    """
+
+    async def quiet(_exc: Exception) -> None:  # the failure is reported once, by the caller
+        pass
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(url, name=name, connect_timeout=connect_timeout_s, allow_reconnect=False,
+                         max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=quiet),
+            deadline_s)
+    except Exception as exc:  # noqa: BLE001 - refused, timed out, no servers, TLS, auth: all the same to the user
+        detail = str(exc).strip() or type(exc).__name__
+        raise NatsUnreachable(f"no NATS answers at {mask_url(url)} ({detail})") from None
 
 
 class NotConnectedError(NoRespondersError):

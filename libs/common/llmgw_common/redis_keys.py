@@ -36,6 +36,7 @@ LATENCY_PREFIX = ROOT + "lat:"  # + <provider>: moving average latency (ms)
 
 # ---- usage service: ClickHouse insert claims (llmgw_usage.projection) ---------------------------------
 CLAIM_PREFIX = ROOT + "chclaim:"  # + <table uuid>:<event id>: the replica inserting that event
+MIGRATE_LOCK = ROOT + "migrate:lock"  # one ClickHouse migration job at a time (llmgw_usage.migrate)
 
 # what a Lua script may name as $NAME
 _LUA_NAMES = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, str)}

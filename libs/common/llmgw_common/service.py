@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Coroutine, Protocol, Sequence, cast
 
 import msgspec
 import uvloop
@@ -160,7 +160,7 @@ class ServiceRuntime:
         self._endpoints: list[_Endpoint] = []
         self._subscriptions: list[tuple[str, Callable, str | None]] = []
         self._config_listeners: list[ConfigListener] = []
-        self._loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._stop_steps: list[Step] = []
         self._close_steps: list[Step] = []
         self._in_hand: set[asyncio.Task] = set()
@@ -187,11 +187,11 @@ class ServiceRuntime:
     def on_config(self, listener: ConfigListener) -> None:
         self._config_listeners.append(listener)
 
-    def loop(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+    def loop(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A background loop, started once serving, cancelled first at stop."""
         self._loops.append((name, body))
 
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """A piece of work in hand that the stop waits for (bounded) before draining NATS."""
         task = asyncio.get_running_loop().create_task(coro)
         self._in_hand.add(task)
@@ -212,9 +212,11 @@ class ServiceRuntime:
         # while tracing is on, a SERVER span (``tracing.serving`` hands the coroutine back untouched when off)
         scope = f"llmgw.{self.name}"
 
-        def answer(req: Request) -> Awaitable[None]:
+        def answer(req: Request) -> Coroutine[Any, Any, None]:
             reply = self._reply(ep, req)
-            return reply if ep.span is None else tracing.serving(reply, scope, ep.span, req.headers)
+            if ep.span is None:
+                return reply
+            return cast(Coroutine[Any, Any, None], tracing.serving(reply, scope, ep.span, req.headers))
 
         if not ep.concurrent:
             return answer
@@ -265,7 +267,7 @@ class ServiceRuntime:
                 log.warning("%s cannot load its state yet (%s: %s); retrying", self.name, type(exc).__name__, exc)
             try:
                 await asyncio.wait_for(stop.wait(), LOAD_RETRY_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return False
 
@@ -324,7 +326,7 @@ async def _drain(nc: NATS) -> None:
             await nc.close()
 
 
-def main(name: str, serve: Callable[[], Awaitable[None]], log_level: str) -> None:
+def main(name: str, serve: Callable[[], Coroutine[Any, Any, None]], log_level: str) -> None:
     """A service process: logs, tracing, the metrics port (``LLMGW_METRICS_PORT``), a uvloop event loop."""
     setup_logging(name, log_level)
     tracing.setup(name)

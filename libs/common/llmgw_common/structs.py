@@ -13,7 +13,7 @@ import functools
 import operator
 import types
 import typing
-from typing import Any
+from typing import Any, Callable, cast
 
 import msgspec
 from pydantic import BaseModel
@@ -41,8 +41,9 @@ def _derive(model: type[BaseModel], required: tuple[str, ...], forbid: bool, nam
         tp = _struct_type(info.annotation)
         if field_name in required or (info.default is PydanticUndefined and info.default_factory is None):
             fields.append((field_name, tp))
-        elif info.default_factory is not None:
-            fields.append((field_name, tp, msgspec.field(default_factory=info.default_factory)))
+        elif info.default_factory is not None:  # the messages' factories take no argument (new_id, utcnow, list)
+            factory = cast(Callable[[], Any], info.default_factory)
+            fields.append((field_name, tp, msgspec.field(default_factory=factory)))
         else:
             fields.append((field_name, tp, info.default))
     # gc=False: a decoded message holds no reference cycles; frozen: it is a fact, never changed

@@ -96,14 +96,21 @@ class ClientRoutes:
     async def _handle(self, route: _Route, scope: Scope, headers: Headers, receive: Receive) -> Reply:
         edge = self.edge_of()
         client = scope.get("client")
-        key = edge.keys.authenticate(headers, client[0] if client else "unknown")
-        codec = route.codec_type(max_depth=edge.config.edge.max_json_depth)
-        body = await read_body(headers, _body_chunks(receive), edge.config.edge.max_body_bytes)
-        exchange = codec.parse(body, headers)
-        check_model(key, exchange.model)
-        exchange.key_id = key.id if key else None
-        exchange.exact_tokens = key_needs_exact(key)
-        reply = await edge.gateway.handle(exchange, codec)
+        key = exchange = None
+        try:
+            key = edge.keys.authenticate(headers, client[0] if client else "unknown")
+            codec = route.codec_type(max_depth=edge.config.edge.max_json_depth)
+            body = await read_body(headers, _body_chunks(receive), edge.config.edge.max_body_bytes)
+            exchange = codec.parse(body, headers)
+            check_model(key, exchange.model)
+            exchange.key_id = key.id if key else None
+            exchange.exact_tokens = key_needs_exact(key)
+            reply = await edge.gateway.handle(exchange, codec)
+        except GatewayError as err:
+            if not err.recorded:  # refused before any provider was tried: a usage event all the same
+                edge.refusals.record(err, route.codec_type.endpoint, key.id if key else None,
+                                     exchange.model if exchange else None)
+            raise
         if edge.replica:  # which edge replica answered (the runner and compose name them: edge-1, edge-2...)
             reply.headers["x-llmgw-edge"] = edge.replica
         return reply

@@ -76,3 +76,16 @@ def check_model(record: KeyRecord | None, model: str) -> None:
     if record is not None and not record.allows_model(model):
         raise GatewayError(403, f"This API key may not use model `{model}`.", code="model_not_allowed",
                            param="model")
+
+
+def check_metered(record: KeyRecord | None, provider_id: str, method: str, model: str | None) -> None:
+    """A key with limits (a budget, a cost, token or request limit) may not call what admission cannot meter:
+    a pass-through request, other than a read, that names no model of the config (no price, no window) would
+    spend past them unseen."""
+    if record is None or method in ("GET", "HEAD") or not any(v is not None for _name, v in record.limits):
+        return
+    what = f"`{model}` is not a model of provider `{provider_id}` in the config" if model else \
+        "this request names no model of the config"
+    raise GatewayError(403, f"This API key has limits, which the gateway keeps only on the models it knows: {what}. "
+                            "Add the model to the provider's models (with its price) or use a key without limits.",
+                       code="unmetered_request", param="model" if model else None)

@@ -26,7 +26,7 @@ from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llmgw_common import health, metrics, tracing
+from llmgw_common import health, metrics, ops_port, tracing
 from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.http_server import json_error_protocol
 from llmgw_common.ids import new_id
@@ -46,7 +46,7 @@ from .api.embeddings import EmbeddingsCodec
 from .api.openai_chat import OpenAIChatCodec
 from .api.openai_responses import ResponsesCodec
 from .api.passthrough import PassthroughCodec
-from .auth import KeyCache, check_model
+from .auth import KeyCache, check_metered, check_model
 from .classifier import ModelClassifier
 from .commands import command_runner
 from .core.errors import GatewayError
@@ -57,6 +57,7 @@ from .outcomes import outcome_reporter
 from .providers import build_provider
 from .providers.http import AiohttpTransport
 from .request_log import recent_requests_text
+from .refusals import RefusalRecorder
 from .usage_publisher import UsagePublisher, replica_id
 
 log = logging.getLogger("llmgw.edge")
@@ -88,6 +89,7 @@ class Edge:
         self.config = GatewayConfig()
         self.providers: dict[str, Any] = {}
         self.classifier: ModelClassifier | None = None
+        self.refusals = RefusalRecorder(publish)  # requests refused before any provider, as usage events
         self._retired: set[asyncio.Task] = set()
         self.gateway = Gateway(Deps(config=self.config, providers=self.providers, decide=self._decide,
                                     report=outcome_reporter(nc), publish=publish,
@@ -192,12 +194,25 @@ def errors_in(render: ErrorBody | None = None, by_request: Callable[[Request], E
                 return await handler(request, *args, **kwargs)
             except GatewayError as err:
                 failure = err
+                record_refusal(request, err)
             except Exception:
                 log.exception("unhandled error")
                 failure = internal_error()
             return error_response(failure, render or by_request(request))  # type: ignore[misc]
         return route
     return wrap
+
+
+def record_refusal(request: Request, err: GatewayError) -> None:
+    """A request refused before any provider served it (a pass-through call): a usage event too. Reads are
+    left out (health pollers, model lists)."""
+    edge = getattr(request.app.state, "edge", None)
+    if err.recorded or edge is None or request.method in ("GET", "HEAD"):
+        return
+    endpoint = "passthrough" if "provider_id" in request.path_params else \
+        request.url.path.removeprefix("/v1/").replace("/", ".")[:64]
+    edge.refusals.record(err, endpoint, getattr(request.state, "key_id", None),
+                         getattr(request.state, "model", None))
 
 
 def internal_error() -> GatewayError:
@@ -245,11 +260,16 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         await watch_config(nc, settings.config_path, [edge.apply])
         renewer = asyncio.create_task(renew_leases(nc, edge.gateway.running, lambda: edge.config.routing.lease_s),
                                       name="lease-renewal")
+        # metrics and health on their own port, when asked (ops_port): ready = its own NATS and JetStream
+        ops = await ops_port.start_from_env(lambda: _health_monitor(app).report(), ready=("nats", "jetstream"))
         log.info("edge ready on %s:%d with %d providers", settings.host, settings.port, len(config.providers))
         try:
             yield
         finally:
+            if ops is not None:
+                await ops.stop()
             renewer.cancel()
+            edge.refusals.flush()
             await run_steps([("usage publisher", publisher.stop), ("key cache", keys.stop), ("edge", edge.close),
                              ("upstream transport", transport.close), ("nats", nc.drain)])
 
@@ -263,6 +283,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError):
+        record_refusal(request, exc)
         return error_response(exc, error_body_of(request))
 
     @app.exception_handler(RequestValidationError)
@@ -306,7 +327,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     codec_of_path = {path: codec_type for path, (codec_type, _schema, _name) in client_routes.items()}
     fastapi_call = FastAPI.__call__.__get__(app)
     front = ClientRoutes(fastapi_call, codec_of_path, lambda: app.state.edge, rendered_error)
-    app.front = metrics.HttpMetrics(front, "llmgw.edge", app.router)  # GET /metrics; every request counted
+    app.front = ops_port.public_port(metrics.HttpMetrics(front, "llmgw.edge", app.router),  # GET /metrics; every
+                                     not_found=front)  # request counted; /metrics a 404 here with an ops port
 
     @app.get("/v1/models")
     @errors_in(by_request=models_format)
@@ -330,31 +352,39 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
         """What serving a request needs: NATS, JetStream (usage events), a router, Redis (the router's
-        admission: no routing without it). Cached ~1 s; 503 while one is down (docs/reliability.md)."""
-        monitor = getattr(request.app.state, "health", None)
+        admission: no routing without it). Cached ~1 s; 503 while one is down (docs/reliability.md). With an
+        operations port (ops_port) the details are there, and this answers the status only."""
+        report = await _health_monitor(request.app).report()
+        return JSONResponse(ops_port.public_health(report), status_code=report.status_code)
+
+    def _health_monitor(app: FastAPI) -> health.HealthMonitor:
+        monitor = getattr(app.state, "health", None)
         if monitor is None:
-            nc = edge_of(request).nc
-            monitor = request.app.state.health = health.HealthMonitor([
+            nc = app.state.edge.nc
+            monitor = app.state.health = health.HealthMonitor([
                 health.Check("nats", health.nats_connected(nc)),
                 health.Check("jetstream", health.jetstream(nc)),
                 health.Check("router", health.service_ping(nc, "router")),
                 health.Check("redis", health.redis_ping(connect_redis(settings.redis_url, max_connections=2))),
             ])
-        report = await monitor.report()
-        return JSONResponse(report.body(), status_code=report.status_code)
+        return monitor
 
     @errors_in(PassthroughCodec.render_error)
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
         edge = edge_of(request)
         key = edge.caller(request)
+        request.state.key_id = key.id if key else None  # a refusal's usage event names them (gateway_error)
         if key is not None and not key.allows_provider(provider_id):
             raise GatewayError(403, f"This API key may not use provider `{provider_id}`.",
                                code="provider_not_allowed")
         version = request.url.path.split("/")[2]  # v1, or v1beta (Gemini's native API)
         codec, exchange = passthrough.parse(edge.config, provider_id, request.method, f"/{version}/{path}",
                                             request.url.query, await body_of(request), request.headers)
+        request.state.model = exchange.model or None
         if exchange.model:
             check_model(key, exchange.model)
+        if not exchange.routed:
+            check_metered(key, provider_id, request.method, exchange.model or None)
         exchange.key_id = key.id if key else None
         return _response(await edge.gateway.handle(exchange, codec), edge.replica)
 

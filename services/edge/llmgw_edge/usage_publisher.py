@@ -75,7 +75,7 @@ class UsagePublisher:
     async def stop(self, flush_timeout: float = 5.0) -> None:
         try:
             await asyncio.wait_for(self._queue.join(), flush_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if self._worker:
             self._worker.cancel()
@@ -131,7 +131,7 @@ class UsagePublisher:
                                                      event.encode(), headers=headers))
         try:
             results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), ACK_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return events
         failed = [e for e, r in zip(events, results) if isinstance(r, BaseException)]
         if failed:

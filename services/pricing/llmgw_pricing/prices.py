@@ -86,7 +86,7 @@ class PriceTable:
         return self.as_of.date().isoformat() if self.as_of else ""
 
     @classmethod
-    def bundled(cls, path: Path = BUNDLED_PATH) -> "PriceTable":
+    def bundled(cls, path: Path = BUNDLED_PATH) -> PriceTable:
         doc = json.loads(path.read_text(encoding="utf-8"))
         prices, as_of, origin = parse_document(doc, str(path))
         return cls(prices, "bundled", as_of, describe_origin(origin))

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import tempfile
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from llmgw_common.config import Price
+from llmgw_common.files import write_atomically
 from llmgw_common.lean_imports import absent
 
 with absent("click", "pygments", "rich"):  # httpx's command line client, never used: ~5 MB
@@ -174,27 +173,10 @@ def parse_document(doc: Any, where: str) -> tuple[dict[str, Price], datetime | N
     return prices, as_of, origin
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it 0600; the file holds no secret
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_cache(path: Path, prices: Mapping[str, Price], url: str, fetched_at: datetime) -> None:
     doc = make_document(prices, {"source": "remote", "url": safe_url(url)}, fetched_at)
-    write_atomically(path, json.dumps(doc, separators=(",", ":")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(doc, separators=(",", ":")), mode=0o644)  # the file holds no secret
 
 
 def read_cache(path: Path) -> tuple[dict[str, Price], datetime | None, dict[str, Any]] | None:

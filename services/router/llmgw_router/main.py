@@ -28,7 +28,7 @@ from llmgw_common.settings import CommonSettings
 from llmgw_common.windows import WindowReader
 
 from .abandoned import reap_forever
-from .outcomes import classify, retry_after_s
+from .outcomes import classify, refusal
 from .policy import PriceBook, RoutingState, plan
 from .state_view import router_state
 from .store import Leases, RoutingStore
@@ -104,11 +104,8 @@ class Router:
             decision.skipped.append(Skipped(provider=p.ordered[i].candidate.provider,
                                             reason=admission.reasons.get(i, "not admitted")))
         if admission.index is None:
-            why = "; ".join(f"{s.provider}: {s.reason}" for s in decision.skipped) or "no provider left"
-            decision.error = ErrorInfo(status=429, code="rate_limit_exceeded",
-                                       message=f"No provider can take a request for `{route_request.model}` "
-                                               f"now: {why}",
-                                       retry_after_s=retry_after_s(admission.reasons.values()))
+            message, wait = refusal(route_request.model, decision.skipped)
+            decision.error = ErrorInfo(status=429, code="rate_limit_exceeded", message=message, retry_after_s=wait)
             return decision
         admitted = p.ordered[admission.index].candidate
         admitted.reservation = admission.reservation

@@ -133,8 +133,8 @@ local function over_scope(scope, kind, at, est_tok, est_cost)
           .. ' > ' .. lt .. ')' .. left_text(wait_for_room(each, 2, tok, est_tok, lt, seconds, bucket))
       end
       if lc >= 0 and cost + est_cost > lc then
-        return 'cost_per_' .. name .. ' would be exceeded on ' .. kind
-          .. left_text(wait_for_room(each, 3, cost, est_cost, lc, seconds, bucket))
+        return 'cost_per_' .. name .. ' would be exceeded on ' .. kind .. ' (' .. cost .. ' used + ~' .. est_cost
+          .. ' > ' .. lc .. ' nano-USD)' .. left_text(wait_for_room(each, 3, cost, est_cost, lc, seconds, bucket))
       end
     end
   end
@@ -146,15 +146,22 @@ local function over_month(est_tok, est_cost)
   if month_key == '' then return nil end
   local v = redis.call('HMGET', month_key, 'req', 'tin', 'tout', 'cost')
   local req, tok, cost = tonumber(v[1]) or 0, (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0), tonumber(v[4]) or 0
-  local reset = ' (' .. math.max(1, month_end - now) .. 's left)'
+  -- the month's end frees it, unless this request alone is over the limit
+  local function reset(need, limit)
+    if need > limit then return '' end
+    return ' (' .. math.max(1, month_end - now) .. 's left)'
+  end
   if month_limits[1] >= 0 and req + 1 > month_limits[1] then
-    return 'requests_per_month reached on key ' .. key_name .. ' (' .. req .. '/' .. month_limits[1] .. ')' .. reset
+    return 'requests_per_month reached on key ' .. key_name .. ' (' .. req .. '/' .. month_limits[1] .. ')'
+      .. reset(1, month_limits[1])
   end
   if month_limits[2] >= 0 and tok + est_tok > month_limits[2] then
-    return 'tokens_per_month would be exceeded on key ' .. key_name .. reset
+    return 'tokens_per_month would be exceeded on key ' .. key_name .. ' (' .. tok .. ' used + ~' .. est_tok
+      .. ' > ' .. month_limits[2] .. ')' .. reset(est_tok, month_limits[2])
   end
   if month_limits[3] >= 0 and cost + est_cost > month_limits[3] then
-    return 'cost_per_month budget would be exceeded on key ' .. key_name .. reset
+    return 'cost_per_month budget would be exceeded on key ' .. key_name .. ' (' .. cost .. ' used + ~' .. est_cost
+      .. ' > ' .. month_limits[3] .. ' nano-USD)' .. reset(est_cost, month_limits[3])
   end
   return nil
 end

@@ -141,7 +141,7 @@ class DirLock:
         self.directory = directory
         self.fd: int | None = None
 
-    def __enter__(self) -> "DirLock":
+    def __enter__(self) -> DirLock:
         self.fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self

@@ -9,7 +9,6 @@ dir, at start-up.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -18,7 +17,7 @@ from fastapi import FastAPI, Request
 from pydantic import Field, SecretStr
 from starlette.responses import JSONResponse
 
-from llmgw_common import health, metrics, tracing
+from llmgw_common import health, metrics, ops_port, tracing
 from llmgw_common.admin_auth import ADMIN_TOKEN_ENV, READONLY_TOKEN_ENV, AdminCredentials, AdminTokenError
 from llmgw_common.http_server import json_error_protocol
 from llmgw_common.logs import setup_logging
@@ -49,23 +48,7 @@ class UiApiSettings(CommonSettings):
     admin_readonly_token: SecretStr | None = Field(default=None, alias=READONLY_TOKEN_ENV)
 
 
-def _error(status: int, message: str, code: str) -> JSONResponse:
-    return errors.error_response(status, message, code)
-
-
 BACKEND_SERVICES = ("router", "usage", "pricing")
-
-
-async def ping_services(nc, timeout: float = 1.0) -> dict[str, bool]:
-    async def ping(name: str) -> bool:
-        try:
-            await nc.request(f"$SRV.PING.{name}", b"", timeout=timeout)
-            return True
-        except Exception:
-            return False
-
-    results = await asyncio.gather(*(ping(n) for n in BACKEND_SERVICES))
-    return dict(zip(BACKEND_SERVICES, results))
 
 
 def load_credentials(settings: UiApiSettings) -> AdminCredentials:
@@ -82,6 +65,20 @@ def load_credentials(settings: UiApiSettings) -> AdminCredentials:
     return credentials
 
 
+class _PublicPort:
+    """ui-api's public port with an operations port: ``GET /metrics`` answers the admin API's own 404."""
+
+    def __init__(self, app):
+        self.app = ops_port.public_port(app, not_found=self._not_found)
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _not_found(scope, receive, send) -> None:
+        await errors.error_response(404, "Not found.", "not_found")(scope, receive, send)
+
+
 def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = None) -> FastAPI:
     """The app; its tokens are ``credentials``, else loaded (or generated) when it starts."""
     auth = AdminAuth()
@@ -92,9 +89,13 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
         # before serving (a request before that is refused: no route is ever answered open)
         auth.credentials = credentials or load_credentials(settings)
         app.state.nc = await connect_nats(settings.nats_url, "llmgw-ui-api")
+        # metrics and health on their own port, when asked (ops_port): ready = its own NATS connection
+        ops = await ops_port.start_from_env(lambda: _health_monitor(app).report(), ready=("nats",))
         try:
             yield
         finally:
+            if ops is not None:
+                await ops.stop()
             await app.state.nc.drain()
 
     # no /docs or /redoc: a browser opening them sends no credential (the OpenAPI document is /openapi.json)
@@ -106,6 +107,8 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
     # outside auth: counts every request, refused ones too, and answers GET /metrics (a scraper holds no
     # admin token; LLMGW_METRICS_TOKEN makes it want one of its own)
     metrics.HttpMetrics.install(app, "llmgw.ui-api")
+    if ops_port.configured():  # outermost: GET /metrics is the operations port's, a 404 here
+        app.add_middleware(_PublicPort)
 
     @app.get("/healthz")
     async def healthz(request: Request):
@@ -117,19 +120,22 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
         """The whole gateway as the admin API sees it: NATS, JetStream, Redis, every back-end service
         answering its NATS micro-service PING (any replica will do), ClickHouse as the usage service
         answers for it. Cached ~1 s; 503 while one is down (docs/reliability.md)."""
-        monitor = getattr(request.app.state, "health", None)
+        report = await _health_monitor(request.app).report()
+        services = {name: report.check(name).ok for name in BACKEND_SERVICES}  # the body as it was before
+        return JSONResponse(report.body(services=services), status_code=report.status_code)
+
+    def _health_monitor(app: FastAPI) -> health.HealthMonitor:
+        monitor = getattr(app.state, "health", None)
         if monitor is None:
-            nc = request.app.state.nc
-            monitor = request.app.state.health = health.HealthMonitor([
+            nc = app.state.nc
+            monitor = app.state.health = health.HealthMonitor([
                 health.Check("nats", health.nats_connected(nc)),
                 health.Check("jetstream", health.jetstream(nc)),
                 health.Check("redis", health.redis_ping(connect_redis(settings.redis_url, max_connections=2))),
                 *(health.Check(name, health.service_ping(nc, name)) for name in BACKEND_SERVICES),
                 health.Check("clickhouse", health.clickhouse_via_usage(nc), timeout_s=2.0),
             ])
-        report = await monitor.report()
-        services = {name: report.check(name).ok for name in BACKEND_SERVICES}  # the body as it was before
-        return JSONResponse(report.body(services=services), status_code=report.status_code)
+        return monitor
 
     app.include_router(pricing_router)  # GET /api/pricing
     app.include_router(usage_router)  # GET /api/usage/current|history, GET /api/requests, POST /api/dev/simulate

@@ -80,6 +80,15 @@ class CompareBody(BaseModel):
             raise ValueError(f"at most {MAX_PROMPT_BYTES} bytes (UTF-8)")
         return v
 
+    @field_validator("api_key")
+    @classmethod
+    def _header_safe(cls, v: SecretStr | None) -> SecretStr | None:
+        # it goes into an HTTP header, which carries visible ASCII only (gateway keys are ASCII); the error
+        # never echoes the value: it is a secret
+        if v is not None and not all("!" <= ch <= "~" for ch in v.get_secret_value()):
+            raise ValueError("a gateway API key is visible ASCII only (no spaces, line breaks or accents)")
+        return v
+
     @field_validator("targets")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:

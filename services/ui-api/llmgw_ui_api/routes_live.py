@@ -405,7 +405,7 @@ async def live(request: Request):
             while True:
                 try:
                     chunk = await asyncio.wait_for(client.queue.get(), KEEPALIVE_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     chunk = b": keep-alive\n\n"
                 yield chunk
                 if chunk.startswith(b"event: end\n"):

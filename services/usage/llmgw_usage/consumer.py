@@ -150,7 +150,7 @@ class PullFetcher:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             status = self._ended.pop(reply, "")
             self._ended.clear()  # statuses of older requests no longer matter
@@ -193,7 +193,7 @@ class UsageConsumer:
             try:
                 # the loop finishes the batches in hand (at most one pull wait + one commit)
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("usage consumer did not stop in %.0fs; cancelling", timeout)
                 self._task.cancel()
                 try:
@@ -216,7 +216,7 @@ class UsageConsumer:
     async def _pause(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _poll_lag(self) -> None:

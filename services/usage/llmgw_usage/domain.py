@@ -17,6 +17,7 @@ terminated, never stored or counted. A value that is only inconvenient is *norma
 | id, ts | missing, empty id (``no_key``); ts before 1970 or from 2200 on (``timestamp``) | ts in another zone or naive: UTC |
 | id, request_id, endpoint, key_id, provider, model, upstream_model | over 256 characters (``too_long``) | |
 | status | outside 0..999 (``out_of_range``) | |
+| requests | outside 1..10^9 (``out_of_range``) | |
 | tokens_in/out/cached/cache_write/reasoning | outside 0..10^9 (``out_of_range``) | |
 | cost_usd | negative, over 10^6 USD, not finite (``out_of_range``) | rounded to nano-USD |
 | latency_ms, ttft_ms | outside 0..10^9 ms or not finite (``out_of_range``) | |
@@ -85,7 +86,7 @@ INSERT_FORMAT_SETTINGS = {
 ROW_FIELDS = frozenset({
     "id", "ts", "request_id", "endpoint", "key_id", "provider", "model", "upstream_model", "stream",
     "tokens_in", "tokens_out", "tokens_cached", "tokens_cache_write", "tokens_reasoning", "cost_usd", "latency_ms",
-    "ttft_ms", "status", "error", "attempts", "route_reason", "schema_version",
+    "ttft_ms", "status", "error", "requests", "attempts", "route_reason", "schema_version",
 })
 
 # Decimal(18, 9): 9 digits after the point, 9 before.
@@ -138,6 +139,7 @@ MAX_EVENT_BYTES = 256 * 1024  # a stream message larger than this is refused unr
 MAX_ID_CHARS = 256  # ids and names: id, request_id, endpoint, key_id, provider, model, upstream_model
 MAX_STATUS = 999
 MAX_TOKENS = 10**9
+MAX_REQUESTS = 10**9  # requests one event stands for (refusals an edge aggregated)
 MAX_COST_USD = Decimal(10**6)
 MAX_COST_NANO = 10**15  # MAX_COST_USD in nano-USD (a reservation's cost)
 MAX_MS = 1e9  # latency_ms, ttft_ms, an attempt's latency_ms: about 11.6 days
@@ -323,6 +325,7 @@ def refusal(ev: IngestEvent | UsageEvent, ts_s: float | None = None) -> Refusal 
             and 0 <= ev.tokens_cached <= MAX_TOKENS and 0 <= ev.tokens_cache_write <= MAX_TOKENS
             and 0 <= ev.tokens_reasoning <= MAX_TOKENS and _cost_ok(ev.cost_usd)
             and 0 <= ev.latency_ms <= MAX_MS and _ms_ok(ev.ttft_ms) and 0 <= ev.schema_version <= UINT16_MAX
+            and 1 <= ev.requests <= MAX_REQUESTS
             and _names_ok(ev.id, ev.request_id, ev.endpoint, ev.key_id, ev.provider, ev.model, ev.upstream_model)
             and len(ev.attempts) <= MAX_ATTEMPTS and all(_attempt_ok(a) for a in ev.attempts)
             and (ev.reservation is None or _reservation_ok(ev.reservation))):
@@ -339,7 +342,8 @@ def _refusal_detail(ev: IngestEvent | UsageEvent) -> Refusal:
             return Refusal(TOO_LONG, f"{name} of {len(value)} characters (at most {MAX_ID_CHARS})")
     if len(ev.attempts) > MAX_ATTEMPTS:
         return Refusal(TOO_LONG, f"{len(ev.attempts)} attempts (at most {MAX_ATTEMPTS})")
-    ranges = [("status", ev.status, 0, MAX_STATUS), ("schema_version", ev.schema_version, 0, UINT16_MAX)]
+    ranges = [("status", ev.status, 0, MAX_STATUS), ("schema_version", ev.schema_version, 0, UINT16_MAX),
+              ("requests", ev.requests, 1, MAX_REQUESTS)]
     ranges += [(name, getattr(ev, name), 0, MAX_TOKENS) for name in
                ("tokens_in", "tokens_out", "tokens_cached", "tokens_cache_write", "tokens_reasoning")]
     ranges += [("latency_ms", ev.latency_ms, 0, MAX_MS), ("ttft_ms", ev.ttft_ms, 0, MAX_MS)]
@@ -355,12 +359,6 @@ def _refusal_detail(ev: IngestEvent | UsageEvent) -> Refusal:
             return Refusal(OUT_OF_RANGE, f"attempts[{i}]: status {_num(a.status)}, latency_ms {_num(a.latency_ms)} "
                                          f"or retries {_num(a.retries)} out of range")
     return Refusal(OUT_OF_RANGE, "reservation out of range (names over 256 characters, tokens, cost or at_s)")
-
-
-def rejection_reason(ev: IngestEvent | UsageEvent, ts_s: float | None = None) -> str | None:
-    """``refusal`` in words (None: an event the projections may hold)."""
-    r = refusal(ev, ts_s)
-    return None if r is None else r.detail
 
 
 _Keyed = TypeVar("_Keyed", UsageEvent, EventRow)

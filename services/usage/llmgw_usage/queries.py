@@ -111,21 +111,22 @@ def token_rows_sql(token: str, events: Sequence[Stamped]) -> str:
 
 # (rollup expression, raw expression) of every metric, in HistoryRow order after the dimensions.
 # Aliases differ from column names: in ClickHouse an alias named like a column shadows it everywhere.
+# Raw events count requests as sum(requests): one event may stand for several refused requests.
 _METRICS = (
-    ("sum(requests)", "count()"),
-    ("sum(errors)", "countIf(status >= 400)"),
+    ("sum(requests)", "sum(requests)"),
+    ("sum(errors)", "sumIf(requests, status >= 400)"),
     ("sum(tokens_in)", "sum(tokens_in)"),
     ("sum(tokens_out)", "sum(tokens_out)"),
     ("toString(sum(cost_usd))", "toString(sum(cost_usd))"),
     ("sum(tokens_cached)", "sum(tokens_cached)"),
-    ("sum(free_requests)", "countIf(cost_usd = 0 AND status < 400)"),
+    ("sum(free_requests)", "sumIf(requests, cost_usd = 0 AND status < 400)"),
     ("sum(latency_ms_sum)", "sum(latency_ms)"),
     ("sum(tokens_cache_write)", "sum(tokens_cache_write)"),
     ("sum(tokens_reasoning)", "sum(tokens_reasoning)"),
 )
 _ORDER = {
-    "requests": ("sum(requests)", "count()"),
-    "errors": ("sum(errors)", "countIf(status >= 400)"),
+    "requests": ("sum(requests)", "sum(requests)"),
+    "errors": ("sum(errors)", "sumIf(requests, status >= 400)"),
     "tokens": ("sum(tokens_in) + sum(tokens_out)", "sum(tokens_in) + sum(tokens_out)"),
     "cost": ("sum(cost_usd)", "sum(cost_usd)"),
 }
@@ -318,7 +319,7 @@ def stats_sql(since: datetime, until: datetime) -> tuple[str, str, dict[str, Any
     counts = (f"SELECT toString(provider), toString(model), grouping(model), sum(requests), sum(errors)"
               f" FROM {ROLLUP} WHERE {_STATS_RANGE.format(t='minute')} {_STATS_GROUPS}")
     ok = "status < 400"
-    detail = (f"SELECT toString(provider), toString(model), grouping(model), countIf(status = 429),"
+    detail = (f"SELECT toString(provider), toString(model), grouping(model), sumIf(requests, status = 429),"
               f" quantilesIf(0.5, 0.95)(latency_ms, {ok}),"
               f" quantilesIf(0.5, 0.95)(ifNull(ttft_ms, 0), {ok} AND ttft_ms IS NOT NULL)"
               f" FROM {REQUEST_LOG} WHERE {_STATS_RANGE.format(t='ts')} {_STATS_GROUPS}")
@@ -389,7 +390,7 @@ def key_days(result_rows: Iterable[Sequence[Any]], start_s: int, end_s: int, tz:
 
 _REQUEST_COLUMNS = (
     "ts", "id", "request_id", "endpoint", "toString(key_id)", "toString(provider)", "toString(model)",
-    "toString(upstream_model)", "stream", "status", "error", "latency_ms", "ttft_ms", "route_reason", "retries",
+    "toString(upstream_model)", "stream", "status", "error", "requests", "latency_ms", "ttft_ms", "route_reason", "retries",
     "tokens_in", "tokens_out", "tokens_cached", "tokens_cache_write", "tokens_reasoning", "toString(cost_usd)",
     "attempts",
 )
@@ -469,12 +470,12 @@ def request_rows(result_rows: Sequence[Sequence[Any]], limit: int, bodies: dict[
     rows: list[RequestLogRow] = []
     for r in result_rows[:limit]:
         (ts, event_id, request_id, endpoint, key_id, provider, model, upstream_model, stream, status, error,
-         latency_ms, ttft_ms, route_reason, retries, tin, tout, cached, cache_write, reasoning, cost, attempts) = r
+         requests, latency_ms, ttft_ms, route_reason, retries, tin, tout, cached, cache_write, reasoning, cost, attempts) = r
         body = bodies.get(event_id) if include_bodies else None
         rows.append(RequestLogRow(
             id=event_id, ts=to_utc(ts), request_id=request_id, endpoint=endpoint, key_id=key_id, provider=provider,
             model=model, upstream_model=upstream_model, stream=bool(stream), status=int(status), error=error,
-            latency_ms=float(latency_ms), ttft_ms=None if ttft_ms is None else float(ttft_ms),
+            requests=int(requests), latency_ms=float(latency_ms), ttft_ms=None if ttft_ms is None else float(ttft_ms),
             route_reason=route_reason, retries=int(retries), tokens_in=int(tin), tokens_out=int(tout),
             tokens_cached=int(cached), tokens_cache_write=int(cache_write), tokens_reasoning=int(reasoning),
             cost_usd=Decimal(str(cost)), attempts=[_attempt(a) for a in attempts or []],

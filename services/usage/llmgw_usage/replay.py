@@ -152,7 +152,7 @@ async def read_range(js, rng: StreamRange, idle_timeout_s: float = IDLE_TIMEOUT_
         while True:
             try:
                 msg = await asyncio.wait_for(queue.get(), idle_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ReplayError(f"no message from the stream for {idle_timeout_s:.0f}s although the range is "
                                   "not finished (was the stream purged meanwhile?)") from None
             meta = msg.metadata
@@ -262,7 +262,7 @@ class DirectClickHouse:
         self.stats = TargetStats()
 
     @classmethod
-    async def open(cls, url: str, chdb_path: Path, redis) -> "DirectClickHouse":
+    async def open(cls, url: str, chdb_path: Path, redis) -> DirectClickHouse:
         from .projection import ClickHouseProjection
         from .store import ClickHouseStore, StoreBusyError
 

@@ -45,6 +45,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from pydantic import BaseModel, TypeAdapter
 
 from llmgw_common.clickhouse_conn import connect_clickhouse
+from llmgw_common.files import write_atomically
 from llmgw_common.messages import (
     DayTotals,
     HistoryRow,
@@ -279,9 +280,7 @@ class ClickHouseStore:
         body = insert_body(token, (row.line for row in rows))
         path = self.journal_dir / f"{token}{JOURNAL_SUFFIX}"
         self.journal_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(body)
-        os.replace(tmp, path)  # a journal file is complete or absent
+        write_atomically(path, body, fsync=False)  # complete or absent; ClickHouse holds it once inserted
         try:
             self._insert_body(token, body)
         except Exception as exc:

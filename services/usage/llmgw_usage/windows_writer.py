@@ -6,7 +6,7 @@ Where amounts go is the contract of ``llmgw_common.windows``: the bucket of the
 event's second, or of its reservation's ``at_s`` (so a reconciliation lands
 where admission reserved), in every window whose readers still sum that bucket
 (``Window.expire_at`` later than now), with that expiry; ``domain.live_buckets``
-computes it and tests/test_windows.py holds the two to the same arithmetic."""
+computes it and tests/service/test_windows.py holds the two to the same arithmetic."""
 
 from __future__ import annotations
 

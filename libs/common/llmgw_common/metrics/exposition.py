@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -21,7 +21,7 @@ def exposition(registry=REGISTRY) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def serve_from_env(env: dict[str, str] | None = None) -> Any:
+def serve_from_env(env: Mapping[str, str] | None = None) -> Any:
     """The metrics HTTP server of a NATS service, on ``LLMGW_METRICS_PORT`` when set (else None).
 
     A port that cannot be bound is logged and skipped: metrics never stop a service."""

@@ -79,6 +79,8 @@ class LoopCounter(_LoopMetric):
 
     def inc(self, amount: float = 1.0) -> None:
         """An unlabelled counter's increment."""
+        if self._unlabelled is None:
+            raise TypeError(f"{self._name} has labels: increment .labels(...) instead")
         self._unlabelled.value += amount
 
     def _new_child(self) -> _Cell:

@@ -196,7 +196,7 @@ class UsageMeter:
         s = self._series.get(key)
         if s is None:
             s = self._series[key] = _Series(self.metrics, *key)
-        s.status(event.status).inc()
+        s.status(event.status).inc(getattr(event, "requests", 1))  # an aggregated refusal stands for several
         s.duration.observe(event.latency_ms / 1000)
         if event.ttft_ms is not None:
             s.ttft.observe(event.ttft_ms / 1000)

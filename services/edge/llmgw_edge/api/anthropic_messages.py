@@ -288,6 +288,8 @@ def chat_request(body: dict[str, Any], count_only: bool = False) -> ChatRequest:
     if not isinstance(stream, bool):
         raise bad_request("stream: Input should be a valid boolean", param="stream")
     tools = []
+    if body.get("tools") is not None and not isinstance(body["tools"], list):
+        raise bad_request("tools: Input should be a valid list", param="tools")
     for i, t in enumerate(body.get("tools") or []):
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise bad_request(f"tools.{i}.name: Field required", param=f"tools.{i}")

@@ -36,7 +36,7 @@ def json_object(raw: bytes, max_depth: int = 100) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise bad_request("We could not parse the JSON body of your request. The body must be a JSON object.")
+        raise bad_request("We could not parse the JSON body of your request. The body must be a JSON object.") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     if _deeper_than(body, max_depth):

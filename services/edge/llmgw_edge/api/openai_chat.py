@@ -69,10 +69,12 @@ class OpenAIChatCodec:
         for i, m in enumerate(messages):
             if not isinstance(m, dict):
                 raise bad_request(f"messages[{i}] must be an object", param=f"messages[{i}]")
-            role = m.get("role")
-            if role not in _ROLES:
-                raise bad_request(f"messages[{i}].role must be one of {sorted(_ROLES)}, got {role!r}",
-                                  param=f"messages[{i}].role")
+            _check_message(m, i)
+        _check_list_of_objects(body, "tools")
+        _check_list_of_objects(body, "functions")
+        stop = body.get("stop")
+        if stop is not None and not isinstance(stop, (str, list)):
+            raise bad_request("'stop' must be a string or an array of strings", param="stop")
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise bad_request("'stream' must be a boolean", param="stream")
@@ -149,6 +151,40 @@ class OpenAIChatCodec:
         body = {"error": {"message": err.message, "type": "upstream_error", "param": None,
                           "code": "upstream_stream_error"}}
         return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _check_message(m: dict[str, Any], i: int) -> None:
+    """The types of what the gateway reads of a message (role, content, tool calls): a 400, never a crash
+    further on in translation or token counting. Cheap: no walk into the content parts."""
+    role = m.get("role")
+    if not isinstance(role, str) or role not in _ROLES:
+        shown = repr(role)[:40] if isinstance(role, str) else f"a {_json_type(role)}"
+        raise bad_request(f"messages[{i}].role must be one of {sorted(_ROLES)}, got {shown}",
+                          param=f"messages[{i}].role")
+    content = m.get("content")
+    if content is not None and not isinstance(content, (str, list)):
+        raise bad_request(f"messages[{i}].content must be a string or an array of content parts, got a "
+                          f"{_json_type(content)}", param=f"messages[{i}].content")
+    if m.get("tool_calls") is not None:
+        _check_list_of_objects(m, "tool_calls", f"messages[{i}].")
+    if m.get("name") is not None and not isinstance(m["name"], str):
+        raise bad_request(f"messages[{i}].name must be a string", param=f"messages[{i}].name")
+
+
+def _check_list_of_objects(body: dict[str, Any], name: str, where: str = "") -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise bad_request(f"'{where}{name}' must be an array of objects", param=f"{where}{name}")
+
+
+def _json_type(value: Any) -> str:
+    """What a JSON value is, in JSON's words: for messages that never echo the (maybe huge) value."""
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
 
 
 def _completion_id(upstream_id: str) -> str:

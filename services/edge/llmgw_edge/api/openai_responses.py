@@ -425,8 +425,10 @@ def _validate_input(body: dict[str, Any]) -> None:
         if not isinstance(kind, str):
             raise bad_request(f"{where}.type must be a string", param=f"{where}.type")
         if kind == "message":
-            if item.get("role") not in _ROLES:
-                raise bad_request(f"{where}.role must be one of {sorted(_ROLES)}, got {item.get('role')!r}",
+            role = item.get("role")
+            if not isinstance(role, str) or role not in _ROLES:  # an object is unhashable: test its type first
+                raise bad_request(f"{where}.role must be one of {sorted(_ROLES)}, got "
+                                  f"{repr(role)[:40] if isinstance(role, str) else type(role).__name__}",
                                   param=f"{where}.role")
             _validate_content(item.get("content"), f"{where}.content", allow_string=True)
         elif kind == "function_call":

@@ -5,7 +5,9 @@ answer comes back as it is, whatever its status. A request whose body names a
 model the provider serves is admitted by the router like any other (limits,
 cooldowns, accounting under ``provider/model``); other requests (model lists,
 files, a model not in the config) go straight through. Usage is counted
-whenever the answer carries a readable usage object.
+whenever the answer carries a readable usage object. A caller whose gateway
+key has limits (a budget...) may only read that way (GET): anything else the
+router cannot meter is a 403 (``auth.check_metered``).
 """
 
 from __future__ import annotations

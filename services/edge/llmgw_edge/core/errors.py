@@ -16,6 +16,8 @@ from llmgw_common.failures import FailureKind, kind_for_status, policy
 
 
 class GatewayError(Exception):
+    recorded = False  # True once its request has a usage event (the gateway's, after attempts upstream)
+
     def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
                  headers: dict[str, str] | None = None, kind: FailureKind | None = None):
         super().__init__(message)

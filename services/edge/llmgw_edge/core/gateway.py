@@ -326,12 +326,9 @@ class Gateway:
         while self._deadline_left(outcome) > 0:
             try:
                 decision = await self.deps.decide(route_request)
-            except GatewayError as exc:
+            except GatewayError:
                 if last is None:
-                    # an unknown model is the client's mistake, not usage; other refusals are recorded
-                    if exc.status != 404:
-                        self.deps.publish(outcome.event(exc.status, None, None, exc.message, None))
-                    raise
+                    raise  # refused before any attempt: the edge records it with its other refusals (refusals.py)
                 break  # nobody left to fail over to: the client gets the last upstream error
             outcome.model = decision.model  # the logical name: windows and analytics group by it
             if not route_request.exclude:
@@ -348,6 +345,7 @@ class Gateway:
                     break
         err = _all_failed(outcome, last)
         self.deps.publish(outcome.event(err.status, None, None, err.message, None))
+        err.recorded = True
         raise err
 
     async def _send_with_retries(self, exchange: Exchange, codec: Codec, cand: Candidate,
@@ -525,8 +523,8 @@ async def _send_once(provider: Provider, exchange: Exchange, codec: Codec, model
     if exchange.answer_here is not None:
         return _Sent(200, "application/json", {"x-llmgw-provider": "estimate"}, body=exchange.answer_here())
     if exchange.embedding is not None:
-        resp = await provider.embed(exchange.embedding, model)
-        return _Sent(200, "application/json", {}, body=codec.render_embeddings(resp), usage=resp.usage)
+        embedded = await provider.embed(exchange.embedding, model)
+        return _Sent(200, "application/json", {}, body=codec.render_embeddings(embedded), usage=embedded.usage)
     if not exchange.is_chat:
         raise UpstreamError(400, f"provider {provider.id} cannot take this request as it is",
                             kind=FailureKind.UNSUPPORTED)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
 # why generation stopped, in one vocabulary; codecs map to their own
@@ -61,12 +61,12 @@ class ToolResult:
     """The answer to a tool call (OpenAI: a ``tool`` message; Anthropic: a ``tool_result`` block)."""
 
     tool_call_id: str
-    content: list["Part"]
+    content: list[Part]
     is_error: bool = False
     name: str | None = None  # the tool's name, when the format carries it (Gemini needs it)
 
 
-Part = Union[Text, Image, Thinking, ToolResult]
+Part = Text | Image | Thinking | ToolResult
 
 
 @dataclass(slots=True)
@@ -148,7 +148,7 @@ class Usage:
     reasoning_tokens: int = 0
     reported_cost: Decimal | None = None  # USD, when the provider says what it charged (OpenRouter)
 
-    def merge(self, other: "Usage") -> None:
+    def merge(self, other: Usage) -> None:
         """Take every figure ``other`` reports (streams report input and output at different times)."""
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                      "reasoning_tokens"):
@@ -236,4 +236,4 @@ class UsageUpdate:
     usage: Usage
 
 
-StreamEvent = Union[Start, TextDelta, ThinkingDelta, ToolCallStart, ToolCallDelta, Finish, UsageUpdate]
+StreamEvent = Start | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Finish | UsageUpdate

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmgw_common.config import GatewayConfig, ProviderConfig, resolve_secret
+from llmgw_common.config import ProviderConfig, resolve_secret
 
 from .anthropic import AnthropicProvider
 from .base import BaseProvider, ProviderContext
@@ -31,7 +31,3 @@ def build_provider(config: ProviderConfig, transport: Transport, state_dir: Path
     secret = resolve_secret(getattr(config, "api_key", None))  # the CLI types have none: their own login
     return cls(config, ProviderContext(transport=transport, secret=secret,
                                        state_dir=state_dir))
-
-
-def build_providers(config: GatewayConfig, transport: Transport, state_dir: Path) -> dict[str, BaseProvider]:
-    return {p.id: build_provider(p, transport, state_dir) for p in config.providers}

@@ -258,7 +258,7 @@ async def stream_events(reply: HttpReply, model: str) -> AsyncIterator[StreamEve
         try:
             event = json.loads(data)
         except ValueError:
-            raise UpstreamError(502, "upstream sent a stream event that is not JSON", kind=FailureKind.PROTOCOL)
+            raise UpstreamError(502, "upstream sent a stream event that is not JSON", kind=FailureKind.PROTOCOL) from None
         if not isinstance(event, dict):
             continue
         kind = event.get("type")

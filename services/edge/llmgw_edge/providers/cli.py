@@ -203,7 +203,7 @@ class CliRun:
 
     # ---- life cycle ----
 
-    async def __aenter__(self) -> "CliRun":
+    async def __aenter__(self) -> CliRun:
         await self.slots.acquire()  # cancelled while waiting: nothing to give back
         try:
             self.cwd = tempfile.mkdtemp(prefix="llmgw-cli-")

@@ -27,7 +27,7 @@ class Timeouts:
     first_byte: float | None = None  # request sent -> status line; None: ``read``
 
     @classmethod
-    def of(cls, value: "float | Timeouts") -> "Timeouts":
+    def of(cls, value: float | Timeouts) -> Timeouts:
         return value if isinstance(value, Timeouts) else cls(connect=min(10.0, value), read=value)
 
 
@@ -48,7 +48,7 @@ class HttpReply(Protocol):
 
 class Transport(Protocol):
     async def request(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
-                      timeouts: "float | Timeouts") -> HttpReply: ...
+                      timeouts: float | Timeouts) -> HttpReply: ...
 
     async def close(self) -> None: ...
 
@@ -68,7 +68,7 @@ class AiohttpReply:
     async def read(self) -> bytes:
         try:
             return await self._response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc) from None
         finally:
             self._response.release()
@@ -78,7 +78,7 @@ class AiohttpReply:
         try:
             async for data in self._response.content.iter_any():
                 yield data
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc) from None
 
     async def lines(self) -> AsyncIterator[str]:
@@ -90,7 +90,7 @@ class AiohttpReply:
                 if not raw:
                     return
                 yield raw.decode("utf-8", "replace").rstrip("\r\n")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise transport_error(exc) from None
 
     def close(self) -> None:
@@ -104,7 +104,7 @@ class AiohttpTransport:
         self.session = session or create_session()
 
     async def request(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
-                      timeouts: "float | Timeouts") -> AiohttpReply:
+                      timeouts: float | Timeouts) -> AiohttpReply:
         """Returns once the status line and headers are in. The timeouts bound the connection set-up, the
         wait for the first byte and every silence while reading: never a whole (possibly long) stream."""
         t = Timeouts.of(timeouts)
@@ -114,7 +114,7 @@ class AiohttpTransport:
             async with first_byte:
                 response = await self.session.request(method, url, data=body, headers=headers, timeout=timeout,
                                                       allow_redirects=False)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             if first_byte.expired():
                 raise UpstreamError(504, f"upstream sent no answer within {t.first_byte:g}s (first byte)",
                                     kind=FailureKind.TIMEOUT) from None

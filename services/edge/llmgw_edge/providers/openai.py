@@ -245,7 +245,7 @@ async def stream_events(reply: HttpReply, model: str) -> AsyncIterator[StreamEve
         try:
             chunk = json.loads(data)
         except ValueError:
-            raise UpstreamError(502, "upstream sent a stream chunk that is not JSON", kind=FailureKind.PROTOCOL)
+            raise UpstreamError(502, "upstream sent a stream chunk that is not JSON", kind=FailureKind.PROTOCOL) from None
         if not isinstance(chunk, dict):
             continue
         if isinstance(chunk.get("error"), dict):
