@@ -115,6 +115,9 @@ class RouteDecision(Message):
     strategy: str = "priority"
     rule: str | None = None  # name of the rule that matched
     error: ErrorInfo | None = None
+    # > 0: nothing in this plan draws on a limit; the edge may route every request with the same model, key
+    # and prompt class on it, without asking, for this long or until ``ROUTER_CHANGED`` (docs/routing.md)
+    reusable_s: float = 0.0
 
 
 class AttemptOutcome(Message):

@@ -29,7 +29,7 @@ from llmgw_common.windows import WindowReader
 
 from .abandoned import reap_forever
 from .outcomes import classify, refusal
-from .policy import Plan, PriceBook, RoutingState, plan, unavailable
+from .policy import Plan, PriceBook, RoutingState, plan, plan_reusable, unavailable
 from .state_view import router_state
 from .store import Leases, RoutingStore
 
@@ -113,6 +113,9 @@ class Router:
         admitted.reservation = admission.reservation
         admitted.probe = admission.probe
         decision.candidates = [admitted] + [pc.candidate for pc in p.ordered[admission.index + 1:]]
+        # the whole plan, its first provider healthy (admitted, not as the breaker's probe), nothing limited
+        if admission.index == 0 and not admission.probe and plan_reusable(self.config, p, route_request, key):
+            decision.reusable_s = self.config.routing.plan_max_age_s
         return decision
 
     def _plan_only(self, route_request: RouteRequest, p: Plan, decision: RouteDecision) -> RouteDecision:
@@ -149,6 +152,7 @@ class Router:
             return
         if result in ("breaker_open", "cooldown"):
             log.warning("provider %s: %s after status %s", outcome.provider, result, outcome.status)
+            await self.announce_change()
 
     async def on_outcomes(self, msg) -> None:
         self.spawn(self._apply_outcomes(msg))
@@ -211,7 +215,18 @@ class Router:
         """After a pin or smart change: every replica reads the shared state again; the new state."""
         await self.nc.publish(subjects.ROUTER_REFRESH, b"")
         await self.refresh_state()
+        await self.announce_change()
         return await self.current_state()
+
+    async def announce_change(self) -> None:
+        """Edges drop the plans they reuse. Each replica says it once it has applied the change itself, so an
+        edge that asks again right after is not answered from a replica that has not."""
+        if self.nc is None:
+            return
+        try:
+            await self.nc.publish(subjects.ROUTER_CHANGED, b"")
+        except Exception as exc:  # NATS away: the edges' plans age out (routing.plan_max_age_s)
+            log.warning("cannot announce a routing change (%s)", type(exc).__name__)
 
     async def current_state(self) -> RouterState:
         return await router_state(self.config, self.state, self.windows)
@@ -229,13 +244,16 @@ class Router:
             await self.refresh_state()
         except Exception as exc:
             log.warning("cannot refresh routing state: %s", type(exc).__name__)
+        await self.announce_change()
 
     async def on_pricing_changed(self, _msg) -> None:
         await self.refresh_prices()
+        await self.announce_change()
 
     async def apply_config(self, config: GatewayConfig) -> None:
         self.config = config
         await self.refresh_prices()
+        await self.announce_change()
 
     async def load(self) -> None:
         """What every answer depends on, before the first: gateway keys, the pin and smart flag, prices."""

@@ -177,6 +177,39 @@ def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state:
     return Plan(model, ordered, skipped, strategy, rule.name if rule else None)
 
 
+# strategies whose order an edge may reuse: the same for every request with the same model, key and prompt class
+REUSABLE_STRATEGIES = frozenset({"priority", "lowest-cost"})
+
+
+def limited(limits: Limits) -> bool:
+    return any(v is not None for v in limits.__dict__.values())
+
+
+def plan_reusable(config: GatewayConfig, p: Plan, request: RouteRequest, key: KeyRecord | None) -> bool:
+    """Whether an edge may route every request for this model (and key and prompt class) on this plan
+    without asking again, until a change is announced: nothing in it draws on a limit, and nothing of the
+    request beyond those three chose or ordered it. Else the router admits each request."""
+    if p.error is not None or request.exclude or p.strategy not in REUSABLE_STRATEGIES:
+        return False
+    if key is not None and limited(key.limits):
+        return False
+    if any(r.match.headers or r.match.min_prompt_tokens is not None or r.match.max_prompt_tokens is not None
+           or r.match.stream is not None for r in config.routing.rules):
+        return False  # a rule looks at more of the request than the plan's cache key holds
+    if any(s.reason.startswith("prompt of ") for s in p.skipped):
+        return False  # a context window skipped a provider for this prompt's size
+    paid_priced = 0
+    for pc in p.ordered:
+        provider = config.provider(pc.candidate.provider)
+        model = provider.model(pc.candidate.model) if provider is not None else None
+        if provider is None or model is None or limited(provider.limits) or limited(model.limits):
+            return False
+        if model.context_window is not None:
+            return False  # another prompt's size may not fit it
+        paid_priced += not pc.candidate.free and pc.candidate.price is not None
+    return paid_priced <= 1  # paid providers are ordered by each request's estimated cost
+
+
 def unavailable(stats: ProviderStats | None) -> str | None:
     """Why a provider cannot be tried now (cooling down, breaker open), as last read from Redis; None: it can.
     For questions that are planned, never admitted (count_tokens): admission checks the same atomically."""

@@ -34,6 +34,7 @@ from llmgw_common.messages import (PLAN_ONLY_ENDPOINT, Attempt, AttemptOutcome, 
                                    UsageEvent)
 
 from .errors import GatewayError, UpstreamError
+from .plans import PlanCache
 from .provider import Provider, RawCall
 from .tokens import needs_exact
 from .types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Meter, Start, StreamEvent,
@@ -125,6 +126,8 @@ class Deps:
     publish: Callable[[UsageEvent], None]  # never blocks
     classify_prompt: Callable[[str, Mapping[str, str]], Awaitable[str | None]] | None = None
     command: Callable[[str], Awaitable[str | None]] | None = None  # proxy-cli: the answer, or None
+    # the caller's current key record (an object that changes when the key does): plans are made per record
+    key_record: Callable[[str | None], object] = lambda _key_id: None
 
 
 @dataclass
@@ -226,6 +229,7 @@ class Gateway:
         self.deps = deps
         # streams being relayed, as admission lease members: their leases are renewed while they run
         self.running: set[str] = set()
+        self.plans = PlanCache()  # routes without limits: the router's plans, reused (plans.py)
 
     @property
     def config(self) -> GatewayConfig:
@@ -328,7 +332,7 @@ class Gateway:
         last: UpstreamError | None = None
         while self._deadline_left(outcome) > 0:
             try:
-                decision = await self.deps.decide(route_request)
+                decision = await self._decision(exchange, route_request)
             except GatewayError:
                 if last is None:
                     raise  # refused before any attempt: the edge records it with its other refusals (refusals.py)
@@ -343,6 +347,7 @@ class Gateway:
                 return cand, sent, t0
             except UpstreamError as exc:
                 last = exc
+                self.plans.expire(cand.provider)
                 outcome.route_reason += f"; {cand.provider} failed: {exc.kind.value} {exc.status or ''}".rstrip()
                 if not exc.retryable:
                     break
@@ -350,6 +355,26 @@ class Gateway:
         self.deps.publish(outcome.event(err.status, None, None, err.message, None))
         err.recorded = True
         raise err
+
+    async def _decision(self, exchange: Exchange, route_request: RouteRequest) -> RouteDecision:
+        """The router's decision, or a plan it made reusable (a route without limits: no round trip). A
+        failover always asks: the router knows what the failure changed."""
+        if not exchange.uses_capacity or route_request.exclude:
+            return await self.deps.decide(route_request)
+        key_record = self.deps.key_record(route_request.key_id)
+        plan = self.plans.fresh(route_request, key_record)
+        if plan is not None:
+            return plan
+        generation = self.plans.generation
+        try:
+            decision = await self.deps.decide(route_request)
+        except GatewayError as err:
+            # the control plane is away: a route without limits keeps serving on the plan it had
+            if err.code == "router_unavailable" and (plan := self.plans.stale(route_request, key_record)):
+                return plan
+            raise
+        self.plans.keep(route_request, key_record, decision, generation)
+        return decision
 
     async def _send_with_retries(self, exchange: Exchange, codec: Codec, cand: Candidate,
                                  outcome: _Outcome) -> tuple[_Sent, float]:
