@@ -165,9 +165,11 @@ def test_a_plan_ages_out_and_serves_only_while_the_router_is_away():
     now[0] = 106.0
     assert cache.fresh(request, None) is None
     assert cache.stale(request, None) is not None  # the router could not be reached
-    assert cache.fresh(request, None) is not None
+    assert cache.fresh(request, None) is not None and cache.serving_without_router
     now[0] += AWAY_S
     assert cache.fresh(request, None) is None
+    cache.keep(request, None, decision, cache.generation)  # a router answered again
+    assert not cache.serving_without_router
 
 
 def test_a_decision_that_is_not_reusable_is_never_kept():

@@ -51,6 +51,7 @@ from .classifier import ModelClassifier
 from .commands import command_runner
 from .core.errors import GatewayError
 from .core.gateway import Deps, Gateway, Reply
+from .core.plans import PlanCache
 from .core.prompt_class import classify
 from .lease_renewal import renew_leases
 from .outcomes import outcome_reporter
@@ -373,8 +374,17 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 health.Check("jetstream", health.jetstream(nc)),
                 health.Check("router", health.service_ping(nc, "router")),
                 health.Check("redis", health.redis_ping(connect_redis(settings.redis_url, max_connections=2))),
+                health.Check("plans", _plans_probe(app.state.edge.gateway.plans), required=False),
             ])
         return monitor
+
+    def _plans_probe(plans: PlanCache) -> health.Probe:
+        async def probe() -> str:
+            if plans.serving_without_router:
+                raise health.CheckFailed(f"degraded: serving routes without limits from {len(plans)} plans, "
+                                         "the router cannot be reached")
+            return f"{len(plans)} plans of routes without limits"
+        return probe
 
     @errors_in(PassthroughCodec.render_error)
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:

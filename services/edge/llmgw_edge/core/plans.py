@@ -39,6 +39,7 @@ class PlanCache:
         # bumped by every drop: a plan asked for before a drop and answered after it is not kept
         self.generation = 0
         self._away_until = 0.0
+        self.router_lost = False  # the last question to the router found nobody (health says so)
 
     @staticmethod
     def _key(request: RouteRequest) -> PlanKey:
@@ -60,10 +61,12 @@ class PlanCache:
         if plan is None or plan.key_record is not key_record:
             return None
         self._away_until = self._clock() + AWAY_S
+        self.router_lost = True
         return plan.decision
 
     def keep(self, request: RouteRequest, key_record: object, decision: RouteDecision, generation: int) -> None:
         """Keep a reusable decision as the plan for its requests, unless a drop came while it was asked for."""
+        self.router_lost = False  # a router answered
         if decision.reusable_s <= 0 or generation != self.generation or not decision.candidates:
             return
         plan = decision.model_copy(update={"candidates": list(decision.candidates)})
@@ -86,11 +89,12 @@ class PlanCache:
         self._plans.clear()
         self.generation += 1
         self._away_until = 0.0
+        self.router_lost = False  # a router announced a change: it is back
 
     @property
     def serving_without_router(self) -> bool:
-        """Routes are being served from old plans because the router could not be reached just now."""
-        return self._clock() < self._away_until
+        """Routes are served from old plans: the last question to the router found nobody."""
+        return self.router_lost
 
     def __len__(self) -> int:
         return len(self._plans)
