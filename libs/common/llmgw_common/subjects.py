@@ -15,7 +15,7 @@ ROUTER_SMART = "llmgw.router.smart"
 # broadcast (every replica): re-read the shared routing state now (after a pin or smart change)
 ROUTER_REFRESH = "llmgw.router.refresh"
 # broadcast by each router replica once it applied something that changes plans (pin, smart, config, prices,
-# a cooldown or an open breaker): edges drop the plans they reuse (docs/routing.md, "Plans")
+# a gateway key, a cooldown or an open breaker): edges drop the plans they reuse (docs/routing.md, "Plans")
 ROUTER_CHANGED = "llmgw.router.changed"
 # attempt outcomes from the edge (plain publish, queue group "router": one replica applies each)
 ROUTER_OUTCOME = "llmgw.router.outcome"

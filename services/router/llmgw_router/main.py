@@ -58,7 +58,9 @@ class Router:
         self.windows = windows
         self.state = RoutingState(smart=config.routing.smart.enabled)
         self.now_ms = _now_ms  # injectable: tests move time forward instead of sleeping for a window
-        self.keys = KeyMirror()  # gateway keys: their providers and limits (started in ``serve``)
+        # gateway keys: their providers and limits (started in ``serve``); a key changed here may change
+        # whether its plans are reusable: announced like any other change
+        self.keys = KeyMirror(on_change=lambda: self.spawn(self.announce_change()))
         self.leases = Leases(store.redis)
         self._tasks: set[asyncio.Task] = set()
         self.meter = metrics.RouterMeter()
