@@ -5,6 +5,7 @@ tests/unit/test_router_policy.py; the whole stack with its routers stopped in te
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from edge_fakes import Events, FakeRouter, MockResponse, MockTransport
@@ -13,6 +14,7 @@ from llmgw_common.messages import RouteDecision, RouteRequest
 from llmgw_edge.core.errors import GatewayError
 from llmgw_edge.core.gateway import Deps, Gateway
 from llmgw_edge.core.plans import AWAY_S, PlanCache
+from llmgw_edge.core.strategies import EdgeLoad, ordered
 from llmgw_edge.providers import build_provider
 from llmgw_edge.api.openai_chat import OpenAIChatCodec
 
@@ -37,6 +39,7 @@ class Router(FakeRouter):
     def __init__(self, config: GatewayConfig):
         super().__init__(config)
         self.away = False
+        self.strategy = "priority"
 
     async def decide(self, request: RouteRequest) -> RouteDecision:
         if self.away:
@@ -44,6 +47,9 @@ class Router(FakeRouter):
             raise GatewayError(503, "the router did not answer", code="router_unavailable")
         decision = await super().decide(request)
         decision.reusable_s = 60.0
+        decision.strategy = self.strategy
+        if self.strategy != "priority":
+            decision.groups = [0] * len(decision.candidates)
         return decision
 
 
@@ -179,3 +185,55 @@ def test_a_decision_that_is_not_reusable_is_never_kept():
                              candidates=[{"provider": "a", "model": "m", "upstream_model": "m"}])
     cache.keep(request, None, decision, cache.generation)
     assert len(cache) == 0 and cache.stale(request, None) is None
+
+
+# ---- strategies the edge runs on a plan (core/strategies.py) ---------------------------------------
+
+def _plan(strategy: str, providers: list[str], groups: list[int]) -> RouteDecision:
+    return RouteDecision(request_id="r", model="m", strategy=strategy, reusable_s=5.0, groups=groups,
+                         candidates=[{"provider": p, "model": "m", "upstream_model": "m"} for p in providers])
+
+
+def _firsts(plan: RouteDecision, load: EdgeLoad, config: GatewayConfig, n: int) -> list[str]:
+    return [ordered(plan, load, config).candidates[0].provider for _ in range(n)]
+
+
+def test_round_robin_on_a_plan_rotates_within_a_group_never_across():
+    config = _config()
+    plan = _plan("round-robin", ["a", "b", "c"], [0, 0, 1])  # c: another tier, always last
+    load = EdgeLoad()
+    assert Counter(_firsts(plan, load, config, 10)) == {"a": 5, "b": 5}
+    assert all(ordered(plan, load, config).candidates[2].provider == "c" for _ in range(4))
+
+
+def test_least_busy_and_lowest_latency_on_a_plan_use_this_edges_own_figures():
+    config, load = _config(), EdgeLoad()
+    busy = _plan("least-busy", ["a", "b"], [0, 0])
+    assert _firsts(busy, load, config, 1) == ["a"]  # a tie: the router's order
+    load.started("a")
+    assert _firsts(busy, load, config, 1) == ["b"]
+    load.ended("a")
+    fast = _plan("lowest-latency", ["a", "b"], [0, 0])
+    load.succeeded("a", 300.0)
+    assert _firsts(fast, load, config, 1) == ["b"]  # unmeasured first, so it gets measured
+    load.succeeded("b", 900.0)
+    assert _firsts(fast, load, config, 1) == ["a"]
+
+
+def test_weighted_on_a_plan_follows_the_weights_and_weight_zero_goes_last():
+    config = GatewayConfig.model_validate({"version": 1, "providers": [
+        {"id": pid, "type": "openai", "base_url": f"http://{pid}.test/v1", "weight": w, "models": [{"name": "m"}]}
+        for pid, w in (("a", 3), ("b", 1), ("z", 0))]})
+    plan, load = _plan("weighted", ["a", "b", "z"], [0, 0, 0]), EdgeLoad()
+    firsts = Counter(_firsts(plan, load, config, 400))
+    assert set(firsts) == {"a", "b"} and firsts["a"] > 2 * firsts["b"]
+    assert ordered(plan, load, config).candidates[-1].provider == "z"
+
+
+async def test_a_plan_under_least_busy_sends_to_the_provider_with_fewer_requests_here():
+    h = Harness()
+    h.router.strategy = "least-busy"
+    await h.ask()
+    h.gateway.load.started("a")  # a request of this edge still in flight on a
+    reply = await h.ask()
+    assert reply.headers["x-llmgw-provider"] == "b" and len(h.router.requests) == 1

@@ -288,6 +288,29 @@ def test_what_the_plans_cache_key_does_not_hold_makes_each_request_the_routers()
     base_url: http://c/v1
     models: [{name: m, price: {input_per_mtok: 3, output_per_mtok: 1}}]
 """)
-    # per-request strategies, and a failover (providers excluded)
-    assert not _reusable(REUSABLE + "routing: {strategy: round-robin}\n")
+    # a failover (providers excluded)
     assert not _reusable(REUSABLE, RouteRequest(request_id="r", model="m", exclude=["free"]))
+
+
+def test_under_a_strategy_the_edge_runs_every_candidate_must_be_healthy_and_groups_keep_the_tiers():
+    from llmgw_router.policy import plan_groups, plan_reusable
+
+    config = parse_config_text(REUSABLE + """  - id: free2
+    base_url: http://c/v1
+    free_tier: true
+    models: [{name: m}]
+routing: {strategy: round-robin}
+""")
+    request = RouteRequest(request_id="r", model="m")
+    healthy = RoutingState(stats={p: ProviderStats() for p in ("free", "paid", "free2")})
+    p = plan(config, config_prices(config), request, healthy)
+    assert plan_reusable(config, p, request, None, healthy)
+    assert [pc.candidate.provider for pc in p.ordered][-1] == "paid"
+    assert plan_groups(p, healthy, request) == [0, 0, 1]  # the two free ones rotate; paid stays after them
+    cooling = RoutingState(stats={**healthy.stats, "free2": ProviderStats(cooldown_ms=3000)})
+    assert not plan_reusable(config, p, request, None, cooling)
+    half_open = RoutingState(stats={**healthy.stats, "paid": ProviderStats(breaker="half-open")})
+    assert not plan_reusable(config, p, request, None, half_open)
+    pinned = RoutingState(pinned="free2", stats=healthy.stats)
+    p = plan(config, config_prices(config), request, pinned)
+    assert [pc.candidate.provider for pc in p.ordered][0] == "free2" and plan_groups(p, pinned, request) == [0, 1, 2]

@@ -118,6 +118,9 @@ class RouteDecision(Message):
     # > 0: nothing in this plan draws on a limit; the edge may route every request with the same model, key
     # and prompt class on it, without asking, for this long or until ``ROUTER_CHANGED`` (docs/routing.md)
     reusable_s: float = 0.0
+    # a reusable plan under a strategy the edge runs itself (round-robin, weighted, least-busy, lowest-latency):
+    # each candidate's group (same pin, tier, smart match); the edge orders each group for every request
+    groups: list[int] = Field(default_factory=list)
 
 
 class AttemptOutcome(Message):

@@ -29,7 +29,7 @@ from llmgw_common.windows import WindowReader
 
 from .abandoned import reap_forever
 from .outcomes import classify, refusal
-from .policy import Plan, PriceBook, RoutingState, plan, plan_reusable, unavailable
+from .policy import EDGE_STRATEGIES, Plan, PriceBook, RoutingState, plan, plan_groups, plan_reusable, unavailable
 from .state_view import router_state
 from .store import Leases, RoutingStore
 
@@ -116,8 +116,11 @@ class Router:
         admitted.probe = admission.probe
         decision.candidates = [admitted] + [pc.candidate for pc in p.ordered[admission.index + 1:]]
         # the whole plan, its first provider healthy (admitted, not as the breaker's probe), nothing limited
-        if admission.index == 0 and not admission.probe and plan_reusable(self.config, p, route_request, key):
+        if admission.index == 0 and not admission.probe and plan_reusable(self.config, p, route_request, key,
+                                                                          self.state):
             decision.reusable_s = self.config.routing.plan_max_age_s
+            if p.strategy in EDGE_STRATEGIES:
+                decision.groups = plan_groups(p, self.state, route_request)
         return decision
 
     def _plan_only(self, route_request: RouteRequest, p: Plan, decision: RouteDecision) -> RouteDecision:

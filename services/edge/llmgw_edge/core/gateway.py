@@ -35,6 +35,7 @@ from llmgw_common.messages import (PLAN_ONLY_ENDPOINT, Attempt, AttemptOutcome, 
 
 from .errors import GatewayError, UpstreamError
 from .plans import PlanCache
+from .strategies import EdgeLoad, ordered
 from .provider import Provider, RawCall
 from .tokens import needs_exact
 from .types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Meter, Start, StreamEvent,
@@ -230,6 +231,7 @@ class Gateway:
         # streams being relayed, as admission lease members: their leases are renewed while they run
         self.running: set[str] = set()
         self.plans = PlanCache()  # routes without limits: the router's plans, reused (plans.py)
+        self.load = EdgeLoad()  # this edge's in flight and latency per provider: strategies on those plans
 
     @property
     def config(self) -> GatewayConfig:
@@ -364,14 +366,14 @@ class Gateway:
         key_record = self.deps.key_record(route_request.key_id)
         plan = self.plans.fresh(route_request, key_record)
         if plan is not None:
-            return plan
+            return ordered(plan, self.load, self.config)
         generation = self.plans.generation
         try:
             decision = await self.deps.decide(route_request)
         except GatewayError as err:
             # the control plane is away: a route without limits keeps serving on the plan it had
             if err.code == "router_unavailable" and (plan := self.plans.stale(route_request, key_record)):
-                return plan
+                return ordered(plan, self.load, self.config)
             raise
         self.plans.keep(route_request, key_record, decision, generation)
         return decision
@@ -382,6 +384,14 @@ class Gateway:
         if provider is None:  # the router knows a provider this edge's config does not (a reload in between)
             raise UpstreamError(503, f"provider {cand.provider} is not configured on this edge",
                                 kind=FailureKind.UNSUPPORTED)
+        self.load.started(cand.provider)  # until its answer is whole or its stream is relayed (_relay)
+        try:
+            return await self._tries(exchange, codec, cand, outcome, provider)
+        finally:
+            self.load.ended(cand.provider)
+
+    async def _tries(self, exchange: Exchange, codec: Codec, cand: Candidate, outcome: _Outcome,
+                     provider: Provider) -> tuple[_Sent, float]:
         retry = self.config.routing.retry
         tries = 0
         t_first = time.perf_counter()
@@ -422,6 +432,8 @@ class Gateway:
         # or the breaker's probe must reach it now
         if ok and not outcome.exchange.uses_capacity:
             return  # nothing was admitted and its latency is no model's (count_tokens): only failures are news
+        if ok:
+            self.load.succeeded(cand.provider, latency_ms)
         self.deps.report(AttemptOutcome(
             request_id=outcome.request_id, provider=cand.provider, model=cand.model, ok=ok, status=status,
             latency_ms=latency_ms, retry_after_s=retry_after_s, kind=kind.value if kind else None,
@@ -447,6 +459,8 @@ class Gateway:
         assert sent.stream is not None and meter is not None
         lease = lease_member(outcome.request_id, cand.provider)
         self.running.add(lease)
+        if report:  # a routed stream is in flight while it is relayed
+            self.load.started(cand.provider)
         try:
             async for piece in sent.stream:
                 yield piece
@@ -463,6 +477,8 @@ class Gateway:
             raise
         finally:
             self.running.discard(lease)
+            if report:  # a routed stream: its attempt was in flight until now
+                self.load.ended(cand.provider)
             latency = (time.perf_counter() - t0) * 1000
             ok = status < 400 or status == 499
             outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
