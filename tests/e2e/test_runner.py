@@ -204,7 +204,7 @@ usage: {{batch_wait_s: 0.1}}
             return sum(r["requests"] for r in history), day
 
         chat()
-        assert _health(edge_health)[1]["checks"].keys() == {"nats", "jetstream", "router", "redis"}
+        assert _health(edge_health)[1]["checks"].keys() == {"nats", "jetstream", "router", "redis", "plans"}
         assert _health(ui_health)[1]["checks"].keys() == {"nats", "jetstream", "redis", "router", "usage", "pricing",
                                                           "clickhouse"}
         wait_for(lambda: counted() == (1, 1))
@@ -215,10 +215,9 @@ usage: {{batch_wait_s: 0.1}}
             for url in (edge_health, ui_health):
                 status, body = wait_for(lambda u=url: (h := _health(u))[0] == 503 and h, timeout=3.5)
                 assert body["status"] == "degraded" and body["checks"][check]["ok"] is False, body
-            began = time.monotonic()
-            with pytest.raises(openai.APIStatusError) as err:  # down: a clean 503, not a hang
-                chat()
-            assert err.value.status_code == 503 and time.monotonic() - began < 3.5
+            # down: a route without limits is still served, from the edge's plan (docs/routing.md "Plans");
+            # its usage event waits for NATS (or spills) and is counted below once NATS is back
+            chat()
             wait_for(lambda: _health(edge_health)[0] == _health(ui_health)[0] == 200, timeout=20)
             assert server.port == port and server.proc.pid != pid  # restarted on the same port
             chat()  # the services reconnected by themselves
