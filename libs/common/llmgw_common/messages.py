@@ -72,6 +72,15 @@ class RouteRequest(Message):
     endpoint: str = "chat"  # chat | embeddings: what the client asked for
 
 
+class AdmissionGiveUp(Message):
+    """The edge gave up on a routing question (no answer in time, or its client left): the router releases
+    whatever it admits, or already admitted, for that question (request id, attempt = providers excluded)."""
+
+    request_id: str
+    attempt: int = 0
+    released: bool | None = None  # in the router's reply: whether an admission made for it was released
+
+
 class Reservation(BaseModel):
     """What admission counted in the live windows ahead of the real usage (reconciled later)."""
 

@@ -21,9 +21,9 @@ from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_defau
 from llmgw_common.keys import KeyMirror
 from llmgw_common.lifecycle import wait_for_stop
 from llmgw_common.logs import REQUEST_ID, setup_logging
-from llmgw_common.messages import (AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal, PinCommand, PriceKey,
-                                   PriceList, PriceLookup, RouteDecision, RouteRequest, RouterState, Skipped,
-                                   SmartCommand)
+from llmgw_common.messages import (AdmissionGiveUp, AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal,
+                                   PinCommand, PriceKey, PriceList, PriceLookup, RouteDecision, RouteRequest,
+                                   RouterState, Skipped, SmartCommand)
 from llmgw_common.nats_conn import connect_nats, request
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
@@ -117,6 +117,9 @@ class Router:
         for i in range(first):
             decision.skipped.append(Skipped(provider=p.ordered[i].candidate.provider,
                                             reason=admission.reasons.get(i, "not admitted")))
+        if admission.given_up:  # nobody waits for this answer any more
+            decision.error = ErrorInfo(status=503, code="router_unavailable", message="the edge gave up on it")
+            return decision
         if admission.index is None:
             message, wait = refusal(route_request.model, decision.skipped)
             decision.error = ErrorInfo(status=429, code="rate_limit_exceeded", message=message, retry_after_s=wait)
@@ -164,6 +167,29 @@ class Router:
                                              self.config.keys.budget_timezone)
         except Exception:
             log.exception("could not record a batch of %d outcomes", len(items))
+
+    async def handle_give_up(self, req: Request) -> None:
+        self.spawn(self._give_up(req))
+
+    async def _give_up(self, req: Request) -> None:
+        """The edge will not use the answer to this question: release it (store.GIVE_UP_LUA). The edge asks
+        until a router confirms, so a failure here is an error reply, never silence."""
+        try:
+            give_up = AdmissionGiveUp.decode(req.data)
+        except ValueError as exc:
+            await req.respond_error("400", "bad give-up: " + str(exc).splitlines()[0])
+            return
+        try:
+            released = await self.store.give_up(give_up.request_id, give_up.attempt, self.now_ms(),
+                                                self.config.routing.lease_s)
+        except Exception as exc:  # Redis away: the edge asks again
+            await req.respond_error("503", f"router cannot reach its shared state ({type(exc).__name__})")
+            return
+        if released:
+            log.info("released the admission of %s (attempt %d): its edge had given up on it",
+                     give_up.request_id, give_up.attempt)
+        give_up.released = released
+        await req.respond(give_up.encode())
 
     async def on_lease_renewal(self, msg) -> None:
         try:
@@ -282,6 +308,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
                                 queue_group="router")
     await service.add_endpoint(name="decide", subject=subjects.ROUTER_DECIDE, handler=router.handle_decide)
     await service.add_endpoint(name="state", subject=subjects.ROUTER_STATE, handler=router.handle_state)
+    await service.add_endpoint(name="giveup", subject=subjects.ROUTER_GIVE_UP, handler=router.handle_give_up)
     await service.add_endpoint(name="pin", subject=subjects.ROUTER_PIN, handler=lambda r: router.handle_pin(r, nc))
     await service.add_endpoint(name="smart", subject=subjects.ROUTER_SMART,
                                handler=lambda r: router.handle_smart(r, nc))
