@@ -108,8 +108,11 @@ def clear_router_health(redis_url: str) -> None:
     """Cooldowns, breakers and the pin are shared state in Redis: each test starts healthy."""
     import redis
 
+    from llmgw_common import redis_keys as k
+
     r = redis.Redis.from_url(redis_url)
-    for pattern in ("llmgw:cool:*", "llmgw:brk:*", "llmgw:probe:*", "llmgw:fail:*", "llmgw:pin", "llmgw:smart"):
+    for pattern in (k.COOLDOWN_PREFIX + "*", k.BREAKER_PREFIX + "*", k.PROBE_PREFIX + "*", k.FAILURES_PREFIX + "*",
+                    k.PIN, k.SMART):
         for key in r.scan_iter(pattern):
             r.delete(key)
     r.close()

@@ -172,7 +172,7 @@ async def _run(args, root: Path) -> IngestResult:
     from llmgw_common.nats_conn import connect_nats
     from llmgw_common.redis_conn import connect_redis
     from llmgw_usage.consumer import UsageConsumer
-    from llmgw_usage.handlers import BatchProcessor
+    from llmgw_usage.ingest import BatchProcessor
     from llmgw_usage.main import tune_gc
     from llmgw_usage.projection import ClickHouseProjection
     from llmgw_usage.store import ClickHouseStore

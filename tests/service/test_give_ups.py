@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 
+from llmgw_common import redis_keys
 from llmgw_common.config import Limits
 from llmgw_common.keys import KeyLimits, KeyRecord, new_key_id
 from llmgw_common.leases import LEASES_KEY, lease_key, lease_member
@@ -24,6 +25,10 @@ from llmgw_usage.windows_writer import WindowWriter
 pytestmark = pytest.mark.integration
 
 T0 = (int(time.time()) // 86400 + 3) * 86400 * 1000  # ahead of the real clock: no expiry in Redis's past
+
+
+def _rid() -> str:
+    return f"giveup-{uuid.uuid4().hex[:12]}"  # the answer keys and marks are shared: a fresh request each test
 
 
 def _planned(provider: str) -> PlannedCandidate:
@@ -56,42 +61,42 @@ async def _reserved(redis, provider: str, key: KeyRecord, now_ms: int) -> dict[s
 
 
 async def test_a_give_up_after_the_admission_releases_it_everywhere_and_leaves_nothing_to_bill(redis):
-    store, provider, key = RoutingStore(redis), f"gu-{uuid.uuid4().hex[:8]}", _key()
-    admitted = await store.admit([_planned(provider)], "req-1", T0, key=key, event_id="evt-1", lease_s=30)
+    store, provider, key, rid = RoutingStore(redis), f"gu-{uuid.uuid4().hex[:8]}", _key(), _rid()
+    admitted = await store.admit([_planned(provider)], rid, T0, key=key, event_id=rid, lease_s=30)
     assert admitted.index == 0
     assert await _reserved(redis, provider, key, T0) == {"provider": 1, "model": 1, "key": 1,
                                                          "month_cost": 10_000_000}
 
-    assert await store.give_up("req-1", 0, T0 + 500, 30) is True  # the reply was lost: the edge gave up
+    assert await store.give_up(rid, 0, T0 + 500, 30) is True  # the reply was lost: the edge gave up
     assert await _reserved(redis, provider, key, T0 + 500) == {"provider": 0, "model": 0, "key": 0, "month_cost": 0}
-    member = lease_member("req-1", provider)
+    member = lease_member(rid, provider)
     assert await redis.zscore(LEASES_KEY, member) is None and not await redis.exists(lease_key(member))
     assert await Leases(redis).take_expired(T0 + 3_600_000) == []  # the reaper bills nothing
-    assert await redis.zscore(f"llmgw:inflight:{provider}", "req-1") is None
+    assert await redis.zscore(f"{redis_keys.INFLIGHT_PREFIX}{provider}", rid) is None
     # the question asked again (a copy still in flight) is refused, and reserves nothing
-    again = await store.admit([_planned(provider)], "req-1", T0 + 600, key=key, event_id="evt-1", lease_s=30)
+    again = await store.admit([_planned(provider)], rid, T0 + 600, key=key, event_id=rid, lease_s=30)
     assert again.index is None and again.given_up
-    assert await store.give_up("req-1", 0, T0 + 700, 30) is False  # given up twice: released once
+    assert await store.give_up(rid, 0, T0 + 700, 30) is False  # given up twice: released once
     assert (await _reserved(redis, provider, key, T0 + 700))["provider"] == 0
 
 
 async def test_a_question_arriving_after_its_give_up_is_never_admitted(redis):
-    store, provider, key = RoutingStore(redis), f"gu-{uuid.uuid4().hex[:8]}", _key()
-    assert await store.give_up("req-2", 0, T0, 30) is False  # nothing admitted yet: only the mark
-    late = await store.admit([_planned(provider)], "req-2", T0 + 100, key=key, event_id="evt-2", lease_s=30)
+    store, provider, key, rid = RoutingStore(redis), f"gu-{uuid.uuid4().hex[:8]}", _key(), _rid()
+    assert await store.give_up(rid, 0, T0, 30) is False  # nothing admitted yet: only the mark
+    late = await store.admit([_planned(provider)], rid, T0 + 100, key=key, event_id=rid, lease_s=30)
     assert late.index is None and late.given_up and late.reservation is None
     assert await _reserved(redis, provider, key, T0 + 100) == {"provider": 0, "model": 0, "key": 0, "month_cost": 0}
     # the next attempt of the same request is another question: admitted as usual
-    nxt = await store.admit([_planned(provider)], "req-2", T0 + 200, key=key, event_id="evt-2", lease_s=30,
+    nxt = await store.admit([_planned(provider)], rid, T0 + 200, key=key, event_id=rid, lease_s=30,
                             attempt=1)
     assert nxt.index == 0 and (await _reserved(redis, provider, key, T0 + 200))["provider"] == 1
 
 
 async def test_a_give_up_after_the_request_was_settled_changes_nothing(redis):
-    store, provider, key = RoutingStore(redis), f"gu-{uuid.uuid4().hex[:8]}", _key()
-    r = (await store.admit([_planned(provider)], "req-3", T0, key=key, event_id="evt-3", lease_s=30)).reservation
-    done = UsageEvent(id="evt-3", request_id="req-3", provider=provider, model="m", key_id=key.id, tokens_in=40,
+    store, provider, key, rid = RoutingStore(redis), f"gu-{uuid.uuid4().hex[:8]}", _key(), _rid()
+    r = (await store.admit([_planned(provider)], rid, T0, key=key, event_id=rid, lease_s=30)).reservation
+    done = UsageEvent(id=rid, request_id=rid, provider=provider, model="m", key_id=key.id, tokens_in=40,
                       tokens_out=60, cost_usd=Decimal("0.01"), status=200, reservation=r)
     await WindowWriter(redis).apply([done], T0 // 1000 + 1)
-    assert await store.give_up("req-3", 0, T0 + 1500, 30) is False
+    assert await store.give_up(rid, 0, T0 + 1500, 30) is False
     assert (await _reserved(redis, provider, key, T0 + 1500))["provider"] == 1  # the served request counts

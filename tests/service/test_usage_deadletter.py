@@ -13,7 +13,7 @@ from llmgw_common import subjects
 from llmgw_common.messages import Attempt, UsageDeadLetters, UsageDeadLettersQuery
 from llmgw_common.nats_conn import request
 from llmgw_usage import deadletter, domain
-from llmgw_usage.handlers import DEAD_LETTER_DELIVERIES, BatchProcessor
+from llmgw_usage.ingest import DEAD_LETTER_DELIVERIES, BatchProcessor
 from llmgw_usage.projection import ClickHouseProjection
 from llmgw_usage.store import ClickHouseStore
 from llmgw_usage.windows_writer import WindowWriter

@@ -42,7 +42,7 @@ from llmgw_common.nats_conn import RemoteError, request
 from llmgw_common.windows import WindowReader, model_scope, provider_scope
 from llmgw_usage import consumer as consumer_module
 from llmgw_usage import domain
-from llmgw_usage.handlers import BatchProcessor
+from llmgw_usage.ingest import BatchProcessor
 from llmgw_usage.domain import BODY_CAP_BYTES
 from llmgw_usage.projection import ClickHouseProjection
 from llmgw_usage.store import ClickHouseStore

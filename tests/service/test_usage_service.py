@@ -43,7 +43,7 @@ from llmgw_common.redis_conn import connect_redis
 from llmgw_common.windows import SCOPES_KEY, WindowReader, model_scope, month_of, provider_scope
 from llmgw_usage import domain
 from llmgw_usage.consumer import UsageConsumer
-from llmgw_usage.handlers import BatchProcessor
+from llmgw_usage.ingest import BatchProcessor
 from llmgw_usage.main import UsageSettings, serve
 from llmgw_usage.projection import ClickHouseProjection
 from llmgw_usage.schema import apply_migrations, load_migrations

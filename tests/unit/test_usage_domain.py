@@ -21,7 +21,7 @@ from llmgw_common.messages import Attempt, Reservation, UsageEvent, UsageHistory
 from llmgw_common.windows import SCOPES_KEY, SEEN_PREFIX, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
 from llmgw_usage import domain, queries
 from llmgw_usage.domain import body_rows, cap_body
-from llmgw_usage.handlers import decode_row
+from llmgw_usage.ingest import decode_row
 from llmgw_usage.replay import parse_when
 from llmgw_usage.consumer import consumer_config, max_ack_pending_for
 from llmgw_usage.schema import load_migrations, split_statements

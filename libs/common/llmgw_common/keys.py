@@ -226,7 +226,10 @@ class KeyMirror:
         self._task: asyncio.Task | None = None
 
     async def start(self, js, timeout_s: float = 10.0) -> None:
-        self._task = asyncio.create_task(self._follow(js), name="key-mirror")
+        """Follow the bucket and wait for the first full copy. Called again after a timeout (a service's
+        start-up retried), it waits for the watch already running instead of starting a second one."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._follow(js), name="key-mirror")
         try:
             await asyncio.wait_for(self.ready.wait(), timeout_s)
         except TimeoutError:

@@ -20,8 +20,10 @@ first one wins, in ClickHouse and in the windows alike).
 
 from __future__ import annotations
 
-LEASES_KEY = "llmgw:leases"  # zset: member -> expiry (epoch ms)
-LEASE_PREFIX = "llmgw:lease:"  # hash per member: what was reserved
+from . import redis_keys
+
+LEASES_KEY = redis_keys.LEASES  # zset: member -> expiry (epoch ms)
+LEASE_PREFIX = redis_keys.LEASE_PREFIX  # hash per member: what was reserved
 ABANDONED_STATUS = 599  # a request the gateway lost track of (its edge stopped mid-request)
 ABANDONED_ERROR = ("abandoned: the gateway stopped before the request finished; counted at its reserved "
                    "estimate (the provider may have served it)")

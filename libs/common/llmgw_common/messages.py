@@ -160,10 +160,41 @@ class RouterStateQuery(Message):
     pass
 
 
+class WindowState(BaseModel):
+    """One sliding window of a provider or model against its configured limits (None: no limit)."""
+
+    requests: int = 0
+    requests_limit: int | None = None
+    tokens: int = 0
+    tokens_limit: int | None = None
+    cost_usd: str = "0"  # a decimal as text: exact on every side
+    cost_limit_usd: str | None = None
+
+
+class ModelState(BaseModel):
+    name: str
+    upstream: str
+    windows: dict[str, WindowState] = Field(default_factory=dict)  # by window name: minute, hour, day
+
+
+class ProviderState(BaseModel):
+    id: str
+    enabled: bool = True
+    free_tier: bool = False
+    priority: int = 0
+    pinned: bool = False
+    inflight: int = 0
+    latency_ms: float | None = None  # moving average; None: no request yet
+    cooldown_s: float = 0.0  # 0: no cooldown
+    breaker: str = "closed"  # closed | open | half-open
+    windows: dict[str, WindowState] = Field(default_factory=dict)
+    models: list[ModelState] = Field(default_factory=list)
+
+
 class RouterState(Message):
     pinned: str | None = None
     smart: bool = False
-    providers: list[dict] = Field(default_factory=list)
+    providers: list[ProviderState] = Field(default_factory=list)
 
 
 # ---- pricing ---------------------------------------------------------------
@@ -212,6 +243,15 @@ class PricingChanged(Message):
     changed_at: datetime = Field(default_factory=utcnow)
     reason: str = ""  # "start", "fetch", "config"
     changed: list[PriceKey] = Field(default_factory=list)  # configured models whose effective price or source changed
+
+
+# ---- config ----------------------------------------------------------------
+
+class ConfigChanged(Message):
+    """``llmgw.config.changed``: ui-api wrote a new config file; every service reads it again."""
+
+    etag: str | None = None  # of the file written
+    version: str | None = None  # the revision written (a name the writer chose)
 
 
 # ---- usage -----------------------------------------------------------------

@@ -27,9 +27,11 @@ from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-KEY_PREFIX = "llmgw:w:"
-SCOPES_KEY = "llmgw:scopes"  # set of every scope that has ever been written
-SEEN_PREFIX = "llmgw:seen:"  # event ids already applied (idempotent projection)
+from . import redis_keys
+
+KEY_PREFIX = redis_keys.WINDOW_PREFIX
+SCOPES_KEY = redis_keys.SCOPES  # set of every scope that has ever been written
+SEEN_PREFIX = redis_keys.SEEN_PREFIX  # event ids already applied (idempotent projection)
 
 FIELDS = ("req", "tin", "tout", "cost")
 NANO = Decimal(1_000_000_000)
@@ -101,7 +103,7 @@ def parse_scope(scope: str) -> tuple[str, str, str | None]:
 # (keys.budget_timezone, UTC by default): ``llmgw:cal:{scope}:month:{YYYY-MM}`` with the same fields as
 # a window bucket. The month's total is that one hash; it resets when the next month's hash starts.
 # Kept 40 days past the month's end, for looking back.
-CALENDAR_PREFIX = "llmgw:cal:"
+CALENDAR_PREFIX = redis_keys.CALENDAR_PREFIX
 CALENDAR_KEEP_S = 40 * 86400
 
 
@@ -158,7 +160,7 @@ for s = 1, n_scopes do
     local first, last = window_range(now, seconds, bucket)
     local req, tin, tout, cost = 0, 0, 0, 0
     for b = first, last, bucket do
-      local v = redis.call('HMGET', 'llmgw:w:' .. scope .. ':' .. bucket .. ':' .. b, 'req', 'tin', 'tout', 'cost')
+      local v = redis.call('HMGET', '$WINDOW_PREFIX' .. scope .. ':' .. bucket .. ':' .. b, 'req', 'tin', 'tout', 'cost')
       req = req + (tonumber(v[1]) or 0)
       tin = tin + (tonumber(v[2]) or 0)
       tout = tout + (tonumber(v[3]) or 0)
@@ -175,7 +177,7 @@ class WindowReader:
     """Reads window totals with one EVALSHA (the script is registered once per client)."""
 
     def __init__(self, redis):
-        self._script = redis.register_script(READ_WINDOWS_LUA)
+        self._script = redis.register_script(redis_keys.lua(READ_WINDOWS_LUA))
 
     async def read(self, scopes: list[str], now_s: int) -> dict[str, dict[str, dict[str, int]]]:
         """``{scope: {window_name: {req, tin, tout, cost}}}`` for every scope."""

@@ -67,19 +67,19 @@ def _format_state(state: RouterState) -> str:
              f"smart routing: {'on' if state.smart else 'off'}", "providers:"]
     for p in state.providers:
         flags = []
-        if not p["enabled"]:
+        if not p.enabled:
             flags.append("disabled")
-        if p["free_tier"]:
+        if p.free_tier:
             flags.append("free tier")
-        if p["cooldown_s"]:
-            flags.append(f"cooling down {p['cooldown_s']}s")
-        if p["breaker"] != "closed":
-            flags.append(f"breaker {p['breaker']}")
-        minute = p["windows"]["minute"]
-        limit = f"/{minute['requests_limit']}" if minute["requests_limit"] is not None else ""
-        latency = f"{p['latency_ms']} ms avg" if p["latency_ms"] is not None else "latency n/a"
-        lines.append(f"  {p['id']}: {', '.join(flags) or 'healthy'}; {minute['requests']}{limit} req in the last "
-                     f"minute; {p['inflight']} in flight; {latency}")
+        if p.cooldown_s:
+            flags.append(f"cooling down {p.cooldown_s}s")
+        if p.breaker != "closed":
+            flags.append(f"breaker {p.breaker}")
+        minute = p.windows["minute"]
+        limit = f"/{minute.requests_limit}" if minute.requests_limit is not None else ""
+        latency = f"{p.latency_ms} ms avg" if p.latency_ms is not None else "latency n/a"
+        lines.append(f"  {p.id}: {', '.join(flags) or 'healthy'}; {minute.requests}{limit} req in the last "
+                     f"minute; {p.inflight} in flight; {latency}")
     return "\n".join(lines)
 
 

@@ -26,14 +26,15 @@ from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llmgw_common import health, metrics, ops_port, subjects, tracing
-from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
+from llmgw_common import health, metrics, ops_port, tracing
+from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.http_server import json_error_protocol
 from llmgw_common.ids import new_id
 from llmgw_common.keys import KeyRecord
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
+from llmgw_common.service import run_steps, watch_config
 from llmgw_common.settings import CommonSettings
 
 from . import router_client
@@ -260,16 +261,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         edge.apply(config)
         app.state.edge = edge
 
-        async def on_config_changed(_msg) -> None:
-            try:
-                new = load_config_or_default(settings.config_path)
-            except ConfigError as exc:  # ui-api validates before it writes: this is a hand edit gone wrong
-                log.error("config change ignored, the running config stays: %s", exc)
-                return
-            edge.apply(new)
-            log.info("config reloaded: %d providers", len(new.providers))
-
-        await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
+        await watch_config(nc, settings.config_path, [edge.apply])
         renewer = asyncio.create_task(renew_leases(nc, edge.gateway.running, lambda: edge.config.routing.lease_s),
                                       name="lease-renewal")
         # metrics and health on their own port, when asked (ops_port): ready = its own NATS and JetStream
@@ -282,11 +274,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 await ops.stop()
             renewer.cancel()
             edge.refusals.flush()
-            await publisher.stop()
-            await keys.stop()
-            await edge.close()
-            await transport.close()
-            await nc.drain()
+            await run_steps([("usage publisher", publisher.stop), ("key cache", keys.stop), ("edge", edge.close),
+                             ("upstream transport", transport.close), ("nats", nc.drain)])
 
     app = EdgeApp(title="LLM Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
 

@@ -15,16 +15,10 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-import uvloop
-from nats.micro import add_service
-from nats.micro.request import Request
-
-from llmgw_common import metrics, subjects, tracing
-from llmgw_common.config import ConfigError, GatewayConfig, PricingConfig, load_config_or_default
-from llmgw_common.lifecycle import wait_for_stop
-from llmgw_common.logs import setup_logging
+from llmgw_common import metrics, service as runtime_main, subjects
+from llmgw_common.config import GatewayConfig, PricingConfig, load_config_or_default
 from llmgw_common.messages import PriceList, PriceLookup, PricingChanged, PricingStatus
-from llmgw_common.nats_conn import connect_nats
+from llmgw_common.service import ServiceRuntime
 from llmgw_common.settings import CommonSettings
 
 from .prices import PriceTable, all_prices, changed_keys, effective_price, fingerprint
@@ -84,21 +78,16 @@ class PricingService:
             last_fetch_ok=self.last_fetch_ok, last_fetch_error=self.last_fetch_error,
             bundled_as_of=self.bundled.as_of, bundled_origin=self.bundled.origin)
 
-    async def lookup(self, req: Request) -> None:
-        try:
-            query = PriceLookup.decode(req.data)
-        except ValueError as exc:
-            await req.respond_error("400", "bad price lookup: " + str(exc).splitlines()[0])
-            return
+    async def lookup(self, query: PriceLookup) -> PriceList:
         tables = self.tables()
         prices = [effective_price(self.config, tables, k) for k in query.keys]
         lookups = metrics.pricing().lookups
         for p in prices:
             lookups.labels(p.source).inc()
-        await req.respond(PriceList(prices=prices).encode())
+        return PriceList(prices=prices)
 
-    async def list(self, req: Request) -> None:
-        await req.respond(PriceList(prices=self.prices(), status=self.status()).encode())
+    async def list(self, _query: PriceLookup) -> PriceList:
+        return PriceList(prices=self.prices(), status=self.status())
 
     # ---- changes --------------------------------------------------------------
 
@@ -160,15 +149,22 @@ def _now() -> datetime:
 
 
 async def serve(settings: PricingSettings, stop: asyncio.Event | None = None) -> None:
+    runtime = ServiceRuntime("pricing", "model prices", settings.nats_url, settings.config_path)
     service = PricingService(load_config_or_default(settings.config_path), cache_path(settings))
-    nc = await connect_nats(settings.nats_url, "llmgw-pricing")
-    service.publish = nc.publish
+    service.publish = (await runtime.connect()).publish
     background: set[asyncio.Task] = set()
 
     def spawn(coro) -> None:
         task = asyncio.create_task(coro)
         background.add(task)
         task.add_done_callback(background.discard)
+
+    async def cancel_background() -> None:
+        for task in list(background):
+            task.cancel()
+        for task in list(background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def refresh_loop() -> None:
         while True:
@@ -177,47 +173,29 @@ async def serve(settings: PricingSettings, stop: asyncio.Event | None = None) ->
             if interval and service.config.pricing.source_url:
                 await service.fetch()
 
-    async def on_config_changed(_msg) -> None:
-        try:
-            config = load_config_or_default(settings.config_path)
-        except ConfigError as exc:
-            log.error("ignoring config change: %s", exc)
-            return
+    async def on_ready() -> None:
+        # routers that started before us learn that prices are now available
+        await service.announce("start")
+        status = service.status()
+        log.info("pricing ready: %d %s prices (%s), bundled snapshot %s", status.table_size, status.table,
+                 status.table_origin or "-", service.bundled.snapshot_date)
+        pricing = service.config.pricing
+        if pricing.fetch_on_start and pricing.source_url:
+            spawn(service.fetch())  # in the background: start-up never waits for the network
+        await refresh_loop()
+
+    async def apply_config(config: GatewayConfig) -> None:
         if await service.apply_config(config) and config.pricing.fetch_on_start and config.pricing.source_url:
             spawn(service.fetch())
 
-    micro = await add_service(nc, name="pricing", version="0.1.0", description="model prices",
-                              queue_group="pricing")
-    await micro.add_endpoint(name="lookup", subject=subjects.PRICING_LOOKUP, handler=service.lookup)
-    await micro.add_endpoint(name="list", subject=subjects.PRICING_LIST, handler=service.list)
-    await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
-    # routers that started before us learn that prices are now available
-    await service.announce("start")
-    status = service.status()
-    log.info("pricing ready: %d %s prices (%s), bundled snapshot %s", status.table_size, status.table,
-             status.table_origin or "-", service.bundled.snapshot_date)
-    pricing = service.config.pricing
-    if pricing.fetch_on_start and pricing.source_url:
-        spawn(service.fetch())  # in the background: start-up never waits for the network
-    spawn(refresh_loop())
-    try:
-        if stop is None:
-            await wait_for_stop()
-        else:
-            await stop.wait()
-    finally:
-        for task in list(background):
-            task.cancel()
-        for task in list(background):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await micro.stop()
-        await nc.drain()
+    runtime.endpoint("lookup", subjects.PRICING_LOOKUP, PriceLookup, service.lookup)
+    runtime.endpoint("list", subjects.PRICING_LIST, PriceLookup, service.list)
+    runtime.on_config(apply_config)
+    runtime.loop("start", on_ready)
+    runtime.on_stop("price fetches", cancel_background)
+    await runtime.run(stop=stop)
 
 
 def run() -> None:
     settings = PricingSettings()
-    setup_logging("pricing", settings.log_level)
-    tracing.setup("pricing")
-    metrics.serve_from_env()  # LLMGW_METRICS_PORT
-    uvloop.run(serve(settings))  # uvloop: a faster event loop, as the HTTP services use
+    runtime_main.main("pricing", lambda: serve(settings), settings.log_level)

@@ -1,8 +1,9 @@
 """Router service: answers ``llmgw.router.decide`` in a queue group (replicas share the load).
 
-Wiring and handlers. The policy is pure (``policy.py``, ``outcomes.py``);
-admission, health and the pin live in Redis (``store.py``) so every replica
-shares them.
+Wiring and handlers, run by the service runtime (``llmgw_common.service``). The policy is pure
+(``policy.py``, ``outcomes.py``); admission, health and the pin live in Redis (``store.py``) so every
+replica shares them. ``Router.load`` reads the gateway keys, the pin, the smart flag and the prices before
+the runtime subscribes: a replica started (or restarted after kill -9) never answers without them.
 """
 
 from __future__ import annotations
@@ -11,21 +12,18 @@ import asyncio
 import logging
 import time
 
-import uvloop
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
-from nats.micro import add_service
-from nats.micro.request import Request
 
-from llmgw_common import metrics, subjects, tracing
-from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
+from llmgw_common import metrics, service, subjects, tracing
+from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.keys import KeyMirror
-from llmgw_common.lifecycle import wait_for_stop
-from llmgw_common.logs import REQUEST_ID, setup_logging
+from llmgw_common.logs import REQUEST_ID
 from llmgw_common.messages import (AdmissionGiveUp, AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal,
                                    PinCommand, PriceKey, PriceList, PriceLookup, RouteDecision, RouteRequest,
-                                   RouterState, Skipped, SmartCommand)
-from llmgw_common.nats_conn import connect_nats, request
+                                   RouterState, RouterStateQuery, Skipped, SmartCommand)
+from llmgw_common.nats_conn import request
 from llmgw_common.redis_conn import connect_redis
+from llmgw_common.service import ServiceError, ServiceRuntime
 from llmgw_common.settings import CommonSettings
 from llmgw_common.windows import WindowReader
 
@@ -64,42 +62,30 @@ class Router:
         self.leases = Leases(store.redis)
         self._tasks: set[asyncio.Task] = set()
         self.meter = metrics.RouterMeter()
+        self.nc = None  # the NATS connection, set by ``serve`` (tests that call ``decide`` need none)
 
     # ---- decide ----------------------------------------------------------
 
     def spawn(self, coro) -> None:
-        """Run a handler body as its own task: a NATS subscription calls its handler one message at a
-        time, and each decision waits on Redis, so handling inline would serialise every request."""
+        """Run work as its own task: a NATS subscription calls its handler one message at a time, and each
+        outcome waits on Redis, so handling inline would serialise them."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle_decide(self, req: Request) -> None:
-        # while tracing is on: a SERVER span, child of the edge's context in the request's headers
-        self.spawn(tracing.serving(self._decide_and_reply(req), "llmgw.router", "llmgw.router.decide", req.headers))
+    async def finish_tasks(self) -> None:
+        if self._tasks:  # outcomes in hand reach Redis before the connections close
+            await asyncio.wait(set(self._tasks), timeout=5)
 
-    async def _decide_and_reply(self, req: Request) -> None:
-        try:
-            route_request = RouteRequest.decode(req.data)
-        except ValueError as exc:
-            await req.respond_error("400", "bad route request: " + str(exc).splitlines()[0])
-            return
-        REQUEST_ID.set(route_request.request_id)  # in this task's log lines
-        t0 = time.perf_counter()
-        try:
-            decision = await self.decide(route_request)
-        except Exception:  # a Redis outage must not leave the edge waiting for a timeout
-            self.meter.decision(None, time.perf_counter() - t0)
-            log.exception("decide failed for %s", route_request.request_id)
-            await req.respond_error("503", "router cannot reach its shared state")
-            return
-        outcome = self.meter.decision(decision, time.perf_counter() - t0)
-        if tracing.enabled:
+    def observe_decision(self, route_request: RouteRequest, decision: RouteDecision | None, seconds: float) -> None:
+        """After each ``llmgw.router.decide`` answer (decision None: it failed), inside its span."""
+        outcome = self.meter.decision(decision, seconds)
+        if tracing.enabled and decision is not None:
             tracing.annotate({"llmgw.request_id": route_request.request_id, "llmgw.outcome": outcome,
                               "llmgw.provider": decision.candidates[0].provider if decision.candidates else ""})
-        await req.respond(decision.encode())
 
     async def decide(self, route_request: RouteRequest) -> RouteDecision:
+        REQUEST_ID.set(route_request.request_id)  # in this task's log lines
         self.state.rr_counter += 1
         # a key the edge accepted but this mirror has not seen yet (created a moment ago) has no limits here
         key = self.keys.records.get(route_request.key_id) if route_request.key_id else None
@@ -129,6 +115,16 @@ class Router:
         admitted.probe = admission.probe
         decision.candidates = [admitted] + [pc.candidate for pc in p.ordered[admission.index + 1:]]
         return decision
+
+    async def give_up(self, give_up: AdmissionGiveUp) -> AdmissionGiveUp:
+        """The edge will not use the answer to this question: release it (store.GIVE_UP_LUA). The edge asks
+        until a router confirms, so a Redis failure is an error reply (the endpoint's), never silence."""
+        REQUEST_ID.set(give_up.request_id)
+        give_up.released = await self.store.give_up(give_up.request_id, give_up.attempt, self.now_ms(),
+                                                    self.config.routing.lease_s)
+        if give_up.released:
+            log.info("released the admission of attempt %d: its edge had given up on it", give_up.attempt)
+        return give_up
 
     # ---- health, pin, smart ----------------------------------------------
 
@@ -168,29 +164,6 @@ class Router:
         except Exception:
             log.exception("could not record a batch of %d outcomes", len(items))
 
-    async def handle_give_up(self, req: Request) -> None:
-        self.spawn(self._give_up(req))
-
-    async def _give_up(self, req: Request) -> None:
-        """The edge will not use the answer to this question: release it (store.GIVE_UP_LUA). The edge asks
-        until a router confirms, so a failure here is an error reply, never silence."""
-        try:
-            give_up = AdmissionGiveUp.decode(req.data)
-        except ValueError as exc:
-            await req.respond_error("400", "bad give-up: " + str(exc).splitlines()[0])
-            return
-        try:
-            released = await self.store.give_up(give_up.request_id, give_up.attempt, self.now_ms(),
-                                                self.config.routing.lease_s)
-        except Exception as exc:  # Redis away: the edge asks again
-            await req.respond_error("503", f"router cannot reach its shared state ({type(exc).__name__})")
-            return
-        if released:
-            log.info("released the admission of %s (attempt %d): its edge had given up on it",
-                     give_up.request_id, give_up.attempt)
-        give_up.released = released
-        await req.respond(give_up.encode())
-
     async def on_lease_renewal(self, msg) -> None:
         try:
             renewal = LeaseRenewal.decode(msg.data)
@@ -219,52 +192,62 @@ class Router:
                 log.warning("cannot refresh routing state: %s", type(exc).__name__)
             await asyncio.sleep(STATS_REFRESH_S)
 
-    async def handle_pin(self, req: Request, nc) -> None:
-        try:
-            cmd = PinCommand.decode(req.data)
-        except ValueError:
-            await req.respond_error("400", "bad pin command")
-            return
+    async def handle_pin(self, cmd: PinCommand) -> RouterState:
         if cmd.provider is not None and self.config.provider(cmd.provider) is None:
-            await req.respond_error("404", f"unknown provider {cmd.provider!r}")
-            return
+            raise ServiceError(404, f"unknown provider {cmd.provider!r}")
         await self.store.set_pin(cmd.provider)
-        await nc.publish(subjects.ROUTER_REFRESH, b"")
-        await self.refresh_state()
-        await req.respond((await self.current_state()).encode())
+        return await self._announce_state()
 
-    async def handle_smart(self, req: Request, nc) -> None:
-        try:
-            cmd = SmartCommand.decode(req.data)
-        except ValueError:
-            await req.respond_error("400", "bad smart command")
-            return
+    async def handle_smart(self, cmd: SmartCommand) -> RouterState:
         await self.refresh_state()
         enabled = (not self.state.smart) if cmd.enabled is None else cmd.enabled
         await self.store.set_smart(enabled)
-        await nc.publish(subjects.ROUTER_REFRESH, b"")
+        return await self._announce_state()
+
+    async def _announce_state(self) -> RouterState:
+        """After a pin or smart change: every replica reads the shared state again; the new state."""
+        await self.nc.publish(subjects.ROUTER_REFRESH, b"")
         await self.refresh_state()
-        await req.respond((await self.current_state()).encode())
+        return await self.current_state()
 
     async def current_state(self) -> RouterState:
         return await router_state(self.config, self.state, self.windows)
 
-    async def handle_state(self, req: Request) -> None:
+    async def handle_state(self, _query: RouterStateQuery) -> RouterState:
         try:
             await self.refresh_state()
-            await req.respond((await self.current_state()).encode())
+            return await self.current_state()
         except Exception:
             log.exception("router state failed")
-            await req.respond_error("503", "router cannot reach its shared state")
+            raise ServiceError(503, "router cannot reach its shared state") from None
+
+    async def on_refresh(self, _msg) -> None:
+        try:
+            await self.refresh_state()
+        except Exception as exc:
+            log.warning("cannot refresh routing state: %s", type(exc).__name__)
+
+    async def on_pricing_changed(self, _msg) -> None:
+        await self.refresh_prices()
+
+    async def apply_config(self, config: GatewayConfig) -> None:
+        self.config = config
+        await self.refresh_prices()
+
+    async def load(self) -> None:
+        """What every answer depends on, before the first: gateway keys, the pin and smart flag, prices."""
+        await self.keys.start(self.nc.jetstream())
+        await self.refresh_state()
+        await self.refresh_prices()
 
     # ---- prices ----------------------------------------------------------
 
-    async def refresh_prices(self, nc) -> bool:
+    async def refresh_prices(self) -> bool:
         keys = [PriceKey(provider=p.id, model=m.upstream_name) for p in self.config.providers for m in p.models]
         if not keys:
             return True
         try:
-            answer = await request(nc, subjects.PRICING_LOOKUP, PriceLookup(keys=keys), PriceList, timeout=2.0)
+            answer = await request(self.nc, subjects.PRICING_LOOKUP, PriceLookup(keys=keys), PriceList, timeout=2.0)
         except (NatsTimeoutError, NoRespondersError) as exc:
             log.info("pricing not available yet (%s); using config prices", type(exc).__name__)
             return False
@@ -276,65 +259,36 @@ class Router:
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> None:
+    runtime = ServiceRuntime("router", "routing decisions", settings.nats_url, settings.config_path)
     redis = connect_redis(settings.redis_url)
+    runtime.on_close("redis", redis.aclose)
     router = Router(load_config_or_default(settings.config_path), RoutingStore(redis), WindowReader(redis))
-    nc = await connect_nats(settings.nats_url, "llmgw-router")
+    router.nc = await runtime.connect()
 
-    async def on_pricing_changed(_msg) -> None:
-        await router.refresh_prices(nc)
-
-    async def on_config_changed(_msg) -> None:
-        try:
-            router.config = load_config_or_default(settings.config_path)
-        except ConfigError as exc:
-            log.error("ignoring config change: %s", exc)
-            return
-        await router.refresh_prices(nc)
-
-    async def on_refresh(_msg) -> None:
-        try:
-            await router.refresh_state()
-        except Exception as exc:
-            log.warning("cannot refresh routing state: %s", type(exc).__name__)
-
-    await router.keys.start(nc.jetstream())
-    await nc.subscribe(subjects.PRICING_CHANGED, cb=on_pricing_changed)
-    await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_config_changed)
-    await nc.subscribe(subjects.ROUTER_REFRESH, cb=on_refresh)
-    await nc.subscribe(subjects.ROUTER_OUTCOME, queue="router", cb=router.on_outcome)
-    await nc.subscribe(subjects.ROUTER_OUTCOMES, queue="router", cb=router.on_outcomes)
-    await nc.subscribe(subjects.ROUTER_LEASE_RENEW, queue="router", cb=router.on_lease_renewal)
-    service = await add_service(nc, name="router", version="0.2.0", description="routing decisions",
-                                queue_group="router")
-    await service.add_endpoint(name="decide", subject=subjects.ROUTER_DECIDE, handler=router.handle_decide)
-    await service.add_endpoint(name="state", subject=subjects.ROUTER_STATE, handler=router.handle_state)
-    await service.add_endpoint(name="giveup", subject=subjects.ROUTER_GIVE_UP, handler=router.handle_give_up)
-    await service.add_endpoint(name="pin", subject=subjects.ROUTER_PIN, handler=lambda r: router.handle_pin(r, nc))
-    await service.add_endpoint(name="smart", subject=subjects.ROUTER_SMART,
-                               handler=lambda r: router.handle_smart(r, nc))
-    await router.refresh_prices(nc)
-    refresher = asyncio.create_task(router.refresh_loop(), name="router-state")
-    reaper = asyncio.create_task(reap_forever(router.leases, nc.jetstream(), router.now_ms), name="leases")
-    log.info("router ready: %d providers, strategy %s", len(router.config.providers), router.config.routing.strategy)
-    try:
-        if stop is None:
-            await wait_for_stop()
-        else:
-            await stop.wait()
-    finally:
-        refresher.cancel()
-        reaper.cancel()
-        await router.keys.stop()
-        await service.stop()
-        if router._tasks:  # let decisions in hand answer before the connection drains
-            await asyncio.wait(set(router._tasks), timeout=5)
-        await nc.drain()
-        await redis.aclose()
+    # each decision in its own task (each waits on Redis); a Redis outage is a prompt 503, never a timeout
+    runtime.endpoint("decide", subjects.ROUTER_DECIDE, RouteRequest, router.decide, concurrent=True,
+                     span="llmgw.router.decide", observe=router.observe_decision,
+                     failure=ServiceError(503, "router cannot reach its shared state"))
+    runtime.endpoint("giveup", subjects.ROUTER_GIVE_UP, AdmissionGiveUp, router.give_up, concurrent=True,
+                     failure=ServiceError(503, "router cannot reach its shared state"))
+    runtime.endpoint("state", subjects.ROUTER_STATE, RouterStateQuery, router.handle_state)
+    runtime.endpoint("pin", subjects.ROUTER_PIN, PinCommand, router.handle_pin)
+    runtime.endpoint("smart", subjects.ROUTER_SMART, SmartCommand, router.handle_smart)
+    runtime.subscribe(subjects.PRICING_CHANGED, router.on_pricing_changed)
+    runtime.subscribe(subjects.ROUTER_REFRESH, router.on_refresh)
+    runtime.subscribe(subjects.ROUTER_OUTCOME, router.on_outcome, queue="router")
+    runtime.subscribe(subjects.ROUTER_OUTCOMES, router.on_outcomes, queue="router")
+    runtime.subscribe(subjects.ROUTER_LEASE_RENEW, router.on_lease_renewal, queue="router")
+    runtime.on_config(router.apply_config)
+    runtime.loop("state", router.refresh_loop)
+    runtime.loop("leases", lambda: reap_forever(router.leases, router.nc.jetstream(), router.now_ms))
+    runtime.on_stop("key mirror", router.keys.stop)
+    runtime.on_stop("outcomes in hand", router.finish_tasks)
+    log.info("router starting: %d providers, strategy %s", len(router.config.providers),
+             router.config.routing.strategy)
+    await runtime.run(load=router.load, stop=stop)
 
 
 def run() -> None:
     settings = RouterSettings()
-    setup_logging("router", settings.log_level)
-    tracing.setup("router")
-    metrics.serve_from_env()  # LLMGW_METRICS_PORT
-    uvloop.run(serve(settings))  # uvloop: a faster event loop, as the HTTP services use
+    service.main("router", lambda: serve(settings), settings.log_level)

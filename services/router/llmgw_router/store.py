@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmgw_common import redis_keys
 from llmgw_common.config import BreakerConfig, Limits
 from llmgw_common.messages import AttemptOutcome, Reservation
 from llmgw_common.keys import KeyRecord
@@ -28,9 +29,9 @@ from llmgw_common.windows import (LUA_WINDOW_RANGE, SCOPES_KEY, WINDOWS, key_sco
 
 from .policy import PlannedCandidate, ProviderStats
 
-PIN_KEY = "llmgw:pin"
-ANSWER_PREFIX = "llmgw:adm:"  # (request id, attempt) -> the provider admitted: a question asked again
-SMART_KEY = "llmgw:smart"
+PIN_KEY = redis_keys.PIN
+ANSWER_PREFIX = redis_keys.ANSWER_PREFIX  # (request id, attempt) -> the provider admitted: a question asked again
+SMART_KEY = redis_keys.SMART
 INFLIGHT_STALE_MS = 15 * 60 * 1000  # an admitted request whose outcome never came stops counting
 PROBE_TTL_MS = 60_000
 LATENCY_ALPHA = 0.2
@@ -94,7 +95,7 @@ local function window_sum(scope, w)
   local req, tok, cost = 0, 0, 0
   local each = {}
   for b = first, last, bucket do
-    local v = redis.call('HMGET', 'llmgw:w:' .. scope .. ':' .. bucket .. ':' .. b, 'req', 'tin', 'tout', 'cost')
+    local v = redis.call('HMGET', '$WINDOW_PREFIX' .. scope .. ':' .. bucket .. ':' .. b, 'req', 'tin', 'tout', 'cost')
     local r, t, c = tonumber(v[1]) or 0, (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0), tonumber(v[4]) or 0
     req, tok, cost = req + r, tok + t, cost + c
     table.insert(each, {b, r, t, c})
@@ -176,7 +177,7 @@ local function reserve(scope, est_in, est_out, est_cost)
   for w = 1, nw do
     local seconds, bucket = wins[w][2], wins[w][3]
     local start = now - (now % bucket)  -- the bucket of the reservation's at_s (= now)
-    local key = 'llmgw:w:' .. scope .. ':' .. bucket .. ':' .. start
+    local key = '$WINDOW_PREFIX' .. scope .. ':' .. bucket .. ':' .. start
     redis.call('HINCRBY', key, 'req', 1)
     redis.call('HINCRBY', key, 'tin', est_in)
     redis.call('HINCRBY', key, 'tout', est_out)
@@ -194,16 +195,16 @@ for c = 1, n do
   i = i + 6 + 6 * nw
   local reason = nil
   local probe = false
-  local cool = redis.call('PTTL', 'llmgw:cool:' .. provider)
+  local cool = redis.call('PTTL', '$COOLDOWN_PREFIX' .. provider)
   if cool > 0 then
     reason = 'cooling down after a 429 (' .. math.ceil(cool / 1000) .. 's left)'
   end
   if not reason then
-    local open_until = tonumber(redis.call('HGET', 'llmgw:brk:' .. provider, 'open_until') or '0')
+    local open_until = tonumber(redis.call('HGET', '$BREAKER_PREFIX' .. provider, 'open_until') or '0')
     if open_until > now_ms then
       reason = 'circuit breaker open (' .. math.ceil((open_until - now_ms) / 1000) .. 's left)'
     elseif open_until > 0 then
-      if redis.call('EXISTS', 'llmgw:probe:' .. provider) == 1 then
+      if redis.call('EXISTS', '$PROBE_PREFIX' .. provider) == 1 then
         reason = 'circuit breaker half-open, a probe is in flight'
       else
         probe = true
@@ -221,7 +222,7 @@ for c = 1, n do
   end
   if not reason then
     if probe then
-      redis.call('SET', 'llmgw:probe:' .. provider, rid, 'PX', tonumber(ARGV[#ARGV]))
+      redis.call('SET', '$PROBE_PREFIX' .. provider, rid, 'PX', tonumber(ARGV[#ARGV]))
     end
     reserve(scopes[1], est_in, est_out, est_cost)
     reserve(scopes[2], est_in, est_out, est_cost)
@@ -235,18 +236,18 @@ for c = 1, n do
       redis.call('HINCRBY', month_key, 'cost', est_cost)
       redis.call('EXPIREAT', month_key, month_expire)
     end
-    redis.call('ZADD', 'llmgw:inflight:' .. provider, now_ms, rid)
+    redis.call('ZADD', '$INFLIGHT_PREFIX' .. provider, now_ms, rid)
     if answer_key ~= '' then
       redis.call('SET', answer_key, provider, 'PX', math.max(lease_ttl_ms, 1000))
     end
     if lease_event ~= '' then
       local member = rid .. ':' .. provider
-      local lease = 'llmgw:lease:' .. member
+      local lease = '$LEASE_PREFIX' .. member
       redis.call('HSET', lease, 'event', lease_event, 'rid', rid, 'provider', provider, 'model_scope', scopes[2],
                  'key_scope', key_scope, 'at', now, 'tin', est_in, 'tout', est_out, 'cost', est_cost,
                  'scope', scopes[1], 'month', month_key)  -- scope, month: what a give-up releases
       redis.call('PEXPIREAT', lease, now_ms + lease_ttl_ms + 86400000)  -- a backstop: the reaper takes it first
-      redis.call('ZADD', 'llmgw:leases', now_ms + lease_ttl_ms, member)
+      redis.call('ZADD', '$LEASES', now_ms + lease_ttl_ms, member)
     end
     out[1] = c
     if probe then out[2] = 1 end
@@ -274,21 +275,21 @@ for k = 1, n_scopes do scopes[k] = ARGV[16 + k] end
 local month_key = ARGV[17 + n_scopes]
 local wins = read_windows(18 + n_scopes)
 
-redis.call('ZREM', 'llmgw:inflight:' .. provider, rid)
+redis.call('ZREM', '$INFLIGHT_PREFIX' .. provider, rid)
 if has_res then  -- a failed attempt's reservation is given back below: its lease ends here
-  redis.call('ZREM', 'llmgw:leases', rid .. ':' .. provider)
-  redis.call('DEL', 'llmgw:lease:' .. rid .. ':' .. provider)
+  redis.call('ZREM', '$LEASES', rid .. ':' .. provider)
+  redis.call('DEL', '$LEASE_PREFIX' .. rid .. ':' .. provider)
 end
-local probe_key = 'llmgw:probe:' .. provider
+local probe_key = '$PROBE_PREFIX' .. provider
 local was_probe = redis.call('GET', probe_key) == rid
 
 if kind == 'ok' then
-  local old = tonumber(redis.call('GET', 'llmgw:lat:' .. provider) or '-1')
+  local old = tonumber(redis.call('GET', '$LATENCY_PREFIX' .. provider) or '-1')
   local new = latency
   if old >= 0 then new = old + alpha * (latency - old) end
-  redis.call('SET', 'llmgw:lat:' .. provider, tostring(new))
+  redis.call('SET', '$LATENCY_PREFIX' .. provider, tostring(new))
   if was_probe then
-    redis.call('DEL', 'llmgw:brk:' .. provider, probe_key, 'llmgw:fail:' .. provider)
+    redis.call('DEL', '$BREAKER_PREFIX' .. provider, probe_key, '$FAILURES_PREFIX' .. provider)
   end
   return 'ok'
 end
@@ -306,7 +307,7 @@ if has_res then
       local seconds, bucket = wins[w][2], wins[w][3]
       local start = at - (at % bucket)
       if start + seconds + bucket > now then  -- a window still sums it (else it has expired)
-        local key = 'llmgw:w:' .. scopes[s] .. ':' .. bucket .. ':' .. start
+        local key = '$WINDOW_PREFIX' .. scopes[s] .. ':' .. bucket .. ':' .. start
         redis.call('HINCRBY', key, 'req', -1)
         -- "0 - x", not "-x": Lua's -0 becomes the string "-0", which HINCRBY rejects
         redis.call('HINCRBY', key, 'tin', 0 - tin)
@@ -318,19 +319,19 @@ if has_res then
 end
 
 if kind == 'rate_limited' then
-  redis.call('SET', 'llmgw:cool:' .. provider, '1', 'PX', retry_after_ms)
+  redis.call('SET', '$COOLDOWN_PREFIX' .. provider, '1', 'PX', retry_after_ms)
   if was_probe then redis.call('DEL', probe_key) end
   return 'cooldown'
 end
 
 if kind == 'failure' then
-  local fail_key = 'llmgw:fail:' .. provider
+  local fail_key = '$FAILURES_PREFIX' .. provider
   redis.call('ZADD', fail_key, now_ms, rid)
   redis.call('ZREMRANGEBYSCORE', fail_key, 0, now_ms - window_ms)
   redis.call('PEXPIRE', fail_key, window_ms)
   if was_probe or redis.call('ZCARD', fail_key) >= max_failures then
-    redis.call('HSET', 'llmgw:brk:' .. provider, 'open_until', now_ms + open_ms)
-    redis.call('PEXPIRE', 'llmgw:brk:' .. provider, open_ms + 24 * 3600 * 1000)
+    redis.call('HSET', '$BREAKER_PREFIX' .. provider, 'open_until', now_ms + open_ms)
+    redis.call('PEXPIRE', '$BREAKER_PREFIX' .. provider, open_ms + 24 * 3600 * 1000)
     redis.call('DEL', probe_key, fail_key)
     return 'breaker_open'
   end
@@ -355,12 +356,12 @@ local provider = redis.call('GET', answer_key)
 redis.call('SET', answer_key, GIVEN_UP, 'PX', mark_ms)
 if not provider or provider == GIVEN_UP then return 0 end
 local member = rid .. ':' .. provider
-if redis.call('ZREM', 'llmgw:leases', member) == 0 then return 0 end  -- settled or reaped already
-local lease = 'llmgw:lease:' .. member
+if redis.call('ZREM', '$LEASES', member) == 0 then return 0 end  -- settled or reaped already
+local lease = '$LEASE_PREFIX' .. member
 local f = redis.call('HMGET', lease, 'scope', 'model_scope', 'key_scope', 'month', 'at', 'tin', 'tout', 'cost')
 redis.call('DEL', lease)
-redis.call('ZREM', 'llmgw:inflight:' .. provider, rid)
-if redis.call('GET', 'llmgw:probe:' .. provider) == rid then redis.call('DEL', 'llmgw:probe:' .. provider) end
+redis.call('ZREM', '$INFLIGHT_PREFIX' .. provider, rid)
+if redis.call('GET', '$PROBE_PREFIX' .. provider) == rid then redis.call('DEL', '$PROBE_PREFIX' .. provider) end
 local at, tin, tout, cost = tonumber(f[5]), tonumber(f[6]), tonumber(f[7]), tonumber(f[8])
 local month_key = f[4] or ''
 if month_key ~= '' and redis.call('EXISTS', month_key) == 1 then
@@ -375,7 +376,7 @@ for _, scope in ipairs({f[1] or '', f[2] or '', f[3] or ''}) do
       local seconds, bucket = wins[w][2], wins[w][3]
       local start = at - (at % bucket)
       if start + seconds + bucket > now then  -- a window still sums it (else it has expired)
-        local key = 'llmgw:w:' .. scope .. ':' .. bucket .. ':' .. start
+        local key = '$WINDOW_PREFIX' .. scope .. ':' .. bucket .. ':' .. start
         redis.call('HINCRBY', key, 'req', -1)
         redis.call('HINCRBY', key, 'tin', 0 - tin)
         redis.call('HINCRBY', key, 'tout', 0 - tout)
@@ -390,16 +391,16 @@ return 1
 STATS_LUA = """
 local now_ms = tonumber(ARGV[1])
 local stale = tonumber(ARGV[2])
-local out = {redis.call('GET', 'llmgw:pin') or '', redis.call('GET', 'llmgw:smart') or ''}
+local out = {redis.call('GET', '$PIN') or '', redis.call('GET', '$SMART') or ''}
 for i = 3, #ARGV do
   local p = ARGV[i]
-  redis.call('ZREMRANGEBYSCORE', 'llmgw:inflight:' .. p, 0, now_ms - stale)
-  local open_until = tonumber(redis.call('HGET', 'llmgw:brk:' .. p, 'open_until') or '0')
+  redis.call('ZREMRANGEBYSCORE', '$INFLIGHT_PREFIX' .. p, 0, now_ms - stale)
+  local open_until = tonumber(redis.call('HGET', '$BREAKER_PREFIX' .. p, 'open_until') or '0')
   local breaker = 'closed'
   if open_until > now_ms then breaker = 'open' elseif open_until > 0 then breaker = 'half-open' end
-  table.insert(out, redis.call('ZCARD', 'llmgw:inflight:' .. p))
-  table.insert(out, redis.call('GET', 'llmgw:lat:' .. p) or '')
-  table.insert(out, math.max(redis.call('PTTL', 'llmgw:cool:' .. p), 0))
+  table.insert(out, redis.call('ZCARD', '$INFLIGHT_PREFIX' .. p))
+  table.insert(out, redis.call('GET', '$LATENCY_PREFIX' .. p) or '')
+  table.insert(out, math.max(redis.call('PTTL', '$COOLDOWN_PREFIX' .. p), 0))
   table.insert(out, breaker)
 end
 return out
@@ -445,10 +446,10 @@ class Admission:
 class RoutingStore:
     def __init__(self, redis):
         self._redis = redis
-        self._admit = redis.register_script(ADMIT_LUA)
-        self._outcome = redis.register_script(OUTCOME_LUA)
-        self._stats = redis.register_script(STATS_LUA)
-        self._give_up = redis.register_script(GIVE_UP_LUA)
+        self._admit = redis.register_script(redis_keys.lua(ADMIT_LUA))
+        self._outcome = redis.register_script(redis_keys.lua(OUTCOME_LUA))
+        self._stats = redis.register_script(redis_keys.lua(STATS_LUA))
+        self._give_up = redis.register_script(redis_keys.lua(GIVE_UP_LUA))
 
     async def admit(self, ordered: list[PlannedCandidate], request_id: str, now_ms: int,
                     key: KeyRecord | None = None, budget_tz: str = "UTC", event_id: str | None = None,
@@ -568,11 +569,11 @@ class RoutingStore:
 # Takes up to ARGV[2] leases expired at ARGV[1] (ms): removes them and returns, per lease, its member and
 # its hash as a flat field/value list. One replica takes each (atomic).
 REAP_LUA = """
-local due = redis.call('ZRANGEBYSCORE', 'llmgw:leases', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', '$LEASES', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, member in ipairs(due) do
-  redis.call('ZREM', 'llmgw:leases', member)
-  local lease = 'llmgw:lease:' .. member
+  redis.call('ZREM', '$LEASES', member)
+  local lease = '$LEASE_PREFIX' .. member
   table.insert(out, member)
   table.insert(out, redis.call('HGETALL', lease))
   redis.call('DEL', lease)
@@ -587,7 +588,7 @@ class Leases:
 
     def __init__(self, redis):
         self._redis = redis
-        self._reap = redis.register_script(REAP_LUA)
+        self._reap = redis.register_script(redis_keys.lua(REAP_LUA))
 
     async def extend(self, members: list[str], until_ms: int) -> None:
         if members:

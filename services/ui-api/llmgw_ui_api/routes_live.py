@@ -45,6 +45,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from llmgw_common import subjects
 from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
 from llmgw_common.messages import (
+    ProviderState,
     RouterState,
     RouterStateQuery,
     ScopeUsage,
@@ -102,7 +103,7 @@ class LiveHealth(BaseModel):
     at: datetime
     pinned: str | None = None
     smart: bool = False
-    providers: list[dict] = Field(default_factory=list)
+    providers: list[ProviderState] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
 
 

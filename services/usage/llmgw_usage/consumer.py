@@ -28,7 +28,7 @@ from nats.js.errors import NotFoundError
 
 from llmgw_common import metrics, subjects, tracing
 
-from .handlers import BatchProcessor
+from .ingest import BatchProcessor
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,8 @@ import msgspec
 
 from llmgw_common.leases import lease_member
 from llmgw_common.logs import redact
-from llmgw_common.messages import ScopeUsage, UsageCurrent, UsageEvent, WindowTotals
+from llmgw_common.messages import Attempt, Reservation, ScopeUsage, UsageCurrent, UsageEvent, WindowTotals
+from llmgw_common.structs import strict_struct
 from llmgw_common.windows import (
     KEY_PREFIX,
     NANO,
@@ -96,67 +97,20 @@ _NANO_MAX = int(COST_MAX * NANO)
 UINT16_MAX = STATUS_MAX = 65535
 
 
-class IngestReservation(msgspec.Struct, frozen=True, gc=False):
-    """``Reservation`` as the ingest reads it (same fields)."""
-
-    provider: str
-    model: str
-    at_s: int
-    tokens_in: int
-    tokens_out: int
-    cost_nano: int
-    key_id: str | None = None
-
-
-class IngestAttempt(msgspec.Struct, kw_only=True, frozen=True, gc=False):
-    """``Attempt`` as the ingest checks it (same fields)."""
-
-    provider: str
-    upstream_model: str
-    status: int
-    error: str | None = None
-    latency_ms: float
-    retries: int = 0
-
-
-class IngestEvent(msgspec.Struct, kw_only=True, frozen=True, gc=False, forbid_unknown_fields=True):
-    """A ``UsageEvent`` as the ingest decodes it: every field, same names and types (a test holds them to
-    ``UsageEvent``'s), but ``id`` and ``ts`` are required and no other key is allowed (a message that goes to
-    ClickHouse as it is must not carry a key of a column only the store writes, ``insert_token``).
-
-    A msgspec struct, decoded strictly (``decode_ingest``): a quarter of the time pydantic takes, and no
-    garbage-collector tracking of the event itself (no cycles possible). Whatever it refuses (a number as a
-    string, a missing id or ts, ...) goes the slow way: decoded whole by ``UsageEvent`` with pydantic's
-    rules, which decide whether it is an event at all. So a message goes into ClickHouse only if it is a
-    valid ``UsageEvent`` (what ``llmgw replay`` and ``llmgw events import`` read back), every column value
-    checked, not only the ones the ingest reads."""
-
-    schema_version: int = 1
-    id: str
-    ts: datetime
-    request_id: str
-    endpoint: str = "chat.completions"
-    key_id: str | None = None
-    provider: str | None = None
-    model: str
-    upstream_model: str | None = None
-    stream: bool = False
-    tokens_in: int = 0
-    tokens_out: int = 0
-    tokens_cached: int = 0
-    tokens_cache_write: int = 0
-    tokens_reasoning: int = 0
-    cost_usd: Decimal = Decimal(0)
-    latency_ms: float = 0.0
-    ttft_ms: float | None = None
-    status: int
-    error: str | None = None
-    requests: int = 1
-    attempts: list[IngestAttempt] = []
-    route_reason: str = ""
-    reservation: IngestReservation | None = None
-    request_body: str | None = None
-    response_body: str | None = None
+# A ``UsageEvent`` as the ingest decodes it: derived from its one definition (``llmgw_common.structs``),
+# every field with the same name, type and default, but ``id`` and ``ts`` are required and no other key is
+# allowed (a message that goes to ClickHouse as it is must not carry a key of a column only the store
+# writes, ``insert_token``).
+#
+# A msgspec struct, decoded strictly (``decode_ingest``): a quarter of the time pydantic takes, and no
+# garbage-collector tracking of the event itself (no cycles possible). Whatever it refuses (a number as a
+# string, a missing id or ts, ...) goes the slow way: decoded whole by ``UsageEvent`` with pydantic's
+# rules, which decide whether it is an event at all. So a message goes into ClickHouse only if it is a
+# valid ``UsageEvent`` (what ``llmgw replay`` and ``llmgw events import`` read back), every column value
+# checked, not only the ones the ingest reads.
+IngestEvent = strict_struct(UsageEvent, required=("id", "ts"), forbid_unknown_fields=True, name="IngestEvent")
+IngestAttempt = strict_struct(Attempt)  # the nested structs IngestEvent decodes into
+IngestReservation = strict_struct(Reservation)
 
 
 _INGEST_DECODER = msgspec.json.Decoder(IngestEvent)
@@ -585,8 +539,8 @@ local events = cjson.decode(ARGV[5])
 -- the admission leases these events settle (llmgw_common.leases): they will never be taken for abandoned
 if ARGV[6] then
   for _, member in ipairs(cjson.decode(ARGV[6])) do
-    redis.call('ZREM', 'llmgw:leases', member)
-    redis.call('DEL', 'llmgw:lease:' .. member)
+    redis.call('ZREM', '$LEASES', member)
+    redis.call('DEL', '$LEASE_PREFIX' .. member)
   end
 end
 local sums, hit = {}, {}

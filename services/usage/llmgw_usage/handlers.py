@@ -1,12 +1,8 @@
-"""Handlers: one batch of stream messages, and the NATS usage endpoints.
+"""The ``usage`` micro-service endpoints: live windows, history, request log, dead letters, replay.
 
-A batch is decoded, inserted into ClickHouse, applied to the Redis windows,
-and only then acknowledged. Both projections are idempotent by
-event id (ClickHouse: ``projection.py``; Redis: a seen-marker per event in the
-same Lua script as the increments), so a failure anywhere simply leads to a
-redelivery that counts nothing twice. A message that is no event
-(``domain.refusal``) goes to the dead letters (``deadletter.py``) and is
-terminated: it never blocks the stream and never comes back.
+Typed handlers (a query message in, a reply out) run by ``llmgw_common.service``: an undecodable query
+gets 400 there; a handler refuses with ``ServiceError`` (400 bad query, 403 disabled, 500 failure) and its
+text is short and never carries a traceback.
 
 Query replies whose size depends on the data (request log, history, current
 windows, dead letters) are cut to the NATS max payload and carry a
@@ -18,20 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable
 
-from pydantic import ValidationError
-
-from llmgw_common import metrics, subjects
+from llmgw_common import subjects
 from llmgw_common.messages import (
     KeyUsage,
     KeyUsageQuery,
     UsageCurrent,
     UsageCurrentQuery,
+    UsageDeadLetters,
     UsageDeadLettersQuery,
-    UsageEvent,
     UsageHistory,
     UsageHistoryQuery,
     UsageReplayBatch,
@@ -40,242 +33,26 @@ from llmgw_common.messages import (
     UsageRequestsQuery,
     UsageSimulate,
     UsageSimulated,
+    UsageStats,
     UsageStatsQuery,
     WindowTotals,
     utcnow,
 )
+from llmgw_common.service import ServiceError
 from llmgw_common.windows import SCOPES_KEY, key_scope, month_key, month_of, nano_to_usd
 
 from . import deadletter, domain, queries, simulate
-from .domain import Refusal
-from .projection import ProjectionResult, project_leaving_out_refused
+from .projection import project_leaving_out_refused
 from .queries import QueryError
-from .store import InsertRejected
 
 log = logging.getLogger(__name__)
 
-# how much of an undecodable body may reach the log (it may hold anything)
-LOG_PREFIX_BYTES = 32
-# redelivery delay after a failed batch (ClickHouse or Redis down)
-RETRY_DELAY_S = 2.0
-# redelivery delay of an event another replica is inserting into ClickHouse right now
-BUSY_RETRY_S = 1.0
-# a refused message whose dead letter could not be stored comes back this often before it is terminated
-# anyway (logged in full): the dead-letter stream being away must not hold a message forever
-DEAD_LETTER_DELIVERIES = 5
 # scopes read from Redis at a time for a reply of the current windows
 CURRENT_CHUNK = 500
 
 
-class StreamMsg(Protocol):
-    """What a JetStream message offers (nats.aio.msg.Msg)."""
-
-    data: bytes
-    subject: str
-
-    async def ack(self) -> None: ...
-    async def nak(self, delay: float | None = None) -> None: ...
-    async def term(self) -> None: ...
-
-
-@dataclass
-class BatchResult:
-    received: int = 0
-    stored: int = 0  # distinct events inserted into ClickHouse now
-    already: int = 0  # distinct events ClickHouse held before (redelivered / replayed)
-    busy: int = 0  # distinct events another writer was inserting: left for redelivery
-    applied: int = 0  # events new to the Redis windows (not seen before)
-    terminated: int = 0  # refused (no event): never redelivered
-    dead_lettered: int = 0  # of those, stored in the dead-letter stream
-    deferred: int = 0  # refused, but their dead letter could not be stored yet: redelivered
-    failed: bool = False
-    errors: list[str] = field(default_factory=list)
-
-
-def _describe(msg: StreamMsg) -> str:
-    seq = ""
-    try:
-        seq = f" seq={msg.metadata.sequence.stream}"  # type: ignore[attr-defined]
-    except Exception:
-        pass
-    return f"subject={getattr(msg, 'subject', '?')}{seq} size={len(msg.data or b'')}"
-
-
-def decode_row(data: bytes) -> domain.EventRow:
-    """A stream message as an ``EventRow``: the message itself as its ClickHouse row when it decodes strictly
-    (``domain.decode_ingest``) and can go as it is, else the event decoded by pydantic's rules and normalized.
-    Raises ``ValidationError`` / ``ValueError`` for a message that is no usage event."""
-    try:
-        ev = domain.decode_ingest(data)
-    except ValueError:
-        ev = None  # not strictly an IngestEvent (say, no id or ts): UsageEvent's rules decide
-    if ev is not None:
-        line = domain.raw_line(ev, data)
-        if line is not None:
-            return domain.EventRow(ev.id, domain.epoch_s(ev.ts), ev, line)
-    return domain.event_row(UsageEvent.decode(data))
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ValidationError) and exc.errors():
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        return f"{loc}: {err['msg']}" if loc else err["msg"]
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
-def _deliveries(msg: StreamMsg) -> int:
-    try:
-        return int(msg.metadata.num_delivered)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - no JetStream metadata
-        return 1
-
-
-class BatchProcessor:
-    """``projection``: a ``ClickHouseProjection``; ``writer``: a ``WindowWriter``.
-
-    A batch goes to ClickHouse, then to the Redis windows; the windows go ahead
-    even when ClickHouse fails: the router keeps seeing real usage while
-    ClickHouse is down (the redelivery then counts nothing twice in Redis).
-    """
-
-    def __init__(self, projection, writer, clock: Callable[[], float] = time.time, dead_letters=None):
-        self._projection = projection
-        self._writer = writer
-        self._clock = clock
-        self._dead = dead_letters  # a deadletter.DeadLetters; None: refused messages are only logged
-
-    async def _terminate(self, msg: StreamMsg, refusal: Refusal, result: BatchResult) -> None:
-        """Dead-letter a refused message, then terminate it. When the dead letter cannot be stored, the
-        message comes back later (nak), and after ``DEAD_LETTER_DELIVERIES`` it is terminated anyway."""
-        stored = False
-        if self._dead is not None:
-            try:
-                await self._dead.put(msg, refusal)
-                stored = True
-            except Exception as exc:  # noqa: BLE001 - NATS away, the stream missing: try again later
-                if _deliveries(msg) < DEAD_LETTER_DELIVERIES:
-                    log.warning("dead letter of a refused usage message not stored (%s: %s); it comes back in "
-                                "%.0fs (%s)", type(exc).__name__, exc, RETRY_DELAY_S, _describe(msg))
-                    result.deferred += 1
-                    await _quietly(msg.nak, delay=RETRY_DELAY_S)
-                    return
-                log.error("dead letter of a refused usage message not stored after %d deliveries (%s: %s); "
-                          "terminating it anyway (%s, %s: %s)", _deliveries(msg), type(exc).__name__, exc,
-                          _describe(msg), refusal.code, refusal.detail)
-        log.warning("usage message refused and terminated (%s): %s: %s; %s; body starts %r", _describe(msg),
-                    refusal.code, refusal.detail, "dead-lettered" if stored else "not dead-lettered",
-                    bytes(msg.data or b"")[:LOG_PREFIX_BYTES])
-        result.terminated += 1
-        metrics.usage().dead_letters.labels(refusal.code).inc()
-        result.dead_lettered += stored
-        await _quietly(msg.term)
-
-    async def _decode(self, msgs: Sequence[StreamMsg], result: BatchResult,
-                      decode: Callable[[bytes], domain.EventRow]) -> tuple[list[StreamMsg], list[domain.EventRow]]:
-        good: list[StreamMsg] = []
-        rows: list[domain.EventRow] = []
-        for msg in msgs:
-            refusal = domain.size_refusal(len(msg.data or b""))
-            if refusal is None:
-                try:
-                    row = decode(msg.data)
-                    refusal = domain.refusal(row.event, row.ts_s)
-                except (ValidationError, ValueError, TypeError) as exc:
-                    refusal = Refusal(domain.INVALID, f"not a usage event: {_reason(exc)}")
-            if refusal is None:
-                good.append(msg)
-                rows.append(row)
-            else:
-                await self._terminate(msg, refusal, result)
-        return good, rows
-
-    async def _project(self, good: list[StreamMsg], rows: list[domain.EventRow], result: BatchResult):
-        """The ClickHouse insert. When ClickHouse refuses messages inserted as they are (a value only it
-        could not parse), the batch goes again with every event decoded whole and normalized (terminating
-        those that are no valid event), and if it refuses even that, event by event (``_isolate``).
-        Returns the projection result, and the messages and their rows as finally inserted."""
-        try:
-            return await self._projection.project(domain.dedupe(rows)), good, rows
-        except InsertRejected as exc:
-            log.warning("ClickHouse refused a batch of %d usage events as they were sent (%s); inserting them "
-                        "normalized", len(rows), str(exc)[:300])
-        if not all(isinstance(row.event, UsageEvent) for row in rows):
-            good, rows = await self._decode(good, result, lambda data: domain.event_row(UsageEvent.decode(data)))
-        return await self._isolate(good, rows, result)
-
-    async def _isolate(self, good: list[StreamMsg], rows: list[domain.EventRow], result: BatchResult):
-        """Insert normalized rows, halving the batch while ClickHouse refuses it, down to the single events it
-        refuses, which are terminated: an event ClickHouse can never store would otherwise come back forever
-        and hold up every event behind it. (Only a value our normalization misses gets here: none is known.)"""
-        try:
-            return await self._projection.project(domain.dedupe(rows)), good, rows
-        except InsertRejected as exc:
-            if len(rows) == 1:
-                await self._terminate(good[0], Refusal(domain.REJECTED, f"ClickHouse refuses it: {str(exc)[:200]}"),
-                                      result)
-                return ProjectionResult(), [], []
-        mid = len(rows) // 2
-        first, good_a, rows_a = await self._isolate(good[:mid], rows[:mid], result)
-        second, good_b, rows_b = await self._isolate(good[mid:], rows[mid:], result)
-        return (ProjectionResult(first.inserted + second.inserted, first.already + second.already,
-                                 first.busy | second.busy), good_a + good_b, rows_a + rows_b)
-
-    async def process(self, msgs: Sequence[StreamMsg]) -> BatchResult:
-        result = BatchResult(received=len(msgs))
-        good, rows = await self._decode(msgs, result, decode_row)
-        if not good:
-            return result
-        # ClickHouse first, so the windows only count what it did not refuse; then the windows, even when
-        # ClickHouse failed. (The consumer commits two batches at once: one's window write overlaps the
-        # other's insert.)
-        failure: BaseException | None = None
-        try:
-            projected = await self._project(good, rows, result)
-            good, rows = projected[1], projected[2]
-        except Exception as exc:  # noqa: BLE001 - reported below, after the windows
-            failure = exc
-        try:
-            applied = await self._writer.apply([row.event for row in domain.dedupe(rows)], int(self._clock()))
-        except Exception as exc:  # noqa: BLE001
-            failure = failure or exc
-        if failure is not None:  # not committed (or only half): redeliver later, both sides are idempotent
-            result.failed = True
-            result.errors.append(f"{type(failure).__name__}: {failure}")
-            log.error("usage batch of %d not committed, will be redelivered: %s: %s",
-                      len(good), type(failure).__name__, str(failure)[:300])
-            for msg in good:
-                await _quietly(msg.nak, delay=RETRY_DELAY_S)
-            return result
-        ch = projected[0]
-        result.applied = applied
-        result.stored, result.already, result.busy = ch.inserted, ch.already, len(ch.busy)
-        if ch.busy:
-            log.info("%d usage events are being inserted by another writer; they come back in %.0fs",
-                     len(ch.busy), BUSY_RETRY_S)
-        busy = ch.busy
-        for msg, row in zip(good, rows):
-            try:
-                if row.id in busy:
-                    await msg.nak(delay=BUSY_RETRY_S)
-                else:
-                    await msg.ack()
-            except Exception as exc:  # noqa: BLE001 - a lost ack only means a redelivery
-                log.warning("could not answer a usage message: %s", exc)
-        return result
-
-
-async def _quietly(fn, *args: Any, **kwargs: Any) -> None:
-    """Ack/nak/term are fire-and-forget publishes; a lost one only means a redelivery."""
-    try:
-        await fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not %s a usage message: %s", getattr(fn, "__name__", "answer"), exc)
-
-
 class QueryHandlers:
-    """The ``usage`` micro-service endpoints. Bad requests get 400, a disabled endpoint 403, failures 500;
-    error texts are short and never carry a traceback."""
+    """The ``usage`` micro-service endpoints (registered by ``main.serve``)."""
 
     def __init__(self, store, redis, reader, projection=None, js=None, simulate_enabled: bool = False,
                  clock: Callable[[], float] = time.time, max_payload: Callable[[], int | None] | None = None,
@@ -294,12 +71,7 @@ class QueryHandlers:
         """Bytes the rows of one reply may take (the NATS max payload this connection was told, less room)."""
         return queries.reply_budget(self._max_payload())
 
-    async def current(self, req) -> None:
-        try:
-            q = UsageCurrentQuery.decode(req.data or b"{}")
-        except (ValidationError, ValueError) as exc:
-            await req.respond_error("400", _bad_request(exc))
-            return
+    async def current(self, q: UsageCurrentQuery) -> UsageCurrent:
         try:
             now = self._clock()
             scopes = sorted(await self._redis.smembers(SCOPES_KEY))
@@ -321,17 +93,11 @@ class QueryHandlers:
                     break
         except Exception as exc:  # noqa: BLE001
             log.exception("usage current query failed")
-            await req.respond_error("500", f"usage windows unavailable: {type(exc).__name__}")
-            return
-        await req.respond(reply.encode())
+            raise ServiceError(500, f"usage windows unavailable: {type(exc).__name__}") from None
+        return reply
 
-    async def key_usage(self, req) -> None:
+    async def key_usage(self, q: KeyUsageQuery) -> KeyUsage:
         """One key's live windows (scope ``k:<id>``) and this calendar month's totals (its month hash)."""
-        try:
-            q = KeyUsageQuery.decode(req.data or b"{}")
-        except (ValidationError, ValueError) as exc:
-            await req.respond_error("400", _bad_request(exc))
-            return
         try:
             now, tz = self._clock(), self._budget_tz()
             scope = key_scope(q.key_id)
@@ -347,119 +113,79 @@ class QueryHandlers:
                                                        cost_usd=nano_to_usd(fields.get("cost", 0))))
         except Exception as exc:  # noqa: BLE001
             log.exception("key usage query failed")
-            await req.respond_error("500", f"key usage unavailable: {type(exc).__name__}")
-            return
+            raise ServiceError(500, f"key usage unavailable: {type(exc).__name__}") from None
         try:  # the month's days: ClickHouse being away must not hide the live windows
             reply.days = await self._store.key_days(q.key_id, start, end, tz)
         except Exception as exc:  # noqa: BLE001
             log.warning("key usage: days of the month unavailable: %s: %s", type(exc).__name__, str(exc)[:200])
-        await req.respond(reply.encode())
+        return reply
 
-    async def stats(self, req) -> None:
+    async def stats(self, q: UsageStatsQuery) -> UsageStats:
         """Errors, 429s and latency percentiles per provider and model over a range (ClickHouse)."""
-        try:
-            q = UsageStatsQuery.decode(req.data or b"{}")
-        except (ValidationError, ValueError) as exc:
-            await req.respond_error("400", _bad_request(exc))
-            return
         try:
             reply = await self._store.stats(q, datetime.fromtimestamp(self._clock(), timezone.utc))
         except QueryError as exc:
-            await req.respond_error("400", str(exc))
-            return
+            raise ServiceError(400, str(exc)) from None
         except Exception as exc:  # noqa: BLE001
             log.exception("usage stats query failed")
-            await req.respond_error("500", f"usage stats unavailable: {type(exc).__name__}")
-            return
+            raise ServiceError(500, f"usage stats unavailable: {type(exc).__name__}") from None
         n, _ = queries.fit_count(reply.rows, self.budget())
         if n < len(reply.rows):
             reply.rows, reply.truncated = reply.rows[:n], True
-        await req.respond(reply.encode())
+        return reply
 
-    async def history(self, req) -> None:
-        try:
-            q = UsageHistoryQuery.decode(req.data or b"{}")
-        except (ValidationError, ValueError) as exc:
-            await req.respond_error("400", _bad_request(exc))
-            return
+    async def history(self, q: UsageHistoryQuery) -> UsageHistory:
         try:
             rows, totals, plan = await self._store.history(q)
         except QueryError as exc:
-            await req.respond_error("400", str(exc))
-            return
+            raise ServiceError(400, str(exc)) from None
         except Exception as exc:  # noqa: BLE001
             log.exception("usage history query failed")
-            await req.respond_error("500", f"usage history unavailable: {type(exc).__name__}")
-            return
+            raise ServiceError(500, f"usage history unavailable: {type(exc).__name__}") from None
         rows, totals, next_cursor = queries.page_history(rows, totals, plan, self.budget())
-        await req.respond(UsageHistory(rows=rows, totals=totals, source=plan.source, next_cursor=next_cursor).encode())
+        return UsageHistory(rows=rows, totals=totals, source=plan.source, next_cursor=next_cursor)
 
-    async def requests(self, req) -> None:
-        try:
-            q = UsageRequestsQuery.decode(req.data or b"{}")
-        except (ValidationError, ValueError) as exc:
-            await req.respond_error("400", _bad_request(exc))
-            return
+    async def requests(self, q: UsageRequestsQuery) -> UsageRequests:
         try:
             rows, next_cursor = await self._store.requests(q)
         except QueryError as exc:
-            await req.respond_error("400", str(exc))
-            return
+            raise ServiceError(400, str(exc)) from None
         except Exception as exc:  # noqa: BLE001
             log.exception("request log query failed")
-            await req.respond_error("500", f"request log unavailable: {type(exc).__name__}")
-            return
+            raise ServiceError(500, f"request log unavailable: {type(exc).__name__}") from None
         rows, next_cursor = queries.page_requests(rows, next_cursor, self.budget())
-        await req.respond(UsageRequests(rows=rows, next_cursor=next_cursor).encode())
+        return UsageRequests(rows=rows, next_cursor=next_cursor)
 
-    async def dead_letters(self, req) -> None:
+    async def dead_letters(self, q: UsageDeadLettersQuery) -> UsageDeadLetters:
         """The dead letters, newest first, and their counts (``deadletter.list_dead``)."""
-        try:
-            q = UsageDeadLettersQuery.decode(req.data or b"{}")
-        except (ValidationError, ValueError) as exc:
-            await req.respond_error("400", _bad_request(exc))
-            return
         try:
             reply = await deadletter.list_dead(self._js, q)
         except Exception as exc:  # noqa: BLE001
             log.exception("dead-letter query failed")
-            await req.respond_error("500", f"dead letters unavailable: {type(exc).__name__}")
-            return
+            raise ServiceError(500, f"dead letters unavailable: {type(exc).__name__}") from None
         n, _ = queries.fit_count(reply.rows, self.budget())
         if n < len(reply.rows):
             n = max(n, 1)  # a listed dead letter is small (its excerpt is bounded)
             reply.rows = reply.rows[:n]
             reply.next_cursor = reply.rows[-1].seq - 1 or None
-        await req.respond(reply.encode())
+        return reply
 
-    async def replay(self, req) -> None:
+    async def replay(self, batch: UsageReplayBatch) -> UsageReplayResult:
         """Events from ``llmgw replay`` into ClickHouse, through the same guarded insert as the stream."""
-        try:
-            batch = UsageReplayBatch.decode(req.data or b"{}")
-        except (ValidationError, ValueError) as exc:
-            await req.respond_error("400", _bad_request(exc))
-            return
         rows = [domain.event_row(ev) for ev in domain.dedupe(batch.events) if domain.refusal(ev) is None]
         try:
             res = await project_leaving_out_refused(self._projection, rows, batch.dry_run)
         except Exception as exc:  # noqa: BLE001
             log.exception("replay batch failed")
-            await req.respond_error("500", f"replay batch not stored: {type(exc).__name__}: {str(exc)[:200]}")
-            return
-        await req.respond(UsageReplayResult(received=len(batch.events), inserted=res.inserted, already=res.already,
-                                            busy=sorted(res.busy)).encode())
+            raise ServiceError(500, f"replay batch not stored: {type(exc).__name__}: {str(exc)[:200]}") from None
+        return UsageReplayResult(received=len(batch.events), inserted=res.inserted, already=res.already,
+                                 busy=sorted(res.busy))
 
-    async def simulate(self, req) -> None:
+    async def simulate(self, q: UsageSimulate) -> UsageSimulated:
         """Dev only: synthetic events published to the stream, so they take the real path."""
         if not self._simulate_enabled:
-            await req.respond_error("403", "simulate is a dev tool and is off: start the usage service with "
-                                           "LLMGW_DEV_SIMULATE=1 to enable it")
-            return
-        try:
-            q = UsageSimulate.decode(req.data or b"{}")
-        except (ValidationError, ValueError) as exc:
-            await req.respond_error("400", _bad_request(exc))
-            return
+            raise ServiceError(403, "simulate is a dev tool and is off: start the usage service with "
+                                    "LLMGW_DEV_SIMULATE=1 to enable it")
         events = simulate.synthetic_events(q, utcnow())
         try:
             acks = [await self._js.publish_async(subjects.usage_event_subject(ev.provider or "none"), ev.encode(),
@@ -467,17 +193,7 @@ class QueryHandlers:
             await asyncio.wait_for(asyncio.gather(*acks), 30)
         except Exception as exc:  # noqa: BLE001
             log.warning("simulate: publishing failed: %s", exc)
-            await req.respond_error("500", f"publishing synthetic events failed: {type(exc).__name__}")
-            return
+            raise ServiceError(500, f"publishing synthetic events failed: {type(exc).__name__}") from None
         log.info("simulate: published %d synthetic usage events", len(events))
-        await req.respond(UsageSimulated(published=len(events), ids=[ev.id for ev in events]).encode())
+        return UsageSimulated(published=len(events), ids=[ev.id for ev in events])
 
-
-def _bad_request(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        parts = []
-        for err in exc.errors()[:3]:
-            loc = ".".join(str(x) for x in err["loc"]) or "<body>"
-            parts.append(f"{loc}: {err['msg']}")
-        return "invalid request: " + "; ".join(parts)
-    return "invalid request"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
+from llmgw_common import redis_keys
 from llmgw_common.logs import setup_logging
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
@@ -28,7 +29,7 @@ from .store import ClickHouseStore
 
 log = logging.getLogger("llmgw.usage.migrate")
 
-LOCK_KEY = "llmgw:migrate:lock"
+LOCK_KEY = redis_keys.MIGRATE_LOCK
 LOCK_TIMEOUT_S = 300  # expires by itself if the job dies holding it
 WAIT_S = 600  # a run waits this long for another one to finish
 

@@ -55,12 +55,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from llmgw_common import redis_keys
+
 from .domain import EventRow
 from .store import InsertRejected
 
 log = logging.getLogger(__name__)
 
-CLAIM_PREFIX = "llmgw:chclaim:"
+CLAIM_PREFIX = redis_keys.CLAIM_PREFIX
 CLAIM_LEASE_MS = 30_000
 # ARGV: owner, lease_ms, key prefix, id... -> per id 1 (claimed by us) or 0 (held by another owner)
 CLAIM_LUA = """

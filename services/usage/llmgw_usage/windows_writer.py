@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from llmgw_common import redis_keys
 from llmgw_common.messages import UsageEvent
 
 from . import domain
@@ -22,7 +23,7 @@ CHUNK = 2000
 
 class WindowWriter:
     def __init__(self, redis, budget_tz: str = "UTC"):
-        self._script = redis.register_script(domain.APPLY_EVENTS_LUA)
+        self._script = redis.register_script(redis_keys.lua(domain.APPLY_EVENTS_LUA))
         self.budget_tz = budget_tz  # keys' calendar months (config keys.budget_timezone)
 
     async def apply(self, events: Sequence[domain.IngestEvent | UsageEvent], now_s: int, rebuild: bool = False) -> int:

@@ -1,171 +1,25 @@
-"""Prometheus metrics: every series the services export, named in one place (docs/observability.md).
-
-Contracts: metric names, label names and buckets live here; services only record. Labels are LOW
-cardinality by construction: a provider id and a logical model come from the config (a model name the
-config does not know is ``unknown``: never the client's raw string), a route is an endpoint name or a
-route template, a status an HTTP status code, a reason or outcome one of a fixed set.
-
-Each service's group is created on first use (``edge()``, ``router()``, ``usage()``, ``pricing()``,
-``http()``, ``nats()``), so a process exports its own series only. Series recorded once per request
-(edge, ui-api, router decisions, NATS requests) are ``LoopCounter`` / ``LoopHistogram``: plain cells
-written on the event loop and turned into samples only when scraped (prometheus_client's own take a lock
-and validate on every call: ~0.5 µs a counter, ~1 µs a histogram); their label children are bound once
-per label set and kept (``UsageMeter``, ``HttpMetrics``, ``RouterMeter``): one dict look-up and a few
-additions per request, nothing allocated but the look-up key. Per-batch and background series use
-prometheus_client's classes.
-
-Exposition:
-- edge and ui-api: ``GET /metrics`` on their own HTTP port (``HttpMetrics.install``); with
-  ``LLMGW_METRICS_TOKEN`` set it wants ``Authorization: Bearer <token>``;
-- router, usage, pricing: ``serve_from_env()``: an HTTP server on ``LLMGW_METRICS_PORT`` (host
-  ``LLMGW_METRICS_HOST``, default 0.0.0.0) when that is set; unset (``llmgw run``, tests): none.
-"""
+"""Every series the services export: names, labels and buckets (one group per service, created on first
+use), and the helpers that record them with label children bound once (``UsageMeter``, ``RouterMeter``)."""
 
 from __future__ import annotations
 
-import bisect
 import functools
-import hmac
 import logging
-import os
-import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable
 
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, disable_created_metrics,
-                               generate_latest)
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from . import tracing
+from .primitives import (BATCH_BUCKETS, BATCH_SIZE_BUCKETS, FAST_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS,
+                         LoopCounter, LoopHistogram)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("llmgw_common.metrics")
 
-disable_created_metrics()  # no ``*_created`` series: half the scrape, nothing a dashboard reads
-
-METRICS_PORT_ENV = "LLMGW_METRICS_PORT"
-METRICS_HOST_ENV = "LLMGW_METRICS_HOST"
-METRICS_TOKEN_ENV = "LLMGW_METRICS_TOKEN"
-METRICS_PATH = "/metrics"
 UNKNOWN = "unknown"
-
-# seconds
-REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
-TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
-FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# events per batch
-BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
 
 TOKEN_KINDS = ("in", "out", "cached", "cache_write", "reasoning")
 DECISION_OUTCOMES = ("admitted", "refused", "invalid", "error")
 SKIP_REASONS = ("cooldown", "breaker", "limit", "budget", "not_allowed", "disabled", "already_tried",
                 "context_window", "not_admitted", "other")
-
-
-# ---- loop-local series (the hot paths) ------------------------------------------------------------------
-
-
-class _Cell:
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def inc(self, amount: float = 1.0) -> None:
-        self.value += amount
-
-
-class _Buckets:
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # per bucket (not cumulative), the last one +Inf
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # the first bound >= value: Prometheus' le
-        self.sum += value
-
-
-class _LoopMetric:
-    """A labelled series written by one event loop and read when scraped (a prometheus_client collector).
-
-    Writers are the loop's own code (no lock: nothing awaits inside an update); a scrape on another thread
-    (``serve_from_env``) sees each cell as it is, a histogram perhaps one observation apart from its sum."""
-
-    _type = ""
-
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), registry=REGISTRY):
-        self._name, self._documentation, self._labelnames = name, documentation, tuple(labelnames)
-        self._children: dict[tuple[str, ...], Any] = {}
-        self._unlabelled = None if self._labelnames else self.labels()  # exported from the start, as 0
-        if registry is not None:
-            registry.register(self)
-
-    def labels(self, *values: str):
-        child = self._children.get(values)
-        if child is None:
-            assert len(values) == len(self._labelnames), (self._name, values)
-            child = self._children[values] = self._new_child()
-        return child
-
-    def _new_child(self) -> Any:
-        raise NotImplementedError
-
-    def describe(self) -> list:
-        return [self._family()]
-
-    def _family(self) -> Any:
-        raise NotImplementedError
-
-
-class LoopCounter(_LoopMetric):
-    _type = "counter"
-
-    def inc(self, amount: float = 1.0) -> None:
-        """An unlabelled counter's increment."""
-        if self._unlabelled is None:
-            raise TypeError(f"{self._name} has labels: increment .labels(...) instead")
-        self._unlabelled.value += amount
-
-    def _new_child(self) -> _Cell:
-        return _Cell()
-
-    def _family(self) -> CounterMetricFamily:
-        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = self._family()
-        for values, cell in list(self._children.items()):
-            family.add_metric(values, cell.value)
-        yield family
-
-
-class LoopHistogram(_LoopMetric):
-    _type = "histogram"
-
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
-                 buckets: Sequence[float] = REQUEST_BUCKETS, registry=REGISTRY):
-        self._bounds = tuple(float(b) for b in buckets)
-        self._le = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
-        super().__init__(name, documentation, labelnames, registry)
-
-    def _new_child(self) -> _Buckets:
-        return _Buckets(self._bounds)
-
-    def _family(self) -> HistogramMetricFamily:
-        return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = self._family()
-        for values, child in list(self._children.items()):
-            counts, running, buckets = list(child.counts), 0, []
-            for le, n in zip(self._le, counts):
-                running += n
-                buckets.append((le, running))
-            family.add_metric(values, buckets, child.sum)
-        yield family
 
 
 # ---- the series ----------------------------------------------------------------------------------------
@@ -288,7 +142,6 @@ usage = functools.cache(UsageMetrics)
 pricing = functools.cache(PricingMetrics)
 http = functools.cache(HttpServerMetrics)
 nats = functools.cache(NatsMetrics)
-
 
 # ---- recording helpers ---------------------------------------------------------------------------------
 
@@ -441,166 +294,3 @@ class RouterMeter:
             m.breaker.labels(provider).set({"closed": 0, "half-open": 1, "open": 2}.get(st.breaker, 0))
             m.cooldown.labels(provider).set(max(0, st.cooldown_ms) / 1000)
             m.inflight.labels(provider).set(st.inflight)
-
-
-# ---- exposition ----------------------------------------------------------------------------------------
-
-
-def exposition(registry=REGISTRY) -> tuple[bytes, str]:
-    """(body, content type) of a scrape."""
-    return generate_latest(registry), CONTENT_TYPE_LATEST
-
-
-def serve_from_env(env: Mapping[str, str] | None = None) -> Any:
-    """The metrics HTTP server of a NATS service, on ``LLMGW_METRICS_PORT`` when set (else None).
-
-    A port that cannot be bound is logged and skipped: metrics never stop a service."""
-    env = os.environ if env is None else env
-    port = (env.get(METRICS_PORT_ENV) or "").strip()
-    if not port:
-        return None
-    from prometheus_client import start_http_server
-
-    host = env.get(METRICS_HOST_ENV) or "0.0.0.0"
-    try:
-        server, _thread = start_http_server(int(port), addr=host)
-    except (OSError, ValueError) as exc:
-        log.warning("no metrics server on %s:%s (%s)", host, port, exc)
-        return None
-    log.info("metrics on http://%s:%s%s", host, port, METRICS_PATH)
-    return server
-
-
-def _bearer_ok(headers: list[tuple[bytes, bytes]], token: str) -> bool:
-    for name, value in headers:
-        if name == b"authorization":
-            given = value.decode("latin-1")
-            return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())
-    return False
-
-
-class HttpMetrics:
-    """ASGI middleware of the edge and ui-api: requests by route template / method / status and their
-    duration, the request's SERVER span while tracing is on, and ``GET /metrics``.
-
-    ``install(app, scope)`` adds it outside the app's own middleware, ui-api's auth included: a refused
-    request is counted too, and ``GET /metrics`` is answered here, before any credential check (a scraper
-    holds no admin token; the series are counts and names from the config, no secrets). With
-    ``LLMGW_METRICS_TOKEN`` set it wants ``Authorization: Bearer <that token>``. It is no route of the app
-    (not in the OpenAPI document, not among the routes the apps enumerate) and the scrapes are not counted.
-    """
-
-    def __init__(self, app, scope: str = "llmgw.http", router: Any = None):
-        self.app = app
-        self.scope = scope
-        self.router = router  # the app's router: the route template of a request refused before routing
-        self._templates: list[tuple[Any, str]] | None = None
-        self.metrics = http()
-        self._children: dict[tuple[str, str, int], Any] = {}
-        self._durations: dict[str, Any] = {}
-
-    @classmethod
-    def install(cls, app, scope: str) -> None:
-        app.add_middleware(cls, scope=scope, router=app.router)
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["path"] == METRICS_PATH and scope["method"] in ("GET", "HEAD"):
-            await _scrape(scope, send)
-            return
-        if tracing.enabled:
-            await self._traced(scope, receive, send)
-            return
-        status = 500  # an exception escaping the app: the server answers 500
-        t0 = time.perf_counter()
-
-        async def send_status(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            self._count(scope, status, time.perf_counter() - t0)
-
-    def _route(self, scope) -> str:
-        route = scope.get("route")
-        if route is not None and getattr(route, "path", None):
-            return route.path
-        # refused before routing (ui-api's auth, a body too large): the template its path would have had
-        if self._templates is None:
-            self._templates = list(_route_templates(getattr(self.router, "routes", ())))
-        path = scope["path"]
-        for regex, template in self._templates:
-            if regex.match(path):
-                return template
-        return "unmatched"
-
-    def _count(self, scope, status: int, seconds: float) -> None:
-        path = self._route(scope)
-        key = (path, scope["method"], status)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.metrics.requests.labels(path, scope["method"], str(status))
-            self._durations.setdefault(path, self.metrics.duration.labels(path))
-        child.inc()
-        self._durations[path].observe(seconds)
-
-    async def _traced(self, scope, receive, send) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())
-                   if k in (b"traceparent", b"tracestate", b"baggage")}
-        method = scope["method"]
-        status = 500
-        t0 = time.perf_counter()
-
-        async def send_status(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        with tracing.tracer(self.scope).start_as_current_span(
-                method, context=tracing.extract(headers), kind=tracing.SERVER,
-                attributes={"http.request.method": method, "url.path": scope["path"]}) as span:
-            try:
-                await self.app(scope, receive, send_status)
-            finally:
-                self._count(scope, status, time.perf_counter() - t0)
-                route = self._route(scope)
-                if route != "unmatched":
-                    span.update_name(f"{method} {route}")
-                    span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_status(tracing.Status(tracing.StatusCode.ERROR))
-
-
-def _route_templates(routes) -> Iterator[tuple[Any, str]]:
-    """(regex, template) of every route, also those of included routers (FastAPI keeps them nested)."""
-    from starlette.routing import compile_path
-
-    for route in routes:
-        nested = getattr(route, "effective_candidates", None)
-        if nested is not None:
-            yield from _route_templates(nested())
-        elif getattr(route, "original_router", None) is not None:
-            yield from _route_templates(route.original_router.routes)
-        elif isinstance(getattr(route, "path", None), str) and route.path:
-            yield compile_path(route.path)[0], route.path
-
-
-async def _scrape(scope, send) -> None:
-    token = os.environ.get(METRICS_TOKEN_ENV)
-    if token and not _bearer_ok(scope.get("headers", []), token):
-        status, body, content_type = 401, b"metrics need the bearer token\n", "text/plain; charset=utf-8"
-        extra = [(b"www-authenticate", b'Bearer realm="llmgw-metrics"')]
-    else:
-        body, content_type = exposition()
-        status, extra = 200, []
-    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
