@@ -210,7 +210,8 @@ async def test_read_validate_save_reload_and_rollback(stack, upstream):
                 if announced.bodies:
                     break
                 await asyncio.sleep(0.05)
-            assert announced.bodies[-1] == {"etag": saved["etag"], "version": saved["version"]}
+            # the typed announcement (llmgw_common.messages.ConfigChanged) every service decodes
+            assert announced.bodies[-1] == {"schema_version": 1, "etag": saved["etag"], "version": saved["version"]}
 
             # ---- the same text again: nothing to write
             resp = ui.put("/api/config", json={"yaml": ui.get("/api/config").json()["yaml"]},

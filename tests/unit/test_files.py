@@ -57,3 +57,12 @@ def test_fsyncs_the_file_and_on_request_the_directory(tmp_path, monkeypatch):
     assert len(synced) == 1
     write_atomically(tmp_path / "c", "x", fsync_dir=True)
     assert len(synced) == 3
+
+
+def test_the_modification_time_and_owner_asked_for(tmp_path):
+    target = tmp_path / "llmgw.yaml"
+    write_atomically(target, b"a: 1\n", mode=0o640, mtime_ns=1_700_000_000_123_456_789,
+                     owner=(os.geteuid(), os.getegid()))
+    st = target.stat()
+    assert st.st_mtime_ns == 1_700_000_000_123_456_789
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (os.geteuid(), os.getegid(), 0o640)

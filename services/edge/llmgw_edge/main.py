@@ -34,7 +34,7 @@ from llmgw_common.keys import KeyRecord
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
-from llmgw_common.service import run_steps, watch_config
+from llmgw_common.service import package_version, run_steps, watch_config
 from llmgw_common.settings import CommonSettings
 
 from . import router_client
@@ -277,7 +277,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             await run_steps([("usage publisher", publisher.stop), ("key cache", keys.stop), ("edge", edge.close),
                              ("upstream transport", transport.close), ("nats", nc.drain)])
 
-    app = EdgeApp(title="LLM Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = EdgeApp(title="LLM Gateway", version=package_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
 
     def error_body_of(request: Request) -> ErrorBody:
         """Errors no route handler answered (a wrong method, a bad path parameter): in the format of the

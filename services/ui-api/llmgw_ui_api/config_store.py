@@ -15,13 +15,13 @@ import fcntl
 import hashlib
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from llmgw_common.config_check import check_text
+from llmgw_common.files import write_atomically
 
 from .config_models import VERSION_PATTERN, HistoryReply, Problem, VersionInfo
 from .config_secrets import restore_secrets
@@ -97,43 +97,6 @@ def read_file(path: Path) -> FileState:
     return FileState(path, data, st.st_mtime_ns, st.st_mode & 0o7777, st.st_uid, st.st_gid)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes, mode: int, mtime_ns: int | None = None,
-                     owner: tuple[int | None, int | None] = (None, None)) -> None:
-    """``path`` holds ``data`` or what it held before, never a mix: a temporary file in the same
-    directory (mode ``mode``, fsynced), renamed over it, then the directory fsynced."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        uid, gid = owner
-        if uid is not None and (uid != os.geteuid() or gid != os.getegid()):
-            try:
-                os.fchown(fd, uid, gid if gid is not None else -1)
-            except PermissionError:
-                pass  # not ours to give away: the file becomes the ui-api user's, mode kept
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if mtime_ns is not None:
-                os.utime(f.fileno(), ns=(mtime_ns, mtime_ns))
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 class DirLock:
     """``flock`` on a directory: writers of the same config in other processes wait for each other."""
 
@@ -173,7 +136,7 @@ def keep_in_history(state_dir: Path, old: FileState) -> None:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = directory / f"{old.version}.yaml"
     if not target.exists():
-        write_atomically(target, old.data, 0o600, old.mtime_ns)
+        write_atomically(target, old.data, mode=0o600, fsync_dir=True, mtime_ns=old.mtime_ns)
     entries = _history_entries(directory)
     for stale in entries[: max(0, len(entries) - HISTORY_KEEP)]:
         try:
@@ -228,6 +191,7 @@ def save(config_path: Path, state_dir: Path, new_text: str, if_match: list[str],
         now_ns = time.time_ns()
         now_ns -= now_ns % 1000  # microseconds: what a version name holds
         keep_in_history(state_dir, current)
-        write_atomically(path, data, current.mode, now_ns, (current.uid, current.gid))
+        write_atomically(path, data, mode=current.mode, fsync_dir=True, mtime_ns=now_ns,
+                         owner=(current.uid, current.gid))
         etag = etag_of(data)
         return SaveResult(200, etag, version_name(now_ns, etag), changed=True)

@@ -23,6 +23,7 @@ from llmgw_common.http_server import json_error_protocol
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
+from llmgw_common.service import package_version
 from llmgw_common.settings import CommonSettings
 
 from . import errors, web
@@ -99,7 +100,7 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
             await app.state.nc.drain()
 
     # no /docs or /redoc: a browser opening them sends no credential (the OpenAPI document is /openapi.json)
-    app = FastAPI(title="LLM Gateway admin API", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="LLM Gateway admin API", version=package_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.admin_auth = auth
 
     errors.install(app)  # one error shape for every 4xx / 5xx, input limits, the OpenAPI document

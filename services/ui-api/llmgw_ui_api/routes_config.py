@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 
 from fastapi import APIRouter, Header, HTTPException, Request
@@ -28,6 +27,7 @@ from starlette.responses import JSONResponse
 
 from llmgw_common import subjects
 from llmgw_common.config import masked, parse_config_text
+from llmgw_common.messages import ConfigChanged
 
 from .config_models import (ConfigText, ConfigView, HistoryReply, Problem, ProblemsResponse, RollbackBody,
                             SaveReply, ValidateReply)
@@ -73,7 +73,7 @@ def _require_if_match(if_match: str | None) -> list[str]:
 async def _announce(request: Request, etag: str, version: str) -> bool:
     nc = request.app.state.nc
     try:
-        await nc.publish(subjects.CONFIG_CHANGED, json.dumps({"etag": etag, "version": version}).encode())
+        await nc.publish(subjects.CONFIG_CHANGED, ConfigChanged(etag=etag, version=version).encode())
         await nc.flush(timeout=2)
         return True
     except Exception as exc:  # noqa: BLE001 - the file is saved; a service reloads at its next announcement

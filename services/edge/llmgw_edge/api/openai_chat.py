@@ -158,13 +158,13 @@ def _check_message(m: dict[str, Any], i: int) -> None:
     further on in translation or token counting. Cheap: no walk into the content parts."""
     role = m.get("role")
     if not isinstance(role, str) or role not in _ROLES:
-        shown = repr(role)[:40] if isinstance(role, str) else f"a {_json_type(role)}"
+        shown = repr(role)[:40] if isinstance(role, str) else _a(_json_type(role))
         raise bad_request(f"messages[{i}].role must be one of {sorted(_ROLES)}, got {shown}",
                           param=f"messages[{i}].role")
     content = m.get("content")
     if content is not None and not isinstance(content, (str, list)):
-        raise bad_request(f"messages[{i}].content must be a string or an array of content parts, got a "
-                          f"{_json_type(content)}", param=f"messages[{i}].content")
+        raise bad_request(f"messages[{i}].content must be a string or an array of content parts, got "
+                          f"{_a(_json_type(content))}", param=f"messages[{i}].content")
     if m.get("tool_calls") is not None:
         _check_list_of_objects(m, "tool_calls", f"messages[{i}].")
     if m.get("name") is not None and not isinstance(m["name"], str):
@@ -185,6 +185,10 @@ def _json_type(value: Any) -> str:
         return "null"
     return {bool: "boolean", int: "number", float: "number", str: "string", list: "array",
             dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
 
 
 def _completion_id(upstream_id: str) -> str:
