@@ -67,7 +67,7 @@ async def test_a_give_up_after_the_admission_releases_it_everywhere_and_leaves_n
     assert await _reserved(redis, provider, key, T0) == {"provider": 1, "model": 1, "key": 1,
                                                          "month_cost": 10_000_000}
 
-    assert await store.give_up(rid, 0, T0 + 500, 30) is True  # the reply was lost: the edge gave up
+    assert await store.give_up([(rid, 0)], T0 + 500, 30) == 1  # the reply was lost: the edge gave up
     assert await _reserved(redis, provider, key, T0 + 500) == {"provider": 0, "model": 0, "key": 0, "month_cost": 0}
     member = lease_member(rid, provider)
     assert await redis.zscore(LEASES_KEY, member) is None and not await redis.exists(lease_key(member))
@@ -76,13 +76,13 @@ async def test_a_give_up_after_the_admission_releases_it_everywhere_and_leaves_n
     # the question asked again (a copy still in flight) is refused, and reserves nothing
     again = await store.admit([_planned(provider)], rid, T0 + 600, key=key, event_id=rid, lease_s=30)
     assert again.index is None and again.given_up
-    assert await store.give_up(rid, 0, T0 + 700, 30) is False  # given up twice: released once
+    assert await store.give_up([(rid, 0)], T0 + 700, 30) == 0  # given up twice: released once
     assert (await _reserved(redis, provider, key, T0 + 700))["provider"] == 0
 
 
 async def test_a_question_arriving_after_its_give_up_is_never_admitted(redis):
     store, provider, key, rid = RoutingStore(redis), f"gu-{uuid.uuid4().hex[:8]}", _key(), _rid()
-    assert await store.give_up(rid, 0, T0, 30) is False  # nothing admitted yet: only the mark
+    assert await store.give_up([(rid, 0)], T0, 30) == 0  # nothing admitted yet: only the mark
     late = await store.admit([_planned(provider)], rid, T0 + 100, key=key, event_id=rid, lease_s=30)
     assert late.index is None and late.given_up and late.reservation is None
     assert await _reserved(redis, provider, key, T0 + 100) == {"provider": 0, "model": 0, "key": 0, "month_cost": 0}
@@ -98,5 +98,18 @@ async def test_a_give_up_after_the_request_was_settled_changes_nothing(redis):
     done = UsageEvent(id=rid, request_id=rid, provider=provider, model="m", key_id=key.id, tokens_in=40,
                       tokens_out=60, cost_usd=Decimal("0.01"), status=200, reservation=r)
     await WindowWriter(redis).apply([done], T0 // 1000 + 1)
-    assert await store.give_up(rid, 0, T0 + 1500, 30) is False
+    assert await store.give_up([(rid, 0)], T0 + 1500, 30) == 0
     assert (await _reserved(redis, provider, key, T0 + 1500))["provider"] == 1  # the served request counts
+
+
+async def test_give_ups_sent_together_are_each_released_in_one_round_trip(redis):
+    store, provider, key = RoutingStore(redis), f"gu-{uuid.uuid4().hex[:8]}", _key()
+    admitted, never_asked = [_rid() for _ in range(3)], _rid()
+    for rid in admitted:
+        assert (await store.admit([_planned(provider)], rid, T0, key=key, event_id=rid, lease_s=30)).index == 0
+    assert (await _reserved(redis, provider, key, T0))["provider"] == 3  # the provider's limit, 3, reached
+    questions = [(rid, 0) for rid in admitted] + [(never_asked, 0)]
+    assert await store.give_up(questions, T0 + 100, 30) == 3
+    assert await _reserved(redis, provider, key, T0 + 100) == {"provider": 0, "model": 0, "key": 0, "month_cost": 0}
+    late = await store.admit([_planned(provider)], never_asked, T0 + 200, key=key, event_id=never_asked, lease_s=30)
+    assert late.given_up and late.index is None

@@ -18,7 +18,7 @@ from llmgw_common import metrics, service, subjects, tracing
 from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.keys import KeyMirror
 from llmgw_common.logs import REQUEST_ID
-from llmgw_common.messages import (AdmissionGiveUp, AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal,
+from llmgw_common.messages import (AdmissionGiveUps, AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal,
                                    PinCommand, PriceKey, PriceList, PriceLookup, RouteDecision, RouteRequest,
                                    RouterState, RouterStateQuery, Skipped, SmartCommand)
 from llmgw_common.nats_conn import request
@@ -116,15 +116,15 @@ class Router:
         decision.candidates = [admitted] + [pc.candidate for pc in p.ordered[admission.index + 1:]]
         return decision
 
-    async def give_up(self, give_up: AdmissionGiveUp) -> AdmissionGiveUp:
-        """The edge will not use the answer to this question: release it (store.GIVE_UP_LUA). The edge asks
-        until a router confirms, so a Redis failure is an error reply (the endpoint's), never silence."""
-        REQUEST_ID.set(give_up.request_id)
-        give_up.released = await self.store.give_up(give_up.request_id, give_up.attempt, self.now_ms(),
-                                                    self.config.routing.lease_s)
-        if give_up.released:
-            log.info("released the admission of attempt %d: its edge had given up on it", give_up.attempt)
-        return give_up
+    async def give_up(self, give_ups: AdmissionGiveUps) -> AdmissionGiveUps:
+        """The edge will not use the answers to these questions: release them (store.GIVE_UP_LUA). The edge
+        asks until a router confirms, so a Redis failure is an error reply (the endpoint's), never silence."""
+        give_ups.released = await self.store.give_up([(q.request_id, q.attempt) for q in give_ups.items],
+                                                     self.now_ms(), self.config.routing.lease_s)
+        if give_ups.released:
+            log.info("released %d admissions of %d routing questions their edge gave up on", give_ups.released,
+                     len(give_ups.items))
+        return give_ups
 
     # ---- health, pin, smart ----------------------------------------------
 
@@ -269,7 +269,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     runtime.endpoint("decide", subjects.ROUTER_DECIDE, RouteRequest, router.decide, concurrent=True,
                      span="llmgw.router.decide", observe=router.observe_decision,
                      failure=ServiceError(503, "router cannot reach its shared state"))
-    runtime.endpoint("giveup", subjects.ROUTER_GIVE_UP, AdmissionGiveUp, router.give_up, concurrent=True,
+    runtime.endpoint("giveup", subjects.ROUTER_GIVE_UP, AdmissionGiveUps, router.give_up, concurrent=True,
                      failure=ServiceError(503, "router cannot reach its shared state"))
     runtime.endpoint("state", subjects.ROUTER_STATE, RouterStateQuery, router.handle_state)
     runtime.endpoint("pin", subjects.ROUTER_PIN, PinCommand, router.handle_pin)

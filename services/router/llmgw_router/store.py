@@ -487,12 +487,16 @@ class RoutingStore:
                                   cost_nano=usd_to_nano(pc.est_cost), key_id=key.id if key else None)
         return Admission(admitted - 1, reasons, reservation, probe)
 
-    async def give_up(self, request_id: str, attempt: int, now_ms: int, mark_s: float) -> bool:
-        """The edge gave up on question ``attempt`` of ``request_id`` (GIVE_UP_LUA): True when an admission
-        it had already been given is released."""
-        out = await self._give_up(keys=[], args=[now_ms, f"{ANSWER_PREFIX}{request_id}:{attempt}", request_id,
-                                                 max(int(mark_s * 1000), 1000), *_WINDOW_ARGS])
-        return int(out) == 1
+    async def give_up(self, questions: list[tuple[str, int]], now_ms: int, mark_s: float) -> int:
+        """The edge gave up on these questions, (request id, attempt) each (GIVE_UP_LUA, pipelined: one
+        round trip); how many admissions already made for them were released."""
+        mark_ms = max(int(mark_s * 1000), 1000)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request_id, attempt in questions:
+                await self._give_up(keys=[], args=[now_ms, f"{ANSWER_PREFIX}{request_id}:{attempt}", request_id,
+                                                   mark_ms, *_WINDOW_ARGS], client=pipe)
+            out = await pipe.execute()
+        return sum(int(x) for x in out)
 
     async def _earlier_admission(self, ordered: list[PlannedCandidate], request_id: str,
                                  provider: str) -> Admission:
