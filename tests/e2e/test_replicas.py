@@ -52,6 +52,8 @@ version: 1
 providers:
   - id: rep
     base_url: {upstream.url}
+    # a limit: every request is the routers' to admit (a route without one is routed on the edges' plans)
+    limits: {{requests_per_minute: 100000}}
     models: [{{name: m}}]
 usage:
   batch_wait_s: 0.1

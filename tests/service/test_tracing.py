@@ -47,6 +47,8 @@ providers:
         price: {{input_per_mtok: 1, output_per_mtok: 2}}
 pricing: {{fetch_on_start: false}}
 usage: {{batch_wait_s: 0.05}}
+# every request asks the router (no plan reused): its spans and metrics are what these tests look at
+routing: {{plan_max_age_s: 0}}
 """
 
 

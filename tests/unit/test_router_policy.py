@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from datetime import datetime, timezone
 from decimal import Decimal
 
 from llmgw_common.config import Price, parse_config_text
@@ -229,3 +230,87 @@ def test_full_provider_limits_are_said_per_provider():
                        "limit of 1 request per minute (retry after 41 s); q: provider 'q' would pass its limit of "
                        "100 tokens per day (90 used, this request ~20) (retry after 900 s); r: disabled")
     assert wait == 41
+
+
+# ---- plans an edge may reuse (routes without limits) --------------------------------------
+
+def _reusable(config_text: str, request: RouteRequest | None = None, key=None) -> bool:
+    from llmgw_router.policy import plan_reusable
+
+    config = parse_config_text(config_text)
+    request = request or RouteRequest(request_id="r", model="m")
+    return plan_reusable(config, plan(config, config_prices(config), request, RoutingState(), key=key), request, key)
+
+
+REUSABLE = """
+providers:
+  - id: free
+    base_url: http://a/v1
+    free_tier: true
+    models: [{name: m}]
+  - id: paid
+    base_url: http://b/v1
+    models: [{name: m, price: {input_per_mtok: 1, output_per_mtok: 2}}]
+"""
+
+
+def test_a_plan_without_limits_is_reusable():
+    assert _reusable(REUSABLE)
+
+
+def test_a_limit_on_any_provider_or_model_in_the_plan_makes_each_request_the_routers():
+    assert not _reusable(REUSABLE.replace("free_tier: true", "free_tier: true\n    limits: {requests_per_day: 1000000}"))
+    assert not _reusable(REUSABLE.replace("output_per_mtok: 2}", "output_per_mtok: 2}, limits: {cost_per_day: 5}"))
+
+
+def test_a_key_with_limits_makes_each_request_the_routers():
+    from llmgw_common.keys import KeyLimits, KeyRecord
+
+    def key(limits: KeyLimits) -> KeyRecord:
+        return KeyRecord(id="0123456789ab", name="k", hash="0" * 64, prefix="p", limits=limits,
+                         created_at=datetime.now(timezone.utc))
+
+    request = RouteRequest(request_id="r", model="m", key_id="0123456789ab")
+    assert _reusable(REUSABLE, request, key(KeyLimits()))
+    assert not _reusable(REUSABLE, request, key(KeyLimits(cost_per_month=Decimal("0.5"))))
+
+
+def test_what_the_plans_cache_key_does_not_hold_makes_each_request_the_routers():
+    # rules on headers, prompt size or stream; a context window; two paid providers ordered by each estimate
+    assert not _reusable(REUSABLE + """routing:
+  rules: [{name: r, match: {headers: {x-team: a*}}, action: {providers: [paid]}}]
+""")
+    assert _reusable(REUSABLE + """routing:
+  rules: [{name: r, match: {model: "x*", prompt_class: [code]}, action: {providers: [paid]}}]
+""")
+    assert not _reusable(REUSABLE.replace("models: [{name: m}]", "models: [{name: m, context_window: 100000}]"))
+    assert not _reusable(REUSABLE + """  - id: paid2
+    base_url: http://c/v1
+    models: [{name: m, price: {input_per_mtok: 3, output_per_mtok: 1}}]
+""")
+    # a failover (providers excluded)
+    assert not _reusable(REUSABLE, RouteRequest(request_id="r", model="m", exclude=["free"]))
+
+
+def test_under_a_strategy_the_edge_runs_every_candidate_must_be_healthy_and_groups_keep_the_tiers():
+    from llmgw_router.policy import plan_groups, plan_reusable
+
+    config = parse_config_text(REUSABLE + """  - id: free2
+    base_url: http://c/v1
+    free_tier: true
+    models: [{name: m}]
+routing: {strategy: round-robin}
+""")
+    request = RouteRequest(request_id="r", model="m")
+    healthy = RoutingState(stats={p: ProviderStats() for p in ("free", "paid", "free2")})
+    p = plan(config, config_prices(config), request, healthy)
+    assert plan_reusable(config, p, request, None, healthy)
+    assert [pc.candidate.provider for pc in p.ordered][-1] == "paid"
+    assert plan_groups(p, healthy, request) == [0, 0, 1]  # the two free ones rotate; paid stays after them
+    cooling = RoutingState(stats={**healthy.stats, "free2": ProviderStats(cooldown_ms=3000)})
+    assert not plan_reusable(config, p, request, None, cooling)
+    half_open = RoutingState(stats={**healthy.stats, "paid": ProviderStats(breaker="half-open")})
+    assert not plan_reusable(config, p, request, None, half_open)
+    pinned = RoutingState(pinned="free2", stats=healthy.stats)
+    p = plan(config, config_prices(config), request, pinned)
+    assert [pc.candidate.provider for pc in p.ordered][0] == "free2" and plan_groups(p, pinned, request) == [0, 1, 2]

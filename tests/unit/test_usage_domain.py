@@ -17,7 +17,7 @@ import pytest
 
 from fake_secrets import fake_key
 from llmgw_usage.progress import Progress
-from llmgw_common.messages import Attempt, Reservation, UsageEvent, UsageHistoryQuery, UsageRequestsQuery, UsageSimulate
+from llmgw_common.messages import COUNT_TOKENS_ENDPOINT, Attempt, Reservation, UsageEvent, UsageHistoryQuery, UsageRequestsQuery, UsageSimulate
 from llmgw_common.windows import SCOPES_KEY, SEEN_PREFIX, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
 from llmgw_usage import domain, queries
 from llmgw_usage.domain import body_rows, cap_body
@@ -241,6 +241,17 @@ def test_events_nobody_served_touch_no_window():
     assert domain.event_scopes(ev) == ()
     assert domain.window_updates(ev, T0_S) == []
     assert domain.window_script_args([ev], T0_S) is None
+
+
+def test_a_count_tokens_call_counts_in_no_window_unless_it_was_reserved():
+    # planned, never admitted: no request, no tokens in any window; it is still a row of the request log
+    counted = _event(endpoint=COUNT_TOKENS_ENDPOINT, tokens_out=0)
+    assert domain.window_updates(counted, T0_S + 1) == []
+    assert domain.window_script_args([counted], T0_S + 1) is None
+    # one an older edge had admitted settles its reservation like any other
+    reserved = _event(endpoint=COUNT_TOKENS_ENDPOINT, reservation=Reservation(
+        provider="groq", model="llama", at_s=T0_S, tokens_in=120, tokens_out=4096, cost_nano=0))
+    assert domain.window_updates(reserved, T0_S + 1)
 
 
 def test_window_script_args_group_events_that_share_buckets():

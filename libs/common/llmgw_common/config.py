@@ -342,6 +342,9 @@ class RoutingConfig(_Strict):
     default_max_tokens: int = Field(default=512, gt=0, description="answer size reserved when max_tokens is unset")
     smart: SmartRoutingConfig = Field(default_factory=SmartRoutingConfig)
     decide_timeout_s: float = Field(default=2.0, gt=0, description="how long the edge waits for the router")
+    plan_max_age_s: float = Field(default=5.0, ge=0, description="how long an edge reuses a plan for a route "
+                                  "without limits before asking again (changes are announced at once; 0: "
+                                  "ask for every request)")
     total_timeout_s: float = Field(default=300.0, gt=0, description="per request, all attempts together")
     abandoned_after_s: float | None = Field(default=None, gt=0, description="an admitted request whose edge has "
                                             "not settled it (nor renewed a running stream) this long after "

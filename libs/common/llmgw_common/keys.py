@@ -24,7 +24,7 @@ import re
 import secrets
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -220,10 +220,11 @@ class KeyMirror:
     ends: NATS away, the bucket recreated). Look-ups are dict reads; ``ready`` is set once the first full
     copy is in. The edge checks callers against it, the router applies keys' limits and providers."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self.records: dict[str, KeyRecord] = {}
         self.ready = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._on_change = on_change  # after each change once the first copy is in (the router announces it)
 
     async def start(self, js, timeout_s: float = 10.0) -> None:
         """Follow the bucket and wait for the first full copy. Called again after a timeout (a service's
@@ -263,6 +264,8 @@ class KeyMirror:
                         target.pop(key_id, None)
                     else:
                         target[key_id] = record
+                    if not initial and self._on_change is not None:
+                        self._on_change()
                     delay = 0.5
             except asyncio.CancelledError:
                 raise

@@ -58,6 +58,11 @@ class ErrorInfo(BaseModel):
 
 # ---- router ----------------------------------------------------------------
 
+# a RouteRequest's endpoint for a question that needs the router's plan only, never capacity (count_tokens):
+# candidates in order, cooling and broken providers skipped, nothing reserved in any window
+PLAN_ONLY_ENDPOINT = "plan"
+
+
 class RouteRequest(Message):
     request_id: str
     model: str
@@ -69,7 +74,7 @@ class RouteRequest(Message):
     prompt_class: str | None = None
     exclude: list[str] = Field(default_factory=list)  # providers already tried for this request
     event_id: str | None = None  # the request's usage event id, chosen first: the admission lease names it
-    endpoint: str = "chat"  # chat | embeddings: what the client asked for
+    endpoint: str = "chat"  # chat | embeddings | plan (PLAN_ONLY_ENDPOINT): what the client asked for
 
 
 class AdmissionGiveUp(BaseModel):
@@ -125,6 +130,12 @@ class RouteDecision(Message):
     strategy: str = "priority"
     rule: str | None = None  # name of the rule that matched
     error: ErrorInfo | None = None
+    # > 0: nothing in this plan draws on a limit; the edge may route every request with the same model, key
+    # and prompt class on it, without asking, for this long or until ``ROUTER_CHANGED`` (docs/routing.md)
+    reusable_s: float = 0.0
+    # a reusable plan under a strategy the edge runs itself (round-robin, weighted, least-busy, lowest-latency):
+    # each candidate's group (same pin, tier, smart match); the edge orders each group for every request
+    groups: list[int] = Field(default_factory=list)
 
 
 class AttemptOutcome(Message):
@@ -269,6 +280,10 @@ class Attempt(BaseModel):
     error: str | None = None
     latency_ms: float
     retries: int = 0  # extra tries on this provider before this outcome
+
+
+# a usage event's endpoint for Anthropic's count_tokens: logged, never counted in a window (it used no capacity)
+COUNT_TOKENS_ENDPOINT = "messages.count_tokens"
 
 
 class UsageEvent(Message):

@@ -14,6 +14,9 @@ ROUTER_PIN = "llmgw.router.pin"
 ROUTER_SMART = "llmgw.router.smart"
 # broadcast (every replica): re-read the shared routing state now (after a pin or smart change)
 ROUTER_REFRESH = "llmgw.router.refresh"
+# broadcast by each router replica once it applied something that changes plans (pin, smart, config, prices,
+# a gateway key, a cooldown or an open breaker): edges drop the plans they reuse (docs/routing.md, "Plans")
+ROUTER_CHANGED = "llmgw.router.changed"
 # attempt outcomes from the edge (plain publish, queue group "router": one replica applies each)
 ROUTER_OUTCOME = "llmgw.router.outcome"
 # successful attempts' outcomes in batches (the edge sends one message per ~50 ms instead of one per request)

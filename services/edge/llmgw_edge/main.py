@@ -26,7 +26,7 @@ from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llmgw_common import health, metrics, ops_port, tracing
+from llmgw_common import health, metrics, ops_port, subjects, tracing
 from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.http_server import json_error_protocol
 from llmgw_common.ids import new_id
@@ -51,6 +51,7 @@ from .classifier import ModelClassifier
 from .commands import command_runner
 from .core.errors import GatewayError
 from .core.gateway import Deps, Gateway, Reply
+from .core.plans import PlanCache
 from .core.prompt_class import classify
 from .give_ups import GiveUps
 from .lease_renewal import renew_leases
@@ -96,7 +97,8 @@ class Edge:
         self.gateway = Gateway(Deps(config=self.config, providers=self.providers, decide=self._decide,
                                     report=outcome_reporter(nc), publish=publish,
                                     classify_prompt=self._classify_prompt,
-                                    command=command_runner(self, lambda n: recent_requests_text(nc, n))))
+                                    command=command_runner(self, lambda n: recent_requests_text(nc, n)),
+                                    key_record=lambda key_id: self.keys.records.get(key_id) if key_id else None))
 
     def apply(self, config: GatewayConfig) -> None:
         providers = {}
@@ -114,10 +116,15 @@ class Edge:
         self.gateway.deps.config = config
         self.gateway.deps.providers = providers
         self.keys.require_keys = config.edge.require_keys
+        self.gateway.plans.drop_all()  # made under the old config
         for old in retired:  # closed once the requests that hold them are surely over
             task = asyncio.get_running_loop().create_task(self._close_later(old, config.routing.total_timeout_s))
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
+
+    async def on_router_changed(self, _msg) -> None:
+        """A router applied a change that may reorder routes (pin, cooldown, breaker...): plans are asked again."""
+        self.gateway.plans.drop_all()
 
     async def _close_later(self, provider, after_s: float) -> None:
         await asyncio.sleep(after_s)
@@ -262,6 +269,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         app.state.edge = edge
 
         await watch_config(nc, settings.config_path, [edge.apply])
+        await nc.subscribe(subjects.ROUTER_CHANGED, cb=edge.on_router_changed)
         renewer = asyncio.create_task(renew_leases(nc, edge.gateway.running, lambda: edge.config.routing.lease_s),
                                       name="lease-renewal")
         # metrics and health on their own port, when asked (ops_port): ready = its own NATS and JetStream
@@ -370,8 +378,17 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 health.Check("jetstream", health.jetstream(nc)),
                 health.Check("router", health.service_ping(nc, "router")),
                 health.Check("redis", health.redis_ping(connect_redis(settings.redis_url, max_connections=2))),
+                health.Check("plans", _plans_probe(app.state.edge.gateway.plans), required=False),
             ])
         return monitor
+
+    def _plans_probe(plans: PlanCache) -> health.Probe:
+        async def probe() -> str:
+            if plans.serving_without_router:
+                raise health.CheckFailed(f"degraded: serving routes without limits from {len(plans)} plans, "
+                                         "the router cannot be reached")
+            return f"{len(plans)} plans of routes without limits"
+        return probe
 
     @errors_in(PassthroughCodec.render_error)
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:

@@ -19,8 +19,8 @@ from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.keys import KeyMirror
 from llmgw_common.logs import REQUEST_ID
 from llmgw_common.messages import (AdmissionGiveUps, AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal,
-                                   PinCommand, PriceKey, PriceList, PriceLookup, RouteDecision, RouteRequest,
-                                   RouterState, RouterStateQuery, Skipped, SmartCommand)
+                                   PinCommand, PLAN_ONLY_ENDPOINT, PriceKey, PriceList, PriceLookup, RouteDecision,
+                                   RouteRequest, RouterState, RouterStateQuery, Skipped, SmartCommand)
 from llmgw_common.nats_conn import request
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.service import ServiceError, ServiceRuntime
@@ -29,7 +29,7 @@ from llmgw_common.windows import WindowReader
 
 from .abandoned import reap_forever
 from .outcomes import classify, refusal
-from .policy import PriceBook, RoutingState, plan
+from .policy import EDGE_STRATEGIES, Plan, PriceBook, RoutingState, plan, plan_groups, plan_reusable, unavailable
 from .state_view import router_state
 from .store import Leases, RoutingStore
 
@@ -58,7 +58,9 @@ class Router:
         self.windows = windows
         self.state = RoutingState(smart=config.routing.smart.enabled)
         self.now_ms = _now_ms  # injectable: tests move time forward instead of sleeping for a window
-        self.keys = KeyMirror()  # gateway keys: their providers and limits (started in ``serve``)
+        # gateway keys: their providers and limits (started in ``serve``); a key changed here may change
+        # whether its plans are reusable: announced like any other change
+        self.keys = KeyMirror(on_change=lambda: self.spawn(self.announce_change()))
         self.leases = Leases(store.redis)
         self._tasks: set[asyncio.Task] = set()
         self.meter = metrics.RouterMeter()
@@ -94,6 +96,8 @@ class Router:
                                  strategy=p.strategy, rule=p.rule, error=p.error)
         if p.error is not None:
             return decision
+        if route_request.endpoint == PLAN_ONLY_ENDPOINT:
+            return self._plan_only(route_request, p, decision)
         admission = await tracing.traced(  # the atomic admission (one Lua script in Redis) as its own span
             self.store.admit(p.ordered, route_request.request_id, self.now_ms(), key,
                              self.config.keys.budget_timezone, route_request.event_id,
@@ -114,6 +118,26 @@ class Router:
         admitted.reservation = admission.reservation
         admitted.probe = admission.probe
         decision.candidates = [admitted] + [pc.candidate for pc in p.ordered[admission.index + 1:]]
+        # the whole plan, its first provider healthy (admitted, not as the breaker's probe), nothing limited
+        if admission.index == 0 and not admission.probe and plan_reusable(self.config, p, route_request, key,
+                                                                          self.state):
+            decision.reusable_s = self.config.routing.plan_max_age_s
+            if p.strategy in EDGE_STRATEGIES:
+                decision.groups = plan_groups(p, self.state, route_request)
+        return decision
+
+    def _plan_only(self, route_request: RouteRequest, p: Plan, decision: RouteDecision) -> RouteDecision:
+        """A question that needs no capacity (count_tokens): the candidates in order, cooling and broken
+        providers skipped, nothing reserved in any window and nothing in flight."""
+        for pc in p.ordered:
+            why = unavailable(self.state.stats.get(pc.candidate.provider))
+            if why is None:
+                decision.candidates.append(pc.candidate)
+            else:
+                decision.skipped.append(Skipped(provider=pc.candidate.provider, reason=why))
+        if not decision.candidates:
+            message, wait = refusal(route_request.model, decision.skipped)
+            decision.error = ErrorInfo(status=429, code="rate_limit_exceeded", message=message, retry_after_s=wait)
         return decision
 
     async def give_up(self, give_ups: AdmissionGiveUps) -> AdmissionGiveUps:
@@ -146,6 +170,7 @@ class Router:
             return
         if result in ("breaker_open", "cooldown"):
             log.warning("provider %s: %s after status %s", outcome.provider, result, outcome.status)
+            await self.announce_change()
 
     async def on_outcomes(self, msg) -> None:
         self.spawn(self._apply_outcomes(msg))
@@ -208,7 +233,18 @@ class Router:
         """After a pin or smart change: every replica reads the shared state again; the new state."""
         await self.nc.publish(subjects.ROUTER_REFRESH, b"")
         await self.refresh_state()
+        await self.announce_change()
         return await self.current_state()
+
+    async def announce_change(self) -> None:
+        """Edges drop the plans they reuse. Each replica says it once it has applied the change itself, so an
+        edge that asks again right after is not answered from a replica that has not."""
+        if self.nc is None:
+            return
+        try:
+            await self.nc.publish(subjects.ROUTER_CHANGED, b"")
+        except Exception as exc:  # NATS away: the edges' plans age out (routing.plan_max_age_s)
+            log.warning("cannot announce a routing change (%s)", type(exc).__name__)
 
     async def current_state(self) -> RouterState:
         return await router_state(self.config, self.state, self.windows)
@@ -226,13 +262,16 @@ class Router:
             await self.refresh_state()
         except Exception as exc:
             log.warning("cannot refresh routing state: %s", type(exc).__name__)
+        await self.announce_change()
 
     async def on_pricing_changed(self, _msg) -> None:
         await self.refresh_prices()
+        await self.announce_change()
 
     async def apply_config(self, config: GatewayConfig) -> None:
         self.config = config
         await self.refresh_prices()
+        await self.announce_change()
 
     async def load(self) -> None:
         """What every answer depends on, before the first: gateway keys, the pin and smart flag, prices."""

@@ -61,6 +61,7 @@ class PlannedCandidate:
     est_tokens_in: int
     est_tokens_out: int
     est_cost: Decimal
+    specialties: tuple[str, ...] = ()  # the provider's (smart routing)
 
 
 @dataclass
@@ -169,12 +170,84 @@ def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state:
             cost = Decimal(0) if free or price is None else price.cost(est_in, est_out)
             cand = Candidate(provider=p.id, model=t.model, upstream_model=t.upstream_model, price=price, free=free)
             eligible.append((index, t, PlannedCandidate(cand, [("provider", p.limits), ("model", m.limits)],
-                                                        est_in, est_out, cost)))
+                                                        est_in, est_out, cost, tuple(p.specialties))))
 
     ordered = _order(eligible, strategy, state, request, allowed, rng)
     for pc in ordered:
         pc.candidate.reason = _reason(pc, strategy, state, request)
     return Plan(model, ordered, skipped, strategy, rule.name if rule else None)
+
+
+# strategies whose order an edge may reuse as it is: the same for every request with the same model, key and
+# prompt class; the others an edge runs itself on the plan, within each group (``plan_groups``)
+FIXED_ORDER_STRATEGIES = frozenset({"priority", "lowest-cost"})
+EDGE_STRATEGIES = frozenset({"round-robin", "weighted", "least-busy", "lowest-latency"})
+
+
+def limited(limits: Limits) -> bool:
+    return any(v is not None for v in limits.__dict__.values())
+
+
+def plan_reusable(config: GatewayConfig, p: Plan, request: RouteRequest, key: KeyRecord | None,
+                  state: RoutingState | None = None) -> bool:
+    """Whether an edge may route every request for this model (and key and prompt class) on this plan
+    without asking again, until a change is announced: nothing in it draws on a limit, and nothing of the
+    request beyond those three chose or ordered it. Else the router admits each request. Under a strategy
+    the edge runs itself (it may put any candidate of a group first) every candidate must be healthy."""
+    if p.error is not None or request.exclude:
+        return False
+    if p.strategy not in FIXED_ORDER_STRATEGIES:
+        if p.strategy not in EDGE_STRATEGIES or state is None:
+            return False
+        if any(unavailable(state.stats.get(pc.candidate.provider)) is not None
+               or state.stats.get(pc.candidate.provider, ProviderStats()).breaker != "closed" for pc in p.ordered):
+            return False
+    if key is not None and limited(key.limits):
+        return False
+    if any(r.match.headers or r.match.min_prompt_tokens is not None or r.match.max_prompt_tokens is not None
+           or r.match.stream is not None for r in config.routing.rules):
+        return False  # a rule looks at more of the request than the plan's cache key holds
+    if any(s.reason.startswith("prompt of ") for s in p.skipped):
+        return False  # a context window skipped a provider for this prompt's size
+    paid_priced = 0
+    for pc in p.ordered:
+        provider = config.provider(pc.candidate.provider)
+        model = provider.model(pc.candidate.model) if provider is not None else None
+        if provider is None or model is None or limited(provider.limits) or limited(model.limits):
+            return False
+        if model.context_window is not None:
+            return False  # another prompt's size may not fit it
+        paid_priced += not pc.candidate.free and pc.candidate.price is not None
+    return paid_priced <= 1  # paid providers are ordered by each request's estimated cost
+
+
+def plan_groups(p: Plan, state: RoutingState, request: RouteRequest) -> list[int]:
+    """For each candidate in order, its group: candidates with the same pin, tier (free, paid) and smart
+    routing match are next to each other, and a strategy orders them only among themselves."""
+    groups: list[int] = []
+    last: tuple | None = None
+    for pc in p.ordered:
+        c = pc.candidate
+        provider_specialties = () if not (state.smart and request.prompt_class) else pc.specialties
+        key = (state.pinned == c.provider, c.free, request.prompt_class in provider_specialties)
+        if key != last:
+            groups.append(groups[-1] + 1 if groups else 0)
+            last = key
+        else:
+            groups.append(groups[-1])
+    return groups
+
+
+def unavailable(stats: ProviderStats | None) -> str | None:
+    """Why a provider cannot be tried now (cooling down, breaker open), as last read from Redis; None: it can.
+    For questions that are planned, never admitted (count_tokens): admission checks the same atomically."""
+    if stats is None:
+        return None
+    if stats.cooldown_ms > 0:
+        return f"cooling down after a 429 ({-(-stats.cooldown_ms // 1000)}s left)"
+    if stats.breaker == "open":
+        return "circuit breaker open"
+    return None
 
 
 def _order(eligible: list[tuple[int, Target, PlannedCandidate]], strategy: str, state: RoutingState,

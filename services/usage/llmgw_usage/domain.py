@@ -43,7 +43,8 @@ import msgspec
 
 from llmgw_common.leases import lease_member
 from llmgw_common.logs import redact
-from llmgw_common.messages import Attempt, Reservation, ScopeUsage, UsageCurrent, UsageEvent, WindowTotals
+from llmgw_common.messages import (COUNT_TOKENS_ENDPOINT, Attempt, Reservation, ScopeUsage, UsageCurrent, UsageEvent,
+                                   WindowTotals)
 from llmgw_common.structs import strict_struct
 from llmgw_common.windows import (
     KEY_PREFIX,
@@ -477,8 +478,12 @@ def event_amounts(ev: IngestEvent | UsageEvent, now_s: int, rebuild: bool = Fals
 
     An event stamped in the future (a producer's clock ahead of ours) counts
     now: it already used the provider's capacity.
+
+    A count_tokens call is planned, never admitted: it used no capacity and
+    counts in no window (one with a reservation, from an edge before that,
+    still settles it).
     """
-    if not ev.provider:
+    if not ev.provider or (ev.endpoint == COUNT_TOKENS_ENDPOINT and ev.reservation is None):
         return None
     tin, tout = _uint(ev.tokens_in), _uint(ev.tokens_out)
     cost = cost_nano(ev.cost_usd)

@@ -16,6 +16,7 @@ import json
 from typing import Any, AsyncIterator, Mapping
 
 from llmgw_common.failures import FailureKind
+from llmgw_common.messages import COUNT_TOKENS_ENDPOINT
 
 from ..core.errors import GatewayError, UpstreamError, bad_request
 from ..core.gateway import Exchange
@@ -340,15 +341,18 @@ def _tool_choice(choice: Any) -> ToolChoice | None:
 # ---- count_tokens --------------------------------------------------------------------
 
 class CountTokensCodec(AnthropicCodec):
-    """``POST /v1/messages/count_tokens``: routed like every call (the router resolves the model, applies its
-    rules and the key's providers, and admits one provider), asked of that provider when it counts tokens
-    itself (an Anthropic provider: exact, and free there), else answered with our own estimate. Recorded
-    without tokens: nothing is generated. Never a ``proxy-cli`` command, never classified."""
+    """``POST /v1/messages/count_tokens``: planned like every call (the router resolves the model, applies its
+    rules and the key's providers, skips cooling and broken ones) but never admitted: it reserves nothing and
+    counts in no window (a client such as Claude Code asks it often; it must not eat a free tier). Asked of
+    the first provider that counts tokens itself (an Anthropic provider: exact, and free there), else
+    answered with our own estimate. In the request log without tokens: nothing is generated. Never a
+    ``proxy-cli`` command, never classified."""
 
-    endpoint = "messages.count_tokens"
+    endpoint = COUNT_TOKENS_ENDPOINT
 
     def parse(self, raw: bytes, headers: Mapping[str, str], count_only: bool = True) -> Exchange:
         exchange = super().parse(raw, headers, count_only=True)
         exchange.prompt_text = ""
         exchange.answer_here = lambda: json.dumps({"input_tokens": self.estimated_input}).encode()
+        exchange.uses_capacity = False
         return exchange

@@ -30,9 +30,12 @@ from llmgw_common.failures import FailureKind
 from llmgw_common.ids import new_id
 from llmgw_common.leases import lease_member
 from llmgw_common.logs import REQUEST_ID
-from llmgw_common.messages import Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest, UsageEvent
+from llmgw_common.messages import (PLAN_ONLY_ENDPOINT, Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest,
+                                   UsageEvent)
 
 from .errors import GatewayError, UpstreamError
+from .plans import PlanCache
+from .strategies import EdgeLoad, ordered
 from .provider import Provider, RawCall
 from .tokens import needs_exact
 from .types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Meter, Start, StreamEvent,
@@ -86,6 +89,8 @@ class Exchange:
     # a question the gateway answers itself when the admitted provider cannot take it as it is (count_tokens:
     # the estimate); nothing is generated, so no tokens are recorded
     answer_here: Callable[[], bytes] | None = None
+    # False: a question about the prompt (count_tokens) that needs the router's plan only, never capacity
+    uses_capacity: bool = True
     _chat: ChatRequest | None = None
 
     def prompt_tokens(self, exact: bool) -> int:
@@ -122,6 +127,8 @@ class Deps:
     publish: Callable[[UsageEvent], None]  # never blocks
     classify_prompt: Callable[[str, Mapping[str, str]], Awaitable[str | None]] | None = None
     command: Callable[[str], Awaitable[str | None]] | None = None  # proxy-cli: the answer, or None
+    # the caller's current key record (an object that changes when the key does): plans are made per record
+    key_record: Callable[[str | None], object] = lambda _key_id: None
 
 
 @dataclass
@@ -223,6 +230,8 @@ class Gateway:
         self.deps = deps
         # streams being relayed, as admission lease members: their leases are renewed while they run
         self.running: set[str] = set()
+        self.plans = PlanCache()  # routes without limits: the router's plans, reused (plans.py)
+        self.load = EdgeLoad()  # this edge's in flight and latency per provider: strategies on those plans
 
     @property
     def config(self) -> GatewayConfig:
@@ -244,7 +253,7 @@ class Gateway:
             estimated_prompt_tokens=exchange.prompt_tokens(exchange.exact_tokens or needs_exact(self.config)),
             max_tokens=exchange.max_tokens,
             headers=routing_headers(exchange.headers), key_id=exchange.key_id, event_id=outcome.event_id,
-            endpoint="embeddings" if exchange.embedding else "chat",
+            endpoint=_route_endpoint(exchange),
             prompt_class=await self._prompt_class(exchange))
         if exchange.provider is not None:  # a raw call to one provider, admitted under provider/model
             route_request.model = f"{exchange.provider}/{exchange.model}"
@@ -325,7 +334,7 @@ class Gateway:
         last: UpstreamError | None = None
         while self._deadline_left(outcome) > 0:
             try:
-                decision = await self.deps.decide(route_request)
+                decision = await self._decision(exchange, route_request)
             except GatewayError:
                 if last is None:
                     raise  # refused before any attempt: the edge records it with its other refusals (refusals.py)
@@ -340,6 +349,7 @@ class Gateway:
                 return cand, sent, t0
             except UpstreamError as exc:
                 last = exc
+                self.plans.expire(cand.provider)
                 outcome.route_reason += f"; {cand.provider} failed: {exc.kind.value} {exc.status or ''}".rstrip()
                 if not exc.retryable:
                     break
@@ -348,12 +358,40 @@ class Gateway:
         err.recorded = True
         raise err
 
+    async def _decision(self, exchange: Exchange, route_request: RouteRequest) -> RouteDecision:
+        """The router's decision, or a plan it made reusable (a route without limits: no round trip). A
+        failover always asks: the router knows what the failure changed."""
+        if not exchange.uses_capacity or route_request.exclude:
+            return await self.deps.decide(route_request)
+        key_record = self.deps.key_record(route_request.key_id)
+        plan = self.plans.fresh(route_request, key_record)
+        if plan is not None:
+            return ordered(plan, self.load, self.config)
+        generation = self.plans.generation
+        try:
+            decision = await self.deps.decide(route_request)
+        except GatewayError as err:
+            # the control plane is away: a route without limits keeps serving on the plan it had
+            if err.code == "router_unavailable" and (plan := self.plans.stale(route_request, key_record)):
+                return ordered(plan, self.load, self.config)
+            raise
+        self.plans.keep(route_request, key_record, decision, generation)
+        return decision
+
     async def _send_with_retries(self, exchange: Exchange, codec: Codec, cand: Candidate,
                                  outcome: _Outcome) -> tuple[_Sent, float]:
         provider = self.deps.providers.get(cand.provider)
         if provider is None:  # the router knows a provider this edge's config does not (a reload in between)
             raise UpstreamError(503, f"provider {cand.provider} is not configured on this edge",
                                 kind=FailureKind.UNSUPPORTED)
+        self.load.started(cand.provider)  # until its answer is whole or its stream is relayed (_relay)
+        try:
+            return await self._tries(exchange, codec, cand, outcome, provider)
+        finally:
+            self.load.ended(cand.provider)
+
+    async def _tries(self, exchange: Exchange, codec: Codec, cand: Candidate, outcome: _Outcome,
+                     provider: Provider) -> tuple[_Sent, float]:
         retry = self.config.routing.retry
         tries = 0
         t_first = time.perf_counter()
@@ -392,6 +430,10 @@ class Gateway:
                 kind: FailureKind | None = None, retry_after_s: float | None = None, release: bool = False) -> None:
         # a success is news the router can take a moment later, in a batch; a failure (cooldowns, breakers)
         # or the breaker's probe must reach it now
+        if ok and not outcome.exchange.uses_capacity:
+            return  # nothing was admitted and its latency is no model's (count_tokens): only failures are news
+        if ok:
+            self.load.succeeded(cand.provider, latency_ms)
         self.deps.report(AttemptOutcome(
             request_id=outcome.request_id, provider=cand.provider, model=cand.model, ok=ok, status=status,
             latency_ms=latency_ms, retry_after_s=retry_after_s, kind=kind.value if kind else None,
@@ -417,6 +459,8 @@ class Gateway:
         assert sent.stream is not None and meter is not None
         lease = lease_member(outcome.request_id, cand.provider)
         self.running.add(lease)
+        if report:  # a routed stream is in flight while it is relayed
+            self.load.started(cand.provider)
         try:
             async for piece in sent.stream:
                 yield piece
@@ -433,6 +477,8 @@ class Gateway:
             raise
         finally:
             self.running.discard(lease)
+            if report:  # a routed stream: its attempt was in flight until now
+                self.load.ended(cand.provider)
             latency = (time.perf_counter() - t0) * 1000
             ok = status < 400 or status == 499
             outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
@@ -467,6 +513,13 @@ class Gateway:
             yield UsageUpdate(Usage())
 
         return Reply(200, headers, "text/event-stream", stream=codec.render_stream(events()))
+
+
+def _route_endpoint(exchange: Exchange) -> str:
+    """What the router is asked for: capacity for a chat or embeddings request, or only a plan."""
+    if not exchange.uses_capacity:
+        return PLAN_ONLY_ENDPOINT
+    return "embeddings" if exchange.embedding else "chat"
 
 
 def _tag(request_id: str) -> None:
