@@ -171,8 +171,9 @@ class RunnerProcess:
     """``llmgw run`` as a real process (what a user starts), its output in ``log``; can be killed -9."""
 
     def __init__(self, config: Path, state_dir: Path, edge_port: int, ui_port: int, env: dict[str, str],
-                 log: Path):
+                 log: Path, args: tuple[str, ...] = ()):
         self.config, self.state_dir, self.edge_port, self.ui_port = config, state_dir, edge_port, ui_port
+        self.args = args  # more ``llmgw run`` options (``--replicas router=2``)
         self.env = {k: v for k, v in env.items() if k not in ("NATS_URL", "REDIS_URL")}
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -184,7 +185,8 @@ class RunnerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "llmgw_cli.main", "run", "--config", str(self.config), "--state-dir",
-                 str(self.state_dir), "--edge-port", str(self.edge_port), "--ui-port", str(self.ui_port)],
+                 str(self.state_dir), "--edge-port", str(self.edge_port), "--ui-port", str(self.ui_port),
+                 *self.args],
                 env=dict(self.env, PYTHONUNBUFFERED="1"), stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, preexec_fn=ctrl_c_stops)
         deadline = time.monotonic() + ready_timeout
@@ -208,6 +210,13 @@ class RunnerProcess:
             elif "llmgw_cli.main" in cmd:
                 found[cmd.split("llmgw_cli.main", 1)[1].split()[0]] = pid
         return found
+
+    def pids(self, name: str) -> list[int]:
+        """Every process of one part (``router``: each replica; ``nats``, ``redis``)."""
+        marks = {"nats": ("nats-server",), "redis": ("redis-server", "valkey")}.get(name)
+        return [pid for pid, cmd in descendants(self.proc.pid)
+                if (any(m in cmd for m in marks) if marks else
+                    "llmgw_cli.main" in cmd and cmd.split("llmgw_cli.main", 1)[1].split()[0] == name)]
 
     def kill_all(self) -> None:
         """kill -9 the runner and every process below it at once (a crash: nobody stops cleanly)."""

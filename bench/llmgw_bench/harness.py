@@ -165,16 +165,21 @@ def start_demo_provider(children: ChildProcesses, state_dir: Path, port: int) ->
     return upstream
 
 
-def write_gateway_config(path: Path, upstream_port: int) -> None:
+def write_gateway_config(path: Path, upstream_port: int, requests_per_minute: int | None = None) -> None:
+    """The gateway in front of the demo provider; ``requests_per_minute``: a limit on the benchmarked route
+    (so every request is admitted against it), else none."""
+    demo: dict = {
+        "id": "demo",
+        "type": "openai",
+        "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+        "free_tier": True,
+        "models": [{"name": MODEL}],
+    }
+    if requests_per_minute is not None:
+        demo["limits"] = {"requests_per_minute": requests_per_minute}
     data = {
         "version": 1,
-        "providers": [{
-            "id": "demo",
-            "type": "openai",
-            "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-            "free_tier": True,
-            "models": [{"name": MODEL}],
-        }, {
+        "providers": [demo, {
             "id": "demo-anthropic",
             "type": "anthropic",
             "base_url": f"http://127.0.0.1:{upstream_port}",

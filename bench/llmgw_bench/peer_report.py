@@ -29,6 +29,8 @@ class SystemResult:
     cpu_by_process: list[tuple[str, float]] = field(default_factory=list)  # (label, CPU ms / request) at c=10
     memory: list[ProcessMemory] = field(default_factory=list)
     chdb_heap_kib: int | None = None  # what opening chDB adds beyond its library pages (a separate process)
+    redis_per_request: tuple[float, float] | None = None  # (commands, script runs) per request at c=10
+    redis_note: str = ""  # why Redis was not measured, for a system that has one
     note: str = ""
 
     @property
@@ -103,6 +105,21 @@ def cpu_lines(results: list[SystemResult]) -> list[str]:
     return out
 
 
+def redis_lines(results: list[SystemResult]) -> list[str]:
+    """Redis per request during the concurrency-10 run, for the systems that use one (redis_stats.py)."""
+    out = []
+    for r in results:
+        if r.status:
+            continue
+        if r.redis_per_request is not None:
+            commands, scripts = r.redis_per_request
+            out.append(f"- {r.name}: {commands:.2f} commands per request ({scripts:.2f} script runs; "
+                       "commands inside scripts included)")
+        elif r.redis_note:
+            out.append(f"- {r.name}: {r.redis_note}")
+    return out
+
+
 def memory_lines(results: list[SystemResult]) -> list[str]:
     out = []
     for r in results:
@@ -138,6 +155,8 @@ def peers_section(results: list[SystemResult], *, when: dt.datetime, machine: st
         "",
         *cpu_lines(results),
         "",
+        *(["Redis per request (INFO commandstats over the concurrency-10 run; goal < 0.2):", "",
+           *redis_lines(results), ""] if redis_lines(results) else []),
         "Idle RSS per process (VmRSS after the warm-up, before the measured load):",
         "",
         *memory_lines(results),

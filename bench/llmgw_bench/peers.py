@@ -58,6 +58,7 @@ from llmgw_bench.peer_report import (
     mb,
     peers_section,
     peers_table,
+    redis_lines,
     write_peers,
 )
 from llmgw_bench.procfs import (
@@ -69,6 +70,7 @@ from llmgw_bench.procfs import (
     process_memory,
     system_pids,
 )
+from llmgw_bench.redis_stats import gateway_redis_url, read_calls
 from llmgw_bench.streaming import measure_ttfb, percentile
 from llmgw_bench.wrk import run_wrk, write_wrk_script
 from llmgw_cli.infra import free_port
@@ -80,6 +82,9 @@ DEFAULT_STREAM_S = 5
 DEFAULT_WARMUP_S = 5  # the peers warm up longer than the quick run's 2 s: Node's JIT, LiteLLM's 2 workers
 START_TIMEOUT_S = {"LiteLLM": 180, "Portkey": 60, "gateway": GATEWAY_READY_TIMEOUT_S}
 UPSTREAM_KEY = "dummy"
+# the limited gateway row: a limit no run reaches, so every request is admitted against it (issue 20: within
+# 10 % of the unlimited row)
+LIMITED_PER_MINUTE = 1_000_000
 
 
 def litellm_config(upstream_port: int) -> dict:
@@ -128,6 +133,7 @@ class Running:
     proc: subprocess.Popen
     url: str  # chat completions
     headers: dict[str, str]
+    state_dir: Path | None = None  # this gateway's: where ``llmgw run`` says which Redis it started
 
 
 def _wait_answer(url: str, headers: dict[str, str], proc: subprocess.Popen, timeout_s: float, what: str) -> None:
@@ -179,17 +185,21 @@ def start_portkey(children: ChildProcesses, state_dir: Path, portkey_dir: Path, 
     return Running(proc, f"http://127.0.0.1:{port}/v1/chat/completions", portkey_headers(upstream_port))
 
 
-def start_gateway(children: ChildProcesses, state_dir: Path, upstream_port: int, api_key: str | None) -> Running:
-    config = state_dir / "llmgw.yaml"
-    write_gateway_config(config, upstream_port)
+def start_gateway(children: ChildProcesses, state_dir: Path, upstream_port: int, api_key: str | None,
+                  requests_per_minute: int | None = None) -> Running:
+    """``llmgw run`` in a directory of its own (``gateway`` or ``gateway-limited``)."""
+    work = state_dir / ("gateway" if requests_per_minute is None else "gateway-limited")
+    work.mkdir(exist_ok=True)
+    config = work / "llmgw.yaml"
+    write_gateway_config(config, upstream_port, requests_per_minute)
     edge_port, ui_port = free_port(), free_port()
     proc = children.start(
         "gateway",
         [sys.executable, "-m", "llmgw_cli.main", "run", "--config", str(config), "--state-dir",
-         str(state_dir / "state"), "--edge-port", str(edge_port), "--ui-port", str(ui_port)],
-        state_dir / "gateway.log", stop_grace_s=GATEWAY_STOP_GRACE_S)
+         str(work / "state"), "--edge-port", str(edge_port), "--ui-port", str(ui_port)],
+        work / "gateway.log", stop_grace_s=GATEWAY_STOP_GRACE_S)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return Running(proc, f"http://127.0.0.1:{edge_port}/v1/chat/completions", headers)
+    return Running(proc, f"http://127.0.0.1:{edge_port}/v1/chat/completions", headers, state_dir=work / "state")
 
 
 def measure(system: Running, name: str, state_dir: Path, duration_s: int, warmup_s: int, stream_s: int,
@@ -201,6 +211,9 @@ def measure(system: Running, name: str, state_dir: Path, duration_s: int, warmup
         run_wrk(system.url, script, 10, 2, warmup_s, system.headers)
     time.sleep(1)  # let the warm-up's connections close
     pids = system_pids(system.proc.pid)
+    redis_url = gateway_redis_url(system.state_dir) if system.state_dir else None
+    if system.state_dir and not redis_url:
+        result.redis_note = "its Redis could not be found (no runtime.json)"
     result.memory = process_memory(pids)
     if result.chdb_kib:
         result.chdb_heap_kib = chdb_engine_heap_kib()
@@ -209,7 +222,14 @@ def measure(system: Running, name: str, state_dir: Path, duration_s: int, warmup
         pids = system_pids(system.proc.pid) if connections == CPU_LOAD else []
         labels = process_labels(pids)
         before = cpu_ticks(pids)
+        redis_before = read_calls(redis_url) if redis_url and connections == CPU_LOAD else None
         run = run_wrk(system.url, script, connections, threads, duration_s, system.headers)
+        if connections == CPU_LOAD and redis_url:
+            redis_after = read_calls(redis_url)
+            if redis_before is not None and redis_after is not None and run.requests:
+                result.redis_per_request = (redis_after - redis_before).per_request(run.requests)
+            else:
+                result.redis_note = "Redis could not be read"
         if connections == CPU_LOAD:
             pids_after = system_pids(system.proc.pid)
             labels.update(process_labels([pid for pid in pids_after if pid not in labels]))
@@ -263,6 +283,8 @@ def run_peers(args: argparse.Namespace, state_dir: Path, children: ChildProcesse
          lambda: start_portkey(children, state_dir, Path(installs["Portkey"].detail), upstream_port)),
         ("this gateway (usage logging on)", "gateway",
          lambda: start_gateway(children, state_dir, upstream_port, args.api_key)),
+        (f"this gateway, a limit on the route ({LIMITED_PER_MINUTE:,} requests/min)", "gateway",
+         lambda: start_gateway(children, state_dir, upstream_port, args.api_key, LIMITED_PER_MINUTE)),
     ]
     results: list[SystemResult] = []
     for name, key, start in plan:
@@ -294,17 +316,19 @@ def run_peers(args: argparse.Namespace, state_dir: Path, children: ChildProcesse
                             duration_s=duration_s, warmup_s=warmup_s, stream_s=stream_s,
                             elapsed_s=time.monotonic() - started)
     print("\n" + peers_table(results) + "\n\n" + latency_table(results) + "\n")
+    if redis_lines(results):
+        print("Redis per request (c=10):\n" + "\n".join(redis_lines(results)) + "\n")
     output = Path(args.output)
     write_peers(output, section)
     say(f"results written to {output}")
     errors = sum(run.errors for r in results for run in r.wrk.values()) + sum(r.stream_errors for r in results)
     if errors:
         print(f"{errors} requests failed during the runs: see the errors columns", file=sys.stderr)
-    ours = results[-1]
-    if ours.status:
-        print(f"this gateway could not be measured: {ours.status}", file=sys.stderr)
-        return 1
-    return 1 if ours.stream_errors or any(run.errors for run in ours.wrk.values()) else 0
+    ours = [r for (_name, key, _start), r in zip(plan, results) if key == "gateway"]
+    for r in ours:
+        if r.status:
+            print(f"{r.name} could not be measured: {r.status}", file=sys.stderr)
+    return 1 if any(r.status or r.stream_errors or any(run.errors for run in r.wrk.values()) for r in ours) else 0
 
 
 def _cell(text: str) -> str:

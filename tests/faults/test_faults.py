@@ -10,7 +10,14 @@ gateway has recovered (bounded), then:
 - ClickHouse's rows for the scenario's provider == the per-minute rollups (``/api/usage/history``) ==
   the Redis day and hour windows (``/api/usage/current``): the projections agree, nothing counted twice;
 - requests during the outage failed cleanly (a 503 or a refused connection, within the client timeout:
-  never a hang), and the gateway served again within ``RECOVERY_BOUND_S``.
+  never a hang), and the gateway served again within ``RECOVERY_BOUND_S``;
+- on a route without limits, a router, nats-server or Redis outage fails no client request at all (issue 20:
+  the edge serves from its cached plan while the control plane is away);
+- on a route with a limit (``l-<fault>``, paced load beside the unlimited one): no admission past the limit,
+  every refusal a 429 or 503 with ``Retry-After``, every 2xx stored once.
+
+Each part is killed (``kill -9``) and, separately, frozen for ``FREEZE_S`` (``SIGSTOP``: its connections stay
+open, what is sent to it waits), then resumed (``SIGCONT``).
 
 Each scenario routes to a provider of its own (``f-<fault>``, model ``m-<fault>``), so its counts are its
 own. The last scenario kills the runner and all its children at once and starts a new runner on the same
@@ -20,6 +27,7 @@ written as JSON (docs/reliability.md quotes them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -38,7 +46,14 @@ from stacks import RunnerProcess
 
 pytestmark = pytest.mark.integration
 
-FAULTS = ("usage", "router", "edge", "nats", "redis", "runner")
+FROZEN = ("router", "nats", "redis")  # parts frozen (SIGSTOP) for FREEZE_S, then resumed
+FAULTS = ("usage", "router", "edge", "nats", "redis", *(f"{p}-frozen" for p in FROZEN), "runner")
+FREEZE_S = 5.0
+# issue 20: a control-plane outage (router, NATS, Redis) fails no request on a route without limits
+NO_FAILURES = {"usage", "router", "nats", "redis", *(f"{p}-frozen" for p in FROZEN)}
+LIMITED_PER_HOUR = 25  # the limited route's limit: reached around the fault by its paced load
+LIMITED_WORKERS = 2
+LIMITED_PAUSE_S = 0.3
 RECOVERY_BOUND_S = 30.0  # from the kill until requests succeed again and both health endpoints say 200
 CONVERGE_BOUND_S = 30.0  # after the load stops, until ClickHouse and Redis hold every request
 CONCURRENCY = 3
@@ -62,6 +77,12 @@ def _config(upstream: FakeProvider) -> str:
     models:
       - name: m-{fault}
         upstream: demo-chat
+  - id: l-{fault}
+    base_url: {upstream.url}
+    limits: {{requests_per_hour: {LIMITED_PER_HOUR}}}
+    models:
+      - name: l-{fault}
+        upstream: demo-chat
 """ for fault in FAULTS)
     return f"""
 version: 1
@@ -83,19 +104,22 @@ class Result:
     status: int | None  # None: no HTTP answer (connection refused or reset)
     request_id: str | None
     error: str = ""
+    retry_after: str | None = None
 
 
 @dataclass
 class Load:
-    """``CONCURRENCY`` threads sending chat completions with the openai SDK until ``stop``."""
+    """``workers`` threads sending chat completions with the openai SDK until ``stop``, ``pause_s`` apart."""
 
     edge_port: int
     model: str
+    workers: int = CONCURRENCY
+    pause_s: float = 0.0
     results: list[Result] = field(default_factory=list)
 
     def __post_init__(self):
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(CONCURRENCY)]
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.workers)]
 
     def start(self) -> Load:
         for t in self._threads:
@@ -122,11 +146,13 @@ class Load:
                 result = Result(start, time.monotonic(), raw.status_code, raw.headers.get("x-request-id"))
             except openai.APIStatusError as exc:
                 result = Result(start, time.monotonic(), exc.status_code, exc.response.headers.get("x-request-id"),
-                                str(exc.message)[:120])
+                                str(exc.message)[:120], exc.response.headers.get("retry-after"))
             except openai.APIConnectionError as exc:  # refused, reset, or timed out (a hang)
                 result = Result(start, time.monotonic(), None, None, type(exc).__name__)
             self.results.append(result)
-            if result.status != 200:
+            if self.pause_s:
+                self._stop.wait(self.pause_s)
+            elif result.status != 200:
                 time.sleep(0.05)  # a refused connection fails at once: do not spin
 
     def served(self) -> list[Result]:
@@ -224,8 +250,17 @@ def gateway(tmp_path_factory, upstream):
 # ---- one scenario ---------------------------------------------------------------------------------
 
 
-def _kill(gw: Gateway, fault: str) -> float:
-    """kill -9 what the fault names; returns when (monotonic) it was killed."""
+def _kill(gw: Gateway, fault: str, frozen: list[int]) -> float:
+    """kill -9 what the fault names, or freeze it (``<part>-frozen``: every process of the part, resumed
+    ``FREEZE_S`` later by a timer; their pids in ``frozen``); returns when (monotonic) it began."""
+    if fault.endswith("-frozen"):
+        frozen += gw.runner.pids(fault.removesuffix("-frozen"))
+        assert frozen, f"nothing to freeze for {fault}"
+        at = time.monotonic()
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        threading.Timer(FREEZE_S, _thaw, (frozen,)).start()
+        return at
     if fault == "runner":
         at = time.monotonic()
         gw.runner.kill_all()
@@ -235,6 +270,12 @@ def _kill(gw: Gateway, fault: str) -> float:
     at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     return at
+
+
+def _thaw(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def _recover(gw: Gateway, load: Load, killed_at: float) -> float:
@@ -287,14 +328,18 @@ def run_fault(gw: Gateway, fault: str) -> None:
     gw.wait_healthy()
     log_offset = len(gw.runner.output().encode())
     load = Load(gw.runner.edge_port, model).start()
+    limited = Load(gw.runner.edge_port, f"l-{fault}", LIMITED_WORKERS, LIMITED_PAUSE_S).start()
+    frozen: list[int] = []
     try:
         time.sleep(BEFORE_S)
         assert load.served(), "no request served before the fault"
-        killed_at = _kill(gw, fault)
+        killed_at = _kill(gw, fault, frozen)
         recovery_s = _recover(gw, load, killed_at)
-        time.sleep(AFTER_S)
+        time.sleep(max(AFTER_S, killed_at + FREEZE_S + AFTER_S - time.monotonic()) if frozen else AFTER_S)
     finally:
+        _thaw(frozen)
         load.stop()
+        limited.stop()
     served = load.served()
     served_ids = {r.request_id for r in served}
     failed = [r for r in load.results if r.status != 200]
@@ -313,13 +358,15 @@ def run_fault(gw: Gateway, fault: str) -> None:
         "ok_rows_not_served": len(counts["ok_ids"] - served_ids),
         "runner_said": _runner_lines(gw.runner.output(log_offset)),
     }
+    RESULTS[fault]["limited"] = limited_counts = _limited_counts(gw, fault, limited)
     summary = json.dumps(RESULTS[fault])
     assert slowest < CLIENT_TIMEOUT_S, f"a request hung: {summary}"
     assert all(r.status in (None, 503) for r in failed), f"unclean failures: {summary}"
     assert recovery_s <= RECOVERY_BOUND_S, summary
     if fault != "runner":  # only what was killed was restarted: every other part reconnected by itself
         restarted = {line.split("|")[0].strip() for line in RESULTS[fault]["runner_said"] if "restarting in" in line}
-        assert restarted == {fault}, f"restarted: {restarted}: {summary}"
+        assert restarted == (set() if frozen else {fault}), f"restarted: {restarted}: {summary}"
+    _check_limited(limited_counts, summary)
     assert counts["duplicate_ids"] == 0, f"a request counted twice in ClickHouse: {summary}"
     assert served_ids <= counts["ok_ids"], f"served requests missing in ClickHouse: {summary}"
     assert counts["ok_ids"] <= served_ids, f"successful rows the clients never got: {summary}"
@@ -327,6 +374,34 @@ def run_fault(gw: Gateway, fault: str) -> None:
     assert counts["rows"] == counts["redis_day"] == counts["redis_hour"], \
         f"Redis windows disagree with ClickHouse: {summary}"
     assert len(served) == counts["ok_rows"] == counts["redis_day"] - (counts["rows"] - counts["ok_rows"]), summary
+    if fault in NO_FAILURES:  # last: the other checks hold without the edge's plan cache too
+        assert not failed, f"a route without limits failed requests while the control plane was away: {summary}"
+
+
+def _limited_counts(gw: Gateway, fault: str, load: Load) -> dict:
+    """The limited route's scenario: what its clients got, and (converged) what was stored and counted."""
+    served = load.served()
+    served_ids = {r.request_id for r in served}
+    counts = _converge(gw, f"l-{fault}", len(served))
+    refused = [r for r in load.results if r.status != 200]
+    return {"served_2xx": len(served), "refused": len(refused),
+            "refused_statuses": sorted({str(r.status) for r in refused}),
+            "refusals_without_retry_after": sum(1 for r in refused if r.status is not None and not r.retry_after),
+            "window_hour": counts["redis_hour"], "rows": counts["rows"], "ok_rows": counts["ok_rows"],
+            "duplicate_ids": counts["duplicate_ids"],
+            "served_missing_in_clickhouse": len(served_ids - counts["ok_ids"]),
+            "ok_rows_not_served": len(counts["ok_ids"] - served_ids)}
+
+
+def _check_limited(c: dict, summary: str) -> None:
+    """On a limited route: no admission past the limit, clean refusals, every 2xx stored once."""
+    assert c["served_2xx"] <= LIMITED_PER_HOUR and c["window_hour"] <= LIMITED_PER_HOUR, \
+        f"admitted past the limit: {summary}"
+    assert set(c["refused_statuses"]) <= {"None", "429", "503"}, f"unclean refusals (limited): {summary}"
+    assert c["refusals_without_retry_after"] == 0, f"a refusal without Retry-After (limited): {summary}"
+    assert c["duplicate_ids"] == 0 and c["served_missing_in_clickhouse"] == 0 and c["ok_rows_not_served"] == 0, \
+        f"2xx not stored exactly once (limited): {summary}"
+    assert c["window_hour"] == c["rows"], f"the limited route's window disagrees with ClickHouse: {summary}"
 
 
 # ---- the scenarios (in this order: the last one replaces the runner) ------------------------------
@@ -350,6 +425,11 @@ def test_nats_killed(gateway):
 
 def test_redis_killed(gateway):
     run_fault(gateway, "redis")
+
+
+@pytest.mark.parametrize("part", FROZEN)
+def test_frozen(gateway, part):
+    run_fault(gateway, f"{part}-frozen")
 
 
 def test_runner_and_all_children_killed(gateway):

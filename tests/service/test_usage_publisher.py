@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import asyncio
+
 import pytest
 
 from llmgw_cli.infra import NatsServer
@@ -132,3 +134,56 @@ async def test_spill_files_of_every_replica_are_claimed_once(tmp_path):
         got_second = {e.request_id for e in second._claim_spilled()}
         assert got_first == {"r1", "r2", "r3"} and got_second == set()
         assert live.exists()
+
+
+class _WatchedJetStream:
+    """The real JetStream context, watched: which events were published, how many had been published when
+    the first ack arrived, and the first ack of some events lost (stored, but the edge never hears it)."""
+
+    def __init__(self, js, lose_first_ack: set[str]):
+        self._js = js
+        self.published: list[str] = []
+        self.published_at_first_ack: int | None = None
+        self._lose = set(lose_first_ack)
+
+    async def publish_async(self, subject: str, payload: bytes, headers: dict[str, str]):
+        ack = await self._js.publish_async(subject, payload, headers=headers)
+        event_id = headers["Nats-Msg-Id"]
+        self.published.append(event_id)
+        ack.add_done_callback(self._first_ack)
+        if event_id not in self._lose:
+            return ack
+        self._lose.discard(event_id)
+        lost = asyncio.get_running_loop().create_future()
+        ack.add_done_callback(lambda _: lost.set_exception(TimeoutError("ack lost")))
+        return lost
+
+    def _first_ack(self, _ack) -> None:
+        if self.published_at_first_ack is None:
+            self.published_at_first_ack = len(self.published)
+
+
+async def test_events_of_one_loop_turn_go_out_together_each_with_its_own_id_and_a_lost_ack_is_sent_again(
+        tmp_path):
+    server = NatsServer(tmp_path / "nats").start()
+    nc = await connect_nats(server.url, "test-edge")
+    try:
+        js = nc.jetstream()
+        await ensure_usage_stream(js, 3600, 10**8)
+        events = [_event(i) for i in range(50)]
+        watched = _WatchedJetStream(js, lose_first_ack={events[7].id, events[30].id})
+        publisher = UsagePublisher(watched, tmp_path / "spill", "edge-a")
+        await publisher.start()
+        for e in events:  # one event-loop turn, as under load
+            publisher.submit(e)
+        await wait_until(lambda: publisher.published == 50)
+        # one batch: every event was published before any ack came back (acks awaited together)
+        assert watched.published_at_first_ack == 50
+        # each with its own Nats-Msg-Id; the two whose ack was lost were sent again, alone, with the same id
+        assert watched.published[:50] == [e.id for e in events]
+        assert sorted(watched.published[50:]) == sorted([events[7].id, events[30].id])
+        assert await _stream_count(js) == 50  # stored once each (JetStream's duplicate window)
+        await publisher.stop()
+    finally:
+        await nc.close()
+        server.stop()

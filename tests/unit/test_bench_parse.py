@@ -424,3 +424,56 @@ def test_install_failure_reason_is_short():
     assert peer_install._last_error(pip_output) == (
         "ERROR: Could not find a version that satisfies the requirement litellm[proxy]==9.9 "
         "ERROR: No matching distribution found for litellm[proxy]==9.9")
+
+
+# ---------------------------------------------------------------- make bench: Redis per request, the limited row
+
+from llmgw_bench import redis_stats  # noqa: E402
+
+
+def test_redis_commands_are_summed_without_the_measurements_own():
+    before = redis_stats.calls_of({"cmdstat_evalsha": {"calls": 10, "usec": 5}, "cmdstat_hincrby": {"calls": 40},
+                                   "cmdstat_info": {"calls": 3}})
+    after = redis_stats.calls_of({"cmdstat_evalsha": {"calls": 30}, "cmdstat_hincrby": {"calls": 120},
+                                  "cmdstat_zadd": {"calls": 5}, "cmdstat_info": {"calls": 9},
+                                  "cmdstat_eval_ro": {"calls": 2}})
+    assert before == redis_stats.RedisCalls(commands=50, scripts=10)
+    assert after - before == redis_stats.RedisCalls(commands=107, scripts=22)
+    assert (after - before).per_request(100) == (1.07, 0.22)
+
+
+def test_gateway_redis_url_comes_from_the_runners_runtime_file(tmp_path):
+    assert redis_stats.gateway_redis_url(tmp_path) is None
+    (tmp_path / "runtime.json").write_text('{"redis_url": "redis://127.0.0.1:40001/0", "pid": 1}')
+    assert redis_stats.gateway_redis_url(tmp_path) == "redis://127.0.0.1:40001/0"
+
+
+def test_redis_lines_in_the_peers_section(tmp_path):
+    results = _peer_results()
+    results[-1].redis_per_request = (12.5, 1.02)
+    limited = peer_report.SystemResult("this gateway, a limit on the route (1,000,000 requests/min)",
+                                       wrk={10: _wrk(880, 9.8)}, redis_note="Redis could not be read")
+    results.append(limited)
+    assert peer_report.redis_lines(results) == [
+        "- this gateway (usage logging on): 12.50 commands per request (1.02 script runs; commands inside "
+        "scripts included)",
+        "- this gateway, a limit on the route (1,000,000 requests/min): Redis could not be read"]
+    section = peer_report.peers_section(results, when=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
+                                        machine="2 CPUs", load_after="1.00", duration_s=8, warmup_s=5, stream_s=5,
+                                        elapsed_s=300)
+    assert "Redis per request (INFO commandstats over the concurrency-10 run; goal < 0.2):" in section
+    assert "| this gateway, a limit on the route (1,000,000 requests/min) | — | 880 |" in section
+    # a run without a gateway measured (none of its rows) says nothing about Redis
+    assert "Redis per request" not in peer_report.peers_section(
+        results[:1], when=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc), machine="2 CPUs", load_after="1.00",
+        duration_s=8, warmup_s=5, stream_s=5, elapsed_s=300)
+
+
+def test_limited_gateway_config_puts_the_limit_on_the_benchmarked_route(tmp_path):
+    path = tmp_path / "llmgw.yaml"
+    harness.write_gateway_config(path, 18123, requests_per_minute=peers.LIMITED_PER_MINUTE)
+    config = load_config(path)
+    assert config.provider("demo").limits.requests_per_minute == 1_000_000
+    assert config.provider("demo-anthropic").limits.requests_per_minute is None
+    harness.write_gateway_config(path, 18123)
+    assert load_config(path).provider("demo").limits.requests_per_minute is None

@@ -77,6 +77,21 @@ class RouteRequest(Message):
     endpoint: str = "chat"  # chat | embeddings | plan (PLAN_ONLY_ENDPOINT): what the client asked for
 
 
+class AdmissionGiveUp(BaseModel):
+    """A routing question the edge gave up on (no answer in time, the router's error, its client gone)."""
+
+    request_id: str
+    attempt: int = 0  # the providers it excluded: RouteRequest.exclude's length
+
+
+class AdmissionGiveUps(Message):
+    """Questions the edge gave up on, sent together: the router releases whatever it admits, or already
+    admitted, for each (llmgw_router.store.GIVE_UP_LUA)."""
+
+    items: list[AdmissionGiveUp] = Field(default_factory=list, max_length=1000)
+    released: int | None = None  # in the router's reply: how many admissions were released
+
+
 class Reservation(BaseModel):
     """What admission counted in the live windows ahead of the real usage (reconciled later)."""
 

@@ -23,6 +23,9 @@ ROUTER_OUTCOME = "llmgw.router.outcome"
 ROUTER_OUTCOMES = "llmgw.router.outcomes"
 # the edge's streams still running: their admission leases are extended (plain publish, queue group "router")
 ROUTER_LEASE_RENEW = "llmgw.router.lease.renew"
+# the edge gave up on a routing question: a router releases its admission (request/reply, queue group "router":
+# the edge asks again until one confirms)
+ROUTER_GIVE_UP = "llmgw.router.giveup"
 
 # pricing (request/reply, queue group "pricing")
 PRICING_LOOKUP = "llmgw.pricing.lookup"

@@ -53,6 +53,7 @@ from .core.errors import GatewayError
 from .core.gateway import Deps, Gateway, Reply
 from .core.plans import PlanCache
 from .core.prompt_class import classify
+from .give_ups import GiveUps
 from .lease_renewal import renew_leases
 from .outcomes import outcome_reporter
 from .providers import build_provider
@@ -91,6 +92,7 @@ class Edge:
         self.providers: dict[str, Any] = {}
         self.classifier: ModelClassifier | None = None
         self.refusals = RefusalRecorder(publish)  # requests refused before any provider, as usage events
+        self.give_ups = GiveUps(nc, lambda: self.config.routing.lease_s)  # questions the router must release
         self._retired: set[asyncio.Task] = set()
         self.gateway = Gateway(Deps(config=self.config, providers=self.providers, decide=self._decide,
                                     report=outcome_reporter(nc), publish=publish,
@@ -131,6 +133,7 @@ class Edge:
     async def close(self) -> None:
         for task in list(self._retired):
             task.cancel()
+        await self.give_ups.close()  # undelivered give-ups: their admissions end with their leases
         for provider in self.providers.values():
             await provider.close()
 
@@ -139,7 +142,8 @@ class Edge:
         return self.keys.authenticate(request.headers, request.client.host if request.client else "unknown")
 
     async def _decide(self, route_request):
-        return await router_client.decide(self.nc, route_request, self.config.routing.decide_timeout_s)
+        return await router_client.decide(self.nc, route_request, self.config.routing.decide_timeout_s,
+                                          self.give_ups.send)
 
     async def _ask_self(self, body: bytes) -> bytes | None:
         """The classifier's question, through this gateway in-process: routed and counted, no HTTP."""

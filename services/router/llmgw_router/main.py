@@ -18,9 +18,9 @@ from llmgw_common import metrics, service, subjects, tracing
 from llmgw_common.config import GatewayConfig, load_config_or_default
 from llmgw_common.keys import KeyMirror
 from llmgw_common.logs import REQUEST_ID
-from llmgw_common.messages import (AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal, PinCommand, PriceKey,
-                                   PLAN_ONLY_ENDPOINT, PriceList, PriceLookup, RouteDecision, RouteRequest,
-                                   RouterState, RouterStateQuery, Skipped, SmartCommand)
+from llmgw_common.messages import (AdmissionGiveUps, AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal,
+                                   PinCommand, PLAN_ONLY_ENDPOINT, PriceKey, PriceList, PriceLookup, RouteDecision,
+                                   RouteRequest, RouterState, RouterStateQuery, Skipped, SmartCommand)
 from llmgw_common.nats_conn import request
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.service import ServiceError, ServiceRuntime
@@ -107,6 +107,9 @@ class Router:
         for i in range(first):
             decision.skipped.append(Skipped(provider=p.ordered[i].candidate.provider,
                                             reason=admission.reasons.get(i, "not admitted")))
+        if admission.given_up:  # nobody waits for this answer any more
+            decision.error = ErrorInfo(status=503, code="router_unavailable", message="the edge gave up on it")
+            return decision
         if admission.index is None:
             message, wait = refusal(route_request.model, decision.skipped)
             decision.error = ErrorInfo(status=429, code="rate_limit_exceeded", message=message, retry_after_s=wait)
@@ -136,6 +139,16 @@ class Router:
             message, wait = refusal(route_request.model, decision.skipped)
             decision.error = ErrorInfo(status=429, code="rate_limit_exceeded", message=message, retry_after_s=wait)
         return decision
+
+    async def give_up(self, give_ups: AdmissionGiveUps) -> AdmissionGiveUps:
+        """The edge will not use the answers to these questions: release them (store.GIVE_UP_LUA). The edge
+        asks until a router confirms, so a Redis failure is an error reply (the endpoint's), never silence."""
+        give_ups.released = await self.store.give_up([(q.request_id, q.attempt) for q in give_ups.items],
+                                                     self.now_ms(), self.config.routing.lease_s)
+        if give_ups.released:
+            log.info("released %d admissions of %d routing questions their edge gave up on", give_ups.released,
+                     len(give_ups.items))
+        return give_ups
 
     # ---- health, pin, smart ----------------------------------------------
 
@@ -294,6 +307,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     # each decision in its own task (each waits on Redis); a Redis outage is a prompt 503, never a timeout
     runtime.endpoint("decide", subjects.ROUTER_DECIDE, RouteRequest, router.decide, concurrent=True,
                      span="llmgw.router.decide", observe=router.observe_decision,
+                     failure=ServiceError(503, "router cannot reach its shared state"))
+    runtime.endpoint("giveup", subjects.ROUTER_GIVE_UP, AdmissionGiveUps, router.give_up, concurrent=True,
                      failure=ServiceError(503, "router cannot reach its shared state"))
     runtime.endpoint("state", subjects.ROUTER_STATE, RouterStateQuery, router.handle_state)
     runtime.endpoint("pin", subjects.ROUTER_PIN, PinCommand, router.handle_pin)

@@ -51,7 +51,11 @@ local function read_windows(i)
 end
 """
 
-ADMIT_LUA = _LUA_WINDOWS + """
+# the answer key of a question its edge gave up on: never admitted, whenever it arrives
+GIVEN_UP = "!given-up"
+_LUA_GIVEN_UP = f"local GIVEN_UP = '{GIVEN_UP}'\n"
+
+ADMIT_LUA = _LUA_WINDOWS + _LUA_GIVEN_UP + """
 local now_ms = tonumber(ARGV[1])
 local now = math.floor(now_ms / 1000)
 local rid = ARGV[2]
@@ -74,6 +78,9 @@ local n = tonumber(ARGV[i]); i = i + 1
 local out = {0, 0}  -- the admitted candidate (0: none), whether it is the breaker's probe, then the reasons
 if answer_key ~= '' then
   local earlier = redis.call('GET', answer_key)
+  if earlier == GIVEN_UP then  -- the edge gave up on this question before it got here (GIVE_UP_LUA)
+    return {-2}
+  end
   if earlier then
     return {-1, earlier}
   end
@@ -237,7 +244,8 @@ for c = 1, n do
       local member = rid .. ':' .. provider
       local lease = '$LEASE_PREFIX' .. member
       redis.call('HSET', lease, 'event', lease_event, 'rid', rid, 'provider', provider, 'model_scope', scopes[2],
-                 'key_scope', key_scope, 'at', now, 'tin', est_in, 'tout', est_out, 'cost', est_cost)
+                 'key_scope', key_scope, 'at', now, 'tin', est_in, 'tout', est_out, 'cost', est_cost,
+                 'scope', scopes[1], 'month', month_key)  -- scope, month: what a give-up releases
       redis.call('PEXPIREAT', lease, now_ms + lease_ttl_ms + 86400000)  -- a backstop: the reaper takes it first
       redis.call('ZADD', '$LEASES', now_ms + lease_ttl_ms, member)
     end
@@ -333,6 +341,53 @@ if was_probe then redis.call('DEL', probe_key) end
 return 'released'
 """
 
+# The edge gave up on a question (request id, attempt): it will never use the answer. In one atomic step:
+# the question's answer key becomes GIVEN_UP (a copy still on its way is refused when it arrives), and an
+# admission already made for it (the answer was lost, or came too late) is released: its reservation leaves
+# the windows and the month, its lease ends (the reaper never bills it), its in-flight mark and probe go.
+# ARGV: now ms, answer key, request id, how long the mark lasts (ms), then the windows. Returns 1 when it
+# released an admission.
+GIVE_UP_LUA = _LUA_WINDOWS + _LUA_GIVEN_UP + """
+local now_ms = tonumber(ARGV[1])
+local now = math.floor(now_ms / 1000)
+local answer_key, rid, mark_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local wins = read_windows(5)
+local provider = redis.call('GET', answer_key)
+redis.call('SET', answer_key, GIVEN_UP, 'PX', mark_ms)
+if not provider or provider == GIVEN_UP then return 0 end
+local member = rid .. ':' .. provider
+if redis.call('ZREM', '$LEASES', member) == 0 then return 0 end  -- settled or reaped already
+local lease = '$LEASE_PREFIX' .. member
+local f = redis.call('HMGET', lease, 'scope', 'model_scope', 'key_scope', 'month', 'at', 'tin', 'tout', 'cost')
+redis.call('DEL', lease)
+redis.call('ZREM', '$INFLIGHT_PREFIX' .. provider, rid)
+if redis.call('GET', '$PROBE_PREFIX' .. provider) == rid then redis.call('DEL', '$PROBE_PREFIX' .. provider) end
+local at, tin, tout, cost = tonumber(f[5]), tonumber(f[6]), tonumber(f[7]), tonumber(f[8])
+local month_key = f[4] or ''
+if month_key ~= '' and redis.call('EXISTS', month_key) == 1 then
+  redis.call('HINCRBY', month_key, 'req', -1)
+  redis.call('HINCRBY', month_key, 'tin', 0 - tin)
+  redis.call('HINCRBY', month_key, 'tout', 0 - tout)
+  redis.call('HINCRBY', month_key, 'cost', 0 - cost)
+end
+for _, scope in ipairs({f[1] or '', f[2] or '', f[3] or ''}) do
+  if scope ~= '' then
+    for w = 1, #wins do
+      local seconds, bucket = wins[w][2], wins[w][3]
+      local start = at - (at % bucket)
+      if start + seconds + bucket > now then  -- a window still sums it (else it has expired)
+        local key = '$WINDOW_PREFIX' .. scope .. ':' .. bucket .. ':' .. start
+        redis.call('HINCRBY', key, 'req', -1)
+        redis.call('HINCRBY', key, 'tin', 0 - tin)
+        redis.call('HINCRBY', key, 'tout', 0 - tout)
+        redis.call('HINCRBY', key, 'cost', 0 - cost)
+      end
+    end
+  end
+end
+return 1
+"""
+
 STATS_LUA = """
 local now_ms = tonumber(ARGV[1])
 local stale = tonumber(ARGV[2])
@@ -385,6 +440,7 @@ class Admission:
     reasons: dict[int, str]  # position -> why it was not admitted
     reservation: Reservation | None
     probe: bool = False  # the half-open breaker's probe
+    given_up: bool = False  # its edge gave up on the question first: nothing admitted, nobody to answer
 
 
 class RoutingStore:
@@ -393,6 +449,7 @@ class RoutingStore:
         self._admit = redis.register_script(redis_keys.lua(ADMIT_LUA))
         self._outcome = redis.register_script(redis_keys.lua(OUTCOME_LUA))
         self._stats = redis.register_script(redis_keys.lua(STATS_LUA))
+        self._give_up = redis.register_script(redis_keys.lua(GIVE_UP_LUA))
 
     async def admit(self, ordered: list[PlannedCandidate], request_id: str, now_ms: int,
                     key: KeyRecord | None = None, budget_tz: str = "UTC", event_id: str | None = None,
@@ -416,6 +473,8 @@ class RoutingStore:
                 args += _limit_args(limits)
         args.append(PROBE_TTL_MS)
         out = await self._admit(keys=[SCOPES_KEY], args=args)
+        if int(out[0]) == -2:
+            return Admission(None, {}, None, given_up=True)
         if int(out[0]) == -1:
             return await self._earlier_admission(ordered, request_id, str(out[1]))
         admitted, probe = int(out[0]), int(out[1]) == 1
@@ -427,6 +486,17 @@ class RoutingStore:
                                   tokens_in=pc.est_tokens_in, tokens_out=pc.est_tokens_out,
                                   cost_nano=usd_to_nano(pc.est_cost), key_id=key.id if key else None)
         return Admission(admitted - 1, reasons, reservation, probe)
+
+    async def give_up(self, questions: list[tuple[str, int]], now_ms: int, mark_s: float) -> int:
+        """The edge gave up on these questions, (request id, attempt) each (GIVE_UP_LUA, pipelined: one
+        round trip); how many admissions already made for them were released."""
+        mark_ms = max(int(mark_s * 1000), 1000)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request_id, attempt in questions:
+                await self._give_up(keys=[], args=[now_ms, f"{ANSWER_PREFIX}{request_id}:{attempt}", request_id,
+                                                   mark_ms, *_WINDOW_ARGS], client=pipe)
+            out = await pipe.execute()
+        return sum(int(x) for x in out)
 
     async def _earlier_admission(self, ordered: list[PlannedCandidate], request_id: str,
                                  provider: str) -> Admission:
