@@ -14,6 +14,7 @@ import stat
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -33,11 +34,12 @@ from llmgw_common.admin_auth import (
     token_path,
 )
 from llmgw_common.brute_force import ADMIN_REALM, FAILURES_ALLOWED, FailureLimiter, SharedFailureLimiter
+from llmgw_cli.infra import NatsServer
 from llmgw_common.keys import key_id_of
 from llmgw_common.nats_conn import connect_nats
 from llmgw_ui_api.auth import LOGIN_PATH, LOGOUT_PATH, OPEN_PATHS
 from llmgw_ui_api.main import UiApiSettings, create_app
-from stacks import running_stack, wait_for
+from stacks import running_stack, wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -334,6 +336,32 @@ async def test_two_replicas_share_sessions_and_failure_counts(infra, tmp_path):
             for ui in (guess_a, guess_b):
                 _refused(await ui.get("/api/keys", headers={"authorization": "Bearer guess-again-000000000"}), 429,
                          "too_many_failed_auth")
+
+
+async def test_with_nats_away_a_session_cookie_gets_a_503_and_sessions_outlive_a_nats_restart(infra, tmp_path):
+    server = NatsServer(tmp_path / "nats").start()  # its own: stopped and started again here
+    try:
+        own = SimpleNamespace(nats_url=server.url, redis_url=infra.redis_url)
+        async with _app(own, tmp_path) as app, _client(app, "10.4.0.1") as ui:
+            csrf = {CSRF_HEADER: "1"}
+            sid, _ = _session_cookie(await ui.post("/api/login", json={"token": ADMIN_TOKEN}, headers=csrf))
+            ui.cookies.clear()
+            cookie = {"cookie": f"{SESSION_COOKIE}={sid}"}
+            assert (await ui.get("/api/session", headers=cookie)).status_code == 200
+            server.stop()
+            refused = await ui.get("/api/session", headers=cookie)
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "sessions_unavailable"
+            login = await ui.post("/api/login", json={"token": ADMIN_TOKEN}, headers=csrf)
+            assert login.status_code == 503 and set(login.json()) == {"error"}
+            assert (await ui.get("/api/session", headers=ADMIN_HEADERS)).status_code == 200  # bearer: no NATS
+            server.start()  # same store: the session is still there
+            await wait_until(lambda: _status(ui.get("/api/session", headers=cookie), 200), timeout=30)
+    finally:
+        server.stop()
+
+
+async def _status(response, status: int) -> bool:
+    return (await response).status_code == status
 
 
 async def test_a_generated_token_is_logged_by_where_it_is_never_by_value(infra, tmp_path, caplog):
