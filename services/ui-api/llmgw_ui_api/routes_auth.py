@@ -72,8 +72,8 @@ async def login(request: Request, body: LoginBody):
     try:
         session_id, session = await auth.sessions.create(role)
     except SessionStoreUnavailable:
-        raise HTTPException(503, "no login session can be created right now (their store, NATS, does not "
-                                 "answer); try again, or use the token as a bearer token") from None
+        raise HTTPException(503, "no login session can be stored right now (NATS does not answer, or the session "
+                                 "bucket is full); try again, or use the token as a bearer token") from None
     response = JSONResponse({"role": role, "via": "session", "expires_at": _iso(session.expires_at),
                              "csrf_header": CSRF_HEADER})
     response.set_cookie(SESSION_COOKIE, session_id, max_age=int(auth.sessions.ttl_s), path=SESSION_COOKIE_PATH,
