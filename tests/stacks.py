@@ -17,6 +17,8 @@ from llmgw_cli.runner import Stack
 @contextlib.contextmanager
 def running_stack(root: Path, config_text: str, env: dict[str, str], replicas: dict[str, int] | None = None):
     """Every service as a child process (what ``llmgw run`` starts) against the test's NATS and Redis."""
+    if env.get("REDIS_URL"):
+        clear_failed_auth(env["REDIS_URL"])
     config = root / "llmgw.yaml"
     config.write_text(config_text)
     stack = Stack(config, root / "state", edge_port=free_port(), ui_port=free_port(), env=env,
@@ -115,6 +117,19 @@ def clear_router_health(redis_url: str) -> None:
                     k.PIN, k.SMART):
         for key in r.scan_iter(pattern):
             r.delete(key)
+    r.close()
+
+
+def clear_failed_auth(redis_url: str) -> None:
+    """Failed credential checks are counted per address in Redis, shared by every gateway on it: every test
+    client is 127.0.0.1, so a stack starts without the blocks an earlier test's guessing left there."""
+    import redis
+
+    from llmgw_common import redis_keys as k
+
+    r = redis.Redis.from_url(redis_url)
+    for key in r.scan_iter(k.AUTH_FAILURES_PREFIX + "*"):
+        r.delete(key)
     r.close()
 
 

@@ -7,10 +7,14 @@ edge."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import stat
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -24,15 +28,18 @@ from llmgw_common.admin_auth import (
     SESSION_COOKIE,
     AdminCredentials,
     AdminTokenError,
+    SESSIONS_BUCKET,
     SessionStore,
     ensure_admin_token,
     token_path,
 )
-from llmgw_common.brute_force import FAILURES_ALLOWED, FailureLimiter
+from llmgw_common.brute_force import ADMIN_REALM, FAILURES_ALLOWED, FailureLimiter, SharedFailureLimiter
+from llmgw_cli.infra import NatsServer
 from llmgw_common.keys import key_id_of
+from llmgw_common.nats_conn import connect_nats
 from llmgw_ui_api.auth import LOGIN_PATH, LOGOUT_PATH, OPEN_PATHS
 from llmgw_ui_api.main import UiApiSettings, create_app
-from stacks import running_stack, wait_for
+from stacks import running_stack, wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,15 +96,27 @@ def test_credentials_roles_and_the_two_files(tmp_path):
         AdminCredentials.load(tmp_path, environ={ADMIN_TOKEN_ENV: "y" * 20, "LLMGW_ADMIN_READONLY_TOKEN": "y" * 20})
 
 
-def test_sessions_expire_and_are_bounded():
-    store = SessionStore(ttl_s=100, max_sessions=3)
-    sid, session = store.create("readonly", now=1000)
-    assert store.get(sid, now=1099).role == "readonly" and session.expires_at == 1100
-    assert store.get(sid, now=1100) is None and store.get("nope", now=1000) is None
-    ids = [store.create("admin", now=1000 + i)[0] for i in range(4)]
-    assert len(store) == 3 and store.get(ids[0], now=1010) is None and store.get(ids[-1], now=1010)
-    store.drop(ids[-1])
-    assert store.get(ids[-1], now=1010) is None
+async def test_sessions_are_kept_hashed_in_the_shared_bucket_and_expire(infra):
+    nc = await connect_nats(infra.nats_url, "test-sessions")
+    try:
+        store = await SessionStore.open(nc.jetstream(), ttl_s=100)
+        store.clock = lambda: 1000.0
+        sid, session = await store.create("readonly")
+        assert session.expires_at == 1100 and (await store.get(sid)).role == "readonly"
+        # the bucket holds the id's SHA-256 with the role and the expiry, never the id
+        kv = await nc.jetstream().key_value(SESSIONS_BUCKET)
+        entry = await kv.get(hashlib.sha256(sid.encode()).hexdigest())
+        assert json.loads(entry.value) == {"role": "readonly", "expires_at": 1100}
+        assert sid not in [*(await kv.keys()), entry.value.decode()]
+        store.clock = lambda: 1099.0
+        assert (await store.get(sid)).role == "readonly"
+        store.clock = lambda: 1100.0
+        assert await store.get(sid) is None and await store.get("nope") is None and await store.get("") is None
+        store.clock = lambda: 1000.0
+        await store.drop(sid)
+        assert await store.get(sid) is None
+    finally:
+        await nc.close()
 
 
 def test_failed_attempts_are_limited_per_address():
@@ -165,7 +184,8 @@ async def test_every_route_needs_a_credential_and_the_read_only_one_only_reads(i
                 path = _path(route)
                 _refused(await anonymous.request(method, path, json={}), 401, "unauthorized")
                 _refused(await wrong.request(method, path, json={}), 401, "unauthorized")
-                app.state.admin_auth.limiter = FailureLimiter()  # more routes than wrong tokens allowed a minute
+                # more routes than wrong tokens allowed a minute
+                app.state.admin_auth.limiter = SharedFailureLimiter(ADMIN_REALM, allowed=10_000)
                 resp = await viewer.request(method, path, json={})
                 if method in WRITES and route.path != LOGOUT_PATH:
                     _refused(resp, 403, "read_only")
@@ -277,6 +297,71 @@ async def test_guessing_is_slow(infra, tmp_path):
         for _ in range(FAILURES_ALLOWED):
             await other.post("/api/login", json={"token": "g" * 30}, headers=csrf)
         _refused(await other.get("/api/session", headers=ADMIN_HEADERS), 429)
+
+
+async def test_two_replicas_share_sessions_and_failure_counts(infra, tmp_path):
+    """Two ui-api replicas on one NATS and one Redis (behind one proxy, as in a cluster): a login on one is
+    valid on the other, a logout on the other ends it on the first, a session past its lifetime is refused
+    by both; wrong tokens are counted across both."""
+    async with _app(infra, tmp_path / "a") as a, _app(infra, tmp_path / "b") as b, \
+            _client(a, "10.3.0.1") as on_a, _client(b, "10.3.0.1") as on_b:
+        csrf = {CSRF_HEADER: "1"}
+        sid, _ = _session_cookie(await on_a.post("/api/login", json={"token": ADMIN_TOKEN}, headers=csrf))
+        on_a.cookies.clear()
+        cookie = {"cookie": f"{SESSION_COOKIE}={sid}"}
+        seen = (await on_b.get("/api/session", headers=cookie)).json()
+        assert seen["role"] == "admin" and seen["via"] == "session" and seen["expires_at"]
+        assert (await on_b.get("/api/keys", headers=cookie)).status_code == 200
+        out = await on_b.post(LOGOUT_PATH, headers={**cookie, **csrf})
+        assert out.json() == {"logged_out": True}
+        _refused(await on_a.get("/api/session", headers=cookie), 401, "unauthorized")
+        _refused(await on_b.get("/api/session", headers=cookie), 401, "unauthorized")
+
+        # a session past its lifetime: refused by both replicas
+        sid, _ = _session_cookie(await on_b.post("/api/login", json={"token": READONLY_TOKEN}, headers=csrf))
+        on_b.cookies.clear()
+        cookie = {"cookie": f"{SESSION_COOKIE}={sid}"}
+        assert (await on_a.get("/api/session", headers=cookie)).json()["role"] == "readonly"
+        for app in (a, b):
+            sessions = app.state.admin_auth.sessions
+            sessions.clock = lambda ttl=sessions.ttl_s: time.time() + ttl + 1
+        _refused(await on_a.get("/api/session", headers=cookie), 401, "unauthorized")
+        _refused(await on_b.get("/api/session", headers=cookie), 401, "unauthorized")
+
+        # wrong tokens from one address, alternating between the replicas: blocked after FAILURES_ALLOWED
+        async with _client(a, "10.3.0.2") as guess_a, _client(b, "10.3.0.2") as guess_b:
+            for i in range(FAILURES_ALLOWED):
+                _refused(await (guess_a, guess_b)[i % 2].get("/api/keys", headers={
+                    "authorization": f"Bearer guess-{i:020d}"}), 401)
+            for ui in (guess_a, guess_b):
+                _refused(await ui.get("/api/keys", headers={"authorization": "Bearer guess-again-000000000"}), 429,
+                         "too_many_failed_auth")
+
+
+async def test_with_nats_away_a_session_cookie_gets_a_503_and_sessions_outlive_a_nats_restart(infra, tmp_path):
+    server = NatsServer(tmp_path / "nats").start()  # its own: stopped and started again here
+    try:
+        own = SimpleNamespace(nats_url=server.url, redis_url=infra.redis_url)
+        async with _app(own, tmp_path) as app, _client(app, "10.4.0.1") as ui:
+            csrf = {CSRF_HEADER: "1"}
+            sid, _ = _session_cookie(await ui.post("/api/login", json={"token": ADMIN_TOKEN}, headers=csrf))
+            ui.cookies.clear()
+            cookie = {"cookie": f"{SESSION_COOKIE}={sid}"}
+            assert (await ui.get("/api/session", headers=cookie)).status_code == 200
+            server.stop()
+            refused = await ui.get("/api/session", headers=cookie)
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "sessions_unavailable"
+            login = await ui.post("/api/login", json={"token": ADMIN_TOKEN}, headers=csrf)
+            assert login.status_code == 503 and set(login.json()) == {"error"}
+            assert (await ui.get("/api/session", headers=ADMIN_HEADERS)).status_code == 200  # bearer: no NATS
+            server.start()  # same store: the session is still there
+            await wait_until(lambda: _status(ui.get("/api/session", headers=cookie), 200), timeout=30)
+    finally:
+        server.stop()
+
+
+async def _status(response, status: int) -> bool:
+    return (await response).status_code == status
 
 
 async def test_a_generated_token_is_logged_by_where_it_is_never_by_value(infra, tmp_path, caplog):

@@ -26,10 +26,12 @@ from llmgw_cli.main import main as cli_main
 from llmgw_common.keys import (KeyLimits, KeyRecord, KeyStore, display_prefix, key_id_of, new_key_id, new_secret,
                                parse_budget, secret_hash)
 from llmgw_common.nats_conn import connect_nats
-from llmgw_common.brute_force import FailureLimiter
+from llmgw_common.brute_force import FAILURES_ALLOWED, KEY_REALM, FailureLimiter, SharedFailureLimiter, failures_key
+from llmgw_common.redis_conn import connect_redis
 from llmgw_edge.auth import KeyCache, presented_key
 from llmgw_edge.core.errors import GatewayError
-from stacks import running_stack, wait_for
+from llmgw_edge.main import EdgeSettings, create_app as create_edge
+from stacks import clear_failed_auth, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -82,28 +84,81 @@ async def test_the_edge_cache_follows_the_store_within_a_second(tmp_path):
     try:
         cache = KeyCache()
         await cache.start(nc.jetstream())
-        assert not cache.enforcing and cache.authenticate({}, "a") is None  # no keys: open
+        assert not cache.enforcing and await cache.authenticate({}, "a") is None  # no keys: open
         store = await KeyStore.open(nc.jetstream())
         record, secret = await store.create("team-a", limits=KeyLimits(requests_per_minute=5))
         await _until(lambda: cache.enforcing, 1.0)
-        assert cache.authenticate({"authorization": f"Bearer {secret}"}, "a").id == record.id
+        assert (await cache.authenticate({"authorization": f"Bearer {secret}"}, "a")).id == record.id
         with pytest.raises(GatewayError) as err:
-            cache.authenticate({}, "a")
+            await cache.authenticate({}, "a")
         assert err.value.status == 401
         _, rotated = await store.rotate(record.id)
         await _until(lambda: cache.records[record.id].hash == secret_hash(rotated), 1.0)
         with pytest.raises(GatewayError):
-            cache.authenticate({"x-api-key": secret}, "b")  # the old secret no longer works
+            await cache.authenticate({"x-api-key": secret}, "b")  # the old secret no longer works
         await store.revoke(record.id)
         await _until(lambda: cache.records[record.id].revoked_at is not None, 1.0)
         with pytest.raises(GatewayError):
-            cache.authenticate({"x-api-key": rotated}, "c")
+            await cache.authenticate({"x-api-key": rotated}, "c")
         assert cache.enforcing  # a revoked key still means keys are required
         assert [r.id for r in await store.list()] == [record.id]
         await cache.stop()
     finally:
         await nc.close()
         server.stop()
+
+
+async def test_failed_checks_are_counted_across_edge_replicas(infra, tmp_path):
+    """Two edges on one Redis: bad keys from one address, alternating between them, are refused as blocked
+    from the 21st failure on (not the 41st); a good key from another address passes on both."""
+    server = NatsServer(tmp_path / "nats").start()  # its own: a key here would lock the session's gateways
+    guesser, other = "198.51.100.7", "198.51.100.8"
+    redis = connect_redis(infra.redis_url)
+    await redis.delete(failures_key(KEY_REALM, guesser), failures_key(KEY_REALM, other))
+    nc = await connect_nats(server.url, "test-keys")
+    try:
+        _, secret = await (await KeyStore.open(nc.jetstream())).create("team-a")
+        edges = [create_edge(EdgeSettings(NATS_URL=server.url, REDIS_URL=infra.redis_url,
+                                          LLMGW_CONFIG=str(tmp_path / "none.yaml"),
+                                          LLMGW_STATE_DIR=str(tmp_path / f"state-{i}"))) for i in range(2)]
+        async with edges[0].router.lifespan_context(edges[0]), edges[1].router.lifespan_context(edges[1]):
+            def sdk(edge, address: str, api_key: str) -> openai.AsyncOpenAI:
+                transport = httpx.ASGITransport(app=edge, client=(address, 40000))
+                return openai.AsyncOpenAI(base_url="http://edge/v1", api_key=api_key, max_retries=0,
+                                          http_client=httpx.AsyncClient(transport=transport, timeout=30))
+
+            chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            for i in range(FAILURES_ALLOWED):
+                with pytest.raises(openai.AuthenticationError):
+                    await sdk(edges[i % 2], guesser, f"llmgw-guess-{i}").chat.completions.create(**chat)
+            for edge in edges:  # the 21st failure, on either edge: blocked, with the window's end to wait for
+                with pytest.raises(openai.RateLimitError) as blocked:
+                    await sdk(edge, guesser, "llmgw-guess-more").chat.completions.create(**chat)
+                assert blocked.value.code == "too_many_failed_auth"
+                assert 1 <= int(blocked.value.response.headers["retry-after"]) <= 60
+            # blocked means not even checked: the good key from the guessing address is refused too
+            with pytest.raises(openai.RateLimitError):
+                await sdk(edges[0], guesser, secret).models.list()
+            for edge in edges:  # another address is not affected
+                assert [m async for m in await sdk(edge, other, secret).models.list()] == []
+    finally:
+        await redis.delete(failures_key(KEY_REALM, guesser))
+        await redis.aclose()
+        await nc.close()
+        server.stop()
+
+
+async def test_without_redis_failures_are_counted_in_the_process():
+    """Redis unreachable: neither everyone locked out nor guessing unbounded (a local count per replica)."""
+    redis = connect_redis(f"redis://127.0.0.1:{free_port()}")  # nothing listens there
+    limiter = SharedFailureLimiter(KEY_REALM, redis, allowed=3)
+    try:
+        for _ in range(3):
+            assert limiter.blocked_for("a") == 0
+            assert await limiter.failed("a") == 0
+        assert limiter.blocked_for("a") > 0 and limiter.blocked_for("b") == 0
+    finally:
+        await redis.aclose()
 
 
 async def _until(condition, timeout: float) -> None:
@@ -234,6 +289,7 @@ def test_keys_end_to_end(stack, capsys, upstream):
     assert statuses.count(429) >= 5 and set(statuses) <= {401, 429}
     limited = httpx.post(base + "/v1/chat/completions", json=chat, headers={"authorization": "Bearer x"})
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    clear_failed_auth(stack.base_env["REDIS_URL"])  # 127.0.0.1 is every test's address
 
     # the secret never shows up in anything the stack wrote
     for path in stack.root.rglob("*"):

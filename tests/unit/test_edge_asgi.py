@@ -23,7 +23,7 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 class FakeKeys:
-    def authenticate(self, headers, address):
+    async def authenticate(self, headers, address):
         if headers.get("authorization") == "Bearer wrong":
             raise GatewayError(401, "Invalid API key.", code="invalid_api_key")
         return None

@@ -128,7 +128,7 @@ def test_a_workload_for_every_service_and_the_migration_job():
         assert args == [component(w)] and callable(parser.parse_args(args).func)
     (job,) = of_kind("Job").values()
     assert container(job)["args"] == ["migrate"] and callable(parser.parse_args(["migrate"]).func)
-    assert WORKLOADS["llmgw-ui-api"]["spec"]["replicas"] == 1  # sessions in memory
+    assert WORKLOADS["llmgw-ui-api"]["spec"]["replicas"] == 1  # the only writer of the config
     assert WORKLOADS["llmgw-ui-api"]["spec"]["strategy"]["type"] == "Recreate"
 
 

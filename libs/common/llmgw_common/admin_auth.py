@@ -15,24 +15,25 @@ token when it was just created; the ui-api only logs where the file is.
 
 Tokens are compared with ``hmac.compare_digest`` (both roles, always, so the
 time taken does not say which one came close). Browser sessions (``SessionStore``)
-are opaque random ids kept in the ui-api process's memory, only their SHA-256
-as the key. ``brute_force.FailureLimiter`` slows down guessing per client address; the edge
-has its own copy in ``llmgw_edge.auth`` (a service never imports another's
-package): keep the two alike.
+are opaque random ids kept in the NATS key-value bucket ``LLMGW_SESSIONS``, only
+their SHA-256 as the key, so every ui-api replica knows every session.
+``brute_force.SharedFailureLimiter`` slows down guessing per client address (realm
+``admin``; the edge counts gateway keys in its own realm).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import stat
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 from .files import write_atomically
 
@@ -53,7 +54,9 @@ MAX_TOKEN_CHARS = 512
 SESSION_COOKIE = "llmgw_session"
 SESSION_COOKIE_PATH = "/api"
 SESSION_TTL_S = 12 * 3600
-MAX_SESSIONS = 10_000
+SESSIONS_BUCKET = "LLMGW_SESSIONS"  # NATS key-value bucket shared by every ui-api replica
+MAX_SESSION_BYTES = 64 * 1024 * 1024  # the bucket's bound (~300 000 sessions): logins past it are refused
+SESSION_STORE_TIMEOUT_S = 5.0
 CSRF_HEADER = "x-llmgw-csrf"  # required, value "1", on every state-changing call a cookie authenticates
 
 
@@ -179,48 +182,85 @@ class Session:
     expires_at: float  # epoch seconds
 
 
-class SessionStore:
-    """Browser sessions in memory: opaque 256-bit ids, stored by their SHA-256, expiring after ``ttl_s``;
-    at most ``max_sessions`` (the oldest go first). One process's memory: a restart logs everyone out, and
-    replicas of the ui-api do not share them."""
+class SessionStoreUnavailable(RuntimeError):
+    """The session bucket did not answer (NATS away): no session can be checked, created or ended."""
 
-    def __init__(self, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS):
+
+class SessionStore:
+    """Browser sessions in the JetStream key-value bucket ``LLMGW_SESSIONS``, shared by every ui-api replica: a
+    login on one is valid on all, a logout on one ends the session everywhere, a restart logs nobody out.
+
+    A session id is an opaque 256-bit random value that only the browser holds; the bucket stores its
+    SHA-256 (the key) with the role and the expiry. The bucket's max age is the session lifetime, so the
+    server forgets a session once it is over; a session read back is checked against its expiry too.
+    Each check is one key-value get (a NATS round trip, the admin API only): read from the bucket itself, a
+    logout takes effect at once on every replica, with no watch to lag behind.
+    """
+
+    def __init__(self, kv, ttl_s: float = SESSION_TTL_S, clock: Callable[[], float] = time.time):
+        self._kv = kv
         self.ttl_s = ttl_s
-        self.max_sessions = max_sessions
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.clock = clock  # epoch seconds (tests move it)
+
+    @classmethod
+    async def open(cls, js, ttl_s: float = SESSION_TTL_S) -> SessionStore:
+        """The bucket, created on first use (by whichever replica starts first)."""
+        from nats.js.api import KeyValueConfig
+        from nats.js.errors import BucketNotFoundError
+
+        try:
+            kv = await js.key_value(SESSIONS_BUCKET)
+        except BucketNotFoundError:
+            try:
+                kv = await js.create_key_value(KeyValueConfig(
+                    bucket=SESSIONS_BUCKET, history=1, ttl=ttl_s, max_bytes=MAX_SESSION_BYTES,
+                    description="llmgw admin API login sessions (SHA-256 of the id -> role, expiry)"))
+            except Exception:  # another replica created it meanwhile
+                kv = await js.key_value(SESSIONS_BUCKET)
+        return cls(kv, ttl_s)
 
     @staticmethod
     def _key(session_id: str) -> str:
         return hashlib.sha256(session_id.encode()).hexdigest()
 
-    def create(self, role: Role, now: float | None = None) -> tuple[str, Session]:
-        now = time.time() if now is None else now
-        self._expire(now)
+    async def create(self, role: Role) -> tuple[str, Session]:
         session_id = secrets.token_urlsafe(32)
-        session = Session(role, now + self.ttl_s)
-        self._sessions[self._key(session_id)] = session
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        session = Session(role, self.clock() + self.ttl_s)
+        value = json.dumps({"role": role, "expires_at": session.expires_at}).encode()
+        await self._call(self._kv.put(self._key(session_id), value))
         return session_id, session
 
-    def get(self, session_id: str, now: float | None = None) -> Session | None:
+    async def get(self, session_id: str) -> Session | None:
+        from nats.js.errors import KeyNotFoundError
+
         if not session_id or len(session_id) > 128:
             return None
-        now = time.time() if now is None else now
-        session = self._sessions.get(self._key(session_id))
-        if session is None or session.expires_at <= now:
+        try:
+            entry = await self._call(self._kv.get(self._key(session_id)))
+        except KeyNotFoundError:  # never was, ended (a delete marker) or forgotten after its lifetime
+            return None
+        try:
+            stored = json.loads(entry.value)
+            session = Session(stored["role"], float(stored["expires_at"]))
+        except (TypeError, ValueError, KeyError):
+            return None  # unreadable: no session (fail closed)
+        if session.role not in (ADMIN, READONLY) or session.expires_at <= self.clock():
             return None
         return session
 
-    def drop(self, session_id: str) -> None:
-        self._sessions.pop(self._key(session_id), None)
+    async def drop(self, session_id: str) -> None:
+        await self._call(self._kv.delete(self._key(session_id)))
 
-    def _expire(self, now: float) -> None:
-        while self._sessions:
-            key, first = next(iter(self._sessions.items()))
-            if first.expires_at > now:  # created in order with one ttl: the first expires first
-                break
-            self._sessions.pop(key)
+    @staticmethod
+    async def _call(operation):
+        """A bucket operation; NATS away (or the bucket full) is ``SessionStoreUnavailable``."""
+        from nats.errors import Error as NatsError
+        from nats.js.errors import KeyNotFoundError
 
-    def __len__(self) -> int:
-        return len(self._sessions)
+        try:
+            return await asyncio.wait_for(operation, SESSION_STORE_TIMEOUT_S)
+        except KeyNotFoundError:
+            raise
+        except (NatsError, TimeoutError) as exc:
+            raise SessionStoreUnavailable(f"the session store (NATS bucket {SESSIONS_BUCKET}) failed: "
+                                          f"{type(exc).__name__}") from None

@@ -4,7 +4,7 @@ Services build key names from these constants only, and Lua scripts get them thr
 ``$NAME`` placeholders become the constants' text), so a change of layout (hash tags for Redis Cluster, a
 prefix per deployment) is a change of this module alone. What each key holds is told where it is used:
 ``windows.py`` (usage windows), ``leases.py`` (admission leases), the router's ``store.py`` (health, pin),
-the usage service's ``projection.py`` (ClickHouse insert claims).
+the usage service's ``projection.py`` (ClickHouse insert claims), ``brute_force.py`` (failed credential checks).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ PROBE_PREFIX = ROOT + "probe:"  # + <provider>: the half-open breaker's probe in
 FAILURES_PREFIX = ROOT + "fail:"  # + <provider>: zset of recent failures
 INFLIGHT_PREFIX = ROOT + "inflight:"  # + <provider>: zset request id -> admitted at (ms)
 LATENCY_PREFIX = ROOT + "lat:"  # + <provider>: moving average latency (ms)
+
+# ---- failed credential checks (llmgw_common.brute_force) ---------------------------------------------
+AUTH_FAILURES_PREFIX = ROOT + "authfail:"  # + <realm>:<client address>: failures in the window (PX)
 
 # ---- usage service: ClickHouse insert claims (llmgw_usage.projection) ---------------------------------
 CLAIM_PREFIX = ROOT + "chclaim:"  # + <table uuid>:<event id>: the replica inserting that event

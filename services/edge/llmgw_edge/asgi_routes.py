@@ -98,7 +98,7 @@ class ClientRoutes:
         client = scope.get("client")
         key = exchange = None
         try:
-            key = edge.keys.authenticate(headers, client[0] if client else "unknown")
+            key = await edge.keys.authenticate(headers, client[0] if client else "unknown")
             codec = route.codec_type(max_depth=edge.config.edge.max_json_depth)
             body = await read_body(headers, _body_chunks(receive), edge.config.edge.max_body_bytes)
             exchange = codec.parse(body, headers)

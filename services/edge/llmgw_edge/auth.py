@@ -12,14 +12,15 @@ without keys).
 Accepted wherever each client puts its key: ``Authorization: Bearer``,
 ``x-api-key`` (Anthropic clients), ``api-key`` (Azure-style),
 ``x-goog-api-key`` (Gemini clients). Failed checks are limited per client
-address, so guessing is slow.
+address across every edge replica (counted in Redis: ``llmgw_common.brute_force``),
+so guessing is slow; only a failed check costs a Redis round trip.
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
-from llmgw_common.brute_force import FailureLimiter
+from llmgw_common.brute_force import KEY_REALM, SharedFailureLimiter
 from llmgw_common.keys import KeyMirror, KeyRecord, key_id_of
 
 from .core.errors import GatewayError
@@ -41,35 +42,44 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 class KeyCache(KeyMirror):
     """The edge's copy of the key store (a ``KeyMirror``) and the checks made against it."""
 
-    def __init__(self, require_keys: bool = False):
+    def __init__(self, require_keys: bool = False, redis=None):
         super().__init__()
         self.require_keys = require_keys
-        self.limiter = FailureLimiter()
+        self.limiter = SharedFailureLimiter(KEY_REALM, redis)  # redis None: counted in this process
 
     @property
     def enforcing(self) -> bool:
         return self.require_keys or bool(self.records)
 
-    def authenticate(self, headers: Mapping[str, str], address: str) -> KeyRecord | None:
-        """The caller's key (None when keys are not enforced); raises 401 / 429 otherwise."""
+    async def authenticate(self, headers: Mapping[str, str], address: str) -> KeyRecord | None:
+        """The caller's key (None when keys are not enforced); raises 401 / 429 otherwise. A key that passes
+        costs no I/O; a failure is counted in Redis (shared by every edge replica)."""
         if not self.enforcing:
             return None
         wait = self.limiter.blocked_for(address)
         if wait > 0:
-            raise GatewayError(429, "Too many failed API key checks from this address; wait before trying "
-                                    "again.", code="too_many_failed_auth",
-                               headers={"retry-after": str(max(1, int(wait + 0.999)))})
+            raise _blocked(wait)
         secret = presented_key(headers)
         if secret is None:
-            self.limiter.failed(address)
+            await self._failed(address)
             raise GatewayError(401, "Missing API key: send your gateway key as `Authorization: Bearer <key>` "
                                     "(or x-api-key).", code="missing_api_key")
         record = self.records.get(key_id_of(secret) or "")
         if record is None or not record.matches(secret) or not record.usable():
-            self.limiter.failed(address)
+            await self._failed(address)
             # one message for every failure: an unknown, wrong, revoked or expired key look alike
             raise GatewayError(401, "Invalid API key.", code="invalid_api_key")
         return record
+
+    async def _failed(self, address: str) -> None:
+        wait = await self.limiter.failed(address)
+        if wait > 0:  # past the limit (reached through other replicas): refused as blocked
+            raise _blocked(wait)
+
+
+def _blocked(wait: float) -> GatewayError:
+    return GatewayError(429, "Too many failed API key checks from this address; wait before trying again.",
+                        code="too_many_failed_auth", headers={"retry-after": str(max(1, int(wait + 0.999)))})
 
 
 def check_model(record: KeyRecord | None, model: str) -> None:

@@ -137,9 +137,10 @@ class Edge:
         for provider in self.providers.values():
             await provider.close()
 
-    def caller(self, request: Request) -> KeyRecord | None:
+    async def caller(self, request: Request) -> KeyRecord | None:
         """The caller's gateway key (None while keys are not enforced); 401 / 429 when it fails."""
-        return self.keys.authenticate(request.headers, request.client.host if request.client else "unknown")
+        address = request.client.host if request.client else "unknown"
+        return await self.keys.authenticate(request.headers, address)
 
     async def _decide(self, route_request):
         return await router_client.decide(self.nc, route_request, self.config.routing.decide_timeout_s,
@@ -254,10 +255,12 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         publisher = UsagePublisher(nc.jetstream(), settings.state_dir / "edge-unsent-usage",
                                    replica_id(settings.port))
         await publisher.start()
-        keys = KeyCache(require_keys=config.edge.require_keys)
+        redis = connect_redis(settings.redis_url, max_connections=8)  # failed key checks only (brute_force)
+        keys = KeyCache(require_keys=config.edge.require_keys, redis=redis)
         await keys.start(nc.jetstream())
         if not keys.enforcing and not _loopback(settings.host):
             await keys.stop()
+            await redis.aclose()
             raise SystemExit(
                 f"refusing to listen on {settings.host}: no gateway API key exists, so anyone who can reach this "
                 "address could spend the providers' keys. Create one first (`llmgw keys create --name NAME`, "
@@ -283,7 +286,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             renewer.cancel()
             edge.refusals.flush()
             await run_steps([("usage publisher", publisher.stop), ("key cache", keys.stop), ("edge", edge.close),
-                             ("upstream transport", transport.close), ("nats", nc.drain)])
+                             ("upstream transport", transport.close), ("redis", redis.aclose),
+                             ("nats", nc.drain)])
 
     app = EdgeApp(title="LLM Gateway", version=package_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -346,7 +350,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     @errors_in(by_request=models_format)
     async def get_models(request: Request) -> JSONResponse:
         edge = edge_of(request)
-        key = edge.caller(request)
+        key = await edge.caller(request)
         listed = models.list_models(edge.config, edge.started, key.allows_model if key else None)
         if "anthropic-version" in request.headers:
             return JSONResponse(models.anthropic_list(listed))
@@ -356,7 +360,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     @errors_in(by_request=models_format)
     async def get_model(request: Request, model_id: str) -> JSONResponse:
         edge = edge_of(request)
-        key = edge.caller(request)
+        key = await edge.caller(request)
         check_model(key, model_id)
         entry = models.retrieve_model(edge.config, edge.started, model_id)
         return JSONResponse(models.anthropic_model(entry) if "anthropic-version" in request.headers else entry)
@@ -393,7 +397,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     @errors_in(PassthroughCodec.render_error)
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
         edge = edge_of(request)
-        key = edge.caller(request)
+        key = await edge.caller(request)
         request.state.key_id = key.id if key else None  # a refusal's usage event names them (gateway_error)
         if key is not None and not key.allows_provider(provider_id):
             raise GatewayError(403, f"This API key may not use provider `{provider_id}`.",

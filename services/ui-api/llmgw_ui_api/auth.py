@@ -12,10 +12,11 @@ without doing anything. A credential is either
 
 An Authorization header, when present, is the credential (a wrong one is refused even next to a valid
 cookie). The read-only role may call GET (and HEAD, OPTIONS) and ``POST /api/logout``; anything else
-is 403. Wrong tokens (as bearer or to ``/api/login``) count per client address: past
-``FAILURES_ALLOWED`` in ``FAILURE_WINDOW_S`` every token from that address gets 429 with Retry-After
-without being checked; a valid session keeps working. Refusals come in ui-api's one error shape; a 401
-carries ``WWW-Authenticate: Bearer``.
+is 403. Wrong tokens (as bearer or to ``/api/login``) count per client address, in Redis across every
+ui-api replica (``llmgw_common.brute_force``): past ``FAILURES_ALLOWED`` in ``FAILURE_WINDOW_S`` every
+token from that address gets 429 with Retry-After without being checked; a valid session keeps working.
+Sessions are checked against the shared bucket (``SessionStore``); with it away a cookie gets 503.
+Refusals come in ui-api's one error shape; a 401 carries ``WWW-Authenticate: Bearer``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from llmgw_common.admin_auth import (
     SESSION_COOKIE,
     AdminCredentials,
     SessionStore,
+    SessionStoreUnavailable,
     bearer_token,
 )
-from llmgw_common.brute_force import FailureLimiter
+from llmgw_common.brute_force import ADMIN_REALM, SharedFailureLimiter
 
 from .errors import error_body
 from .web import is_open as is_web_ui
@@ -51,11 +53,12 @@ WWW_AUTHENTICATE = 'Bearer realm="llmgw-admin"'
 
 @dataclass
 class AdminAuth:
-    """The ui-api process's credentials (loaded at start-up), browser sessions and failure counts."""
+    """The ui-api process's credentials, the shared browser sessions and failure counts (all set at start-up:
+    before it, every credential is refused and failures are counted in the process)."""
 
     credentials: AdminCredentials | None = None
-    sessions: SessionStore = field(default_factory=SessionStore)
-    limiter: FailureLimiter = field(default_factory=FailureLimiter)
+    sessions: SessionStore | None = None
+    limiter: SharedFailureLimiter = field(default_factory=lambda: SharedFailureLimiter(ADMIN_REALM))
 
     def role_of(self, token: str) -> str | None:
         return None if self.credentials is None else self.credentials.role_of(token)
@@ -95,7 +98,7 @@ class AuthMiddleware:
         method = scope["method"].upper()
         address = client_address(scope)
         authorization = conn.headers.get("authorization")
-        session_id = None
+        session_id = session = None
         if authorization is not None:
             token = bearer_token(authorization)
             if token is None:
@@ -110,14 +113,25 @@ class AuthMiddleware:
                 return
             role = self.auth.role_of(token)
             if role is None:
-                self.auth.limiter.failed(address)
+                wait = await self.auth.limiter.failed(address)
+                if wait > 0:  # past the limit, reached through other replicas
+                    await self._refuse(send, 429, "too many failed credential checks from this address; wait "
+                                                  "before trying again", "too_many_failed_auth",
+                                       {"retry-after": retry_after(wait)})
+                    return
                 await self._refuse(send, 401, "invalid admin token", "unauthorized",
                                    {"www-authenticate": WWW_AUTHENTICATE})
                 return
             via = "bearer"
         else:
             session_id = conn.cookies.get(SESSION_COOKIE)
-            session = self.auth.sessions.get(session_id) if session_id else None
+            try:
+                session = await self.auth.sessions.get(session_id) if session_id and self.auth.sessions else None
+            except SessionStoreUnavailable:
+                await self._refuse(send, 503, "login sessions cannot be checked right now (their store, NATS, "
+                                              "does not answer); try again, or use the bearer token",
+                                   "sessions_unavailable")
+                return
             if session is None:
                 message = ("session expired or unknown: log in again (POST /api/login)" if session_id else
                            "a credential is required: `Authorization: Bearer <admin token>` or a session "
@@ -134,6 +148,7 @@ class AuthMiddleware:
             return
         state = scope.setdefault("state", {})
         state["admin_role"], state["admin_via"], state["admin_session"] = role, via, session_id
+        state["admin_session_expires_at"] = session.expires_at if session is not None else None
         await self.app(scope, receive, send)
 
 

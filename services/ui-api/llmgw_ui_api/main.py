@@ -18,7 +18,14 @@ from pydantic import Field, SecretStr
 from starlette.responses import JSONResponse
 
 from llmgw_common import health, metrics, ops_port, tracing
-from llmgw_common.admin_auth import ADMIN_TOKEN_ENV, READONLY_TOKEN_ENV, AdminCredentials, AdminTokenError
+from llmgw_common.admin_auth import (
+    ADMIN_TOKEN_ENV,
+    READONLY_TOKEN_ENV,
+    AdminCredentials,
+    AdminTokenError,
+    SessionStore,
+)
+from llmgw_common.brute_force import ADMIN_REALM, SharedFailureLimiter
 from llmgw_common.http_server import json_error_protocol
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
@@ -90,6 +97,10 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
         # before serving (a request before that is refused: no route is ever answered open)
         auth.credentials = credentials or load_credentials(settings)
         app.state.nc = await connect_nats(settings.nats_url, "llmgw-ui-api")
+        # shared by every replica: login sessions in a NATS bucket, failed-token counts in Redis
+        auth.sessions = await SessionStore.open(app.state.nc.jetstream())
+        redis = connect_redis(settings.redis_url, max_connections=4)
+        auth.limiter = SharedFailureLimiter(ADMIN_REALM, redis)
         # metrics and health on their own port, when asked (ops_port): ready = its own NATS connection
         ops = await ops_port.start_from_env(lambda: _health_monitor(app).report(), ready=("nats",))
         try:
@@ -97,6 +108,7 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
         finally:
             if ops is not None:
                 await ops.stop()
+            await redis.aclose()
             await app.state.nc.drain()
 
     # no /docs or /redoc: a browser opening them sends no credential (the OpenAPI document is /openapi.json)

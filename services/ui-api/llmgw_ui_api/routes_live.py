@@ -198,13 +198,22 @@ class LiveHub:
             self._task = None
             self._usage_chunk = self._health_chunk = None  # stale by the next viewer
 
-    def _broadcast(self, chunk: bytes) -> None:
-        sessions = self.app.state.admin_auth.sessions
-        for client in list(self.clients):
-            if client.session_id is not None and sessions.get(client.session_id) is None:
+    async def _broadcast(self, chunk: bytes) -> None:
+        clients = list(self.clients)
+        ended = await self._ended_sessions({c.session_id for c in clients if c.session_id is not None})
+        for client in clients:
+            if client.session_id in ended:
                 client.offer(b"event: end\ndata: {\"reason\": \"session ended\"}\n\n")
                 continue
             client.offer(chunk)
+
+    async def _ended_sessions(self, session_ids: set[str]) -> set[str]:
+        """Which of the streams' sessions have ended (on any replica: the sessions are shared). Their store
+        away, none is taken for ended: no logout can have been recorded meanwhile either."""
+        sessions = self.app.state.admin_auth.sessions
+        ids = list(session_ids)
+        found = await asyncio.gather(*(sessions.get(i) for i in ids), return_exceptions=True)
+        return {i for i, session in zip(ids, found) if session is None}
 
     # ---- sources ----------------------------------------------------------------------------------
 
@@ -340,12 +349,12 @@ class LiveHub:
     async def _tick_usage(self) -> None:
         self.usage = await self.query_usage()
         self._usage_chunk = _sse("usage", self.usage)
-        self._broadcast(self._usage_chunk)
+        await self._broadcast(self._usage_chunk)
 
     async def _tick_health(self) -> None:
         self.health = await self.query_health()
         self._health_chunk = _sse("health", self.health)
-        self._broadcast(self._health_chunk)
+        await self._broadcast(self._health_chunk)
 
 
 def limits_of(config: GatewayConfig) -> dict[str, Any]:
