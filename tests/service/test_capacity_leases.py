@@ -1,7 +1,8 @@
-"""Capacity leases for routes with limits (issue 20), the router's Redis side: grants never pass a limit
+"""Capacity leases for routes with limits (issue 20), in Redis: grants never pass a limit
 (consumed + reserved by live leases <= limit), a small remainder is granted one request at a time and used
 to the last, what an edge did not admit goes back when it returns the lease or when the reaper takes a
-lease its edge never returned. Real Redis and the real scripts, two edges asking concurrently."""
+lease its edge never returned; the usage events of requests admitted from a lease count each request once.
+Real Redis and the real scripts (the router's and the usage service's), two edges asking concurrently."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import pytest
 
 from llmgw_common.config import Limits
 from llmgw_common.keys import KeyLimits, KeyRecord, new_key_id
+from llmgw_common.messages import Reservation, UsageEvent
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.redis_keys import CAP_LEASE_PREFIX
 from llmgw_common.windows import WindowReader, key_scope, model_scope, provider_scope
 from llmgw_router.capacity_leases import CapacityLeases, LeaseRoute
+from llmgw_usage.windows_writer import WindowWriter
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +148,43 @@ async def test_a_cooling_provider_gets_no_lease(redis):
     await redis.set(f"llmgw:cool:{route.provider}", "1", px=10_000)
     g = await leases.grant("cool-1", "edge-a", route, 10, T0, TTL_MS)
     assert (g.n, g.reason) == (0, "cooling down after a 429")
+
+
+def _leased_event(route: LeaseRoute, lease_id: str, at_ms: int, tin: int, tout: int, cost_nano: int,
+                  est_in: int = 40, est_out: int = 60, est_cost_nano: int = 1_000_000) -> UsageEvent:
+    """A request admitted from a lease: its reservation is its own estimate, in the lease's buckets."""
+    reservation = Reservation(provider=route.provider, model=route.model, at_s=at_ms // 1000, tokens_in=est_in,
+                              tokens_out=est_out, cost_nano=est_cost_nano, lease=lease_id)
+    return UsageEvent(id=uuid.uuid4().hex, ts=datetime.fromtimestamp(at_ms / 1000, timezone.utc),
+                      request_id=uuid.uuid4().hex, endpoint="chat", provider=route.provider, model=route.model,
+                      tokens_in=tin, tokens_out=tout, cost_usd=Decimal(cost_nano) / 10**9, status=200,
+                      reservation=reservation)
+
+
+async def test_each_request_of_a_returned_lease_is_counted_once_at_its_actual_usage(redis):
+    leases, writer = CapacityLeases(redis), WindowWriter(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    scope, lease_id, now_s = provider_scope(route.provider), uuid.uuid4().hex, T0 // 1000 + 20
+    assert (await leases.grant(lease_id, "edge-a", route, 10, T0 + 20_000, TTL_MS)).n == 10
+    events = [_leased_event(route, lease_id, T0 + 20_100 + j, 30 + j, 70, 2_000_000) for j in range(3)]
+    assert await writer.apply(events[:1], now_s) == 1  # one settles before the lease is given back
+    assert await leases.give_back(lease_id, 3, 120, 180, 3_000_000, T0 + 21_000, hold_ms=60_000) == "returned"
+    assert await writer.apply(events, now_s) == 2  # the other two after; the first is not applied twice
+    assert await _minute(redis, scope, T0 + 21_000) == {"req": 3, "tin": 30 + 31 + 32, "tout": 210,
+                                                        "cost": 6_000_000}
+
+
+async def test_a_dead_edges_requests_count_once_whether_their_events_come_before_or_after_the_reaper(redis):
+    leases, writer = CapacityLeases(redis), WindowWriter(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    scope, lease_id = provider_scope(route.provider), uuid.uuid4().hex
+    at_ms, now_s = T0 + 30_000, T0 // 1000 + 30
+    g = await leases.grant(lease_id, "edge-dead", route, 10, at_ms, TTL_MS)
+    before, after, never = (_leased_event(route, lease_id, at_ms + 10 + j, 50, 50, 3_000_000) for j in range(3))
+    del never  # admitted by the edge, which died before it could report it: nobody was answered
+    assert await writer.apply([before], now_s) == 1  # settled on the lease: actual - estimate
+    await leases.reap(g.until_ms, keep_s=3600)  # gives back all but the settled request
+    assert await _minute(redis, scope, g.until_ms) == {"req": 1, "tin": 50, "tout": 50, "cost": 3_000_000}
+    assert await writer.apply([after], now_s + 2) == 1  # the lease was given back: it counts in full
+    assert await writer.apply([after, before], now_s + 3) == 0  # redelivered: nothing twice
+    assert await _minute(redis, scope, g.until_ms) == {"req": 2, "tin": 100, "tout": 100, "cost": 6_000_000}
