@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 T0 = (int(time.time()) // 86400 + 3) * 86400 * 1000  # ahead of the real clock, at a bucket's start
 TTL_MS = 2000
+GRACE_MS = 60_000  # a lease its edge never gave back is reaped this long after it ends
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ async def _drain(leases: CapacityLeases, route: LeaseRoute, edge: str, wanted: i
     """One edge asking for leases until it is refused; the sizes it got."""
     sizes = []
     while True:
-        g = await leases.grant(uuid.uuid4().hex, edge, route, wanted, now_ms, TTL_MS, key)
+        g = await leases.grant(uuid.uuid4().hex, edge, route, wanted, now_ms, TTL_MS, GRACE_MS, key=key)
         if g.n == 0:
             assert g.reason.endswith("reached")
             return sizes
@@ -103,9 +104,9 @@ async def test_a_key_budget_of_half_a_dollar_at_a_cent_a_request_grants_exactly_
 async def test_a_lease_ends_with_the_shortest_bucket_it_draws_on_and_at_most_its_ttl(redis):
     leases = CapacityLeases(redis)
     limited = _route(provider_limits=Limits(requests_per_minute=1000))
-    g = await leases.grant("l-1", "edge-a", limited, 10, T0 + 4500, TTL_MS)
+    g = await leases.grant("l-1", "edge-a", limited, 10, T0 + 4500, TTL_MS, GRACE_MS)
     assert g.until_ms == T0 + 5000  # the minute window's 5-s bucket ends before the TTL does
-    g = await leases.grant("l-2", "edge-a", limited, 10, T0 + 1000, TTL_MS)
+    g = await leases.grant("l-2", "edge-a", limited, 10, T0 + 1000, TTL_MS, GRACE_MS)
     assert g.until_ms == T0 + 1000 + TTL_MS
 
 
@@ -113,7 +114,7 @@ async def test_what_an_edge_did_not_admit_goes_back_when_it_returns_the_lease(re
     leases = CapacityLeases(redis)
     route = _route(provider_limits=Limits(requests_per_minute=50), tin=40, tout=60)
     scope = provider_scope(route.provider)
-    g = await leases.grant("ret-1", "edge-a", route, 10, T0, TTL_MS)
+    g = await leases.grant("ret-1", "edge-a", route, 10, T0, TTL_MS, GRACE_MS)
     assert g.n == 10 and (await _minute(redis, scope, T0))["req"] == 10
     # the edge admitted 3 requests from it (their estimates): those stay reserved for their usage events
     assert await leases.give_back("ret-1", 3, 120, 180, 3_000_000, T0 + 1000, hold_ms=300) == "returned"
@@ -129,16 +130,16 @@ async def test_a_lease_its_edge_never_returned_is_given_back_by_the_reaper_once(
     leases = CapacityLeases(redis)
     route = _route(provider_limits=Limits(requests_per_minute=50))
     scope = provider_scope(route.provider)
-    g = await leases.grant("dead-1", "edge-dead", route, 10, T0 + 10_000, TTL_MS)
-    await leases.reap(T0 + 11_000, keep_s=3600)
-    assert await redis.hget(CAP_LEASE_PREFIX + "dead-1", "state") == "live"  # not due yet
+    g = await leases.grant("dead-1", "edge-dead", route, 10, T0 + 10_000, TTL_MS, GRACE_MS)
+    await leases.reap(g.until_ms + GRACE_MS - 1, keep_s=3600)  # its edge may still give it back
+    assert await redis.hget(CAP_LEASE_PREFIX + "dead-1", "state") == "live"
     assert (await _minute(redis, scope, g.until_ms))["req"] == 10
-    assert await leases.reap(g.until_ms, keep_s=3600) >= 1
+    assert await leases.reap(g.until_ms + GRACE_MS, keep_s=3600) >= 1
     assert await redis.hget(CAP_LEASE_PREFIX + "dead-1", "state") == "reaped"
     assert (await _minute(redis, scope, g.until_ms))["req"] == 0  # its capacity is back
-    await leases.reap(g.until_ms + 5000, keep_s=3600)  # taken once: nothing given back twice
+    await leases.reap(g.until_ms + GRACE_MS + 5000, keep_s=3600)  # taken once: nothing given back twice
     assert (await _minute(redis, scope, g.until_ms))["req"] == 0
-    assert await leases.give_back("dead-1", 2, 0, 0, 0, g.until_ms + 100, 60_000) == "gone"  # too late
+    assert await leases.give_back("dead-1", 2, 0, 0, 0, g.until_ms + GRACE_MS + 100, 60_000) == "gone"  # late
     assert sum(await _drain(leases, route, "edge-b", 10, g.until_ms)) == 50
 
 
@@ -146,7 +147,7 @@ async def test_a_cooling_provider_gets_no_lease(redis):
     leases = CapacityLeases(redis)
     route = _route(provider_limits=Limits(requests_per_minute=50))
     await redis.set(f"llmgw:cool:{route.provider}", "1", px=10_000)
-    g = await leases.grant("cool-1", "edge-a", route, 10, T0, TTL_MS)
+    g = await leases.grant("cool-1", "edge-a", route, 10, T0, TTL_MS, GRACE_MS)
     assert (g.n, g.reason) == (0, "cooling down after a 429")
 
 
@@ -165,7 +166,7 @@ async def test_each_request_of_a_returned_lease_is_counted_once_at_its_actual_us
     leases, writer = CapacityLeases(redis), WindowWriter(redis)
     route = _route(provider_limits=Limits(requests_per_minute=50))
     scope, lease_id, now_s = provider_scope(route.provider), uuid.uuid4().hex, T0 // 1000 + 20
-    assert (await leases.grant(lease_id, "edge-a", route, 10, T0 + 20_000, TTL_MS)).n == 10
+    assert (await leases.grant(lease_id, "edge-a", route, 10, T0 + 20_000, TTL_MS, GRACE_MS)).n == 10
     events = [_leased_event(route, lease_id, T0 + 20_100 + j, 30 + j, 70, 2_000_000) for j in range(3)]
     assert await writer.apply(events[:1], now_s) == 1  # one settles before the lease is given back
     assert await leases.give_back(lease_id, 3, 120, 180, 3_000_000, T0 + 21_000, hold_ms=60_000) == "returned"
@@ -179,11 +180,11 @@ async def test_a_dead_edges_requests_count_once_whether_their_events_come_before
     route = _route(provider_limits=Limits(requests_per_minute=50))
     scope, lease_id = provider_scope(route.provider), uuid.uuid4().hex
     at_ms, now_s = T0 + 30_000, T0 // 1000 + 30
-    g = await leases.grant(lease_id, "edge-dead", route, 10, at_ms, TTL_MS)
+    g = await leases.grant(lease_id, "edge-dead", route, 10, at_ms, TTL_MS, GRACE_MS)
     before, after, never = (_leased_event(route, lease_id, at_ms + 10 + j, 50, 50, 3_000_000) for j in range(3))
     del never  # admitted by the edge, which died before it could report it: nobody was answered
     assert await writer.apply([before], now_s) == 1  # settled on the lease: actual - estimate
-    await leases.reap(g.until_ms, keep_s=3600)  # gives back all but the settled request
+    await leases.reap(g.until_ms + GRACE_MS, keep_s=3600)  # gives back all but the settled request
     assert await _minute(redis, scope, g.until_ms) == {"req": 1, "tin": 50, "tout": 50, "cost": 3_000_000}
     assert await writer.apply([after], now_s + 2) == 1  # the lease was given back: it counts in full
     assert await writer.apply([after, before], now_s + 3) == 0  # redelivered: nothing twice

@@ -11,8 +11,12 @@ docs/routing.md ("Leases for routes with limits") has the accounting, the invari
   shortest window bucket it draws on, and at most ``ttl_ms``.
 - ``give_back``: the edge's return; what it did not admit from the lease goes back at once. The record
   stays (state ``returned``) until ``hold_ms`` later, for the events of the requests it did admit.
-- ``reap``: a lease its edge never returned (the edge died): what the usage service has not settled from
-  it goes back; the record stays as a tombstone (state ``reaped``) for the longest window it drew on.
+- ``reap``: a lease its edge never returned (the edge died, or cannot reach NATS), ``grace_ms`` after it
+  ended: what the usage service has not settled from it goes back; the record stays as a tombstone (state
+  ``reaped``) for the longest window it drew on, and a later event of it counts in full. ``grace_ms`` must
+  cover the requests the edge admitted from it still running and their events on the way (the admission
+  leases' ``routing.abandoned_after_s`` is that horizon): reaped sooner, a partitioned edge's late events
+  would count in full after their capacity was granted again, and a window could pass its limit.
 
 The script is separate from the per-request ADMIT script on purpose (another change owns that one).
 """
@@ -64,7 +68,8 @@ GRANT_LUA = _LUA_WINDOWS + """
 local now_ms = tonumber(ARGV[1])
 local now = math.floor(now_ms / 1000)
 local lease_id, edge, wanted, ttl_ms = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local wins, i = read_windows(6)
+local grace_ms = tonumber(ARGV[6])  -- the reaper takes it this long after it ends, if its edge has not
+local wins, i = read_windows(7)
 local nw = #wins
 local key_scope = ARGV[i]
 local key_limits_at = i + 2
@@ -177,8 +182,8 @@ local lease = '$CAP_LEASE_PREFIX' .. lease_id
 redis.call('HSET', lease, 'edge', edge, 'provider', provider, 'pscope', pscope, 'mscope', mscope,
            'kscope', key_scope, 'month', month, 'at', now, 'n', n, 'tin', n * est_in, 'tout', n * est_out,
            'cost', n * est_cost, 'state', 'live')
-redis.call('PEXPIREAT', lease, until_ms + 86400000)  -- a backstop: the reaper takes it first
-redis.call('ZADD', '$CAP_LEASES', until_ms, lease_id)
+redis.call('PEXPIREAT', lease, until_ms + grace_ms + 86400000)  -- a backstop: the reaper takes it first
+redis.call('ZADD', '$CAP_LEASES', until_ms + grace_ms, lease_id)
 return {n, until_ms, ''}
 """
 
@@ -259,8 +264,8 @@ class CapacityLeases:
         self._reap = redis.register_script(redis_keys.lua(REAP_LUA))
 
     async def grant(self, lease_id: str, edge: str, route: LeaseRoute, wanted: int, now_ms: int, ttl_ms: int,
-                    key: KeyRecord | None = None, budget_tz: str = "UTC") -> LeaseGrant:
-        args: list[object] = [now_ms, lease_id, edge, max(1, wanted), ttl_ms, *_WINDOW_ARGS,
+                    grace_ms: int, key: KeyRecord | None = None, budget_tz: str = "UTC") -> LeaseGrant:
+        args: list[object] = [now_ms, lease_id, edge, max(1, wanted), ttl_ms, grace_ms, *_WINDOW_ARGS,
                               *_key_args(key, now_ms, budget_tz), route.provider, provider_scope(route.provider),
                               model_scope(route.provider, route.model), route.est_tokens_in, route.est_tokens_out,
                               usd_to_nano(route.est_cost), *_limit_args(route.provider_limits),
