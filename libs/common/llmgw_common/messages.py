@@ -102,6 +102,7 @@ class Reservation(BaseModel):
     tokens_out: int
     cost_nano: int
     key_id: str | None = None  # the gateway key whose windows and month it also went into
+    lease: str | None = None  # the capacity lease it was admitted from (llmgw_router.capacity_leases), if any
 
 
 class Candidate(BaseModel):

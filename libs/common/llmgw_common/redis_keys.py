@@ -23,6 +23,11 @@ SEEN_PREFIX = ROOT + "seen:"  # + <event id>: an event already applied to the wi
 LEASES = ROOT + "leases"  # zset: member -> expiry (epoch ms)
 LEASE_PREFIX = ROOT + "lease:"  # + <member>: hash of what was reserved
 
+# ---- capacity leases for routes with limits (llmgw_router.capacity_leases) ----------------------------
+CAP_LEASES = ROOT + "caplease"  # zset: lease id -> when the reaper takes it (epoch ms)
+CAP_LEASE_PREFIX = ROOT + "caplease:"  # + <lease id>: hash of what the lease reserved and its state
+CAP_EDGES_PREFIX = ROOT + "capedges:"  # + <provider scope>|<model scope>|<key scope>: zset edge -> last ask (ms)
+
 # ---- router: shared health and switches (llmgw_router.store) ------------------------------------------
 PIN = ROOT + "pin"  # the pinned provider id
 SMART = ROOT + "smart"  # "1" / "0": smart routing switched on or off (absent: the config's default)

@@ -24,7 +24,7 @@ terminated, never stored or counted. A value that is only inconvenient is *norma
 | schema_version | outside 0..65535 (``out_of_range``) | |
 | error, route_reason | | cut to 4096 characters (ending in "…") |
 | attempts | over 64 entries (``too_long``); an attempt's provider / upstream_model over 256 characters, status outside 0..999, latency outside 0..10^9 ms, retries outside 0..1000 (``out_of_range`` / ``too_long``) | an attempt's error cut to 1024 characters |
-| reservation | provider / model over 256 characters, tokens outside 0..10^9, cost_nano outside 0..10^15, at_s outside the ts range | |
+| reservation | provider / model / lease over 256 characters, tokens outside 0..10^9, cost_nano outside 0..10^15, at_s outside the ts range | |
 | request_body, response_body | (only through the message size) | redacted, cut to 16 kB each |
 
 A message ClickHouse still refuses (none is known) is dead-lettered as ``rejected``.
@@ -291,7 +291,8 @@ def _attempt_ok(a: IngestAttempt | Any) -> bool:
 
 def _reservation_ok(r: IngestReservation | Any) -> bool:
     return (len(r.provider) <= MAX_ID_CHARS and len(r.model) <= MAX_ID_CHARS
-            and (r.key_id is None or len(r.key_id) <= MAX_ID_CHARS) and _TS_MIN_S <= r.at_s < _TS_MAX_S
+            and (r.key_id is None or len(r.key_id) <= MAX_ID_CHARS)
+            and (r.lease is None or len(r.lease) <= MAX_ID_CHARS) and _TS_MIN_S <= r.at_s < _TS_MAX_S
             and 0 <= r.tokens_in <= MAX_TOKENS and 0 <= r.tokens_out <= MAX_TOKENS
             and 0 <= r.cost_nano <= MAX_COST_NANO)
 
@@ -534,6 +535,12 @@ assert all(w.bucket_s % WINDOWS[0].bucket_s == 0 for w in WINDOWS)
 #   groups: [[[bucket_key, expire_at, ...], [scope, ...]], ...]
 #   events: [event_id, group (1-based), req, tin, tout, cost, event_id, ...]
 # An event whose seen key already exists (a redelivery or a replay) changes nothing.
+# ARGV[7] (optional): events admitted from a capacity lease (llmgw_router.capacity_leases), 13 values each:
+#   [event_id, lease id, settle group, full group, settle tin, tout, cost, full tin, tout, cost,
+#    estimate tin, tout, cost, ...]
+# While the lease's record says live or returned, the event settles its share (actual - estimate) and the
+# lease counts it as settled (its reaper gives back only what no event settled); once the reaper has given
+# the lease back ("reaped"), the event counts in full. Each request is thus counted once.
 # Returns the number of events applied now.
 APPLY_EVENTS_LUA = """
 local ttl = tonumber(ARGV[1])
@@ -560,6 +567,29 @@ for i = 1, #events, 6 do
     end
     hit[g] = true
     applied = applied + 1
+  end
+end
+if ARGV[7] then
+  local leased = cjson.decode(ARGV[7])
+  for i = 1, #leased, 13 do
+    if redis.call('SET', seen_prefix .. leased[i], '1', 'NX', 'EX', ttl) then
+      local lease = '$CAP_LEASE_PREFIX' .. leased[i + 1]
+      local state = redis.call('HGET', lease, 'state')
+      local g, req, at = leased[i + 2], 0, i + 4
+      if state == 'reaped' then
+        g, req, at = leased[i + 3], 1, i + 7
+      elseif state then
+        redis.call('HINCRBY', lease, 'applied_n', 1)
+        redis.call('HINCRBY', lease, 'applied_tin', string.format('%.0f', leased[i + 10]))
+        redis.call('HINCRBY', lease, 'applied_tout', string.format('%.0f', leased[i + 11]))
+        redis.call('HINCRBY', lease, 'applied_cost', string.format('%.0f', leased[i + 12]))
+      end
+      local sum = sums[g]
+      sum[1] = sum[1] + req
+      for f = 2, 4 do sum[f] = sum[f] + leased[at + f - 2] end
+      hit[g] = true
+      applied = applied + 1
+    end
   end
 end
 local fields = {'req', 'tin', 'tout', 'cost'}
@@ -595,11 +625,10 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
     groups: list[list] = []
     flat: list[Any] = []
     settled: list[str] = []  # admission leases ended by these events
+    leased: list[Any] = []  # events admitted from a capacity lease: how they count is decided in Redis
     step = WINDOWS[0].bucket_s
-    for ev in events:
-        a = event_amounts(ev, now_s, rebuild)
-        if a is None:
-            continue
+
+    def group_for(a: EventAmounts) -> int:
         signature = (a.scopes, a.ts_s - a.ts_s % step)
         group = group_of.get(signature)
         if group is None:
@@ -608,12 +637,26 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
             for key, expire_at in live_buckets(a.scopes, a.ts_s, now_s, budget_tz):
                 buckets += [key, expire_at]
             groups.append([buckets, list(a.scopes)])
-        flat += [ev.id, group, a.requests, a.tokens_in, a.tokens_out, a.cost_nano]
-        if ev.reservation is not None and not rebuild:
-            settled.append(lease_member(ev.request_id, ev.reservation.provider))
-    if not flat:
+        return group
+
+    for ev in events:
+        a = event_amounts(ev, now_s, rebuild)
+        if a is None:
+            continue
+        r = ev.reservation
+        if r is not None and r.lease and not rebuild and r.provider == ev.provider:
+            full = event_amounts(ev, now_s, rebuild=True)
+            assert full is not None  # it has a provider, as ``a`` says
+            leased += [ev.id, r.lease, group_for(a), group_for(full), a.tokens_in, a.tokens_out, a.cost_nano,
+                       full.tokens_in, full.tokens_out, full.cost_nano, r.tokens_in, r.tokens_out, r.cost_nano]
+            continue
+        flat += [ev.id, group_for(a), a.requests, a.tokens_in, a.tokens_out, a.cost_nano]
+        if r is not None and not rebuild:
+            settled.append(lease_member(ev.request_id, r.provider))
+    if not flat and not leased:
         return None
-    return [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX, _to_json(groups), _to_json(flat), _to_json(settled)]
+    return [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX, _to_json(groups), _to_json(flat), _to_json(settled),
+            _to_json(leased)]
 
 
 def current_from_totals(totals: dict[str, dict[str, dict[str, int]]], at: datetime) -> UsageCurrent:

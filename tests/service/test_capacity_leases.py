@@ -1,0 +1,191 @@
+"""Capacity leases for routes with limits (issue 20), in Redis: grants never pass a limit
+(consumed + reserved by live leases <= limit), a small remainder is granted one request at a time and used
+to the last, what an edge did not admit goes back when it returns the lease or when the reaper takes a
+lease its edge never returned; the usage events of requests admitted from a lease count each request once.
+Real Redis and the real scripts (the router's and the usage service's), two edges asking concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from llmgw_common.config import Limits
+from llmgw_common.keys import KeyLimits, KeyRecord, new_key_id
+from llmgw_common.messages import Reservation, UsageEvent
+from llmgw_common.redis_conn import connect_redis
+from llmgw_common.redis_keys import CAP_LEASE_PREFIX
+from llmgw_common.windows import WindowReader, key_scope, model_scope, provider_scope
+from llmgw_router.capacity_leases import CapacityLeases, LeaseRoute
+from llmgw_usage.windows_writer import WindowWriter
+
+pytestmark = pytest.mark.integration
+
+T0 = (int(time.time()) // 86400 + 3) * 86400 * 1000  # ahead of the real clock, at a bucket's start
+TTL_MS = 2000
+GRACE_MS = 60_000  # a lease its edge never gave back is reaped this long after it ends
+
+
+@pytest.fixture
+async def redis(infra):
+    r = connect_redis(infra.redis_url)
+    yield r
+    await r.aclose()
+
+
+def _route(provider_limits: Limits | None = None, model_limits: Limits | None = None, tin: int = 40,
+           tout: int = 60, cost: str = "0.001") -> LeaseRoute:
+    return LeaseRoute(provider=f"cap-{uuid.uuid4().hex[:8]}", model="m", provider_limits=provider_limits or Limits(),
+                      model_limits=model_limits or Limits(), est_tokens_in=tin, est_tokens_out=tout, est_cost=Decimal(cost))
+
+
+async def _drain(leases: CapacityLeases, route: LeaseRoute, edge: str, wanted: int, now_ms: int,
+                 key: KeyRecord | None = None) -> list[int]:
+    """One edge asking for leases until it is refused; the sizes it got."""
+    sizes = []
+    while True:
+        g = await leases.grant(uuid.uuid4().hex, edge, route, wanted, now_ms, TTL_MS, GRACE_MS, key=key)
+        if g.n == 0:
+            assert g.reason.endswith("reached")
+            return sizes
+        sizes.append(g.n)
+
+
+async def _minute(redis, scope: str, now_ms: int) -> dict[str, int]:
+    return (await WindowReader(redis).read([scope], now_ms // 1000))[scope]["minute"]
+
+
+async def test_two_edges_asking_concurrently_get_exactly_the_limit(redis):
+    leases = CapacityLeases(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    a, b = await asyncio.gather(*(_drain(leases, route, edge, 10, T0) for edge in ("edge-a", "edge-b")))
+    assert sum(a) + sum(b) == 50
+    assert max(a + b) == 10 and a[-1] == b[-1] == 1  # big leases first, single requests near the end
+    assert (await _minute(redis, provider_scope(route.provider), T0))["req"] == 50
+
+
+async def test_a_free_tier_of_20_is_granted_one_request_at_a_time_to_the_last(redis):
+    leases = CapacityLeases(redis)
+    route = _route(model_limits=Limits(requests_per_minute=20))
+    a, b = await asyncio.gather(*(_drain(leases, route, edge, 5, T0) for edge in ("edge-a", "edge-b")))
+    assert sum(a) + sum(b) == 20
+    # once both edges are known, what is left (< 2 edges x 2 x 5) goes one request at a time
+    assert a[-4:] == b[-4:] == [1] * 4
+    assert (await _minute(redis, model_scope(route.provider, "m"), T0))["req"] == 20
+
+
+async def test_token_and_cost_limits_are_never_passed(redis):
+    leases = CapacityLeases(redis)
+    tokens = _route(provider_limits=Limits(tokens_per_minute=1050), tin=40, tout=60)  # room for 10.5 requests
+    cost = _route(model_limits=Limits(cost_per_minute=Decimal("0.0105")), cost="0.001")
+    for route, scope, field, limit in ((tokens, provider_scope(tokens.provider), None, 1050),
+                                       (cost, model_scope(cost.provider, "m"), "cost", 10_500_000)):
+        got = await asyncio.gather(*(_drain(leases, route, edge, 4, T0) for edge in ("edge-a", "edge-b")))
+        assert sum(map(sum, got)) == 10
+        w = await _minute(redis, scope, T0)
+        used = w["tin"] + w["tout"] if field is None else w["cost"]
+        assert used <= limit and limit - used < (100 if field is None else 1_000_000)  # margin: under one request
+
+
+async def test_a_key_budget_of_half_a_dollar_at_a_cent_a_request_grants_exactly_50(redis):
+    leases = CapacityLeases(redis)
+    key = KeyRecord(id=new_key_id(), name="team-a", hash="0" * 64, prefix="llmgw-…",
+                    created_at=datetime.now(timezone.utc), limits=KeyLimits(cost_per_month=Decimal("0.50")))
+    route = _route(cost="0.01")
+    got = await asyncio.gather(*(_drain(leases, route, edge, 10, T0, key) for edge in ("edge-a", "edge-b")))
+    assert sum(map(sum, got)) == 50
+    assert (await _minute(redis, key_scope(key.id), T0))["cost"] == 500_000_000
+
+
+async def test_a_lease_ends_with_the_shortest_bucket_it_draws_on_and_at_most_its_ttl(redis):
+    leases = CapacityLeases(redis)
+    limited = _route(provider_limits=Limits(requests_per_minute=1000))
+    g = await leases.grant("l-1", "edge-a", limited, 10, T0 + 4500, TTL_MS, GRACE_MS)
+    assert g.until_ms == T0 + 5000  # the minute window's 5-s bucket ends before the TTL does
+    g = await leases.grant("l-2", "edge-a", limited, 10, T0 + 1000, TTL_MS, GRACE_MS)
+    assert g.until_ms == T0 + 1000 + TTL_MS
+
+
+async def test_what_an_edge_did_not_admit_goes_back_when_it_returns_the_lease(redis):
+    leases = CapacityLeases(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50), tin=40, tout=60)
+    scope = provider_scope(route.provider)
+    g = await leases.grant("ret-1", "edge-a", route, 10, T0, TTL_MS, GRACE_MS)
+    assert g.n == 10 and (await _minute(redis, scope, T0))["req"] == 10
+    # the edge admitted 3 requests from it (their estimates): those stay reserved for their usage events
+    assert await leases.give_back("ret-1", 3, 120, 180, 3_000_000, T0 + 1000, hold_ms=300) == "returned"
+    assert await _minute(redis, scope, T0 + 1000) == {"req": 3, "tin": 120, "tout": 180, "cost": 3_000_000}
+    assert await leases.give_back("ret-1", 0, 0, 0, 0, T0 + 1100, 60_000) == "gone"  # given back once
+    assert sum(await _drain(leases, route, "edge-b", 10, T0 + 1200)) == 47  # another edge takes the rest
+    await leases.reap(T0 + 1300, keep_s=3600)  # the returned lease is dropped, nothing more given back
+    assert not await redis.exists(CAP_LEASE_PREFIX + "ret-1")
+    assert (await _minute(redis, scope, T0 + 1200))["req"] == 3 + 47
+
+
+async def test_a_lease_its_edge_never_returned_is_given_back_by_the_reaper_once(redis):
+    leases = CapacityLeases(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    scope = provider_scope(route.provider)
+    g = await leases.grant("dead-1", "edge-dead", route, 10, T0 + 10_000, TTL_MS, GRACE_MS)
+    await leases.reap(g.until_ms + GRACE_MS - 1, keep_s=3600)  # its edge may still give it back
+    assert await redis.hget(CAP_LEASE_PREFIX + "dead-1", "state") == "live"
+    assert (await _minute(redis, scope, g.until_ms))["req"] == 10
+    assert await leases.reap(g.until_ms + GRACE_MS, keep_s=3600) >= 1
+    assert await redis.hget(CAP_LEASE_PREFIX + "dead-1", "state") == "reaped"
+    assert (await _minute(redis, scope, g.until_ms))["req"] == 0  # its capacity is back
+    await leases.reap(g.until_ms + GRACE_MS + 5000, keep_s=3600)  # taken once: nothing given back twice
+    assert (await _minute(redis, scope, g.until_ms))["req"] == 0
+    assert await leases.give_back("dead-1", 2, 0, 0, 0, g.until_ms + GRACE_MS + 100, 60_000) == "gone"  # late
+    assert sum(await _drain(leases, route, "edge-b", 10, g.until_ms)) == 50
+
+
+async def test_a_cooling_provider_gets_no_lease(redis):
+    leases = CapacityLeases(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    await redis.set(f"llmgw:cool:{route.provider}", "1", px=10_000)
+    g = await leases.grant("cool-1", "edge-a", route, 10, T0, TTL_MS, GRACE_MS)
+    assert (g.n, g.reason) == (0, "cooling down after a 429")
+
+
+def _leased_event(route: LeaseRoute, lease_id: str, at_ms: int, tin: int, tout: int, cost_nano: int,
+                  est_in: int = 40, est_out: int = 60, est_cost_nano: int = 1_000_000) -> UsageEvent:
+    """A request admitted from a lease: its reservation is its own estimate, in the lease's buckets."""
+    reservation = Reservation(provider=route.provider, model=route.model, at_s=at_ms // 1000, tokens_in=est_in,
+                              tokens_out=est_out, cost_nano=est_cost_nano, lease=lease_id)
+    return UsageEvent(id=uuid.uuid4().hex, ts=datetime.fromtimestamp(at_ms / 1000, timezone.utc),
+                      request_id=uuid.uuid4().hex, endpoint="chat", provider=route.provider, model=route.model,
+                      tokens_in=tin, tokens_out=tout, cost_usd=Decimal(cost_nano) / 10**9, status=200,
+                      reservation=reservation)
+
+
+async def test_each_request_of_a_returned_lease_is_counted_once_at_its_actual_usage(redis):
+    leases, writer = CapacityLeases(redis), WindowWriter(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    scope, lease_id, now_s = provider_scope(route.provider), uuid.uuid4().hex, T0 // 1000 + 20
+    assert (await leases.grant(lease_id, "edge-a", route, 10, T0 + 20_000, TTL_MS, GRACE_MS)).n == 10
+    events = [_leased_event(route, lease_id, T0 + 20_100 + j, 30 + j, 70, 2_000_000) for j in range(3)]
+    assert await writer.apply(events[:1], now_s) == 1  # one settles before the lease is given back
+    assert await leases.give_back(lease_id, 3, 120, 180, 3_000_000, T0 + 21_000, hold_ms=60_000) == "returned"
+    assert await writer.apply(events, now_s) == 2  # the other two after; the first is not applied twice
+    assert await _minute(redis, scope, T0 + 21_000) == {"req": 3, "tin": 30 + 31 + 32, "tout": 210,
+                                                        "cost": 6_000_000}
+
+
+async def test_a_dead_edges_requests_count_once_whether_their_events_come_before_or_after_the_reaper(redis):
+    leases, writer = CapacityLeases(redis), WindowWriter(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    scope, lease_id = provider_scope(route.provider), uuid.uuid4().hex
+    at_ms, now_s = T0 + 30_000, T0 // 1000 + 30
+    g = await leases.grant(lease_id, "edge-dead", route, 10, at_ms, TTL_MS, GRACE_MS)
+    before, after, never = (_leased_event(route, lease_id, at_ms + 10 + j, 50, 50, 3_000_000) for j in range(3))
+    del never  # admitted by the edge, which died before it could report it: nobody was answered
+    assert await writer.apply([before], now_s) == 1  # settled on the lease: actual - estimate
+    await leases.reap(g.until_ms + GRACE_MS, keep_s=3600)  # gives back all but the settled request
+    assert await _minute(redis, scope, g.until_ms) == {"req": 1, "tin": 50, "tout": 50, "cost": 3_000_000}
+    assert await writer.apply([after], now_s + 2) == 1  # the lease was given back: it counts in full
+    assert await writer.apply([after, before], now_s + 3) == 0  # redelivered: nothing twice
+    assert await _minute(redis, scope, g.until_ms) == {"req": 2, "tin": 100, "tout": 100, "cost": 6_000_000}
