@@ -39,10 +39,11 @@ def test_lua_scripts_get_the_key_names_from_the_module():
 
 def test_every_script_the_services_register_resolves():
     from llmgw_common import windows
-    from llmgw_router import store
+    from llmgw_router import capacity_leases, store
     from llmgw_usage import domain
 
     for script in (windows.READ_WINDOWS_LUA, store.ADMIT_LUA, store.OUTCOME_LUA, store.STATS_LUA, store.REAP_LUA,
-                   domain.APPLY_EVENTS_LUA):
+                   store.GIVE_UP_LUA, capacity_leases.GRANT_LUA, capacity_leases.GIVE_BACK_LUA,
+                   capacity_leases.REAP_LUA, domain.APPLY_EVENTS_LUA):
         text = redis_keys.lua(script)
         assert "$" not in text and "llmgw:" in text
