@@ -201,14 +201,13 @@ class ConfigFollower:
         while True:
             try:
                 kv = await open_bucket(js)
+                # not stopped when cancelled: the connection's drain ends its subscription, and stopping it
+                # from a cancelled task can keep that task (and the event loop's close) waiting
                 watcher = await kv.watch(CONFIG_KEY)
-                try:
-                    async for entry in watcher:
-                        if entry is not None and entry.value and entry.operation not in ("DEL", "PURGE"):
-                            await self._apply(entry.revision, entry.value.decode("utf-8", errors="replace"))
-                        delay = 0.5
-                finally:
-                    await asyncio.wait_for(watcher.stop(), STOP_WAIT_S)
+                async for entry in watcher:
+                    if entry is not None and entry.value and entry.operation not in ("DEL", "PURGE"):
+                        await self._apply(entry.revision, entry.value.decode("utf-8", errors="replace"))
+                    delay = 0.5
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS away: the running config stays, retry
