@@ -90,6 +90,34 @@ def infra(tmp_root):
         c.stop()
 
 
+def _shared_with_other_tests(request, name: str = "infra") -> bool:
+    """Whether a fixture this test uses outlives it and needs ``infra`` (a module's running stack)."""
+    defs = request.node._fixtureinfo.name2fixturedefs
+
+    def needs(fixture: str, seen: set[str]) -> bool:
+        if fixture == name:
+            return True
+        if fixture in seen or fixture not in defs:
+            return False
+        seen.add(fixture)
+        return any(needs(arg, seen) for arg in defs[fixture][-1].argnames)
+
+    return any(defs[f][-1].scope != "function" and needs(f, set())
+               for f in request.fixturenames if f != name and f in defs)
+
+
+@pytest.fixture(autouse=True)
+def fresh_config_bucket(request):
+    """Each test's services start from their own config file (the seed of the config bucket), as on a NATS
+    of their own: the bucket the session's NATS kept from an earlier test is deleted first. A stack shared
+    by a module's tests is seeded fresh where it starts (``stacks.running_stack``)."""
+    if "infra" in request.fixturenames and not _shared_with_other_tests(request):
+        from stacks import delete_config_bucket
+
+        delete_config_bucket(request.getfixturevalue("infra").nats_url)
+    yield
+
+
 # ---- the demo provider as the upstream of a test module (tests/unit/test_demo_provider*.py) -------------
 
 @pytest.fixture(scope="module")

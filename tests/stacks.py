@@ -14,13 +14,53 @@ from llmgw_cli.infra import free_port
 from llmgw_cli.runner import Stack
 
 
+def delete_config_bucket(nats_url: str) -> None:
+    """Forget the config bucket a shared test NATS kept from an earlier test: the next gateway started
+    is seeded from its own config file, as on a NATS of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llmgw_common.config_bucket import CONFIG_BUCKET
+    from llmgw_common.nats_conn import connect_nats
+
+    async def delete() -> None:
+        from nats.js.errors import NotFoundError
+
+        nc = await connect_nats(nats_url, "test-config-reset")
+        try:
+            await nc.jetstream().delete_key_value(CONFIG_BUCKET)
+        except NotFoundError:
+            pass
+        finally:
+            await nc.close()
+
+    with ThreadPoolExecutor(1) as pool:  # its own event loop, whether or not the caller runs one
+        pool.submit(asyncio.run, delete()).result()
+
+
+async def push_config(nats_url: str, text: str) -> int:
+    """The text as a new revision of the config bucket (what ``llmgw config push`` stores, without its
+    checks: an invalid text reaches the services too); its revision."""
+    from llmgw_common import config_bucket
+    from llmgw_common.nats_conn import connect_nats
+
+    nc = await connect_nats(nats_url, "test-config-push")
+    try:
+        kv = await config_bucket.open_bucket(nc.jetstream())
+        return await kv.put(config_bucket.CONFIG_KEY, text.encode())
+    finally:
+        await nc.close()
+
+
 @contextlib.contextmanager
 def running_stack(root: Path, config_text: str, env: dict[str, str], replicas: dict[str, int] | None = None):
-    """Every service as a child process (what ``llmgw run`` starts) against the test's NATS and Redis."""
+    """Every service as a child process (what ``llmgw run`` starts) against the test's NATS and Redis,
+    seeded from ``config_text``."""
     if env.get("REDIS_URL"):
         clear_failed_auth(env["REDIS_URL"])
     config = root / "llmgw.yaml"
     config.write_text(config_text)
+    if env.get("NATS_URL"):
+        delete_config_bucket(env["NATS_URL"])
     stack = Stack(config, root / "state", edge_port=free_port(), ui_port=free_port(), env=env,
                   log_file=root / "stack.log", replicas=replicas)
     try:
@@ -144,6 +184,8 @@ def supervised_stack(root: Path, config_text: str, env: dict[str, str], state_di
     stack start — and supervise — its own nats-server and Redis."""
     config = root / "llmgw.yaml"
     config.write_text(config_text)
+    if env.get("NATS_URL"):
+        delete_config_bucket(env["NATS_URL"])
     stack = Stack(config, state_dir or root / "state", edge_port=edge_port or free_port(),
                   ui_port=ui_port or free_port(), env=env, log_file=root / "stack.log", **stack_options)
     try:

@@ -1,11 +1,13 @@
-"""A config change reaches every running edge replica (and the router) without a restart, and drops no
-request in flight."""
+"""A config change pushed to the config bucket reaches every running edge and router replica without a
+restart and without a file, and drops no request in flight."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
+import time
 
 import httpx
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from fakes import FakeProvider
 from llmgw_common import subjects
 from llmgw_common.nats_conn import connect_nats
-from stacks import running_stack, wait_for
+from stacks import push_config, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +40,30 @@ usage:
 """
 
 
-async def _announce(nats_url: str) -> None:
-    nc = await connect_nats(nats_url, "test-config")
-    await nc.publish(subjects.CONFIG_CHANGED, b"{}")
-    await nc.flush()
-    await nc.close()
+async def _revisions(nats_url: str) -> list[dict]:
+    """Every process's answer on llmgw.config.revisions (a scatter-gather, 0.3 s to answer)."""
+    nc = await connect_nats(nats_url, "test-config-revisions")
+    answers: list[dict] = []
+    try:
+        inbox = nc.new_inbox()
+
+        async def collect(msg) -> None:
+            answers.append(json.loads(msg.data))
+
+        sub = await nc.subscribe(inbox, cb=collect)
+        await nc.publish(subjects.CONFIG_REVISIONS, b"", reply=inbox)
+        await asyncio.sleep(0.3)
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return answers
 
 
 def test_the_edge_applies_a_new_config_live(infra, tmp_path):
     with FakeProvider(models=["slowish"], delay_s=2.0) as a, FakeProvider(models=["brand-new"]) as b:
         env = dict(os.environ, NATS_URL=infra.nats_url, REDIS_URL=infra.redis_url,
                    CLICKHOUSE_URL=infra.clickhouse_url)
-        with running_stack(tmp_path, _config(a, b, with_new=False), env, replicas={"edge": 2}) as stack:
+        with running_stack(tmp_path, _config(a, b, with_new=False), env, replicas={"edge": 2, "router": 2}) as stack:
             base = f"http://127.0.0.1:{stack.edge_port}"
 
             def ask(model: str) -> int:
@@ -62,9 +76,23 @@ def test_the_edge_applies_a_new_config_live(infra, tmp_path):
             slow.start()
             wait_for(lambda: a.requests, timeout=10, interval=0.05)  # the slow request is upstream now
 
-            stack.config_path.write_text(_config(a, b, with_new=True))
-            asyncio.run(_announce(infra.nats_url))
-            wait_for(lambda: ask("brand-new") == 200, timeout=10, interval=0.2)  # edge and router both reloaded
+            seed = stack.config_path.read_text()
+            pushed_at = time.monotonic()
+            revision = asyncio.run(push_config(infra.nats_url, _config(a, b, with_new=True)))  # no file involved
+            assert stack.config_path.read_text() == seed
+            wait_for(lambda: ask("brand-new") == 200, timeout=10, interval=0.05)  # an edge and a router applied it
+            # every edge and router replica runs it: measured, bounded by the wait (not a timed assert)
+            running = {}
+
+            def all_applied() -> bool:
+                answers = asyncio.run(_revisions(infra.nats_url))
+                running.update({(x["service"], x["instance"]): x["revision"] for x in answers})
+                return sorted(s for (s, _), r in running.items() if r >= revision and s in ("edge", "router")) == [
+                    "edge", "edge", "router", "router"]
+
+            wait_for(all_applied, timeout=10, interval=0.05)
+            print(f"config revision {revision} reached 2 edges and 2 routers in "
+                  f"{time.monotonic() - pushed_at:.2f}s (answers take up to 0.3 s)")
             assert b.requests[-1]["body"]["model"] == "brand-new"
             slow.join(30)
             assert in_flight == [200]  # the change dropped nothing in flight
@@ -77,13 +105,13 @@ def test_the_edge_applies_a_new_config_live(infra, tmp_path):
                 served_by.add(r.headers["x-llmgw-edge"])
             assert served_by == {"edge-1", "edge-2"}
 
-            # a broken file is refused by the edge, which keeps running with the config it has
-            stack.config_path.write_text("version: 1\nproviders: [{id: 'BAD ID'}]\n")
-            asyncio.run(_announce(infra.nats_url))
+            # an invalid revision (written past the checks) is refused, every replica keeps the config it has
+            broken = asyncio.run(push_config(infra.nats_url, "version: 1\nproviders: [{id: 'BAD ID'}]\n"))
+            wait_for(lambda: {x["latest"] for x in asyncio.run(_revisions(infra.nats_url))} == {broken}, timeout=10)
+            assert {x["revision"] for x in asyncio.run(_revisions(infra.nats_url))} == {revision}
             assert ask("brand-new") == 200
             # edge limits from the config apply too
-            stack.config_path.write_text(_config(a, b, with_new=True, bad=True))
-            asyncio.run(_announce(infra.nats_url))
+            asyncio.run(push_config(infra.nats_url, _config(a, b, with_new=True, bad=True)))
             wait_for(lambda: httpx.post(base + "/v1/chat/completions", timeout=30, json={
                 "model": "brand-new", "messages": [{"role": "user", "content": "x" * 5000}]}).status_code == 413,
                 timeout=10, interval=0.2)

@@ -1,15 +1,15 @@
 """The config editor API through a running stack: read (secrets masked), validate (problems at field
-paths, a diff), save with If-Match (atomic rewrite, mode kept, the old file in the history, every service
-reloads: a model added in the YAML is served without a restart), refusals that change nothing (invalid,
-stale etag, no If-Match), secrets that survive a save of the masked text, rollback."""
+paths, a diff), save with If-Match (a new revision of the config bucket, the file untouched, every
+service applies it: a model added in the YAML is served without a restart), refusals that change nothing
+(invalid, stale etag, no If-Match, two editors from the same revision), secrets that survive a save of
+the masked text, history and rollback from the bucket's revisions, whether every replica runs the
+latest revision."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
-import stat
 from pathlib import Path
 
 import httpx
@@ -21,8 +21,7 @@ from llmgw_common import subjects
 from llmgw_common.admin_auth import ADMIN_TOKEN_ENV, READONLY_TOKEN_ENV
 from llmgw_common.nats_conn import connect_nats
 from llmgw_ui_api.config_secrets import mask_text, restore_secrets
-from llmgw_ui_api.config_store import HISTORY_DIR
-from stacks import running_stack, wait_for
+from stacks import push_config, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -80,8 +79,16 @@ def _no_secrets(text: str) -> None:
         assert secret not in text, secret
 
 
-def _etag(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+async def _stored(nats_url: str) -> tuple[int, str]:
+    """The config bucket's current revision and text."""
+    from llmgw_common import config_bucket
+
+    nc = await connect_nats(nats_url, "test-config-read")
+    try:
+        stored = await config_bucket.current(await config_bucket.open_bucket(nc.jetstream(), create=False))
+        return stored.revision, stored.text
+    finally:
+        await nc.close()
 
 
 class Announcements:
@@ -132,8 +139,9 @@ def test_masking_keeps_the_layout_and_follows_anchors_and_merges(text):
 
 async def test_read_validate_save_reload_and_rollback(stack, upstream):
     path: Path = stack.config_path
-    os.chmod(path, 0o640)
     original = path.read_bytes()
+    seeded, text = await _stored(stack.nats.url)
+    assert text.encode() == original  # the file seeded the bucket
     async with Announcements(stack.nats.url) as announced:
         with admin_client(stack, timeout=30) as ui:
             # ---- read
@@ -141,7 +149,8 @@ async def test_read_validate_save_reload_and_rollback(stack, upstream):
             assert resp.status_code == 200
             _no_secrets(resp.text)
             view = resp.json()
-            assert view["etag"] == _etag(path) and view["path"] == str(path) and view["problems"] == []
+            assert view["etag"] == view["version"] == str(seeded) and view["problems"] == []
+            assert view["path"] == "LLMGW_CONFIG/gateway.yaml"
             assert view["masked"]["providers"][0]["api_key"] == "********"
             assert view["masked"]["providers"][1]["api_key"] == "${LLMGW_TEST_Q_KEY}"
             # the mask quoted (a plain * would start a YAML alias), the comment kept on its line and column
@@ -180,29 +189,26 @@ async def test_read_validate_save_reload_and_rollback(stack, upstream):
             assert resp.status_code == 400 and resp.json()["problems"]
             resp = ui.put("/api/config", json={"yaml": edited}, headers={"if-match": "0" * 64})
             assert resp.status_code == 409 and resp.json()["error"]["code"] == "conflict"
-            assert path.read_bytes() == original and not (stack.state_dir / HISTORY_DIR).exists()
+            assert await _stored(stack.nats.url) == (seeded, original.decode())
             assert await asyncio.to_thread(_chat, stack, "added") == 404
 
-            # ---- save: atomic rewrite, mode kept, secrets kept, the old file in the history, live reload
-            before = os.stat(path)
+            # ---- save: a new revision, secrets kept, the file untouched, live reload
             resp = ui.put("/api/config", json={"yaml": edited}, headers={"if-match": f'"{view["etag"]}"'})
             assert resp.status_code == 200, resp.text
             saved = resp.json()
-            assert saved["changed"] is True and saved["etag"] == _etag(path) and saved["version"].endswith(
-                saved["etag"][:8])
-            after = os.stat(path)
-            assert after.st_ino != before.st_ino  # a new file renamed over the old one
-            assert stat.S_IMODE(after.st_mode) == 0o640
-            on_disk = path.read_text()
+            assert saved["changed"] is True and saved["etag"] == saved["version"] == str(seeded + 1)
+            revision, stored = await _stored(stack.nats.url)
+            assert revision == seeded + 1
             for secret in SECRETS:
-                assert secret in on_disk  # the "********" of the editor kept every secret
-            assert on_disk == original.decode().replace(
+                assert secret in stored  # the "********" of the editor kept every secret
+            assert stored == original.decode().replace(
                 "        limits: {requests_per_minute: 600}\n",
                 "        limits: {requests_per_minute: 600}\n      - name: added\n")
-            assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
-            kept = list((stack.state_dir / HISTORY_DIR).iterdir())
-            assert len(kept) == 1 and kept[0].read_bytes() == original
-            assert stat.S_IMODE(kept[0].stat().st_mode) == 0o600
+            assert path.read_bytes() == original  # the file is the seed only
+            # a second editor who started from the same revision gets a conflict, nothing changes
+            resp = ui.put("/api/config", json={"yaml": view["yaml"] + "# mine\n"}, headers={"if-match": view["etag"]})
+            assert resp.status_code == 409 and resp.headers["etag"] == f'"{saved["etag"]}"'
+            assert (await _stored(stack.nats.url))[0] == revision
 
             await asyncio.to_thread(wait_for, lambda: _chat(stack, "added") == 200, 20, 0.2)
             assert upstream.requests[-1]["body"]["model"] == "added"
@@ -217,19 +223,19 @@ async def test_read_validate_save_reload_and_rollback(stack, upstream):
             resp = ui.put("/api/config", json={"yaml": ui.get("/api/config").json()["yaml"]},
                           headers={"if-match": saved["etag"]})
             assert resp.json() == {**saved, "changed": False}
-            assert len(list((stack.state_dir / HISTORY_DIR).iterdir())) == 1
+            assert (await _stored(stack.nats.url))[0] == revision
 
             # ---- history and rollback
             history = ui.get("/api/config/history").json()
             _no_secrets(json.dumps(history))
             assert history["current"]["etag"] == saved["etag"] and history["current"]["version"] == saved["version"]
             (old,) = history["versions"]
-            assert old["etag"] == hashlib.sha256(original).hexdigest() and old["size"] == len(original)
+            assert old["version"] == old["etag"] == str(seeded) and old["size"] == len(original)
             resp = ui.post("/api/config/rollback", json={"version": old["version"]})
             assert resp.status_code == 428
             resp = ui.post("/api/config/rollback", json={"version": old["version"]}, headers={"if-match": view["etag"]})
             assert resp.status_code == 409  # the etag of the file as it was, not as it is
-            resp = ui.post("/api/config/rollback", json={"version": "20200101T000000.000000Z-00000000"},
+            resp = ui.post("/api/config/rollback", json={"version": "999999"},
                            headers={"if-match": saved["etag"]})
             assert resp.status_code == 404
             resp = ui.post("/api/config/rollback", json={"version": "../../etc/passwd"},
@@ -238,30 +244,42 @@ async def test_read_validate_save_reload_and_rollback(stack, upstream):
             resp = ui.post("/api/config/rollback", json={"version": old["version"]},
                            headers={"if-match": saved["etag"]})
             assert resp.status_code == 200 and resp.json()["changed"] is True
-            assert path.read_bytes() == original and stat.S_IMODE(os.stat(path).st_mode) == 0o640
+            assert resp.json()["version"] == str(revision + 1)  # a rollback is a new revision
+            assert await _stored(stack.nats.url) == (revision + 1, original.decode())
             await asyncio.to_thread(wait_for, lambda: _chat(stack, "added") == 404, 20, 0.2)
             versions = ui.get("/api/config/history").json()["versions"]
             assert [v["etag"] for v in versions] == [saved["etag"], old["etag"]]  # newest first
             assert versions[0]["version"] == saved["version"]
 
+            # ---- every process runs the latest revision (edge, router, usage, pricing, ui-api)
+            def all_latest() -> bool:
+                return ui.get("/api/config/replicas").json()["all_latest"]
 
-def test_a_broken_file_is_shown_masked_and_can_be_fixed(stack):
-    path: Path = stack.config_path
-    good = path.read_bytes()
+            await asyncio.to_thread(wait_for, all_latest, 20, 0.2)
+            replicas = ui.get("/api/config/replicas").json()
+            assert replicas["latest"] == revision + 1
+            assert {r["service"] for r in replicas["replicas"]} == {"edge", "router", "usage", "pricing", "ui-api"}
+
+
+def test_a_broken_revision_is_shown_masked_and_can_be_fixed(stack):
+    good = stack.config_path.read_text()
+    # a revision written past the checks (the bucket edited by hand): shown, refused by every service
+    broken = asyncio.run(push_config(stack.nats.url, good + "  oops: [\n"))
     try:
-        path.write_text(good.decode() + "  oops: [\n")  # a hand edit gone wrong
         with admin_client(stack, timeout=30) as ui:
             view = ui.get("/api/config").json()
             _no_secrets(json.dumps(view))
             assert view["masked"] is None and view["problems"] and view["yaml"].endswith("  oops: [\n")
-            # the masks cannot be put back from a file that does not parse: the secret must be typed
+            assert view["etag"] == str(broken)
+            # the masks cannot be put back from a text that does not parse: the secret must be typed
             resp = ui.put("/api/config", json={"yaml": view["yaml"].replace("  oops: [\n", "")},
                           headers={"if-match": view["etag"]})
             assert resp.status_code == 400 and {p["path"] for p in resp.json()["problems"]} >= {
                 "providers[0].api_key", "providers[0].headers.X-Org"}
-            fixed = good.decode()
-            resp = ui.put("/api/config", json={"yaml": fixed}, headers={"if-match": view["etag"]})
-            assert resp.status_code == 200 and path.read_bytes() == good
+            replicas = ui.get("/api/config/replicas").json()
+            assert replicas["latest"] == broken and not replicas["all_latest"]  # they keep the last valid one
+            resp = ui.put("/api/config", json={"yaml": good}, headers={"if-match": view["etag"]})
+            assert resp.status_code == 200 and asyncio.run(_stored(stack.nats.url)) == (broken + 1, good)
     finally:
-        if path.read_bytes() != good:
-            path.write_bytes(good)
+        if asyncio.run(_stored(stack.nats.url))[1] != good:
+            asyncio.run(push_config(stack.nats.url, good))

@@ -42,6 +42,7 @@ from llmgw_pricing.sources import (
 )
 from llmgw_ui_api.main import UiApiSettings, create_app
 from admin import ADMIN_HEADERS, UI_TOKENS
+from stacks import push_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 30.0
@@ -378,6 +379,7 @@ def run_pricing(infra, tmp_path):
     async def start(text: str, state_dir: Path | None = None) -> PricingSettings:
         cfg_path = tmp_path / "llmgw.yaml"
         cfg_path.write_text(text)
+        await push_config(infra.nats_url, text)  # the config it starts with: the bucket's current revision
         settings = PricingSettings(NATS_URL=infra.nats_url, LLMGW_CONFIG=str(cfg_path),
                                    LLMGW_STATE_DIR=str(state_dir or tmp_path / "state"))
         stop = asyncio.Event()
@@ -534,19 +536,16 @@ async def test_config_change_announces_the_changed_prices(infra, run_pricing, tm
     nc = await connect_nats(infra.nats_url, "test")
     changes = await _listen(nc, subjects.PRICING_CHANGED)
     try:
-        settings = await run_pricing(config_text(None))
+        await run_pricing(config_text(None))
         await _next_change(changes, "start")
-        settings.config_path.write_text(config_text(None, extra="    gpt-4o-mini: {input_per_mtok: 0.01}"))
-        await nc.publish(subjects.CONFIG_CHANGED, b"{}")
+        await push_config(infra.nats_url, config_text(None, extra="    gpt-4o-mini: {input_per_mtok: 0.01}"))
         change = await _next_change(changes, "config")
         assert [(k.provider, k.model) for k in change.changed] == [("openai", "gpt-4o-mini")]
         mini = _by(await _list(nc))[("openai", "gpt-4o-mini")]
         assert (mini.source, mini.matched, mini.price.input_per_mtok) == (
             "config", "pricing.overrides.gpt-4o-mini", Decimal("0.01"))
         # an invalid config changes nothing and announces nothing
-        settings.config_path.write_text("providers: [{id: BAD}]")
-        await nc.publish(subjects.CONFIG_CHANGED, b"{}")
-        await nc.flush()
+        await push_config(infra.nats_url, "providers: [{id: BAD}]")
         mini = _by(await _list(nc))[("openai", "gpt-4o-mini")]
         assert mini.price.input_per_mtok == Decimal("0.01")
     finally:

@@ -34,7 +34,7 @@ ROUTES = {
     ("GET", "/api/keys"), ("POST", "/api/keys"), ("GET", "/api/keys/{key_id}"), ("POST", "/api/keys/{key_id}/rotate"),
     ("POST", "/api/keys/{key_id}/revoke"), ("GET", "/api/keys/{key_id}/usage"),
     ("PUT", "/api/config"), ("POST", "/api/config/validate"), ("GET", "/api/config/history"),
-    ("POST", "/api/config/rollback"), ("GET", "/api/live"), ("POST", "/api/compare"),
+    ("POST", "/api/config/rollback"), ("GET", "/api/config/replicas"), ("GET", "/api/live"), ("POST", "/api/compare"),
 }
 
 

@@ -1,4 +1,5 @@
-"""The ``llmgw`` command: run everything, run one service, check a config, manage keys and the usage stream.
+"""The ``llmgw`` command: run everything, run one service, check / push / pull a config, manage keys and the
+usage stream.
 
 The benchmarks are not part of it: ``make bench`` runs ``python -m llmgw_bench`` (bench/)."""
 
@@ -82,33 +83,6 @@ def cmd_demo_provider(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config_check(args: argparse.Namespace) -> int:
-    """Every problem of the file, one per line as ``FILE:LINE: path: message``; exit 1 on errors
-    (warnings alone, such as an unset ``${VAR}``, still exit 0)."""
-    from llmgw_common.config_check import check_text, plural, summary
-
-    try:
-        text = Path(args.file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"{args.file}: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
-        return 1
-    report = check_text(text, os.environ)
-
-    def where(finding) -> str:
-        return f"{args.file}:{finding.line}" if finding.line is not None else args.file
-
-    for finding in report.warnings:
-        print(f"{where(finding)}: warning: {finding}", file=sys.stderr)
-    for finding in report.errors:
-        print(f"{where(finding)}: {finding}", file=sys.stderr)
-    warned = f", {plural(len(report.warnings), 'warning')}" if report.warnings else ""
-    if report.config is None:
-        print(f"{args.file}: invalid ({plural(len(report.errors), 'error')}{warned})", file=sys.stderr)
-        return 1
-    print(f"{args.file}: OK ({summary(report.config)}{warned})")
-    return 0
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``llmgw`` parser. Given the command about to run, only that command's own arguments are added:
     the modules defining the others (the usage-stream tools, ``keys``, ``copilot``) import httpx, yaml
@@ -144,11 +118,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=18090)
     demo.set_defaults(func=cmd_demo_provider)
 
-    config = sub.add_parser("config", help="config tools")
+    config = sub.add_parser("config", help="config tools: check a file; push, pull, diff the running config")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate a config file")
-    check.add_argument("file")
-    check.set_defaults(func=cmd_config_check)
+    if wanted("config"):
+        from . import config_cmd  # the config bucket (llmgw_common.config_bucket) and the file
+
+        config_cmd.add_arguments(config_sub)
 
     # commands a service provides itself (its `subcommands` module): the usage stream's replay and NDJSON export /
     # import and the ClickHouse migrations (llmgw_usage), the Copilot login (llmgw_edge)

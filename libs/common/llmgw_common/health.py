@@ -194,6 +194,17 @@ def clickhouse_via_usage(nc, timeout_s: float = 2.0) -> Probe:
     return probe
 
 
+def config_revision(follower) -> Probe:
+    """The config revision running (a ``ConfigFollower``): informational, never a reason to be degraded."""
+
+    async def probe() -> str:
+        if follower.latest > follower.revision:
+            return f"revision {follower.revision} (revision {follower.latest} is invalid: not applied)"
+        return f"revision {follower.revision}"
+
+    return probe
+
+
 def changes(before: dict[str, bool], after: dict[str, bool]) -> list[tuple[str, bool]]:
     """The checks whose state differs between two polls (a check absent before counts as up)."""
     return [(name, ok) for name, ok in after.items() if before.get(name, True) != ok]

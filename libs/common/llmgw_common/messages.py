@@ -266,10 +266,20 @@ class PricingChanged(Message):
 # ---- config ----------------------------------------------------------------
 
 class ConfigChanged(Message):
-    """``llmgw.config.changed``: ui-api wrote a new config file; every service reads it again."""
+    """``llmgw.config.changed``: ui-api wrote a new config revision (informational: every process follows
+    the config bucket itself)."""
 
-    etag: str | None = None  # of the file written
-    version: str | None = None  # the revision written (a name the writer chose)
+    etag: str | None = None  # of the text written
+    version: str | None = None  # the revision written (the bucket's revision number)
+
+
+class ConfigRevision(Message):
+    """One process's answer on ``llmgw.config.revisions``: the config revision it runs."""
+
+    service: str
+    instance: str
+    revision: int  # 0: none stored (defaults)
+    latest: int  # the newest revision it has seen (greater than ``revision``: that one was invalid)
 
 
 # ---- usage -----------------------------------------------------------------

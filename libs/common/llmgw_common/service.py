@@ -12,7 +12,10 @@ loops and clean-up steps, then calls ``run(load)``:
    and subscriptions, handlers still in hand (bounded), the service's own stop steps, the NATS drain,
    then the service's close steps (connections, stores).
 
-The edge and ui-api are HTTP apps, not micro services; they share ``watch_config`` and ``run_steps``.
+The config comes from the config bucket (``config_bucket``): ``load_config()`` seeds it from the file when it
+is empty and loads the current revision; once serving, every new revision goes to the ``on_config``
+listeners. The edge and ui-api are HTTP apps, not micro services; they share ``config_follower`` and
+``run_steps``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import importlib.metadata
 import inspect
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Protocol, Sequence, cast
@@ -34,11 +38,11 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from pydantic import ValidationError
 
-from . import metrics, subjects, tracing
-from .config import ConfigError, GatewayConfig, load_config_or_default
+from . import metrics, tracing
+from .config import GatewayConfig
+from .config_bucket import ConfigFollower, ConfigListener
 from .lifecycle import wait_for_stop
 from .logs import setup_logging
-from .messages import ConfigChanged
 from .nats_conn import connect_nats
 
 log = logging.getLogger("llmgw.service")
@@ -86,38 +90,16 @@ def bad_request(exc: Exception) -> str:
     return "invalid request"
 
 
-# ---- shared by every process: config reload, ordered steps -------------------------------------------
+# ---- shared by every process: the config, ordered steps ----------------------------------------------
 
-ConfigListener = Callable[[GatewayConfig], Awaitable[None] | None]
+def config_follower() -> ConfigFollower:
+    """A process's view of the config bucket, its revision exported as ``llmgw_config_revision``."""
+    return ConfigFollower(on_revision=metrics.config_revision().set)
 
 
-async def watch_config(nc: NATS, config_path: os.PathLike[str] | str, listeners: Sequence[ConfigListener]):
-    """Reload the config file on ``llmgw.config.changed`` and hand it to ``listeners`` in order.
-
-    A broken file (a hand edit gone wrong: ui-api validates what it writes) is logged and ignored: the
-    running config stays. Returns the subscription.
-    """
-
-    async def on_changed(msg) -> None:
-        try:
-            announced = ConfigChanged.decode(msg.data or b"{}")
-        except ValueError:
-            announced = ConfigChanged()
-        try:
-            config = load_config_or_default(config_path)
-        except ConfigError as exc:
-            log.error("config change ignored, the running config stays: %s", exc)
-            return
-        for listener in listeners:
-            try:
-                result = listener(config)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:  # one listener's failure must not keep the others on the old config
-                log.exception("applying the new config failed in %s", getattr(listener, "__qualname__", listener))
-        log.info("config reloaded (version %s)", announced.version or "-")
-
-    return await nc.subscribe(subjects.CONFIG_CHANGED, cb=on_changed)
+def instance_id() -> str:
+    """This process among the replicas (``LLMGW_REPLICA_ID`` when set: compose, the runner)."""
+    return os.environ.get("LLMGW_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 Step = tuple[str, Callable[[], Awaitable[Any] | Any]]
@@ -164,12 +146,18 @@ class ServiceRuntime:
         self._stop_steps: list[Step] = []
         self._close_steps: list[Step] = []
         self._in_hand: set[asyncio.Task] = set()
+        self.config = config_follower()
 
     # ---- declarations (before run) ---------------------------------------------------------------------
 
     async def connect(self) -> NATS:
         self.nc = await connect_nats(self.nats_url, f"llmgw-{self.name}")
         return self.nc
+
+    async def load_config(self) -> GatewayConfig:
+        """The current config from the bucket (seeded from ``config_path`` when the bucket has none)."""
+        nc = self.nc or await self.connect()
+        return await self.config.start(nc.jetstream(), self.config_path)
 
     def endpoint(self, name: str, subject: str, request_type: type[Decodable],
                  handler: Callable[[Any], Awaitable[Any]], *, concurrent: bool = False,
@@ -281,12 +269,14 @@ class ServiceRuntime:
         subs = []
         loops: list[asyncio.Task] = []
         try:
+            if not self.config.started:
+                await self.load_config()
             if load is not None and not await self._load(load, stop_event, retry_load):
                 return
             for subject, cb, queue in self._subscriptions:
                 subs.append(await nc.subscribe(subject, queue=queue or "", cb=cb))
-            if self._config_listeners:
-                subs.append(await watch_config(nc, self.config_path, self._config_listeners))
+            self.config.follow(self._config_listeners)
+            subs.append(await self.config.answer_revisions(nc, self.name, instance_id()))
             if self._endpoints:
                 service = await add_service(nc, name=self.name, version=package_version(),
                                             description=self.description, queue_group=self.queue_group)
@@ -313,7 +303,7 @@ class ServiceRuntime:
         await run_steps(steps)
         if self._in_hand:  # let answers in hand go out before the connection drains
             await asyncio.wait(set(self._in_hand), timeout=HANDLERS_GRACE_S)
-        await run_steps(self._stop_steps)
+        await run_steps([*self._stop_steps, ("config follower", self.config.stop)])
         await run_steps([("nats", lambda: _drain(nc))])
         await run_steps(self._close_steps)
 

@@ -60,8 +60,11 @@ USAGE_DEAD_WILDCARD = USAGE_DEAD_PREFIX + ".>"
 # the dead letters, newest first (request/reply, queue group "usage")
 USAGE_QUERY_DEAD = "llmgw.usage.query.dead"
 
-# config (announcement after ui-api wrote a new config file)
+# config: the text lives in the LLMGW_CONFIG key-value bucket (config_bucket), which every process watches.
+# An announcement after ui-api wrote a new revision (informational: nothing needs it to reload)
 CONFIG_CHANGED = "llmgw.config.changed"
+# every process (edges too, no queue group) answers with the config revision it runs (ConfigRevision)
+CONFIG_REVISIONS = "llmgw.config.revisions"
 
 
 def usage_event_subject(provider: str) -> str:

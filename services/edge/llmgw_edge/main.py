@@ -27,14 +27,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llmgw_common import health, metrics, ops_port, subjects, tracing
-from llmgw_common.config import GatewayConfig, load_config_or_default
+from llmgw_common.config import GatewayConfig
 from llmgw_common.http_server import json_error_protocol
 from llmgw_common.ids import new_id
 from llmgw_common.keys import KeyRecord
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
-from llmgw_common.service import package_version, run_steps, watch_config
+from llmgw_common.service import config_follower, package_version, run_steps
 from llmgw_common.settings import CommonSettings
 
 from . import router_client
@@ -250,8 +250,9 @@ class EdgeApp(FastAPI):
 def create_app(settings: EdgeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        config = load_config_or_default(settings.config_path)
         nc = await connect_nats(settings.nats_url, "llmgw-edge")
+        follower = app.state.config_follower = config_follower()
+        config = await follower.start(nc.jetstream(), settings.config_path)  # seeds an empty config bucket
         publisher = UsagePublisher(nc.jetstream(), settings.state_dir / "edge-unsent-usage",
                                    replica_id(settings.port))
         await publisher.start()
@@ -271,7 +272,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         edge.apply(config)
         app.state.edge = edge
 
-        await watch_config(nc, settings.config_path, [edge.apply])
+        follower.follow([edge.apply])
+        await follower.answer_revisions(nc, "edge", replica_id(settings.port))
         await nc.subscribe(subjects.ROUTER_CHANGED, cb=edge.on_router_changed)
         renewer = asyncio.create_task(renew_leases(nc, edge.gateway.running, lambda: edge.config.routing.lease_s),
                                       name="lease-renewal")
@@ -285,7 +287,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 await ops.stop()
             renewer.cancel()
             edge.refusals.flush()
-            await run_steps([("usage publisher", publisher.stop), ("key cache", keys.stop), ("edge", edge.close),
+            await run_steps([("config follower", follower.stop), ("usage publisher", publisher.stop),
+                             ("key cache", keys.stop), ("edge", edge.close),
                              ("upstream transport", transport.close), ("redis", redis.aclose),
                              ("nats", nc.drain)])
 
@@ -383,6 +386,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 health.Check("router", health.service_ping(nc, "router")),
                 health.Check("redis", health.redis_ping(connect_redis(settings.redis_url, max_connections=2))),
                 health.Check("plans", _plans_probe(app.state.edge.gateway.plans), required=False),
+                health.Check("config", health.config_revision(app.state.config_follower), required=False),
             ])
         return monitor
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from llmgw_common import metrics, service as runtime_main, subjects
-from llmgw_common.config import GatewayConfig, PricingConfig, load_config_or_default
+from llmgw_common.config import GatewayConfig, PricingConfig
 from llmgw_common.messages import PriceList, PriceLookup, PricingChanged, PricingStatus
 from llmgw_common.service import ServiceRuntime
 from llmgw_common.settings import CommonSettings
@@ -150,8 +150,9 @@ def _now() -> datetime:
 
 async def serve(settings: PricingSettings, stop: asyncio.Event | None = None) -> None:
     runtime = ServiceRuntime("pricing", "model prices", settings.nats_url, settings.config_path)
-    service = PricingService(load_config_or_default(settings.config_path), cache_path(settings))
-    service.publish = (await runtime.connect()).publish
+    nc = await runtime.connect()
+    service = PricingService(await runtime.load_config(), cache_path(settings))
+    service.publish = nc.publish
     background: set[asyncio.Task] = set()
 
     def spawn(coro) -> None:

@@ -15,7 +15,7 @@ import time
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from llmgw_common import metrics, service, subjects, tracing
-from llmgw_common.config import GatewayConfig, load_config_or_default
+from llmgw_common.config import GatewayConfig
 from llmgw_common.keys import KeyMirror
 from llmgw_common.logs import REQUEST_ID
 from llmgw_common.messages import (AdmissionGiveUps, AttemptOutcome, AttemptOutcomes, ErrorInfo, LeaseRenewal,
@@ -301,8 +301,9 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     runtime = ServiceRuntime("router", "routing decisions", settings.nats_url, settings.config_path)
     redis = connect_redis(settings.redis_url)
     runtime.on_close("redis", redis.aclose)
-    router = Router(load_config_or_default(settings.config_path), RoutingStore(redis), WindowReader(redis))
-    router.nc = await runtime.connect()
+    nc = await runtime.connect()
+    router = Router(await runtime.load_config(), RoutingStore(redis), WindowReader(redis))
+    router.nc = nc
 
     # each decision in its own task (each waits on Redis); a Redis outage is a prompt 503, never a timeout
     runtime.endpoint("decide", subjects.ROUTER_DECIDE, RouteRequest, router.decide, concurrent=True,

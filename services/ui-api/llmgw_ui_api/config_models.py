@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import MAX_BODY_BYTES, ErrorBody
 
-VERSION_PATTERN = r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}$"  # <UTC time>-<etag8>, see config_store
+VERSION_PATTERN = r"^[0-9]{1,19}$"  # a revision of the config bucket, see config_store
 
 
 class Problem(BaseModel):
@@ -19,14 +19,14 @@ class Problem(BaseModel):
 
 
 class ConfigView(BaseModel):
-    yaml: str = Field(description="the file as on disk, literal secrets as \"********\"")
-    etag: str = Field(description="SHA-256 (hex) of the file's bytes: send it as If-Match to save")
-    path: str
+    yaml: str = Field(description="the current revision's text, literal secrets as \"********\"")
+    etag: str = Field(description="the current revision (of the config bucket): send it as If-Match to save")
+    path: str = Field(description="where the config is kept: <bucket>/<key>")
     masked: dict[str, Any] | None = Field(description="the parsed config, secrets masked (null: the file is invalid)")
     config: dict[str, Any] | None = Field(default=None, description="the same as masked (the earlier name)")
-    version: str | None = Field(default=None, description="the file's version (null: no file yet)")
+    version: str | None = Field(default=None, description="the current revision (null: none stored yet)")
     exists: bool = True
-    problems: list[Problem] = Field(default_factory=list, description="what is wrong with the file on disk")
+    problems: list[Problem] = Field(default_factory=list, description="what is wrong with the stored text")
 
 
 class ConfigText(BaseModel):
@@ -38,15 +38,15 @@ class ConfigText(BaseModel):
 class ValidateReply(BaseModel):
     ok: bool
     problems: list[Problem]
-    diff: str = Field(description="unified diff, running file → this text, secrets masked on both sides")
+    diff: str = Field(description="unified diff, current revision → this text, secrets masked on both sides")
 
 
 class SaveReply(BaseModel):
     etag: str
-    changed: bool = Field(description="false: the text was the file's own, nothing was written")
+    changed: bool = Field(description="false: the text was the current revision's own, nothing was written")
     version: str
-    announced: bool = Field(default=True, description="llmgw.config.changed was published (false: NATS is "
-                                                      "away; services pick the file up at their next reload)")
+    announced: bool = Field(default=True, description="llmgw.config.changed was published (informational: "
+                                                      "the services follow the config bucket itself)")
 
 
 class ProblemsResponse(BaseModel):
@@ -58,14 +58,26 @@ class ProblemsResponse(BaseModel):
 
 class VersionInfo(BaseModel):
     version: str
-    at: datetime
+    at: datetime | None
     etag: str
     size: int
 
 
 class HistoryReply(BaseModel):
-    versions: list[VersionInfo] = Field(description="kept previous versions, newest first")
-    current: VersionInfo | None = Field(default=None, description="the file as it is now")
+    versions: list[VersionInfo] = Field(description="kept previous revisions, newest first")
+    current: VersionInfo | None = Field(default=None, description="the current revision")
+
+
+class ReplicaRevision(BaseModel):
+    service: str
+    instance: str
+    revision: int = Field(description="the config revision this process runs (0: none stored, defaults)")
+
+
+class ReplicasReply(BaseModel):
+    latest: int = Field(description="the config bucket's current revision")
+    replicas: list[ReplicaRevision]
+    all_latest: bool = Field(description="every process that answered runs the latest revision")
 
 
 class RollbackBody(BaseModel):

@@ -30,7 +30,7 @@ from llmgw_common.http_server import json_error_protocol
 from llmgw_common.logs import setup_logging
 from llmgw_common.nats_conn import connect_nats
 from llmgw_common.redis_conn import connect_redis
-from llmgw_common.service import package_version
+from llmgw_common.service import config_follower, instance_id, package_version
 from llmgw_common.settings import CommonSettings
 
 from . import errors, web
@@ -101,6 +101,11 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
         auth.sessions = await SessionStore.open(app.state.nc.jetstream())
         redis = connect_redis(settings.redis_url, max_connections=4)
         auth.limiter = SharedFailureLimiter(ADMIN_REALM, redis)
+        # the config bucket (seeded from the file when empty): the editor writes it, the routes read this copy
+        follower = app.state.config_follower = config_follower()
+        await follower.start(app.state.nc.jetstream(), settings.config_path)
+        follower.follow()
+        await follower.answer_revisions(app.state.nc, "ui-api", instance_id())
         # metrics and health on their own port, when asked (ops_port): ready = its own NATS connection
         ops = await ops_port.start_from_env(lambda: _health_monitor(app).report(), ready=("nats",))
         try:
@@ -109,6 +114,7 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
             if ops is not None:
                 await ops.stop()
             await redis.aclose()
+            await follower.stop()
             await app.state.nc.drain()
 
     # no /docs or /redoc: a browser opening them sends no credential (the OpenAPI document is /openapi.json)
@@ -147,6 +153,7 @@ def create_app(settings: UiApiSettings, credentials: AdminCredentials | None = N
                 health.Check("redis", health.redis_ping(connect_redis(settings.redis_url, max_connections=2))),
                 *(health.Check(name, health.service_ping(nc, name)) for name in BACKEND_SERVICES),
                 health.Check("clickhouse", health.clickhouse_via_usage(nc), timeout_s=2.0),
+                health.Check("config", health.config_revision(app.state.config_follower), required=False),
             ])
         return monitor
 

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections import deque
 from datetime import datetime, timezone
 from typing import Any
@@ -43,7 +42,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, StreamingResponse
 
 from llmgw_common import subjects
-from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
+from llmgw_common.config import GatewayConfig
 from llmgw_common.messages import (
     ProviderState,
     RouterState,
@@ -173,7 +172,7 @@ class LiveHub:
         self._usage_chunk: bytes | None = None
         self._health_chunk: bytes | None = None
         self._scopes: list[ScopeUsage] = []
-        self._config_key: tuple | None = None
+        self._config_key: int | None = None  # the config revision the limits are of
         self._limits: dict[str, Any] = {}
         self.queries = 0  # window and router-state queries made (for tests and logs)
 
@@ -237,21 +236,12 @@ class LiveHub:
             self._wake.set()
 
     def _config_limits(self) -> dict[str, Any]:
-        """Per provider and model, the configured limits; re-read when the file changes (last good kept)."""
-        path = self.app.state.settings.config_path
-        try:
-            st = os.stat(path)
-            key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            key = (str(path), None)
-        if key != self._config_key:
-            try:
-                config = load_config_or_default(path)
-            except ConfigError:
-                config = None
-            if config is not None:
-                self._limits = limits_of(config)
-            self._config_key = key
+        """Per provider and model, the configured limits of the config revision running (recomputed when
+        the revision changes)."""
+        follower = self.app.state.config_follower
+        if follower.revision != self._config_key:
+            self._limits = limits_of(follower.config)
+            self._config_key = follower.revision
         return self._limits
 
     async def _ask(self, subject: str, msg, reply_type, service: str, errors: list[str]):

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from llmgw_common import subjects
-from llmgw_common.config import ConfigError, Price, load_config_or_default
+from llmgw_common.config import Price
 from llmgw_common.messages import PriceInfo, PriceList, PriceLookup, PricingStatus
 from llmgw_common.nats_conn import RemoteError, request as nats_request
 
@@ -52,11 +52,7 @@ class PricingReply(BaseModel):
 
 
 def _logical_names(request: Request) -> dict[tuple[str, str], list[str]]:
-    path = request.app.state.settings.config_path
-    try:
-        config = load_config_or_default(path)
-    except ConfigError:
-        return {}
+    config = request.app.state.config_follower.config  # the revision running
     names: dict[tuple[str, str], list[str]] = {}
     for p in config.providers:
         for m in p.models:

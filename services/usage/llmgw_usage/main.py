@@ -9,8 +9,7 @@ import logging
 from pydantic import Field
 
 from llmgw_common import service, subjects
-from llmgw_common.config import ConfigError, GatewayConfig, load_config_or_default
-from llmgw_common.logs import setup_logging
+from llmgw_common.config import ConfigError, GatewayConfig
 from llmgw_common.messages import (KeyUsageQuery, UsageCurrentQuery, UsageDeadLettersQuery, UsageHistoryQuery,
                                    UsageReplayBatch, UsageRequestsQuery, UsageSimulate, UsageStatsQuery)
 from llmgw_common.nats_conn import ensure_usage_stream
@@ -54,27 +53,29 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def load_gateway_config(settings: CommonSettings) -> GatewayConfig:
-    """The config file, or the defaults when there is none (a broken file is an error)."""
-    if not settings.config_path.exists():
-        log.info("no config file at %s; using defaults", settings.config_path)
-    return load_config_or_default(settings.config_path)
-
-
 async def _ensure_stream(js, config: GatewayConfig) -> None:
     await ensure_usage_stream(js, max_age_s=config.usage.stream_max_age_days * 86400,
                               max_bytes=config.usage.stream_max_bytes)
     await deadletter.ensure_stream(js)
 
 
-async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyncio.Event | None = None) -> None:
+async def serve(settings: UsageSettings, config: GatewayConfig | None = None,
+                stop_event: asyncio.Event | None = None) -> None:
     """Run until ``stop_event`` is set (or SIGINT/SIGTERM when it is None), then stop cleanly. A start-up
-    failure (Redis or ClickHouse away) ends it at once, everything opened closed again."""
+    failure (Redis or ClickHouse away, an invalid stored config) ends it at once, everything opened closed
+    again. ``config``: the one to start with (tests); None: the config bucket's current revision."""
     runtime = ServiceRuntime(SERVICE_NAME, "usage windows, history, request log, dead letters, replay",
                              settings.nats_url, settings.config_path, queue_group=QUEUE_GROUP)
+    nc = await runtime.connect()
+    try:
+        loaded = await runtime.load_config()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        await nc.close()
+        raise SystemExit(2) from None
+    config = config or loaded
     store = ClickHouseStore(settings.clickhouse_url, settings.state_dir / "clickhouse")
     runtime.on_close("clickhouse", store.close)
-    nc = await runtime.connect()
     js = nc.jetstream()
     redis = connect_redis(settings.redis_url)
     runtime.on_close("redis", redis.aclose)
@@ -121,13 +122,7 @@ async def serve(settings: UsageSettings, config: GatewayConfig, stop_event: asyn
 
 def run() -> None:
     settings = UsageSettings()
-    setup_logging("usage", settings.log_level)  # before the config is read: what it says is logged
-    try:
-        config = load_gateway_config(settings)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from None
-    service.main("usage", lambda: serve(settings, config), settings.log_level)
+    service.main("usage", lambda: serve(settings), settings.log_level)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from .middleware import HttpMetrics
 from .primitives import (BATCH_BUCKETS, BATCH_SIZE_BUCKETS, FAST_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS,
                          LoopCounter, LoopHistogram)
 from .series import (DECISION_OUTCOMES, SKIP_REASONS, TOKEN_KINDS, UNKNOWN, EdgeMetrics, HttpServerMetrics, NatsMetrics,
-                     PricingMetrics, RouterMeter, RouterMetrics, UsageMeter, UsageMetrics, edge, http,
+                     PricingMetrics, RouterMeter, RouterMetrics, UsageMeter, UsageMetrics, config_revision, edge, http,
                      logical_models, nats, pricing, router, skip_reason, usage)
 
 disable_created_metrics()  # no ``*_created`` series: half the scrape, nothing a dashboard reads
@@ -45,6 +45,7 @@ __all__ = [
     "BATCH_BUCKETS", "BATCH_SIZE_BUCKETS", "DECISION_OUTCOMES", "FAST_BUCKETS", "REQUEST_BUCKETS", "SKIP_REASONS",
     "TOKEN_KINDS", "TTFT_BUCKETS", "UNKNOWN", "METRICS_HOST_ENV", "METRICS_PATH", "METRICS_PORT_ENV",
     "METRICS_TOKEN_ENV", "EdgeMetrics", "HttpMetrics", "HttpServerMetrics", "LoopCounter", "LoopHistogram",
-    "NatsMetrics", "PricingMetrics", "RouterMeter", "RouterMetrics", "UsageMeter", "UsageMetrics", "edge",
+    "NatsMetrics", "PricingMetrics", "RouterMeter", "RouterMetrics", "UsageMeter", "UsageMetrics", "config_revision",
+    "edge",
     "exposition", "http", "logical_models", "nats", "pricing", "router", "serve_from_env", "skip_reason", "usage",
 ]

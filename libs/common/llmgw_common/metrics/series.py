@@ -143,6 +143,13 @@ pricing = functools.cache(PricingMetrics)
 http = functools.cache(HttpServerMetrics)
 nats = functools.cache(NatsMetrics)
 
+
+@functools.cache
+def config_revision() -> Gauge:
+    """Every process: the config revision it runs (llmgw_common.config_bucket; 0: none stored, defaults)."""
+    return Gauge("llmgw_config_revision", "The config revision (LLMGW_CONFIG bucket) this process runs",
+                 registry=REGISTRY)
+
 # ---- recording helpers ---------------------------------------------------------------------------------
 
 
