@@ -12,6 +12,7 @@ instead under CI (``CI=true``: tests/ci.py).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -122,14 +123,15 @@ usage:
 
 
 class Helper:
-    """What the browser suite asks of Python: requests through the edge (openai SDK), the config file."""
+    """What the browser suite asks of Python: requests through the edge (openai SDK), the running config (the
+    config bucket's current revision: the file is only its seed)."""
 
-    def __init__(self, edge_url: str, config_path: Path):
+    def __init__(self, edge_url: str, nats_url: str):
         import openai
 
         self.client = openai.OpenAI(base_url=f"{edge_url}/v1", api_key="unused", max_retries=0, timeout=20)
         self.openai = openai
-        self.config_path = config_path
+        self.nats_url = nats_url
 
     def send(self, model: str, n: int = 1, provider: str | None = None, key: str | None = None) -> dict:
         statuses, providers = [], []
@@ -156,8 +158,20 @@ class Helper:
             time.sleep(0.2)
 
     def config_file(self) -> dict:
-        data = self.config_path.read_bytes()
-        return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        from llmgw_common import config_bucket  # noqa: PLC0415
+        from llmgw_common.nats_conn import connect_nats  # noqa: PLC0415
+
+        async def running() -> config_bucket.Revision | None:
+            nc = await connect_nats(self.nats_url, "test-web-ui-helper")
+            try:
+                return await config_bucket.current(await config_bucket.open_bucket(nc.jetstream(), create=False))
+            finally:
+                await nc.close()
+
+        revision = asyncio.run(running())  # the helper's own thread: its own event loop
+        assert revision is not None, "the stack's config bucket is empty"
+        data = revision.text.encode()
+        return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "revision": revision.revision}
 
     def serve(self) -> ThreadingHTTPServer:
         helper = self
@@ -217,7 +231,7 @@ def test_the_web_ui_in_a_browser(infra, tmp_path):
             page = httpx.get(ui + "/overview")  # the page itself needs no credential, the API does
             assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
             assert httpx.get(ui + "/api/keys").status_code == 401
-            helper = Helper(f"http://127.0.0.1:{stack.edge_port}", stack.config_path)
+            helper = Helper(f"http://127.0.0.1:{stack.edge_port}", stack.nats.url)
             server = helper.serve()
             try:
                 env = dict(os.environ, LLMGW_UI=ui, LLMGW_TOKEN=stack_token(stack),

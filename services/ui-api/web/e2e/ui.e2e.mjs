@@ -2,7 +2,7 @@
 // runs this). Debian's Chromium through playwright-core; no browser is downloaded.
 //
 // Environment: LLMGW_UI (ui-api's URL), LLMGW_TOKEN (the admin token), LLMGW_HELPER (the Python test's
-// helper: it sends requests through the edge with the openai SDK and reads the config file),
+// helper: it sends requests through the edge with the openai SDK and reads the running config),
 // LLMGW_SHOTS (where the screenshots go), CHROMIUM (default /usr/bin/chromium).
 //
 // Prints one line per step ("ok <step> <ms>"); exits 1 at the first failure, with a screenshot of the
@@ -187,10 +187,17 @@ try {
     await page.getByTestId("config-diff").filter({ hasText: "+      - name: brand-new" }).waitFor();
     await page.getByTestId("config-status").filter({ hasText: "valid" }).waitFor();
     await page.getByTestId("config-save").click();
-    await page.getByText(/Saved( as version [^:]+)?: every service applies it now/).waitFor();
+    const savedToast = page.getByText(/Saved( as version [^:]+)?: every service applies it now/);
+    await savedToast.waitFor();
+    const savedAs = /as version (\d+)/.exec(await savedToast.first().textContent())?.[1];
+    check(savedAs !== undefined, "the save did not say which revision it wrote");
     const served = await helper("/wait-model", { model: "brand-new", timeout_s: 10 });
     check(served.ok && served.provider === "beta", `brand-new not served after the save: ${JSON.stringify(served)}`);
     console.log(`   brand-new served ${served.after_ms}ms after the save, no restart`);
+    // every process reports the saved revision (the page asks again a second after the save)
+    await page.getByTestId("config-replicas")
+      .filter({ hasText: new RegExp(`^\\s*all on the latest\\s+All \\d+ processes run revision ${savedAs}, the latest\\.\\s*$`) })
+      .waitFor({ timeout: 15000 });
   });
 
   await step("config-invalid", async () => {
@@ -206,7 +213,7 @@ try {
     await page.getByTestId("config-save").click();
     await page.getByTestId("config-error").filter({ hasText: "unchanged" }).waitFor();
     const after = await helper("/config-file");
-    check(after.sha256 === before.sha256, "the invalid config changed the file");
+    check(after.sha256 === before.sha256 && after.revision === before.revision, "the invalid config changed the running config");
     await shot("config-editor.png");
     await page.getByRole("button", { name: "Revert" }).click();
   });

@@ -39,3 +39,24 @@ export function placeProblems(yaml: string, problems: ConfigProblem[]): PlacedPr
     return { ...p, line };
   });
 }
+
+export interface ReplicaSummary {
+  ok: boolean; // every process that answered runs the latest revision
+  text: string;
+  behind: string[]; // "edge edge-2: revision 11", one per process on an older revision
+}
+
+/** GET /api/config/replicas in words: which processes run the bucket's latest config revision. */
+export function replicaSummary(reply: { latest: number; replicas: { service: string; instance: string; revision: number }[] }): ReplicaSummary {
+  const total = reply.replicas.length;
+  const behind = reply.replicas
+    .filter((r) => r.revision !== reply.latest)
+    .sort((a, b) => a.service.localeCompare(b.service) || a.instance.localeCompare(b.instance))
+    .map((r) => `${r.service} ${r.instance}: revision ${r.revision}`);
+  if (total === 0) return { ok: false, text: `No process answered (latest revision ${reply.latest}).`, behind };
+  const plural = total === 1 ? "process runs" : "processes run";
+  if (behind.length === 0) {
+    return { ok: true, text: `All ${total} ${plural} revision ${reply.latest}, the latest.`, behind };
+  }
+  return { ok: false, text: `${total - behind.length} of ${total} ${plural} revision ${reply.latest}, the latest.`, behind };
+}

@@ -89,6 +89,7 @@ export type ConfigProblem = Schemas["Problem"];
 export type ConfigValidation = Schemas["ValidateReply"];
 export type ConfigSaved = Schemas["SaveReply"];
 export type ConfigVersion = Schemas["VersionInfo"];
+export type ConfigReplicas = Schemas["ReplicasReply"];
 export type ConfigHistory = Schemas["HistoryReply"];
 
 // ---- compare (POST /api/compare)
