@@ -313,7 +313,10 @@ class CliRun:
         stdout = self.proc.stdout
         while True:
             try:
-                line = await asyncio.wait_for(stdout.readline(), self.timeout_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives as the
+                # line does (the client gone), and the child would then live until the next line's timeout
+                async with asyncio.timeout(self.timeout_s):
+                    line = await stdout.readline()
             except TimeoutError:
                 raise UpstreamError(504, f"provider {self.provider_id}: the CLI printed nothing for "
                                     f"{self.timeout_s:g}s", kind=FailureKind.TIMEOUT) from None
@@ -340,7 +343,8 @@ class CliRun:
         """The exit code, once stdout has ended (bounded by the timeout)."""
         assert self.proc is not None
         try:
-            code = await asyncio.wait_for(self.proc.wait(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                code = await self.proc.wait()
         except TimeoutError:
             raise UpstreamError(504, f"provider {self.provider_id}: the CLI closed its output but did not exit",
                                 kind=FailureKind.TIMEOUT) from None
