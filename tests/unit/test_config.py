@@ -225,6 +225,15 @@ def test_config_check_points_at_a_yaml_syntax_error(tmp_path, capsys):
     assert code == 1 and err.splitlines()[0].startswith("FILE:3: not valid YAML") and "(1 error)" in err
 
 
+def test_a_key_written_twice_is_an_error_at_its_second_line(tmp_path, capsys):
+    # plain YAML keeps the last one: a second `routing:` would silently drop the first
+    text = "version: 1\nrouting:\n  strategy: cost\nproviders: []\nrouting:\n  strategy: latency\n"
+    code, _, err = config_check(tmp_path, capsys, text)
+    assert code == 1 and err.splitlines()[0] == "FILE:5: not valid YAML: duplicate key 'routing' (first at line 2)"
+    merged = "base: &b {strategy: cost}\nrouting:\n  <<: *b\n  strategy: latency\n"  # a merge may be overridden
+    assert "duplicate" not in str(problems(merged))
+
+
 def test_config_check_warns_on_unset_env_references(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GROQ_API_KEY", raising=False)
     code, out, err = config_check(tmp_path, capsys, GOOD)
