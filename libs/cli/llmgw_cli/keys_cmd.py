@@ -134,7 +134,7 @@ async def _create(store: KeyStore, args: argparse.Namespace) -> int:
 async def _list(store: KeyStore, args: argparse.Namespace) -> int:
     records = await store.list()
     if args.json:
-        print(json.dumps([record.public() for record in records], indent=2))
+        print(json.dumps([record.public() for record in records], indent=2, ensure_ascii=False))
     else:
         for record in records:
             print(_describe(record))
@@ -148,7 +148,7 @@ async def _show(store: KeyStore, args: argparse.Namespace) -> int:
     if record is None:
         print(f"no key {args.key_id}", file=sys.stderr)
         return 1
-    print(json.dumps(record.public(), indent=2) if args.json else _describe(record))
+    print(json.dumps(record.public(), indent=2, ensure_ascii=False) if args.json else _describe(record))
     return 0
 
 
