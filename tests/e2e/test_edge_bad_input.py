@@ -147,6 +147,17 @@ def test_unknown_routes_and_methods_are_json_in_the_callers_format(http):
     assert _openai_error(http.post("/nobody/v1/chat/completions", json=_chat()), 404)["code"] == "provider_not_found"
 
 
+def test_pass_through_errors_the_gateway_makes_are_in_the_providers_format(http, stack):
+    # /{provider}/v1/...: the caller speaks that provider's API, so the gateway's own refusals do too
+    assert _anthropic_error(http.post("/a/v1/" + "x" * 3000, json={}), 414)["type"] == "invalid_request_error"
+    assert _openai_error(http.post("/p/v1/" + "x" * 3000, json={}), 414)["code"] == "uri_too_long"
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{stack.edge_port}/a", api_key="k", max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as refused:  # over edge.max_body_bytes
+        client.messages.create(model="claude-m", max_tokens=5, messages=[{"role": "user", "content": "x" * LIMIT}])
+    assert refused.value.status_code == 413 and refused.value.body["type"] == "error"
+    assert refused.value.body["error"]["type"] == "request_too_large"
+
+
 def test_sdks_see_typed_errors(stack):
     base = f"http://127.0.0.1:{stack.edge_port}"
     with pytest.raises(openai.BadRequestError):

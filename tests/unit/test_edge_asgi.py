@@ -13,6 +13,7 @@ import httpx
 from llmgw_common.config import GatewayConfig
 from llmgw_edge.api.anthropic_messages import AnthropicCodec
 from llmgw_edge.api.openai_chat import OpenAIChatCodec
+from llmgw_edge.api.passthrough import error_body_for
 from llmgw_edge.asgi_routes import ClientRoutes
 from llmgw_edge.core.errors import GatewayError
 from llmgw_edge.core.gateway import Reply
@@ -215,3 +216,10 @@ async def test_the_rest_of_a_second_is_published_when_it_is_over_without_another
             break
         await asyncio.sleep(0.01)
     assert [e.requests for e in events] == [1, 4] and events[1].model == "nope"
+
+
+def test_google_error_body_is_what_gemini_sdks_read():
+    body = json.loads(error_body_for("gemini")(GatewayError(429, "slow down")))
+    assert body == {"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}
+    assert json.loads(error_body_for(None)(GatewayError(404, "no")))["error"]["message"] == "no"
+    assert json.loads(error_body_for("anthropic")(GatewayError(401, "who")))["error"]["type"] == "authentication_error"

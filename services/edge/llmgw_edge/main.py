@@ -45,7 +45,6 @@ from .api.anthropic_messages import AnthropicCodec, CountTokensCodec
 from .api.embeddings import EmbeddingsCodec
 from .api.openai_chat import OpenAIChatCodec
 from .api.openai_responses import ResponsesCodec
-from .api.passthrough import PassthroughCodec
 from .auth import KeyCache, check_metered, check_model
 from .classifier import ModelClassifier
 from .commands import command_runner
@@ -398,7 +397,12 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             return f"{len(plans)} plans of routes without limits"
         return probe
 
-    @errors_in(PassthroughCodec.render_error)
+    def passthrough_format(request: Request) -> ErrorBody:
+        edge = getattr(request.app.state, "edge", None)
+        provider = edge.config.provider(request.path_params.get("provider_id", "")) if edge else None
+        return passthrough.error_body_for(provider.type if provider else None)
+
+    @errors_in(by_request=passthrough_format)
     async def provider_passthrough(request: Request, provider_id: str, path: str) -> Response:
         edge = edge_of(request)
         key = await edge.caller(request)

@@ -8,11 +8,17 @@ files, a model not in the config) go straight through. Usage is counted
 whenever the answer carries a readable usage object. A caller whose gateway
 key has limits (a budget...) may only read that way (GET): anything else the
 router cannot meter is a 403 (``auth.check_metered``).
+
+What the gateway itself answers there (its 401, 403, 404, 429...) is in the
+provider's own error format, the one the caller's SDK for that provider reads:
+Anthropic's for Anthropic-type providers, Google's for Gemini, OpenAI's for
+the rest.
 """
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Mapping
+import json
+from typing import Any, AsyncIterator, Callable, Mapping
 
 from llmgw_common.config import GatewayConfig
 
@@ -20,10 +26,31 @@ from ..core.errors import GatewayError
 from ..core.gateway import Exchange
 from ..core.provider import RawCall
 from ..core.types import ChatResponse, EmbeddingResponse, StreamEvent
+from . import anthropic_messages
 from .body import json_object
 from .openai_chat import error_body
 
 MAX_PATH = 2048
+
+# google.rpc.Code names by HTTP status: what Google's SDKs read in ``error.status``
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                  409: "ABORTED", 413: "INVALID_ARGUMENT", 414: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+                  499: "CANCELLED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def google_error_body(err: GatewayError) -> bytes:
+    """Google's error JSON (the Gemini API's): ``{"error": {"code", "message", "status"}}``."""
+    status = _GOOGLE_STATUS.get(err.status, "INTERNAL" if err.status >= 500 else "FAILED_PRECONDITION")
+    return json.dumps({"error": {"code": err.status, "message": err.message, "status": status}}).encode()
+
+
+def error_body_for(provider_type: str | None) -> Callable[[GatewayError], bytes]:
+    """The error format of a provider type's own API (unknown provider: OpenAI's)."""
+    if provider_type in ("anthropic", "claude_code"):
+        return anthropic_messages.error_body
+    if provider_type in ("gemini", "gemini_cli"):
+        return google_error_body
+    return error_body
 
 
 class PassthroughCodec:
