@@ -93,7 +93,7 @@ class Router:
         key = self.keys.records.get(route_request.key_id) if route_request.key_id else None
         p = plan(self.config, self.prices, route_request, self.state, key=key)
         decision = RouteDecision(request_id=route_request.request_id, model=p.model, skipped=list(p.skipped),
-                                 strategy=p.strategy, rule=p.rule, error=p.error)
+                                 strategy=p.strategy, rule=p.rule, error=p.error, fallback=p.fallback)
         if p.error is not None:
             return decision
         if route_request.endpoint == PLAN_ONLY_ENDPOINT:

@@ -19,10 +19,10 @@ from typing import Callable
 
 from llmgw_common.messages import RouteDecision, RouteRequest
 
-MAX_PLANS = 10_000  # (model, key, prompt class, endpoint) combinations; past it the cache starts over
+MAX_PLANS = 10_000  # (model, key, prompt class, endpoint, needs) combinations; past it the cache starts over
 AWAY_S = 1.0  # after the router could not be reached: old plans serve at once this long, without asking
 
-PlanKey = tuple[str, str | None, str | None, str]
+PlanKey = tuple[str, str | None, str | None, str, tuple[str, ...]]
 
 
 @dataclass(slots=True)
@@ -43,7 +43,8 @@ class PlanCache:
 
     @staticmethod
     def _key(request: RouteRequest) -> PlanKey:
-        return request.model, request.key_id, request.prompt_class, request.endpoint
+        # the capabilities it needs: the router skipped the models without them for this plan
+        return request.model, request.key_id, request.prompt_class, request.endpoint, tuple(request.needs)
 
     def fresh(self, request: RouteRequest, key_record: object) -> RouteDecision | None:
         """The plan to route this request on without asking, if there is one."""
