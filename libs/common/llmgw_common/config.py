@@ -38,8 +38,6 @@ ProviderType = Literal["openai", "anthropic", "gemini", "copilot", "claude_code"
 # provider types paid by a flat subscription: zero marginal cost unless the config gives a price
 SUBSCRIPTION_TYPES = frozenset({"copilot", "claude_code", "gemini_cli"})
 Strategy = Literal["priority", "round-robin", "weighted", "least-busy", "lowest-latency", "lowest-cost"]
-# what a request may need of a model (docs/routing.md, "Capabilities"); the edge reads them off the request
-Capability = Literal["tools", "vision", "json_schema", "reasoning", "embeddings"]
 
 
 class Price(_Strict):
@@ -101,15 +99,27 @@ class Limits(_Strict):
     cost_per_day: Decimal | None = Field(default=None, ge=0)
 
 
+class Capabilities(_Strict):
+    """What a model can (true) or cannot (false) serve; unset: assumed available (docs/routing.md,
+    "Capabilities"). A request that uses one goes only to models that do not say false."""
+
+    tools: bool | None = Field(default=None, description="tool / function calling")
+    vision: bool | None = Field(default=None, description="images in the prompt")
+    json_schema: bool | None = Field(default=None, description="structured output to a JSON schema")
+    reasoning: bool | None = Field(default=None, description="reasoning effort / extended thinking")
+    embeddings: bool | None = Field(default=None, description="the embeddings endpoint")
+
+    def lacks(self, capability: str) -> bool:
+        return getattr(self, capability, None) is False
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1, description="logical name clients ask for")
     upstream: str | None = Field(default=None, description="name the provider knows; defaults to name")
     price: Price | None = None
     context_window: int | None = Field(default=None, gt=0)
     limits: Limits = Field(default_factory=Limits)
-    capabilities: dict[Capability, bool] = Field(default_factory=dict, description="what the model can (true) or "
-                                                 "cannot (false) serve; a capability not listed is assumed "
-                                                 "available (docs/routing.md, Capabilities)")
+    capabilities: Capabilities = Field(default_factory=lambda: Capabilities())
 
     @property
     def upstream_name(self) -> str:

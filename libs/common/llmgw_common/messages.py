@@ -79,7 +79,7 @@ class RouteRequest(Message):
     exclude: list[str] = Field(default_factory=list)  # providers already tried for this request
     event_id: str | None = None  # the request's usage event id, chosen first: the admission lease names it
     endpoint: str = "chat"  # chat | embeddings | plan (PLAN_ONLY_ENDPOINT): what the client asked for
-    needs: list[str] = Field(default_factory=list)  # capabilities the request uses (config.Capability), sorted
+    needs: list[str] = Field(default_factory=list)  # capabilities the request uses (config.Capabilities), sorted
     # set after an upstream refused the model for what the request is: plan its routing.fallbacks models
     fallback: FallbackKind | None = None
     exclude_from: int = 0  # ``exclude`` counts from here: the fallback models start afresh on every provider

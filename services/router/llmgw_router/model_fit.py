@@ -26,7 +26,7 @@ FALLBACK_WORDS = {"context_window": "context window", "content_filter": "content
 
 def missing_capabilities(model: ModelConfig, needs: list[str]) -> list[str]:
     """The capabilities the request needs that the model is configured without (unknown ones count as had)."""
-    return [need for need in needs if model.capabilities.get(need) is False]  # type: ignore[call-overload]
+    return [need for need in needs if model.capabilities.lacks(need)]
 
 
 def unfit_reason(model: ModelConfig, request: RouteRequest, est_in: int) -> str | None:
