@@ -19,8 +19,8 @@ from stacks import running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
-SMALL_MODELS = ["gpt-128k", "gpt-guarded", "gpt-unguarded", "chat", "text-only"]
-BIG_MODELS = ["claude-200k", "claude-careful", "chat"]
+SMALL_MODELS = ["gpt-128k", "gpt-guarded", "gpt-unguarded", "chat", "text-only", "deepseek-reasoner"]
+BIG_MODELS = ["claude-200k", "claude-careful", "chat", "deepseek-reasoner"]
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
 
@@ -49,6 +49,8 @@ providers:
         capabilities: {{vision: false, tools: false}}
       - name: text-only
         capabilities: {{vision: false}}
+      - name: reasoner        # the bundled price snapshot says: no tools
+        upstream: deepseek-reasoner
   - id: big                   # Anthropic face: a 200k model that sees images and calls tools
     type: anthropic
     base_url: {big.anthropic_url}
@@ -59,11 +61,16 @@ providers:
       - name: claude-careful
       - name: chat
         capabilities: {{vision: true, tools: true}}
+      - name: reasoner
+        upstream: deepseek-reasoner
+        capabilities: {{tools: true}}   # the config wins over the snapshot
 routing:
   retry: {{attempts: 0}}
   fallbacks:
     context_window: {{gpt-128k: [claude-200k]}}
     content_filter: {{gpt-guarded: [claude-careful]}}
+pricing:
+  source_url: null            # the bundled snapshot, never the network
 usage:
   batch_wait_s: 0.1
 """
@@ -180,6 +187,21 @@ def test_a_tool_calling_request_skips_a_provider_without_tools(stack, upstreams)
     assert "small skipped: lacks tools (model chat)" in raw.headers["x-llmgw-route-reason"]
     assert raw.parse().stop_reason == "tool_use"
     assert not small.requests
+
+
+def test_capabilities_come_from_the_price_snapshot_and_the_config_overrides_them(client, upstreams):
+    small, big = upstreams
+
+    def served_by() -> str | None:
+        raw = client.chat.completions.with_raw_response.create(
+            model="reasoner", tools=[TOOL], messages=[{"role": "user", "content": "call it"}])
+        # the router learns the snapshot's capabilities from the pricing service once both are up
+        return raw.headers["x-llmgw-route-reason"] if raw.headers["x-llmgw-provider"] == "big" else None
+
+    assert "small skipped: lacks tools (model reasoner)" in wait_for(served_by, timeout=20)
+    raw = client.chat.completions.with_raw_response.create(model="reasoner",
+                                                           messages=[{"role": "user", "content": "no tools"}])
+    assert raw.headers["x-llmgw-provider"] == "small"
 
 
 def test_a_request_no_provider_can_serve_is_a_400_naming_the_capability(client, upstreams):

@@ -197,3 +197,46 @@ routing:
                              "routing.fallbacks.context_window.nope"}, problems
     assert problems["routing.fallbacks.context_window.m[0]"] == "a model cannot be its own fallback"
     assert "'bigger' is not served" in problems["routing.fallbacks.context_window.m[1]"]
+
+
+def test_capabilities_the_price_tables_state_count_unless_the_config_says_otherwise():
+    config = parse_config_text("""
+providers:
+  - {id: a, base_url: http://a/v1, priority: 1, models: [{name: r, upstream: deepseek-reasoner}]}
+  - {id: b, base_url: http://b/v1, priority: 2, models: [{name: r, upstream: deepseek-reasoner,
+                                                          capabilities: {tools: true}}]}
+""")
+    known = {("a", "deepseek-reasoner"): {"tools": False, "reasoning": True},
+             ("b", "deepseek-reasoner"): {"tools": False, "reasoning": True}}
+    request = RouteRequest(request_id="r", model="r", needs=["tools"])
+    p = plan(config, config_prices(config), request, RoutingState(), capabilities=known)
+    assert [pc.candidate.provider for pc in p.ordered] == ["b"]  # the config's true wins over the table's false
+    assert p.skipped[0].reason == "lacks tools (model r)"
+    p = plan(config, config_prices(config), request, RoutingState())  # nothing known: permissive
+    assert [pc.candidate.provider for pc in p.ordered] == ["a", "b"]
+
+
+def test_the_bundled_snapshot_states_litellms_capabilities():
+    from llmgw_common.messages import PriceKey
+    from llmgw_pricing.prices import PriceTable, effective_price
+    from llmgw_pricing.sources import PriceSourceError, document_capabilities, parse_litellm_capabilities
+
+    config = parse_config_text("""
+providers:
+  - id: openai
+    base_url: https://api.openai.com/v1
+    models: [{name: gpt-4o, price: {input_per_mtok: 1}}, {name: text-embedding-3-small}, {name: unheard-of}]
+""")
+    bundled = PriceTable.bundled()
+    info = effective_price(config, [bundled], PriceKey(provider="openai", model="gpt-4o"))
+    assert info.source == "config"  # priced by the config, described by the table all the same
+    assert info.capabilities == {"embeddings": False, "json_schema": True, "tools": True, "vision": True}
+    assert effective_price(config, [bundled], PriceKey(provider="openai", model="text-embedding-3-small")) \
+        .capabilities == {"embeddings": True}
+    assert effective_price(config, [bundled], PriceKey(provider="openai", model="unheard-of")).capabilities == {}
+    litellm = {"m": {"mode": "chat", "supports_vision": False, "supports_function_calling": True,
+                     "supports_reasoning": "yes"}, "e": {"mode": "embedding"}}
+    assert parse_litellm_capabilities(litellm, ["m", "e", "gone"]) == {
+        "m": {"vision": False, "tools": True, "embeddings": False}, "e": {"embeddings": True}}
+    with pytest.raises(PriceSourceError, match="capabilities.m"):
+        document_capabilities({"capabilities": {"m": {"telepathy": True}}}, "doc")

@@ -109,8 +109,10 @@ class Capabilities(_Strict):
     reasoning: bool | None = Field(default=None, description="reasoning effort / extended thinking")
     embeddings: bool | None = Field(default=None, description="the embeddings endpoint")
 
-    def lacks(self, capability: str) -> bool:
-        return getattr(self, capability, None) is False
+    def says(self, capability: str, otherwise: bool | None = None) -> bool | None:
+        """What the config says of ``capability``, or ``otherwise`` (the price tables') when it says nothing."""
+        value = getattr(self, capability, None)
+        return otherwise if value is None else value
 
 
 class ModelConfig(_Strict):

@@ -241,6 +241,8 @@ class PriceInfo(BaseModel):
     source: Literal["config", "remote", "cache", "bundled", "unknown"]
     matched: str | None = None  # the price-table or override key that matched
     as_of: datetime | None = None  # when that price data was fetched or snapshotted
+    # what the price tables say the model can serve (config.Capabilities names; the config's own win)
+    capabilities: dict[str, bool] = Field(default_factory=dict)
 
 
 class PriceLookup(Message):

@@ -4,8 +4,9 @@ Two things decide it, both per (provider, model), before limits or health:
 
 - **capabilities**: a request that uses tools, images, a JSON schema, reasoning or embeddings (the edge
   lists them in ``RouteRequest.needs``) goes only to models that have them. A model's capabilities are its
-  ``capabilities`` in the config; one not listed there is assumed available (permissive: a setup that
-  never declared capabilities routes exactly as before, and the upstream's own error still fails over);
+  ``capabilities`` in the config, else what the price tables say (LiteLLM's ``supports_*`` flags, from the
+  pricing service); one stated nowhere is assumed available (permissive: a model the tables do not know
+  routes as before, and the upstream's own error still fails over);
 - **the context window**: the estimated prompt plus ``max_tokens`` must fit the model's ``context_window``.
 
 When every provider of the model was skipped for its window, ``routing.fallbacks.context_window`` names the
@@ -16,6 +17,8 @@ that says what is missing (``unservable``), never a 429 the client would retry.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from llmgw_common.config import GatewayConfig, ModelConfig
 from llmgw_common.messages import ErrorInfo, RouteRequest, Skipped
 
@@ -24,14 +27,18 @@ TOO_LONG = "prompt of "  # the start of a context-window skip's reason (policy.p
 FALLBACK_WORDS = {"context_window": "context window", "content_filter": "content filter"}
 
 
-def missing_capabilities(model: ModelConfig, needs: list[str]) -> list[str]:
-    """The capabilities the request needs that the model is configured without (unknown ones count as had)."""
-    return [need for need in needs if model.capabilities.lacks(need)]
+def missing_capabilities(model: ModelConfig, needs: list[str], known: Mapping[str, bool] | None = None) -> list[str]:
+    """The capabilities the request needs that the model lacks: the config says so, or else the price
+    tables (``known``) do; a capability neither states counts as had."""
+    stated = known or {}
+    return [need for need in needs if model.capabilities.says(need, stated.get(need)) is False]
 
 
-def unfit_reason(model: ModelConfig, request: RouteRequest, est_in: int) -> str | None:
-    """Why this model cannot serve this request whatever its load, or None."""
-    missing = missing_capabilities(model, request.needs)
+def unfit_reason(model: ModelConfig, request: RouteRequest, est_in: int,
+                 known: Mapping[str, bool] | None = None) -> str | None:
+    """Why this model cannot serve this request whatever its load, or None. ``known``: what the price
+    tables say the model can serve."""
+    missing = missing_capabilities(model, request.needs, known)
     if missing:
         return f"{LACKS}{', '.join(missing)} (model {model.name})"
     window = model.context_window

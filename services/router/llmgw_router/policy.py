@@ -31,6 +31,8 @@ from llmgw_common.messages import Candidate, ErrorInfo, RouteRequest, Skipped
 from . import model_fit
 
 PriceBook = dict[tuple[str, str], Price | None]  # (provider, upstream model) -> price
+# (provider, upstream model) -> what the price tables say it can serve (the config's capabilities win)
+CapabilityBook = dict[tuple[str, str], dict[str, bool]]
 
 
 @dataclass(frozen=True)
@@ -126,9 +128,10 @@ _RNG = random.Random()  # one per process: a new Random() per request seeds from
 
 
 def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state: RoutingState,
-         rng: random.Random | None = None, key: KeyRecord | None = None) -> Plan:
+         rng: random.Random | None = None, key: KeyRecord | None = None,
+         capabilities: CapabilityBook | None = None) -> Plan:
     """``key``: the caller's gateway key, whose provider list narrows the candidates (its limits are
-    checked at admission, with the providers')."""
+    checked at admission, with the providers'). ``capabilities``: the price tables' (pricing service)."""
     rng = rng or _RNG
     rule = first_matching_rule(config, request)
     action = rule.action if rule else None
@@ -157,8 +160,8 @@ def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state:
     exclude = request.exclude[request.exclude_from:]
 
     def candidates(model_targets: list[Target], fallback: str | None) -> tuple[list[PlannedCandidate], list[Skipped]]:
-        eligible, skipped = _eligible(config, prices, request, model_targets, allowed, key, rule_name, exclude,
-                                      est_in, est_out)
+        eligible, skipped = _eligible(config, prices, capabilities or {}, request, model_targets, allowed, key,
+                                      rule_name, exclude, est_in, est_out)
         ordered = _order(eligible, strategy, state, request, allowed, rng)
         for pc in ordered:
             pc.candidate.reason = _reason(pc, strategy, state, request)
@@ -187,7 +190,8 @@ def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state:
     return Plan(served, ordered, skipped, strategy, rule_name, error, why if ordered else None)
 
 
-def _eligible(config: GatewayConfig, prices: PriceBook, request: RouteRequest, targets: list[Target],
+def _eligible(config: GatewayConfig, prices: PriceBook, known: CapabilityBook, request: RouteRequest,
+              targets: list[Target],
               allowed: list[str] | None, key: KeyRecord | None, rule_name: str | None, exclude: list[str],
               est_in: int, est_out: int) -> tuple[list[tuple[int, Target, PlannedCandidate]], list[Skipped]]:
     """The targets that may serve this request (with their estimates), and why the others may not."""
@@ -197,7 +201,7 @@ def _eligible(config: GatewayConfig, prices: PriceBook, request: RouteRequest, t
         p = t.provider
         m = p.model(t.model)
         assert m is not None
-        unfit = model_fit.unfit_reason(m, request, est_in)
+        unfit = model_fit.unfit_reason(m, request, est_in, known.get((p.id, t.upstream_model)))
         if allowed is not None and p.id not in allowed:
             skipped.append(Skipped(provider=p.id, reason=f"not allowed by rule {rule_name!r}"))
         elif key is not None and not key.allows_provider(p.id):
