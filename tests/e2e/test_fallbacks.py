@@ -67,7 +67,7 @@ providers:
 routing:
   retry: {{attempts: 0}}
   fallbacks:
-    context_window: {{gpt-128k: [claude-200k]}}
+    context_window: {{gpt-128k: [claude-200k], claude-careful: [gpt-unguarded]}}
     content_filter: {{gpt-guarded: [claude-careful]}}
 pricing:
   source_url: null            # the bundled snapshot, never the network
@@ -146,6 +146,18 @@ def test_an_upstream_context_length_error_triggers_the_same_fallback(client, ups
     assert err.value.code == "context_length_exceeded" and "maximum context length is 100" in err.value.message
 
 
+def test_anthropics_prompt_is_too_long_triggers_the_fallback_too(stack, upstreams):
+    small, big = upstreams
+    big.behaviour.context_window = 50
+    claude = anthropic.Anthropic(base_url=f"http://127.0.0.1:{stack.edge_port}", api_key="k", max_retries=0)
+    raw = claude.messages.with_raw_response.create(model="claude-careful", max_tokens=100,
+                                                   messages=[{"role": "user", "content": "word " * 80}])
+    assert raw.headers["x-llmgw-provider"] == "small" and raw.headers["x-llmgw-fallback"] == "context_window"
+    assert "big failed: context_length 400; falling back to gpt-unguarded" in raw.headers["x-llmgw-route-reason"]
+    assert raw.parse().content[0].text.startswith("Echo: word")
+    assert small.requests[-1]["body"]["model"] == "gpt-unguarded"
+
+
 def test_a_content_filter_answer_fails_over_when_configured_and_not_when_not(stack, client, upstreams):
     small, big = upstreams
     small.behaviour.content_filter = True
@@ -163,6 +175,13 @@ def test_a_content_filter_answer_fails_over_when_configured_and_not_when_not(sta
         model="gpt-unguarded", messages=[{"role": "user", "content": "something borderline"}])
     assert raw.parse().choices[0].finish_reason == "content_filter"
     assert raw.headers["x-llmgw-provider"] == "small" and "x-llmgw-fallback" not in raw.headers
+
+    # a stream commits with its first event: a content_filter finish after it is the client's to see
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-guarded", stream=True, messages=[{"role": "user", "content": "borderline"}]) as stream:
+        assert stream.headers["x-llmgw-provider"] == "small" and "x-llmgw-fallback" not in stream.headers
+        finishes = [c.choices[0].finish_reason for c in stream.parse() if c.choices]
+    assert finishes[-1] == "content_filter"
 
 
 def test_an_image_request_skips_a_text_only_provider(client, upstreams):

@@ -356,7 +356,7 @@ class Gateway:
                 sent, t0 = await self._send_with_retries(exchange, codec, cand, outcome)
                 if sent.stream is None and fallbacks.fallback_for(self.config, FailureKind.CONTENT_FILTER, cand,
                                                                   route_request):
-                    self._refuse_filtered(exchange, codec, cand, outcome, sent, t0)
+                    self._refuse_filtered(codec, cand, outcome, sent, t0)
                 return cand, sent, t0
             except UpstreamError as exc:
                 last = exc
@@ -396,8 +396,7 @@ class Gateway:
         self.plans.keep(route_request, key_record, decision, generation)
         return decision
 
-    def _refuse_filtered(self, exchange: Exchange, codec: Codec, cand: Candidate, outcome: _Outcome, sent: _Sent,
-                         t0: float) -> None:
+    def _refuse_filtered(self, codec: Codec, cand: Candidate, outcome: _Outcome, sent: _Sent, t0: float) -> None:
         """A whole answer that ended with a content-filter finish, where a fallback is configured: recorded as
         this provider's refusal (its reservation released, the answer not sent) and raised to fall back."""
         if not fallbacks.filtered_answer(codec.format, sent.body):
