@@ -1,8 +1,9 @@
 """Plans the edge reuses: a route without limits needs no capacity, so no router round trip per request.
 
 When the router marks a decision reusable (``RouteDecision.reusable_s``: nothing in the plan draws on a
-limit, and only the model, the caller's key and the prompt class chose and ordered it), every later request
-with the same model, key and prompt class is routed on that plan here. A plan is dropped when a router
+limit, and only the model, the caller's key, the prompt class and the capabilities the request uses chose
+and ordered it), every later request with the same model, key, prompt class and capabilities is routed on
+that plan here. A plan is dropped when a router
 announces a change (``llmgw.router.changed``: pin, smart, config, prices, a cooldown or an open breaker), when
 the edge's own config changes or the caller's key record does; one whose provider failed here is asked for
 again (the router knows what that failure changed),
