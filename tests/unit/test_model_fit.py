@@ -67,11 +67,12 @@ def test_nobody_with_the_capability_is_a_400_that_names_it():
 providers:
   - {id: a, base_url: http://a/v1, models: [{name: m, capabilities: {vision: false}}]}
   - {id: b, base_url: http://b/v1, models: [{name: m, capabilities: {vision: false, tools: false}}]}
+  - {id: c, base_url: http://c/v1, enabled: false, models: [{name: m}]}
 """)
     p, _ = decide("m", config, needs=["tools", "vision"])
     assert p.error is not None and (p.error.status, p.error.code) == (400, "capability_not_supported")
     assert p.error.message.startswith("No provider of model `m` supports tools and vision, which this request uses")
-    assert "a lacks vision (model m); b lacks tools, vision (model m)" in p.error.message
+    assert p.error.message.endswith(": a lacks vision (model m); b lacks tools, vision (model m).")
 
 
 def test_a_prompt_too_long_for_the_window_plans_the_fallback_model():

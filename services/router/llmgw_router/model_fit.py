@@ -24,6 +24,7 @@ from llmgw_common.messages import ErrorInfo, RouteRequest, Skipped
 
 LACKS = "lacks "  # the start of a capability skip's reason
 TOO_LONG = "prompt of "  # the start of a context-window skip's reason (policy.plan_reusable looks for it)
+ALREADY_TRIED = "already tried"  # policy's reason for a provider a failover excluded
 FALLBACK_WORDS = {"context_window": "context window", "content_filter": "content filter"}
 
 
@@ -61,16 +62,18 @@ def fallback_models(config: GatewayConfig, why: str, model: str, requested: str)
 
 def unservable(model: str, request: RouteRequest, skipped: list[Skipped], est_in: int) -> ErrorInfo | None:
     """The 400 for a request no provider can serve for what it is (capabilities, window), or None when
-    something else (limits, health, a rule) left no candidate."""
+    nothing was skipped for that, or a failover left no candidate (its last upstream error says more)."""
     lacking = [s for s in skipped if s.reason.startswith(LACKS)]
     too_long = [s for s in skipped if s.reason.startswith(TOO_LONG)]
-    if lacking and len(lacking) + len(too_long) == len(skipped):
+    if any(s.reason.startswith(ALREADY_TRIED) for s in skipped):
+        return None
+    if lacking:
         needs = sorted({n for s in lacking for n in s.reason[len(LACKS):].split(" (")[0].split(", ")})
         who = "; ".join(f"{s.provider} {s.reason}" for s in lacking)
         return ErrorInfo(status=400, code="capability_not_supported",
                          message=f"No provider of model `{model}` supports {' and '.join(needs)}, which this "
                                  f"request uses: {who}.")
-    if too_long and len(too_long) == len(skipped):
+    if too_long:
         answer = request.max_tokens or 0
         windows = "; ".join(f"{s.provider} {s.reason[s.reason.index('context window'):]}" for s in too_long)
         return ErrorInfo(status=400, code="context_length_exceeded",

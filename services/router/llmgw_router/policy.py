@@ -209,7 +209,7 @@ def _eligible(config: GatewayConfig, prices: PriceBook, known: CapabilityBook, r
         elif not p.enabled:
             skipped.append(Skipped(provider=p.id, reason="disabled"))
         elif p.id in exclude:
-            skipped.append(Skipped(provider=p.id, reason="already tried for this request"))
+            skipped.append(Skipped(provider=p.id, reason=f"{model_fit.ALREADY_TRIED} for this request"))
         elif unfit is not None:
             skipped.append(Skipped(provider=p.id, reason=unfit))
         else:
