@@ -68,7 +68,7 @@ routing:
   retry: {{attempts: 0}}
   fallbacks:
     context_window: {{gpt-128k: [claude-200k], claude-careful: [gpt-unguarded]}}
-    content_filter: {{gpt-guarded: [claude-careful]}}
+    content_filter: {{gpt-guarded: [claude-careful], claude-careful: [gpt-unguarded]}}
 pricing:
   source_url: null            # the bundled snapshot, never the network
 usage:
@@ -175,6 +175,15 @@ def test_a_content_filter_answer_fails_over_when_configured_and_not_when_not(sta
         model="gpt-unguarded", messages=[{"role": "user", "content": "something borderline"}])
     assert raw.parse().choices[0].finish_reason == "content_filter"
     assert raw.headers["x-llmgw-provider"] == "small" and "x-llmgw-fallback" not in raw.headers
+
+    # Anthropic's refusal, to an Anthropic client (a pass-through answer): the same
+    big.behaviour.content_filter, small.behaviour.content_filter = True, False
+    claude = anthropic.Anthropic(base_url=f"http://127.0.0.1:{stack.edge_port}", api_key="k", max_retries=0)
+    raw = claude.messages.with_raw_response.create(model="claude-careful", max_tokens=100,
+                                                   messages=[{"role": "user", "content": "borderline"}])
+    assert raw.headers["x-llmgw-provider"] == "small" and raw.headers["x-llmgw-fallback"] == "content_filter"
+    assert raw.parse().stop_reason == "end_turn" and raw.parse().content[0].text == "Echo: borderline"
+    small.behaviour.content_filter = True
 
     # a stream commits with its first event: a content_filter finish after it is the client's to see
     with client.chat.completions.with_streaming_response.create(

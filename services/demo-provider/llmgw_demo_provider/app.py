@@ -299,6 +299,8 @@ class DemoProviderApp:
             raise anthropic_wire.prompt_too_long(b.context_window, anthropic_wire.prompt_tokens(req))
         reply = replies.decide(anthropic_wire.turn(req), b.reply, b.tool_arguments)
         ans = anthropic_wire.answer(req, reply, b.reasoning_tokens)
+        if b.content_filter:
+            ans = anthropic_wire.Answer([], "refusal", None, 0)
         usage = anthropic_wire.usage(anthropic_wire.prompt_tokens(req), ans.output_tokens,
                                      b.cache_read_tokens, b.cache_write_tokens)
         message_id = new_id("msg_")

@@ -44,7 +44,8 @@ class Behaviour:
     # A prompt of more tokens than this gets the face's own context-length error (OpenAI
     # context_length_exceeded, Anthropic "prompt is too long", Gemini "input token count ... exceeds").
     context_window: int | None = None
-    # Every text answer (OpenAI chat) is refused on content policy: finish_reason content_filter, no content.
+    # Every text answer is refused on content policy: OpenAI chat finish_reason content_filter, Anthropic
+    # stop_reason refusal, with no content.
     content_filter: bool = False
     # Every POST received, oldest first: {"method", "path", "headers", "body"} (Gemini: and "query").
     requests: list[dict[str, Any]] = field(default_factory=list)
