@@ -200,7 +200,8 @@ def test_skip_reasons_and_labels_stay_in_fixed_sets():
         "tokens_per_hour would be exceeded on model (1 used + ~2 > 2)", "cost_per_day would be exceeded on key k",
         "cost_per_month budget would be exceeded on key k (resets ...)", "not allowed by rule 'x'",
         "not allowed for key 'k'", "disabled", "already tried for this request",
-        "prompt of ~9 tokens (+0 answer) exceeds its context window of 4", "not admitted", "something new")}
+        "prompt of ~9 tokens (+0 answer) exceeds its context window of 4", "lacks vision (model m)",
+        "not admitted", "something new")}
     assert kinds == set(metrics.SKIP_REASONS)
 
 

@@ -99,12 +99,29 @@ class Limits(_Strict):
     cost_per_day: Decimal | None = Field(default=None, ge=0)
 
 
+class Capabilities(_Strict):
+    """What a model can (true) or cannot (false) serve; unset: assumed available (docs/routing.md,
+    "Capabilities"). A request that uses one goes only to models that do not say false."""
+
+    tools: bool | None = Field(default=None, description="tool / function calling")
+    vision: bool | None = Field(default=None, description="images in the prompt")
+    json_schema: bool | None = Field(default=None, description="structured output to a JSON schema")
+    reasoning: bool | None = Field(default=None, description="reasoning effort / extended thinking")
+    embeddings: bool | None = Field(default=None, description="the embeddings endpoint")
+
+    def says(self, capability: str, otherwise: bool | None = None) -> bool | None:
+        """What the config says of ``capability``, or ``otherwise`` (the price tables') when it says nothing."""
+        value = getattr(self, capability, None)
+        return otherwise if value is None else value
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1, description="logical name clients ask for")
     upstream: str | None = Field(default=None, description="name the provider knows; defaults to name")
     price: Price | None = None
     context_window: int | None = Field(default=None, gt=0)
     limits: Limits = Field(default_factory=Limits)
+    capabilities: Capabilities = Field(default_factory=lambda: Capabilities())
 
     @property
     def upstream_name(self) -> str:
@@ -331,6 +348,23 @@ class SmartRoutingConfig(_Strict):
     cache_size: int = Field(default=1024, ge=0)
 
 
+class FallbacksConfig(_Strict):
+    """Other models to serve a request that a model refused for what it is, not for an error of the moment:
+    logical model name (or alias) -> fallback models (logical names or aliases), tried in order."""
+
+    context_window: dict[str, list[str]] = Field(default_factory=dict, description="when the prompt plus "
+                                                 "max_tokens exceeds the model's context_window, or its upstream "
+                                                 "answers with a context-length error")
+    content_filter: dict[str, list[str]] = Field(default_factory=dict, description="when the upstream refuses "
+                                                 "on content policy (a content-filter error, or a finish reason "
+                                                 "of content_filter before anything was streamed)")
+
+    def for_model(self, why: str, model: str, requested: str | None = None) -> list[str]:
+        """The fallback models for ``model`` (its logical name, or as the client asked for it)."""
+        table: dict[str, list[str]] = getattr(self, why)
+        return table.get(model) or (table.get(requested, []) if requested else [])
+
+
 class RoutingConfig(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict, description="alias -> logical model name")
     strategy: Strategy = "priority"
@@ -341,6 +375,7 @@ class RoutingConfig(_Strict):
     cooldown_s: float = Field(default=30, gt=0, description="after a 429 that gives no reset time")
     default_max_tokens: int = Field(default=512, gt=0, description="answer size reserved when max_tokens is unset")
     smart: SmartRoutingConfig = Field(default_factory=SmartRoutingConfig)
+    fallbacks: FallbacksConfig = Field(default_factory=FallbacksConfig)
     decide_timeout_s: float = Field(default=2.0, gt=0, description="how long the edge waits for the router")
     plan_max_age_s: float = Field(default=5.0, ge=0, description="how long an edge reuses a plan for a route "
                                   "without limits before asking again (changes are announced at once; 0: "
@@ -502,6 +537,18 @@ def reference_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
             if isinstance(member, str) and member not in known:
                 problems.append((f"routing.groups.{group}[{i}]",
                                  f"unknown provider {member!r}{suggestion(member, known)}"))
+    aliases = _mapping(routing.get("aliases"))
+    for why, table in _mapping(routing.get("fallbacks")).items():
+        for model, targets in _mapping(table).items():
+            where = f"routing.fallbacks.{why}.{model}"
+            if model not in served and model not in aliases:
+                problems.append((where, f"model {model!r} is not served by any provider{suggestion(model, served)}"))
+            for j, target in enumerate(_items(targets)):
+                if isinstance(target, str) and target not in served and target not in aliases:
+                    problems.append((f"{where}[{j}]", f"fallback model {target!r} is not served by any provider"
+                                     + suggestion(target, served)))
+                elif target == model:
+                    problems.append((f"{where}[{j}]", "a model cannot be its own fallback"))
     for i, rule in enumerate(_items(routing.get("rules"))):
         action = _mapping(_mapping(rule).get("action"))
         where = f"routing.rules[{i}].action"

@@ -24,6 +24,10 @@ class FailureKind(StrEnum):
     TIMEOUT = "timeout"  # no answer in time (408, 504, our own timers)
     CONNECTION = "connection"  # no HTTP answer at all
     PROTOCOL = "protocol"  # an answer we cannot read (not JSON, a stream that ends early)
+    # the model refused the request for what it is (routing.fallbacks may name another model; else the
+    # client's error): the prompt is longer than its context window, or its content policy said no
+    CONTEXT_LENGTH = "context_length"
+    CONTENT_FILTER = "content_filter"
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,14 @@ POLICIES: dict[FailureKind, FailurePolicy] = {
     FailureKind.TIMEOUT: FailurePolicy(retry_here=False, fail_over=True, counts_against_health=True),
     FailureKind.CONNECTION: FailurePolicy(retry_here=True, fail_over=True, counts_against_health=True),
     FailureKind.PROTOCOL: FailurePolicy(retry_here=True, fail_over=True, counts_against_health=True),
+    # the same model elsewhere would refuse it too: only a fallback model may serve it
+    FailureKind.CONTEXT_LENGTH: FailurePolicy(retry_here=False, fail_over=False, counts_against_health=False),
+    FailureKind.CONTENT_FILTER: FailurePolicy(retry_here=False, fail_over=False, counts_against_health=False),
 }
+
+# failures that are the request's, not the provider's: the provider's own error body goes back to a client of
+# its format when nothing else can serve the request
+CLIENT_KINDS = frozenset({FailureKind.BAD_REQUEST, FailureKind.CONTEXT_LENGTH, FailureKind.CONTENT_FILTER})
 
 
 def kind_for_status(status: int) -> FailureKind:

@@ -58,6 +58,10 @@ class ErrorInfo(BaseModel):
 
 # ---- router ----------------------------------------------------------------
 
+# why a request went to another model (a routing.fallbacks table): the prompt is longer than the model's
+# context window, or the model refused on content policy
+FallbackKind = Literal["context_window", "content_filter"]
+
 # a RouteRequest's endpoint for a question that needs the router's plan only, never capacity (count_tokens):
 # candidates in order, cooling and broken providers skipped, nothing reserved in any window
 PLAN_ONLY_ENDPOINT = "plan"
@@ -75,6 +79,10 @@ class RouteRequest(Message):
     exclude: list[str] = Field(default_factory=list)  # providers already tried for this request
     event_id: str | None = None  # the request's usage event id, chosen first: the admission lease names it
     endpoint: str = "chat"  # chat | embeddings | plan (PLAN_ONLY_ENDPOINT): what the client asked for
+    needs: list[str] = Field(default_factory=list)  # capabilities the request uses (config.Capabilities), sorted
+    # set after an upstream refused the model for what the request is: plan its routing.fallbacks models
+    fallback: FallbackKind | None = None
+    exclude_from: int = 0  # ``exclude`` counts from here: the fallback models start afresh on every provider
 
 
 class AdmissionGiveUp(BaseModel):
@@ -137,6 +145,8 @@ class RouteDecision(Message):
     # a reusable plan under a strategy the edge runs itself (round-robin, weighted, least-busy, lowest-latency):
     # each candidate's group (same pin, tier, smart match); the edge orders each group for every request
     groups: list[int] = Field(default_factory=list)
+    # the routing.fallbacks kind (context_window | content_filter) whose models these candidates are, if any
+    fallback: str | None = None
 
 
 class AttemptOutcome(Message):
@@ -231,6 +241,8 @@ class PriceInfo(BaseModel):
     source: Literal["config", "remote", "cache", "bundled", "unknown"]
     matched: str | None = None  # the price-table or override key that matched
     as_of: datetime | None = None  # when that price data was fetched or snapshotted
+    # what the price tables say the model can serve (config.Capabilities names; the config's own win)
+    capabilities: dict[str, bool] = Field(default_factory=dict)
 
 
 class PriceLookup(Message):

@@ -80,6 +80,10 @@ def _rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def prompt_too_long(window: int, prompt: int) -> AnthropicError:
+    return AnthropicError(400, f"prompt is too long: {prompt} tokens > {window} maximum")
+
+
 def injected_failure(status: int, model: str, retry_after: float | None,
                      now: float | None = None) -> AnthropicError:
     """The error api.anthropic.com sends with this status (Behaviour.fail_status)."""

@@ -157,6 +157,9 @@ class DemoProviderApp:
         req = wire.parse_chat_request(body)
         self._check_model_and_failures(req.model)
         b = self.behaviour
+        prompt = wire.prompt_tokens(req.messages)
+        if b.context_window is not None and prompt > b.context_window:
+            raise wire.context_length_exceeded(b.context_window, prompt)
         # tools offered, or a tool result to answer: the reply rule decides (off the benchmark's path)
         if req.tools is not None or req.messages[-1].get("role") == "tool":
             reply = replies.decide(wire.chat_turn(req), b.reply, b.tool_arguments)
@@ -167,7 +170,9 @@ class DemoProviderApp:
         else:
             text = b.reply if b.reply is not None else wire.default_reply(req.messages)
         content, finish_reason = wire.apply_limits(text, req.stop, req.max_tokens)
-        usage = wire.usage(wire.prompt_tokens(req.messages), wire.count_tokens(content) * req.n,
+        if b.content_filter:
+            content, finish_reason = "", "content_filter"
+        usage = wire.usage(prompt, wire.count_tokens(content) * req.n,
                            b.cached_tokens, b.reasoning_tokens)
         completion_id, created = new_id("chatcmpl-"), int(time.time())
         if b.delay_s:
@@ -290,8 +295,12 @@ class DemoProviderApp:
         req = anthropic_wire.parse_messages_request(body)
         self._check(req.model, anthropic_wire.injected_failure, anthropic_wire.model_not_found)
         b = self.behaviour
+        if b.context_window is not None and anthropic_wire.prompt_tokens(req) > b.context_window:
+            raise anthropic_wire.prompt_too_long(b.context_window, anthropic_wire.prompt_tokens(req))
         reply = replies.decide(anthropic_wire.turn(req), b.reply, b.tool_arguments)
         ans = anthropic_wire.answer(req, reply, b.reasoning_tokens)
+        if b.content_filter:
+            ans = anthropic_wire.Answer([], "refusal", None, 0)
         usage = anthropic_wire.usage(anthropic_wire.prompt_tokens(req), ans.output_tokens,
                                      b.cache_read_tokens, b.cache_write_tokens)
         message_id = new_id("msg_")

@@ -41,6 +41,12 @@ class Behaviour:
     # When set, requests must carry it: "Authorization: Bearer <api_key>" (OpenAI), "x-api-key"
     # (Anthropic), "x-goog-api-key" or "?key=" (Gemini).
     api_key: str | None = None
+    # A prompt of more tokens than this gets the face's own context-length error (OpenAI
+    # context_length_exceeded, Anthropic "prompt is too long", Gemini "input token count ... exceeds").
+    context_window: int | None = None
+    # Every text answer is refused on content policy: OpenAI chat finish_reason content_filter, Anthropic
+    # stop_reason refusal, with no content.
+    content_filter: bool = False
     # Every POST received, oldest first: {"method", "path", "headers", "body"} (Gemini: and "query").
     requests: list[dict[str, Any]] = field(default_factory=list)
 

@@ -101,6 +101,12 @@ def injected_failure(status: int, model: str, retry_after: float | None) -> Open
     return OpenAIError(status, f"The demo provider was told to fail with HTTP {status}.", headers=headers)
 
 
+def context_length_exceeded(window: int, prompt: int) -> OpenAIError:
+    return OpenAIError(400, f"This model's maximum context length is {window} tokens. However, your messages "
+                            f"resulted in {prompt} tokens. Please reduce the length of the messages.",
+                       param="messages", code="context_length_exceeded")
+
+
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from llmgw_common.config import SUBSCRIPTION_TYPES, GatewayConfig, Price, ProviderConfig
 from llmgw_common.messages import PriceInfo, PriceKey
 
-from .sources import parse_document
+from .sources import document_capabilities, parse_document
 
 TableKind = Literal["remote", "cache", "bundled"]
 BUNDLED_PATH = Path(__file__).parent / "data" / "prices.json"
@@ -62,8 +62,10 @@ class PriceTable:
     """Prices by key from one source, with the indexes lookups need."""
 
     def __init__(self, prices: dict[str, Price], kind: TableKind, as_of: datetime | None = None,
-                 origin: str = ""):
+                 origin: str = "", capabilities: dict[str, dict[str, bool]] | None = None):
         self.prices = prices
+        # what each model can serve, where the table says (the bundled snapshot; keys are price keys)
+        self.capabilities = capabilities or {}
         self.kind: TableKind = kind
         self.as_of = as_of
         self.origin = origin
@@ -89,7 +91,7 @@ class PriceTable:
     def bundled(cls, path: Path = BUNDLED_PATH) -> PriceTable:
         doc = json.loads(path.read_text(encoding="utf-8"))
         prices, as_of, origin = parse_document(doc, str(path))
-        return cls(prices, "bundled", as_of, describe_origin(origin))
+        return cls(prices, "bundled", as_of, describe_origin(origin), document_capabilities(doc, str(path)))
 
     def find(self, names: Sequence[str]) -> tuple[str, Price] | None:
         for name in names:
@@ -152,6 +154,19 @@ def _as_tables(tables: PriceTable | Iterable[PriceTable | None]) -> list[PriceTa
 
 def effective_price(config: GatewayConfig, tables: PriceTable | Iterable[PriceTable | None],
                     key: PriceKey) -> PriceInfo:
+    """The price that applies, with the capabilities the tables know of the model (whatever priced it)."""
+    tables = _as_tables(tables)
+    info = _effective_price(config, tables, key)
+    names = lookup_names(key.provider, key.model, config.provider(key.provider))
+    for table in tables:
+        found = table.find(names) if table.capabilities else None
+        if found is not None and found[0] in table.capabilities:
+            info.capabilities = dict(table.capabilities[found[0]])
+            break
+    return info
+
+
+def _effective_price(config: GatewayConfig, tables: list[PriceTable], key: PriceKey) -> PriceInfo:
     provider = config.provider(key.provider)
     logical: list[str] = []
     if provider is not None:
@@ -177,7 +192,7 @@ def effective_price(config: GatewayConfig, tables: PriceTable | Iterable[PriceTa
                          matched=f"providers[{config.providers.index(provider)}].type: {provider.type} "
                                  "(a subscription: no marginal cost)")
     names = lookup_names(key.provider, key.model, provider)
-    for table in _as_tables(tables):
+    for table in tables:
         found = table.find(names)
         if found is not None:
             return PriceInfo(provider=key.provider, model=key.model, price=found[1], source=table.kind,

@@ -18,7 +18,7 @@ import math
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from llmgw_common.config import Price
@@ -111,6 +111,44 @@ def parse_litellm(data: Any) -> dict[str, Price]:
     return prices
 
 
+# LiteLLM's flag -> the gateway's capability (llmgw_common.config.Capabilities)
+LITELLM_CAPABILITIES = {"supports_function_calling": "tools", "supports_vision": "vision",
+                        "supports_response_schema": "json_schema", "supports_reasoning": "reasoning"}
+CAPABILITY_NAMES = frozenset({*LITELLM_CAPABILITIES.values(), "embeddings"})
+
+
+def parse_litellm_capabilities(data: Any, keys: Iterable[str]) -> dict[str, dict[str, bool]]:
+    """What LiteLLM's list says each of ``keys`` (the models ``parse_litellm`` kept) can serve: only the
+    flags it states (true or false; a flag it leaves out stays unknown, which routing takes as available),
+    and ``embeddings`` from the model's mode."""
+    out: dict[str, dict[str, bool]] = {}
+    for key in keys:
+        spec = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(spec, dict):
+            continue
+        caps = {name: spec[flag] for flag, name in LITELLM_CAPABILITIES.items() if isinstance(spec.get(flag), bool)}
+        caps["embeddings"] = spec.get("mode") == "embedding"
+        out[key] = caps
+    return out
+
+
+def document_capabilities(doc: Any, where: str) -> dict[str, dict[str, bool]]:
+    """A price document's optional ``capabilities`` (the bundled snapshot has them; a cached fetch not)."""
+    raw = doc.get("capabilities") if isinstance(doc, dict) else None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise PriceSourceError(f"{where}: capabilities: not an object")
+    out: dict[str, dict[str, bool]] = {}
+    for key, caps in raw.items():
+        if not isinstance(caps, dict) or any(n not in CAPABILITY_NAMES or not isinstance(v, bool)
+                                             for n, v in caps.items()):
+            raise PriceSourceError(f"{where}: capabilities.{key}: an object of {', '.join(sorted(CAPABILITY_NAMES))}"
+                                   " -> true or false")
+        out[key] = caps
+    return out
+
+
 # ---- price documents (bundled snapshot, cache) -------------------------------
 
 def price_to_json(price: Price) -> dict[str, str]:
@@ -123,7 +161,8 @@ def price_to_json(price: Price) -> dict[str, str]:
 
 
 def make_document(prices: Mapping[str, Price], origin: Mapping[str, Any], as_of: datetime,
-                  about: str | None = None) -> dict[str, Any]:
+                  about: str | None = None,
+                  capabilities: Mapping[str, Mapping[str, bool]] | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     if about:
         doc["_about"] = about
@@ -131,21 +170,25 @@ def make_document(prices: Mapping[str, Price], origin: Mapping[str, Any], as_of:
     doc["as_of"] = as_of.astimezone(timezone.utc).isoformat()
     doc["count"] = len(prices)
     doc["prices"] = {k: price_to_json(prices[k]) for k in sorted(prices)}
+    if capabilities:
+        doc["capabilities"] = {k: dict(sorted(capabilities[k].items())) for k in sorted(capabilities)}
     return doc
 
 
 def dump_document(doc: Mapping[str, Any]) -> str:
-    """One price per line: readable diffs when the snapshot is regenerated."""
-    head = {k: v for k, v in doc.items() if k != "prices"}
+    """One price (and one model's capabilities) per line: readable diffs when the snapshot is regenerated."""
+    tables = [name for name in ("prices", "capabilities") if name in doc]
+    head = {k: v for k, v in doc.items() if k not in tables}
     lines = ["{"]
     for k, v in head.items():
         lines.append(f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)},")
-    lines.append('  "prices": {')
-    items = list(doc.get("prices", {}).items())
-    for i, (k, v) in enumerate(items):
-        comma = "," if i < len(items) - 1 else ""
-        lines.append(f"    {json.dumps(k)}: {json.dumps(v, separators=(', ', ': '))}{comma}")
-    lines.append("  }")
+    for t, name in enumerate(tables):
+        lines.append(f"  {json.dumps(name)}: {{")
+        items = list(doc[name].items())
+        for i, (k, v) in enumerate(items):
+            comma = "," if i < len(items) - 1 else ""
+            lines.append(f"    {json.dumps(k)}: {json.dumps(v, separators=(', ', ': '))}{comma}")
+        lines.append("  }," if t < len(tables) - 1 else "  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -29,7 +29,7 @@ from llmgw_common.windows import WindowReader
 
 from .abandoned import reap_forever
 from .outcomes import classify, refusal
-from .policy import EDGE_STRATEGIES, Plan, PriceBook, RoutingState, plan, plan_groups, plan_reusable, unavailable
+from .policy import EDGE_STRATEGIES, CapabilityBook, Plan, PriceBook, RoutingState, plan, plan_groups, plan_reusable, unavailable
 from .state_view import router_state
 from .store import Leases, RoutingStore
 
@@ -54,6 +54,7 @@ class Router:
     def __init__(self, config: GatewayConfig, store: RoutingStore, windows: WindowReader):
         self.config = config
         self.prices: PriceBook = config_prices(config)
+        self.capabilities: CapabilityBook = {}  # what the price tables say each model can serve
         self.store = store
         self.windows = windows
         self.state = RoutingState(smart=config.routing.smart.enabled)
@@ -91,9 +92,9 @@ class Router:
         self.state.rr_counter += 1
         # a key the edge accepted but this mirror has not seen yet (created a moment ago) has no limits here
         key = self.keys.records.get(route_request.key_id) if route_request.key_id else None
-        p = plan(self.config, self.prices, route_request, self.state, key=key)
+        p = plan(self.config, self.prices, route_request, self.state, key=key, capabilities=self.capabilities)
         decision = RouteDecision(request_id=route_request.request_id, model=p.model, skipped=list(p.skipped),
-                                 strategy=p.strategy, rule=p.rule, error=p.error)
+                                 strategy=p.strategy, rule=p.rule, error=p.error, fallback=p.fallback)
         if p.error is not None:
             return decision
         if route_request.endpoint == PLAN_ONLY_ENDPOINT:
@@ -291,9 +292,12 @@ class Router:
             log.info("pricing not available yet (%s); using config prices", type(exc).__name__)
             return False
         book = config_prices(self.config)
+        known: CapabilityBook = {}
         for info in answer.prices:
             book[(info.provider, info.model)] = info.price
-        self.prices = book
+            if info.capabilities:
+                known[(info.provider, info.model)] = info.capabilities
+        self.prices, self.capabilities = book, known
         return True
 
 

@@ -6,7 +6,9 @@
    providers (a list or a group) or override the strategy;
 2. the model is resolved (aliases, ``provider/model``) to every provider
    that serves it; disabled providers, providers already tried for this
-   request and providers whose context window is too small are skipped;
+   request and models that cannot serve it are skipped (capabilities the request needs, a context window too
+   small: ``model_fit``); when the window left none, or the edge asks for an upstream refusal's fallback,
+   the ``routing.fallbacks`` models are planned instead;
 3. the order: a pinned provider first, then the free tier (price 0 or
    ``free_tier``), then paid; within a tier, providers whose specialties
    match the prompt class (smart routing) first, then the strategy.
@@ -26,7 +28,11 @@ from llmgw_common.config import GatewayConfig, Limits, Price, ProviderConfig, Ru
 from llmgw_common.keys import KeyRecord
 from llmgw_common.messages import Candidate, ErrorInfo, RouteRequest, Skipped
 
+from . import model_fit
+
 PriceBook = dict[tuple[str, str], Price | None]  # (provider, upstream model) -> price
+# (provider, upstream model) -> what the price tables say it can serve (the config's capabilities win)
+CapabilityBook = dict[tuple[str, str], dict[str, bool]]
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class Plan:
     strategy: str
     rule: str | None = None
     error: ErrorInfo | None = None
+    fallback: str | None = None  # the routing.fallbacks kind whose models were planned
 
 
 def resolve_targets(config: GatewayConfig, requested: str) -> tuple[str, list[Target]]:
@@ -121,9 +128,10 @@ _RNG = random.Random()  # one per process: a new Random() per request seeds from
 
 
 def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state: RoutingState,
-         rng: random.Random | None = None, key: KeyRecord | None = None) -> Plan:
+         rng: random.Random | None = None, key: KeyRecord | None = None,
+         capabilities: CapabilityBook | None = None) -> Plan:
     """``key``: the caller's gateway key, whose provider list narrows the candidates (its limits are
-    checked at admission, with the providers')."""
+    checked at admission, with the providers'). ``capabilities``: the price tables' (pricing service)."""
     rng = rng or _RNG
     rule = first_matching_rule(config, request)
     action = rule.action if rule else None
@@ -148,22 +156,62 @@ def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state:
     est_in = request.estimated_prompt_tokens
     # embeddings produce no output tokens; chat reserves its answer size
     est_out = 0 if request.endpoint == "embeddings" else request.max_tokens or config.routing.default_max_tokens
+    rule_name = rule.name if rule else None
+    exclude = request.exclude[request.exclude_from:]
+
+    def candidates(model_targets: list[Target], fallback: str | None) -> tuple[list[PlannedCandidate], list[Skipped]]:
+        eligible, skipped = _eligible(config, prices, capabilities or {}, request, model_targets, allowed, key,
+                                      rule_name, exclude, est_in, est_out)
+        ordered = _order(eligible, strategy, state, request, allowed, rng)
+        for pc in ordered:
+            pc.candidate.reason = _reason(pc, strategy, state, request)
+            if fallback is not None:
+                pc.candidate.reason = f"{fallback} fallback from {model}, " + pc.candidate.reason
+        if fallback is not None:
+            skipped = [Skipped(provider=sk.provider, reason=f"{sk.reason} ({fallback} fallback)") for sk in skipped]
+        return ordered, skipped
+
+    why = request.fallback
+    ordered: list[PlannedCandidate] = []
+    skipped: list[Skipped] = []
+    if why is None:
+        ordered, skipped = candidates(targets, None)
+        if not ordered and model_fit.window_refused_all(skipped):
+            why = "context_window"  # too long for every provider of the model: its larger-window fallbacks
+    if why is not None:
+        for fallback in model_fit.fallback_models(config, why, model, requested):
+            more, more_skipped = candidates(resolve_targets(config, fallback)[1], model_fit.FALLBACK_WORDS[why])
+            ordered += more
+            skipped += more_skipped
+        if not ordered and request.fallback is not None and not skipped:
+            return Plan(model, [], [], strategy, rule_name, model_fit.no_fallback(model, why))
+    error = None if ordered else model_fit.unservable(model, request, skipped, est_in)
+    served = ordered[0].candidate.model if ordered and why is not None else model
+    return Plan(served, ordered, skipped, strategy, rule_name, error, why if ordered else None)
+
+
+def _eligible(config: GatewayConfig, prices: PriceBook, known: CapabilityBook, request: RouteRequest,
+              targets: list[Target],
+              allowed: list[str] | None, key: KeyRecord | None, rule_name: str | None, exclude: list[str],
+              est_in: int, est_out: int) -> tuple[list[tuple[int, Target, PlannedCandidate]], list[Skipped]]:
+    """The targets that may serve this request (with their estimates), and why the others may not."""
     eligible: list[tuple[int, Target, PlannedCandidate]] = []
     skipped: list[Skipped] = []
     for index, t in enumerate(targets):
         p = t.provider
         m = p.model(t.model)
+        assert m is not None
+        unfit = model_fit.unfit_reason(m, request, est_in, known.get((p.id, t.upstream_model)))
         if allowed is not None and p.id not in allowed:
-            skipped.append(Skipped(provider=p.id, reason=f"not allowed by rule {rule.name!r}"))
+            skipped.append(Skipped(provider=p.id, reason=f"not allowed by rule {rule_name!r}"))
         elif key is not None and not key.allows_provider(p.id):
             skipped.append(Skipped(provider=p.id, reason=f"not allowed for key {key.name!r}"))
         elif not p.enabled:
             skipped.append(Skipped(provider=p.id, reason="disabled"))
-        elif p.id in request.exclude:
-            skipped.append(Skipped(provider=p.id, reason="already tried for this request"))
-        elif m.context_window is not None and est_in + (request.max_tokens or 0) > m.context_window:
-            skipped.append(Skipped(provider=p.id, reason=f"prompt of ~{est_in} tokens (+{request.max_tokens or 0} "
-                                                         f"answer) exceeds its context window of {m.context_window}"))
+        elif p.id in exclude:
+            skipped.append(Skipped(provider=p.id, reason=f"{model_fit.ALREADY_TRIED} for this request"))
+        elif unfit is not None:
+            skipped.append(Skipped(provider=p.id, reason=unfit))
         else:
             price = prices.get((p.id, t.upstream_model))
             free = _is_free(p, price)
@@ -171,11 +219,7 @@ def plan(config: GatewayConfig, prices: PriceBook, request: RouteRequest, state:
             cand = Candidate(provider=p.id, model=t.model, upstream_model=t.upstream_model, price=price, free=free)
             eligible.append((index, t, PlannedCandidate(cand, [("provider", p.limits), ("model", m.limits)],
                                                         est_in, est_out, cost, tuple(p.specialties))))
-
-    ordered = _order(eligible, strategy, state, request, allowed, rng)
-    for pc in ordered:
-        pc.candidate.reason = _reason(pc, strategy, state, request)
-    return Plan(model, ordered, skipped, strategy, rule.name if rule else None)
+    return eligible, skipped
 
 
 # strategies whose order an edge may reuse as it is: the same for every request with the same model, key and
@@ -207,8 +251,8 @@ def plan_reusable(config: GatewayConfig, p: Plan, request: RouteRequest, key: Ke
     if any(r.match.headers or r.match.min_prompt_tokens is not None or r.match.max_prompt_tokens is not None
            or r.match.stream is not None for r in config.routing.rules):
         return False  # a rule looks at more of the request than the plan's cache key holds
-    if any(s.reason.startswith("prompt of ") for s in p.skipped):
-        return False  # a context window skipped a provider for this prompt's size
+    if any(s.reason.startswith(model_fit.TOO_LONG) for s in p.skipped) or request.fallback is not None:
+        return False  # a context window skipped a provider for this prompt's size, or a fallback model serves
     paid_priced = 0
     for pc in p.ordered:
         provider = config.provider(pc.candidate.provider)

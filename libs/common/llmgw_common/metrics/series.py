@@ -19,7 +19,7 @@ UNKNOWN = "unknown"
 TOKEN_KINDS = ("in", "out", "cached", "cache_write", "reasoning")
 DECISION_OUTCOMES = ("admitted", "refused", "invalid", "error")
 SKIP_REASONS = ("cooldown", "breaker", "limit", "budget", "not_allowed", "disabled", "already_tried",
-                "context_window", "not_admitted", "other")
+                "context_window", "capability", "not_admitted", "other")
 
 
 # ---- the series ----------------------------------------------------------------------------------------
@@ -259,6 +259,8 @@ def skip_reason(reason: str) -> str:
         return "already_tried"
     if "context window" in reason:
         return "context_window"
+    if reason.startswith("lacks "):  # a capability the request needs (llmgw_router.model_fit)
+        return "capability"
     if reason == "not admitted":
         return "not_admitted"
     return "other"

@@ -26,13 +26,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
 
 from llmgw_common import tracing
 from llmgw_common.config import GatewayConfig
-from llmgw_common.failures import FailureKind
+from llmgw_common.failures import CLIENT_KINDS, FailureKind
 from llmgw_common.ids import new_id
 from llmgw_common.leases import lease_member
 from llmgw_common.logs import REQUEST_ID
 from llmgw_common.messages import (PLAN_ONLY_ENDPOINT, Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest,
                                    UsageEvent)
 
+from . import fallbacks
 from .errors import GatewayError, UpstreamError
 from .plans import PlanCache
 from .strategies import EdgeLoad, ordered
@@ -171,6 +172,7 @@ class _Outcome:
         self.model = exchange.model
         self.attempts: list[Attempt] = []
         self.route_reason = ""
+        self.fallback: str | None = None  # routing.fallbacks kind that chose the model that served
 
     def event(self, status: int, candidate: Candidate | None, usage: Usage | None, error: str | None,
               ttft_ms: float | None) -> UsageEvent:
@@ -203,6 +205,8 @@ class _Outcome:
         if candidate:
             h["x-llmgw-provider"] = candidate.provider
             h["x-llmgw-model"] = candidate.upstream_model.encode("ascii", "replace").decode()[:200]
+        if self.fallback:
+            h["x-llmgw-fallback"] = self.fallback
         if self.route_reason:
             # header values must be latin-1; keep it one line and bounded
             h["x-llmgw-route-reason"] = self.route_reason.encode("ascii", "replace").decode()[:1000]
@@ -254,14 +258,15 @@ class Gateway:
             max_tokens=exchange.max_tokens,
             headers=routing_headers(exchange.headers), key_id=exchange.key_id, event_id=outcome.event_id,
             endpoint=_route_endpoint(exchange),
-            prompt_class=await self._prompt_class(exchange))
+            prompt_class=await self._prompt_class(exchange),
+            needs=fallbacks.needs(exchange.raw, exchange.embedding is not None))
         if exchange.provider is not None:  # a raw call to one provider, admitted under provider/model
             route_request.model = f"{exchange.provider}/{exchange.model}"
         _tag(outcome.request_id)
         try:
             cand, sent, t0 = await self._admit_and_send(exchange, codec, route_request, outcome)
         except UpstreamError as err:
-            if err.kind is FailureKind.BAD_REQUEST and err.upstream_body and err.upstream_format == codec.error_format:
+            if err.kind in CLIENT_KINDS and err.upstream_body and err.upstream_format == codec.error_format:
                 # a client error the provider diagnosed, in the client's own format: its body goes back
                 return Reply(err.status, outcome.headers(None), "application/json", body=err.upstream_body)
             err.headers = {**err.headers, **outcome.headers(None)}
@@ -342,15 +347,28 @@ class Gateway:
             outcome.model = decision.model  # the logical name: windows and analytics group by it
             if not route_request.exclude:
                 outcome.route_reason = _route_reason(decision)
+            elif len(route_request.exclude) == route_request.exclude_from:  # the first plan of a fallback
+                outcome.route_reason += "; " + _route_reason(decision)
+            outcome.fallback = decision.fallback or outcome.fallback
             cand = decision.candidates[0]
             route_request.exclude = [*route_request.exclude, cand.provider]
             try:
                 sent, t0 = await self._send_with_retries(exchange, codec, cand, outcome)
+                if sent.stream is None and fallbacks.fallback_for(self.config, FailureKind.CONTENT_FILTER, cand,
+                                                                  route_request):
+                    self._refuse_filtered(codec, cand, outcome, sent, t0)
                 return cand, sent, t0
             except UpstreamError as exc:
                 last = exc
                 self.plans.expire(cand.provider)
                 outcome.route_reason += f"; {cand.provider} failed: {exc.kind.value} {exc.status or ''}".rstrip()
+                models = fallbacks.fallback_for(self.config, exc.kind, cand, route_request)
+                if models:  # refused for what the request is: its configured fallback models, never silently
+                    route_request.fallback = fallbacks.FALLBACK_KINDS[exc.kind]
+                    route_request.exclude_from = len(route_request.exclude)
+                    outcome.route_reason += (f"; falling back to {', '.join(models)} "
+                                             f"(routing.fallbacks.{route_request.fallback})")
+                    continue
                 if not exc.retryable:
                     break
         err = _all_failed(outcome, last)
@@ -377,6 +395,20 @@ class Gateway:
             raise
         self.plans.keep(route_request, key_record, decision, generation)
         return decision
+
+    def _refuse_filtered(self, codec: Codec, cand: Candidate, outcome: _Outcome, sent: _Sent, t0: float) -> None:
+        """A whole answer that ended with a content-filter finish, where a fallback is configured: recorded as
+        this provider's refusal (its reservation released, the answer not sent) and raised to fall back."""
+        if not fallbacks.filtered_answer(codec.format, sent.body):
+            return
+        latency = (time.perf_counter() - t0) * 1000
+        outcome.attempts.append(Attempt(provider=cand.provider, upstream_model=cand.upstream_model,
+                                        status=sent.status, error="content_filter finish", latency_ms=latency,
+                                        retries=sent.retries))
+        self._report(outcome, cand, ok=False, status=sent.status, latency_ms=latency,
+                     kind=FailureKind.CONTENT_FILTER, release=True)
+        raise UpstreamError(400, f"provider {cand.provider} refused the answer on content policy",
+                            kind=FailureKind.CONTENT_FILTER)
 
     async def _send_with_retries(self, exchange: Exchange, codec: Codec, cand: Candidate,
                                  outcome: _Outcome) -> tuple[_Sent, float]:

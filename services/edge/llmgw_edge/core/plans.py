@@ -1,8 +1,9 @@
 """Plans the edge reuses: a route without limits needs no capacity, so no router round trip per request.
 
 When the router marks a decision reusable (``RouteDecision.reusable_s``: nothing in the plan draws on a
-limit, and only the model, the caller's key and the prompt class chose and ordered it), every later request
-with the same model, key and prompt class is routed on that plan here. A plan is dropped when a router
+limit, and only the model, the caller's key, the prompt class and the capabilities the request uses chose
+and ordered it), every later request with the same model, key, prompt class and capabilities is routed on
+that plan here. A plan is dropped when a router
 announces a change (``llmgw.router.changed``: pin, smart, config, prices, a cooldown or an open breaker), when
 the edge's own config changes or the caller's key record does; one whose provider failed here is asked for
 again (the router knows what that failure changed),
@@ -19,10 +20,10 @@ from typing import Callable
 
 from llmgw_common.messages import RouteDecision, RouteRequest
 
-MAX_PLANS = 10_000  # (model, key, prompt class, endpoint) combinations; past it the cache starts over
+MAX_PLANS = 10_000  # (model, key, prompt class, endpoint, needs) combinations; past it the cache starts over
 AWAY_S = 1.0  # after the router could not be reached: old plans serve at once this long, without asking
 
-PlanKey = tuple[str, str | None, str | None, str]
+PlanKey = tuple[str, str | None, str | None, str, tuple[str, ...]]
 
 
 @dataclass(slots=True)
@@ -43,7 +44,8 @@ class PlanCache:
 
     @staticmethod
     def _key(request: RouteRequest) -> PlanKey:
-        return request.model, request.key_id, request.prompt_class, request.endpoint
+        # the capabilities it needs: the router skipped the models without them for this plan
+        return request.model, request.key_id, request.prompt_class, request.endpoint, tuple(request.needs)
 
     def fresh(self, request: RouteRequest, key_record: object) -> RouteDecision | None:
         """The plan to route this request on without asking, if there is one."""

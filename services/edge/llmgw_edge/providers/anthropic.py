@@ -106,6 +106,8 @@ class AnthropicProvider(HttpProvider):
         text = body[:2000].decode("utf-8", "replace").lower()
         if "credit balance" in text:  # out of credit shows as a 400: another provider, and cool down
             err.kind = FailureKind.RATE_LIMITED
+        elif status == 400 and ("prompt is too long" in text or "exceed context limit" in text):
+            err.kind = FailureKind.CONTEXT_LENGTH  # "prompt is too long: 208310 tokens > 200000 maximum"
         return err
 
 

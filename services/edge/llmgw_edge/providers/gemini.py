@@ -169,6 +169,8 @@ class GeminiProvider(HttpProvider):
         reasons = {d.get("reason") for d in details if d.get("@type") == _ERROR_INFO}
         if reasons & set(_KEY_REASONS) or "api key not valid" in str(info.get("message") or "").lower():
             err.kind = FailureKind.AUTH  # a 400 INVALID_ARGUMENT, but our key's fault, not the client's
+        if status == 400 and "exceeds the maximum number of tokens" in str(info.get("message") or ""):
+            err.kind = FailureKind.CONTEXT_LENGTH  # "The input token count (1196265) exceeds the maximum ..."
         if err.kind is FailureKind.RATE_LIMITED or status == 429:
             err.kind = FailureKind.RATE_LIMITED
             wait = quota_wait_s(details, str(info.get("message") or ""))

@@ -91,6 +91,10 @@ class OpenAIProvider(HttpProvider):
         text = body[:2000].decode("utf-8", "replace")
         if status in (402, 403) and ("insufficient_quota" in text or "quota" in text.lower()):
             err.kind = FailureKind.RATE_LIMITED  # out of credit: another provider, and cool down
+        elif status == 400 and '"context_length_exceeded"' in text:
+            err.kind = FailureKind.CONTEXT_LENGTH
+        elif status == 400 and ('"content_filter"' in text or '"content_policy_violation"' in text):
+            err.kind = FailureKind.CONTENT_FILTER  # Azure OpenAI's content management policy, OpenAI's moderation
         return err
 
 
