@@ -331,6 +331,23 @@ class SmartRoutingConfig(_Strict):
     cache_size: int = Field(default=1024, ge=0)
 
 
+class CacheAffinityConfig(_Strict):
+    """Prompt-cache-aware routing (docs/routing.md, "Prompt-cache affinity")."""
+
+    enabled: bool = True
+    ttl_s: dict[ProviderType, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: {"anthropic": 300.0, "openai": 300.0, "gemini": 300.0},
+        description="provider type -> how long its prompt cache lives after the last use (a type not listed "
+                    "caches nothing); each successful answer starts it again")
+    min_prefix_tokens: int = Field(default=1024, ge=0, description="shorter prefixes are not cached by the "
+                                   "providers (1024 tokens for Anthropic, OpenAI and Gemini's implicit cache): "
+                                   "such requests skip affinity")
+
+    def ttl_for(self, provider_type: str) -> float:
+        """How long a provider of this type keeps a prefix cached; 0: it caches nothing (or affinity is off)."""
+        return self.ttl_s.get(provider_type, 0.0) if self.enabled else 0.0  # type: ignore[call-overload]
+
+
 class RoutingConfig(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict, description="alias -> logical model name")
     strategy: Strategy = "priority"
@@ -341,6 +358,7 @@ class RoutingConfig(_Strict):
     cooldown_s: float = Field(default=30, gt=0, description="after a 429 that gives no reset time")
     default_max_tokens: int = Field(default=512, gt=0, description="answer size reserved when max_tokens is unset")
     smart: SmartRoutingConfig = Field(default_factory=SmartRoutingConfig)
+    cache_affinity: CacheAffinityConfig = Field(default_factory=CacheAffinityConfig)
     decide_timeout_s: float = Field(default=2.0, gt=0, description="how long the edge waits for the router")
     plan_max_age_s: float = Field(default=5.0, ge=0, description="how long an edge reuses a plan for a route "
                                   "without limits before asking again (changes are announced at once; 0: "

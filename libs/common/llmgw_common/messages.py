@@ -75,6 +75,10 @@ class RouteRequest(Message):
     exclude: list[str] = Field(default_factory=list)  # providers already tried for this request
     event_id: str | None = None  # the request's usage event id, chosen first: the admission lease names it
     endpoint: str = "chat"  # chat | embeddings | plan (PLAN_ONLY_ENDPOINT): what the client asked for
+    # prompt-cache affinity (llmgw_router.cache_affinity): the hash of the request's cacheable prefix and that
+    # prefix's estimated tokens; None when the prefix is too short to be cached or affinity is off
+    prefix_key: str | None = None
+    prefix_tokens: int = 0
 
 
 class AdmissionGiveUp(BaseModel):
@@ -151,6 +155,7 @@ class AttemptOutcome(Message):
     retry_after_s: float | None = None  # from Retry-After / rate-limit reset headers on a 429
     reservation: Reservation | None = None  # released when the attempt failed
     kind: str | None = None  # llmgw_common.failures.FailureKind of a failed attempt (None: judge by status)
+    prefix_key: str | None = None  # a success: this provider now holds the request's prefix in its prompt cache
 
 
 class AttemptOutcomes(Message):

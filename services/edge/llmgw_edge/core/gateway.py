@@ -33,6 +33,7 @@ from llmgw_common.logs import REQUEST_ID
 from llmgw_common.messages import (PLAN_ONLY_ENDPOINT, Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest,
                                    UsageEvent)
 
+from .cache_prefix import cacheable_prefix
 from .errors import GatewayError, UpstreamError
 from .plans import PlanCache
 from .strategies import EdgeLoad, ordered
@@ -171,6 +172,7 @@ class _Outcome:
         self.model = exchange.model
         self.attempts: list[Attempt] = []
         self.route_reason = ""
+        self.prefix_key: str | None = None  # its cacheable prefix (cache_prefix.py): reported with a success
 
     def event(self, status: int, candidate: Candidate | None, usage: Usage | None, error: str | None,
               ttft_ms: float | None) -> UsageEvent:
@@ -257,6 +259,9 @@ class Gateway:
             prompt_class=await self._prompt_class(exchange))
         if exchange.provider is not None:  # a raw call to one provider, admitted under provider/model
             route_request.model = f"{exchange.provider}/{exchange.model}"
+        else:
+            self._mark_prefix(exchange, route_request)
+        outcome.prefix_key = route_request.prefix_key
         _tag(outcome.request_id)
         try:
             cand, sent, t0 = await self._admit_and_send(exchange, codec, route_request, outcome)
@@ -365,7 +370,7 @@ class Gateway:
             return await self.deps.decide(route_request)
         key_record = self.deps.key_record(route_request.key_id)
         plan = self.plans.fresh(route_request, key_record)
-        if plan is not None:
+        if plan is not None and not (route_request.prefix_key and self._affinity_may_reorder(plan)):
             return ordered(plan, self.load, self.config)
         generation = self.plans.generation
         try:
@@ -377,6 +382,30 @@ class Gateway:
             raise
         self.plans.keep(route_request, key_record, decision, generation)
         return decision
+
+    def _mark_prefix(self, exchange: Exchange, route_request: RouteRequest) -> None:
+        """A chat request whose prefix is long enough for a provider to cache carries its hash, so the router
+        can send it where that prefix is cached (docs/routing.md, "Prompt-cache affinity")."""
+        affinity = self.config.routing.cache_affinity
+        if (not affinity.enabled or route_request.endpoint != "chat"
+                or route_request.estimated_prompt_tokens < affinity.min_prefix_tokens):
+            return  # the prefix is part of the prompt: a short prompt has no prefix worth hashing
+        found = cacheable_prefix(exchange.raw, exchange.model)
+        if found is not None and found[1] >= affinity.min_prefix_tokens:
+            route_request.prefix_key, route_request.prefix_tokens = found
+
+    def _affinity_may_reorder(self, plan: RouteDecision) -> bool:
+        """Whether the router's affinity could put another provider first than this plan does: only then is
+        a request with a cacheable prefix worth a router round trip. A plan whose order the edge makes itself
+        (``groups``) may put any candidate first."""
+        affinity = self.config.routing.cache_affinity
+        caching = []
+        for c in plan.candidates:
+            provider = self.config.provider(c.provider)
+            caching.append(provider is not None and affinity.ttl_for(provider.type) > 0)
+        if plan.groups:
+            return len(caching) > 1 and any(caching)
+        return any(caching[1:])
 
     async def _send_with_retries(self, exchange: Exchange, codec: Codec, cand: Candidate,
                                  outcome: _Outcome) -> tuple[_Sent, float]:
@@ -437,7 +466,8 @@ class Gateway:
         self.deps.report(AttemptOutcome(
             request_id=outcome.request_id, provider=cand.provider, model=cand.model, ok=ok, status=status,
             latency_ms=latency_ms, retry_after_s=retry_after_s, kind=kind.value if kind else None,
-            reservation=cand.reservation if release else None), ok and not cand.probe)
+            reservation=cand.reservation if release else None, prefix_key=outcome.prefix_key if ok else None),
+            ok and not cand.probe)
 
     # ---- streams ------------------------------------------------------------
 
