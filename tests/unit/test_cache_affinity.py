@@ -210,6 +210,7 @@ async def test_a_long_prefix_asks_the_router_when_another_candidate_caches_a_sho
     assert len(asked) == 3 and len({r.prefix_key for r in asked}) == 1 and asked[0].prefix_tokens > 1024
     # each success reports its prefix, so the router can record who holds it
     assert [o.prefix_key for o in router.outcomes if o.prefix_key] == [asked[0].prefix_key] * 3
+    assert router.batched == [True] * 3 + [False] * 3  # who holds a prefix goes at once, not in a batch
 
 
 async def test_a_plan_where_affinity_cannot_change_the_first_provider_is_reused():

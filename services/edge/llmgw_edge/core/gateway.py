@@ -457,8 +457,9 @@ class Gateway:
 
     def _report(self, outcome: _Outcome, cand: Candidate, ok: bool, status: int, latency_ms: float,
                 kind: FailureKind | None = None, retry_after_s: float | None = None, release: bool = False) -> None:
-        # a success is news the router can take a moment later, in a batch; a failure (cooldowns, breakers)
-        # or the breaker's probe must reach it now
+        # a success is news the router can take a moment later, in a batch; a failure (cooldowns, breakers),
+        # the breaker's probe, or who now holds a prompt prefix (the conversation's next turn may come at
+        # once, and should find it) must reach it now
         if ok and not outcome.exchange.uses_capacity:
             return  # nothing was admitted and its latency is no model's (count_tokens): only failures are news
         if ok:
@@ -467,7 +468,7 @@ class Gateway:
             request_id=outcome.request_id, provider=cand.provider, model=cand.model, ok=ok, status=status,
             latency_ms=latency_ms, retry_after_s=retry_after_s, kind=kind.value if kind else None,
             reservation=cand.reservation if release else None, prefix_key=outcome.prefix_key if ok else None),
-            ok and not cand.probe)
+            ok and not cand.probe and outcome.prefix_key is None)
 
     # ---- streams ------------------------------------------------------------
 
