@@ -720,6 +720,28 @@ async def test_errors_and_latency_per_provider_and_model_beyond_the_live_windows
         assert err.value.status == 400 and "until must be after since" in str(err.value)
 
 
+async def test_cache_hit_rate_and_savings_per_provider_and_model(env):
+    """Prompt caching on the overview: the share of prompt tokens read from a cache and what those reads
+    saved (UsageEvent.cache_saved_usd, summed by the rollup), per provider and per model."""
+    pa, m1, m2 = _uniq("prov"), _uniq("model"), _uniq("model")
+    now = datetime.now(timezone.utc) - timedelta(minutes=2)
+    events = [_event(pa, m1, ts=now, tokens_in=1000, tokens_cached=900, cache_saved_usd=Decimal("0.00243")),
+              _event(pa, m1, ts=now, tokens_in=1000, tokens_cached=0),
+              _event(pa, m2, ts=now, tokens_in=500, tokens_cached=100, cache_saved_usd=Decimal("0.0001"))]
+    async with running_usage(env):
+        for e in events:
+            await _publish(env.js, e)
+        await _wait_caught_up(env.js)
+        stats = await _stats(env.nc, since=now - timedelta(hours=1), until=now + timedelta(minutes=5))
+    rows = {(r.provider, r.model): r for r in stats.rows if r.provider == pa}
+    assert (rows[(pa, m1)].tokens_cached, rows[(pa, m1)].cache_hit_rate) == (900, 0.45)
+    assert rows[(pa, m1)].cache_saved_usd == Decimal("0.00243")
+    assert (rows[(pa, m2)].cache_hit_rate, rows[(pa, m2)].cache_saved_usd) == (0.2, Decimal("0.0001"))
+    whole = rows[(pa, None)]
+    assert (whole.tokens_in, whole.tokens_cached, whole.cache_saved_usd) == (2500, 1000, Decimal("0.00253"))
+    assert whole.cache_hit_rate == 0.4
+
+
 async def test_a_keys_month_day_by_day_in_its_budget_time_zone(env):
     """Spend per day of the calendar month in keys.budget_timezone (a UTC evening is the next day in
     Kolkata), every day of the month listed, nothing from before the month."""

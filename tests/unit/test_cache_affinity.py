@@ -6,6 +6,7 @@ provider's Anthropic and OpenAI faces: tests/e2e/test_cache_affinity.py."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,35 @@ def test_anthropic_codec_request_carries_its_prefix():
                                        "messages": [{"role": "user", "content": "hi"}]}).encode(), {})
     assert cacheable_prefix(exchange.raw, exchange.model) == cacheable_prefix(
         _anthropic([{"role": "user", "content": "hi"}]), "m")
+
+
+# ---- what caching saved ----------------------------------------------------------------------------------
+
+def test_cache_reads_save_the_difference_to_the_input_price():
+    price = CONFIG.provider("claude").model("m").price
+    assert price.cache_read_saving(1_000_000) == Decimal("2.7")  # $3 input, $0.30 read
+    assert CONFIG.provider("copilot-m").model("m").price.cache_read_saving(1_000_000) == 0  # no cache price
+
+
+async def test_the_usage_event_says_what_its_cache_reads_saved():
+    cfg = parse_config_text("""
+providers:
+  - id: a
+    base_url: http://a.test/v1
+    models: [{name: m, price: {input_per_mtok: 2, output_per_mtok: 8, cached_input_per_mtok: 0.5}}]
+""")
+    router, events = FakeRouter(cfg), Events()
+
+    def answer(request) -> MockResponse:
+        return MockResponse(json={"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                               "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 3000, "completion_tokens": 2, "total_tokens": 3002,
+                                            "prompt_tokens_details": {"cached_tokens": 2000}}})
+
+    transport = MockTransport(answer)
+    gateway = Gateway(Deps(config=cfg, providers={"a": build_provider(cfg.providers[0], transport, Path("/tmp"))},
+                           decide=router.decide, report=router.report, publish=events))
+    await _ask(gateway, "short")
+    assert events[0].tokens_cached == 2000 and events[0].cache_saved_usd == Decimal("0.003")
+    assert events[0].cost_usd == Decimal("0.003016")  # 1000 x $2 + 2000 x $0.50 + 2 x $8, per million

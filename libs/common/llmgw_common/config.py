@@ -84,6 +84,13 @@ class Price(_Strict):
                  + visible_out * self.output_per_mtok + reasoning * reasoning_price)
         return micro / Decimal(1_000_000) + self.per_request
 
+    def cache_read_saving(self, cached_in: int) -> Decimal:
+        """What ``cached_in`` cache reads cost less than the same tokens at the input price (0 without a
+        cache-read price). Cache writes' premium is not taken off: it is paid whether or not a read follows."""
+        if self.cached_input_per_mtok is None or self.cached_input_per_mtok >= self.input_per_mtok:
+            return Decimal(0)
+        return cached_in * (self.input_per_mtok - self.cached_input_per_mtok) / Decimal(1_000_000)
+
 
 class Limits(_Strict):
     """Any subset; ``None`` means unlimited. Cost limits are in USD."""

@@ -327,6 +327,9 @@ class UsageEvent(Message):
     tokens_cache_write: int = 0  # cache writes (cache creation): part of tokens_in
     tokens_reasoning: int = 0  # reasoning (thinking) tokens: part of tokens_out
     cost_usd: Decimal = Decimal(0)
+    # what the cache reads saved: tokens_cached at the input price minus at the cache-read price (0 when the
+    # provider reported its own cost or has no cache-read price); not part of cost_usd
+    cache_saved_usd: Decimal = Decimal(0)
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     status: int  # status the client got
@@ -462,6 +465,12 @@ class StatsRow(BaseModel):
     latency_p95_ms: float | None = None
     ttft_p50_ms: float | None = None  # time to first token (streams)
     ttft_p95_ms: float | None = None
+    # prompt caching (from the rollup): the prompt tokens read from a provider's cache, their share of all
+    # prompt tokens (the cache hit rate), and what those reads saved against the input price
+    tokens_in: int = 0
+    tokens_cached: int = 0
+    cache_hit_rate: float = 0.0
+    cache_saved_usd: Decimal = Decimal(0)
 
 
 class UsageStats(Message):

@@ -177,11 +177,13 @@ class _Outcome:
     def event(self, status: int, candidate: Candidate | None, usage: Usage | None, error: str | None,
               ttft_ms: float | None) -> UsageEvent:
         usage = usage or Usage()
+        saved = Decimal(0)
         if usage.reported_cost is not None:
             cost = usage.reported_cost  # the provider's own figure wins (OpenRouter reports it)
         elif candidate and candidate.price:
             cost = candidate.price.cost(usage.input_tokens, usage.output_tokens, cached_in=usage.cache_read_tokens,
                                         reasoning=usage.reasoning_tokens, cache_write=usage.cache_write_tokens)
+            saved = candidate.price.cache_read_saving(usage.cache_read_tokens)
         else:
             cost = Decimal(0)
         return UsageEvent(
@@ -190,7 +192,7 @@ class _Outcome:
             model=self.model, upstream_model=candidate.upstream_model if candidate else None,
             stream=self.exchange.stream, tokens_in=usage.input_tokens, tokens_out=usage.output_tokens,
             tokens_cached=usage.cache_read_tokens, tokens_cache_write=usage.cache_write_tokens,
-            tokens_reasoning=usage.reasoning_tokens, cost_usd=cost,
+            tokens_reasoning=usage.reasoning_tokens, cost_usd=cost, cache_saved_usd=saved,
             latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
             error=error, attempts=self.attempts, route_reason=self.route_reason,
             reservation=candidate.reservation if candidate else None)
