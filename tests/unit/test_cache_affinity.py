@@ -265,3 +265,20 @@ providers:
     await _ask(gateway, "short")
     assert events[0].tokens_cached == 2000 and events[0].cache_saved_usd == Decimal("0.003")
     assert events[0].cost_usd == Decimal("0.003016")  # 1000 x $2 + 2000 x $0.50 + 2 x $8, per million
+
+
+def test_config_check_names_a_bad_cache_lifetime_and_an_unknown_type_by_path():
+    from llmgw_common.config_check import check_text
+
+    report = check_text("""
+providers: []
+routing:
+  cache_affinity:
+    ttl_s: {anthropic: 0, mistral: 60}
+    min_prefix_tokens: -1
+""")
+    found = {f.path: f.line for f in report.errors}
+    assert {"routing.cache_affinity.ttl_s.anthropic", "routing.cache_affinity.min_prefix_tokens"} <= set(found)
+    assert any(p.startswith("routing.cache_affinity.ttl_s") and "mistral" in p + m
+               for p, m in ((f.path, f.message) for f in report.errors)), report.errors
+    assert found["routing.cache_affinity.min_prefix_tokens"] == 6
