@@ -338,12 +338,18 @@ class SmartRoutingConfig(_Strict):
     cache_size: int = Field(default=1024, ge=0)
 
 
+def _cache_lifetimes() -> dict[ProviderType, float]:
+    """Anthropic's cache lives 5 minutes after its last use; OpenAI keeps a prefix 5 to 10 minutes; Gemini's
+    implicit cache a few minutes (not documented exactly)."""
+    return {"anthropic": 300.0, "openai": 300.0, "gemini": 300.0}
+
+
 class CacheAffinityConfig(_Strict):
     """Prompt-cache-aware routing (docs/routing.md, "Prompt-cache affinity")."""
 
     enabled: bool = True
     ttl_s: dict[ProviderType, Annotated[float, Field(gt=0)]] = Field(
-        default_factory=lambda: {"anthropic": 300.0, "openai": 300.0, "gemini": 300.0},
+        default_factory=_cache_lifetimes,
         description="provider type -> how long its prompt cache lives after the last use (a type not listed "
                     "caches nothing); each successful answer starts it again")
     min_prefix_tokens: int = Field(default=1024, ge=0, description="shorter prefixes are not cached by the "
