@@ -123,9 +123,10 @@ class Router:
         admitted.reservation = admission.reservation
         admitted.probe = admission.probe
         decision.candidates = [admitted] + [pc.candidate for pc in p.ordered[admission.index + 1:]]
-        # the whole plan, its first provider healthy (admitted, not as the breaker's probe), nothing limited
-        if (admission.index == 0 and not admission.probe and affinity != "moved" and plan_reusable(self.config, p, route_request, key,
-                                                                                      self.state)):
+        # the whole plan, its first provider healthy (admitted, not as the breaker's probe), nothing limited, and
+        # not reordered for this conversation's cached prefix
+        if (admission.index == 0 and not admission.probe and affinity != "moved"
+                and plan_reusable(self.config, p, route_request, key, self.state)):
             decision.reusable_s = self.config.routing.plan_max_age_s
             if p.strategy in EDGE_STRATEGIES:
                 decision.groups = plan_groups(p, self.state, route_request)
