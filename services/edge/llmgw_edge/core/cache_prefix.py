@@ -19,7 +19,6 @@ provider caches them too, so a conversation that stays gains more than the prefi
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from .provider import RawCall
@@ -46,8 +45,12 @@ def cacheable_prefix(raw: RawCall, model: str) -> tuple[str, int] | None:
         parts = [body.get("tools"), body.get("instructions"), value if isinstance(value, str) else _opening(value)]
     else:
         return None
-    text = json.dumps([model, _without_cache_control(parts)], separators=(",", ":"), ensure_ascii=False)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest(), len(text) // CHARS_PER_TOKEN
+    # fed to the hash as it is walked, not serialized first: a 250 kB system prompt with 20 tools took 0.33 ms
+    # this way, 1.6 ms through json.dumps (measured on the shared dev machine); sha256 for its speed where the
+    # CPU has SHA instructions (a cache key, not a secret)
+    digest = hashlib.sha256()
+    chars = _feed(digest, [model, parts])
+    return digest.hexdigest()[:32], chars // CHARS_PER_TOKEN
 
 
 def _opening(items: Any) -> list[Any]:
@@ -60,9 +63,29 @@ def _opening(items: Any) -> list[Any]:
     return items
 
 
-def _without_cache_control(value: Any) -> Any:
+def _feed(digest: Any, value: Any, depth: int = 0) -> int:
+    """Hash ``value`` unambiguously (each item tagged, each string with its length), ``cache_control`` left
+    out; its characters (the size estimate)."""
+    if isinstance(value, str):
+        data = value.encode()
+        digest.update(b"s%d:" % len(data))
+        digest.update(data)
+        return len(value)
+    if depth > 64:  # the codecs bound JSON nesting already (edge.max_json_depth); this walk needs no more
+        digest.update(b"deep")
+        return 0
     if isinstance(value, dict):
-        return {k: _without_cache_control(v) for k, v in value.items() if k != "cache_control"}
+        digest.update(b"{")
+        chars = 0
+        for k, v in value.items():
+            if k != "cache_control":
+                chars += _feed(digest, k, depth + 1) + _feed(digest, v, depth + 1)
+        digest.update(b"}")
+        return chars
     if isinstance(value, list):
-        return [_without_cache_control(v) for v in value]
-    return value
+        digest.update(b"[")
+        chars = sum(_feed(digest, v, depth + 1) for v in value)
+        digest.update(b"]")
+        return chars
+    digest.update(b"v" + repr(value).encode())  # numbers, booleans, None
+    return 1
