@@ -1,7 +1,7 @@
 """Prompt-cache affinity, the pure parts: the prefix key the edge derives (core/cache_prefix.py), the
 router's choice (llmgw_router.cache_affinity.prefer) and when the edge asks the router instead of reusing a
-plan. With real Redis and the router: tests/service/test_cache_affinity.py; the whole stack with the demo
-provider's Anthropic and OpenAI faces: tests/e2e/test_cache_affinity.py."""
+plan. With real Redis and the router: tests/service/test_cache_affinity_router.py; the whole stack with the
+demo provider's Anthropic and OpenAI faces: tests/e2e/test_cache_affinity_stack.py."""
 
 from __future__ import annotations
 
