@@ -192,6 +192,19 @@ def usage_dashboard() -> tuple[dict, list[list[Panel]]]:
                 ["time", "key_name", "request_count"], "time, key_name", "time")],
                 12, 8, unit="short", series_label="key_name", stacked=True),
         ],
+        [
+            Panel("Prompt caching by provider and model", "table", [q_rollup(
+                f"{PROVIDER} AS provider_name, model, sum(tokens_in) AS input_tokens,"
+                " sum(tokens_cached) AS cached_tokens,"
+                " sum(tokens_cached) / greatest(sum(tokens_in), 1) AS cache_hit_rate,"
+                " toFloat64(sum(cache_saved_usd)) AS saved, toFloat64(sum(cost_usd)) AS cost",
+                ["provider_name", "model", "input_tokens", "cached_tokens", "cache_hit_rate", "saved", "cost"],
+                "provider_name, model", "saved DESC, cached_tokens DESC, provider_name, model", ts=False,
+                limit="50", having="sum(tokens_in) > 0")],
+                24, 8, "Cache hit rate: the share of input tokens read from the provider's prompt cache. Saved: "
+                "those reads at the input price minus at the cache-read price, as each request was priced "
+                "(requests stored before the gateway recorded it count 0)."),
+        ],
     ]
     return meta, rows
 

@@ -115,7 +115,7 @@ providers:
       cost_per_day: 0.02
     models:
       - name: m
-        price: {{input_per_mtok: 2.5, output_per_mtok: 10}}
+        price: {{input_per_mtok: 2.5, output_per_mtok: 10, cached_input_per_mtok: 1.25}}
       # the web UI test adds a model here
 usage:
   batch_wait_s: 0.1
@@ -218,7 +218,8 @@ def test_the_web_ui_in_a_browser(infra, tmp_path):
 
     started = time.monotonic()
     _build_ui()
-    with FakeProvider(models=["m"]) as alpha, FakeProvider(models=["m", "brand-new"]) as beta:
+    # beta reads 4 prompt tokens of each request from its cache: the overview's prompt caching table
+    with FakeProvider(models=["m"]) as alpha, FakeProvider(models=["m", "brand-new"], cached_tokens=4) as beta:
         # its own NATS (the runner's): the key the suite creates must not lock other tests' gateways out
         env = {k: v for k, v in os.environ.items()
                if k not in ("NATS_URL", "LLMGW_ADMIN_TOKEN", "LLMGW_ADMIN_READONLY_TOKEN")}

@@ -169,7 +169,8 @@ def test_rollup_and_request_log_schema(infra, tmp_path):
             ("minute", "DateTime('UTC')"), ("provider", "LowCardinality(String)"), ("model", "LowCardinality(String)"),
             ("key_id", "LowCardinality(String)"), ("requests", "UInt64"), ("errors", "UInt64"),
             ("tokens_in", "UInt64"), ("tokens_out", "UInt64"), ("tokens_cached", "UInt64"),
-            ("tokens_cache_write", "UInt64"), ("tokens_reasoning", "UInt64"), ("cost_usd", "Decimal(18, 9)"), ("free_requests", "UInt64"), ("latency_ms_sum", "Float64"),
+            ("tokens_cache_write", "UInt64"), ("tokens_reasoning", "UInt64"), ("cost_usd", "Decimal(18, 9)"),
+            ("cache_saved_usd", "Decimal(18, 9)"), ("free_requests", "UInt64"), ("latency_ms_sum", "Float64"),
             ("ttft_ms_sum", "Float64"), ("ttft_count", "UInt64"), ("attempts", "UInt64")]
         for table in ("usage_events", "request_log"):
             tokens = ch.query("SELECT name, type FROM system.columns WHERE database = currentDatabase()"

@@ -239,7 +239,8 @@ def _events() -> list[UsageEvent]:
                                         latency_ms=400.0 + i)])
         elif kind == 1:  # paid, one retry before it worked
             ev = dict(provider="openai", model="gpt-4o-mini", key_id="key-b", tokens_in=1000, tokens_out=200,
-                      tokens_cached=300, cost_usd=Decimal("0.0012"), latency_ms=900.0 + i, status=200,
+                      tokens_cached=300, cost_usd=Decimal("0.0012"), cache_saved_usd=Decimal("0.00045"),
+                      latency_ms=900.0 + i, status=200,
                       attempts=[Attempt(provider="openai", upstream_model="gpt-4o-mini", status=200,
                                         latency_ms=900.0 + i, retries=1)])
         elif kind == 2:  # failed over from a rate-limited free tier
@@ -370,6 +371,14 @@ def test_usage_values(store):
     # filtered: provider openai or nobody, gpt-4o-mini, keys a and b
     assert _rows(store, "llmgw-usage", "Requests", FILTERED_SCOPE)[0][0] == 2 * N
     assert _rows(store, "llmgw-usage", "Cost", FILTERED_SCOPE)[0][0] == pytest.approx(N * 0.0012)
+
+
+def test_prompt_caching_values(store):
+    rows = _rows(store, "llmgw-usage", "Prompt caching by provider and model")
+    assert rows[0][:2] == ("openai", "gpt-4o-mini")
+    assert rows[0][2:5] == (N * 1000, N * 300, pytest.approx(0.3))
+    assert rows[0][5] == pytest.approx(N * 0.00045) and rows[0][6] == pytest.approx(N * 0.0012)
+    assert {r[0] for r in rows[1:]} <= {"groq", "openrouter"} and all(r[5] == 0 for r in rows[1:])
 
 
 def test_performance_values(store):

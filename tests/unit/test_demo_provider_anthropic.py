@@ -65,6 +65,19 @@ def test_cache_tokens_are_taken_out_of_input_tokens(client, upstream):
     assert m.usage.input_tokens == 0 and m.usage.cache_read_input_tokens == 50
 
 
+def test_a_simulated_prompt_cache_writes_at_the_breakpoint_then_reads_it(client, upstream):
+    upstream.behaviour.prompt_cache = True
+    system = [{"type": "text", "text": "one two three four five", "cache_control": {"type": "ephemeral"}}]
+    first = client.messages.create(model="demo-chat", max_tokens=100, system=system, messages=USER)
+    assert (first.usage.cache_creation_input_tokens, first.usage.cache_read_input_tokens) == (5, 0)
+    turn2 = USER + [{"role": "assistant", "content": first.content[0].text}, {"role": "user", "content": "more"}]
+    second = client.messages.create(model="demo-chat", max_tokens=100, system=system, messages=turn2)
+    assert (second.usage.cache_creation_input_tokens, second.usage.cache_read_input_tokens) == (0, 5)
+    unmarked = client.messages.create(model="demo-chat", max_tokens=100, system="one two three four five",
+                                      messages=turn2)  # no breakpoint: Anthropic caches nothing
+    assert (unmarked.usage.cache_creation_input_tokens, unmarked.usage.cache_read_input_tokens) == (0, 0)
+
+
 def test_max_tokens_and_stop_sequences(client):
     m = client.messages.create(model="demo-chat", max_tokens=3, messages=USER)
     assert m.content[0].text == "Echo: hello there" and m.stop_reason == "max_tokens"

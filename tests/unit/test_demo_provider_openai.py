@@ -112,6 +112,18 @@ def test_die_after_chunks_in_a_tool_call(client, upstream):
 # ---------------------------------------------------------------- chat: usage details and images
 
 
+def test_a_simulated_prompt_cache_reads_the_longest_prefix_seen_before(client, upstream):
+    upstream.behaviour.prompt_cache = True
+    upstream.behaviour.cache_min_tokens = 10
+    system = {"role": "system", "content": "one two three four five six seven eight"}
+    first = client.chat.completions.create(model="demo-chat", messages=[system, *USER])
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # nothing seen yet
+    turn2 = [system, *USER, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}]
+    second = client.chat.completions.create(model="demo-chat", messages=turn2)
+    # the first turn's whole prompt was seen: 3 priming + (3 + 8) + (3 + 5)
+    assert second.usage.prompt_tokens_details.cached_tokens == 22
+
+
 def test_cached_and_reasoning_tokens(client, upstream):
     upstream.behaviour.cached_tokens = 8
     upstream.behaviour.reasoning_tokens = 20

@@ -84,6 +84,13 @@ class Price(_Strict):
                  + visible_out * self.output_per_mtok + reasoning * reasoning_price)
         return micro / Decimal(1_000_000) + self.per_request
 
+    def cache_read_saving(self, cached_in: int) -> Decimal:
+        """What ``cached_in`` cache reads cost less than the same tokens at the input price (0 without a
+        cache-read price). Cache writes' premium is not taken off: it is paid whether or not a read follows."""
+        if self.cached_input_per_mtok is None or self.cached_input_per_mtok >= self.input_per_mtok:
+            return Decimal(0)
+        return cached_in * (self.input_per_mtok - self.cached_input_per_mtok) / Decimal(1_000_000)
+
 
 class Limits(_Strict):
     """Any subset; ``None`` means unlimited. Cost limits are in USD."""
@@ -365,6 +372,29 @@ class FallbacksConfig(_Strict):
         return table.get(model) or (table.get(requested, []) if requested else [])
 
 
+def _cache_lifetimes() -> dict[ProviderType, float]:
+    """Anthropic's cache lives 5 minutes after its last use; OpenAI keeps a prefix 5 to 10 minutes; Gemini's
+    implicit cache a few minutes (not documented exactly)."""
+    return {"anthropic": 300.0, "openai": 300.0, "gemini": 300.0}
+
+
+class CacheAffinityConfig(_Strict):
+    """Prompt-cache-aware routing (docs/routing.md, "Prompt-cache affinity")."""
+
+    enabled: bool = True
+    ttl_s: dict[ProviderType, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=_cache_lifetimes,
+        description="provider type -> how long its prompt cache lives after the last use (a type not listed "
+                    "caches nothing); each successful answer starts it again")
+    min_prefix_tokens: int = Field(default=1024, ge=0, description="shorter prefixes are not cached by the "
+                                   "providers (1024 tokens for Anthropic, OpenAI and Gemini's implicit cache): "
+                                   "such requests skip affinity")
+
+    def ttl_for(self, provider_type: str) -> float:
+        """How long a provider of this type keeps a prefix cached; 0: it caches nothing (or affinity is off)."""
+        return self.ttl_s.get(provider_type, 0.0) if self.enabled else 0.0  # type: ignore[call-overload]
+
+
 class RoutingConfig(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict, description="alias -> logical model name")
     strategy: Strategy = "priority"
@@ -376,6 +406,7 @@ class RoutingConfig(_Strict):
     default_max_tokens: int = Field(default=512, gt=0, description="answer size reserved when max_tokens is unset")
     smart: SmartRoutingConfig = Field(default_factory=SmartRoutingConfig)
     fallbacks: FallbacksConfig = Field(default_factory=FallbacksConfig)
+    cache_affinity: CacheAffinityConfig = Field(default_factory=CacheAffinityConfig)
     decide_timeout_s: float = Field(default=2.0, gt=0, description="how long the edge waits for the router")
     plan_max_age_s: float = Field(default=5.0, ge=0, description="how long an edge reuses a plan for a route "
                                   "without limits before asking again (changes are announced at once; 0: "

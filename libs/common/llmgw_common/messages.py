@@ -83,6 +83,10 @@ class RouteRequest(Message):
     # set after an upstream refused the model for what the request is: plan its routing.fallbacks models
     fallback: FallbackKind | None = None
     exclude_from: int = 0  # ``exclude`` counts from here: the fallback models start afresh on every provider
+    # prompt-cache affinity (llmgw_router.cache_affinity): the hash of the request's cacheable prefix and that
+    # prefix's estimated tokens; None when the prefix is too short to be cached or affinity is off
+    prefix_key: str | None = None
+    prefix_tokens: int = 0
 
 
 class AdmissionGiveUp(BaseModel):
@@ -161,6 +165,7 @@ class AttemptOutcome(Message):
     retry_after_s: float | None = None  # from Retry-After / rate-limit reset headers on a 429
     reservation: Reservation | None = None  # released when the attempt failed
     kind: str | None = None  # llmgw_common.failures.FailureKind of a failed attempt (None: judge by status)
+    prefix_key: str | None = None  # a success: this provider now holds the request's prefix in its prompt cache
 
 
 class AttemptOutcomes(Message):
@@ -334,6 +339,9 @@ class UsageEvent(Message):
     tokens_cache_write: int = 0  # cache writes (cache creation): part of tokens_in
     tokens_reasoning: int = 0  # reasoning (thinking) tokens: part of tokens_out
     cost_usd: Decimal = Decimal(0)
+    # what the cache reads saved: tokens_cached at the input price minus at the cache-read price (0 when the
+    # provider reported its own cost or has no cache-read price); not part of cost_usd
+    cache_saved_usd: Decimal = Decimal(0)
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     status: int  # status the client got
@@ -469,6 +477,12 @@ class StatsRow(BaseModel):
     latency_p95_ms: float | None = None
     ttft_p50_ms: float | None = None  # time to first token (streams)
     ttft_p95_ms: float | None = None
+    # prompt caching (from the rollup): the prompt tokens read from a provider's cache, their share of all
+    # prompt tokens (the cache hit rate), and what those reads saved against the input price
+    tokens_in: int = 0
+    tokens_cached: int = 0
+    cache_hit_rate: float = 0.0
+    cache_saved_usd: Decimal = Decimal(0)
 
 
 class UsageStats(Message):

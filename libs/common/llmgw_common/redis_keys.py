@@ -38,6 +38,9 @@ PROBE_PREFIX = ROOT + "probe:"  # + <provider>: the half-open breaker's probe in
 FAILURES_PREFIX = ROOT + "fail:"  # + <provider>: zset of recent failures
 INFLIGHT_PREFIX = ROOT + "inflight:"  # + <provider>: zset request id -> admitted at (ms)
 LATENCY_PREFIX = ROOT + "lat:"  # + <provider>: moving average latency (ms)
+# + <prefix hash>: "<provider> <served at ms>", the provider holding that prompt prefix in its cache (PX: the
+# cache's lifetime; llmgw_router.cache_affinity)
+AFFINITY_PREFIX = ROOT + "affinity:"
 
 # ---- failed credential checks (llmgw_common.brute_force) ---------------------------------------------
 AUTH_FAILURES_PREFIX = ROOT + "authfail:"  # + <realm>:<client address>: failures in the window (PX)

@@ -21,7 +21,7 @@ import time
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
-from . import anthropic_wire, gemini_wire, replies, responses_wire, wire
+from . import anthropic_wire, gemini_wire, prompt_cache, replies, responses_wire, wire
 from .asgi import (EVENT_STREAM, JSON, ClientDisconnected, Receive, Scope, Send, abort_connection, dumps,
                    lifespan, new_id, read_body, send_chunk, send_json, sse_event, start_stream)
 from .behaviour import Behaviour
@@ -173,7 +173,7 @@ class DemoProviderApp:
         if b.content_filter:
             content, finish_reason = "", "content_filter"
         usage = wire.usage(prompt, wire.count_tokens(content) * req.n,
-                           b.cached_tokens, b.reasoning_tokens)
+                           self._chat_cached(req), b.reasoning_tokens)
         completion_id, created = new_id("chatcmpl-"), int(time.time())
         if b.delay_s:
             await asyncio.sleep(b.delay_s)
@@ -182,6 +182,14 @@ class DemoProviderApp:
                 completion_id, created, req.model, req.n, content, finish_reason, usage))
             return
         await self._stream_chat(req, send, completion_id, created, content, finish_reason, usage)
+
+    def _chat_cached(self, req: wire.ChatRequest) -> int:
+        b = self.behaviour
+        if not b.prompt_cache:
+            return b.cached_tokens
+        read, _ = b.cache.read(prompt_cache.chat_prefixes(req.model, req.messages, b.cache_min_tokens,
+                                                          wire.prompt_tokens))
+        return read
 
     async def _stream_chat(self, req: wire.ChatRequest, send: Send, completion_id: str, created: int,
                            content: str, finish_reason: str, usage: dict[str, Any]) -> None:
@@ -220,7 +228,7 @@ class DemoProviderApp:
     async def _chat_tool_call(self, req: wire.ChatRequest, reply: replies.Reply, send: Send) -> None:
         b = self.behaviour
         usage = wire.usage(wire.prompt_tokens(req.messages), wire.tool_call_tokens(reply) * req.n,
-                           b.cached_tokens, b.reasoning_tokens)
+                           self._chat_cached(req), b.reasoning_tokens)
         completion_id, created = new_id("chatcmpl-"), int(time.time())
         calls = [wire.tool_call(new_id("call_"), reply) for _ in range(req.n)]
         if b.delay_s:
@@ -301,8 +309,11 @@ class DemoProviderApp:
         ans = anthropic_wire.answer(req, reply, b.reasoning_tokens)
         if b.content_filter:
             ans = anthropic_wire.Answer([], "refusal", None, 0)
-        usage = anthropic_wire.usage(anthropic_wire.prompt_tokens(req), ans.output_tokens,
-                                     b.cache_read_tokens, b.cache_write_tokens)
+        cache_read, cache_write = b.cache_read_tokens, b.cache_write_tokens
+        if b.prompt_cache:
+            cache_read, cache_write = b.cache.read(prompt_cache.anthropic_prefixes(
+                req.model, body.get("tools"), req.system, req.messages))
+        usage = anthropic_wire.usage(anthropic_wire.prompt_tokens(req), ans.output_tokens, cache_read, cache_write)
         message_id = new_id("msg_")
         headers = {"request-id": new_id("req_")}
         if b.delay_s:

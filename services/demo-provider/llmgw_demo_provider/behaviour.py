@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .prompt_cache import PromptCache
+
 # Enough history for any test's assertions, bounded so a benchmark cannot grow it forever.
 MAX_RECORDED_REQUESTS = 1000
 
@@ -38,6 +40,12 @@ class Behaviour:
     # Anthropic's cache_read_input_tokens / cache_creation_input_tokens; input_tokens excludes both.
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    # Simulate the providers' prompt caches (prompt_cache.py) instead of the fixed numbers above: a prefix
+    # seen lately is reported as cache reads, a new one as a cache write (Anthropic, at its cache_control
+    # blocks) or not at all (OpenAI chat: automatic, prompts of cache_min_tokens or more).
+    prompt_cache: bool = False
+    cache_min_tokens: int = 1024
+    cache: PromptCache = field(default_factory=PromptCache)
     # When set, requests must carry it: "Authorization: Bearer <api_key>" (OpenAI), "x-api-key"
     # (Anthropic), "x-goog-api-key" or "?key=" (Gemini).
     api_key: str | None = None
@@ -70,6 +78,7 @@ class Behaviour:
         """Back to the defaults (and forget recorded requests), for fixtures shared by tests."""
         defaults = Behaviour()
         for f in fields(self):
-            if f.name != "requests":
+            if f.name not in ("requests", "cache"):
                 setattr(self, f.name, getattr(defaults, f.name))
         self.requests.clear()  # in place: callers may hold a reference to the list
+        self.cache.clear()

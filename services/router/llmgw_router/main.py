@@ -23,10 +23,12 @@ from llmgw_common.messages import (AdmissionGiveUps, AttemptOutcome, AttemptOutc
                                    RouteRequest, RouterState, RouterStateQuery, Skipped, SmartCommand)
 from llmgw_common.nats_conn import request
 from llmgw_common.redis_conn import connect_redis
+from llmgw_common.redis_keys import AFFINITY_PREFIX
 from llmgw_common.service import ServiceError, ServiceRuntime
 from llmgw_common.settings import CommonSettings
 from llmgw_common.windows import WindowReader
 
+from . import cache_affinity
 from .abandoned import reap_forever
 from .outcomes import classify, refusal
 from .policy import EDGE_STRATEGIES, CapabilityBook, Plan, PriceBook, RoutingState, plan, plan_groups, plan_reusable, unavailable
@@ -99,6 +101,7 @@ class Router:
             return decision
         if route_request.endpoint == PLAN_ONLY_ENDPOINT:
             return self._plan_only(route_request, p, decision)
+        affinity = await self._cache_affinity(route_request, p)
         admission = await tracing.traced(  # the atomic admission (one Lua script in Redis) as its own span
             self.store.admit(p.ordered, route_request.request_id, self.now_ms(), key,
                              self.config.keys.budget_timezone, route_request.event_id,
@@ -108,6 +111,8 @@ class Router:
         for i in range(first):
             decision.skipped.append(Skipped(provider=p.ordered[i].candidate.provider,
                                             reason=admission.reasons.get(i, "not admitted")))
+        if affinity is not None and admission.index != 0:
+            cache_affinity.note_refused(decision.skipped, p.ordered[0].candidate.provider)
         if admission.given_up:  # nobody waits for this answer any more
             decision.error = ErrorInfo(status=503, code="router_unavailable", message="the edge gave up on it")
             return decision
@@ -119,13 +124,25 @@ class Router:
         admitted.reservation = admission.reservation
         admitted.probe = admission.probe
         decision.candidates = [admitted] + [pc.candidate for pc in p.ordered[admission.index + 1:]]
-        # the whole plan, its first provider healthy (admitted, not as the breaker's probe), nothing limited
-        if admission.index == 0 and not admission.probe and plan_reusable(self.config, p, route_request, key,
-                                                                          self.state):
+        # the whole plan, its first provider healthy (admitted, not as the breaker's probe), nothing limited, and
+        # not reordered for this conversation's cached prefix
+        if (admission.index == 0 and not admission.probe and affinity != "moved"
+                and plan_reusable(self.config, p, route_request, key, self.state)):
             decision.reusable_s = self.config.routing.plan_max_age_s
             if p.strategy in EDGE_STRATEGIES:
                 decision.groups = plan_groups(p, self.state, route_request)
         return decision
+
+    async def _cache_affinity(self, route_request: RouteRequest, p: Plan) -> str | None:
+        """Put the provider holding this request's prefix in its prompt cache first, when that is cheaper
+        (cache_affinity.py): "moved", "first" (it was first anyway) or None (no affinity, or ignored)."""
+        if route_request.prefix_key is None or len(p.ordered) < 2 or not self.config.routing.cache_affinity.enabled:
+            return None
+        held = await self.store.redis.get(AFFINITY_PREFIX + route_request.prefix_key)
+        found = cache_affinity.parse(held)
+        if found is None:
+            return None
+        return cache_affinity.prefer(self.config, p, found, route_request.prefix_tokens, self.state, self.now_ms())
 
     def _plan_only(self, route_request: RouteRequest, p: Plan, decision: RouteDecision) -> RouteDecision:
         """A question that needs no capacity (count_tokens): the candidates in order, cooling and broken
@@ -163,6 +180,7 @@ class Router:
             log.warning("ignoring an unreadable attempt outcome")
             return
         kind, cooldown_ms = classify(outcome, self.config.routing)
+        await self._record_affinity([outcome])
         try:
             result = await self.store.record_outcome(outcome, kind, cooldown_ms, self.config.routing.breaker,
                                                      self.now_ms(), self.config.keys.budget_timezone)
@@ -184,11 +202,23 @@ class Router:
             log.warning("ignoring an unreadable batch of attempt outcomes")
             return
         items = [(o, *classify(o, self.config.routing)) for o in batch.outcomes]
+        await self._record_affinity(batch.outcomes)
         try:
             await self.store.record_outcomes(items, self.config.routing.breaker, self.now_ms(),
                                              self.config.keys.budget_timezone)
         except Exception:
             log.exception("could not record a batch of %d outcomes", len(items))
+
+    async def _record_affinity(self, outcomes: list[AttemptOutcome]) -> None:
+        """Successful answers for a cacheable prefix: their provider holds it now (off the request's path: the
+        edge reports after the answer)."""
+        served = [(o.prefix_key, o.provider) for o in outcomes if o.ok and o.prefix_key]
+        if not served:
+            return
+        try:
+            await cache_affinity.record(self.store.redis, self.config, served, self.now_ms())
+        except Exception as exc:  # a lost record costs one cache miss, never an answer
+            log.warning("cannot record prompt-cache affinity (%s)", type(exc).__name__)
 
     async def on_lease_renewal(self, msg) -> None:
         try:

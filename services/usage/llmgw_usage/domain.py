@@ -86,8 +86,8 @@ INSERT_FORMAT_SETTINGS = {
 # the UsageEvent fields usage_events stores (attempts_count is computed by ClickHouse from attempts)
 ROW_FIELDS = frozenset({
     "id", "ts", "request_id", "endpoint", "key_id", "provider", "model", "upstream_model", "stream",
-    "tokens_in", "tokens_out", "tokens_cached", "tokens_cache_write", "tokens_reasoning", "cost_usd", "latency_ms",
-    "ttft_ms", "status", "error", "requests", "attempts", "route_reason", "schema_version",
+    "tokens_in", "tokens_out", "tokens_cached", "tokens_cache_write", "tokens_reasoning", "cost_usd", "cache_saved_usd",
+    "latency_ms", "ttft_ms", "status", "error", "requests", "attempts", "route_reason", "schema_version",
 })
 
 # Decimal(18, 9): 9 digits after the point, 9 before.
@@ -217,7 +217,8 @@ def raw_line(ev: IngestEvent, data: bytes) -> bytes | None:
             and 0 <= ev.tokens_cached <= _UINT64_MAX and 0 <= ev.tokens_cache_write <= _UINT64_MAX
             and 0 <= ev.tokens_reasoning <= _UINT64_MAX and 0 <= ev.status <= STATUS_MAX
             and 0 <= ev.schema_version <= UINT16_MAX
-            and _exact_nano(ev.cost_usd) is not None and not needs_cut(ev)):
+            and _exact_nano(ev.cost_usd) is not None and _exact_nano(ev.cache_saved_usd) is not None
+            and not needs_cut(ev)):
         return data
     return None
 
@@ -256,6 +257,7 @@ def event_line(ev: UsageEvent) -> bytes:
         "tokens_cache_write": _uint(ev.tokens_cache_write),
         "tokens_reasoning": _uint(ev.tokens_reasoning),
         "cost_usd": clamp_cost(ev.cost_usd),
+        "cache_saved_usd": clamp_cost(ev.cache_saved_usd),
         "status": _uint(ev.status, STATUS_MAX),
         "schema_version": _uint(ev.schema_version, UINT16_MAX),
     })
@@ -325,7 +327,7 @@ def refusal(ev: IngestEvent | UsageEvent, ts_s: float | None = None) -> Refusal 
     if (ev.id and 0 <= ev.status <= MAX_STATUS
             and 0 <= ev.tokens_in <= MAX_TOKENS and 0 <= ev.tokens_out <= MAX_TOKENS
             and 0 <= ev.tokens_cached <= MAX_TOKENS and 0 <= ev.tokens_cache_write <= MAX_TOKENS
-            and 0 <= ev.tokens_reasoning <= MAX_TOKENS and _cost_ok(ev.cost_usd)
+            and 0 <= ev.tokens_reasoning <= MAX_TOKENS and _cost_ok(ev.cost_usd) and _cost_ok(ev.cache_saved_usd)
             and 0 <= ev.latency_ms <= MAX_MS and _ms_ok(ev.ttft_ms) and 0 <= ev.schema_version <= UINT16_MAX
             and 1 <= ev.requests <= MAX_REQUESTS
             and _names_ok(ev.id, ev.request_id, ev.endpoint, ev.key_id, ev.provider, ev.model, ev.upstream_model)
@@ -352,8 +354,9 @@ def _refusal_detail(ev: IngestEvent | UsageEvent) -> Refusal:
     for name, value, low, high in ranges:
         if value is not None and not low <= value <= high:
             return Refusal(OUT_OF_RANGE, f"{name} {_num(value)} outside {low}..{_num(high)}")
-    if not _cost_ok(ev.cost_usd):
-        return Refusal(OUT_OF_RANGE, f"cost_usd {_num(ev.cost_usd)} outside 0..{MAX_COST_USD}")
+    for name in ("cost_usd", "cache_saved_usd"):
+        if not _cost_ok(getattr(ev, name)):
+            return Refusal(OUT_OF_RANGE, f"{name} {_num(getattr(ev, name))} outside 0..{MAX_COST_USD}")
     for i, a in enumerate(ev.attempts):
         if not _attempt_ok(a):
             if len(a.provider) > MAX_ID_CHARS or len(a.upstream_model) > MAX_ID_CHARS:

@@ -316,7 +316,8 @@ def stats_range(q: UsageStatsQuery, now: datetime) -> tuple[datetime, datetime]:
 def stats_sql(since: datetime, until: datetime) -> tuple[str, str, dict[str, Any]]:
     """(rollup counts SQL, request-log 429s and percentiles SQL, their parameters)."""
     params = {"since_ms": _ms(since), "until_ms": _ms(until)}
-    counts = (f"SELECT toString(provider), toString(model), grouping(model), sum(requests), sum(errors)"
+    counts = (f"SELECT toString(provider), toString(model), grouping(model), sum(requests), sum(errors),"
+              f" sum(tokens_in), sum(tokens_cached), toString(sum(cache_saved_usd))"
               f" FROM {ROLLUP} WHERE {_STATS_RANGE.format(t='minute')} {_STATS_GROUPS}")
     ok = "status < 400"
     detail = (f"SELECT toString(provider), toString(model), grouping(model), sumIf(requests, status = 429),"
@@ -340,10 +341,12 @@ def stats_rows(counts: Iterable[Sequence[Any]], detail: Iterable[Sequence[Any]],
         key = (provider, None if whole else model)
         return rows.setdefault(key, StatsRow(provider=provider, model=key[1]))
 
-    for provider, model, whole, requests, errors in counts:
+    for provider, model, whole, requests, errors, tokens_in, cached, saved in counts:
         r = row(provider, model, whole)
         r.requests, r.errors = int(requests), int(errors)
         r.error_rate = round(r.errors / r.requests, 4) if r.requests else 0.0
+        r.tokens_in, r.tokens_cached, r.cache_saved_usd = int(tokens_in), int(cached), Decimal(saved)
+        r.cache_hit_rate = round(r.tokens_cached / r.tokens_in, 4) if r.tokens_in else 0.0
     for provider, model, whole, limited, latency, ttft in detail:
         r = row(provider, model, whole)
         r.rate_limited = int(limited)

@@ -224,23 +224,27 @@ def _content_parts(content: Any, where: str) -> tuple[list, list[ToolCall]]:
         if not isinstance(block, dict):
             raise bad_request(f"{where}.content.{i}: Input should be an object", param=where)
         kind = block.get("type")
+        cache = _cache_control(block)
         if kind == "text":
-            parts.append(Text(str(block.get("text") or "")))
+            parts.append(Text(str(block.get("text") or ""), cache))
         elif kind == "image":
             source = block.get("source") or {}
             if source.get("type") == "base64":
-                parts.append(Image(data=str(source.get("data") or ""), media_type=source.get("media_type")))
+                parts.append(Image(data=str(source.get("data") or ""), media_type=source.get("media_type"),
+                                   cache_control=cache))
             elif source.get("type") == "url":
-                parts.append(Image(url=str(source.get("url") or "")))
+                parts.append(Image(url=str(source.get("url") or ""), cache_control=cache))
             else:
                 raise bad_request(f"{where}.content.{i}.source: unsupported image source", param=where)
         elif kind == "tool_use":
             calls.append(ToolCall(id=str(block.get("id") or ""), name=str(block.get("name") or ""),
-                                  arguments=json.dumps(block.get("input") or {}, ensure_ascii=False)))
+                                  arguments=json.dumps(block.get("input") or {}, ensure_ascii=False),
+                                  cache_control=cache))
         elif kind == "tool_result":
             inner, _ = _content_parts(block.get("content") if block.get("content") is not None else "",
                                       f"{where}.content.{i}")
-            parts.append(ToolResult(str(block.get("tool_use_id") or ""), inner, bool(block.get("is_error"))))
+            parts.append(ToolResult(str(block.get("tool_use_id") or ""), inner, bool(block.get("is_error")),
+                                    cache_control=cache))
         elif kind == "thinking":
             parts.append(Thinking(text=str(block.get("thinking") or ""), signature=block.get("signature")))
         elif kind == "redacted_thinking":
@@ -248,11 +252,17 @@ def _content_parts(content: Any, where: str) -> tuple[list, list[ToolCall]]:
         elif kind == "document":
             source = block.get("source") or {}
             if source.get("type") == "text":
-                parts.append(Text(str(source.get("data") or "")))
+                parts.append(Text(str(source.get("data") or ""), cache))
         elif kind is None:
             raise bad_request(f"{where}.content.{i}.type: Field required", param=where)
         # other block kinds (server tool results, search results...) only mean something to Anthropic
     return parts, calls
+
+
+def _cache_control(block: dict[str, Any]) -> dict[str, Any] | None:
+    """A block's prompt-cache breakpoint, kept as the client wrote it (types.CacheControl)."""
+    value = block.get("cache_control")
+    return value if isinstance(value, dict) else None
 
 
 def chat_request(body: dict[str, Any], count_only: bool = False) -> ChatRequest:
@@ -295,7 +305,7 @@ def chat_request(body: dict[str, Any], count_only: bool = False) -> ChatRequest:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise bad_request(f"tools.{i}.name: Field required", param=f"tools.{i}")
         tools.append(ToolSpec(t["name"], t.get("description"), t.get("input_schema") or
-                              {"type": "object", "properties": {}}))
+                              {"type": "object", "properties": {}}, _cache_control(t)))
     thinking = body.get("thinking")
     budget = thinking.get("budget_tokens") if isinstance(thinking, dict) and thinking.get("type") == "enabled" else None
     stops = body.get("stop_sequences")

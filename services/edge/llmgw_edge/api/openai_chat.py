@@ -226,13 +226,16 @@ def _parts(content: Any) -> list:
         if not isinstance(p, dict):
             continue
         kind = p.get("type")
+        # a part's cache_control: OpenRouter's and LiteLLM's convention for Anthropic's breakpoints
+        cache = p.get("cache_control") if isinstance(p.get("cache_control"), dict) else None
         if kind in ("text", "input_text", "output_text") and isinstance(p.get("text"), str):
-            parts.append(Text(p["text"]))
+            parts.append(Text(p["text"], cache))
         elif kind == "image_url":
             image = p.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if isinstance(url, str):
                 parts.append(image_from_url(url, image.get("detail") if isinstance(image, dict) else None))
+                parts[-1].cache_control = cache
         elif kind == "refusal" and isinstance(p.get("refusal"), str):
             parts.append(Text(p["refusal"]))
     return parts
@@ -274,8 +277,9 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
     for t in body.get("tools") or []:
         fn = t.get("function") if isinstance(t, dict) else None
         if isinstance(fn, dict) and fn.get("name"):
+            cache = t.get("cache_control") if isinstance(t.get("cache_control"), dict) else None
             tools.append(ToolSpec(str(fn["name"]), fn.get("description"),
-                                  fn.get("parameters") or {"type": "object", "properties": {}}))
+                                  fn.get("parameters") or {"type": "object", "properties": {}}, cache))
     for fn in body.get("functions") or []:  # legacy
         if isinstance(fn, dict) and fn.get("name"):
             tools.append(ToolSpec(str(fn["name"]), fn.get("description"),
@@ -294,7 +298,8 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
         seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
         presence_penalty=_number(body.get("presence_penalty")),
         frequency_penalty=_number(body.get("frequency_penalty")),
-        include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        prompt_cache_key=body.get("prompt_cache_key") if isinstance(body.get("prompt_cache_key"), str) else None)
 
 
 def _number(value: Any) -> float | None:

@@ -557,7 +557,8 @@ def _convert(body: dict[str, Any]) -> tuple[ChatRequest, str | None]:
         top_p=float(body["top_p"]) if body.get("top_p") is not None else None,
         tools=tools, tool_choice=choice, response_format=_response_format((body.get("text") or {}).get("format")),
         reasoning_effort=reasoning.get("effort") if isinstance(reasoning.get("effort"), str) else None,
-        user=user)
+        user=user,
+        prompt_cache_key=body.get("prompt_cache_key") if isinstance(body.get("prompt_cache_key"), str) else None)
     return req, problems[0] if problems else None
 
 

@@ -34,6 +34,7 @@ from llmgw_common.messages import (PLAN_ONLY_ENDPOINT, Attempt, AttemptOutcome, 
                                    UsageEvent)
 
 from . import fallbacks
+from .cache_prefix import cacheable_prefix
 from .errors import GatewayError, UpstreamError
 from .plans import PlanCache
 from .strategies import EdgeLoad, ordered
@@ -173,15 +174,18 @@ class _Outcome:
         self.attempts: list[Attempt] = []
         self.route_reason = ""
         self.fallback: str | None = None  # routing.fallbacks kind that chose the model that served
+        self.prefix_key: str | None = None  # its cacheable prefix (cache_prefix.py): reported with a success
 
     def event(self, status: int, candidate: Candidate | None, usage: Usage | None, error: str | None,
               ttft_ms: float | None) -> UsageEvent:
         usage = usage or Usage()
+        saved = Decimal(0)
         if usage.reported_cost is not None:
             cost = usage.reported_cost  # the provider's own figure wins (OpenRouter reports it)
         elif candidate and candidate.price:
             cost = candidate.price.cost(usage.input_tokens, usage.output_tokens, cached_in=usage.cache_read_tokens,
                                         reasoning=usage.reasoning_tokens, cache_write=usage.cache_write_tokens)
+            saved = candidate.price.cache_read_saving(usage.cache_read_tokens)
         else:
             cost = Decimal(0)
         return UsageEvent(
@@ -190,7 +194,7 @@ class _Outcome:
             model=self.model, upstream_model=candidate.upstream_model if candidate else None,
             stream=self.exchange.stream, tokens_in=usage.input_tokens, tokens_out=usage.output_tokens,
             tokens_cached=usage.cache_read_tokens, tokens_cache_write=usage.cache_write_tokens,
-            tokens_reasoning=usage.reasoning_tokens, cost_usd=cost,
+            tokens_reasoning=usage.reasoning_tokens, cost_usd=cost, cache_saved_usd=saved,
             latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
             error=error, attempts=self.attempts, route_reason=self.route_reason,
             reservation=candidate.reservation if candidate else None)
@@ -262,6 +266,9 @@ class Gateway:
             needs=fallbacks.needs(exchange.raw, exchange.embedding is not None))
         if exchange.provider is not None:  # a raw call to one provider, admitted under provider/model
             route_request.model = f"{exchange.provider}/{exchange.model}"
+        else:
+            self._mark_prefix(exchange, route_request)
+        outcome.prefix_key = route_request.prefix_key
         _tag(outcome.request_id)
         try:
             cand, sent, t0 = await self._admit_and_send(exchange, codec, route_request, outcome)
@@ -383,7 +390,7 @@ class Gateway:
             return await self.deps.decide(route_request)
         key_record = self.deps.key_record(route_request.key_id)
         plan = self.plans.fresh(route_request, key_record)
-        if plan is not None:
+        if plan is not None and not (route_request.prefix_key and self._affinity_may_reorder(plan)):
             return ordered(plan, self.load, self.config)
         generation = self.plans.generation
         try:
@@ -409,6 +416,29 @@ class Gateway:
                      kind=FailureKind.CONTENT_FILTER, release=True)
         raise UpstreamError(400, f"provider {cand.provider} refused the answer on content policy",
                             kind=FailureKind.CONTENT_FILTER)
+    def _mark_prefix(self, exchange: Exchange, route_request: RouteRequest) -> None:
+        """A chat request whose prefix is long enough for a provider to cache carries its hash, so the router
+        can send it where that prefix is cached (docs/routing.md, "Prompt-cache affinity")."""
+        affinity = self.config.routing.cache_affinity
+        if (not affinity.enabled or route_request.endpoint != "chat"
+                or route_request.estimated_prompt_tokens < affinity.min_prefix_tokens):
+            return  # the prefix is part of the prompt: a short prompt has no prefix worth hashing
+        found = cacheable_prefix(exchange.raw, exchange.model)
+        if found is not None and found[1] >= affinity.min_prefix_tokens:
+            route_request.prefix_key, route_request.prefix_tokens = found
+
+    def _affinity_may_reorder(self, plan: RouteDecision) -> bool:
+        """Whether the router's affinity could put another provider first than this plan does: only then is
+        a request with a cacheable prefix worth a router round trip. A plan whose order the edge makes itself
+        (``groups``) may put any candidate first."""
+        affinity = self.config.routing.cache_affinity
+        caching = []
+        for c in plan.candidates:
+            provider = self.config.provider(c.provider)
+            caching.append(provider is not None and affinity.ttl_for(provider.type) > 0)
+        if plan.groups:
+            return len(caching) > 1 and any(caching)
+        return any(caching[1:])
 
     async def _send_with_retries(self, exchange: Exchange, codec: Codec, cand: Candidate,
                                  outcome: _Outcome) -> tuple[_Sent, float]:
@@ -460,8 +490,9 @@ class Gateway:
 
     def _report(self, outcome: _Outcome, cand: Candidate, ok: bool, status: int, latency_ms: float,
                 kind: FailureKind | None = None, retry_after_s: float | None = None, release: bool = False) -> None:
-        # a success is news the router can take a moment later, in a batch; a failure (cooldowns, breakers)
-        # or the breaker's probe must reach it now
+        # a success is news the router can take a moment later, in a batch; a failure (cooldowns, breakers),
+        # the breaker's probe, or who now holds a prompt prefix (the conversation's next turn may come at
+        # once, and should find it) must reach it now
         if ok and not outcome.exchange.uses_capacity:
             return  # nothing was admitted and its latency is no model's (count_tokens): only failures are news
         if ok:
@@ -469,7 +500,8 @@ class Gateway:
         self.deps.report(AttemptOutcome(
             request_id=outcome.request_id, provider=cand.provider, model=cand.model, ok=ok, status=status,
             latency_ms=latency_ms, retry_after_s=retry_after_s, kind=kind.value if kind else None,
-            reservation=cand.reservation if release else None), ok and not cand.probe)
+            reservation=cand.reservation if release else None, prefix_key=outcome.prefix_key if ok else None),
+            ok and not cand.probe and outcome.prefix_key is None)
 
     # ---- streams ------------------------------------------------------------
 

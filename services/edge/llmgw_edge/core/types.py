@@ -22,9 +22,16 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "stop_s
 
 # ---- content parts ---------------------------------------------------------
 
+# A prompt-cache breakpoint as the client marked the part (Anthropic's ``cache_control``, e.g.
+# {"type": "ephemeral", "ttl": "1h"}; OpenRouter's and LiteLLM's OpenAI-format convention): carried as it
+# came to providers that take it (Anthropic), in its place; others cache on their own (docs/routing.md).
+CacheControl = dict[str, Any]
+
+
 @dataclass(slots=True)
 class Text:
     text: str
+    cache_control: CacheControl | None = None
 
 
 @dataclass(slots=True)
@@ -35,6 +42,7 @@ class Image:
     data: str | None = None
     media_type: str | None = None
     detail: str | None = None  # OpenAI's low | high | auto
+    cache_control: CacheControl | None = None
 
     def data_url(self) -> str:
         return self.url if self.url else f"data:{self.media_type or 'image/png'};base64,{self.data}"
@@ -54,6 +62,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # JSON text, as the model wrote it
+    cache_control: CacheControl | None = None  # a breakpoint on an earlier turn's call (Anthropic tool_use)
 
 
 @dataclass(slots=True)
@@ -64,6 +73,7 @@ class ToolResult:
     content: list[Part]
     is_error: bool = False
     name: str | None = None  # the tool's name, when the format carries it (Gemini needs it)
+    cache_control: CacheControl | None = None
 
 
 Part = Text | Image | Thinking | ToolResult
@@ -84,6 +94,7 @@ class ToolSpec:
     name: str
     description: str | None = None
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    cache_control: CacheControl | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +128,7 @@ class ChatRequest:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     include_usage: bool = False  # the client asked for usage in the stream (OpenAI stream_options)
+    prompt_cache_key: str | None = None  # OpenAI's hint of which requests share a cached prefix
 
     def system_text(self) -> str:
         return "\n\n".join(m.text() for m in self.messages if m.role == "system")

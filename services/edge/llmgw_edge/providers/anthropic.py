@@ -120,14 +120,21 @@ def _image(p: Image) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "url", "url": p.url}}
 
 
+def _cached(block: dict[str, Any], part: Any) -> dict[str, Any]:
+    """The block with the client's prompt-cache breakpoint, where the client put it (types.CacheControl)."""
+    if part.cache_control is not None:
+        block["cache_control"] = part.cache_control
+    return block
+
+
 def _blocks(parts: list) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for p in parts:
         if isinstance(p, Text):
             if p.text:
-                out.append({"type": "text", "text": p.text})
+                out.append(_cached({"type": "text", "text": p.text}, p))
         elif isinstance(p, Image):
-            out.append(_image(p))
+            out.append(_cached(_image(p), p))
         elif isinstance(p, Thinking):
             if p.redacted:
                 out.append({"type": "redacted_thinking", "data": p.redacted})
@@ -138,7 +145,7 @@ def _blocks(parts: list) -> list[dict[str, Any]]:
                                      "content": _blocks(p.content) or ""}
             if p.is_error:
                 block["is_error"] = True
-            out.append(block)
+            out.append(_cached(block, p))
     return out
 
 
@@ -153,14 +160,20 @@ def _arguments(text: str) -> Any:
 def messages_body(req: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
     if req.n != 1:
         raise unsupported("Anthropic answers one choice per request (n must be 1)")
-    system = req.system_text()
+    system_parts = [p for m in req.messages if m.role == "system" for p in m.parts if isinstance(p, Text)]
+    # the system prompt as one string, or as its text blocks when the client marked a cache breakpoint in it
+    system: str | list[dict[str, Any]] = (_blocks(system_parts) if any(p.cache_control for p in system_parts)
+                                          else req.system_text())
     fmt = req.response_format or {}
     if fmt.get("type") in ("json_object", "json_schema"):
         schema = (fmt.get("json_schema") or {}).get("schema")
         note = "Respond with a single JSON object and nothing else."
         if schema:
             note += " It must match this JSON schema: " + json.dumps(schema)
-        system = f"{system}\n\n{note}" if system else note
+        if isinstance(system, list):  # after the cached blocks: the cached prefix stays as it was
+            system.append({"type": "text", "text": note})
+        else:
+            system = f"{system}\n\n{note}" if system else note
     messages: list[dict[str, Any]] = []
     for m in req.messages:
         if m.role == "system":
@@ -168,7 +181,7 @@ def messages_body(req: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
         role = "assistant" if m.role == "assistant" else "user"  # tool results are user turns
         blocks = _blocks(m.parts)
         if m.role == "assistant":
-            blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": _arguments(c.arguments)}
+            blocks += [_cached({"type": "tool_use", "id": c.id, "name": c.name, "input": _arguments(c.arguments)}, c)
                        for c in m.tool_calls]
         if not blocks:
             continue
@@ -197,8 +210,8 @@ def messages_body(req: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
     if stream:
         body["stream"] = True
     if req.tools:
-        body["tools"] = [{"name": t.name, **({"description": t.description} if t.description else {}),
-                          "input_schema": t.parameters} for t in req.tools]
+        body["tools"] = [_cached({"name": t.name, **({"description": t.description} if t.description else {}),
+                                  "input_schema": t.parameters}, t) for t in req.tools]
     choice = req.tool_choice
     if choice is not None and (req.tools or choice.mode == "none"):
         tc: dict[str, Any] = {"type": {"auto": "auto", "none": "none", "required": "any", "tool": "tool"}[choice.mode]}

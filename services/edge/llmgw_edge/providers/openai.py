@@ -145,8 +145,10 @@ def chat_body(req: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
         body["stream_options"] = {"include_usage": True}
     if req.max_tokens is not None:
         body["max_tokens"] = req.max_tokens
+    # cache_control breakpoints are not sent: OpenAI caches every long prefix on its own, and its API knows
+    # no such field; the messages keep their order, so the prefix a client meant to cache still comes first
     for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "user",
-                 "reasoning_effort", "response_format"):
+                 "reasoning_effort", "response_format", "prompt_cache_key"):
         value = getattr(req, name)
         if value is not None:
             body[name] = value

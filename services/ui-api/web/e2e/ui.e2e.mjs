@@ -148,6 +148,13 @@ try {
     await page.getByRole("button", { name: "Errors and latency over the last: 24 h" }).click();
     await page.locator('[data-testid="stats-table"][data-range="24h"]').waitFor();
     await page.locator('[data-testid="stats-row"][data-name="beta/m"]').waitFor();
+    // prompt caching over the same range: beta read part of each prompt from its cache, alpha nothing
+    const cached = page.locator('[data-testid="cache-row"][data-name="beta/m"]');
+    await cached.waitFor();
+    check(Number(await cached.getAttribute("data-hit-rate")) > 0 && Number(await cached.getAttribute("data-saved")) > 0,
+          "beta/m shows no cache hits or savings");
+    check(Number(await page.locator('[data-testid="cache-row"][data-name="alpha"]').getAttribute("data-hit-rate")) === 0,
+          "alpha shows cache hits it never had");
     await shot("overview.png");
   });
 
