@@ -24,7 +24,7 @@ from llmgw_common.messages import UsageEvent
 from . import domain
 from .domain import Refusal
 from .projection import ProjectionResult
-from .store import InsertRejected
+from .store import ClickHouseUnavailable, InsertRejected
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,10 @@ class BatchProcessor:
         if failure is not None:  # not committed (or only half): redeliver later, both sides are idempotent
             result.failed = True
             result.errors.append(f"{type(failure).__name__}: {failure}")
-            log.error("usage batch of %d not committed, will be redelivered: %s: %s",
-                      len(good), type(failure).__name__, str(failure)[:300])
+            # ClickHouse not attached (yet) is logged once by ClickHouseLink, not per batch
+            log.log(logging.DEBUG if isinstance(failure, ClickHouseUnavailable) else logging.ERROR,
+                    "usage batch of %d not committed, will be redelivered: %s: %s",
+                    len(good), type(failure).__name__, str(failure)[:300])
             for msg in good:
                 await _quietly(msg.nak, delay=RETRY_DELAY_S)
             return result

@@ -59,7 +59,7 @@ from llmgw_common.messages import (
 
 from . import domain, queries
 from .domain import EventRow
-from .schema import apply_migrations
+from .schema import SchemaStatus, apply_migrations, schema_status
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,19 @@ def _read_journal(path: Path) -> JournaledInsert:
     return JournaledInsert(path, path.stem, data, stamps)
 
 
+class ClickHouseUnavailable(RuntimeError):
+    """The store is not attached (yet): ClickHouse unreachable, its schema behind, the chDB directory busy.
+    The message says which; the usage service answers queries with it and leaves batches for redelivery."""
+
+
+class SchemaBehind(ClickHouseUnavailable):
+    """ClickHouse answers, but the migrations this code needs are not all applied (``llmgw migrate``)."""
+
+    def __init__(self, status: SchemaStatus):
+        super().__init__(status.describe())
+        self.status = status
+
+
 class StoreBusyError(RuntimeError):
     """The chDB directory is open in another process (or another store of this one)."""
 
@@ -152,6 +165,7 @@ class ClickHouseStore:
         self._client = None
         self._identity: str | None = None
         self._lock_fd: int | None = None
+        self.unavailable = "ClickHouse store is not open"  # why, while it is not (the queries' answer)
         self.journal_dir = self._chdb_path.parent / f"{self._chdb_path.name}.journal"
 
     async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -165,8 +179,12 @@ class ClickHouseStore:
 
     def _require(self):
         if self._client is None:
-            raise RuntimeError("ClickHouse store is not open")
+            raise ClickHouseUnavailable(self.unavailable)
         return self._client
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -191,6 +209,32 @@ class ClickHouseStore:
         if applied:
             log.info("clickhouse migrations applied: %s", ", ".join(f"{v:04d}" for v in applied))
         return applied
+
+    async def attach(self) -> SchemaStatus:
+        """Connect without any DDL, and stay connected only when every migration this code needs is
+        applied (the usage service: ``llmgw migrate`` applies them). Raises ``SchemaBehind`` otherwise, with
+        the connection closed and the directory lock released: with chDB, ``llmgw migrate`` needs them."""
+        def _attach() -> SchemaStatus:
+            self._lock_fd = _lock_dir(self._chdb_path)
+            client = None
+            try:
+                client = connect_clickhouse(self._url, self._chdb_path)
+                status = schema_status(client)
+                if not status.current:
+                    raise SchemaBehind(status)
+            except BaseException:
+                if client is not None:
+                    client.close()
+                self._unlock()
+                raise
+            self._client = client
+            return status
+
+        return await self._run(_attach)
+
+    async def ping(self) -> None:
+        """One trivial query on the worker thread (the health check: ClickHouse answers)."""
+        await self._run(lambda: self._require().query("SELECT 1"))
 
     async def close(self) -> None:
         def _close() -> None:
