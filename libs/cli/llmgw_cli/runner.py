@@ -585,8 +585,8 @@ def parse_replicas(text: str) -> dict[str, int]:
 
 def check_replicas(replicas: dict[str, int], env) -> dict[str, int]:
     if replicas.get("ui-api", 1) != 1:
-        raise InfraError("ui-api runs once: its login sessions live in its memory (put a proxy with sticky "
-                         "sessions in front of several, or use bearer tokens)")
+        raise InfraError("ui-api runs once here: its replicas need a proxy in front, which compose and "
+                         "Kubernetes have (they run 2; sessions and the config are shared in NATS)")
     if replicas.get("usage", 1) > 1 and not env.get("CLICKHOUSE_URL"):
         raise InfraError("several usage replicas need a ClickHouse server (CLICKHOUSE_URL): the in-process "
                          "ClickHouse (chDB) data directory belongs to one process")
