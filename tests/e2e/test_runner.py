@@ -59,6 +59,8 @@ def test_llmgw_run_end_to_end_and_ctrl_c(tmp_path):
                 break
         assert "gateway ready" in "".join(output), "".join(output)
         assert "demo-chat" in config.read_text()  # the starter config was written
+        # `llmgw migrate` ran before the services (the usage service never migrates)
+        assert "applied migrations 0001" in "".join(output), "".join(output)
 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{edge}/v1", api_key="unused", max_retries=0)
         reply = client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "hi"}])
@@ -69,6 +71,8 @@ def test_llmgw_run_end_to_end_and_ctrl_c(tmp_path):
             return sum(s["windows"]["minute"]["requests"] for s in scopes if s["scope"] == "provider")
 
         wait_for(lambda: demo_requests() >= 1, timeout=20)  # the request shows up in /api/usage/current
+        # and in ClickHouse (the usage service attached to the migrated chDB)
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{ui}/api/requests", headers=ADMIN).json()["rows"], timeout=20)
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
