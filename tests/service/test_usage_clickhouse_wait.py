@@ -26,9 +26,17 @@ from llmgw_cli.infra import free_port
 from llmgw_common import subjects
 from llmgw_common.messages import UsageRequests, UsageRequestsQuery
 from llmgw_common.nats_conn import RemoteError, request
+from llmgw_common.windows import WindowReader, provider_scope
+from clickhouse_connect.driver.exceptions import OperationalError
+
+from llmgw_usage.clickhouse_link import ClickHouseLink
+from llmgw_usage.consumer import ensure_consumer
 from llmgw_usage.main import serve
+from llmgw_usage.projection import ClickHouseProjection
 from llmgw_usage.schema import required_version
-from llmgw_usage.store import _lock_dir
+from llmgw_usage.store import ClickHouseStore, _lock_dir
+from llmgw_usage.windows_follower import WindowFollower
+from llmgw_usage.windows_writer import WindowWriter
 from test_usage_service import (  # noqa: F401 - env is a fixture
     DEADLINE_S,
     _clickhouse,
@@ -45,6 +53,8 @@ from test_usage_service import (  # noqa: F401 - env is a fixture
 )
 
 pytestmark = pytest.mark.integration
+
+EVENTS = 300  # while ClickHouse is away; the windows used to stop after about 5 batches
 
 
 @pytest.fixture
@@ -150,10 +160,13 @@ async def test_usage_starts_while_clickhouse_is_unavailable_and_catches_up(env, 
     held = _lock_dir(state_dir / "clickhouse")  # another process has the ClickHouse: unavailable
     try:
         async with usage_service(env, state_dir):
-            for i in range(5):
-                await _publish(env.js, _event(provider, "m", tokens_in=i + 1))
-            await until(lambda: _equals(window_requests(env, provider), 5), "the windows count all 5")
-            assert await unacknowledged(env) == 5
+            # many more than a few batches (of 20): the windows keep up with all of them
+            acks = [await env.js.publish_async(subjects.usage_event_subject(provider),
+                                               _event(provider, "m", tokens_in=i + 1).encode())
+                    for i in range(EVENTS)]
+            await asyncio.gather(*acks)
+            await until(lambda: _equals(window_requests(env, provider), EVENTS), f"the windows count all {EVENTS}")
+            assert await unacknowledged(env) == EVENTS
             status, body = await readiness(ops_port)
             assert status == 200 and body["status"] == "degraded", body  # ready: the windows run
             assert "in use by another process" in body["checks"]["clickhouse"]["detail"]
@@ -161,7 +174,7 @@ async def test_usage_starts_while_clickhouse_is_unavailable_and_catches_up(env, 
             os.close(held)  # ClickHouse is there again
             held = None
             await _wait_caught_up(env.js)
-            assert await window_requests(env, provider) == 5  # every redelivery counted once
+            assert await window_requests(env, provider) == EVENTS  # the follower's and the consumer's: once
             status, body = await until(lambda: _ready(ops_port), "/readyz ready again")
             assert body["status"] == "ready"
     finally:
@@ -170,7 +183,7 @@ async def test_usage_starts_while_clickhouse_is_unavailable_and_catches_up(env, 
     with _clickhouse(env, state_dir) as ch:
         rows = ch.query("SELECT count(), uniqExact(id) FROM usage_events WHERE provider = {p:String}",
                         parameters={"p": provider}).result_rows
-    assert rows == [(5, 5)]  # each event stored, once
+    assert rows == [(EVENTS, EVENTS)]  # each event stored, once
 
 
 async def test_usage_starts_with_the_clickhouse_server_unreachable(env, tmp_path, ops_port):
@@ -186,6 +199,55 @@ async def test_usage_starts_with_the_clickhouse_server_unreachable(env, tmp_path
     # the event stays in the stream for the next usage service that reaches ClickHouse
     info = await env.js.consumer_info(subjects.USAGE_STREAM, subjects.USAGE_CONSUMER)
     assert info.num_pending + info.num_ack_pending + info.num_redelivered >= 1
+
+
+async def test_clickhouse_lost_after_attaching_closes_the_gate_and_attaches_again(env, tmp_path):
+    """What the service does when an insert cannot reach ClickHouse any more (``BatchProcessor`` calls
+    ``lost`` on a connection error; called here by hand, as no ClickHouse server can be stopped on this
+    machine): the consumer's gate closes, the store lets go, the follower keeps the windows current, and the
+    store is attached again once ClickHouse is there."""
+    if env.infra.clickhouse_url:
+        pytest.skip("holds a chDB directory as another process would")
+    state_dir = tmp_path / "lost"
+    await migrated(env.infra, state_dir)
+    await ensure_consumer(env.js, 20)
+    store = ClickHouseStore("", state_dir / "clickhouse")
+    projection = ClickHouseProjection(store, env.redis)
+    link = ClickHouseLink(store, projection, WindowFollower(env.js, WindowWriter(env.redis), lambda: 20), retry_s=0.2)
+    provider = _uniq("prov")
+    held = None
+    trying = None
+    try:
+        assert await link.try_once() and link.gate.is_set()
+        link.lost(OperationalError("connection refused"))
+        assert not link.gate.is_set() and projection.paused == "ClickHouse unavailable: OperationalError: " \
+                                                                "connection refused"
+        await until(lambda: _equals(_true(not store.is_open), True), "the store let go")
+        held = _lock_dir(state_dir / "clickhouse")  # still away
+        trying = asyncio.create_task(link.keep_trying())
+        await _publish(env.js, _event(provider, "m"))
+        await until(lambda: _equals(day_requests_in_redis(env, provider), 1), "the follower counts the event")
+        assert not link.gate.is_set()
+        os.close(held)
+        held = None
+        await until(lambda: _equals(_true(link.gate.is_set()), True), "attached again")
+        assert link.attached and projection.paused is None and store.is_open
+    finally:
+        if trying is not None:
+            trying.cancel()
+            await asyncio.gather(trying, return_exceptions=True)
+        if held is not None:
+            os.close(held)
+        await store.close()
+
+
+async def day_requests_in_redis(env, provider: str) -> int:
+    totals = await WindowReader(env.redis).read([provider_scope(provider)], int(time.time()))
+    return totals[provider_scope(provider)]["day"]["req"]
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _not_ready(port: int):

@@ -25,6 +25,7 @@ from .handlers import QueryHandlers
 from .ingest import BatchProcessor
 from .projection import ClickHouseProjection
 from .store import ClickHouseStore
+from .windows_follower import WindowFollower
 from .windows_writer import WindowWriter
 
 log = logging.getLogger("llmgw_usage")
@@ -82,18 +83,19 @@ async def serve(settings: UsageSettings, config: GatewayConfig | None = None,
     runtime.on_close("redis", redis.aclose)
     projection = ClickHouseProjection(store, redis)
     writer = WindowWriter(redis, config.keys.budget_timezone)
-    processor = BatchProcessor(projection, writer, dead_letters=deadletter.DeadLetters(js))
+    # the consumer's batch size, as configured now (the consumer is made next: it needs the link's gate)
+    clickhouse = ClickHouseLink(store, projection, WindowFollower(js, writer, lambda: consumer.batch_size))
+    processor = BatchProcessor(projection, writer, dead_letters=deadletter.DeadLetters(js),
+                               clickhouse_lost=clickhouse.lost)
     consumer = UsageConsumer(js, processor, config.usage.batch_size, config.usage.batch_wait_s, nc=nc,
-                             ack_wait_s=settings.ack_wait_s)
+                             ack_wait_s=settings.ack_wait_s, gate=clickhouse.gate)
     runtime.on_stop("consumer", consumer.stop)  # after the endpoints, before NATS drains
-
-    clickhouse = ClickHouseLink(store, projection)
 
     async def load() -> None:
         await _ensure_stream(js, config)
         await redis.ping()
         # one attempt now (a migrated, reachable ClickHouse is there from the first batch); else in the
-        # background, while the consumer keeps the windows current (clickhouse_link.py)
+        # background, while the windows follower keeps the windows current (clickhouse_link.py)
         await clickhouse.try_once()
         tune_gc()
         await consumer.start()

@@ -98,6 +98,11 @@ class InsertRejected(RuntimeError):
     """ClickHouse refused an insert's data (a value it cannot parse) and stored none of it."""
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """An error about reaching ClickHouse (a server down, the network), not about the data."""
+    return isinstance(exc, OperationalError)
+
+
 def _is_rejection(exc: Exception) -> bool:
     """An error about the data, not about reaching ClickHouse (those are ``OperationalError``)."""
     return isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
@@ -231,6 +236,18 @@ class ClickHouseStore:
             return status
 
         return await self._run(_attach)
+
+    async def detach(self) -> None:
+        """Close the connection and release the directory lock, ready to ``attach`` again."""
+        def _detach() -> None:
+            try:
+                if self._client is not None:
+                    self._client.close()
+            finally:
+                self._client = None
+                self._unlock()
+
+        await self._run(_detach)
 
     async def ping(self) -> None:
         """One trivial query on the worker thread (the health check: ClickHouse answers)."""
