@@ -4,7 +4,8 @@
   after real traffic through the openai SDK;
 - router, usage and pricing: ``LLMGW_METRICS_PORT`` would be one port for all three under the runner (one
   environment for every child), so they run in-process here and the registry is read directly
-  (``generate_latest``), and once through ``serve_from_env``'s own HTTP server.
+  (``generate_latest``), and once through the operations port's HTTP server (``ops_port.OpsServer``, what
+  ``ServiceRuntime`` starts on ``LLMGW_METRICS_PORT``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from admin import admin_headers
 from fakes import FakeProvider
 from llmgw_cli.infra import free_port
-from llmgw_common import metrics, subjects
+from llmgw_common import metrics, ops_port, subjects
+from llmgw_common.health import HealthMonitor
 from llmgw_common.messages import PriceKey, PriceList, PriceLookup, RouteDecision, RouteRequest, UsageEvent
 from llmgw_common.ids import new_id
 from llmgw_common.nats_conn import request
@@ -156,18 +158,19 @@ async def test_router_usage_and_pricing_metrics_in_process(env, upstream, tmp_pa
             await wait_until(lambda: consumer_counted("llmgw_usage_events_total") >= 4
                              and consumer_counted("llmgw_usage_dead_letters_total") >= 1)
 
-            # the same registry over serve_from_env's HTTP server (what LLMGW_METRICS_PORT starts)
+            # the same registry over the operations port (what LLMGW_METRICS_PORT starts)
             port = free_port()
-            server = metrics.serve_from_env({"LLMGW_METRICS_PORT": str(port), "LLMGW_METRICS_HOST": "127.0.0.1"})
+            server = await ops_port.start_from_env(HealthMonitor([]).report, ready=(),
+                                                   env={"LLMGW_METRICS_PORT": str(port), "LLMGW_METRICS_HOST": "127.0.0.1"})
+            assert server is not None
             try:
                 async with httpx.AsyncClient() as http:
                     resp = await http.get(f"http://127.0.0.1:{port}/metrics")
                 assert resp.status_code == 200
                 after = samples(resp.text)
             finally:
-                server.shutdown()
-                server.server_close()
-            assert metrics.serve_from_env({}) is None  # unset: no server
+                await server.stop()
+            assert await ops_port.start_from_env(HealthMonitor([]).report, ready=(), env={}) is None  # unset: none
 
         def moved(name: str, **labels: str) -> float:
             return value(after, name, **labels) - value(before, name, **labels)

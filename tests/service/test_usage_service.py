@@ -92,8 +92,18 @@ async def _reset_stream(js) -> None:
         await js.delete_consumer(subjects.USAGE_STREAM, subjects.USAGE_CONSUMER)
 
 
+async def migrated(infra, state_dir: Path) -> None:
+    """What ``llmgw migrate`` does to a state dir's ClickHouse: the service waits for it, never migrates."""
+    store = ClickHouseStore(infra.clickhouse_url, state_dir / "clickhouse")
+    try:
+        await store.open()
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 async def env(infra, tmp_path):
+    await migrated(infra, tmp_path / "state")
     nc = await connect_nats(infra.nats_url, "test-usage")
     js = nc.jetstream()
     redis = connect_redis(infra.redis_url)
@@ -111,6 +121,8 @@ def _config(batch_size: int = 50) -> GatewayConfig:
 @contextlib.asynccontextmanager
 async def running_usage(env: Env, config: GatewayConfig | None = None, state_dir: Path | None = None):
     stop = asyncio.Event()
+    if state_dir is not None:
+        await migrated(env.infra, state_dir)
     task = asyncio.create_task(serve(env.settings(state_dir), config or _config(), stop))
     try:
         await _wait_ready(env.nc, task)
@@ -929,6 +941,7 @@ async def test_run_entry_point_stops_on_sigterm(env, tmp_path):
     proc_env = dict(os.environ, NATS_URL=env.infra.nats_url, REDIS_URL=env.infra.redis_url,
                     CLICKHOUSE_URL=env.infra.clickhouse_url, LLMGW_CONFIG=str(tmp_path / "llmgw.yaml"),
                     LLMGW_STATE_DIR=str(tmp_path / "proc-state"))
+    await migrated(env.infra, tmp_path / "proc-state")
     log_path = tmp_path / "usage.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-c", "from llmgw_usage.main import run; run()"], env=proc_env,

@@ -45,7 +45,8 @@ CODE_DIRS = (ROOT / "libs", ROOT / "services")
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 GATEWAY_IMAGE = f"llmgw:{PROJECT['version']}"
-REPLICATED = ("edge", "router", "usage", "pricing")  # queue groups / a shared durable consumer / stateless
+# queue groups / a shared durable consumer / stateless (ui-api: sessions, throttle and config in NATS and Redis)
+REPLICATED = ("edge", "router", "usage", "pricing", "ui-api")
 NATS_SERVICES = ("router", "usage", "pricing")  # metrics on LLMGW_METRICS_PORT
 HTTP_SERVICES = ("edge", "ui-api")  # metrics and health on LLMGW_METRICS_PORT, an app on their public port
 METRICS_PORT = "9100"
@@ -669,7 +670,7 @@ def test_published_and_exposed_ports_are_served():
     for name in SERVICES:
         if replicas(name) > 1:
             assert not published(name) and "container_name" not in SERVICES[name], name
-    assert published("proxy") == [8080] and published("ui-api") == [8081]
+    assert published("proxy") == [8080, 8081] and published("ui-api") == []
 
 
 def _host_ip(port_spec: str) -> str:
@@ -685,14 +686,14 @@ def test_only_the_gateway_is_published_to_everyone():
         for spec in s.get("ports") or []:
             assert not isinstance(spec, dict), f"{name}: use the short syntax"
             host = _host_ip(spec)
-            if name == "proxy":
+            if name == "proxy" and spec == "8080:8080":  # the gateway
                 assert host == "", spec
             else:
                 assert host == "127.0.0.1", f"{name}: {spec} is published on {host or 'every address'}"
     for name in (*HTTP_SERVICES, *NATS_SERVICES):
         assert _metrics_port(name) == int(METRICS_PORT), f"{name}: no LLMGW_METRICS_PORT"
         assert _metrics_port(name) not in published(name), f"{name}: its metrics port is published"
-    assert "${ADMIN_BIND_ADDRESS:-127.0.0.1}:8081:8081" in SERVICES["ui-api"]["ports"]
+    assert "${ADMIN_BIND_ADDRESS:-127.0.0.1}:8081:8081" in SERVICES["proxy"]["ports"]  # ui-api's replicas
 
 
 def test_forwarded_allow_ips_is_the_proxy_only():
@@ -792,11 +793,10 @@ def test_healthchecks_hit_each_service_on_its_own_port():
     def url_in(name: str) -> str:
         return next(w for w in " ".join(health_test(name)).replace("'", " ").split() if w.startswith("http://"))
 
-    # edge and ui-api: readiness (their own connections up) on the operations port; router, usage and
-    # pricing: their metrics server answers (alive)
-    for name, path in (*((n, "/readyz") for n in HTTP_SERVICES), *((n, "/metrics") for n in NATS_SERVICES)):
+    # every gateway service: readiness (connected to what it needs) on the operations port
+    for name in (*HTTP_SERVICES, *NATS_SERVICES):
         u = urlparse(url_in(name))
-        assert u.path == path and u.port == _metrics_port(name), f"{name}: healthcheck {u.geturl()}"
+        assert u.path == "/readyz" and u.port == _metrics_port(name), f"{name}: healthcheck {u.geturl()}"
     for name in ("nats", "redis", "clickhouse", "proxy", "grafana", "prometheus"):
         assert health_test(name), f"{name}: no healthcheck"
     assert urlparse(url_in("proxy")).port in _served_ports("proxy")
@@ -805,7 +805,6 @@ def test_healthchecks_hit_each_service_on_its_own_port():
 def test_replicas_where_the_design_allows():
     for name in REPLICATED:
         assert replicas(name) == 2, name
-    assert replicas("ui-api") == 1  # the only writer of the config
 
 
 # ---- infrastructure wiring ----------------------------------------------------------------------------
@@ -864,6 +863,22 @@ def test_proxy_fronts_every_edge_replica():
     assert env_of("edge").get("FORWARDED_ALLOW_IPS")
     assert any(t == "/etc/nginx/conf.d/default.conf" and s.endswith("deploy/proxy/nginx.conf")
                for s, t, _ in mounts("proxy"))
+
+
+def test_proxy_fronts_every_ui_api_replica():
+    """The admin port is the proxy's (two ui-api replicas cannot publish one), to any replica, and ui-api
+    takes the admin's address (its failed-login count) from the proxy's X-Forwarded-For only."""
+    conf = NGINX_CONF.read_text()
+    upstreams = dict(re.findall(r"upstream\s+(\w+)\s*\{(.*?)\}", conf, re.S))
+    ui_port = _public_port("ui-api")
+    name, body = next((n, b) for n, b in upstreams.items() if f"ui-api:{ui_port}" in b)
+    assert re.search(rf"server\s+ui-api:{ui_port}\s+resolve\b", body) and "resolver 127.0.0.11" in body
+    admin = re.search(r"server\s*\{\s*listen\s+8081;(.*?)\n\}", conf, re.S).group(1)
+    assert f"proxy_pass http://{name};" in admin
+    assert "proxy_buffering off;" in admin  # the live feed (SSE)
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in admin
+    assert env_of("ui-api")["FORWARDED_ALLOW_IPS"] == SERVICES["proxy"]["networks"]["default"]["ipv4_address"]
+    assert "ui-api-state:/var/lib/llmgw" in SERVICES["ui-api"]["volumes"]  # one generated admin token for both
 
 
 def test_prometheus_scrapes_every_service():

@@ -128,8 +128,9 @@ def test_a_workload_for_every_service_and_the_migration_job():
         assert args == [component(w)] and callable(parser.parse_args(args).func)
     (job,) = of_kind("Job").values()
     assert container(job)["args"] == ["migrate"] and callable(parser.parse_args(["migrate"]).func)
-    assert WORKLOADS["llmgw-ui-api"]["spec"]["replicas"] == 1  # the only writer of the config
-    assert WORKLOADS["llmgw-ui-api"]["spec"]["strategy"]["type"] == "Recreate"
+    # two: sessions, the failed-login count and the config are in NATS and Redis (test_ui_api_replicas.py)
+    ui_api = WORKLOADS["llmgw-ui-api"]["spec"]
+    assert ui_api["replicas"] == 2 and ui_api["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
 def _port_names(c: dict) -> dict[str, int]:
@@ -147,10 +148,8 @@ def test_probes_hit_the_operations_port():
             probe = c[kind]["httpGet"]
             assert probe["port"] == "metrics", f"{w['metadata']['name']}: {kind} on {probe['port']}"
             paths[kind] = probe["path"]
-        if component(w) in ("edge", "ui-api"):  # llmgw_common.ops_port: ready vs alive
-            assert paths == {"readinessProbe": "/readyz", "livenessProbe": "/livez"}
-        else:  # router, usage, pricing: their metrics server answers
-            assert paths == {"readinessProbe": "/metrics", "livenessProbe": "/metrics"}
+        # llmgw_common.ops_port (every service's, the NATS services' through ServiceRuntime): ready vs alive
+        assert paths == {"readinessProbe": "/readyz", "livenessProbe": "/livez"}, w["metadata"]["name"]
 
 
 def test_pod_security_and_resources():
@@ -184,7 +183,7 @@ def test_services_pdbs_and_autoscaler_select_their_pods():
         assert len(matched) == 1, f"PodDisruptionBudget {name} selects {matched}"
         covered |= set(matched)
         assert WORKLOADS[matched[0]]["spec"]["replicas"] > pdb["spec"].get("minAvailable", 0)
-    assert covered == {"llmgw-edge", "llmgw-router", "llmgw-pricing", "llmgw-usage"}
+    assert covered == {"llmgw-edge", "llmgw-router", "llmgw-pricing", "llmgw-usage", "llmgw-ui-api"}
     (hpa,) = of_kind("HorizontalPodAutoscaler").values()
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "llmgw-edge")

@@ -193,6 +193,16 @@ if created:
 """
 
 
+def migrate(cli: list[str], env: dict[str, str], log=None) -> None:
+    """The ClickHouse migrations, by the same command as compose's job and the Kubernetes Job
+    (``llmgw migrate``), before any service starts: the usage service never migrates, it waits for them."""
+    done = subprocess.run([*cli, "migrate"], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or [describe_exit(done.returncode)]
+        raise InfraError(f"llmgw migrate failed: {tail[0]}")
+    _say("migrate", done.stdout.strip(), log)
+
+
 def ensure_admin_token(state_dir: Path) -> None:
     """The admin API's token: generated on the first start and printed this once (``admin_auth``)."""
     done = subprocess.run([sys.executable, "-c", _ADMIN_TOKEN, str(state_dir)], stdin=subprocess.DEVNULL,
@@ -405,6 +415,7 @@ class Stack:
                    PYTHONUNBUFFERED="1")
         self._write_runtime(nats_url, redis_url)
         cli = [sys.executable, "-m", "llmgw_cli.main"]
+        migrate(cli, env, self.log)
         demo = config["demo"]
         if demo["enabled"]:
             self.children.append(Child("demo", cli + ["demo-provider", "--host", demo["host"],
@@ -574,8 +585,8 @@ def parse_replicas(text: str) -> dict[str, int]:
 
 def check_replicas(replicas: dict[str, int], env) -> dict[str, int]:
     if replicas.get("ui-api", 1) != 1:
-        raise InfraError("ui-api runs once: its login sessions live in its memory (put a proxy with sticky "
-                         "sessions in front of several, or use bearer tokens)")
+        raise InfraError("ui-api runs once here: its replicas need a proxy in front, which compose and "
+                         "Kubernetes have (they run 2; sessions and the config are shared in NATS)")
     if replicas.get("usage", 1) > 1 and not env.get("CLICKHOUSE_URL"):
         raise InfraError("several usage replicas need a ClickHouse server (CLICKHOUSE_URL): the in-process "
                          "ClickHouse (chDB) data directory belongs to one process")

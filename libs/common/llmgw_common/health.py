@@ -79,6 +79,8 @@ class HealthReport:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, CheckFailed):  # its message is the detail
+        return str(exc)[:200]
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     name = type(exc).__name__
     return f"{name}: {text}"[:200] if text and text != name else name

@@ -1,17 +1,19 @@
-"""The operations port of the HTTP services (edge, ui-api): metrics and health, off the public port.
+"""The operations port of every service: metrics and health, off the public port.
 
 With ``LLMGW_METRICS_PORT`` set (host ``LLMGW_METRICS_HOST``, default 0.0.0.0), the service answers on that
 port, for Prometheus and the orchestrator inside the network only:
 
 - ``GET /livez``: 200 while the process's event loop answers (liveness: restart it when this fails);
 - ``GET /readyz``: 200 when the service's own connections are up (``ready`` checks of its health report),
-  else 503 (readiness: send it no traffic meanwhile);
+  else 503 (readiness: send it no traffic meanwhile); a ``degraded`` check that fails leaves it 200 with the
+  status "degraded" (the usage service while ClickHouse is away: its windows still run);
 - ``GET /healthz``: the detailed health report (every check, with its detail);
 - ``GET /metrics``: the Prometheus exposition.
 
 The public port then keeps ``/healthz`` as a bare ``{"status": ...}`` (no addresses, no error texts) and
 answers ``/metrics`` with its usual 404 (``public_port``). Unset (``llmgw run``, tests): no operations port,
-and the public port serves both as before.
+and the public port serves both as before. The NATS services (router, usage, pricing) have no public port:
+``ServiceRuntime`` serves this one.
 
 A small HTTP/1.1 server on asyncio, one request per connection: its clients are scrapers and probes.
 """
@@ -52,9 +54,11 @@ class OpsServer:
     connections, not the services behind them (a router away is a 503 from the edge, not a reason to take
     every edge out of the load balancer)."""
 
-    def __init__(self, report: Callable[[], Awaitable[HealthReport]], ready: Sequence[str], host: str, port: int):
+    def __init__(self, report: Callable[[], Awaitable[HealthReport]], ready: Sequence[str], host: str, port: int,
+                 degraded: Sequence[str] = ()):
         self.report = report
         self.ready = tuple(ready)
+        self.degraded = tuple(degraded)
         self.host = host
         self.port = port
         self._server: asyncio.AbstractServer | None = None
@@ -100,7 +104,11 @@ class OpsServer:
             report = await self.report()
             checks = {name: report.check(name) for name in self.ready}
             ok = all(c is not None and c.ok for c in checks.values())
-            readiness = {"status": "ready" if ok else "not ready",
+            optional = {name: report.check(name) for name in self.degraded}
+            checks.update(optional)
+            status = ("ready" if all(c is not None and c.ok for c in optional.values()) else "degraded") \
+                if ok else "not ready"
+            readiness = {"status": status,
                          "checks": {name: c.as_json() if c else None for name, c in checks.items()}}
             return (200 if ok else 503), "application/json", json.dumps(readiness).encode()
         if path == HEALTH_PATH:
@@ -123,12 +131,12 @@ def _response(status: int, content_type: str, body: bytes, length: int) -> bytes
 
 
 async def start_from_env(report: Callable[[], Awaitable[HealthReport]], ready: Sequence[str],
-                         env: Mapping[str, str] | None = None) -> OpsServer | None:
+                         env: Mapping[str, str] | None = None, degraded: Sequence[str] = ()) -> OpsServer | None:
     """The service's operations port when ``LLMGW_METRICS_PORT`` asks for one (None otherwise)."""
     where = configured(env)
     if where is None:
         return None
-    server = OpsServer(report, ready, *where)
+    server = OpsServer(report, ready, *where, degraded=degraded)
     return server if await server.start() else None
 
 

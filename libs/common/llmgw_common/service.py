@@ -12,6 +12,12 @@ loops and clean-up steps, then calls ``run(load)``:
    and subscriptions, handlers still in hand (bounded), the service's own stop steps, the NATS drain,
    then the service's close steps (connections, stores).
 
+Its health: with ``LLMGW_METRICS_PORT`` set, the operations port (``ops_port``: ``/livez``, ``/readyz``,
+``/healthz``, ``/metrics``) listens from before ``load()``, so a service waiting for Redis or a schema is
+alive but not ready. Ready means: its NATS connection is up, ``load()`` is done and it serves, and every
+check the service declared with ``health_check`` passes (a check declared ``degraded`` only makes it
+"degraded", still ready).
+
 The config comes from the config bucket (``config_bucket``): ``load_config()`` seeds it from the file when it
 is empty and loads the current revision; once serving, every new revision goes to the ``on_config``
 listeners. The edge and ui-api are HTTP apps, not micro services; they share ``config_follower`` and
@@ -38,7 +44,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from pydantic import ValidationError
 
-from . import metrics, tracing
+from . import health, metrics, ops_port, tracing
 from .config import GatewayConfig
 from .config_bucket import ConfigFollower, ConfigListener
 from .lifecycle import wait_for_stop
@@ -146,6 +152,9 @@ class ServiceRuntime:
         self._stop_steps: list[Step] = []
         self._close_steps: list[Step] = []
         self._in_hand: set[asyncio.Task] = set()
+        self._checks: list[health.Check] = []
+        self._degraded: list[str] = []  # checks that make it "degraded", not unready
+        self.serving = False  # ``load()`` done, endpoints registered
         self.config = config_follower()
 
     # ---- declarations (before run) ---------------------------------------------------------------------
@@ -185,6 +194,25 @@ class ServiceRuntime:
         self._in_hand.add(task)
         task.add_done_callback(self._in_hand.discard)
         return task
+
+    def health_check(self, name: str, probe: health.Probe, *, degraded: bool = False,
+                     timeout_s: float = health.DEFAULT_TIMEOUT_S) -> None:
+        """A dependency readiness needs (``degraded``: one whose failure leaves the service ready, but says
+        it is degraded: a part of its work waits, the rest goes on)."""
+        self._checks.append(health.Check(name, probe, timeout_s=timeout_s))
+        if degraded:
+            self._degraded.append(name)
+
+    def health(self, nc: NATS) -> health.HealthMonitor:
+        """Every check of this service: its NATS connection, serving, the declared ones, its config."""
+        async def serving() -> str:
+            if not self.serving:
+                raise health.CheckFailed("loading its state (see its log)")
+            return f"{len(self._endpoints)} endpoints"
+
+        return health.HealthMonitor([
+            health.Check("nats", health.nats_connected(nc)), health.Check("serving", serving), *self._checks,
+            health.Check("config", health.config_revision(self.config), required=False)])
 
     def on_stop(self, name: str, step: Callable[[], Any]) -> None:
         """A step after the endpoints stopped, before NATS drains (consumers, mirrors)."""
@@ -268,6 +296,9 @@ class ServiceRuntime:
         service = None
         subs = []
         loops: list[asyncio.Task] = []
+        checks = self.health(nc)
+        ready = [c.name for c in checks.checks if c.required and c.name not in self._degraded]
+        ops = await ops_port.start_from_env(checks.report, ready=ready, degraded=self._degraded)
         try:
             if not self.config.started:
                 await self.load_config()
@@ -284,12 +315,16 @@ class ServiceRuntime:
                     await service.add_endpoint(name=ep.name, subject=ep.subject, handler=self._handler(ep))
             loops = [asyncio.create_task(body(), name=f"{self.name}-{name}") for name, body in self._loops]
             await nc.flush()
+            self.serving = True
             log.info("%s service ready (%d endpoints, version %s)", self.name, len(self._endpoints), package_version())
             await waiter
             log.info("%s service stopping", self.name)
         finally:
             waiter.cancel()
+            self.serving = False
             await self._stop(nc, service, subs, loops)
+            if ops is not None:
+                await ops.stop()
 
     async def _stop(self, nc: NATS, service, subs, loops: list[asyncio.Task]) -> None:
         for task in loops:
@@ -317,10 +352,9 @@ async def _drain(nc: NATS) -> None:
 
 
 def main(name: str, serve: Callable[[], Coroutine[Any, Any, None]], log_level: str) -> None:
-    """A service process: logs, tracing, the metrics port (``LLMGW_METRICS_PORT``), a uvloop event loop."""
+    """A service process: logs, tracing, a uvloop event loop (its operations port is ``ServiceRuntime.run``'s)."""
     setup_logging(name, log_level)
     tracing.setup(name)
-    metrics.serve_from_env()
     try:
         uvloop.run(serve())  # uvloop: a faster event loop, as the HTTP services use
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ import time
 
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
-from llmgw_common import metrics, service, subjects, tracing
+from llmgw_common import health, metrics, service, subjects, tracing
 from llmgw_common.config import GatewayConfig
 from llmgw_common.keys import KeyMirror
 from llmgw_common.logs import REQUEST_ID
@@ -354,6 +354,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     runtime.subscribe(subjects.ROUTER_OUTCOMES, router.on_outcomes, queue="router")
     runtime.subscribe(subjects.ROUTER_LEASE_RENEW, router.on_lease_renewal, queue="router")
     runtime.on_config(router.apply_config)
+    runtime.health_check("redis", health.redis_ping(redis))  # ready: NATS and Redis (admission lives there)
     runtime.loop("state", router.refresh_loop)
     runtime.loop("leases", lambda: reap_forever(router.leases, router.nc.jetstream(), router.now_ms))
     runtime.on_stop("key mirror", router.keys.stop)

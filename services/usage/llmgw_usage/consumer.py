@@ -5,7 +5,9 @@ any message to one of them at a time) and hands them to the ``BatchProcessor``.
 The next batch is pulled while earlier ones are being committed, and two
 batches commit at once, so the network, ClickHouse and Redis work overlap;
 ClickHouse inserts themselves stay one at a time. NATS disconnects, timeouts and a vanished consumer are retried with a
-back-off; nothing here ends the loop except ``stop()``.
+back-off; nothing here ends the loop except ``stop()``. While its ``gate`` is closed (ClickHouse not attached:
+``clickhouse_link.py``) it pulls nothing: its batches could not be acknowledged, and the windows follow the
+stream meanwhile (``windows_follower.py``).
 
 Observability (docs/observability.md): each batch's size, duration and results go to the
 ``llmgw_usage_*`` series, the consumer's lag (``num_pending``, ``num_ack_pending``, ``num_redelivered``)
@@ -162,8 +164,9 @@ class PullFetcher:
 
 class UsageConsumer:
     def __init__(self, js, processor: BatchProcessor, batch_size: int, batch_wait_s: float, nc=None,
-                 ack_wait_s: float | None = None):
+                 ack_wait_s: float | None = None, gate: asyncio.Event | None = None):
         self._js = js
+        self._gate = gate  # pull only while it is set (None: always)
         self._ack_wait_s = ack_wait_s
         self._nc = nc if nc is not None else js._nc  # the connection the JetStream context uses
         self._processor = processor
@@ -212,6 +215,17 @@ class UsageConsumer:
         fetcher, self._fetcher = self._fetcher, None
         if fetcher is not None:
             await fetcher.close()
+
+    async def _through_gate(self) -> None:
+        """Until the gate is open, or the consumer stops."""
+        if self._gate is None or self._gate.is_set():
+            return
+        waits = [asyncio.create_task(self._gate.wait()), asyncio.create_task(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -279,6 +293,9 @@ class UsageConsumer:
         committing: collections.deque[asyncio.Task] = collections.deque()
         try:
             while not self._stopping.is_set():
+                await self._through_gate()
+                if self._stopping.is_set():
+                    break
                 try:
                     if self._fetcher is None:
                         await self._bind()

@@ -1,7 +1,8 @@
 """The ``usage`` micro-service endpoints: live windows, history, request log, dead letters, replay.
 
 Typed handlers (a query message in, a reply out) run by ``llmgw_common.service``: an undecodable query
-gets 400 there; a handler refuses with ``ServiceError`` (400 bad query, 403 disabled, 500 failure) and its
+gets 400 there; a handler refuses with ``ServiceError`` (400 bad query, 403 disabled, 503 ClickHouse not
+attached yet: unreachable, or its schema behind, 500 failure) and its
 text is short and never carries a traceback.
 
 Query replies whose size depends on the data (request log, history, current
@@ -44,6 +45,7 @@ from llmgw_common.windows import SCOPES_KEY, key_scope, month_key, month_of, nan
 from . import deadletter, domain, queries, simulate
 from .projection import project_leaving_out_refused
 from .queries import QueryError
+from .store import ClickHouseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ class QueryHandlers:
             reply = await self._store.stats(q, datetime.fromtimestamp(self._clock(), timezone.utc))
         except QueryError as exc:
             raise ServiceError(400, str(exc)) from None
+        except ClickHouseUnavailable as exc:
+            raise ServiceError(503, str(exc)) from None
         except Exception as exc:  # noqa: BLE001
             log.exception("usage stats query failed")
             raise ServiceError(500, f"usage stats unavailable: {type(exc).__name__}") from None
@@ -139,6 +143,8 @@ class QueryHandlers:
             rows, totals, plan = await self._store.history(q)
         except QueryError as exc:
             raise ServiceError(400, str(exc)) from None
+        except ClickHouseUnavailable as exc:
+            raise ServiceError(503, str(exc)) from None
         except Exception as exc:  # noqa: BLE001
             log.exception("usage history query failed")
             raise ServiceError(500, f"usage history unavailable: {type(exc).__name__}") from None
@@ -150,6 +156,8 @@ class QueryHandlers:
             rows, next_cursor = await self._store.requests(q)
         except QueryError as exc:
             raise ServiceError(400, str(exc)) from None
+        except ClickHouseUnavailable as exc:
+            raise ServiceError(503, str(exc)) from None
         except Exception as exc:  # noqa: BLE001
             log.exception("request log query failed")
             raise ServiceError(500, f"request log unavailable: {type(exc).__name__}") from None
@@ -175,6 +183,8 @@ class QueryHandlers:
         rows = [domain.event_row(ev) for ev in domain.dedupe(batch.events) if domain.refusal(ev) is None]
         try:
             res = await project_leaving_out_refused(self._projection, rows, batch.dry_run)
+        except ClickHouseUnavailable as exc:
+            raise ServiceError(503, f"replay batch not stored: {exc}") from None
         except Exception as exc:  # noqa: BLE001
             log.exception("replay batch failed")
             raise ServiceError(500, f"replay batch not stored: {type(exc).__name__}: {str(exc)[:200]}") from None

@@ -24,7 +24,7 @@ from llmgw_common.messages import UsageEvent
 from . import domain
 from .domain import Refusal
 from .projection import ProjectionResult
-from .store import InsertRejected
+from .store import ClickHouseUnavailable, InsertRejected, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,10 @@ class BatchProcessor:
     ClickHouse is down (the redelivery then counts nothing twice in Redis).
     """
 
-    def __init__(self, projection, writer, clock: Callable[[], float] = time.time, dead_letters=None):
+    def __init__(self, projection, writer, clock: Callable[[], float] = time.time, dead_letters=None,
+                 clickhouse_lost: Callable[[BaseException], None] | None = None):
         self._projection = projection
+        self._clickhouse_lost = clickhouse_lost  # told when an insert could not reach ClickHouse
         self._writer = writer
         self._clock = clock
         self._dead = dead_letters  # a deadletter.DeadLetters; None: refused messages are only logged
@@ -207,6 +209,8 @@ class BatchProcessor:
             good, rows = projected[1], projected[2]
         except Exception as exc:  # noqa: BLE001 - reported below, after the windows
             failure = exc
+            if self._clickhouse_lost is not None and is_unreachable(exc):
+                self._clickhouse_lost(exc)
         try:
             applied = await self._writer.apply([row.event for row in domain.dedupe(rows)], int(self._clock()))
         except Exception as exc:  # noqa: BLE001
@@ -214,8 +218,10 @@ class BatchProcessor:
         if failure is not None:  # not committed (or only half): redeliver later, both sides are idempotent
             result.failed = True
             result.errors.append(f"{type(failure).__name__}: {failure}")
-            log.error("usage batch of %d not committed, will be redelivered: %s: %s",
-                      len(good), type(failure).__name__, str(failure)[:300])
+            # ClickHouse not attached (yet) is logged once by ClickHouseLink, not per batch
+            log.log(logging.DEBUG if isinstance(failure, ClickHouseUnavailable) else logging.ERROR,
+                    "usage batch of %d not committed, will be redelivered: %s: %s",
+                    len(good), type(failure).__name__, str(failure)[:300])
             for msg in good:
                 await _quietly(msg.nak, delay=RETRY_DELAY_S)
             return result

@@ -8,7 +8,7 @@ import logging
 
 from pydantic import Field
 
-from llmgw_common import service, subjects
+from llmgw_common import health, service, subjects
 from llmgw_common.config import ConfigError, GatewayConfig
 from llmgw_common.messages import (KeyUsageQuery, UsageCurrentQuery, UsageDeadLettersQuery, UsageHistoryQuery,
                                    UsageReplayBatch, UsageRequestsQuery, UsageSimulate, UsageStatsQuery)
@@ -19,11 +19,13 @@ from llmgw_common.settings import CommonSettings
 from llmgw_common.windows import WindowReader
 
 from . import deadletter
+from .clickhouse_link import ClickHouseLink
 from .consumer import UsageConsumer
 from .handlers import QueryHandlers
 from .ingest import BatchProcessor
 from .projection import ClickHouseProjection
 from .store import ClickHouseStore
+from .windows_follower import WindowFollower
 from .windows_writer import WindowWriter
 
 log = logging.getLogger("llmgw_usage")
@@ -62,8 +64,8 @@ async def _ensure_stream(js, config: GatewayConfig) -> None:
 async def serve(settings: UsageSettings, config: GatewayConfig | None = None,
                 stop_event: asyncio.Event | None = None) -> None:
     """Run until ``stop_event`` is set (or SIGINT/SIGTERM when it is None), then stop cleanly. A start-up
-    failure (Redis or ClickHouse away, an invalid stored config) ends it at once, everything opened closed
-    again. ``config``: the one to start with (tests); None: the config bucket's current revision."""
+    failure (Redis away, an invalid stored config) ends it at once, everything opened closed again;
+    ClickHouse away, or its schema behind, does not (``ClickHouseLink``). ``config``: the one to start with (tests); None: the config bucket's current revision."""
     runtime = ServiceRuntime(SERVICE_NAME, "usage windows, history, request log, dead letters, replay",
                              settings.nats_url, settings.config_path, queue_group=QUEUE_GROUP)
     nc = await runtime.connect()
@@ -81,20 +83,25 @@ async def serve(settings: UsageSettings, config: GatewayConfig | None = None,
     runtime.on_close("redis", redis.aclose)
     projection = ClickHouseProjection(store, redis)
     writer = WindowWriter(redis, config.keys.budget_timezone)
-    processor = BatchProcessor(projection, writer, dead_letters=deadletter.DeadLetters(js))
+    # the consumer's batch size, as configured now (the consumer is made next: it needs the link's gate)
+    clickhouse = ClickHouseLink(store, projection, WindowFollower(js, writer, lambda: consumer.batch_size))
+    processor = BatchProcessor(projection, writer, dead_letters=deadletter.DeadLetters(js),
+                               clickhouse_lost=clickhouse.lost)
     consumer = UsageConsumer(js, processor, config.usage.batch_size, config.usage.batch_wait_s, nc=nc,
-                             ack_wait_s=settings.ack_wait_s)
+                             ack_wait_s=settings.ack_wait_s, gate=clickhouse.gate)
     runtime.on_stop("consumer", consumer.stop)  # after the endpoints, before NATS drains
 
     async def load() -> None:
         await _ensure_stream(js, config)
-        await store.open()
         await redis.ping()
-        await projection.recover()  # inserts a crash cut short, before anything new
+        # one attempt now (a migrated, reachable ClickHouse is there from the first batch); else in the
+        # background, while the windows follower keeps the windows current (clickhouse_link.py)
+        await clickhouse.try_once()
         tune_gc()
         await consumer.start()
-        log.info("usage service loaded (nats=%s, clickhouse=%s)", settings.nats_url,
-                 "server" if settings.clickhouse_url else f"chdb:{settings.state_dir / 'clickhouse'}")
+        log.info("usage service loaded (nats=%s, clickhouse=%s: %s)", settings.nats_url,
+                 "server" if settings.clickhouse_url else f"chdb:{settings.state_dir / 'clickhouse'}",
+                 clickhouse.detail)
 
     async def apply_config(new: GatewayConfig) -> None:
         consumer.configure(new.usage.batch_size, new.usage.batch_wait_s)
@@ -117,6 +124,13 @@ async def serve(settings: UsageSettings, config: GatewayConfig | None = None,
     runtime.endpoint("replay", subjects.USAGE_REPLAY, UsageReplayBatch, queries.replay)
     runtime.endpoint("simulate", subjects.USAGE_SIMULATE, UsageSimulate, queries.simulate)
     runtime.on_config(apply_config)
+    runtime.loop("clickhouse", clickhouse.keep_trying)
+    # ready: NATS, JetStream, Redis and the schema it needs; ClickHouse away only makes it "degraded" (the
+    # windows still run, ClickHouse's batches wait in the stream)
+    runtime.health_check("jetstream", health.jetstream(nc))
+    runtime.health_check("redis", health.redis_ping(redis))
+    runtime.health_check("schema", clickhouse.schema_probe)
+    runtime.health_check("clickhouse", clickhouse.probe, degraded=True, timeout_s=5.0)
     await runtime.run(load=load, stop=stop_event, retry_load=False)
 
 

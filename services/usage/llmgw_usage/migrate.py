@@ -1,13 +1,14 @@
 """``llmgw migrate``: the usage service's ClickHouse migrations, applied once, as a job.
 
-Compose runs it as the one-shot service ``migrate`` and Kubernetes as the Job ``llmgw-migrate``
-(deploy/k8s), before the usage replicas start. The usage service still applies pending migrations when it
-starts (``ClickHouseStore.open``, unchanged): with the job done first, the replicas find nothing to do.
+Compose runs it as the one-shot service ``migrate``, Kubernetes as the Job ``llmgw-migrate`` (deploy/k8s),
+and ``llmgw run`` runs it before it starts the services. It is the only writer of the schema: the usage
+service reads the applied version and waits while it is behind (``clickhouse_link.py``), never migrating.
 
 Several runs at once (a Job retried while the first attempt still runs, two deployments) take turns on a
 Redis lock; the statements are idempotent besides (``schema.py``), so the lock only spares the server
 the same DDL twice. Without ``CLICKHOUSE_URL`` it migrates the chDB data under the state dir, which belongs
-to one process: the usage service's, which must not be running then.
+to one process at a time: a usage service waiting for the schema only holds it for its brief checks, and
+the job waits for those (``BUSY_WAIT_S``); a usage service that runs (attached) must be stopped first.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-
+import time
 from pathlib import Path
 
 from pydantic_settings import BaseSettings
@@ -25,13 +26,15 @@ from llmgw_common.logs import setup_logging
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.settings import CommonSettings
 
-from .store import ClickHouseStore
+from .store import ClickHouseStore, StoreBusyError
 
 log = logging.getLogger("llmgw.usage.migrate")
 
 LOCK_KEY = redis_keys.MIGRATE_LOCK
 LOCK_TIMEOUT_S = 300  # expires by itself if the job dies holding it
 WAIT_S = 600  # a run waits this long for another one to finish
+BUSY_WAIT_S = 30.0  # and this long for the chDB directory held by another process (a usage service's check)
+BUSY_RETRY_S = 0.2
 
 _COMMON = CommonSettings.model_fields
 
@@ -52,13 +55,23 @@ async def migrate(settings: MigrateSettings) -> list[int]:
     redis = connect_redis(settings.redis_url)
     try:
         async with redis.lock(LOCK_KEY, timeout=LOCK_TIMEOUT_S, blocking_timeout=WAIT_S):
-            store = ClickHouseStore(settings.clickhouse_url, settings.state_dir / "clickhouse")
-            try:
-                return await store.open()
-            finally:
-                await store.close()
+            return await _migrate_when_free(settings)
     finally:
         await redis.aclose()
+
+
+async def _migrate_when_free(settings: MigrateSettings) -> list[int]:
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while True:
+        store = ClickHouseStore(settings.clickhouse_url, settings.state_dir / "clickhouse")
+        try:
+            return await store.open()
+        except StoreBusyError:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            await store.close()
+        await asyncio.sleep(BUSY_RETRY_S)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -58,7 +58,7 @@ from typing import Sequence
 from llmgw_common import redis_keys
 
 from .domain import EventRow
-from .store import InsertRejected
+from .store import ClickHouseUnavailable, InsertRejected
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,9 @@ class ClickHouseProjection:
         self._renew_or_release = redis.register_script(RENEW_OR_RELEASE_LUA)
         self._prefix: str | None = None
         self._failed_insert = False  # an insert raised: its journal may hold a half-done insert
+        # why batches may not be inserted now (the usage service's ``ClickHouseLink`` until it attached the
+        # store and recovered its journal); None: they may
+        self.paused: str | None = None
 
     async def _key_prefix(self) -> str:
         if self._prefix is None:
@@ -157,8 +160,8 @@ class ClickHouseProjection:
     async def _insert(self, rows: Sequence[EventRow]) -> int:
         try:
             return await self._store.insert_new(rows)
-        except InsertRejected:
-            raise  # nothing of it was stored and its journal is gone: nothing to recover
+        except (InsertRejected, ClickHouseUnavailable):
+            raise  # nothing of it was stored (or even tried) and its journal is gone: nothing to recover
         except Exception:
             self._failed_insert = True
             raise
@@ -194,6 +197,8 @@ class ClickHouseProjection:
         result = ProjectionResult()
         if not rows:
             return result
+        if self.paused is not None:
+            raise ClickHouseUnavailable(self.paused)
         if self._failed_insert and not dry_run:  # ClickHouse answers again: finish what the failure left
             await self.recover()
         if dry_run:

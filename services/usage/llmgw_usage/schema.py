@@ -1,10 +1,10 @@
 """Numbered ClickHouse schema migrations (``migrations/NNNN_name.sql``).
 
-Applied in order at start-up and recorded in ``schema_migrations``. Several
-replicas may start at once against one ClickHouse server: every statement is
-written to be idempotent (``IF NOT EXISTS``) and ``schema_migrations`` is a
-ReplacingMergeTree read with FINAL, so a migration two replicas both apply is
-harmless and still shows up once.
+Applied in order by ``llmgw migrate`` (the one-shot job, ``migrate.py``; ``llmgw run`` runs it before
+the services) and recorded in ``schema_migrations``. The usage service never applies them: it reads the
+applied version (``schema_status``, no DDL) and waits while it is behind. Two runs of the job at once take
+turns on a Redis lock, and every statement is idempotent besides (``IF NOT EXISTS``; ``schema_migrations``
+is a ReplacingMergeTree read with FINAL), so a migration applied twice is harmless and still shows up once.
 
 Everything here is synchronous: it runs on the ClickHouse worker thread.
 """
@@ -77,6 +77,41 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
             raise ValueError(f"two migrations with version {version:04d}: {found[version].name} and {m.group(2)}")
         found[version] = Migration(version, m.group(2), path.read_text(encoding="utf-8"))
     return [found[v] for v in sorted(found)]
+
+
+def required_version(migrations: list[Migration] | None = None) -> int:
+    """The schema version this code needs: its newest migration."""
+    migrations = load_migrations() if migrations is None else migrations
+    return max((m.version for m in migrations), default=0)
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """The applied schema as a reader sees it: the versions recorded, and which needed ones are missing."""
+
+    have: int  # the newest version applied (0: none, or no schema_migrations table)
+    missing: tuple[int, ...]  # needed versions not applied (a gap counts, not only a lower maximum)
+    need: int
+
+    @property
+    def current(self) -> bool:
+        return not self.missing
+
+    def describe(self) -> str:
+        if self.current:
+            return f"schema version {self.have}"
+        return f"waiting for schema {self.need}, have {self.have}: run llmgw migrate"
+
+
+def schema_status(client, migrations: list[Migration] | None = None) -> SchemaStatus:
+    """Which migrations are applied, read only: no table is created (a missing ``schema_migrations`` is
+    an unmigrated database)."""
+    migrations = load_migrations() if migrations is None else migrations
+    exists = client.query("SELECT count() FROM system.tables WHERE database = currentDatabase()"
+                          " AND name = 'schema_migrations'").result_rows[0][0]
+    done = applied_versions(client) if exists else set()
+    missing = tuple(m.version for m in migrations if m.version not in done)
+    return SchemaStatus(max(done, default=0), missing, required_version(migrations))
 
 
 def applied_versions(client) -> set[int]:

@@ -59,7 +59,7 @@ from llmgw_common.messages import (
 
 from . import domain, queries
 from .domain import EventRow
-from .schema import apply_migrations
+from .schema import SchemaStatus, apply_migrations, schema_status
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ class InsertRejected(RuntimeError):
     """ClickHouse refused an insert's data (a value it cannot parse) and stored none of it."""
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """An error about reaching ClickHouse (a server down, the network), not about the data."""
+    return isinstance(exc, OperationalError)
+
+
 def _is_rejection(exc: Exception) -> bool:
     """An error about the data, not about reaching ClickHouse (those are ``OperationalError``)."""
     return isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
@@ -118,6 +123,19 @@ def _read_journal(path: Path) -> JournaledInsert:
         data = insert_body(path.stem, (domain.event_line(ev) for ev in events))
     stamps = [_Stamp.model_validate_json(line) for line in data.splitlines() if line.strip()]
     return JournaledInsert(path, path.stem, data, stamps)
+
+
+class ClickHouseUnavailable(RuntimeError):
+    """The store is not attached (yet): ClickHouse unreachable, its schema behind, the chDB directory busy.
+    The message says which; the usage service answers queries with it and leaves batches for redelivery."""
+
+
+class SchemaBehind(ClickHouseUnavailable):
+    """ClickHouse answers, but the migrations this code needs are not all applied (``llmgw migrate``)."""
+
+    def __init__(self, status: SchemaStatus):
+        super().__init__(status.describe())
+        self.status = status
 
 
 class StoreBusyError(RuntimeError):
@@ -152,6 +170,7 @@ class ClickHouseStore:
         self._client = None
         self._identity: str | None = None
         self._lock_fd: int | None = None
+        self.unavailable = "ClickHouse store is not open"  # why, while it is not (the queries' answer)
         self.journal_dir = self._chdb_path.parent / f"{self._chdb_path.name}.journal"
 
     async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -165,8 +184,12 @@ class ClickHouseStore:
 
     def _require(self):
         if self._client is None:
-            raise RuntimeError("ClickHouse store is not open")
+            raise ClickHouseUnavailable(self.unavailable)
         return self._client
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -191,6 +214,44 @@ class ClickHouseStore:
         if applied:
             log.info("clickhouse migrations applied: %s", ", ".join(f"{v:04d}" for v in applied))
         return applied
+
+    async def attach(self) -> SchemaStatus:
+        """Connect without any DDL, and stay connected only when every migration this code needs is
+        applied (the usage service: ``llmgw migrate`` applies them). Raises ``SchemaBehind`` otherwise, with
+        the connection closed and the directory lock released: with chDB, ``llmgw migrate`` needs them."""
+        def _attach() -> SchemaStatus:
+            self._lock_fd = _lock_dir(self._chdb_path)
+            client = None
+            try:
+                client = connect_clickhouse(self._url, self._chdb_path)
+                status = schema_status(client)
+                if not status.current:
+                    raise SchemaBehind(status)
+            except BaseException:
+                if client is not None:
+                    client.close()
+                self._unlock()
+                raise
+            self._client = client
+            return status
+
+        return await self._run(_attach)
+
+    async def detach(self) -> None:
+        """Close the connection and release the directory lock, ready to ``attach`` again."""
+        def _detach() -> None:
+            try:
+                if self._client is not None:
+                    self._client.close()
+            finally:
+                self._client = None
+                self._unlock()
+
+        await self._run(_detach)
+
+    async def ping(self) -> None:
+        """One trivial query on the worker thread (the health check: ClickHouse answers)."""
+        await self._run(lambda: self._require().query("SELECT 1"))
 
     async def close(self) -> None:
         def _close() -> None:

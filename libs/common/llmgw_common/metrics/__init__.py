@@ -22,16 +22,16 @@ import X``.
 Exposition:
 - edge and ui-api: ``GET /metrics`` on their own HTTP port (``HttpMetrics.install``); with
   ``LLMGW_METRICS_TOKEN`` set it wants ``Authorization: Bearer <token>``;
-- router, usage, pricing: ``serve_from_env()``: an HTTP server on ``LLMGW_METRICS_PORT`` (host
-  ``LLMGW_METRICS_HOST``, default 0.0.0.0) when that is set; unset (``llmgw run``, tests): none.
+- every service, with ``LLMGW_METRICS_PORT`` set: its operations port (``llmgw_common.ops_port``, host
+  ``LLMGW_METRICS_HOST``, default 0.0.0.0; router, usage and pricing through ``ServiceRuntime``); unset
+  (``llmgw run``, tests): router, usage and pricing serve none.
 """
 
 from __future__ import annotations
 
 from prometheus_client import disable_created_metrics
 
-from .exposition import (METRICS_HOST_ENV, METRICS_PATH, METRICS_PORT_ENV, METRICS_TOKEN_ENV, exposition,
-                         serve_from_env)
+from .exposition import (METRICS_HOST_ENV, METRICS_PATH, METRICS_PORT_ENV, METRICS_TOKEN_ENV, exposition)
 from .middleware import HttpMetrics
 from .primitives import (BATCH_BUCKETS, BATCH_SIZE_BUCKETS, FAST_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS,
                          LoopCounter, LoopHistogram)
@@ -47,5 +47,5 @@ __all__ = [
     "METRICS_TOKEN_ENV", "EdgeMetrics", "HttpMetrics", "HttpServerMetrics", "LoopCounter", "LoopHistogram",
     "NatsMetrics", "PricingMetrics", "RouterMeter", "RouterMetrics", "UsageMeter", "UsageMetrics", "config_revision",
     "edge",
-    "exposition", "http", "logical_models", "nats", "pricing", "router", "serve_from_env", "skip_reason", "usage",
+    "exposition", "http", "logical_models", "nats", "pricing", "router", "skip_reason", "usage",
 ]

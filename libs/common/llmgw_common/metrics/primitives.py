@@ -46,7 +46,7 @@ class _LoopMetric:
     """A labelled series written by one event loop and read when scraped (a prometheus_client collector).
 
     Writers are the loop's own code (no lock: nothing awaits inside an update); a scrape on another thread
-    (``serve_from_env``) sees each cell as it is, a histogram perhaps one observation apart from its sum."""
+    would see each cell as it is, a histogram perhaps one observation apart from its sum."""
 
     _type = ""
 
