@@ -10,8 +10,10 @@ the lease; its usage event settles its actual usage (the usage service), as for 
 
 - A request that finds no lease with room asks for one (one question per route in flight: the others wait
   for its answer); a lease more than two thirds through its life or its requests is replaced ahead of
-  time, off the request's path. The size asked for follows the route's demand (requests per lease period,
-  a moving average) plus the requests waiting; the router answers with one request when little is left.
+  time, off the request's path, unless the router granted less than asked (little is left: a lease nobody
+  uses would hold capacity another edge is refused for). The size asked for follows the route's demand
+  (requests per lease period, a moving average) plus the requests waiting; the router answers with one
+  request when little is left.
 - A lease is given back (what was not admitted returns at once) when it is used up, when it ends (the
   sweep), and at shutdown. An attempt that failed is taken back into its lease while the edge still holds
   it (the failed request used nothing); once given back, its estimate stays counted: never too little.
@@ -94,6 +96,9 @@ class _Route:
     admitted: int = 0  # since the last question: the demand
     since: float = 0.0
     rate: float = 0.0  # requests per second, a moving average
+    # the router granted less than asked: little is left of a limit. No lease is asked for ahead of time
+    # then: one nobody uses would hold capacity another edge's request is refused for
+    scarce: bool = False
 
 
 class CapacityCache:
@@ -115,10 +120,12 @@ class CapacityCache:
         r = self._routes.get(route)
         if r is None:
             r = self._routes[route] = _Route(since=self._clock())
-        for _round in range(MAX_ROUNDS):
+        for round_ in range(MAX_ROUNDS + 1):
             reservation = self._from_leases(route, r, tokens_in, tokens_out)
             if reservation is not None:
                 return reservation
+            if round_ == MAX_ROUNDS:  # a lease this request waited for went to others each time
+                break
             if r.asking is None:
                 self._start_asking(route, r, tokens_in, tokens_out)
             assert r.asking is not None
@@ -183,7 +190,7 @@ class CapacityCache:
             r.admitted += 1
             if lease.admitted >= g.n:  # used up: what it reserved beyond these estimates goes back now
                 self._retire(r, lease)
-            elif r.asking is None and lease.due_for_renewal(now) and len(r.leases) == 1:
+            elif r.asking is None and not r.scarce and lease.due_for_renewal(now) and len(r.leases) == 1:
                 self._start_asking(route, r, tokens_in, tokens_out)
             return Reservation(provider=route[0], model=route[1], at_s=g.at_s, tokens_in=tokens_in,
                                tokens_out=tokens_out, cost_nano=cost, key_id=g.key_id, lease=g.lease_id)
@@ -218,6 +225,7 @@ class CapacityCache:
         finally:
             r.asking = None
         self.router_lost = False
+        r.scarce = grant.n < ask.wanted
         if grant.n > 0:
             now = self._clock()
             lease = _Lease(grant, until=grant.until_ms / 1000 - END_MARGIN_S, started=now)
