@@ -40,14 +40,14 @@ pytestmark = pytest.mark.integration
 TTL_S = 2.0
 GRACE_S = 4.0  # routing.abandoned_after_s: how long the reaper waits after a lease's end
 SUFFIX = uuid.uuid4().hex[:6]  # the session's Redis is shared: these windows are this module's alone
-P = {name: f"{name}-{SUFFIX}" for name in ("req", "tok", "cost", "budget", "free", "paid", "kill")}
+P = {name: f"{name}-{SUFFIX}" for name in ("req", "tok", "cost", "budget", "free", "paid", "kill", "away")}
 TOKENS_PER_MINUTE = 3000
 COST_PER_MINUTE = "0.05"
 
 
 @pytest.fixture(scope="module")
 def upstream():
-    with FakeProvider(models=["m-req", "m-tok", "m-cost", "m-budget", "m-free", "m-kill"]) as up:
+    with FakeProvider(models=["m-req", "m-tok", "m-cost", "m-budget", "m-free", "m-kill", "m-away"]) as up:
         yield up
 
 
@@ -88,6 +88,10 @@ providers:
     base_url: {upstream.url}
     limits: {{requests_per_minute: 100000}}
     models: [{{name: m-kill}}]
+  - id: {P['away']}
+    base_url: {upstream.url}
+    limits: {{requests_per_minute: 100000}}
+    models: [{{name: m-away}}]
 usage:
   batch_wait_s: 0.1
 """
@@ -202,9 +206,11 @@ def test_a_token_and_a_cost_limit_are_never_exceeded(stack, infra, upstream):
         statuses = _statuses(warm + results)
         assert statuses[200] > 0 and set(statuses) <= {200, 429}, statuses
 
-        def settled():  # every served request's event applied and every lease given back: the window is stable
+        def settled():  # every lease given back (the window counts what was served) and every event applied
             first = _minute(infra.redis_url, scope)
-            time.sleep(TTL_S + 1)
+            if first["req"] != statuses[200]:
+                return None
+            time.sleep(0.5)
             return first if _minute(infra.redis_url, scope) == first else None
 
         window = wait_for(settled, timeout=30)
@@ -238,6 +244,49 @@ def test_a_free_tier_of_20_under_bursts_from_both_edges_admits_exactly_20_and_fa
     assert by_provider[P["free"]] == 20 and by_provider[P["paid"]] == len(results) - 20
     assert set(by_edge) == {"edge-1", "edge-2"}
     wait_for(lambda: _minute(infra.redis_url, model_scope(P["free"], "m-free"))["req"] == 20, timeout=TTL_S + 10)
+
+
+def test_with_the_routers_frozen_live_leases_serve_then_a_clean_503_and_health_says_so(stack, infra):
+    scope = provider_scope(P["away"])
+    results = _warm(stack, stack.open_key, "m-away") + _burst(stack, stack.open_key, "m-away", 100)
+    assert _statuses(results) == {200: len(results)}
+    # a lease ends with the minute window's 5 s bucket at the latest: fresh leases at a bucket's start
+    while time.time() % 5 > 0.3:
+        time.sleep(0.05)
+    results += _burst(stack, stack.open_key, "m-away", 8)
+    routers = [c for c in stack.children if c.name.startswith("router-")]
+    during: list[tuple[float, int, dict[str, str]]] = []
+    health: list[str] = []
+    for router in routers:
+        os.kill(router.proc.pid, signal.SIGSTOP)  # connections stay open: questions go unanswered
+    stopped = time.monotonic()
+    try:
+        async def load() -> None:
+            async with _client(stack, stack.open_key) as client, httpx.AsyncClient(timeout=10) as plain:
+                while time.monotonic() - stopped < TTL_S + 3:
+                    for status, headers in await asyncio.gather(*(_one(client, "m-away") for _ in range(4))):
+                        during.append((time.monotonic() - stopped, status, headers))
+                    checks = (await plain.get(f"http://127.0.0.1:{stack.edge_port}/healthz")).json()["checks"]
+                    health.append(str(checks.get("leases")))
+
+        asyncio.run(load())
+    finally:
+        for router in routers:
+            os.kill(router.proc.pid, signal.SIGCONT)
+    statuses = Counter(status for _t, status, _h in during)
+    print(f"routers frozen: {dict(statuses)} in {during[-1][0]:.1f} s; first 503 after "
+          f"{min((t for t, s, _h in during if s == 503), default=-1):.1f} s")
+    assert set(statuses) <= {200, 503} and statuses[200] > 0 and statuses[503] > 0, statuses
+    assert all(h.get("retry-after") for _t, s, h in during if s == 503)
+    assert max(t for t, s, _h in during if s == 200) < TTL_S + 1  # nothing served past the leases' end
+    assert any("serving from leases" in h for h in health), health
+    served = sum(1 for s, _h in results if s == 200) + statuses[200]
+    # back: served again, and once the edges' give-backs and the reaper are through, the window holds exactly
+    # what was served (a lease granted for a question nobody waited for any more is reaped)
+    after = _burst(stack, stack.open_key, "m-away", 10)
+    served += sum(1 for s, _h in after if s == 200)
+    assert sum(1 for s, _h in after if s == 200) > 0
+    wait_for(lambda: _minute(infra.redis_url, scope)["req"] == served, timeout=TTL_S + GRACE_S + 20, interval=0.2)
 
 
 def test_an_edge_killed_holding_a_lease_gets_its_capacity_back_after_ttl_and_grace(stack, infra):

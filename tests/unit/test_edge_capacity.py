@@ -183,7 +183,9 @@ async def test_with_the_router_away_live_leases_serve_then_a_clean_503_with_retr
         assert (await h.ask()).headers["x-llmgw-provider"] == "free"
     reply = await h.ask()  # none left: the route with a limit is skipped, the paid one without a limit serves
     assert reply.headers["x-llmgw-provider"] == "paid" and h.capacity.router_lost
-    h.gateway.deps.config.providers[1].limits.requests_per_minute = 5  # now every candidate has a limit
+    limited = h.gateway.deps.config.model_dump(mode="json")
+    limited["providers"][1]["limits"] = {"requests_per_minute": 5}  # now every candidate has a limit
+    h.gateway.deps.config = GatewayConfig.model_validate(limited)
     with pytest.raises(GatewayError) as refused:
         await h.ask()
     assert refused.value.status == 503 and refused.value.headers["retry-after"] == "1"

@@ -42,6 +42,7 @@ END_MARGIN_S = 0.1  # a lease stops admitting this long before its end: clocks a
 RENEW_AT = 2 / 3  # of a lease's life or requests: the next one is asked for, off the request's path
 MAX_WANTED = 10_000
 MAX_ROUNDS = 3  # questions one request waits for before it leaves the decision to the router
+AWAY_S = 1.0  # after the router could not be asked: a route with no lease left is refused at once this long
 DEMAND_ALPHA = 0.5
 
 
@@ -114,6 +115,7 @@ class CapacityCache:
         self._held: dict[str, _Lease] = {}  # lease id -> lease, until given back
         self._tasks: set[asyncio.Task] = set()
         self.router_lost = False  # the last question found no router: serving from leases (health says so)
+        self._away_until = 0.0
 
     async def take(self, route: RouteKey, tokens_in: int, tokens_out: int) -> Reservation | Refusal:
         """A reservation from a lease of ``route`` for a request of this estimate, or why there is none."""
@@ -126,6 +128,9 @@ class CapacityCache:
                 return reservation
             if round_ == MAX_ROUNDS:  # a lease this request waited for went to others each time
                 break
+            if self._clock() < self._away_until:  # asked a moment ago and found nobody: not again yet
+                return Refusal(f"the router cannot be reached and no capacity lease of {route[0]} is left",
+                               unavailable=True)
             if r.asking is None:
                 self._start_asking(route, r, tokens_in, tokens_out)
             assert r.asking is not None
@@ -217,6 +222,7 @@ class CapacityCache:
             grant = await self._ask(ask)
         except RouterUnavailable as exc:
             self.router_lost = True
+            self._away_until = self._clock() + AWAY_S
             future.set_result(exc)
             return
         except BaseException as exc:  # cancelled at shutdown, or a bug: the waiters are told "unavailable"

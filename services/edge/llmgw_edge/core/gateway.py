@@ -237,6 +237,8 @@ class Gateway:
         self.running: set[str] = set()
         self.plans = PlanCache()  # routes without limits: the router's plans, reused (plans.py)
         self.load = EdgeLoad()  # this edge's in flight and latency per provider: strategies on those plans
+        self._limited_for: GatewayConfig | None = None  # the config ``_limited_routes`` was read from
+        self._limited_routes: dict[tuple[str, str], bool] = {}
 
     @property
     def config(self) -> GatewayConfig:
@@ -395,8 +397,10 @@ class Gateway:
         """The plan's candidates in order: one without limits is taken as it is, one with limits only with a
         reservation from this edge's capacity leases (core/capacity.py); one refused there is skipped, as the
         router would skip it. None: the router decides this request."""
-        if not any(self._limited(c, key_record) for c in plan.candidates):
-            return plan
+        key_limits = getattr(key_record, "limits", None)
+        key_limited = key_limits is not None and _has_limits(key_limits)
+        if not key_limited and not any(self._route_limited(c) for c in plan.candidates):
+            return plan  # a route without limits (the usual plan): nothing to reserve
         capacity = self.deps.capacity
         if capacity is None or not self.config.routing.leases:
             return None
@@ -404,7 +408,7 @@ class Gateway:
                                          self.config.routing.default_max_tokens, exchange.embedding is not None)
         refused: list[tuple[str, Refusal]] = []
         for i, cand in enumerate(plan.candidates):
-            if self._limited(cand, key_record):
+            if key_limited or self._route_limited(cand):
                 got = await capacity.take((cand.provider, cand.model, route_request.key_id), tokens_in, tokens_out)
                 if isinstance(got, Refusal):
                     if got.ask_router:
@@ -422,15 +426,20 @@ class Gateway:
         raise GatewayError(429, f"No provider can take a request for `{plan.model}` now: {why}",
                            code="rate_limit_exceeded", headers={"retry-after": wait})
 
-    def _limited(self, cand: Candidate, key_record: object) -> bool:
-        """Whether admitting ``cand`` draws on a limit (an unknown provider or model: the router knows)."""
-        provider = self.config.provider(cand.provider)
-        model = provider.model(cand.model) if provider is not None else None
-        if provider is None or model is None:
-            return True
-        key_limits = getattr(key_record, "limits", None)
-        return _has_limits(provider.limits) or _has_limits(model.limits) or (
-            key_limits is not None and _has_limits(key_limits))
+    def _route_limited(self, cand: Candidate) -> bool:
+        """Whether ``cand``'s provider or model has a limit (one unknown here: the router knows); looked up
+        once per config, not per request."""
+        config = self.config
+        if self._limited_for is not config:
+            self._limited_for, self._limited_routes = config, {}
+        route = (cand.provider, cand.model)
+        limited = self._limited_routes.get(route)
+        if limited is None:
+            provider = config.provider(cand.provider)
+            model = provider.model(cand.model) if provider is not None else None
+            limited = provider is None or model is None or _has_limits(provider.limits) or _has_limits(model.limits)
+            self._limited_routes[route] = limited
+        return limited
 
     async def _send_with_retries(self, exchange: Exchange, codec: Codec, cand: Candidate,
                                  outcome: _Outcome) -> tuple[_Sent, float]:
