@@ -110,6 +110,6 @@ class LeaseClient:
         if self._sender is not None and not self._sender.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._sender), timeout)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
             self._sender.cancel()
