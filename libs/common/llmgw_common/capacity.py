@@ -38,7 +38,7 @@ class _LeaseMessage(msgspec.Struct, kw_only=True, frozen=True, gc=False):
         return msgspec.json.decode(data, type=cls)
 
 
-class LeaseAsk(_LeaseMessage):
+class LeaseAsk(_LeaseMessage, frozen=True):
     """An edge asks for capacity on one route; it picks the lease id (a lost answer is given back by id)."""
 
     lease_id: str
@@ -58,7 +58,7 @@ class LeaseAsk(_LeaseMessage):
             raise msgspec.ValidationError("wanted 1..100000, tokens 0..10^9")
 
 
-class LeaseGrant(_LeaseMessage):
+class LeaseGrant(_LeaseMessage, frozen=True):
     """The router's answer: ``n`` requests (0: none, see ``reason``), ``n`` x the estimate reserved."""
 
     lease_id: str
@@ -86,7 +86,7 @@ class LeaseGrant(_LeaseMessage):
         return usd_to_nano(price.cost(tokens_in, tokens_out))
 
 
-class LeaseReturn(_LeaseMessage):
+class LeaseReturn(_LeaseMessage, frozen=True):
     """The edge is done with a lease: it admitted ``admitted`` requests at these summed estimates."""
 
     lease_id: str
@@ -96,7 +96,7 @@ class LeaseReturn(_LeaseMessage):
     cost_nano: int = 0
 
 
-class LeaseReturned(_LeaseMessage):
+class LeaseReturned(_LeaseMessage, frozen=True):
     lease_id: str
     state: str  # "returned", or "gone" (reaped or returned before)
 
