@@ -205,3 +205,11 @@ async def test_leases_go_back_when_they_end_and_at_shutdown():
     assert cache.live_leases == 1 and sum(granter.reserved.values()) > 5
     await cache.close()  # at shutdown: what was not admitted goes back
     assert granter.granted == {} and sum(granter.reserved.values()) == 5
+
+
+async def test_an_estimate_no_lease_message_can_carry_is_left_to_the_router():
+    clock = Clock()
+    granter = Granter({"free": 100}, clock)
+    cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 2.0, clock=clock)
+    got = await cache.take(("free", "m", None), 10, 2 * 10**9)
+    assert isinstance(got, Refusal) and got.ask_router and granter.asks == []

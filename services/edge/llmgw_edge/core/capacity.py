@@ -42,6 +42,7 @@ END_MARGIN_S = 0.1  # a lease stops admitting this long before its end: clocks a
 RENEW_AT = 2 / 3  # of a lease's life or requests: the next one is asked for, off the request's path
 MAX_WANTED = 10_000
 MAX_ROUNDS = 3  # questions one request waits for before it leaves the decision to the router
+MAX_ESTIMATE = 10**9  # tokens: what a LeaseAsk carries at most
 AWAY_S = 1.0  # after the router could not be asked: a route with no lease left is refused at once this long
 DEMAND_ALPHA = 0.5
 
@@ -119,6 +120,8 @@ class CapacityCache:
 
     async def take(self, route: RouteKey, tokens_in: int, tokens_out: int) -> Reservation | Refusal:
         """A reservation from a lease of ``route`` for a request of this estimate, or why there is none."""
+        if tokens_in > MAX_ESTIMATE or tokens_out > MAX_ESTIMATE:  # no lease is sized for it: the router judges
+            return Refusal("an estimate no lease is sized for", ask_router=True)
         r = self._routes.get(route)
         if r is None:
             r = self._routes[route] = _Route(since=self._clock())
