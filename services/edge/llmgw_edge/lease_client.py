@@ -2,8 +2,8 @@
 
 A question for a lease is asked again, like a routing question, when its router replica died holding it or
 none is subscribed yet, within ``decide_timeout_s`` in all; each try has its own lease id, and a try that
-got no answer is given back by id (a router may still grant it once a frozen NATS or router resumes: the
-give-back, or the reaper, returns it).
+got no answer is given back by id (a router may still get it once a frozen NATS or router resumes: a lease
+given back first is never granted, ``capacity_leases.GIVE_BACK_LUA``).
 
 Give-backs never block the request that ends a lease: one task sends what is pending and asks again,
 backing off, until a router confirms; a give-back is dropped once the reaper would have taken its lease
