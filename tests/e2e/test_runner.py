@@ -208,7 +208,8 @@ usage: {{batch_wait_s: 0.1}}
             return sum(r["requests"] for r in history), day
 
         chat()
-        assert _health(edge_health)[1]["checks"].keys() == {"nats", "jetstream", "router", "redis", "plans", "config"}
+        assert _health(edge_health)[1]["checks"].keys() == {"nats", "jetstream", "router", "redis", "plans", "leases",
+                                                            "config"}
         assert _health(ui_health)[1]["checks"].keys() == {"nats", "jetstream", "redis", "router", "usage", "pricing",
                                                           "clickhouse", "config"}
         wait_for(lambda: counted() == (1, 1))

@@ -189,3 +189,15 @@ async def test_a_dead_edges_requests_count_once_whether_their_events_come_before
     assert await writer.apply([after], now_s + 2) == 1  # the lease was given back: it counts in full
     assert await writer.apply([after, before], now_s + 3) == 0  # redelivered: nothing twice
     assert await _minute(redis, scope, g.until_ms) == {"req": 2, "tin": 100, "tout": 100, "cost": 6_000_000}
+
+
+async def test_a_lease_given_back_before_its_grant_arrives_is_never_granted(redis):
+    """The edge's question went unanswered in time (a frozen NATS or router): it gives the lease id back, and
+    the question arriving afterwards reserves nothing."""
+    leases = CapacityLeases(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    assert await leases.give_back("late-1", 0, 0, 0, 0, T0, hold_ms=60_000) == "gone"
+    g = await leases.grant("late-1", "edge-a", route, 10, T0 + 100, TTL_MS, GRACE_MS)
+    assert g.n == 0 and g.reason == "given back before it was granted"
+    assert (await _minute(redis, provider_scope(route.provider), T0 + 100))["req"] == 0
+    assert (await leases.grant("late-2", "edge-a", route, 10, T0 + 200, TTL_MS, GRACE_MS)).n == 10

@@ -61,6 +61,13 @@ def test_nested_bad_field_path():
     assert "providers[1].models[0].price.output_per_mtok" in problems(bad)
 
 
+def test_capacity_lease_settings_are_checked():
+    assert parse_config_text(GOOD).routing.leases is False  # off unless asked: the router admits each request
+    assert "routing.lease_ttl_s" in problems(GOOD + "  lease_ttl_s: 0\n")
+    assert "routing.lease_ttl_s" in problems(GOOD + "  lease_ttl_s: 600\n")
+    assert "routing.leases" in problems(GOOD + "  leases: maybe\n")
+
+
 def test_unknown_keys_are_rejected():
     assert "providers[0].moddels" in problems(GOOD.replace("    models:\n      - name: llama", "    moddels: []\n    models:\n      - name: llama", 1))
 

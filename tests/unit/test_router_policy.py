@@ -275,6 +275,18 @@ def test_a_key_with_limits_makes_each_request_the_routers():
     assert not _reusable(REUSABLE, request, key(KeyLimits(cost_per_month=Decimal("0.5"))))
 
 
+def test_with_leases_on_a_plan_with_limits_is_reusable_the_edge_admits_from_leases():
+    from llmgw_common.keys import KeyLimits, KeyRecord
+
+    leased = REUSABLE + "routing: {leases: true}\n"
+    assert _reusable(leased.replace("free_tier: true", "free_tier: true\n    limits: {requests_per_minute: 20}"))
+    key = KeyRecord(id="0123456789ab", name="k", hash="0" * 64, prefix="p",
+                    limits=KeyLimits(cost_per_month=Decimal("0.5")), created_at=datetime.now(timezone.utc))
+    assert _reusable(leased, RouteRequest(request_id="r", model="m", key_id=key.id), key)
+    # what the plan's key does not hold still makes each request the router's
+    assert not _reusable(leased.replace("models: [{name: m}]", "models: [{name: m, context_window: 100000}]"))
+
+
 def test_what_the_plans_cache_key_does_not_hold_makes_each_request_the_routers():
     # rules on headers, prompt size or stream; a context window; two paid providers ordered by each estimate
     assert not _reusable(REUSABLE + """routing:

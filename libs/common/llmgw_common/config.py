@@ -412,6 +412,11 @@ class RoutingConfig(_Strict):
                                   "without limits before asking again (changes are announced at once; 0: "
                                   "ask for every request)")
     total_timeout_s: float = Field(default=300.0, gt=0, description="per request, all attempts together")
+    leases: bool = Field(default=False, description="routes with limits: edges admit requests from capacity "
+                         "leases the router grants (docs/routing.md, 'Leases for routes with limits'); off: the "
+                         "router admits each request")
+    lease_ttl_s: float = Field(default=2.0, gt=0, le=60, description="longest life of a capacity lease (it also "
+                               "ends with the shortest window bucket it draws on)")
     abandoned_after_s: float | None = Field(default=None, gt=0, description="an admitted request whose edge has "
                                             "not settled it (nor renewed a running stream) this long after "
                                             "admission is recorded as abandoned, at its reserved estimate; "

@@ -26,6 +26,10 @@ ROUTER_LEASE_RENEW = "llmgw.router.lease.renew"
 # the edge gave up on a routing question: a router releases its admission (request/reply, queue group "router":
 # the edge asks again until one confirms)
 ROUTER_GIVE_UP = "llmgw.router.giveup"
+# capacity leases for routes with limits (llmgw_common.capacity; request/reply, queue group "router"): an edge
+# asks for one (LeaseAsk -> LeaseGrant) and gives it back (LeaseReturn -> LeaseReturned)
+ROUTER_LEASE_GRANT = "llmgw.router.capacity.grant"
+ROUTER_LEASE_RETURN = "llmgw.router.capacity.return"
 
 # pricing (request/reply, queue group "pricing")
 PRICING_LOOKUP = "llmgw.pricing.lookup"

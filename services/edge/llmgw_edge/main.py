@@ -48,11 +48,13 @@ from .api.openai_responses import ResponsesCodec
 from .auth import KeyCache, check_metered, check_model
 from .classifier import ModelClassifier
 from .commands import command_runner
+from .core.capacity import CapacityCache
 from .core.errors import GatewayError
 from .core.gateway import Deps, Gateway, Reply
 from .core.plans import PlanCache
 from .core.prompt_class import classify
 from .give_ups import GiveUps
+from .lease_client import LeaseClient
 from .lease_renewal import renew_leases
 from .outcomes import outcome_reporter
 from .providers import build_provider
@@ -62,6 +64,7 @@ from .refusals import RefusalRecorder
 from .usage_publisher import UsagePublisher, replica_id
 
 log = logging.getLogger("llmgw.edge")
+LEASE_SWEEP_S = 0.2
 
 
 class EdgeSettings(CommonSettings):
@@ -92,12 +95,17 @@ class Edge:
         self.classifier: ModelClassifier | None = None
         self.refusals = RefusalRecorder(publish)  # requests refused before any provider, as usage events
         self.give_ups = GiveUps(nc, lambda: self.config.routing.lease_s)  # questions the router must release
+        # routes with limits on a reused plan: admitted here from capacity the router leases this edge
+        self.lease_client = LeaseClient(nc, lambda: self.config.routing)
+        self.capacity = CapacityCache(replica_id(settings.port), self.lease_client.ask, self.lease_client.give_back,
+                                      lambda: self.config.routing.lease_ttl_s)
         self._retired: set[asyncio.Task] = set()
         self.gateway = Gateway(Deps(config=self.config, providers=self.providers, decide=self._decide,
                                     report=outcome_reporter(nc), publish=publish,
                                     classify_prompt=self._classify_prompt,
                                     command=command_runner(self, lambda n: recent_requests_text(nc, n)),
-                                    key_record=lambda key_id: self.keys.records.get(key_id) if key_id else None))
+                                    key_record=lambda key_id: self.keys.records.get(key_id) if key_id else None,
+                                    capacity=self.capacity))
 
     def apply(self, config: GatewayConfig) -> None:
         providers = {}
@@ -129,9 +137,17 @@ class Edge:
         await asyncio.sleep(after_s)
         await provider.close()
 
+    async def sweep_leases(self) -> None:
+        """Capacity leases that ended go back to the router (what they did not admit frees up at once)."""
+        while True:
+            await asyncio.sleep(LEASE_SWEEP_S)
+            self.capacity.sweep()
+
     async def close(self) -> None:
         for task in list(self._retired):
             task.cancel()
+        await self.capacity.close()  # every lease held goes back: what it did not admit frees up now
+        await self.lease_client.close()
         await self.give_ups.close()  # undelivered give-ups: their admissions end with their leases
         for provider in self.providers.values():
             await provider.close()
@@ -276,6 +292,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         await nc.subscribe(subjects.ROUTER_CHANGED, cb=edge.on_router_changed)
         renewer = asyncio.create_task(renew_leases(nc, edge.gateway.running, lambda: edge.config.routing.lease_s),
                                       name="lease-renewal")
+        sweeper = asyncio.create_task(edge.sweep_leases(), name="capacity-lease-sweep")
         # metrics and health on their own port, when asked (ops_port): ready = its own NATS and JetStream
         ops = await ops_port.start_from_env(lambda: _health_monitor(app).report(), ready=("nats", "jetstream"))
         log.info("edge ready on %s:%d with %d providers", settings.host, settings.port, len(config.providers))
@@ -285,6 +302,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             if ops is not None:
                 await ops.stop()
             renewer.cancel()
+            sweeper.cancel()
             edge.refusals.flush()
             await run_steps([("config follower", follower.stop), ("usage publisher", publisher.stop),
                              ("key cache", keys.stop), ("edge", edge.close),
@@ -385,9 +403,20 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 health.Check("router", health.service_ping(nc, "router")),
                 health.Check("redis", health.redis_ping(connect_redis(settings.redis_url, max_connections=2))),
                 health.Check("plans", _plans_probe(app.state.edge.gateway.plans), required=False),
+                health.Check("leases", _leases_probe(app.state.edge.capacity), required=False),
                 health.Check("config", health.config_revision(app.state.config_follower), required=False),
             ])
         return monitor
+
+    def _leases_probe(capacity: CapacityCache) -> health.Probe:
+        async def probe() -> str:
+            live = capacity.live_leases
+            if capacity.router_lost:
+                raise health.CheckFailed(f"degraded: serving from leases ({live} live), the router cannot be "
+                                         "reached; routes with limits and no lease left are refused")
+            return f"{live} capacity leases of routes with limits"
+
+        return probe
 
     def _plans_probe(plans: PlanCache) -> health.Probe:
         async def probe() -> str:

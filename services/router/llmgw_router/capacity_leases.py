@@ -1,4 +1,4 @@
-"""Capacity leases for routes with limits (issue 20): the router's side, in Redis. Not wired to the edge yet.
+"""Capacity leases for routes with limits (issue 20): the router's side, in Redis (``main.Router.grant_lease``).
 
 A lease grants one edge replica N requests on one route (provider + model, plus the caller's key when the
 key has limits), with N times the request's estimate in tokens and cost, reserved in the live windows in
@@ -10,7 +10,9 @@ docs/routing.md ("Leases for routes with limits") has the accounting, the invari
   edges asking: that is the per-request admission, exact as ever); it is valid until the end of the
   shortest window bucket it draws on, and at most ``ttl_ms``.
 - ``give_back``: the edge's return; what it did not admit from the lease goes back at once. The record
-  stays (state ``returned``) until ``hold_ms`` later, for the events of the requests it did admit.
+  stays (state ``returned``) until ``hold_ms`` later, for the events of the requests it did admit. A lease
+  given back before it was granted (the edge's question went unanswered in time, and may still arrive from
+  a frozen NATS or router) is marked ``given_up`` for ``hold_ms``: its grant, when it comes, is refused.
 - ``reap``: a lease its edge never returned (the edge died, or cannot reach NATS), ``grace_ms`` after it
   ended: what the usage service has not settled from it goes back; the record stays as a tombstone (state
   ``reaped``) for the longest window it drew on, and a later event of it counts in full. ``grace_ms`` must
@@ -81,6 +83,9 @@ local provider, pscope, mscope = ARGV[i], ARGV[i + 1], ARGV[i + 2]
 local est_in, est_out, est_cost = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
 local limits_at = i + 6
 local est_tok = est_in + est_out
+
+-- its edge gave it back before it got here (the question went unanswered in time): never granted
+if redis.call('EXISTS', '$CAP_LEASE_PREFIX' .. lease_id) == 1 then return {0, 0, 'given back before it was granted'} end
 
 -- a cooling or broken provider gets no lease: its requests go to the router one by one (the probe)
 local cool = redis.call('PTTL', '$COOLDOWN_PREFIX' .. provider)
@@ -197,7 +202,13 @@ local used = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(
 local hold_ms = tonumber(ARGV[7])
 local wins = read_windows(8)
 """ + _GIVE_BACK + """
-if redis.call('HGET', lease, 'state') ~= 'live' then return 'gone' end  -- reaped already, or given back
+local state = redis.call('HGET', lease, 'state')
+if not state then  -- not granted (yet): its question may still be on its way; the grant will refuse it
+  redis.call('HSET', lease, 'state', 'given_up')
+  redis.call('PEXPIRE', lease, hold_ms)
+  return 'gone'
+end
+if state ~= 'live' then return 'gone' end  -- reaped already, or given back
 local v = redis.call('HMGET', lease, 'n', 'tin', 'tout', 'cost')
 local back = {}
 for f = 1, 4 do back[f] = math.max(0, tonumber(v[f]) - used[f]) end

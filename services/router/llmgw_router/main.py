@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from decimal import Decimal
+
+import msgspec
 
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from llmgw_common import health, metrics, service, subjects, tracing
+from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn, LeaseReturned
 from llmgw_common.config import GatewayConfig
 from llmgw_common.keys import KeyMirror
 from llmgw_common.logs import REQUEST_ID
@@ -26,17 +30,23 @@ from llmgw_common.redis_conn import connect_redis
 from llmgw_common.redis_keys import AFFINITY_PREFIX
 from llmgw_common.service import ServiceError, ServiceRuntime
 from llmgw_common.settings import CommonSettings
-from llmgw_common.windows import WindowReader
+from llmgw_common.windows import WINDOWS, WindowReader, usd_to_nano
 
 from . import cache_affinity
 from .abandoned import reap_forever
+from .capacity_leases import CapacityLeases, LeaseRoute
 from .outcomes import classify, refusal
-from .policy import EDGE_STRATEGIES, CapabilityBook, Plan, PriceBook, RoutingState, plan, plan_groups, plan_reusable, unavailable
+from .policy import (EDGE_STRATEGIES, CapabilityBook, Plan, PriceBook, RoutingState, is_free, plan, plan_groups,
+                     plan_reusable, unavailable)
 from .state_view import router_state
 from .store import Leases, RoutingStore
 
 log = logging.getLogger("llmgw.router")
 STATS_REFRESH_S = 0.5
+CAPACITY_REAP_EVERY_S = 0.5
+# a reaped capacity lease's tombstone lasts as long as the longest window it drew on: a late event of it
+# then counts in full, not as a settlement (capacity_leases.REAP_LUA)
+CAPACITY_TOMBSTONE_S = max(w.seconds + w.bucket_s for w in WINDOWS)
 
 
 class RouterSettings(CommonSettings):
@@ -65,6 +75,7 @@ class Router:
         # whether its plans are reusable: announced like any other change
         self.keys = KeyMirror(on_change=lambda: self.spawn(self.announce_change()))
         self.leases = Leases(store.redis)
+        self.capacity = CapacityLeases(store.redis)  # capacity leases of routes with limits (issue 20)
         self._tasks: set[asyncio.Task] = set()
         self.meter = metrics.RouterMeter()
         self.nc = None  # the NATS connection, set by ``serve`` (tests that call ``decide`` need none)
@@ -167,6 +178,56 @@ class Router:
             log.info("released %d admissions of %d routing questions their edge gave up on", give_ups.released,
                      len(give_ups.items))
         return give_ups
+
+    # ---- capacity leases (routes with limits: the edge admits from them) ---
+
+    async def grant_lease(self, ask: LeaseAsk) -> LeaseGrant:
+        """Reserve capacity for ``ask.wanted`` requests (or fewer, or one: ``capacity_leases.GRANT_LUA``) on
+        one route, at the asking request's estimate; with the route's prices, so that the edge estimates each
+        request it admits from the lease as this router would."""
+        provider = self.config.provider(ask.provider)
+        model = provider.model(ask.model) if provider is not None else None
+        if not self.config.routing.leases or provider is None or model is None:
+            return LeaseGrant(lease_id=ask.lease_id, n=0, reason="no lease for this route: ask per request")
+        key = self.keys.records.get(ask.key_id) if ask.key_id else None
+        price = self.prices.get((provider.id, model.upstream_name))
+        free = is_free(provider, price) or price is None
+        est_cost = Decimal(0) if free or price is None else price.cost(ask.tokens_in, ask.tokens_out)
+        route = LeaseRoute(provider.id, model.name, provider.limits, model.limits, ask.tokens_in, ask.tokens_out,
+                           est_cost)
+        now_ms = self.now_ms()
+        routing = self.config.routing
+        granted = await self.capacity.grant(ask.lease_id, ask.edge, route, ask.wanted, now_ms,
+                                            int(routing.lease_ttl_s * 1000), int(routing.lease_s * 1000), key,
+                                            self.config.keys.budget_timezone)
+        grant = LeaseGrant(lease_id=ask.lease_id, n=granted.n, until_ms=granted.until_ms, at_s=now_ms // 1000,
+                           key_id=key.id if key is not None else None, tokens_in=ask.tokens_in,
+                           tokens_out=ask.tokens_out, cost_nano=usd_to_nano(est_cost), free=free,
+                           reason=granted.reason)
+        if price is not None and not free:
+            grant = msgspec.structs.replace(grant, input_per_mtok=price.input_per_mtok,
+                                            output_per_mtok=price.output_per_mtok, per_request=price.per_request)
+        return grant
+
+    async def return_lease(self, back: LeaseReturn) -> LeaseReturned:
+        """What the edge did not admit goes back now; the record stays for the events still to come."""
+        state = await self.capacity.give_back(back.lease_id, back.admitted, back.tokens_in, back.tokens_out,
+                                              back.cost_nano, self.now_ms(), int(self.config.routing.lease_s * 1000))
+        return LeaseReturned(lease_id=back.lease_id, state=state)
+
+    async def reap_leases_forever(self) -> None:
+        """Every replica: leases their edges never gave back, ``routing.abandoned_after_s`` after they ended."""
+        while True:
+            await asyncio.sleep(CAPACITY_REAP_EVERY_S)
+            try:
+                reaped = await self.capacity.reap(self.now_ms(), CAPACITY_TOMBSTONE_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: the leases wait for the next round
+                log.warning("cannot reap capacity leases (%s)", type(exc).__name__)
+                continue
+            if reaped:
+                log.info("reaped %d capacity leases their edges never gave back", reaped)
 
     # ---- health, pin, smart ----------------------------------------------
 
@@ -345,6 +406,10 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
                      failure=ServiceError(503, "router cannot reach its shared state"))
     runtime.endpoint("giveup", subjects.ROUTER_GIVE_UP, AdmissionGiveUps, router.give_up, concurrent=True,
                      failure=ServiceError(503, "router cannot reach its shared state"))
+    runtime.endpoint("lease", subjects.ROUTER_LEASE_GRANT, LeaseAsk, router.grant_lease, concurrent=True,
+                     failure=ServiceError(503, "router cannot reach its shared state"))
+    runtime.endpoint("leaseback", subjects.ROUTER_LEASE_RETURN, LeaseReturn, router.return_lease, concurrent=True,
+                     failure=ServiceError(503, "router cannot reach its shared state"))
     runtime.endpoint("state", subjects.ROUTER_STATE, RouterStateQuery, router.handle_state)
     runtime.endpoint("pin", subjects.ROUTER_PIN, PinCommand, router.handle_pin)
     runtime.endpoint("smart", subjects.ROUTER_SMART, SmartCommand, router.handle_smart)
@@ -357,6 +422,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     runtime.health_check("redis", health.redis_ping(redis))  # ready: NATS and Redis (admission lives there)
     runtime.loop("state", router.refresh_loop)
     runtime.loop("leases", lambda: reap_forever(router.leases, router.nc.jetstream(), router.now_ms))
+    runtime.loop("capacity leases", router.reap_leases_forever)
     runtime.on_stop("key mirror", router.keys.stop)
     runtime.on_stop("outcomes in hand", router.finish_tasks)
     log.info("router starting: %d providers, strategy %s", len(router.config.providers),

@@ -120,7 +120,7 @@ def first_matching_rule(config: GatewayConfig, request: RouteRequest) -> Rule | 
     return next((r for r in config.routing.rules if rule_matches(r, request)), None)
 
 
-def _is_free(provider: ProviderConfig, price: Price | None) -> bool:
+def is_free(provider: ProviderConfig, price: Price | None) -> bool:
     return provider.free_tier or (price is not None and price.is_free)
 
 
@@ -214,7 +214,7 @@ def _eligible(config: GatewayConfig, prices: PriceBook, known: CapabilityBook, r
             skipped.append(Skipped(provider=p.id, reason=unfit))
         else:
             price = prices.get((p.id, t.upstream_model))
-            free = _is_free(p, price)
+            free = is_free(p, price)
             cost = Decimal(0) if free or price is None else price.cost(est_in, est_out)
             cand = Candidate(provider=p.id, model=t.model, upstream_model=t.upstream_model, price=price, free=free)
             eligible.append((index, t, PlannedCandidate(cand, [("provider", p.limits), ("model", m.limits)],
@@ -246,7 +246,8 @@ def plan_reusable(config: GatewayConfig, p: Plan, request: RouteRequest, key: Ke
         if any(unavailable(state.stats.get(pc.candidate.provider)) is not None
                or state.stats.get(pc.candidate.provider, ProviderStats()).breaker != "closed" for pc in p.ordered):
             return False
-    if key is not None and limited(key.limits):
+    leased = config.routing.leases  # limits are then the edge's leases' business (docs/routing.md)
+    if key is not None and limited(key.limits) and not leased:
         return False
     if any(r.match.headers or r.match.min_prompt_tokens is not None or r.match.max_prompt_tokens is not None
            or r.match.stream is not None for r in config.routing.rules):
@@ -257,7 +258,9 @@ def plan_reusable(config: GatewayConfig, p: Plan, request: RouteRequest, key: Ke
     for pc in p.ordered:
         provider = config.provider(pc.candidate.provider)
         model = provider.model(pc.candidate.model) if provider is not None else None
-        if provider is None or model is None or limited(provider.limits) or limited(model.limits):
+        if provider is None or model is None:
+            return False
+        if not leased and (limited(provider.limits) or limited(model.limits)):
             return False
         if model.context_window is not None:
             return False  # another prompt's size may not fit it

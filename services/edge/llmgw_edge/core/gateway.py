@@ -18,6 +18,7 @@ module in-process with fake providers and a fake router.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,16 +26,18 @@ from decimal import Decimal
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
 
 from llmgw_common import tracing
+from llmgw_common.capacity import estimate
 from llmgw_common.config import GatewayConfig
 from llmgw_common.failures import CLIENT_KINDS, FailureKind
 from llmgw_common.ids import new_id
 from llmgw_common.leases import lease_member
 from llmgw_common.logs import REQUEST_ID
 from llmgw_common.messages import (PLAN_ONLY_ENDPOINT, Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest,
-                                   UsageEvent)
+                                   Skipped, UsageEvent)
 
 from . import fallbacks
 from .cache_prefix import cacheable_prefix
+from .capacity import CapacityCache, Refusal
 from .errors import GatewayError, UpstreamError
 from .plans import PlanCache
 from .strategies import EdgeLoad, ordered
@@ -131,6 +134,8 @@ class Deps:
     command: Callable[[str], Awaitable[str | None]] | None = None  # proxy-cli: the answer, or None
     # the caller's current key record (an object that changes when the key does): plans are made per record
     key_record: Callable[[str | None], object] = lambda _key_id: None
+    # routes with limits on a reused plan: admitted from this edge's capacity leases (None: by the router)
+    capacity: CapacityCache | None = None
 
 
 @dataclass
@@ -240,6 +245,8 @@ class Gateway:
         self.running: set[str] = set()
         self.plans = PlanCache()  # routes without limits: the router's plans, reused (plans.py)
         self.load = EdgeLoad()  # this edge's in flight and latency per provider: strategies on those plans
+        self._limited_for: GatewayConfig | None = None  # the config ``_limited_routes`` was read from
+        self._limited_routes: dict[tuple[str, str], bool] = {}
 
     @property
     def config(self) -> GatewayConfig:
@@ -391,14 +398,21 @@ class Gateway:
         key_record = self.deps.key_record(route_request.key_id)
         plan = self.plans.fresh(route_request, key_record)
         if plan is not None and not (route_request.prefix_key and self._affinity_may_reorder(plan)):
-            return ordered(plan, self.load, self.config)
+            local = await self._admit_on_plan(ordered(plan, self.load, self.config), exchange, route_request,
+                                              key_record)
+            if local is not None:
+                return local
         generation = self.plans.generation
         try:
             decision = await self.deps.decide(route_request)
         except GatewayError as err:
-            # the control plane is away: a route without limits keeps serving on the plan it had
+            # the control plane is away: a route without limits keeps serving on the plan it had, one with
+            # limits from the capacity leases this edge still holds
             if err.code == "router_unavailable" and (plan := self.plans.stale(route_request, key_record)):
-                return ordered(plan, self.load, self.config)
+                local = await self._admit_on_plan(ordered(plan, self.load, self.config), exchange, route_request,
+                                                  key_record)
+                if local is not None:
+                    return local
             raise
         self.plans.keep(route_request, key_record, decision, generation)
         return decision
@@ -416,6 +430,7 @@ class Gateway:
                      kind=FailureKind.CONTENT_FILTER, release=True)
         raise UpstreamError(400, f"provider {cand.provider} refused the answer on content policy",
                             kind=FailureKind.CONTENT_FILTER)
+
     def _mark_prefix(self, exchange: Exchange, route_request: RouteRequest) -> None:
         """A chat request whose prefix is long enough for a provider to cache carries its hash, so the router
         can send it where that prefix is cached (docs/routing.md, "Prompt-cache affinity")."""
@@ -439,6 +454,55 @@ class Gateway:
         if plan.groups:
             return len(caching) > 1 and any(caching)
         return any(caching[1:])
+
+    async def _admit_on_plan(self, plan: RouteDecision, exchange: Exchange, route_request: RouteRequest,
+                             key_record: object) -> RouteDecision | None:
+        """The plan's candidates in order: one without limits is taken as it is, one with limits only with a
+        reservation from this edge's capacity leases (core/capacity.py); one refused there is skipped, as the
+        router would skip it. None: the router decides this request."""
+        key_limits = getattr(key_record, "limits", None)
+        key_limited = key_limits is not None and _has_limits(key_limits)
+        if not key_limited and not any(self._route_limited(c) for c in plan.candidates):
+            return plan  # a route without limits (the usual plan): nothing to reserve
+        capacity = self.deps.capacity
+        if capacity is None or not self.config.routing.leases:
+            return None
+        tokens_in, tokens_out = estimate(route_request.estimated_prompt_tokens, route_request.max_tokens,
+                                         self.config.routing.default_max_tokens, exchange.embedding is not None)
+        refused: list[tuple[str, Refusal]] = []
+        for i, cand in enumerate(plan.candidates):
+            if key_limited or self._route_limited(cand):
+                got = await capacity.take((cand.provider, cand.model, route_request.key_id), tokens_in, tokens_out)
+                if isinstance(got, Refusal):
+                    if got.ask_router:
+                        return None
+                    refused.append((cand.provider, got))
+                    continue
+                cand = cand.model_copy(update={"reservation": got})
+            skipped = [*plan.skipped, *(Skipped(provider=p, reason=r.reason) for p, r in refused)]
+            return plan.model_copy(update={"candidates": [cand, *plan.candidates[i + 1:]], "skipped": skipped})
+        wait = str(max(1, math.ceil(max(r.retry_after_s for _p, r in refused))))
+        why = "; ".join(f"{p}: {r.reason}" for p, r in refused)
+        if any(r.unavailable for _p, r in refused):
+            raise GatewayError(503, f"The gateway's router cannot be reached and no capacity is left for "
+                                    f"`{plan.model}`: {why}", code="router_unavailable", headers={"retry-after": wait})
+        raise GatewayError(429, f"No provider can take a request for `{plan.model}` now: {why}",
+                           code="rate_limit_exceeded", headers={"retry-after": wait})
+
+    def _route_limited(self, cand: Candidate) -> bool:
+        """Whether ``cand``'s provider or model has a limit (one unknown here: the router knows); looked up
+        once per config, not per request."""
+        config = self.config
+        if self._limited_for is not config:
+            self._limited_for, self._limited_routes = config, {}
+        route = (cand.provider, cand.model)
+        limited = self._limited_routes.get(route)
+        if limited is None:
+            provider = config.provider(cand.provider)
+            model = provider.model(cand.model) if provider is not None else None
+            limited = provider is None or model is None or _has_limits(provider.limits) or _has_limits(model.limits)
+            self._limited_routes[route] = limited
+        return limited
 
     async def _send_with_retries(self, exchange: Exchange, codec: Codec, cand: Candidate,
                                  outcome: _Outcome) -> tuple[_Sent, float]:
@@ -497,10 +561,17 @@ class Gateway:
             return  # nothing was admitted and its latency is no model's (count_tokens): only failures are news
         if ok:
             self.load.succeeded(cand.provider, latency_ms)
+        reservation = cand.reservation if release else None
+        if reservation is not None and reservation.lease is not None:
+            # admitted from a capacity lease: the failed request goes back into it (while this edge holds it);
+            # the router never releases it on its own, or the lease's give-back would return it a second time
+            if self.deps.capacity is not None:
+                self.deps.capacity.release(reservation)
+            reservation = None
         self.deps.report(AttemptOutcome(
             request_id=outcome.request_id, provider=cand.provider, model=cand.model, ok=ok, status=status,
             latency_ms=latency_ms, retry_after_s=retry_after_s, kind=kind.value if kind else None,
-            reservation=cand.reservation if release else None, prefix_key=outcome.prefix_key if ok else None),
+            reservation=reservation, prefix_key=outcome.prefix_key if ok else None),
             ok and not cand.probe and outcome.prefix_key is None)
 
     # ---- streams ------------------------------------------------------------
@@ -577,6 +648,10 @@ class Gateway:
             yield UsageUpdate(Usage())
 
         return Reply(200, headers, "text/event-stream", stream=codec.render_stream(events()))
+
+
+def _has_limits(limits: Any) -> bool:
+    return any(v is not None for v in limits.__dict__.values())
 
 
 def _route_endpoint(exchange: Exchange) -> str:

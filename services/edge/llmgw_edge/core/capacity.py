@@ -1,0 +1,252 @@
+"""Capacity leases on the edge: requests on routes with limits admitted here, from capacity the router leased.
+
+A route is (provider, logical model, the caller's key id). For each, the edge holds the leases the router
+granted it (``llmgw_common.capacity``): N requests with N x a per-request estimate reserved in every window
+they draw on. A request is admitted from a live lease when its own estimate (tokens in, tokens out and cost,
+each computed as the router computes them) still fits in what the lease has left, field by field: so what
+the edge admits from a lease never passes what the router reserved, and the router's invariant (consumed +
+reserved by live leases <= limit) holds for every window. The request then carries a ``Reservation`` naming
+the lease; its usage event settles its actual usage (the usage service), as for a per-request admission.
+
+- A request that finds no lease with room asks for one (one question per route in flight: the others wait
+  for its answer); a lease more than two thirds through its life or its requests is replaced ahead of
+  time, off the request's path, unless the router granted less than asked (little is left: a lease nobody
+  uses would hold capacity another edge is refused for). The size asked for follows the route's demand
+  (requests per lease period, a moving average) plus the requests waiting; the router answers with one
+  request when little is left.
+- A lease is given back (what was not admitted returns at once) when it is used up, when it ends (the
+  sweep), and at shutdown. An attempt that failed is taken back into its lease while the edge still holds
+  it (the failed request used nothing); once given back, its estimate stays counted: never too little.
+- When the router cannot be asked, live leases keep serving until they end; a route with no lease left is
+  refused (``Refusal.unavailable``: a 503 with Retry-After), never admitted past a limit.
+
+No NATS here: ``ask`` and ``give_back`` are injected (the edge's ``lease_client``); tests drive this with
+fakes and a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn
+from llmgw_common.ids import new_id
+from llmgw_common.messages import Reservation
+
+RouteKey = tuple[str, str, str | None]  # provider, logical model, the caller's key id
+
+END_MARGIN_S = 0.1  # a lease stops admitting this long before its end: clocks and the way to the router
+RENEW_AT = 2 / 3  # of a lease's life or requests: the next one is asked for, off the request's path
+MAX_WANTED = 10_000
+MAX_ROUNDS = 3  # questions one request waits for before it leaves the decision to the router
+MAX_ESTIMATE = 10**9  # tokens: what a LeaseAsk carries at most
+AWAY_S = 1.0  # after the router could not be asked: a route with no lease left is refused at once this long
+DEMAND_ALPHA = 0.5
+
+
+class RouterUnavailable(Exception):
+    """The router could not be asked (no answer in time, no responders, NATS away, its Redis away)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+    unavailable: bool = False  # the router could not be asked: a 503, else the limit is reached: a 429
+    ask_router: bool = False  # the lease way does not fit this request: the router admits it on its own
+    retry_after_s: float = 1.0
+
+
+@dataclass(slots=True)
+class _Lease:
+    grant: LeaseGrant
+    until: float  # epoch s when it stops admitting
+    started: float
+    admitted: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_nano: int = 0
+    returned: bool = False
+
+    def take(self, tokens_in: int, tokens_out: int, cost_nano: int) -> bool:
+        g = self.grant
+        if (self.admitted >= g.n or self.tokens_in + tokens_in > g.n * g.tokens_in
+                or self.tokens_out + tokens_out > g.n * g.tokens_out or self.cost_nano + cost_nano > g.n * g.cost_nano):
+            return False
+        self.admitted += 1
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+        self.cost_nano += cost_nano
+        return True
+
+    def due_for_renewal(self, now: float) -> bool:
+        life = self.until - self.started
+        return now >= self.started + life * RENEW_AT or self.admitted >= self.grant.n * RENEW_AT
+
+    def back(self) -> LeaseReturn:
+        return LeaseReturn(lease_id=self.grant.lease_id, admitted=self.admitted, tokens_in=self.tokens_in,
+                           tokens_out=self.tokens_out, cost_nano=self.cost_nano)
+
+
+@dataclass(slots=True)
+class _Route:
+    leases: list[_Lease] = field(default_factory=list)
+    asking: asyncio.Future | None = None  # the question in flight: LeaseGrant, or RouterUnavailable
+    waiting: int = 0
+    admitted: int = 0  # since the last question: the demand
+    since: float = 0.0
+    rate: float = 0.0  # requests per second, a moving average
+    # the router granted less than asked: little is left of a limit. No lease is asked for ahead of time
+    # then: one nobody uses would hold capacity another edge's request is refused for
+    scarce: bool = False
+
+
+class CapacityCache:
+    def __init__(self, edge: str, ask: Callable[[LeaseAsk], Awaitable[LeaseGrant]],
+                 give_back: Callable[[LeaseReturn], None], ttl_s: Callable[[], float],
+                 clock: Callable[[], float] = time.time):
+        self.edge = edge
+        self._ask = ask
+        self._give_back = give_back
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._routes: dict[RouteKey, _Route] = {}
+        self._held: dict[str, _Lease] = {}  # lease id -> lease, until given back
+        self._tasks: set[asyncio.Task] = set()
+        self.router_lost = False  # the last question found no router: serving from leases (health says so)
+        self._away_until = 0.0
+
+    async def take(self, route: RouteKey, tokens_in: int, tokens_out: int) -> Reservation | Refusal:
+        """A reservation from a lease of ``route`` for a request of this estimate, or why there is none."""
+        if tokens_in > MAX_ESTIMATE or tokens_out > MAX_ESTIMATE:  # no lease is sized for it: the router judges
+            return Refusal("an estimate no lease is sized for", ask_router=True)
+        r = self._routes.get(route)
+        if r is None:
+            r = self._routes[route] = _Route(since=self._clock())
+        for round_ in range(MAX_ROUNDS + 1):
+            reservation = self._from_leases(route, r, tokens_in, tokens_out)
+            if reservation is not None:
+                return reservation
+            if round_ == MAX_ROUNDS:  # a lease this request waited for went to others each time
+                break
+            if self._clock() < self._away_until:  # asked a moment ago and found nobody: not again yet
+                return Refusal(f"the router cannot be reached and no capacity lease of {route[0]} is left",
+                               unavailable=True)
+            if r.asking is None:
+                self._start_asking(route, r, tokens_in, tokens_out)
+            assert r.asking is not None
+            r.waiting += 1
+            try:
+                outcome = await asyncio.shield(r.asking)
+            finally:
+                r.waiting -= 1
+            if isinstance(outcome, RouterUnavailable):
+                return Refusal(f"the router cannot be reached and no capacity lease of {route[0]} is left",
+                               unavailable=True)
+            if outcome.n == 0:
+                if not outcome.reason.endswith("reached"):  # cooling, a breaker, no lease for it: the router
+                    return Refusal(outcome.reason, ask_router=True)
+                return Refusal(outcome.reason, retry_after_s=outcome.retry_after_s or 1.0)
+        return Refusal("capacity leases are taken faster than granted", ask_router=True)
+
+    def release(self, reservation: Reservation) -> bool:
+        """A failed attempt: its request used nothing. Taken back into its lease while the edge holds it."""
+        lease = self._held.get(reservation.lease or "")
+        if lease is None or lease.returned or lease.admitted == 0:
+            return False
+        lease.admitted -= 1
+        lease.tokens_in -= reservation.tokens_in
+        lease.tokens_out -= reservation.tokens_out
+        lease.cost_nano -= reservation.cost_nano
+        return True
+
+    def sweep(self) -> None:
+        """Leases that ended go back; routes idle for a while are forgotten."""
+        now = self._clock()
+        for route, r in list(self._routes.items()):
+            for lease in [x for x in r.leases if now >= x.until]:
+                self._retire(r, lease)
+            if not r.leases and r.asking is None and now - r.since > 10 * self._ttl_s():
+                del self._routes[route]
+
+    async def close(self) -> None:
+        """At shutdown: every lease held goes back (the client sends what it can before NATS closes)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for r in self._routes.values():
+            for lease in list(r.leases):
+                self._retire(r, lease)
+
+    @property
+    def live_leases(self) -> int:
+        now = self._clock()
+        return sum(1 for lease in self._held.values() if now < lease.until)
+
+    # ---- inside -------------------------------------------------------------------------------------
+
+    def _from_leases(self, route: RouteKey, r: _Route, tokens_in: int, tokens_out: int) -> Reservation | None:
+        now = self._clock()
+        for lease in r.leases:
+            if now >= lease.until:
+                continue
+            g = lease.grant
+            cost = g.cost_of(tokens_in, tokens_out)
+            if not lease.take(tokens_in, tokens_out, cost):
+                continue
+            r.admitted += 1
+            if lease.admitted >= g.n:  # used up: what it reserved beyond these estimates goes back now
+                self._retire(r, lease)
+            elif r.asking is None and not r.scarce and lease.due_for_renewal(now) and len(r.leases) == 1:
+                self._start_asking(route, r, tokens_in, tokens_out)
+            return Reservation(provider=route[0], model=route[1], at_s=g.at_s, tokens_in=tokens_in,
+                               tokens_out=tokens_out, cost_nano=cost, key_id=g.key_id, lease=g.lease_id)
+        return None
+
+    def _wanted(self, r: _Route) -> int:
+        now = self._clock()
+        elapsed = max(now - r.since, 1e-3)
+        r.rate = DEMAND_ALPHA * r.rate + (1 - DEMAND_ALPHA) * r.admitted / elapsed if r.rate else r.admitted / elapsed
+        r.admitted, r.since = 0, now
+        return max(1, min(MAX_WANTED, math.ceil(r.rate * self._ttl_s()) + r.waiting + 1))
+
+    def _start_asking(self, route: RouteKey, r: _Route, tokens_in: int, tokens_out: int) -> None:
+        ask = LeaseAsk(lease_id=new_id(), edge=self.edge, provider=route[0], model=route[1], key_id=route[2],
+                       wanted=self._wanted(r), tokens_in=tokens_in, tokens_out=tokens_out)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        r.asking = future
+        task = asyncio.get_running_loop().create_task(self._asked(r, ask, future))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _asked(self, r: _Route, ask: LeaseAsk, future: asyncio.Future) -> None:
+        try:
+            grant = await self._ask(ask)
+        except RouterUnavailable as exc:
+            self.router_lost = True
+            self._away_until = self._clock() + AWAY_S
+            future.set_result(exc)
+            return
+        except BaseException as exc:  # cancelled at shutdown, or a bug: the waiters are told "unavailable"
+            future.set_result(RouterUnavailable(type(exc).__name__))
+            raise
+        finally:
+            r.asking = None
+        self.router_lost = False
+        r.scarce = grant.n < ask.wanted
+        if grant.n > 0:
+            now = self._clock()
+            lease = _Lease(grant, until=grant.until_ms / 1000 - END_MARGIN_S, started=now)
+            r.leases.append(lease)
+            self._held[grant.lease_id] = lease
+        future.set_result(grant)
+
+    def _retire(self, r: _Route, lease: _Lease) -> None:
+        if lease in r.leases:
+            r.leases.remove(lease)
+        if lease.returned:
+            return
+        lease.returned = True
+        self._held.pop(lease.grant.lease_id, None)
+        self._give_back(lease.back())

@@ -1,0 +1,115 @@
+"""Asks the routers for capacity leases and gives them back, over NATS request/reply (``core/capacity.py``).
+
+A question for a lease is asked again, like a routing question, when its router replica died holding it or
+none is subscribed yet, within ``decide_timeout_s`` in all; each try has its own lease id, and a try that
+got no answer is given back by id (a router may still get it once a frozen NATS or router resumes: a lease
+given back first is never granted, ``capacity_leases.GIVE_BACK_LUA``).
+
+Give-backs never block the request that ends a lease: one task sends what is pending and asks again,
+backing off, until a router confirms; a give-back is dropped once the reaper would have taken its lease
+anyway (``lease_ttl_s`` + ``routing.abandoned_after_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+
+from llmgw_common import subjects
+from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn, LeaseReturned
+from llmgw_common.config import RoutingConfig
+from llmgw_common.ids import new_id
+from llmgw_common.nats_conn import RemoteError, request
+
+from .core.capacity import RouterUnavailable
+
+log = logging.getLogger("llmgw.edge.leases")
+
+TRY_SHARE = 0.4  # of decide_timeout_s for one try
+MIN_TRY_S = 0.25
+NO_RESPONDER_PAUSE_S = 0.05
+FIRST_PAUSE_S = 0.2
+MAX_PAUSE_S = 2.0
+GIVE_BACK_TIMEOUT_S = 2.0
+MAX_PENDING = 100_000
+BATCH = 64  # give-backs asked at once
+
+
+class LeaseClient:
+    def __init__(self, nc, routing: Callable[[], RoutingConfig]):
+        self.nc = nc
+        self.routing = routing
+        self._pending: dict[str, tuple[LeaseReturn, float]] = {}  # lease id -> (give-back, until when)
+        self._sender: asyncio.Task | None = None
+
+    async def ask(self, ask: LeaseAsk) -> LeaseGrant:
+        timeout = self.routing().decide_timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RouterUnavailable(f"no router answered within {timeout:g}s")
+            try:
+                return await request(self.nc, subjects.ROUTER_LEASE_GRANT, ask, LeaseGrant,
+                                     min(left, max(MIN_TRY_S, timeout * TRY_SHARE)))
+            except NatsTimeoutError:  # its replica died holding it, or it is frozen: a new id, this one back
+                self.give_back(LeaseReturn(lease_id=ask.lease_id))
+                ask = LeaseAsk(lease_id=new_id(), edge=ask.edge, provider=ask.provider, model=ask.model,
+                               key_id=ask.key_id, wanted=ask.wanted, tokens_in=ask.tokens_in,
+                               tokens_out=ask.tokens_out)
+            except NoRespondersError:  # no router subscribed (restarting), or NATS away
+                await asyncio.sleep(min(NO_RESPONDER_PAUSE_S, max(0.0, deadline - time.monotonic())))
+            except RemoteError as exc:  # the router's Redis is away: nothing was granted
+                raise RouterUnavailable(str(exc)) from None
+            except Exception as exc:
+                if self.nc.is_connected:
+                    raise RouterUnavailable(type(exc).__name__) from None
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def give_back(self, back: LeaseReturn) -> None:
+        """Never blocks: the sender task delivers it."""
+        if len(self._pending) >= MAX_PENDING:
+            log.warning("too many capacity leases to give back: %s left to the reaper", back.lease_id)
+            return
+        routing = self.routing()
+        self._pending[back.lease_id] = (back, time.monotonic() + routing.lease_ttl_s + routing.lease_s)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_pending(), name="lease-give-backs")
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def _send_pending(self) -> None:
+        pause = FIRST_PAUSE_S
+        while self._pending:
+            now = time.monotonic()
+            for lease_id in [i for i, (_b, until) in self._pending.items() if until <= now]:
+                del self._pending[lease_id]  # the reaper has it
+            if not self._pending:
+                return
+            batch = [back for back, _until in list(self._pending.values())[:BATCH]]
+            answers = await asyncio.gather(*(request(self.nc, subjects.ROUTER_LEASE_RETURN, back, LeaseReturned,
+                                                     GIVE_BACK_TIMEOUT_S) for back in batch), return_exceptions=True)
+            for back, answer in zip(batch, answers):
+                if not isinstance(answer, BaseException):
+                    self._pending.pop(back.lease_id, None)
+            if any(isinstance(answer, BaseException) for answer in answers):
+                # no router, NATS away, or the router's Redis away: again, later
+                await asyncio.sleep(pause)
+                pause = min(MAX_PAUSE_S, pause * 2)
+            else:
+                pause = FIRST_PAUSE_S
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """At shutdown: what is pending goes back if a router answers within ``timeout``."""
+        if self._sender is not None and not self._sender.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sender), timeout)
+            except TimeoutError:
+                pass
+            self._sender.cancel()

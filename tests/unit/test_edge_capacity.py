@@ -1,0 +1,215 @@
+"""The edge's capacity leases (core/capacity.py) and the gateway admitting routes with limits from them:
+in-process, a fake router whose plans are reusable and a fake lease granter keeping a request limit the way
+the router's GRANT script does (N at most what is left). The real scripts are tested on Redis in
+tests/service/test_capacity_leases.py, the whole stack with 2 edges and 2 routers in
+tests/e2e/test_capacity_leases.py."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from edge_fakes import Events, FakeRouter, MockResponse, MockTransport
+from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn
+from llmgw_common.config import GatewayConfig
+from llmgw_common.messages import RouteDecision, RouteRequest
+from llmgw_edge.api.openai_chat import OpenAIChatCodec
+from llmgw_edge.core.capacity import CapacityCache, Refusal, RouterUnavailable
+from llmgw_edge.core.errors import GatewayError
+from llmgw_edge.core.gateway import Deps, Gateway
+from llmgw_edge.providers import build_provider
+
+USER = [{"role": "user", "content": "hello"}]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Granter:
+    """A request limit per provider, granted as the router grants: N = min(wanted, what is left), minus
+    what was given back; 1 request of 10 + 20 tokens at $0.001 each (1,000,000 nano-USD)."""
+
+    def __init__(self, limits: dict[str, int], clock: Clock, ttl_s: float = 2.0):
+        self.limits = limits
+        self.reserved: dict[str, int] = {p: 0 for p in limits}
+        self.clock = clock
+        self.ttl_s = ttl_s
+        self.asks: list[LeaseAsk] = []
+        self.returns: list[LeaseReturn] = []
+        self.granted: dict[str, tuple[str, int]] = {}
+        self.away = False
+
+    async def ask(self, ask: LeaseAsk) -> LeaseGrant:
+        self.asks.append(ask)
+        if self.away:
+            raise RouterUnavailable("no responders")
+        left = self.limits[ask.provider] - self.reserved[ask.provider]
+        n = max(0, min(ask.wanted, left))
+        if n == 0:
+            return LeaseGrant(lease_id=ask.lease_id, n=0, reason="requests_per_minute on provider reached",
+                              retry_after_s=7)
+        self.reserved[ask.provider] += n
+        self.granted[ask.lease_id] = (ask.provider, n)
+        return LeaseGrant(lease_id=ask.lease_id, n=n, until_ms=int((self.clock.now + self.ttl_s) * 1000), at_s=1,
+                          tokens_in=ask.tokens_in, tokens_out=ask.tokens_out, cost_nano=1_000_000, free=False,
+                          per_request=Decimal("0.001"))
+
+    def give_back(self, back: LeaseReturn) -> None:
+        self.returns.append(back)
+        provider, n = self.granted.pop(back.lease_id)
+        self.reserved[provider] -= n - back.admitted
+
+
+def _config(leases: bool = True) -> GatewayConfig:
+    return GatewayConfig.model_validate({"version": 1, "routing": {"retry": {"attempts": 0}, "leases": leases},
+                                         "providers": [
+        {"id": "free", "type": "openai", "base_url": "http://free.test/v1", "api_key": "k", "free_tier": True,
+         "limits": {"requests_per_minute": 3}, "models": [{"name": "m"}]},
+        {"id": "paid", "type": "openai", "base_url": "http://paid.test/v1", "api_key": "k",
+         "models": [{"name": "m"}]}]})
+
+
+class Router(FakeRouter):
+    async def decide(self, request: RouteRequest) -> RouteDecision:
+        decision = await super().decide(request)
+        decision.reusable_s = 60.0  # as the router marks a plan with limits reusable while routing.leases is on
+        for later in decision.candidates[1:]:  # the router reserves for the admitted candidate only
+            later.reservation = None
+        return decision
+
+
+class Harness:
+    def __init__(self, leases: bool = True, failing: set[str] | None = None):
+        cfg = _config(leases)
+        self.clock = Clock()
+        self.granter = Granter({"free": 3, "paid": 0}, self.clock)
+        self.capacity = CapacityCache("edge-t", self.granter.ask, self.granter.give_back, lambda: 2.0,
+                                      clock=self.clock)
+        self.router = Router(cfg)
+        self.events = Events()
+        self.failing = failing or set()
+        self.sent: list[str] = []
+        providers = {p.id: build_provider(p, MockTransport(self._answer), Path("/tmp")) for p in cfg.providers}
+        self.gateway = Gateway(Deps(config=cfg, providers=providers, decide=self.router.decide,
+                                    report=self.router.report, publish=self.events, capacity=self.capacity))
+
+    def _answer(self, request) -> MockResponse:
+        provider = request.url.split("//")[1].split(".")[0]
+        self.sent.append(provider)
+        if provider in self.failing:
+            return MockResponse(503, json={"error": {"message": "down"}})
+        return MockResponse(json={"id": "c", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+
+    async def ask(self):
+        codec = OpenAIChatCodec()
+        exchange = codec.parse(json.dumps({"model": "m", "messages": USER, "max_tokens": 20}).encode(), {})
+        return await self.gateway.handle(exchange, codec)
+
+
+async def test_a_limited_route_on_a_reused_plan_is_admitted_from_a_lease_then_fails_over_in_order():
+    h = Harness()
+    providers = [(await h.ask()).headers["x-llmgw-provider"] for _ in range(6)]
+    # the first request asked the router (its admission); the next ones were admitted here, from leases of the
+    # free tier until its limit of 3 was granted, then the paid provider (no limit), as the router orders them
+    assert len(h.router.requests) == 1
+    assert providers == ["free", "free", "free", "free", "paid", "paid"]
+    leased = [e.reservation for e in h.events[1:4]]
+    assert all(r is not None and r.lease and r.provider == "free" and r.tokens_out == 20 for r in leased)
+    assert [e.reservation for e in h.events[4:]] == [None, None]  # the paid route draws on no limit
+    assert h.granter.reserved["free"] == 3 and sum(a.wanted for a in h.granter.asks) >= 3
+    assert "free skipped: requests_per_minute on provider reached" in h.events[-1].route_reason
+
+
+async def test_with_leases_off_a_limited_plan_is_never_admitted_by_the_edge():
+    h = Harness(leases=False)
+    for _ in range(3):
+        await h.ask()
+    assert len(h.router.requests) == 3 and h.granter.asks == []
+
+
+async def test_what_the_edge_admits_from_a_lease_never_passes_what_was_reserved():
+    clock = Clock()
+    granter = Granter({"free": 100}, clock)
+    cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 2.0, clock=clock)
+    route = ("free", "m", None)
+    await cache.take(route, 10, 20)  # no demand known yet: a lease of one
+    first = await cache.take(route, 10, 20)  # demand: a bigger lease, sized with this request's estimate
+    assert not isinstance(first, Refusal)
+    grant_n = granter.granted[first.lease][1]
+    taken = [first]
+    for tokens_in in (10, 4, 11, 10, 10, 10, 10, 10, 10, 10):
+        got = await cache.take(route, tokens_in, 20)
+        if not isinstance(got, Refusal) and got.lease == first.lease:
+            taken.append(got)
+    assert len(taken) <= grant_n
+    assert sum(r.tokens_in for r in taken) <= grant_n * 10 and sum(r.tokens_out for r in taken) <= grant_n * 20
+    assert all(r.cost_nano == 1_000_000 for r in taken)  # priced as the router prices: $0.001 a request
+
+
+async def test_a_failed_attempt_goes_back_into_its_lease_and_its_outcome_releases_nothing():
+    h = Harness()
+    h.granter.limits["free"] = 100
+    for _ in range(3):  # the router's admission and the plan, a first lease of one, then a bigger one
+        await h.ask()
+    held = next(iter(h.capacity._held.values()))
+    admitted = held.admitted
+    h.failing = {"free"}
+    reply = await h.ask()
+    assert reply.headers["x-llmgw-provider"] == "paid"  # failed over through the router
+    failed = [o for o in h.router.outcomes if not o.ok and o.provider == "free"]
+    assert failed and failed[-1].reservation is None  # the lease's give-back settles it, never the outcome
+    assert held.admitted == admitted and not held.returned  # taken back: the failed request used nothing
+
+
+async def test_with_the_router_away_live_leases_serve_then_a_clean_503_with_retry_after():
+    h = Harness()
+    h.granter.limits["free"] = 100
+    h.granter.ttl_s = 30
+    for _ in range(3):  # the plan, a first lease of one request, then a bigger one
+        await h.ask()
+    held = next(iter(h.capacity._held.values()))
+    h.granter.away = True
+    while held.admitted < held.grant.n:  # the lease keeps serving while the router is away
+        assert (await h.ask()).headers["x-llmgw-provider"] == "free"
+    reply = await h.ask()  # none left: the route with a limit is skipped, the paid one without a limit serves
+    assert reply.headers["x-llmgw-provider"] == "paid" and h.capacity.router_lost
+    limited = h.gateway.deps.config.model_dump(mode="json")
+    limited["providers"][1]["limits"] = {"requests_per_minute": 5}  # now every candidate has a limit
+    h.gateway.deps.config = GatewayConfig.model_validate(limited)
+    with pytest.raises(GatewayError) as refused:
+        await h.ask()
+    assert refused.value.status == 503 and refused.value.headers["retry-after"] == "1"
+
+
+async def test_leases_go_back_when_they_end_and_at_shutdown():
+    clock = Clock()
+    granter = Granter({"free": 100, "paid": 100}, clock)
+    cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 2.0, clock=clock)
+    for _ in range(3):
+        await cache.take(("free", "m", None), 10, 20)
+    await cache.take(("paid", "m", None), 10, 20)
+    clock.now += 5  # past every lease's end: the sweep gives them back with what they admitted
+    cache.sweep()
+    assert granter.granted == {} and sum(granter.reserved.values()) == 4 and cache.live_leases == 0
+    await cache.take(("paid", "m", None), 10, 20)  # demand now known: a lease of more than one
+    assert cache.live_leases == 1 and sum(granter.reserved.values()) > 5
+    await cache.close()  # at shutdown: what was not admitted goes back
+    assert granter.granted == {} and sum(granter.reserved.values()) == 5
+
+
+async def test_an_estimate_no_lease_message_can_carry_is_left_to_the_router():
+    clock = Clock()
+    granter = Granter({"free": 100}, clock)
+    cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 2.0, clock=clock)
+    got = await cache.take(("free", "m", None), 10, 2 * 10**9)
+    assert isinstance(got, Refusal) and got.ask_router and granter.asks == []
