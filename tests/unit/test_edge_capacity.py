@@ -2,7 +2,7 @@
 in-process, a fake router whose plans are reusable and a fake lease granter keeping a request limit the way
 the router's GRANT script does (N at most what is left). The real scripts are tested on Redis in
 tests/service/test_capacity_leases.py, the whole stack with 2 edges and 2 routers in
-tests/e2e/test_capacity_leases.py."""
+tests/e2e/test_leased_admission.py."""
 
 from __future__ import annotations
 
