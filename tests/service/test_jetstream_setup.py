@@ -11,7 +11,7 @@ import pytest
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
 from llmgw_common.config import ConfigError
-from llmgw_common.jetstream import REPLICAS_ENV, ensure_bucket, ensure_stream, replicas_setting
+from llmgw_common.jetstream import REPLICAS_ENV, WATCH_HEARTBEAT_S, ensure_bucket, ensure_stream, replicas_setting
 from llmgw_common.nats_conn import connect_nats, server_urls
 
 pytestmark = pytest.mark.integration
@@ -81,6 +81,11 @@ async def test_a_bucket_is_created_once_and_left_as_it_is(js, caplog):
     assert (kept.max_msgs_per_subject, kept.max_bytes) == (5, 1_000_000)
     assert [r.getMessage() for r in caplog.records] == [
         f"stream KV_{BUCKET}: max_msgs_per_subject is 5 where this release creates 10; left as it is"]
+
+    # its watches ask for a heartbeat every second: on a cluster, a watch whose node died is made again fast
+    watcher = await kv.watchall()
+    assert [c.config.idle_heartbeat for c in await js.consumers_info(f"KV_{BUCKET}")] == [WATCH_HEARTBEAT_S]
+    await watcher.stop()
 
 
 async def test_the_replicas_setting_changes_only_the_replicas(js, monkeypatch, caplog):
