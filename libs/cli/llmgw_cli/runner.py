@@ -221,7 +221,8 @@ import nats
 
 async def probe(url, timeout):
     deadline = time.monotonic() + timeout
-    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=5)
+    nodes = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: every node its own server
+    nc = await nats.connect(nodes, connect_timeout=2, max_reconnect_attempts=5)
     try:
         while True:
             try:

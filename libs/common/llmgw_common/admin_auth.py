@@ -206,17 +206,12 @@ class SessionStore:
     async def open(cls, js, ttl_s: float = SESSION_TTL_S) -> SessionStore:
         """The bucket, created on first use (by whichever replica starts first)."""
         from nats.js.api import KeyValueConfig
-        from nats.js.errors import BucketNotFoundError
 
-        try:
-            kv = await js.key_value(SESSIONS_BUCKET)
-        except BucketNotFoundError:
-            try:
-                kv = await js.create_key_value(KeyValueConfig(
-                    bucket=SESSIONS_BUCKET, history=1, ttl=ttl_s, max_bytes=MAX_SESSION_BYTES,
-                    description="llmgw admin API login sessions (SHA-256 of the id -> role, expiry)"))
-            except Exception:  # another replica created it meanwhile
-                kv = await js.key_value(SESSIONS_BUCKET)
+        from .jetstream import ensure_bucket
+
+        kv = await ensure_bucket(js, KeyValueConfig(
+            bucket=SESSIONS_BUCKET, history=1, ttl=ttl_s, max_bytes=MAX_SESSION_BYTES,
+            description="llmgw admin API login sessions (SHA-256 of the id -> role, expiry)"))
         return cls(kv, ttl_s)
 
     @staticmethod

@@ -60,16 +60,15 @@ async def open_bucket(js, create: bool = True):
     from nats.js.api import KeyValueConfig
     from nats.js.errors import BucketNotFoundError
 
-    try:
-        return await js.key_value(CONFIG_BUCKET)
-    except BucketNotFoundError:
-        if not create:
+    from .jetstream import ensure_bucket
+
+    if not create:
+        try:
+            return await js.key_value(CONFIG_BUCKET)
+        except BucketNotFoundError:
             return None
-    try:
-        return await js.create_key_value(KeyValueConfig(bucket=CONFIG_BUCKET, history=HISTORY,
-                                                        description="llmgw gateway config (YAML text)"))
-    except Exception:  # another process created it meanwhile
-        return await js.key_value(CONFIG_BUCKET)
+    return await ensure_bucket(js, KeyValueConfig(bucket=CONFIG_BUCKET, history=HISTORY,
+                                                  description="llmgw gateway config (YAML text)"))
 
 
 async def current(kv) -> Revision | None:

@@ -129,16 +129,11 @@ class KeyStore:
     @classmethod
     async def open(cls, js) -> KeyStore:
         from nats.js.api import KeyValueConfig
-        from nats.js.errors import BucketNotFoundError
 
-        try:
-            kv = await js.key_value(KEYS_BUCKET)
-        except BucketNotFoundError:
-            try:
-                kv = await js.create_key_value(KeyValueConfig(bucket=KEYS_BUCKET, history=5,
-                                                              description="llmgw gateway API keys (hashes)"))
-            except Exception:  # another process created it meanwhile
-                kv = await js.key_value(KEYS_BUCKET)
+        from .jetstream import ensure_bucket
+
+        kv = await ensure_bucket(js, KeyValueConfig(bucket=KEYS_BUCKET, history=5,
+                                                    description="llmgw gateway API keys (hashes)"))
         return cls(kv)
 
     async def create(self, name: str, *, models: list[str] | None = None, providers: list[str] | None = None,

@@ -12,10 +12,10 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 
 from . import metrics, subjects, tracing
 from .config import mask_url
+from .jetstream import ensure_stream
 from .messages import Message
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,13 @@ RECONNECT_WAIT_S = 0.5  # between attempts at the same server: a restarted nats-
 PING_INTERVAL_S = 5  # a connection whose server stopped answering (no FIN/RST: host gone, network cut) ...
 MAX_OUTSTANDING_PINGS = 2  # ... is declared stale after two unanswered pings, then reconnected
 CONNECT_TIMEOUT_S = 2
+
+
+def server_urls(url: str) -> list[str]:
+    """``NATS_URL`` as the list of servers it names: one URL, or a cluster's comma-separated (as the nats CLI
+    takes it). nats-py takes a single string as one server, so each node must be handed over on its own:
+    a service starts while any of them answers."""
+    return [u.strip() for u in url.split(",") if u.strip()]
 
 
 async def connect_nats(url: str, name: str) -> NATS:
@@ -49,7 +56,7 @@ async def connect_nats(url: str, name: str) -> NATS:
         log.info("nats reconnected")
 
     return await nats.connect(
-        servers=[url],
+        servers=server_urls(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=RECONNECT_WAIT_S,
@@ -80,12 +87,12 @@ async def connect_once(url: str, name: str, connect_timeout_s: float = CONNECT_T
 
     try:
         return await asyncio.wait_for(
-            nats.connect(url, name=name, connect_timeout=connect_timeout_s, allow_reconnect=False,
+            nats.connect(server_urls(url), name=name, connect_timeout=connect_timeout_s, allow_reconnect=False,
                          max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=quiet),
             deadline_s)
     except Exception as exc:  # noqa: BLE001 - refused, timed out, no servers, TLS, auth: all the same to the user
         detail = str(exc).strip() or type(exc).__name__
-        raise NatsUnreachable(f"no NATS answers at {mask_url(url)} ({detail})") from None
+        raise NatsUnreachable(f"no NATS answers at {', '.join(map(mask_url, server_urls(url)))} ({detail})") from None
 
 
 class NotConnectedError(NoRespondersError):
@@ -154,7 +161,8 @@ async def _request(nc: NATS, subject: str, msg: Message, reply_type: type[M], ti
 
 
 async def ensure_usage_stream(js, max_age_s: float, max_bytes: int) -> None:
-    """Create or update the usage stream (file storage, limits from config)."""
+    """Create the usage stream (file storage) when missing; its max age and size follow the config (the one
+    part of an existing stream a start changes: see ``jetstream``)."""
     cfg = StreamConfig(
         name=subjects.USAGE_STREAM,
         subjects=[subjects.USAGE_EVENT_WILDCARD],
@@ -166,8 +174,4 @@ async def ensure_usage_stream(js, max_age_s: float, max_bytes: int) -> None:
         # publishers set Nats-Msg-Id = event id: a retried publish is stored once
         duplicate_window=120.0,
     )
-    try:
-        await js.stream_info(subjects.USAGE_STREAM)
-        await js.update_stream(cfg)
-    except NotFoundError:
-        await js.add_stream(cfg)
+    await ensure_stream(js, cfg, owned=("max_age", "max_bytes"))

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from llmgw_common import subjects
+from llmgw_common import jetstream, subjects
 from llmgw_common.messages import DeadLetter, UsageDeadLetters, UsageDeadLettersQuery
 
 from .domain import MAX_EVENT_BYTES, Refusal
@@ -65,13 +65,8 @@ def stream_config() -> StreamConfig:
 
 
 async def ensure_stream(js) -> None:
-    """Create the dead-letter stream, or bring it to this config."""
-    cfg = stream_config()
-    try:
-        await js.stream_info(subjects.USAGE_DLQ_STREAM)
-        await js.update_stream(cfg)
-    except NotFoundError:
-        await js.add_stream(cfg)
+    """Create the dead-letter stream when missing (an existing one is left as it is: see ``jetstream``)."""
+    await jetstream.ensure_stream(js, stream_config())
 
 
 def _header_text(text: str, limit: int = DETAIL_CHARS) -> str:
