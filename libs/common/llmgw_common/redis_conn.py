@@ -1,13 +1,30 @@
-"""Redis connection helper (redis-py asyncio; works with Valkey too)."""
+"""Redis connection helper (redis-py asyncio; works with Valkey too): the one place that knows whether
+``REDIS_URL`` names one Redis, a Sentinel set or a Redis Cluster (docs/scaling.md, "Redis").
+
+- ``redis://``, ``rediss://``, ``unix://``: one server (redis-py's own URL forms).
+- ``redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/<db>][?sentinel_password=...]``:
+  the primary the sentinels name for ``<service>``, followed through a failover. Credentials are the data
+  nodes'; ``sentinel_password`` the sentinels' own, when they require one. redis-py has no URL for it.
+- ``redis+cluster://[[user]:password@]host:port[,host:port...]``: a Redis Cluster found from these nodes.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
 import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool, Connection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from llmgw_common import redis_keys
 
 MAX_CONNECTIONS = 64
 
@@ -38,15 +55,150 @@ class _PackedConnection(Connection):
         return [hiredis.pack_command(args)]
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
+DEFAULT_PORTS = {SENTINEL_SCHEME: 26379, CLUSTER_SCHEME: 6379}
+
+
+@dataclass(frozen=True)
+class NodeSet:
+    """What a ``redis+sentinel://`` or ``redis+cluster://`` URL names."""
+
+    scheme: str
+    nodes: list[tuple[str, int]]
+    username: str | None = None
+    password: str | None = None
+    service: str = ""  # sentinel: the monitored primary's name
+    db: int = 0
+    sentinel_password: str | None = None
+
+
+def parse_node_set(url: str) -> NodeSet:
+    """A sentinel or cluster URL taken apart; ValueError saying what is wrong (never echoing a password)."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in DEFAULT_PORTS:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// or {CLUSTER_SCHEME}:// URL")
+    parts = urlsplit("//" + rest)
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = credentials.partition(":")
+        username, password = (unquote(user) or None), (unquote(secret) if colon else None)
+    nodes = []
+    for node in (n.strip() for n in hosts.split(",")):
+        bare = ":" not in node or node.endswith("]")  # no port (an IPv6 address comes in brackets)
+        host, colon, port = (node, "", "") if bare else node.rpartition(":")
+        if not host:
+            raise ValueError(f"{scheme}://: a node without a host in {hosts!r}")
+        if colon and not port.isdigit():
+            raise ValueError(f"{scheme}://: the port of {host} is not a number")
+        nodes.append((host.strip("[]"), int(port) if colon else DEFAULT_PORTS[scheme]))
+    path = [p for p in parts.path.split("/") if p]
+    query = parse_qs(parts.query)
+    if scheme == CLUSTER_SCHEME:
+        if path:
+            raise ValueError(f"{CLUSTER_SCHEME}:// takes no path: a Redis Cluster has only database 0")
+        return NodeSet(scheme, nodes, username, password)
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"{SENTINEL_SCHEME}:// needs the service name, then optionally the database number: "
+                         f"{SENTINEL_SCHEME}://host:26379,host2:26379/mymaster/0")
+    return NodeSet(scheme, nodes, username, password, service=path[0], db=int(path[1]) if len(path) == 2 else 0,
+                   sentinel_password=query.get("sentinel_password", [None])[0])
+
+
+def _connection_options() -> dict:
+    return dict(decode_responses=True, health_check_interval=HEALTH_CHECK_INTERVAL_S,
+                socket_connect_timeout=SOCKET_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S, socket_keepalive=True,
+                retry=Retry(RETRY_BACKOFF, RETRIES, supported_errors=(RedisConnectionError,)),
+                retry_on_error=[RedisConnectionError])
+
+
 def connect_redis(url: str, max_connections: int = MAX_CONNECTIONS) -> aioredis.Redis:
     """One pooled client per process. The pool blocks (up to 10 s) when every connection is busy
     instead of failing: a burst of concurrent decisions waits its turn rather than erroring."""
+    scheme = url.partition("://")[0].lower()
+    if scheme == SENTINEL_SCHEME:
+        return _connect_sentinel(parse_node_set(url), max_connections)
+    if scheme == CLUSTER_SCHEME:
+        return _connect_cluster(parse_node_set(url), max_connections)  # type: ignore[return-value]
     # redis:// only: for rediss:// and unix:// the URL picks redis-py's own (TLS, socket) connection class
-    packed = {"connection_class": _PackedConnection} if url.lower().startswith("redis://") else {}
+    packed = {"connection_class": _PackedConnection} if scheme == "redis" else {}
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=10, decode_responses=True, **packed,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
-        socket_timeout=SOCKET_TIMEOUT_S, socket_keepalive=True,
-        retry=Retry(RETRY_BACKOFF, RETRIES, supported_errors=(RedisConnectionError,)),
-        retry_on_error=[RedisConnectionError])
+        url, max_connections=max_connections, timeout=10, **packed, **_connection_options())
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+# ---- Sentinel -------------------------------------------------------------------------------------------
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The sentinels' primary, with the blocking pool's waiting turn (redis-py's sentinel pool fails when
+    every connection is busy). A connection that meets a dead primary asks the sentinels again: the
+    retries above fail fast while they elect a new one, then connect to it."""
+
+
+class _SentinelRedis(aioredis.Redis):
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for sentinel in self.connection_pool.sentinel_manager.sentinels:  # the clients asking the sentinels
+            await sentinel.aclose()
+
+
+def _connect_sentinel(target: NodeSet, max_connections: int) -> aioredis.Redis:
+    sentinel_options = dict(socket_connect_timeout=SOCKET_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
+                            password=target.sentinel_password)
+    sentinel = Sentinel(target.nodes, sentinel_kwargs=sentinel_options)
+    return sentinel.master_for(target.service, redis_class=_SentinelRedis,
+                               connection_pool_class=_BlockingSentinelPool, max_connections=max_connections,
+                               timeout=10, db=target.db, username=target.username, password=target.password,
+                               **_connection_options())
+
+
+# ---- Redis Cluster --------------------------------------------------------------------------------------
+
+class _StateSlotScript(AsyncScript):
+    """A script that names no key runs in the slot of the gateway's state (redis_keys.STATE): every key a
+    gateway script touches carries that hash tag, so the script finds them all on that shard. Otherwise
+    redis-py would send it to any primary."""
+
+    async def __call__(self, keys=None, args=None, client=None):
+        keys = list(keys or []) or [redis_keys.STATE]
+        if isinstance(client, ClusterPipeline):
+            # a cluster pipeline cannot load a script a shard lacks (a promoted replica has none): the text
+            # goes along, as EVAL, instead of its digest
+            return client.eval(self.script, len(keys), *keys, *(args or []))
+        return await super().__call__(keys, args, client)
+
+
+class _BoundedPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True):
+        async with self.cluster_client.in_flight:
+            return await super().execute(raise_on_error, allow_redirections)
+
+
+class _GatewayCluster(RedisCluster):
+    """RedisCluster with the gateway's scripts routed to their slot, and with the waiting turn of the
+    blocking pool: redis-py's cluster client fails a command when a node's connections are all busy, so at
+    most ``max_connections`` commands (or pipelines) are in flight, and a burst waits for its turn."""
+
+    def __init__(self, *, max_connections: int, **kwargs):
+        super().__init__(max_connections=max_connections, **kwargs)
+        self.in_flight = asyncio.Semaphore(max_connections)
+
+    async def execute_command(self, *args, **kwargs):
+        async with self.in_flight:
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction=None, shard_hint=None):
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # redis-py's own error
+        return _BoundedPipeline(self, transaction)
+
+    def register_script(self, script):
+        return _StateSlotScript(self, script)
+
+
+def _connect_cluster(target: NodeSet, max_connections: int) -> RedisCluster:
+    return _GatewayCluster(startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+                           max_connections=max_connections, username=target.username, password=target.password,
+                           **_connection_options())
