@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test run test test-fast lint bench check clean web web-test
+.PHONY: install install-test run test test-fast test-cluster lint bench check clean web web-test
 
 # The web UI (services/ui-api/web: Svelte + Vite + TypeScript), built into ui-api's package, which serves it
 # at /. Built again when its files are missing or older than the sources; `make run` starts the gateway
@@ -46,6 +46,10 @@ web-test:
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# tests/cluster: the gateway on NATS and Redis clusters started on loopback (docs/scaling.md); not in `make test`
+test-cluster: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q tests/cluster $(PYTEST_ARGS)
 
 # tests/unit only: in-process, no servers (tests/service, tests/e2e and tests/faults need NATS, Redis, chDB)
 test-fast: $(TEST_STAMP)

@@ -73,15 +73,20 @@ def redis_cluster(root: Path, primaries: int = 3):
             node.kill()
 
 
+class _Sentinel(_Server):
+    """redis-server in sentinel mode: its config file (which it rewrites) comes first, every option in it."""
+
+    def command(self) -> list[str]:
+        return [str(redis_server_binary()[0]), str(self.data_dir / "sentinel.conf"), "--sentinel"]
+
+
 class SentinelSet:
     """1 primary, 1 replica, 3 sentinels (quorum 2) watching them as ``SENTINEL_SERVICE``."""
 
     def __init__(self, root: Path):
-        self.primary = _Server(root / "primary")
+        self.primary = _Server(root / "primary", "--repl-diskless-sync-delay", "0")
         self.replica = _Server(root / "replica", "--replicaof", "127.0.0.1", str(self.primary.port))
-        self.sentinels = [_Server(root / f"sentinel{i}") for i in range(3)]
-        for s in self.sentinels:
-            s.extra = [str(s.data_dir / "sentinel.conf"), "--sentinel"]
+        self.sentinels = [_Sentinel(root / f"sentinel{i}") for i in range(3)]
 
     @property
     def url(self) -> str:
@@ -91,8 +96,8 @@ class SentinelSet:
     def start(self) -> SentinelSet:
         self.primary.start()
         self.replica.start()
-        with self.primary.client() as c:
-            _wait(lambda: c.info("replication")["connected_slaves"] == 1, 30, "replica connected")
+        with self.replica.client() as c:  # its first full copy done: it holds what the primary writes
+            _wait(lambda: c.info("replication")["master_link_status"] == "up", 30, "replica in sync")
         for s in self.sentinels:
             s.data_dir.mkdir(parents=True, exist_ok=True)
             (s.data_dir / "sentinel.conf").write_text(
