@@ -52,6 +52,9 @@ AUTH_FAILURES_PREFIX = ROOT + "authfail:"  # + <realm>:<client address>: failure
 CLAIM_PREFIX = STATE + "chclaim:"  # + <table uuid>:<event id>: the replica inserting that event
 MIGRATE_LOCK = ROOT + "migrate:lock"  # one ClickHouse migration job at a time (llmgw_usage.migrate)
 
+# ---- upgrade from the layout before the hash tag (llmgw_usage.key_layout) --------------------------------
+LAYOUT_MOVED = STATE + "layout-moved"  # set once the keys of the untagged layout were moved under STATE
+
 # what a Lua script may name as $NAME
 _LUA_NAMES = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, str)}
 

@@ -22,6 +22,7 @@ from . import deadletter
 from .consumer import UsageConsumer
 from .handlers import QueryHandlers
 from .ingest import BatchProcessor
+from .key_layout import move_untagged_state
 from .projection import ClickHouseProjection
 from .store import ClickHouseStore
 from .windows_writer import WindowWriter
@@ -90,6 +91,7 @@ async def serve(settings: UsageSettings, config: GatewayConfig | None = None,
         await _ensure_stream(js, config)
         await store.open()
         await redis.ping()
+        await move_untagged_state(redis)  # once, after the upgrade to the {state} hash tag
         await projection.recover()  # inserts a crash cut short, before anything new
         tune_gc()
         await consumer.start()
