@@ -2,15 +2,17 @@
 ``REDIS_URL`` names one Redis, a Sentinel set or a Redis Cluster (docs/scaling.md, "Redis").
 
 - ``redis://``, ``rediss://``, ``unix://``: one server (redis-py's own URL forms).
-- ``redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/<db>][?sentinel_password=...]``:
-  the primary the sentinels name for ``<service>``, followed through a failover. Credentials are the data
-  nodes'; ``sentinel_password`` the sentinels' own, when they require one. redis-py has no URL for it.
+- ``redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/<db>][?sentinel_password=...]
+  [&wait_replicas=N]``: the primary the sentinels name for ``<service>``, followed through a failover.
+  Credentials are the data nodes'; ``sentinel_password`` the sentinels' own, when they require one; each
+  script waits for ``wait_replicas`` replicas (default 1) to hold its writes. redis-py has no URL for it.
 - ``redis+cluster://[[user]:password@]host:port[,host:port...]``: a Redis Cluster found from these nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -23,6 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
 from llmgw_common import redis_keys
 
@@ -71,6 +74,7 @@ class NodeSet:
     service: str = ""  # sentinel: the monitored primary's name
     db: int = 0
     sentinel_password: str | None = None
+    wait_replicas: int = 1  # sentinel: replicas that must hold a script's writes before its answer counts
 
 
 def parse_node_set(url: str) -> NodeSet:
@@ -103,8 +107,11 @@ def parse_node_set(url: str) -> NodeSet:
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(f"{SENTINEL_SCHEME}:// needs the service name, then optionally the database number: "
                          f"{SENTINEL_SCHEME}://host:26379,host2:26379/mymaster/0")
+    wait_replicas = query.get("wait_replicas", ["1"])[0]
+    if not wait_replicas.isdigit():
+        raise ValueError(f"{SENTINEL_SCHEME}://: wait_replicas must be a whole number (0: do not wait)")
     return NodeSet(scheme, nodes, username, password, service=path[0], db=int(path[1]) if len(path) == 2 else 0,
-                   sentinel_password=query.get("sentinel_password", [None])[0])
+                   sentinel_password=query.get("sentinel_password", [None])[0], wait_replicas=int(wait_replicas))
 
 
 def _connection_options() -> dict:
@@ -137,7 +144,64 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     retries above fail fast while they elect a new one, then connect to it."""
 
 
+REPLICA_ACK_TIMEOUT_MS = 500  # a script's writes not on a replica by then: its answer is not used
+ALONE_RECHECK_S = 5.0  # a primary found without replicas is asked again after this long
+
+
+class NotReplicated(RedisConnectionError):
+    """A script ran on the primary, but no replica acknowledged its writes in time: a failover could lose
+    them, so its answer is not used (the caller fails as when Redis is away: the router answers 503)."""
+
+
+class _ReplicatedScript(AsyncScript):
+    """Replication is asynchronous: a primary killed right after answering may not have passed the writes
+    on, and the promoted replica would then admit past a limit. So a script called on its own is followed,
+    on its connection (one pipeline, one round trip), by WAIT for ``replicas`` replicas; its answer counts
+    only when they hold its writes. A reservation made but not acknowledged stays counted and is never used:
+    under the limit, never over. Pipelined calls (outcomes, give-ups: releases only) do not wait.
+
+    A primary with no replica connected (the promoted one, until the old primary comes back as its
+    replica) has nobody to wait for: nothing fresher can be promoted. Its scripts then run without WAIT,
+    and whether a replica came back is asked again every ``ALONE_RECHECK_S``."""
+
+    def __init__(self, registered_client, script, replicas: int):
+        super().__init__(registered_client, script)
+        self.replicas = replicas
+        self._alone_until = 0.0  # monotonic
+
+    async def __call__(self, keys=None, args=None, client=None):
+        if client is not None or not self.replicas or time.monotonic() < self._alone_until:
+            return await super().__call__(keys, args, client)
+        keys, args = list(keys or []), list(args or [])
+        for loaded_now in (False, True):
+            async with self.registered_client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+                pipe.wait(self.replicas, REPLICA_ACK_TIMEOUT_MS)
+                try:
+                    result, acked = await pipe.execute()
+                except NoScriptError:
+                    if loaded_now:
+                        raise
+                    self.sha = await self.registered_client.script_load(self.script)
+                    continue
+            if int(acked) >= self.replicas:
+                return result
+            connected = int((await self.registered_client.info("replication")).get("connected_slaves", 0))
+            if connected == 0:
+                self._alone_until = time.monotonic() + ALONE_RECHECK_S
+                return result
+            if int(acked) >= min(self.replicas, connected):
+                return result
+            raise NotReplicated(f"{acked} of {connected} replicas acknowledged within {REPLICA_ACK_TIMEOUT_MS} ms")
+        raise AssertionError("unreachable")
+
+
 class _SentinelRedis(aioredis.Redis):
+    wait_replicas = 1
+
+    def register_script(self, script):
+        return _ReplicatedScript(self, script, self.wait_replicas)
+
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
         for sentinel in self.connection_pool.sentinel_manager.sentinels:  # the clients asking the sentinels
@@ -148,10 +212,12 @@ def _connect_sentinel(target: NodeSet, max_connections: int) -> aioredis.Redis:
     sentinel_options = dict(socket_connect_timeout=SOCKET_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
                             password=target.sentinel_password)
     sentinel = Sentinel(target.nodes, sentinel_kwargs=sentinel_options)
-    return sentinel.master_for(target.service, redis_class=_SentinelRedis,
-                               connection_pool_class=_BlockingSentinelPool, max_connections=max_connections,
-                               timeout=10, db=target.db, username=target.username, password=target.password,
-                               **_connection_options())
+    client = sentinel.master_for(target.service, redis_class=_SentinelRedis,
+                                 connection_pool_class=_BlockingSentinelPool, max_connections=max_connections,
+                                 timeout=10, db=target.db, username=target.username, password=target.password,
+                                 **_connection_options())
+    client.wait_replicas = target.wait_replicas
+    return client
 
 
 # ---- Redis Cluster --------------------------------------------------------------------------------------
