@@ -4,6 +4,7 @@ exact across two router replicas under concurrency, as on one Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import datetime, timezone
@@ -15,11 +16,12 @@ from redis_topologies import redis_cluster
 from two_routers import TwoRouters
 
 from llmgw_common import redis_keys
-from llmgw_common.config import BreakerConfig, parse_config
+from llmgw_common.config import BreakerConfig, Limits, parse_config
 from llmgw_common.keys import KeyLimits, KeyRecord, new_key_id
 from llmgw_common.messages import AttemptOutcome, UsageEvent
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.windows import WindowReader, provider_scope
+from llmgw_router.capacity_leases import CapacityLeases, LeaseRoute
 from llmgw_router.store import Leases
 from llmgw_usage.windows_writer import WindowWriter
 
@@ -96,3 +98,31 @@ async def test_the_outcome_stats_leases_and_usage_scripts_run_on_the_cluster(clu
     finally:
         await redis.aclose()
         await routers.aclose()
+
+
+async def test_capacity_leases_granted_by_two_routers_at_once_add_up_to_the_limit(cluster_url):
+    """The leased path (DESIGN.md, "Leased admission") on the cluster: grants, a give-back and the reaper."""
+    route = LeaseRoute(provider=f"cl-{uuid.uuid4().hex[:8]}", model="m",
+                       provider_limits=Limits(requests_per_minute=50), model_limits=Limits(), est_tokens_in=5,
+                       est_tokens_out=5, est_cost=Decimal("0.01"))
+    clients = [connect_redis(cluster_url) for _ in range(2)]
+    leases = [CapacityLeases(client) for client in clients]
+
+    async def drain(edge: int) -> list[tuple[str, int]]:
+        granted = []
+        while (g := await leases[edge].grant(lease_id := uuid.uuid4().hex, f"edge-{edge}", route, 7, T0, 10_000,
+                                             1_000)).n:
+            granted.append((lease_id, g.n))
+        return granted
+
+    try:
+        a, b = await asyncio.gather(drain(0), drain(1))
+        assert sum(n for _, n in a + b) == 50
+        lease_id, n = a[0]
+        await leases[0].give_back(lease_id, n - 1, 5 * (n - 1), 5 * (n - 1), 0, T0 + 10, 0)  # one not used
+        minute = (await WindowReader(clients[0]).read([provider_scope(route.provider)], T0 // 1000))
+        assert minute[provider_scope(route.provider)]["minute"]["req"] == 49
+        await leases[1].reap(T0 + 60_000, keep_s=60)  # its script finds its keys on the state's shard
+    finally:
+        for client in clients:
+            await client.aclose()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -204,7 +205,8 @@ class _SentinelRedis(aioredis.Redis):
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
-        for sentinel in self.connection_pool.sentinel_manager.sentinels:  # the clients asking the sentinels
+        pool = cast(SentinelConnectionPool, self.connection_pool)
+        for sentinel in pool.sentinel_manager.sentinels:  # the clients asking the sentinels
             await sentinel.aclose()
 
 
@@ -232,13 +234,13 @@ class _StateSlotScript(AsyncScript):
         if isinstance(client, ClusterPipeline):
             # a cluster pipeline cannot load a script a shard lacks (a promoted replica has none): the text
             # goes along, as EVAL, instead of its digest
-            return client.eval(self.script, len(keys), *keys, *(args or []))
+            return client.eval(cast(str, self.script), len(keys), *keys, *(args or []))
         return await super().__call__(keys, args, client)
 
 
 class _BoundedPipeline(ClusterPipeline):
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True):
-        async with self.cluster_client.in_flight:
+        async with cast(_GatewayCluster, self.cluster_client).in_flight:
             return await super().execute(raise_on_error, allow_redirections)
 
 
@@ -258,7 +260,7 @@ class _GatewayCluster(RedisCluster):
     def pipeline(self, transaction=None, shard_hint=None):
         if shard_hint:
             return super().pipeline(transaction, shard_hint)  # redis-py's own error
-        return _BoundedPipeline(self, transaction)
+        return _BoundedPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py's own ClusterPipeline
 
     def register_script(self, script):
         return _StateSlotScript(self, script)
