@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from llmgw_common import redis_keys
 from llmgw_common.config import parse_config_text
 from llmgw_common.messages import RouteRequest
 from llmgw_common.nats_conn import connect_nats
@@ -272,7 +273,7 @@ providers:
             d = await router.decide(RouteRequest(request_id="b", model="m"))
             return served, skipped, d.candidates[0].provider
         finally:
-            for key in [k async for k in redis.scan_iter("llmgw:w:*free*")]:
+            for key in [k async for k in redis.scan_iter(redis_keys.WINDOW_PREFIX + "*free*")]:
                 await redis.delete(key)
             await redis.aclose()
 

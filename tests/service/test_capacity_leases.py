@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import pytest
 
+from llmgw_common import redis_keys
 from llmgw_common.config import Limits
 from llmgw_common.keys import KeyLimits, KeyRecord, new_key_id
 from llmgw_common.messages import Reservation, UsageEvent
@@ -146,7 +147,7 @@ async def test_a_lease_its_edge_never_returned_is_given_back_by_the_reaper_once(
 async def test_a_cooling_provider_gets_no_lease(redis):
     leases = CapacityLeases(redis)
     route = _route(provider_limits=Limits(requests_per_minute=50))
-    await redis.set(f"llmgw:cool:{route.provider}", "1", px=10_000)
+    await redis.set(f"{redis_keys.COOLDOWN_PREFIX}{route.provider}", "1", px=10_000)
     g = await leases.grant("cool-1", "edge-a", route, 10, T0, TTL_MS, GRACE_MS)
     assert (g.n, g.reason) == (0, "cooling down after a 429")
 

@@ -6,22 +6,21 @@ narrowed to the key's list.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
 
-from llmgw_common.config import BreakerConfig, Limits, Price, parse_config
+from llmgw_common.config import BreakerConfig, Limits, parse_config
 from llmgw_common.keys import KeyLimits, KeyRecord, new_key_id
 from llmgw_common.messages import AttemptOutcome, Candidate, RouteRequest, UsageEvent
 from llmgw_common.redis_conn import connect_redis
 from llmgw_common.windows import CALENDAR_PREFIX, KEY_PREFIX, WindowReader, key_scope, month_key
-from llmgw_router.main import Router
 from llmgw_router.outcomes import retry_after_s
 from llmgw_router.policy import PlannedCandidate
 from llmgw_router.store import RoutingStore
+from two_routers import TwoRouters
 from llmgw_usage.windows_writer import WindowWriter
 
 pytestmark = pytest.mark.integration
@@ -122,26 +121,11 @@ async def test_a_monthly_budget_is_exact_across_two_router_replicas_under_concur
     provider = _provider()
     config = parse_config({"providers": [{"id": provider, "base_url": "http://127.0.0.1:9/v1", "models": [
         {"name": "m", "price": {"per_request": "0.01"}}]}]})
-    key = _key(cost_per_month=Decimal("0.50"))  # exactly 50 requests at 0.01 USD
-    routers = []
-    clients = [connect_redis(infra.redis_url) for _ in range(2)]
-    for client in clients:
-        router = Router(config, RoutingStore(client), WindowReader(client))
-        router.keys.records[key.id] = key
-        router.prices = {(provider, "m"): Price(per_request=Decimal("0.01"))}
-        routers.append(router)
-
-    async def one(i: int) -> bool:
-        decision = await routers[i % 2].decide(RouteRequest(request_id=f"r{i}", model="m", key_id=key.id,
-                                                            estimated_prompt_tokens=5, max_tokens=5))
-        return decision.error is None
-
+    routers = TwoRouters(infra.redis_url, config, key=_key(cost_per_month=Decimal("0.50")))  # 50 at 0.01 USD
     try:
-        results = await asyncio.gather(*(one(i) for i in range(400)))
+        assert await routers.admitted_of(400) == 50
     finally:
-        for client in clients:
-            await client.aclose()
-    assert sum(results) == 50
+        await routers.aclose()
 
 
 def test_a_keys_provider_list_narrows_the_candidates():

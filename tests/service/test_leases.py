@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from fakes import FakeProvider
+from llmgw_common import redis_keys
 from llmgw_common.config import BreakerConfig, Limits
 from llmgw_common.leases import ABANDONED_STATUS, LEASES_KEY, lease_key, lease_member
 from llmgw_common.messages import AttemptOutcome, Candidate, UsageEvent
@@ -176,10 +177,10 @@ async def test_a_batch_of_successes_is_recorded_in_one_round_trip(redis):
     store, provider = RoutingStore(redis), f"lease-{uuid.uuid4().hex[:8]}"
     for rid in ("b1", "b2", "b3"):
         await store.admit([_planned(provider)], rid, T0, event_id=f"evt-{rid}", lease_s=30)
-    assert await redis.zcard(f"llmgw:inflight:{provider}") == 3
+    assert await redis.zcard(f"{redis_keys.INFLIGHT_PREFIX}{provider}") == 3
     items = [(AttemptOutcome(request_id=rid, provider=provider, model="m", ok=True, status=200, latency_ms=ms),
               "ok", 0) for rid, ms in (("b1", 100.0), ("b2", 200.0), ("b3", 300.0))]
     await store.record_outcomes(items, BreakerConfig(), T0 + 500)
-    assert await redis.zcard(f"llmgw:inflight:{provider}") == 0
-    assert 100.0 < float(await redis.get(f"llmgw:lat:{provider}")) < 300.0  # the moving average took all three
-    await redis.delete(f"llmgw:lat:{provider}")
+    assert await redis.zcard(f"{redis_keys.INFLIGHT_PREFIX}{provider}") == 0
+    assert 100.0 < float(await redis.get(f"{redis_keys.LATENCY_PREFIX}{provider}")) < 300.0  # the moving average took all three
+    await redis.delete(f"{redis_keys.LATENCY_PREFIX}{provider}")

@@ -27,6 +27,7 @@ from nats.js.errors import NotFoundError
 from admin import ADMIN_HEADERS, UI_TOKENS
 from fake_secrets import fake_key
 from llmgw_cli.main import build_parser
+from llmgw_common import redis_keys
 from llmgw_common import subjects
 from llmgw_common.messages import (
     Attempt,
@@ -238,7 +239,7 @@ async def test_two_writers_racing_insert_each_event_once(env, tmp_path):
                                  {"p": provider}) == [(20, 20)]
         assert await store.query("SELECT sum(requests) FROM usage_minute WHERE provider = {p:String}",
                                  {"p": provider}) == [(20,)]
-        assert not await env.redis.keys("llmgw:chclaim:*")
+        assert not await env.redis.keys(redis_keys.CLAIM_PREFIX + "*")
     finally:
         await store.close()
 

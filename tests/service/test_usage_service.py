@@ -23,6 +23,7 @@ import nats.errors
 import pytest
 from nats.js.errors import NotFoundError
 
+from llmgw_common import redis_keys
 from llmgw_common import subjects
 from llmgw_common.clickhouse_conn import connect_clickhouse
 from llmgw_common.config import GatewayConfig, KeysConfig, UsageConfig
@@ -73,7 +74,7 @@ class Env:
 
 
 async def _delete_window_keys(redis) -> None:
-    for pattern in ("llmgw:w:*", "llmgw:seen:*", "llmgw:chclaim:*"):
+    for pattern in (redis_keys.WINDOW_PREFIX + "*", redis_keys.SEEN_PREFIX + "*", redis_keys.CLAIM_PREFIX + "*"):
         batch = []
         async for key in redis.scan_iter(match=pattern, count=1000):
             batch.append(key)
@@ -402,7 +403,7 @@ async def test_batch_applied_twice_counts_once(env, tmp_path):
             assert totals[scope]["hour"] == {"req": 3, "tin": 30, "tout": 6, "cost": 3000}
             assert totals[scope]["day"] == {"req": 3, "tin": 30, "tout": 6, "cost": 3000}
         assert {provider_scope(provider), model_scope(provider, model)} <= await env.redis.smembers(SCOPES_KEY)
-        ttl = await env.redis.ttl(f"llmgw:seen:{events[0].id}")
+        ttl = await env.redis.ttl(f"{redis_keys.SEEN_PREFIX}{events[0].id}")
         assert 0 < ttl <= 86400 + 3600
     finally:
         await store.close()
@@ -512,7 +513,7 @@ async def test_batch_not_acked_when_clickhouse_fails(env, tmp_path):
     # the live windows went ahead (the router keeps seeing real usage while ClickHouse is down) ...
     totals = await WindowReader(env.redis).read([provider_scope(provider)], int(time.time()))
     assert totals[provider_scope(provider)]["day"]["req"] == 1
-    assert not await env.redis.keys("llmgw:chclaim:*")  # claims released after the failed insert
+    assert not await env.redis.keys(redis_keys.CLAIM_PREFIX + "*")  # claims released after the failed insert
 
     # ... and the redelivery, once ClickHouse is back, stores the event without counting it again in Redis
     store = ClickHouseStore(env.infra.clickhouse_url, tmp_path / "ch")

@@ -17,6 +17,7 @@ import pytest
 
 from fake_secrets import fake_key
 from llmgw_usage.progress import Progress
+from llmgw_common import redis_keys
 from llmgw_common.messages import COUNT_TOKENS_ENDPOINT, Attempt, Reservation, UsageEvent, UsageHistoryQuery, UsageRequestsQuery, UsageSimulate
 from llmgw_common.windows import SCOPES_KEY, SEEN_PREFIX, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
 from llmgw_usage import domain, queries
@@ -216,9 +217,9 @@ def test_window_updates_for_a_fresh_event():
     for scope in (provider_scope("groq"), model_scope("groq", "llama")):
         for w in WINDOWS:
             start = T0_S - T0_S % w.bucket_s
-            assert f"llmgw:w:{scope}:{w.bucket_s}:{start}" in keys
+            assert f"{redis_keys.WINDOW_PREFIX}{scope}:{w.bucket_s}:{start}" in keys
     by_key = {u.key: u for u in updates}
-    minute = by_key[f"llmgw:w:p:groq:5:{T0_S - T0_S % 5}"]
+    minute = by_key[f"{redis_keys.WINDOW_PREFIX}p:groq:5:{T0_S - T0_S % 5}"]
     assert minute.expire_at == T0_S - T0_S % 5 + 60 + 5
     assert (minute.tokens_in, minute.tokens_out, minute.cost_nano) == (120, 30, 123_456)
 
@@ -262,7 +263,7 @@ def test_window_script_args_group_events_that_share_buckets():
     groups, flat = json.loads(args[3]), json.loads(args[4])
     assert [g[1] for g in groups] == [["p:groq", "m:groq/llama"], ["p:openai", "m:openai/gpt"]]
     for buckets, _scopes in groups:
-        assert len(buckets) == 12 and all(k.startswith("llmgw:w:") for k in buckets[::2])
+        assert len(buckets) == 12 and all(k.startswith(redis_keys.WINDOW_PREFIX) for k in buckets[::2])
         assert all(isinstance(at, int) for at in buckets[1::2])
     events = [flat[j: j + 6] for j in range(0, len(flat), 6)]
     assert [e[:2] for e in events] == [["A", 1], ["B", 2], ["C", 1]]
@@ -496,7 +497,7 @@ def test_consumer_config_is_durable_explicit_ack_and_bounded():
 def test_future_events_count_now():
     ev = _event(ts=T0 + timedelta(minutes=10))
     keys = {u.key for u in domain.window_updates(ev, now_s=T0_S)}
-    assert f"llmgw:w:p:groq:5:{T0_S - T0_S % 5}" in keys
+    assert f"{redis_keys.WINDOW_PREFIX}p:groq:5:{T0_S - T0_S % 5}" in keys
 
 
 def test_refusal_reason():

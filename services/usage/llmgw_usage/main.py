@@ -23,6 +23,7 @@ from .clickhouse_link import ClickHouseLink
 from .consumer import UsageConsumer
 from .handlers import QueryHandlers
 from .ingest import BatchProcessor
+from .key_layout import move_untagged_state
 from .projection import ClickHouseProjection
 from .store import ClickHouseStore
 from .windows_follower import WindowFollower
@@ -94,6 +95,7 @@ async def serve(settings: UsageSettings, config: GatewayConfig | None = None,
     async def load() -> None:
         await _ensure_stream(js, config)
         await redis.ping()
+        await move_untagged_state(redis)  # once, after the upgrade to the {state} hash tag
         # one attempt now (a migrated, reachable ClickHouse is there from the first batch); else in the
         # background, while the windows follower keeps the windows current (clickhouse_link.py)
         await clickhouse.try_once()
