@@ -53,6 +53,13 @@ def test_usage_of_openai_bodies():
     assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.reasoning_tokens) == (5, 7, 2, 3)
     assert usage_of_body(b'{"choices":[]}').input_tokens == 0
     assert _strip_null_usage('{"a":1,"usage":null}') == '{"a":1}'
+    # a Responses event carries it inside "response"; only the usage is read, whatever else is there
+    assert usage_of_body(b'{"type":"response.completed","response":{"usage":{"input_tokens":4,"output_tokens":1},'
+                         b'"output":[{"x":[1,2,{"y":null}]}]}}').input_tokens == 4
+    # JSON only Python's parser reads (NaN) is read as before; a body that is no object has no usage
+    assert usage_of_body(b'{"logprob":NaN,"usage":{"prompt_tokens":6,"completion_tokens":2}}').output_tokens == 2
+    assert usage_of_body(b'["usage"]').input_tokens == 0 and usage_of_body(b'{"usage":').input_tokens == 0
+    assert usage_of_body(b'{"usage":null,"response":"usage"}').input_tokens == 0
 
 
 def test_redaction_of_secrets_in_logs():
