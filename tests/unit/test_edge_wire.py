@@ -40,6 +40,18 @@ def test_bad_requests_are_400_with_param(raw, param):
     assert err.value.status == 400 and err.value.param == param
 
 
+def test_bodies_only_pythons_json_reads_are_read_as_before():
+    # the fast decoder refuses these; Python's json reads them, as it always did
+    assert _parse(b'\xef\xbb\xbf{"model":"m","messages":[{"role":"user","content":"x"}]}').model == "m"
+    assert _parse(b'{"model":"m","temperature":NaN,"messages":[{"role":"user","content":"x"}]}').raw.body[
+        "messages"][0]["content"] == "x"
+    assert _parse('{"model":"m","messages":[{"role":"user","content":"\u00e9"}]}'.encode("utf-16")).model == "m"
+    for bad in (b'{"model":"m","messages":[]', b'{"model":"m"}x', b'{"model":"m\x01"}', b"[" * 5000 + b"]" * 5000):
+        with pytest.raises(GatewayError) as err:
+            _parse(bad)
+        assert err.value.status == 400
+
+
 def test_stream_usage_request_is_remembered():
     assert not _parse(b'{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}').raw.include_usage
     assert _parse(b'{"model":"m","stream":true,"stream_options":{"include_usage":true},'
