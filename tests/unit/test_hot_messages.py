@@ -72,6 +72,8 @@ def test_decoded_fields_are_the_typed_values_both_ends_use():
     event = UsageEvent(request_id="r1", model="m", status=200, reservation=paid.reservation)
     assert json.loads(event.encode())["reservation"]["cost_nano"] == 3400
     assert decision.skipped[0].reason == "cooling down" and decision.groups == [0, 0]
+    # a price is validated once and shared by the decisions that carry it (it is never changed)
+    assert RouteDecision.decode(OLD_JSON[RouteDecision][0]).candidates[0].price is paid.price
 
 
 def test_a_newer_senders_fields_are_ignored_and_an_older_senders_defaults_filled():
@@ -90,6 +92,8 @@ def test_a_newer_senders_fields_are_ignored_and_an_older_senders_defaults_filled
     (RouteRequest, b'[]', None),
     (RouteDecision, b'{"request_id":"r","model":"m","candidates":[{"provider":"p","model":"m",'
                     b'"upstream_model":"u","price":{"input_per_mtok":"-1"}}]}', "price"),
+    (RouteDecision, b'{"request_id":"r","model":"m","candidates":[{"provider":"p","model":"m",'
+                    b'"upstream_model":"u","price":{"input_per_mtok":[1]}}]}', "input_per_mtok"),
     (AttemptOutcome, b'{"request_id":"r","provider":"p","model":"m","ok":"yes","status":200,"latency_ms":1}', "ok"),
     (AdmissionGiveUps, b'{"items":[' + b",".join([b'{"request_id":"r"}'] * 1001) + b']}', "items"),
     (LeaseRenewal, b'{"members":' + json.dumps(["m"] * 10_001).encode() + b'}', "members"),

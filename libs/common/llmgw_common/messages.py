@@ -32,6 +32,7 @@ SCHEMA_VERSION = 1
 
 M = TypeVar("M", bound="Message")
 F = TypeVar("F", bound="FastMessage")
+B = TypeVar("B", bound=BaseModel)
 
 
 class Message(BaseModel):
@@ -75,19 +76,40 @@ class FastMessage(msgspec.Struct, kw_only=True):
 
 
 def _pydantic_to_json(obj: object) -> object:
-    if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json")
+    if isinstance(obj, BaseModel):  # its JSON as pydantic writes it, spliced in as it is
+        return msgspec.Raw(obj.__pydantic_serializer__.to_json(obj))
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
+# every decision carries each candidate's price, and there are few prices: each is validated once, then the
+# same (never changed) object is shared by every decision that carries it
+_PRICES: dict[tuple, Price] = {}
+MAX_PRICES = 4096
+
+
 def _pydantic_from_json(tp: type, obj: object) -> object:
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
+    if tp is Price and isinstance(obj, dict):
         try:
-            return tp.model_validate(obj)
-        except ValidationError as exc:  # one line; msgspec adds where the model sits in the message
-            first = exc.errors()[0]
-            raise ValueError(f"{'.'.join(map(str, first['loc'])) or tp.__name__}: {first['msg']}") from None
+            key = tuple(obj.items())
+            return _PRICES[key]
+        except (KeyError, TypeError):  # new, or not hashable (malformed: validation says so)
+            pass
+        price = _validated(Price, obj)
+        if len(_PRICES) >= MAX_PRICES:
+            _PRICES.clear()
+        _PRICES[key] = price
+        return price
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return _validated(tp, obj)
     raise NotImplementedError(f"cannot decode {tp}")
+
+
+def _validated(tp: type[B], obj: object) -> B:
+    try:
+        return tp.model_validate(obj)
+    except ValidationError as exc:  # one line; msgspec adds where the model sits in the message
+        first = exc.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, first['loc'])) or tp.__name__}: {first['msg']}") from None
 
 
 _ENCODER = msgspec.json.Encoder(enc_hook=_pydantic_to_json)
