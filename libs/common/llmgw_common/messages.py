@@ -74,7 +74,6 @@ class FastMessage(msgspec.Struct, kw_only=True):
         return _decoder(cls).decode(data)
 
 
-
 def _pydantic_to_json(obj: object) -> object:
     if isinstance(obj, BaseModel):  # its JSON as pydantic writes it, spliced in as it is
         return msgspec.Raw(obj.__pydantic_serializer__.to_json(obj))
@@ -118,7 +117,6 @@ _ENCODER = msgspec.json.Encoder(enc_hook=_pydantic_to_json)
 @functools.cache
 def _decoder(cls: type[F]) -> msgspec.json.Decoder[F]:
     return msgspec.json.Decoder(cls, dec_hook=_pydantic_from_json)
-
 
 
 # ---- errors carried in replies ---------------------------------------------
