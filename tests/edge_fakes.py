@@ -11,6 +11,7 @@ method, URL, headers and body; the handler answers with a ``MockResponse``
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -130,7 +131,7 @@ class FakeRouter:
         self.batched: list[bool] = []  # per outcome: whether the edge let it wait for a batch
 
     async def decide(self, request: RouteRequest) -> RouteDecision:
-        self.requests.append(request.model_copy(deep=True))
+        self.requests.append(copy.deepcopy(request))
         model, targets = resolve_targets(self.config, request.model)
         if not targets:
             raise GatewayError(404, f"model {request.model} not found", code="model_not_found", param="model")

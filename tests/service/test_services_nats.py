@@ -111,3 +111,31 @@ async def test_two_router_replicas_share_the_load_and_use_pricing(infra, config_
         await nc.close()
         await _stop(r_stops, r_tasks)
         await _stop(p_stops, p_tasks)
+
+
+async def test_the_router_answers_malformed_questions_with_an_error_and_keeps_answering(infra, config_file, tmp_path):
+    env = dict(NATS_URL=infra.nats_url, REDIS_URL=infra.redis_url, LLMGW_CONFIG=str(config_file),
+               LLMGW_STATE_DIR=str(tmp_path))
+    stops, tasks = await _start(lambda s: serve_router(RouterSettings(**env), s))
+    nc = await connect_nats(infra.nats_url, "test")
+    try:
+        await wait_service(nc, "router")
+        for bad in (b"{not json", b"[]", b'{"request_id": "r"}', b'{"request_id": 5, "model": "gpt-4o-mini"}',
+                    b'{"request_id": "r", "model": "gpt-4o-mini", "exclude": "free"}'):
+            reply = await nc.request(subjects.ROUTER_DECIDE, bad, timeout=5)
+            assert reply.headers["Nats-Service-Error-Code"] == "400", bad
+            assert reply.headers["Nats-Service-Error"].startswith("invalid request")
+        too_many = json.dumps({"items": [{"request_id": str(i)} for i in range(1001)]}).encode()
+        reply = await nc.request(subjects.ROUTER_GIVE_UP, too_many, timeout=5)
+        assert reply.headers["Nats-Service-Error-Code"] == "400"
+        # published messages nobody answers: an unreadable one is dropped, the router goes on
+        for subject in (subjects.ROUTER_OUTCOME, subjects.ROUTER_OUTCOMES, subjects.ROUTER_LEASE_RENEW):
+            await nc.publish(subject, b'{"outcomes": 5, "request_id": [], "members": {}}')
+        await nc.flush()
+        decision = await request(nc, subjects.ROUTER_DECIDE, RouteRequest(request_id="ok", model="gpt-4o-mini"),
+                                 RouteDecision, 5)
+        assert decision.error is None and [c.provider for c in decision.candidates] == ["free", "paid"]
+        assert not any(t.done() for t in tasks)
+    finally:
+        await nc.close()
+        await _stop(stops, tasks)

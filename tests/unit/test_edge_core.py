@@ -99,6 +99,26 @@ async def test_same_format_passes_the_body_through_and_counts_it():
     assert (event.tokens_in, event.tokens_out, event.status, event.endpoint) == (10, 3, 200, "chat.completions")
 
 
+async def test_a_body_the_relay_leaves_as_it_is_goes_upstream_byte_for_byte():
+    h = Harness(config(openai_provider("a")), lambda req: MockResponse(json=chat_completion()))
+    raw = b'{ "model": "m",\n  "messages": [{"role": "user", "content": "h\\u00e9llo"}], "x_vendor": 1.50 }'
+    codec = OpenAIChatCodec()
+    await h.gateway.handle(codec.parse(raw, {}), codec)
+    assert h.transport.requests[0].body == raw  # the upstream's own model name: nothing to rewrite
+    # a stream gets stream_options added: encoded again, the client's fields kept
+    streamed = b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    h.transport.handler = lambda req: MockResponse(chunks=sse(chat_completion(), done=True))
+    await collect(await h.gateway.handle(codec.parse(streamed, {}), codec))
+    sent = h.transport.requests[1].json()
+    assert sent["stream_options"] == {"include_usage": True} and h.transport.requests[1].body != streamed
+    # the model rewritten to the upstream's name (claude-m): encoded again
+    h = Harness(config(anthropic_provider("c")), lambda req: MockResponse(json=anthropic_message()))
+    anthropic = AnthropicCodec()
+    raw = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}'
+    await h.gateway.handle(anthropic.parse(raw, {"anthropic-version": "2023-06-01"}), anthropic)
+    assert h.transport.requests[0].json() == {**json.loads(raw), "model": "claude-m"}
+
+
 async def test_transient_failure_is_retried_on_the_same_provider():
     answers = iter([MockResponse(503, json={"error": {"message": "busy"}}), MockResponse(json=chat_completion())])
     h = Harness(config(openai_provider("a"), openai_provider("b")), lambda req: next(answers))

@@ -4,13 +4,14 @@ tests/unit/test_router_policy.py; the whole stack with its routers stopped in te
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from pathlib import Path
 
 from edge_fakes import Events, FakeRouter, MockResponse, MockTransport
 from llmgw_common.config import GatewayConfig
-from llmgw_common.messages import RouteDecision, RouteRequest
+from llmgw_common.messages import Candidate, RouteDecision, RouteRequest
 from llmgw_edge.core.errors import GatewayError
 from llmgw_edge.core.gateway import Deps, Gateway
 from llmgw_edge.core.plans import AWAY_S, PlanCache
@@ -43,7 +44,7 @@ class Router(FakeRouter):
 
     async def decide(self, request: RouteRequest) -> RouteDecision:
         if self.away:
-            self.requests.append(request.model_copy(deep=True))
+            self.requests.append(copy.deepcopy(request))
             raise GatewayError(503, "the router did not answer", code="router_unavailable")
         decision = await super().decide(request)
         decision.reusable_s = 60.0
@@ -152,7 +153,7 @@ def test_a_plan_asked_for_before_a_drop_is_not_kept():
     cache = PlanCache(clock=lambda: 100.0)
     request = RouteRequest(request_id="r", model="m")
     decision = RouteDecision(request_id="r", model="m", reusable_s=5.0,
-                             candidates=[{"provider": "a", "model": "m", "upstream_model": "m"}])
+                             candidates=[Candidate(provider="a", model="m", upstream_model="m")])
     generation = cache.generation
     cache.drop_all()  # an announcement came while the router was answering
     cache.keep(request, None, decision, generation)
@@ -166,7 +167,7 @@ def test_a_plan_ages_out_and_serves_only_while_the_router_is_away():
     cache = PlanCache(clock=lambda: now[0])
     request = RouteRequest(request_id="r", model="m")
     decision = RouteDecision(request_id="r", model="m", reusable_s=5.0,
-                             candidates=[{"provider": "a", "model": "m", "upstream_model": "m"}])
+                             candidates=[Candidate(provider="a", model="m", upstream_model="m")])
     cache.keep(request, None, decision, cache.generation)
     now[0] = 106.0
     assert cache.fresh(request, None) is None
@@ -182,7 +183,7 @@ def test_a_decision_that_is_not_reusable_is_never_kept():
     cache = PlanCache()
     request = RouteRequest(request_id="r", model="m")
     decision = RouteDecision(request_id="r", model="m",
-                             candidates=[{"provider": "a", "model": "m", "upstream_model": "m"}])
+                             candidates=[Candidate(provider="a", model="m", upstream_model="m")])
     cache.keep(request, None, decision, cache.generation)
     assert len(cache) == 0 and cache.stale(request, None) is None
 
@@ -191,7 +192,7 @@ def test_a_decision_that_is_not_reusable_is_never_kept():
 
 def _plan(strategy: str, providers: list[str], groups: list[int]) -> RouteDecision:
     return RouteDecision(request_id="r", model="m", strategy=strategy, reusable_s=5.0, groups=groups,
-                         candidates=[{"provider": p, "model": "m", "upstream_model": "m"} for p in providers])
+                         candidates=[Candidate(provider=p, model="m", upstream_model="m") for p in providers])
 
 
 def _firsts(plan: RouteDecision, load: EdgeLoad, config: GatewayConfig, n: int) -> list[str]:

@@ -40,6 +40,18 @@ def test_bad_requests_are_400_with_param(raw, param):
     assert err.value.status == 400 and err.value.param == param
 
 
+def test_bodies_only_pythons_json_reads_are_read_as_before():
+    # the fast decoder refuses these; Python's json reads them, as it always did
+    assert _parse(b'\xef\xbb\xbf{"model":"m","messages":[{"role":"user","content":"x"}]}').model == "m"
+    assert _parse(b'{"model":"m","temperature":NaN,"messages":[{"role":"user","content":"x"}]}').raw.body[
+        "messages"][0]["content"] == "x"
+    assert _parse('{"model":"m","messages":[{"role":"user","content":"\u00e9"}]}'.encode("utf-16")).model == "m"
+    for bad in (b'{"model":"m","messages":[]', b'{"model":"m"}x', b'{"model":"m\x01"}', b"[" * 5000 + b"]" * 5000):
+        with pytest.raises(GatewayError) as err:
+            _parse(bad)
+        assert err.value.status == 400
+
+
 def test_stream_usage_request_is_remembered():
     assert not _parse(b'{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}').raw.include_usage
     assert _parse(b'{"model":"m","stream":true,"stream_options":{"include_usage":true},'
@@ -53,6 +65,13 @@ def test_usage_of_openai_bodies():
     assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.reasoning_tokens) == (5, 7, 2, 3)
     assert usage_of_body(b'{"choices":[]}').input_tokens == 0
     assert _strip_null_usage('{"a":1,"usage":null}') == '{"a":1}'
+    # a Responses event carries it inside "response"; only the usage is read, whatever else is there
+    assert usage_of_body(b'{"type":"response.completed","response":{"usage":{"input_tokens":4,"output_tokens":1},'
+                         b'"output":[{"x":[1,2,{"y":null}]}]}}').input_tokens == 4
+    # JSON only Python's parser reads (NaN) is read as before; a body that is no object has no usage
+    assert usage_of_body(b'{"logprob":NaN,"usage":{"prompt_tokens":6,"completion_tokens":2}}').output_tokens == 2
+    assert usage_of_body(b'["usage"]').input_tokens == 0 and usage_of_body(b'{"usage":').input_tokens == 0
+    assert usage_of_body(b'{"usage":null,"response":"usage"}').input_tokens == 0
 
 
 def test_redaction_of_secrets_in_logs():

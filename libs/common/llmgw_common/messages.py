@@ -1,12 +1,15 @@
-"""Every message that crosses NATS: JSON-encoded pydantic models with a schema version."""
+"""Every message that crosses NATS, JSON with a schema version: pydantic models, and msgspec structs for
+the messages of the hot path (``FastMessage``: one or more per request)."""
 
 from __future__ import annotations
 
+import functools
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+import msgspec
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .config import Price
 from .ids import new_id
@@ -28,6 +31,8 @@ QueryTime = Annotated[datetime, AfterValidator(_in_utc)]
 SCHEMA_VERSION = 1
 
 M = TypeVar("M", bound="Message")
+F = TypeVar("F", bound="FastMessage")
+B = TypeVar("B", bound=BaseModel)
 
 
 class Message(BaseModel):
@@ -47,9 +52,76 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# ---- the hot path: msgspec structs ---------------------------------------------------------------
+
+class FastMessage(msgspec.Struct, kw_only=True):
+    """A message sent or read once per request (or more): a msgspec struct, several times cheaper to build,
+    encode and decode than a pydantic model, with the same JSON on the wire (names, ``schema_version``,
+    unknown keys ignored, every field written), so an edge and a router of different versions still talk.
+
+    A pydantic model inside one (the config's ``Price``, the usage event's ``Reservation``) keeps its one
+    definition: it is encoded and validated by pydantic, through the hooks below. A message that does not
+    decode raises a ``msgspec.ValidationError`` (a ``ValueError``) saying where: the service runtime answers
+    it 400 (``service.bad_request``)."""
+
+    schema_version: int = SCHEMA_VERSION
+
+    def encode(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def decode(cls: type[F], data: bytes) -> F:
+        return _decoder(cls).decode(data)
+
+
+def _pydantic_to_json(obj: object) -> object:
+    if isinstance(obj, BaseModel):  # its JSON as pydantic writes it, spliced in as it is
+        return msgspec.Raw(obj.__pydantic_serializer__.to_json(obj))
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+# every decision carries each candidate's price, and there are few prices: each is validated once, then the
+# same (never changed) object is shared by every decision that carries it
+_PRICES: dict[tuple, Price] = {}
+MAX_PRICES = 4096
+
+
+def _pydantic_from_json(tp: type, obj: object) -> object:
+    if tp is Price and isinstance(obj, dict):
+        try:
+            key = tuple(obj.items())
+            return _PRICES[key]
+        except (KeyError, TypeError):  # new, or not hashable (malformed: validation says so)
+            pass
+        price = _validated(Price, obj)
+        if len(_PRICES) >= MAX_PRICES:
+            _PRICES.clear()
+        _PRICES[key] = price
+        return price
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return _validated(tp, obj)
+    raise NotImplementedError(f"cannot decode {tp}")
+
+
+def _validated(tp: type[B], obj: object) -> B:
+    try:
+        return tp.model_validate(obj)
+    except ValidationError as exc:  # one line; msgspec adds where the model sits in the message
+        first = exc.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, first['loc'])) or tp.__name__}: {first['msg']}") from None
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_pydantic_to_json)
+
+
+@functools.cache
+def _decoder(cls: type[F]) -> msgspec.json.Decoder[F]:
+    return msgspec.json.Decoder(cls, dec_hook=_pydantic_from_json)
+
+
 # ---- errors carried in replies ---------------------------------------------
 
-class ErrorInfo(BaseModel):
+class ErrorInfo(msgspec.Struct, kw_only=True):
     status: int
     code: str
     message: str
@@ -67,19 +139,19 @@ FallbackKind = Literal["context_window", "content_filter"]
 PLAN_ONLY_ENDPOINT = "plan"
 
 
-class RouteRequest(Message):
+class RouteRequest(FastMessage, kw_only=True):
     request_id: str
     model: str
     stream: bool = False
     estimated_prompt_tokens: int = 0
     max_tokens: int | None = None
     key_id: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)  # lower-case names, credentials removed
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # lower-case names, credentials removed
     prompt_class: str | None = None
-    exclude: list[str] = Field(default_factory=list)  # providers already tried for this request
+    exclude: list[str] = msgspec.field(default_factory=list)  # providers already tried for this request
     event_id: str | None = None  # the request's usage event id, chosen first: the admission lease names it
     endpoint: str = "chat"  # chat | embeddings | plan (PLAN_ONLY_ENDPOINT): what the client asked for
-    needs: list[str] = Field(default_factory=list)  # capabilities the request uses (config.Capabilities), sorted
+    needs: list[str] = msgspec.field(default_factory=list)  # capabilities the request uses (config.Capabilities), sorted
     # set after an upstream refused the model for what the request is: plan its routing.fallbacks models
     fallback: FallbackKind | None = None
     exclude_from: int = 0  # ``exclude`` counts from here: the fallback models start afresh on every provider
@@ -89,23 +161,24 @@ class RouteRequest(Message):
     prefix_tokens: int = 0
 
 
-class AdmissionGiveUp(BaseModel):
+class AdmissionGiveUp(msgspec.Struct, kw_only=True):
     """A routing question the edge gave up on (no answer in time, the router's error, its client gone)."""
 
     request_id: str
     attempt: int = 0  # the providers it excluded: RouteRequest.exclude's length
 
 
-class AdmissionGiveUps(Message):
+class AdmissionGiveUps(FastMessage, kw_only=True):
     """Questions the edge gave up on, sent together: the router releases whatever it admits, or already
     admitted, for each (llmgw_router.store.GIVE_UP_LUA)."""
 
-    items: list[AdmissionGiveUp] = Field(default_factory=list, max_length=1000)
+    items: Annotated[list[AdmissionGiveUp], msgspec.Meta(max_length=1000)] = msgspec.field(default_factory=list)
     released: int | None = None  # in the router's reply: how many admissions were released
 
 
 class Reservation(BaseModel):
-    """What admission counted in the live windows ahead of the real usage (reconciled later)."""
+    """What admission counted in the live windows ahead of the real usage (reconciled later). A pydantic
+    model: the usage event carries it too (its ingest derives a struct from it, ``structs.py``)."""
 
     provider: str
     model: str  # logical
@@ -117,7 +190,7 @@ class Reservation(BaseModel):
     lease: str | None = None  # the capacity lease it was admitted from (llmgw_router.capacity_leases), if any
 
 
-class Candidate(BaseModel):
+class Candidate(msgspec.Struct, kw_only=True):
     provider: str
     model: str  # logical model name
     upstream_model: str
@@ -128,18 +201,18 @@ class Candidate(BaseModel):
     probe: bool = False  # admitted as the half-open breaker's one probe: its outcome decides the breaker
 
 
-class Skipped(BaseModel):
+class Skipped(msgspec.Struct, kw_only=True):
     provider: str
     reason: str
 
 
-class RouteDecision(Message):
+class RouteDecision(FastMessage, kw_only=True):
     """``candidates[0]`` is admitted (its reservation made); the rest are the fallback order."""
 
     request_id: str
     model: str
-    candidates: list[Candidate] = Field(default_factory=list)
-    skipped: list[Skipped] = Field(default_factory=list)
+    candidates: list[Candidate] = msgspec.field(default_factory=list)
+    skipped: list[Skipped] = msgspec.field(default_factory=list)
     strategy: str = "priority"
     rule: str | None = None  # name of the rule that matched
     error: ErrorInfo | None = None
@@ -148,12 +221,12 @@ class RouteDecision(Message):
     reusable_s: float = 0.0
     # a reusable plan under a strategy the edge runs itself (round-robin, weighted, least-busy, lowest-latency):
     # each candidate's group (same pin, tier, smart match); the edge orders each group for every request
-    groups: list[int] = Field(default_factory=list)
+    groups: list[int] = msgspec.field(default_factory=list)
     # the routing.fallbacks kind (context_window | content_filter) whose models these candidates are, if any
     fallback: str | None = None
 
 
-class AttemptOutcome(Message):
+class AttemptOutcome(FastMessage, kw_only=True):
     """Published by the edge after every upstream attempt; routers learn health from it."""
 
     request_id: str
@@ -168,18 +241,21 @@ class AttemptOutcome(Message):
     prefix_key: str | None = None  # a success: this provider now holds the request's prefix in its prompt cache
 
 
-class AttemptOutcomes(Message):
+class AttemptOutcomes(FastMessage, kw_only=True):
     """Successful attempts, batched by the edge (a failure or a probe goes alone, at once)."""
 
-    outcomes: list[AttemptOutcome] = Field(default_factory=list, max_length=1000)
+    outcomes: Annotated[list[AttemptOutcome], msgspec.Meta(max_length=1000)] = msgspec.field(default_factory=list)
 
 
-class LeaseRenewal(Message):
+class LeaseRenewal(FastMessage, kw_only=True):
     """The edge's requests still running (long streams): extend their admission leases."""
 
-    members: list[str] = Field(default_factory=list, max_length=10_000)  # leases.lease_member(request, provider)
+    # leases.lease_member(request, provider)
+    members: Annotated[list[str], msgspec.Meta(max_length=10_000)] = msgspec.field(default_factory=list)
     extend_s: float = 120.0
 
+
+# ---- router, not per request: pydantic ---------------------------------------------------------------
 
 class PinCommand(Message):
     provider: str | None = None  # None: back to automatic routing

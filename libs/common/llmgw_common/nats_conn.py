@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import nats
 from nats.aio.client import Client as NATS
@@ -16,11 +16,11 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from . import metrics, subjects, tracing
 from .config import mask_url
 from .jetstream import ensure_stream
-from .messages import Message
+from .messages import FastMessage, Message
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M", bound=Message)
+M = TypeVar("M", bound=Message | FastMessage)  # a reply: pydantic, or msgspec on the hot path
 
 
 # Reconnection (docs/reliability.md): a service never gives up on NATS, and notices a dead server fast.
@@ -117,7 +117,7 @@ class RemoteError(Exception):
         self.code = code
 
 
-async def request(nc: NATS, subject: str, msg: Message, reply_type: type[M], timeout: float) -> M:
+async def request(nc: NATS, subject: str, msg: Message | FastMessage, reply_type: type[M], timeout: float) -> M:
     """Request/reply with typed messages; a micro-service error reply becomes ``RemoteError``.
 
     While NATS is unreachable this fails at once with ``NotConnectedError`` (a ``NoRespondersError``).
@@ -134,7 +134,7 @@ async def request(nc: NATS, subject: str, msg: Message, reply_type: type[M], tim
     return await _request(nc, subject, msg, reply_type, timeout, None)
 
 
-async def _request(nc: NATS, subject: str, msg: Message, reply_type: type[M], timeout: float,
+async def _request(nc: NATS, subject: str, msg: Message | FastMessage, reply_type: type[M], timeout: float,
                    headers: dict[str, str] | None) -> M:
     outcome = "error"
     t0 = time.perf_counter()
@@ -157,7 +157,7 @@ async def _request(nc: NATS, subject: str, msg: Message, reply_type: type[M], ti
         outcome = "ok"
     finally:
         metrics.nats().observe(subject, outcome, time.perf_counter() - t0)
-    return reply_type.decode(resp.data)
+    return cast(M, reply_type.decode(resp.data))  # each decode returns its own class
 
 
 async def ensure_usage_stream(js, max_age_s: float, max_bytes: int) -> None:

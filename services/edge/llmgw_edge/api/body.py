@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator, Mapping
 
+import msgspec
+
 from ..core.errors import GatewayError, bad_request
 
 
@@ -34,7 +36,7 @@ async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], li
 
 def json_object(raw: bytes, max_depth: int = 100) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
+        body = _decode(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise bad_request("We could not parse the JSON body of your request. The body must be a JSON object.") from None
     if not isinstance(body, dict):
@@ -42,6 +44,15 @@ def json_object(raw: bytes, max_depth: int = 100) -> dict[str, Any]:
     if _deeper_than(body, max_depth):
         raise bad_request(f"The JSON body is nested deeper than {max_depth} levels.")
     return body
+
+
+def _decode(raw: bytes) -> Any:
+    """msgspec's decoder, several times faster than Python's json on every body; a document it refuses is read
+    by Python's json, which decides (it also takes a byte-order mark, UTF-16, NaN): the same answer as before."""
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return json.loads(raw)
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

@@ -125,9 +125,11 @@ class ResponsesCodec:
                 raise UpstreamError(400, problem, kind=FailureKind.UNSUPPORTED)
             return req
 
+        native = _native_body(body)
         return Exchange(
             model=body["model"], stream=req.stream, max_tokens=req.max_tokens, headers=headers,
-            raw=RawCall("openai_responses", _native_body(body), raw, stream=req.stream, headers=headers),
+            raw=RawCall("openai_responses", native, raw, raw_is_body=native is body, stream=req.stream,
+                        headers=headers),
             build_chat=build_chat, count_prompt=PromptTokens(lambda exact: estimate_chat_tokens(req, exact)),
             prompt_text=req.last_user_text())
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
 
+import msgspec
+
 from llmgw_common import tracing
 from llmgw_common.capacity import estimate
 from llmgw_common.config import GatewayConfig
@@ -478,9 +480,9 @@ class Gateway:
                         return None
                     refused.append((cand.provider, got))
                     continue
-                cand = cand.model_copy(update={"reservation": got})
+                cand = msgspec.structs.replace(cand, reservation=got)
             skipped = [*plan.skipped, *(Skipped(provider=p, reason=r.reason) for p, r in refused)]
-            return plan.model_copy(update={"candidates": [cand, *plan.candidates[i + 1:]], "skipped": skipped})
+            return msgspec.structs.replace(plan, candidates=[cand, *plan.candidates[i + 1:]], skipped=skipped)
         wait = str(max(1, math.ceil(max(r.retry_after_s for _p, r in refused))))
         why = "; ".join(f"{p}: {r.reason}" for p, r in refused)
         if any(r.unavailable for _p, r in refused):

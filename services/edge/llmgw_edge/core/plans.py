@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import msgspec
+
 from llmgw_common.messages import RouteDecision, RouteRequest
 
 MAX_PLANS = 10_000  # (model, key, prompt class, endpoint, needs) combinations; past it the cache starts over
@@ -71,11 +73,11 @@ class PlanCache:
         self.router_lost = False  # a router answered
         if decision.reusable_s <= 0 or generation != self.generation or not decision.candidates:
             return
-        plan = decision.model_copy(update={"candidates": list(decision.candidates)})
+        plan = msgspec.structs.replace(decision, candidates=list(decision.candidates))
         # the admission of the request that asked belongs to that request alone
         first = plan.candidates[0]
         if first.reservation is not None or first.probe:
-            plan.candidates[0] = first.model_copy(update={"reservation": None, "probe": False})
+            plan.candidates[0] = msgspec.structs.replace(first, reservation=None, probe=False)
         if len(self._plans) >= MAX_PLANS:
             self._plans.clear()
         self._plans[self._key(request)] = _Plan(plan, self._clock() + decision.reusable_s, key_record)

@@ -32,6 +32,7 @@ class RawCall:
     format: str  # openai_chat | openai_responses | embeddings | anthropic_messages | anthropic_count_tokens | raw
     body: dict[str, Any] | None  # the client's JSON body (None for raw bodies that are not JSON)
     raw: bytes
+    raw_is_body: bool = True  # ``raw`` is ``body`` as the client wrote it (False: the codec changed ``body``)
     stream: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)  # the client's headers (lower-case names)
     include_usage: bool = False  # OpenAI streams: the client asked for the usage chunk

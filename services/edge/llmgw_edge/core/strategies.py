@@ -14,6 +14,8 @@ import random
 from collections import defaultdict
 from itertools import groupby
 
+import msgspec
+
 from llmgw_common.config import GatewayConfig
 from llmgw_common.messages import Candidate, RouteDecision
 
@@ -52,7 +54,7 @@ def ordered(plan: RouteDecision, load: EdgeLoad, config: GatewayConfig) -> Route
     for _, members in groupby(pairs, key=lambda gc: gc[0]):
         group = [c for _, c in members]
         out += _order_group(group, plan.strategy, load, config) if len(group) > 1 else group
-    return plan.model_copy(update={"candidates": out})
+    return msgspec.structs.replace(plan, candidates=out)
 
 
 def _order_group(group: list[Candidate], strategy: str, load: EdgeLoad, config: GatewayConfig) -> list[Candidate]:

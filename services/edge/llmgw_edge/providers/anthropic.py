@@ -20,7 +20,7 @@ from ..core.errors import UpstreamError, unsupported
 from ..core.types import (ChatRequest, ChatResponse, Finish, Image, Start, StreamEvent, Text, TextDelta,
                           Thinking, ThinkingDelta, ToolCall, ToolCallDelta, ToolCallStart, ToolResult, Usage,
                           UsageUpdate)
-from .base import HttpProvider, RawCall, RawReply, dumps, token_count
+from .base import HttpProvider, RawCall, RawReply, relayed_bytes, token_count
 from .http import HttpReply, sse_events
 
 API_VERSION = "2023-06-01"
@@ -69,7 +69,7 @@ class AnthropicProvider(HttpProvider):
     async def relay_body(self, call: RawCall, body: dict[str, Any]) -> RawReply:
         forwarded = {name: call.headers[name] for name in FORWARDED if name in call.headers}
         path = "/v1/messages/count_tokens" if call.format == "anthropic_count_tokens" else "/v1/messages"
-        reply = await self.send(path, dumps(body), stream=call.stream, extra_headers=forwarded)
+        reply = await self.send(path, relayed_bytes(call, body), stream=call.stream, extra_headers=forwarded)
         headers = {k.lower(): v for k, v in reply.headers.items()
                    if k.lower() == "request-id" or k.lower().startswith("anthropic-ratelimit-")}
         if not call.stream:

@@ -202,6 +202,14 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def relayed_bytes(call: RawCall, body: dict[str, Any]) -> bytes:
+    """A relayed body's bytes: the client's own when ``body`` is still what it sent (the model already the
+    upstream's name, nothing added), so a large prompt is never encoded again; else ``body`` encoded."""
+    if call.raw_is_body and body == call.body:
+        return call.raw
+    return dumps(body)
+
+
 def loads_object(body: bytes, what: str = "upstream") -> dict[str, Any]:
     """A JSON object from a provider, or a ``PROTOCOL`` failure."""
     try:

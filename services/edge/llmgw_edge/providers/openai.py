@@ -13,13 +13,15 @@ import json
 from decimal import Decimal
 from typing import Any, AsyncIterator, Mapping
 
+import msgspec
+
 from llmgw_common.failures import FailureKind
 
 from ..core.errors import UpstreamError
 from ..core.types import (ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Finish, Image, Message,
                           Start, StreamEvent, Text, TextDelta, Thinking, ThinkingDelta, ToolCall, ToolCallDelta,
                           ToolCallStart, ToolResult, Usage, UsageUpdate)
-from .base import HttpProvider, RawCall, RawReply, dumps, loads_object, token_count
+from .base import HttpProvider, RawCall, RawReply, dumps, loads_object, relayed_bytes, token_count
 from .http import HttpReply, sse_events
 
 _FINISH_IN = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
@@ -73,7 +75,7 @@ class OpenAIProvider(HttpProvider):
         if call.stream and call.format == "openai_chat":
             # always ask for usage so streams are counted; stripped again if the client did not ask
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        reply = await self.send(path, dumps(body), stream=call.stream)
+        reply = await self.send(path, relayed_bytes(call, body), stream=call.stream)
         if not call.stream:
             content = await reply.read()
             return RawReply(status=reply.status, headers={}, media_type="application/json", body=content,
@@ -199,17 +201,37 @@ def usage_from(obj: Any) -> Usage | None:
     return usage
 
 
+class _UsageParts(msgspec.Struct):
+    """What ``usage_of_body`` reads of an answer: msgspec skips everything else without building it."""
+
+    usage: Any = None  # chat, embeddings, Responses
+    response: Any = None  # a Responses event: {"response": {"usage": ...}}
+
+
+_USAGE_PARTS = msgspec.json.Decoder(_UsageParts)
+
+
 def usage_of_body(content: bytes) -> Usage:
     # cheap test first: the usage object is near the end of the body
     if b'"usage"' not in content:
         return Usage()
     try:
+        parts = _USAGE_PARTS.decode(content)
+    except msgspec.DecodeError:  # no JSON object, or one only Python's json reads (NaN, 1e400): as before
+        return _usage_of_json(content)
+    inner = parts.response.get("usage") if isinstance(parts.response, dict) else None
+    return usage_from(parts.usage) or usage_from(inner) or Usage()
+
+
+def _usage_of_json(content: bytes) -> Usage:
+    try:
         obj = json.loads(content)
     except ValueError:
         return Usage()
     if isinstance(obj, dict):
-        # Responses API: {"usage": ...} at the top; chat and embeddings too
-        return usage_from(obj.get("usage")) or usage_from((obj.get("response") or {}).get("usage")) or Usage()
+        response = obj.get("response")
+        return usage_from(obj.get("usage")) or usage_from(response.get("usage") if isinstance(response, dict)
+                                                          else None) or Usage()
     return Usage()
 
 
