@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
 import pytest
 
 from llmgw_common.config import parse_config
@@ -71,8 +72,8 @@ async def test_one_replica_records_who_served_a_prefix_and_another_routes_the_ne
         other = await b.decide(_turn(uuid.uuid4().hex))  # another conversation: the normal order
         assert other.candidates[0].provider == f"gpt-{tag}"
         # a failed attempt records nothing
-        failed = served.model_copy(update={"ok": False, "status": 500, "provider": f"gpt-{tag}",
-                                           "prefix_key": uuid.uuid4().hex})
+        failed = msgspec.structs.replace(served, ok=False, status=500, provider=f"gpt-{tag}",
+                                         prefix_key=uuid.uuid4().hex)
         await b._apply_outcome(Msg(failed.encode()))
         assert await redis.get(AFFINITY_PREFIX + failed.prefix_key) is None
     finally:
