@@ -12,11 +12,12 @@ the lease; its usage event settles its actual usage (the usage service), as for 
   for its answer); a lease more than two thirds through its life or its requests is replaced ahead of
   time, off the request's path, unless the router granted less than asked (little is left: a lease nobody
   uses would hold capacity another edge is refused for). The size asked for follows the route's demand
-  (requests per lease period, a moving average) plus the requests waiting; the router answers with one
+  (requests per lease period, averaged over time) plus the requests waiting; the router answers with one
   request when little is left.
 - A lease is given back (what was not admitted returns at once) when it is used up, when it ends (the
   sweep), and at shutdown. An attempt that failed is taken back into its lease while the edge still holds
-  it (the failed request used nothing); once given back, its estimate stays counted: never too little.
+  it (the failed request used nothing); once given back, its estimate stays counted until the router's
+  reaper returns what no usage event settled.
 - When the router cannot be asked, live leases keep serving until they end; a route with no lease left is
   refused (``Refusal.unavailable``: a 503 with Retry-After), never admitted past a limit.
 
