@@ -122,8 +122,6 @@ async def test_what_an_edge_did_not_admit_goes_back_when_it_returns_the_lease(re
     assert await _minute(redis, scope, T0 + 1000) == {"req": 3, "tin": 120, "tout": 180, "cost": 3_000_000}
     assert await leases.give_back("ret-1", 0, 0, 0, 0, T0 + 1100, 60_000) == "gone"  # given back once
     assert sum(await _drain(leases, route, "edge-b", 10, T0 + 1200)) == 47  # another edge takes the rest
-    await leases.reap(T0 + 1300, keep_s=3600)  # the returned lease is dropped, nothing more given back
-    assert not await redis.exists(CAP_LEASE_PREFIX + "ret-1")
     assert (await _minute(redis, scope, T0 + 1200))["req"] == 3 + 47
 
 
@@ -202,3 +200,31 @@ async def test_a_lease_given_back_before_its_grant_arrives_is_never_granted(redi
     assert g.n == 0 and g.reason == "given back before it was granted"
     assert (await _minute(redis, provider_scope(route.provider), T0 + 100))["req"] == 0
     assert (await leases.grant("late-2", "edge-a", route, 10, T0 + 200, TTL_MS, GRACE_MS)).n == 10
+
+
+async def test_what_a_returned_lease_kept_and_no_event_settled_goes_back_after_the_hold(redis):
+    """An edge gives a lease back with the requests it admitted, then dies before their events (or an attempt
+    fails after the give-back): ``hold_ms`` later the reaper returns their estimates, and a late event counts
+    in full. A returned lease whose requests all reported is dropped: nothing is kept for it."""
+    leases, writer = CapacityLeases(redis), WindowWriter(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    scope, now_s, at_ms = provider_scope(route.provider), T0 // 1000 + 40, T0 + 40_000
+    reported, dead = uuid.uuid4().hex, uuid.uuid4().hex
+    assert (await leases.grant(reported, "edge-a", route, 5, at_ms, TTL_MS, GRACE_MS)).n == 5
+    assert (await leases.grant(dead, "edge-dead", route, 3, at_ms, TTL_MS, GRACE_MS)).n == 3
+    events = [_leased_event(route, reported, at_ms + 10 + j, 40, 60, 1_000_000) for j in range(2)]
+    assert await writer.apply(events, now_s) == 2
+    assert await leases.give_back(reported, 2, 80, 120, 2_000_000, at_ms + 500, hold_ms=1000) == "returned"
+    # the dead edge's last requests: 3 admitted (the lease used up and given back), none of them reported
+    assert await leases.give_back(dead, 3, 120, 180, 3_000_000, at_ms + 500, hold_ms=1000) == "returned"
+    assert (await _minute(redis, scope, at_ms + 500))["req"] == 2 + 3
+    assert await leases.reap(at_ms + 1499, keep_s=3600) == 0  # held: their events may still come
+    assert (await _minute(redis, scope, at_ms + 1499))["req"] == 2 + 3
+    assert await leases.reap(at_ms + 1500, keep_s=3600) == 1  # the dead edge's 3: given back
+    assert not await redis.exists(CAP_LEASE_PREFIX + reported)  # its requests all reported: dropped
+    assert await redis.hget(CAP_LEASE_PREFIX + dead, "state") == "reaped"
+    assert await _minute(redis, scope, at_ms + 1500) == {"req": 2, "tin": 80, "tout": 120, "cost": 2_000_000}
+    late = _leased_event(route, dead, at_ms + 20, 10, 10, 500_000)
+    assert await writer.apply([late], now_s + 2) == 1  # given back already: it counts in full, once
+    assert await _minute(redis, scope, at_ms + 1600) == {"req": 3, "tin": 90, "tout": 130, "cost": 2_500_000}
+    assert sum(await _drain(leases, route, "edge-b", 10, at_ms + 1600)) == 47  # the rest, to the last

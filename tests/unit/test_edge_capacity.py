@@ -159,7 +159,7 @@ async def test_what_the_edge_admits_from_a_lease_never_passes_what_was_reserved(
 async def test_a_failed_attempt_goes_back_into_its_lease_and_its_outcome_releases_nothing():
     h = Harness()
     h.granter.limits["free"] = 100
-    for _ in range(3):  # the router's admission and the plan, a first lease of one, then a bigger one
+    for _ in range(5):  # the router's admission and the plan, then leases growing with the demand: 1, 2, 4
         await h.ask()
     held = next(iter(h.capacity._held.values()))
     admitted = held.admitted
@@ -213,3 +213,41 @@ async def test_an_estimate_no_lease_message_can_carry_is_left_to_the_router():
     cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 2.0, clock=clock)
     got = await cache.take(("free", "m", None), 10, 2 * 10**9)
     assert isinstance(got, Refusal) and got.ask_router and granter.asks == []
+
+
+class ScarceGranter(Granter):
+    """Sizes a lease as the router's GRANT script does: one request when what is left is less than twice
+    what is asked for (one edge asking), else what is asked for. ``sizes``: each grant's N."""
+
+    sizes: list[int]
+    wanted: list[int]
+
+    async def ask(self, ask: LeaseAsk) -> LeaseGrant:
+        self.wanted = [*getattr(self, "wanted", []), ask.wanted]
+        left = self.limits[ask.provider] - self.reserved[ask.provider]
+        if left < 2 * ask.wanted:
+            ask = LeaseAsk(lease_id=ask.lease_id, edge=ask.edge, provider=ask.provider, model=ask.model,
+                           key_id=ask.key_id, wanted=1, tokens_in=ask.tokens_in, tokens_out=ask.tokens_out)
+        grant = await super().ask(ask)
+        self.sizes = [*getattr(self, "sizes", []), grant.n]
+        return grant
+
+
+async def test_requests_arriving_together_do_not_inflate_the_demand_into_leases_of_one():
+    # two clients in step, a request each every 0.3 s (about 6.7 a second): when a lease of one runs out
+    # under one of them, the other asks again a moment later. Demand averaged per question read that as
+    # hundreds a second, and the router, seeing that against a limit of 100, granted one request a time
+    import asyncio
+
+    clock = Clock()
+    granter = ScarceGranter({"free": 100}, clock)
+    cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 2.0, clock=clock)
+    route = ("free", "m", None)
+    for _ in range(10):
+        clock.now += 0.3
+        cache.sweep()
+        got = await asyncio.gather(cache.take(route, 10, 20), cache.take(route, 10, 20))
+        assert not any(isinstance(g, Refusal) for g in got)
+    wanted = granter.wanted
+    assert max(wanted) <= 2 * 7 + 3, wanted  # about the demand of one lease period (2 s), plus those waiting
+    assert max(granter.sizes) > 1, (granter.sizes, wanted)  # leases with room for the next requests

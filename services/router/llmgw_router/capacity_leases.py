@@ -13,6 +13,8 @@ docs/routing.md ("Leases for routes with limits") has the accounting, the invari
   stays (state ``returned``) until ``hold_ms`` later, for the events of the requests it did admit. A lease
   given back before it was granted (the edge's question went unanswered in time, and may still arrive from
   a frozen NATS or router) is marked ``given_up`` for ``hold_ms``: its grant, when it comes, is refused.
+  ``hold_ms`` after a give-back the reaper returns what its requests never settled (their edge died before
+  reporting them, or the attempt failed after the give-back): no capacity kept for requests nobody served.
 - ``reap``: a lease its edge never returned (the edge died, or cannot reach NATS), ``grace_ms`` after it
   ended: what the usage service has not settled from it goes back; the record stays as a tombstone (state
   ``reaped``) for the longest window it drew on, and a later event of it counts in full. ``grace_ms`` must
@@ -213,14 +215,17 @@ local v = redis.call('HMGET', lease, 'n', 'tin', 'tout', 'cost')
 local back = {}
 for f = 1, 4 do back[f] = math.max(0, tonumber(v[f]) - used[f]) end
 give_back(lease, back[1], back[2], back[3], back[4], math.floor(now_ms / 1000))
-redis.call('HSET', lease, 'state', 'returned', 'kept_n', v[1] - back[1])
+redis.call('HSET', lease, 'state', 'returned', 'kept_n', v[1] - back[1], 'kept_tin', v[2] - back[2],
+           'kept_tout', v[3] - back[3], 'kept_cost', v[4] - back[4])
 redis.call('ZADD', '$CAP_LEASES', now_ms + hold_ms, ARGV[2])
 return 'returned'
 """
 
 # Takes up to ARGV[2] leases due at ARGV[1] (ms), then the windows and the tombstone's life (ARGV[3], s).
-# A live one (its edge never gave it back) returns all but what usage events settled from it; a returned
-# one is dropped: what its edge admitted and no event settled stays counted at its estimate (abandoned).
+# A live one (its edge never gave it back) returns all but what usage events settled from it. A returned
+# one, ``hold_ms`` after its give-back, returns what its edge admitted and no event settled: requests whose
+# edge died before reporting them (nobody got an answer), attempts that failed after the give-back. Either
+# way the record stays as a tombstone (state reaped): an event that still comes counts in full.
 REAP_LUA = _LUA_WINDOWS + """
 local now_ms = tonumber(ARGV[1])
 local keep_s = tonumber(ARGV[3])
@@ -231,16 +236,26 @@ local reaped = 0
 for _, id in ipairs(due) do
   redis.call('ZREM', '$CAP_LEASES', id)
   local lease = '$CAP_LEASE_PREFIX' .. id
-  if redis.call('HGET', lease, 'state') == 'live' then
-    local v = redis.call('HMGET', lease, 'n', 'tin', 'tout', 'cost', 'applied_n', 'applied_tin', 'applied_tout',
-                         'applied_cost')
-    local back = {}
-    for f = 1, 4 do back[f] = math.max(0, tonumber(v[f]) - (tonumber(v[f + 4]) or 0)) end
+  local state = redis.call('HGET', lease, 'state')
+  -- what the lease still holds in the windows: all it reserved (live), or what its edge kept (returned)
+  local held = {}
+  if state == 'live' then
+    held = redis.call('HMGET', lease, 'n', 'tin', 'tout', 'cost')
+  elseif state == 'returned' then
+    held = redis.call('HMGET', lease, 'kept_n', 'kept_tin', 'kept_tout', 'kept_cost')
+  end
+  local applied = redis.call('HMGET', lease, 'applied_n', 'applied_tin', 'applied_tout', 'applied_cost')
+  local back, unsettled = {}, false
+  for f = 1, 4 do
+    back[f] = math.max(0, (tonumber(held[f]) or 0) - (tonumber(applied[f]) or 0))
+    unsettled = unsettled or back[f] > 0
+  end
+  if state == 'live' or unsettled then
     give_back(lease, back[1], back[2], back[3], back[4], math.floor(now_ms / 1000))
     redis.call('HSET', lease, 'state', 'reaped')
     redis.call('EXPIRE', lease, keep_s)  -- a late event of this lease counts in full, not as a settlement
     reaped = reaped + 1
-  else
+  else  -- given back, and every request it kept has reported: nothing more can come for it
     redis.call('DEL', lease)
   end
 end

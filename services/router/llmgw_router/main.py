@@ -227,7 +227,7 @@ class Router:
                 log.warning("cannot reap capacity leases (%s)", type(exc).__name__)
                 continue
             if reaped:
-                log.info("reaped %d capacity leases their edges never gave back", reaped)
+                log.info("reaped %d capacity leases their edges never gave back or never settled", reaped)
 
     # ---- health, pin, smart ----------------------------------------------
 

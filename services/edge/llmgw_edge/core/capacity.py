@@ -12,11 +12,12 @@ the lease; its usage event settles its actual usage (the usage service), as for 
   for its answer); a lease more than two thirds through its life or its requests is replaced ahead of
   time, off the request's path, unless the router granted less than asked (little is left: a lease nobody
   uses would hold capacity another edge is refused for). The size asked for follows the route's demand
-  (requests per lease period, a moving average) plus the requests waiting; the router answers with one
+  (requests per lease period, averaged over time) plus the requests waiting; the router answers with one
   request when little is left.
 - A lease is given back (what was not admitted returns at once) when it is used up, when it ends (the
   sweep), and at shutdown. An attempt that failed is taken back into its lease while the edge still holds
-  it (the failed request used nothing); once given back, its estimate stays counted: never too little.
+  it (the failed request used nothing); once given back, its estimate stays counted until the router's
+  reaper returns what no usage event settled.
 - When the router cannot be asked, live leases keep serving until they end; a route with no lease left is
   refused (``Refusal.unavailable``: a 503 with Retry-After), never admitted past a limit.
 
@@ -44,7 +45,6 @@ MAX_WANTED = 10_000
 MAX_ROUNDS = 3  # questions one request waits for before it leaves the decision to the router
 MAX_ESTIMATE = 10**9  # tokens: what a LeaseAsk carries at most
 AWAY_S = 1.0  # after the router could not be asked: a route with no lease left is refused at once this long
-DEMAND_ALPHA = 0.5
 
 
 class RouterUnavailable(Exception):
@@ -97,7 +97,7 @@ class _Route:
     waiting: int = 0
     admitted: int = 0  # since the last question: the demand
     since: float = 0.0
-    rate: float = 0.0  # requests per second, a moving average
+    rate: float = 0.0  # requests per second, a moving average over about a lease period
     # the router granted less than asked: little is left of a limit. No lease is asked for ahead of time
     # then: one nobody uses would hold capacity another edge's request is refused for
     scarce: bool = False
@@ -206,10 +206,16 @@ class CapacityCache:
 
     def _wanted(self, r: _Route) -> int:
         now = self._clock()
-        elapsed = max(now - r.since, 1e-3)
-        r.rate = DEMAND_ALPHA * r.rate + (1 - DEMAND_ALPHA) * r.admitted / elapsed if r.rate else r.admitted / elapsed
+        ttl = self._ttl_s()
+        elapsed = max(now - r.since, 0.0)
+        # requests per second, averaged over time (about one lease period), not over questions: two requests
+        # a few ms apart each asking (a lease of one used up) must not read as hundreds a second, or the
+        # router, seeing that demand against what is left, would answer every question with one request
+        keep = math.exp(-elapsed / ttl)
+        fresh = r.admitted / ttl if elapsed < 1e-9 else (1 - keep) * r.admitted / elapsed
+        r.rate = keep * r.rate + fresh
         r.admitted, r.since = 0, now
-        return max(1, min(MAX_WANTED, math.ceil(r.rate * self._ttl_s()) + r.waiting + 1))
+        return max(1, min(MAX_WANTED, math.ceil(r.rate * ttl) + r.waiting + 1))
 
     def _start_asking(self, route: RouteKey, r: _Route, tokens_in: int, tokens_out: int) -> None:
         ask = LeaseAsk(lease_id=new_id(), edge=self.edge, provider=route[0], model=route[1], key_id=route[2],
