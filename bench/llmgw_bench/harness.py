@@ -165,9 +165,11 @@ def start_demo_provider(children: ChildProcesses, state_dir: Path, port: int) ->
     return upstream
 
 
-def write_gateway_config(path: Path, upstream_port: int, requests_per_minute: int | None = None) -> None:
+def write_gateway_config(path: Path, upstream_port: int, requests_per_minute: int | None = None,
+                         leases: bool = False) -> None:
     """The gateway in front of the demo provider; ``requests_per_minute``: a limit on the benchmarked route
-    (so every request is admitted against it), else none."""
+    (so every request is admitted against it), else none; ``leases``: ``routing.leases`` (the edge admits
+    from capacity the router leases it)."""
     demo: dict = {
         "id": "demo",
         "type": "openai",
@@ -187,6 +189,8 @@ def write_gateway_config(path: Path, upstream_port: int, requests_per_minute: in
             "models": [{"name": ANTHROPIC_MODEL, "upstream": MODEL}],
         }],
     }
+    if leases:
+        data["routing"] = {"leases": True}
     parse_config(data, str(path))  # fail here, clearly, if the schema moved on
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 

@@ -186,12 +186,12 @@ def start_portkey(children: ChildProcesses, state_dir: Path, portkey_dir: Path, 
 
 
 def start_gateway(children: ChildProcesses, state_dir: Path, upstream_port: int, api_key: str | None,
-                  requests_per_minute: int | None = None) -> Running:
+                  requests_per_minute: int | None = None, leases: bool = False) -> Running:
     """``llmgw run`` in a directory of its own (``gateway`` or ``gateway-limited``)."""
     work = state_dir / ("gateway" if requests_per_minute is None else "gateway-limited")
     work.mkdir(exist_ok=True)
     config = work / "llmgw.yaml"
-    write_gateway_config(config, upstream_port, requests_per_minute)
+    write_gateway_config(config, upstream_port, requests_per_minute, leases)
     edge_port, ui_port = free_port(), free_port()
     proc = children.start(
         "gateway",
