@@ -17,7 +17,8 @@ ROOT = "llmgw:"
 WINDOW_PREFIX = ROOT + "w:"  # + <scope>:<bucket_s>:<bucket_start>: hash req, tin, tout, cost
 CALENDAR_PREFIX = ROOT + "cal:"  # + <scope>:month:<YYYY-MM>: a key's calendar-month totals
 SCOPES = ROOT + "scopes"  # set of every scope ever written
-SEEN_PREFIX = ROOT + "seen:"  # + <event id>: an event already applied to the windows
+SEEN_PREFIX = ROOT + "seen:"  # + <event id>: an event already applied to the windows (an id not a ULID)
+SEEN_SET_PREFIX = ROOT + "seenset:"  # + <minute>: set of ULID event ids made in that minute, already applied
 
 # ---- admission leases (llmgw_common.leases) -----------------------------------------------------------
 LEASES = ROOT + "leases"  # zset: member -> expiry (epoch ms)
