@@ -3,8 +3,7 @@
 Starts the demo provider and the gateway (``llmgw run``) with the peer benchmark's limited route (1,000,000
 requests a minute; ``routing.leases`` on unless ``--no-leases``), warms up, then drives ``wrk`` at
 concurrency 10 and reads ``INFO commandstats`` before and after: every command per request, scripts'
-included. While the load runs it also listens with ``MONITOR`` for a second and charges each command to
-the script that ran it (a script is known by its SHA1: the gateway's scripts are hashed here the way
+included. Over the same interval it listens with ``MONITOR`` and charges each command to the script that ran it (a script is known by its SHA1: the gateway's scripts are hashed here the way
 redis-py registers them) or, outside scripts, to its own name: which service's work it is.
 """
 
@@ -26,7 +25,6 @@ from llmgw_bench.redis_stats import OWN_COMMANDS, gateway_redis_url, read_calls
 from llmgw_bench.wrk import run_wrk, write_wrk_script
 from llmgw_cli.infra import free_port
 
-MONITOR_S = 1.0
 _LINE = re.compile(r'^[\d.]+ \[\d+ (?P<who>[^\]]+)\] "(?P<command>[^"]+)"(?: "(?P<first>[^"]*)")?')
 
 
@@ -65,7 +63,7 @@ def charge(lines: list[str], scripts: dict[str, str]) -> Counter[str]:
     return charged
 
 
-def monitor(url: str, seconds: float, out: list[str]) -> None:
+def monitor(url: str, listening: threading.Event, stop: threading.Event, out: list[str]) -> None:
     import redis
 
     client = redis.Redis.from_url(url, decode_responses=True)
@@ -73,8 +71,8 @@ def monitor(url: str, seconds: float, out: list[str]) -> None:
     try:
         connection.send_command("MONITOR")
         connection.read_response()  # OK
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        listening.set()
+        while not stop.is_set():
             if connection.can_read(timeout=0.1):
                 out.append(str(connection.read_response()))
     finally:
@@ -103,26 +101,27 @@ def main(argv: list[str] | None = None) -> int:
         write_wrk_script(script)
         run_wrk(system.url, script, 10, 2, 2, system.headers)  # warm-up: leases granted, plans cached
         time.sleep(1)
-        before = read_calls(url)
         lines: list[str] = []
-        listener = threading.Thread(target=lambda: (time.sleep(1), monitor(url, MONITOR_S, lines)))
+        listening, stop = threading.Event(), threading.Event()
+        listener = threading.Thread(target=monitor, args=(url, listening, stop, lines))
         listener.start()
+        listening.wait(10)
+        before = read_calls(url)
         run = run_wrk(system.url, script, 10, 2, args.duration, system.headers)
-        listener.join()
         time.sleep(1)  # the last outcomes and usage events reach Redis
         after = read_calls(url)
+        stop.set()
+        listener.join()
         assert before is not None and after is not None
         commands, scripts = (after - before).per_request(run.requests)
         print(f"leases {'off' if args.no_leases else 'on'}: {run.requests:,} requests at c=10 "
               f"({run.requests_per_s:,.0f}/s, {run.errors} errors): {commands:.2f} Redis commands and "
-              f"{scripts:.3f} script runs per request (INFO commandstats)")
+              f"{scripts:.3f} script runs per request (INFO commandstats; MONITOR on, which slows Redis)")
         if os.environ.get("LLMGW_MONITOR_DUMP"):
             Path(os.environ["LLMGW_MONITOR_DUMP"]).write_text("\n".join(lines))
-        charged = charge(lines, known_scripts())
-        served = run.requests_per_s * MONITOR_S  # about how many requests the monitored second saw
-        print(f"MONITOR for {MONITOR_S:g} s (~{served:,.0f} requests): per request, by what ran them")
-        for name, count in sorted(charged.items(), key=lambda kv: -kv[1]):
-            print(f"  {count / served:8.3f}  {name}  ({count})")
+        print("per request, by what ran them (MONITOR over the same run):")
+        for name, count in sorted(charge(lines, known_scripts()).items(), key=lambda kv: -kv[1]):
+            print(f"  {count / run.requests:8.3f}  {name}  ({count:,})")
         return 0
     finally:
         children.stop_all()
