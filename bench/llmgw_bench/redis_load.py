@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmgw_bench redis", description=__doc__)
     parser.add_argument("--duration", type=int, default=5, metavar="S", help="seconds of measured load (5)")
     parser.add_argument("--no-leases", action="store_true", help="per-request admission (routing.leases off)")
+    parser.add_argument("--no-monitor", action="store_true",
+                        help="commandstats only (MONITOR slows Redis, and the figures per request with it)")
     args = parser.parse_args(argv)
     state_dir = Path(tempfile.mkdtemp(prefix="llmgw-redis-load-"))
     children = ChildProcesses()
@@ -104,19 +106,25 @@ def main(argv: list[str] | None = None) -> int:
         lines: list[str] = []
         listening, stop = threading.Event(), threading.Event()
         listener = threading.Thread(target=monitor, args=(url, listening, stop, lines))
-        listener.start()
-        listening.wait(10)
+        if not args.no_monitor:
+            listener.start()
+            listening.wait(10)
         before = read_calls(url)
         run = run_wrk(system.url, script, 10, 2, args.duration, system.headers)
         time.sleep(1)  # the last outcomes and usage events reach Redis
         after = read_calls(url)
         stop.set()
-        listener.join()
+        if not args.no_monitor:
+            listener.join()
         assert before is not None and after is not None
         commands, scripts = (after - before).per_request(run.requests)
         print(f"leases {'off' if args.no_leases else 'on'}: {run.requests:,} requests at c=10 "
               f"({run.requests_per_s:,.0f}/s, {run.errors} errors): {commands:.2f} Redis commands and "
-              f"{scripts:.3f} script runs per request (INFO commandstats; MONITOR on, which slows Redis)")
+              f"{scripts:.3f} script runs per request, {(after - before).commands / (args.duration + 1):,.0f} "
+              f"commands/s (INFO commandstats"
+              + ("" if args.no_monitor else "; MONITOR on, which slows Redis") + ")")
+        if args.no_monitor:
+            return 0
         if os.environ.get("LLMGW_MONITOR_DUMP"):
             Path(os.environ["LLMGW_MONITOR_DUMP"]).write_text("\n".join(lines))
         print("per request, by what ran them (MONITOR over the same run):")

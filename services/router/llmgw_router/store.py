@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redis.commands.core import AsyncScript
+
 from llmgw_common import redis_keys
 from llmgw_common.config import BreakerConfig, Limits
 from llmgw_common.messages import AttemptOutcome, Reservation
@@ -566,7 +568,7 @@ class RoutingStore:
         """Several outcomes (kind, cooldown ms each) in one round trip, in their order: each run of successes
         folded into one ``OUTCOMES_OK_LUA``, any other outcome through ``OUTCOME_LUA``. One script alone
         goes without a pipeline (a pipeline of scripts also asks ``SCRIPT EXISTS`` each time)."""
-        calls: list[tuple[object, list[object]]] = []
+        calls: list[tuple[AsyncScript, list[object]]] = []
         successes: list[AttemptOutcome] = []
         for outcome, kind, cooldown_ms in items:
             if kind == "ok":
@@ -580,11 +582,11 @@ class RoutingStore:
             calls.append((self._outcomes_ok, self._outcomes_ok_args(successes)))
         if len(calls) == 1:
             script, args = calls[0]
-            await script(keys=[], args=args)  # type: ignore[operator]
+            await script(keys=[], args=args)
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for script, args in calls:
-                await script(keys=[], args=args, client=pipe)  # type: ignore[operator]
+                await script(keys=[], args=args, client=pipe)
             await pipe.execute()
 
     @staticmethod
