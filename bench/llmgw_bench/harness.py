@@ -3,6 +3,7 @@ answer, the machine's description, the errors."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import signal
@@ -98,7 +99,8 @@ class ChildProcesses:
     def _stop(name: str, proc: subprocess.Popen, grace: float) -> None:
         if proc.poll() is not None:
             return
-        print(f"stopping {name} (pid {proc.pid})", flush=True)
+        with contextlib.suppress(OSError):  # our output closed (piped to head): stop them all the same
+            print(f"stopping {name} (pid {proc.pid})", flush=True)
         proc.terminate()
         try:
             proc.wait(grace)

@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         children.stop_all()
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
