@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog="python -m llmgw_bench ingest", description=ingest.__doc__)
         ingest.add_arguments(parser)
         return ingest.cmd_bench_ingest(parser.parse_args(argv[1:]))
+    if argv[:1] == ["redis"]:
+        from llmgw_bench import redis_load
+
+        return redis_load.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m llmgw_bench", description=__doc__,
                                      epilog="python -m llmgw_bench ingest --help: the usage ingest benchmark")
     add_arguments(parser)

@@ -3,6 +3,7 @@ answer, the machine's description, the errors."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import signal
@@ -98,7 +99,8 @@ class ChildProcesses:
     def _stop(name: str, proc: subprocess.Popen, grace: float) -> None:
         if proc.poll() is not None:
             return
-        print(f"stopping {name} (pid {proc.pid})", flush=True)
+        with contextlib.suppress(OSError):  # our output closed (piped to head): stop them all the same
+            print(f"stopping {name} (pid {proc.pid})", flush=True)
         proc.terminate()
         try:
             proc.wait(grace)
@@ -165,9 +167,11 @@ def start_demo_provider(children: ChildProcesses, state_dir: Path, port: int) ->
     return upstream
 
 
-def write_gateway_config(path: Path, upstream_port: int, requests_per_minute: int | None = None) -> None:
+def write_gateway_config(path: Path, upstream_port: int, requests_per_minute: int | None = None,
+                         leases: bool = False) -> None:
     """The gateway in front of the demo provider; ``requests_per_minute``: a limit on the benchmarked route
-    (so every request is admitted against it), else none."""
+    (so every request is admitted against it), else none; ``leases``: ``routing.leases`` (the edge admits
+    from capacity the router leases it)."""
     demo: dict = {
         "id": "demo",
         "type": "openai",
@@ -187,6 +191,8 @@ def write_gateway_config(path: Path, upstream_port: int, requests_per_minute: in
             "models": [{"name": ANTHROPIC_MODEL, "upstream": MODEL}],
         }],
     }
+    if leases:
+        data["routing"] = {"leases": True}
     parse_config(data, str(path))  # fail here, clearly, if the schema moved on
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 

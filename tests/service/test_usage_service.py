@@ -41,7 +41,8 @@ from llmgw_common.messages import (
 )
 from llmgw_common.nats_conn import RemoteError, connect_nats, ensure_usage_stream, request
 from llmgw_common.redis_conn import connect_redis
-from llmgw_common.windows import SCOPES_KEY, WindowReader, model_scope, month_of, provider_scope
+from llmgw_common.ids import id_time_ms
+from llmgw_common.windows import SCOPES_KEY, WindowReader, model_scope, month_of, provider_scope, seen_set
 from llmgw_usage import domain
 from llmgw_usage.consumer import UsageConsumer
 from llmgw_usage.ingest import BatchProcessor
@@ -74,7 +75,8 @@ class Env:
 
 
 async def _delete_window_keys(redis) -> None:
-    for pattern in (redis_keys.WINDOW_PREFIX + "*", redis_keys.SEEN_PREFIX + "*", redis_keys.CLAIM_PREFIX + "*"):
+    for pattern in (redis_keys.WINDOW_PREFIX + "*", redis_keys.SEEN_PREFIX + "*", redis_keys.SEEN_SET_PREFIX + "*",
+                    redis_keys.CLAIM_PREFIX + "*"):
         batch = []
         async for key in redis.scan_iter(match=pattern, count=1000):
             batch.append(key)
@@ -403,8 +405,11 @@ async def test_batch_applied_twice_counts_once(env, tmp_path):
             assert totals[scope]["hour"] == {"req": 3, "tin": 30, "tout": 6, "cost": 3000}
             assert totals[scope]["day"] == {"req": 3, "tin": 30, "tout": 6, "cost": 3000}
         assert {provider_scope(provider), model_scope(provider, model)} <= await env.redis.smembers(SCOPES_KEY)
-        ttl = await env.redis.ttl(f"{redis_keys.SEEN_PREFIX}{events[0].id}")
-        assert 0 < ttl <= 86400 + 3600
+        # the ids are ULIDs: remembered in the set of their minute, a day and an hour past it
+        seen, _expire_at = seen_set(id_time_ms(events[0].id), int(time.time()))
+        assert await env.redis.sismember(seen, events[0].id)
+        ttl = await env.redis.ttl(seen)
+        assert 86400 + 3600 - 60 < ttl <= 60 + 86400 + 3600
     finally:
         await store.close()
 

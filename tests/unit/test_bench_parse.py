@@ -428,7 +428,7 @@ def test_install_failure_reason_is_short():
 
 # ---------------------------------------------------------------- make bench: Redis per request, the limited row
 
-from llmgw_bench import redis_stats  # noqa: E402
+from llmgw_bench import redis_load, redis_stats  # noqa: E402
 
 
 def test_redis_commands_are_summed_without_the_measurements_own():
@@ -475,5 +475,22 @@ def test_limited_gateway_config_puts_the_limit_on_the_benchmarked_route(tmp_path
     config = load_config(path)
     assert config.provider("demo").limits.requests_per_minute == 1_000_000
     assert config.provider("demo-anthropic").limits.requests_per_minute is None
+    assert not config.routing.leases
     harness.write_gateway_config(path, 18123)
     assert load_config(path).provider("demo").limits.requests_per_minute is None
+    # the peer bench's limited row: admitted from capacity leases
+    harness.write_gateway_config(path, 18123, requests_per_minute=peers.LIMITED_PER_MINUTE, leases=True)
+    assert load_config(path).routing.leases
+
+
+def test_redis_commands_are_charged_to_the_script_that_ran_them():
+    scripts = redis_load.known_scripts()
+    outcomes = next(sha for sha, name in scripts.items() if name == "router OUTCOMES_OK_LUA")
+    lines = ['1.1 [0 lua] "GET" "x"',  # the end of a script that started before the listening did
+             f'1.2 [0 127.0.0.1:5] "EVALSHA" "{outcomes}" "0" "0.2"',
+             '1.3 [0 lua] "ZREM" "llmgw:inflight:p" "r1"', '1.4 [0 lua] "SET" "llmgw:lat:p" "3"',
+             '1.5 [0 127.0.0.1:6] "PING"', '1.6 [0 127.0.0.1:7] "INFO" "commandstats"',
+             '1.7 [0 127.0.0.1:5] "SCRIPT" "EXISTS" "ab"']
+    assert redis_load.charge(lines, scripts) == {
+        "script ?: commands inside": 1, "router OUTCOMES_OK_LUA: runs": 1,
+        "router OUTCOMES_OK_LUA: commands inside": 2, "ping": 1, "script exists": 1}

@@ -10,6 +10,7 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from edge_fakes import Events, FakeRouter, MockResponse, MockTransport
@@ -251,3 +252,24 @@ async def test_requests_arriving_together_do_not_inflate_the_demand_into_leases_
     wanted = granter.wanted
     assert max(wanted) <= 2 * 7 + 3, wanted  # about the demand of one lease period (2 s), plus those waiting
     assert max(granter.sizes) > 1, (granter.sizes, wanted)  # leases with room for the next requests
+
+
+async def test_a_lease_that_ends_as_it_is_granted_goes_back_and_the_next_is_asked_for_past_its_bucket():
+    clock = Clock()
+    granter = Granter({"free": 100}, clock)
+    bucket_end = clock.now + 0.05  # the router is in the last moments of the lease's window bucket
+
+    async def ask(a: LeaseAsk) -> LeaseGrant:
+        grant = await granter.ask(a)
+        if len(granter.asks) == 1:  # a lease lives no longer than its bucket
+            return msgspec.structs.replace(grant, until_ms=int(bucket_end * 1000))
+        assert clock.now < bucket_end  # the fake clock stands still; the edge waited the real time
+        return grant
+
+    cache = CapacityCache("e", ask, granter.give_back, lambda: 2.0, clock=clock)
+    reservation = await cache.take(("free", "m", None), 10, 20)
+    # the first lease went back unused, the request was admitted from the second one (not left to the router)
+    first, second = granter.asks
+    assert (granter.returns[0].lease_id, granter.returns[0].admitted) == (first.lease_id, 0)
+    assert not isinstance(reservation, Refusal) and reservation.lease == second.lease_id
+    assert len(granter.asks) == 2

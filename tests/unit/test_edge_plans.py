@@ -14,7 +14,7 @@ from llmgw_common.config import GatewayConfig
 from llmgw_common.messages import Candidate, RouteDecision, RouteRequest
 from llmgw_edge.core.errors import GatewayError
 from llmgw_edge.core.gateway import Deps, Gateway
-from llmgw_edge.core.plans import AWAY_S, PlanCache
+from llmgw_edge.core.plans import AWAY_S, REFRESH_S, PlanCache
 from llmgw_edge.core.strategies import EdgeLoad, ordered
 from llmgw_edge.providers import build_provider
 from llmgw_edge.api.openai_chat import OpenAIChatCodec
@@ -177,6 +177,22 @@ def test_a_plan_ages_out_and_serves_only_while_the_router_is_away():
     assert cache.fresh(request, None) is None
     cache.keep(request, None, decision, cache.generation)  # a router answered again
     assert not cache.serving_without_router
+
+
+def test_an_aged_out_plan_is_asked_for_by_one_request_while_the_others_route_on_it():
+    now = [100.0]
+    cache = PlanCache(clock=lambda: now[0])
+    request = RouteRequest(request_id="r", model="m")
+    decision = RouteDecision(request_id="r", model="m", reusable_s=5.0,
+                             candidates=[{"provider": "a", "model": "m", "upstream_model": "m"}])
+    cache.keep(request, None, decision, cache.generation)
+    now[0] = 105.0
+    assert cache.fresh(request, None) is None  # the first asks
+    assert cache.fresh(request, None) is not None  # the others, while it does
+    now[0] += REFRESH_S
+    assert cache.fresh(request, None) is None  # no new plan came: asked again
+    cache.expire("a")  # a provider of it failed here: every request asks
+    assert cache.fresh(request, None) is None and cache.fresh(request, None) is None
 
 
 def test_a_decision_that_is_not_reusable_is_never_kept():

@@ -16,10 +16,12 @@ import msgspec
 import pytest
 
 from fake_secrets import fake_key
+from llmgw_common.ids import id_time_ms
 from llmgw_usage.progress import Progress
 from llmgw_common import redis_keys
+from ulid import ULID
 from llmgw_common.messages import COUNT_TOKENS_ENDPOINT, Attempt, Reservation, UsageEvent, UsageHistoryQuery, UsageRequestsQuery, UsageSimulate
-from llmgw_common.windows import SCOPES_KEY, SEEN_PREFIX, SEEN_TTL_S, WINDOWS, model_scope, provider_scope
+from llmgw_common.windows import SCOPES_KEY, SEEN_PREFIX, SEEN_SET_PREFIX, SEEN_TTL_S, WINDOWS, seen_set, model_scope, provider_scope
 from llmgw_usage import domain, queries
 from llmgw_usage.domain import body_rows, cap_body
 from llmgw_usage.ingest import decode_row
@@ -260,14 +262,29 @@ def test_window_script_args_group_events_that_share_buckets():
     c = _event(id="C", ts=T0 + timedelta(seconds=1))  # same scopes and 5 s bucket (:25-:29) as A
     args = domain.window_script_args([a, b, c], now_s=T0_S + 2)
     assert args[:3] == [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX]
-    groups, flat = json.loads(args[3]), json.loads(args[4])
+    groups, seen_sets, flat = json.loads(args[3]), json.loads(args[4]), json.loads(args[5])
     assert [g[1] for g in groups] == [["p:groq", "m:groq/llama"], ["p:openai", "m:openai/gpt"]]
     for buckets, _scopes in groups:
         assert len(buckets) == 12 and all(k.startswith(redis_keys.WINDOW_PREFIX) for k in buckets[::2])
         assert all(isinstance(at, int) for at in buckets[1::2])
-    events = [flat[j: j + 6] for j in range(0, len(flat), 6)]
-    assert [e[:2] for e in events] == [["A", 1], ["B", 2], ["C", 1]]
-    assert events[0][2:] == [1, 120, 30, 123_456]
+    events = [flat[j: j + 7] for j in range(0, len(flat), 7)]
+    # ids that are not ULIDs: no seen set (0), each is remembered under a key of its own
+    assert seen_sets == [] and [e[:3] for e in events] == [["A", 0, 1], ["B", 0, 2], ["C", 0, 1]]
+    assert events[0][3:] == [1, 120, 30, 123_456]
+
+
+def test_ulid_events_share_the_seen_set_of_their_ids_minute():
+    made_ms = T0_S * 1000 - 1  # the ids' minute, whatever the events' own times
+    ids = [str(ULID.from_timestamp(made_ms / 1000)) for _ in range(3)]
+    assert all(id_time_ms(i) == made_ms for i in ids) and id_time_ms("A") is None
+    events = [_event(id=i, ts=T0 + timedelta(seconds=k * 61)) for k, i in enumerate(ids)]
+    args = domain.window_script_args(events, now_s=T0_S + 200)
+    seen_sets, flat = json.loads(args[4]), json.loads(args[5])
+    minute = (made_ms // 1000) - (made_ms // 1000) % 60
+    # kept SEEN_TTL_S past the later of its minute's end and now (an event applied late)
+    assert seen_sets == [[f"{SEEN_SET_PREFIX}{minute}", T0_S + 200 + SEEN_TTL_S]]
+    assert [flat[j + 1] for j in range(0, len(flat), 7)] == [1, 1, 1]
+    assert seen_set(made_ms, T0_S - 3600) == (f"{SEEN_SET_PREFIX}{minute}", minute + 60 + SEEN_TTL_S)
 
 
 def test_current_from_totals():

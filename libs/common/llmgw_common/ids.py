@@ -14,6 +14,7 @@ import time
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> two characters
+_VALUE = {c: v for v, c in enumerate(_CROCKFORD)}  # a character -> its 5 bits (id_time_ms)
 _RANDOM_BITS = 80
 _RANDOM_MAX = (1 << _RANDOM_BITS) - 1
 
@@ -51,3 +52,13 @@ def new_id() -> str:
     return (p[v >> 120] + p[v >> 110 & 1023] + p[v >> 100 & 1023] + p[v >> 90 & 1023] + p[v >> 80 & 1023]
             + p[v >> 70 & 1023] + p[v >> 60 & 1023] + p[v >> 50 & 1023] + p[v >> 40 & 1023] + p[v >> 30 & 1023]
             + p[v >> 20 & 1023] + p[v >> 10 & 1023] + p[v & 1023])
+
+
+def id_time_ms(value: str) -> int | None:
+    """When an id of ``new_id`` was made (its first 10 characters, epoch ms); None for any other string."""
+    if len(value) != 26 or value[0] > "7" or any(c not in _VALUE for c in value):
+        return None
+    ms = 0
+    for c in value[:10]:
+        ms = ms * 32 + _VALUE[c]
+    return ms

@@ -23,7 +23,8 @@ STATE = ROOT + "{state}:"
 WINDOW_PREFIX = STATE + "w:"  # + <scope>:<bucket_s>:<bucket_start>: hash req, tin, tout, cost
 CALENDAR_PREFIX = STATE + "cal:"  # + <scope>:month:<YYYY-MM>: a key's calendar-month totals
 SCOPES = STATE + "scopes"  # set of every scope ever written
-SEEN_PREFIX = STATE + "seen:"  # + <event id>: an event already applied to the windows
+SEEN_PREFIX = STATE + "seen:"  # + <event id>: an event already applied to the windows (an id not a ULID)
+SEEN_SET_PREFIX = STATE + "seenset:"  # + <minute>: set of ULID event ids made in that minute, already applied
 
 # ---- admission leases (llmgw_common.leases) -----------------------------------------------------------
 LEASES = STATE + "leases"  # zset: member -> expiry (epoch ms)

@@ -31,7 +31,9 @@ from . import redis_keys
 
 KEY_PREFIX = redis_keys.WINDOW_PREFIX
 SCOPES_KEY = redis_keys.SCOPES  # set of every scope that has ever been written
-SEEN_PREFIX = redis_keys.SEEN_PREFIX  # event ids already applied (idempotent projection)
+SEEN_PREFIX = redis_keys.SEEN_PREFIX  # event ids already applied, one key each (ids that are not ULIDs)
+SEEN_SET_PREFIX = redis_keys.SEEN_SET_PREFIX  # ULID event ids already applied, one set per minute of id time
+SEEN_SET_S = 60
 
 FIELDS = ("req", "tin", "tout", "cost")
 NANO = Decimal(1_000_000_000)
@@ -72,6 +74,17 @@ WINDOWS: tuple[Window, ...] = (
 )
 # an applied event id is remembered as long as the longest window (+ margin)
 SEEN_TTL_S = max(w.seconds for w in WINDOWS) + 3600
+
+
+def seen_set(event_id_ms: int, now_s: int) -> tuple[str, int]:
+    """(key, expire_at) of the set that remembers which events were applied, for an event whose id was made
+    at ``event_id_ms`` (``ids.id_time_ms``: every copy of an event, a redelivery or the router's abandoned
+    event for the same request, finds the same set). One set per minute of id time, checked and added to
+    once per batch instead of one key per event; it is kept ``SEEN_TTL_S`` past its minute, and past the
+    last time it was added to (an event applied late is remembered as long as one applied at once)."""
+    start = event_id_ms // 1000
+    start -= start % SEEN_SET_S
+    return f"{SEEN_SET_PREFIX}{start}", max(start + SEEN_SET_S, now_s) + SEEN_TTL_S
 
 
 def provider_scope(provider: str) -> str:

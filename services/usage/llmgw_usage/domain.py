@@ -41,6 +41,7 @@ from typing import Any, Iterable, Sequence, TypeVar
 
 import msgspec
 
+from llmgw_common.ids import id_time_ms
 from llmgw_common.leases import lease_member
 from llmgw_common.logs import redact
 from llmgw_common.messages import (COUNT_TOKENS_ENDPOINT, Attempt, Reservation, ScopeUsage, UsageCurrent, UsageEvent,
@@ -60,6 +61,7 @@ from llmgw_common.windows import (
     nano_to_usd,
     parse_scope,
     provider_scope,
+    seen_set,
     usd_to_nano,
 )
 
@@ -528,73 +530,141 @@ def window_updates(ev: UsageEvent, now_s: int, rebuild: bool = False) -> list[Bu
 # grouping by the smallest bucket is only right if every other bucket is a multiple of it
 assert all(w.bucket_s % WINDOWS[0].bucket_s == 0 for w in WINDOWS)
 
-# Applies a batch of events to the windows atomically and idempotently.
-# Events that go into the same buckets (same scopes, same 5-second bucket: every
-# longer bucket is a multiple of it) share a group, so the script sums them and
-# touches each bucket once per batch instead of once per event.
-# ARGV: seen_ttl_s, scopes_key, seen key prefix, then two JSON arrays (one
-# argument each instead of six per event: encoding thousands of arguments one by
-# one was most of the writer's time):
-#   groups: [[[bucket_key, expire_at, ...], [scope, ...]], ...]
-#   events: [event_id, group (1-based), req, tin, tout, cost, event_id, ...]
-# An event whose seen key already exists (a redelivery or a replay) changes nothing.
-# ARGV[7] (optional): events admitted from a capacity lease (llmgw_router.capacity_leases), 13 values each:
-#   [event_id, lease id, settle group, full group, settle tin, tout, cost, full tin, tout, cost,
-#    estimate tin, tout, cost, ...]
-# While the lease's record says live or returned, the event settles its share (actual - estimate) and the
-# lease counts it as settled (its reaper gives back only what no event settled); once the reaper has given
-# the lease back ("reaped"), the event counts in full. Each request is thus counted once.
+# Applies a batch of events to the windows atomically and idempotently, in a few commands per batch rather
+# than per event: events that go into the same buckets (same scopes, same 5-second bucket: every longer
+# bucket is a multiple of it) share a group, so the script sums them and touches each bucket once; the
+# events admitted from one capacity lease read its state and add to its settled amounts once.
+# ARGV: seen_ttl_s, scopes_key, seen key prefix, then JSON arrays (one argument each instead of several per
+# event: encoding thousands of arguments one by one was most of the writer's time):
+#   4 groups: [[[bucket_key, expire_at, ...], [scope, ...]], ...]
+#   5 seen sets: [[set key, expire_at], ...] (``windows.seen_set``)
+#   6 events: [event_id, seen set (1-based; 0: a key of its own), group (1-based), req, tin, tout, cost, ...]
+#   7 admission leases these events settle (llmgw_common.leases): they will never be taken for abandoned
+#   8 events admitted from a capacity lease (llmgw_router.capacity_leases), 14 values each:
+#     [event_id, seen set, lease id, settle group, full group, settle tin, tout, cost, full tin, tout, cost,
+#      estimate tin, tout, cost, ...]
+# Idempotent: an event is applied only if it was not before. A ULID id (every id the gateway makes) is looked
+# up in the set of its id's minute (SMISMEMBER: one command per set for the whole batch, then one SADD and
+# one EXPIREAT) and, for the events applied before sets were used, as a key of its own (one EXISTS for the
+# whole batch; per event only when that finds any); any other id has a key of its own (SET NX EX, one command
+# per event). An id twice in one batch counts once.
+# While a lease's record says live or returned, its events settle their share (actual - estimate) and the
+# lease counts them as settled (its reaper gives back only what no event settled); once the reaper has given
+# the lease back ("reaped"), they count in full. Each request is thus counted once.
 # Returns the number of events applied now.
 APPLY_EVENTS_LUA = """
 local ttl = tonumber(ARGV[1])
 local scopes_key = ARGV[2]
 local seen_prefix = ARGV[3]
 local groups = cjson.decode(ARGV[4])
-local events = cjson.decode(ARGV[5])
--- the admission leases these events settle (llmgw_common.leases): they will never be taken for abandoned
-if ARGV[6] then
-  for _, member in ipairs(cjson.decode(ARGV[6])) do
-    redis.call('ZREM', '$LEASES', member)
-    redis.call('DEL', '$LEASE_PREFIX' .. member)
+local seen_sets = cjson.decode(ARGV[5])
+local events = cjson.decode(ARGV[6])
+local settled = cjson.decode(ARGV[7])
+local leased = cjson.decode(ARGV[8])
+
+-- which events are new: (array, first index, stride) of both kinds, their ids by seen set
+local kinds = {{events, 7}, {leased, 14}}
+local ids_of_set = {}
+for s = 1, #seen_sets do ids_of_set[s] = {} end
+local old_keys = {}
+local new = {}
+for _, kind in ipairs(kinds) do
+  local list, stride = kind[1], kind[2]
+  for i = 1, #list, stride do
+    if list[i + 1] == 0 then
+      if redis.call('SET', seen_prefix .. list[i], '1', 'NX', 'EX', ttl) then new[list[i]] = true end
+    else
+      table.insert(ids_of_set[list[i + 1]], list[i])
+      table.insert(old_keys, seen_prefix .. list[i])
+    end
   end
 end
+local done = {}  -- id -> true: applied already (or earlier in this batch)
+if #old_keys > 0 and redis.call('EXISTS', unpack(old_keys)) > 0 then
+  for _, key in ipairs(old_keys) do
+    if redis.call('EXISTS', key) == 1 then done[string.sub(key, #seen_prefix + 1)] = true end
+  end
+end
+for s = 1, #seen_sets do
+  local ids = ids_of_set[s]
+  if #ids > 0 then
+    local member = redis.call('SMISMEMBER', seen_sets[s][1], unpack(ids))
+    local added = {}
+    for k = 1, #ids do
+      if member[k] == 0 and not done[ids[k]] then
+        done[ids[k]] = true
+        new[ids[k]] = true
+        table.insert(added, ids[k])
+      end
+    end
+    if #added > 0 then
+      redis.call('SADD', seen_sets[s][1], unpack(added))
+      redis.call('EXPIREAT', seen_sets[s][1], seen_sets[s][2])
+    end
+  end
+end
+
+if #settled > 0 then
+  local leases = {}
+  for k, member in ipairs(settled) do leases[k] = '$LEASE_PREFIX' .. member end
+  redis.call('ZREM', '$LEASES', unpack(settled))
+  redis.call('DEL', unpack(leases))
+end
+
 local sums, hit = {}, {}
 for g = 1, #groups do sums[g] = {0, 0, 0, 0} end
 local applied = 0
-for i = 1, #events, 6 do
-  if redis.call('SET', seen_prefix .. events[i], '1', 'NX', 'EX', ttl) then
-    local g = events[i + 1]
+for i = 1, #events, 7 do
+  if new[events[i]] then
+    new[events[i]] = nil  -- the same id twice in the batch counts once
+    local g = events[i + 2]
     local sum = sums[g]
-    for f = 1, 4 do
-      sum[f] = sum[f] + events[i + 1 + f]
-    end
+    for f = 1, 4 do sum[f] = sum[f] + events[i + 2 + f] end
     hit[g] = true
     applied = applied + 1
   end
 end
-if ARGV[7] then
-  local leased = cjson.decode(ARGV[7])
-  for i = 1, #leased, 13 do
-    if redis.call('SET', seen_prefix .. leased[i], '1', 'NX', 'EX', ttl) then
-      local lease = '$CAP_LEASE_PREFIX' .. leased[i + 1]
-      local state = redis.call('HGET', lease, 'state')
-      local g, req, at = leased[i + 2], 0, i + 4
-      if state == 'reaped' then
-        g, req, at = leased[i + 3], 1, i + 7
-      elseif state then
-        redis.call('HINCRBY', lease, 'applied_n', 1)
-        redis.call('HINCRBY', lease, 'applied_tin', string.format('%.0f', leased[i + 10]))
-        redis.call('HINCRBY', lease, 'applied_tout', string.format('%.0f', leased[i + 11]))
-        redis.call('HINCRBY', lease, 'applied_cost', string.format('%.0f', leased[i + 12]))
+local state_of, settled_by = {}, {}  -- lease id -> its state ('' when gone), -> {n, tin, tout, cost}
+local lease_ids = {}
+for i = 1, #leased, 14 do
+  if new[leased[i]] then
+    new[leased[i]] = nil
+    local id = leased[i + 2]
+    local state = state_of[id]
+    if state == nil then
+      state = redis.call('HGET', '$CAP_LEASE_PREFIX' .. id, 'state') or ''
+      state_of[id] = state
+    end
+    local g, req, at = leased[i + 3], 0, i + 5
+    if state == 'reaped' then
+      g, req, at = leased[i + 4], 1, i + 8
+    elseif state ~= '' then
+      local by = settled_by[id]
+      if by == nil then
+        by = {0, 0, 0, 0}
+        settled_by[id] = by
+        table.insert(lease_ids, id)
       end
-      local sum = sums[g]
-      sum[1] = sum[1] + req
-      for f = 2, 4 do sum[f] = sum[f] + leased[at + f - 2] end
-      hit[g] = true
-      applied = applied + 1
+      by[1] = by[1] + 1
+      for f = 2, 4 do by[f] = by[f] + leased[i + 9 + f] end
+    end
+    local sum = sums[g]
+    sum[1] = sum[1] + req
+    for f = 2, 4 do sum[f] = sum[f] + leased[at + f - 2] end
+    hit[g] = true
+    applied = applied + 1
+  end
+end
+local applied_fields = {'applied_n', 'applied_tin', 'applied_tout', 'applied_cost'}
+for _, id in ipairs(lease_ids) do
+  local by = settled_by[id]
+  for f = 1, 4 do
+    if by[f] ~= 0 then
+      redis.call('HINCRBY', '$CAP_LEASE_PREFIX' .. id, applied_fields[f], string.format('%.0f', by[f]))
     end
   end
 end
+
 local fields = {'req', 'tin', 'tout', 'cost'}
 for g, group in ipairs(groups) do
   if hit[g] then
@@ -618,6 +688,7 @@ return applied
 
 
 def seen_key(event_id: str) -> str:
+    """The key that says an event was applied: every id before seen sets, an id not a ULID since."""
     return f"{SEEN_PREFIX}{event_id}"
 
 
@@ -626,6 +697,8 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
     """ARGV for ``APPLY_EVENTS_LUA``; events nobody served (no scope) are left out. None: nothing to apply."""
     group_of: dict[tuple[tuple[str, ...], int], int] = {}
     groups: list[list] = []
+    set_of: dict[str, int] = {}
+    seen_sets: list[list] = []
     flat: list[Any] = []
     settled: list[str] = []  # admission leases ended by these events
     leased: list[Any] = []  # events admitted from a capacity lease: how they count is decided in Redis
@@ -642,6 +715,17 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
             groups.append([buckets, list(a.scopes)])
         return group
 
+    def seen_set_for(ev: IngestEvent | UsageEvent) -> int:
+        made_ms = id_time_ms(ev.id)
+        if made_ms is None:
+            return 0  # a key of its own
+        key, expire_at = seen_set(made_ms, now_s)
+        index = set_of.get(key)
+        if index is None:
+            index = set_of[key] = len(seen_sets) + 1
+            seen_sets.append([key, expire_at])
+        return index
+
     for ev in events:
         a = event_amounts(ev, now_s, rebuild)
         if a is None:
@@ -650,15 +734,16 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
         if r is not None and r.lease and not rebuild and r.provider == ev.provider:
             full = event_amounts(ev, now_s, rebuild=True)
             assert full is not None  # it has a provider, as ``a`` says
-            leased += [ev.id, r.lease, group_for(a), group_for(full), a.tokens_in, a.tokens_out, a.cost_nano,
-                       full.tokens_in, full.tokens_out, full.cost_nano, r.tokens_in, r.tokens_out, r.cost_nano]
+            leased += [ev.id, seen_set_for(ev), r.lease, group_for(a), group_for(full), a.tokens_in, a.tokens_out,
+                       a.cost_nano, full.tokens_in, full.tokens_out, full.cost_nano, r.tokens_in, r.tokens_out,
+                       r.cost_nano]
             continue
-        flat += [ev.id, group_for(a), a.requests, a.tokens_in, a.tokens_out, a.cost_nano]
+        flat += [ev.id, seen_set_for(ev), group_for(a), a.requests, a.tokens_in, a.tokens_out, a.cost_nano]
         if r is not None and not rebuild:
             settled.append(lease_member(ev.request_id, r.provider))
     if not flat and not leased:
         return None
-    return [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX, _to_json(groups), _to_json(flat), _to_json(settled),
+    return [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX, _to_json(groups), _to_json(seen_sets), _to_json(flat), _to_json(settled),
             _to_json(leased)]
 
 

@@ -318,10 +318,9 @@ class RedisWindows:
         if not usable:
             return
         if dry_run:
-            seen = await self._redis.exists(*[domain.seen_key(ev.id) for ev in usable]) if usable else 0
-            # EXISTS counts keys; ids are unique within a batch
-            self.stats.already += int(seen)
-            self.stats.new += len(usable) - int(seen)
+            seen = await self._writer.count_applied(usable, int(now))
+            self.stats.already += seen
+            self.stats.new += len(usable) - seen
             return
         applied = await self._writer.apply(usable, int(now), rebuild=True)
         self.stats.new += applied

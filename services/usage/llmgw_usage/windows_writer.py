@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from llmgw_common import redis_keys
+from llmgw_common.ids import id_time_ms
 from llmgw_common.messages import UsageEvent
+from llmgw_common.windows import seen_set
 
 from . import domain
 
@@ -23,6 +25,7 @@ CHUNK = 2000
 
 class WindowWriter:
     def __init__(self, redis, budget_tz: str = "UTC"):
+        self._redis = redis
         self._script = redis.register_script(redis_keys.lua(domain.APPLY_EVENTS_LUA))
         self.budget_tz = budget_tz  # keys' calendar months (config keys.budget_timezone)
 
@@ -38,4 +41,24 @@ class WindowWriter:
             if args is None:  # nothing with a scope in this chunk
                 continue
             applied += int(await self._script(keys=[], args=args))
+        return applied
+
+    async def count_applied(self, events: Sequence[domain.IngestEvent | UsageEvent], now_s: int) -> int:
+        """How many of these events (ids unique) were applied already: in their seen set, or with a key of
+        their own (an id not a ULID, or one applied before seen sets)."""
+        by_set: dict[str, list[str]] = {}
+        own_keys: list[str] = []
+        for ev in events:
+            made_ms = id_time_ms(ev.id)
+            if made_ms is None:
+                own_keys.append(ev.id)
+            else:
+                by_set.setdefault(seen_set(made_ms, now_s)[0], []).append(ev.id)
+        applied = 0
+        for key, ids in by_set.items():
+            flags = await self._redis.smismember(key, ids)
+            applied += sum(1 for flag in flags if flag)
+            own_keys += [i for i, flag in zip(ids, flags) if not flag]
+        if own_keys:
+            applied += int(await self._redis.exists(*[domain.seen_key(i) for i in own_keys]))
         return applied

@@ -15,9 +15,10 @@ the lease; its usage event settles its actual usage (the usage service), as for 
   (requests per lease period, averaged over time) plus the requests waiting; the router answers with one
   request when little is left.
 - A lease is given back (what was not admitted returns at once) when it is used up, when it ends (the
-  sweep), and at shutdown. An attempt that failed is taken back into its lease while the edge still holds
-  it (the failed request used nothing); once given back, its estimate stays counted until the router's
-  reaper returns what no usage event settled.
+  sweep), and at shutdown; one granted too late in its window bucket to serve at once too, and the next one
+  is asked for when the bucket has turned. An attempt that failed is taken back into its lease while the
+  edge still holds it (the failed request used nothing); once given back, its estimate stays counted until
+  the router's reaper returns what no usage event settled.
 - When the router cannot be asked, live leases keep serving until they end; a route with no lease left is
   refused (``Refusal.unavailable``: a 503 with Retry-After), never admitted past a limit.
 
@@ -33,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+import msgspec
+
 from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn
 from llmgw_common.ids import new_id
 from llmgw_common.messages import Reservation
@@ -40,6 +43,7 @@ from llmgw_common.messages import Reservation
 RouteKey = tuple[str, str, str | None]  # provider, logical model, the caller's key id
 
 END_MARGIN_S = 0.1  # a lease stops admitting this long before its end: clocks and the way to the router
+BUCKET_TURN_S = 0.02  # a lease that ends before it could serve: asked again this long after its end
 RENEW_AT = 2 / 3  # of a lease's life or requests: the next one is asked for, off the request's path
 MAX_WANTED = 10_000
 MAX_ROUNDS = 3  # questions one request waits for before it leaves the decision to the router
@@ -229,6 +233,7 @@ class CapacityCache:
     async def _asked(self, r: _Route, ask: LeaseAsk, future: asyncio.Future) -> None:
         try:
             grant = await self._ask(ask)
+            grant = await self._past_its_bucket(ask, grant)
         except RouterUnavailable as exc:
             self.router_lost = True
             self._away_until = self._clock() + AWAY_S
@@ -247,6 +252,21 @@ class CapacityCache:
             r.leases.append(lease)
             self._held[grant.lease_id] = lease
         future.set_result(grant)
+
+    async def _past_its_bucket(self, ask: LeaseAsk, grant: LeaseGrant) -> LeaseGrant:
+        """A lease ends with the shortest window bucket it draws on; granted in that bucket's last moments it
+        ends before the edge could admit from it. Rather than ask again and again for leases that each end at
+        once (each one reserved, given back, and the waiting requests left to the router one by one, at
+        every bucket's turn), it goes back unused and the next one is asked for once the bucket has turned."""
+        for _ in range(2):  # a router whose clock is behind ours may still be in the old bucket once
+            ends_in = grant.until_ms / 1000 - self._clock()
+            if grant.n == 0 or ends_in > END_MARGIN_S:
+                return grant
+            self._give_back(LeaseReturn(lease_id=grant.lease_id))
+            await asyncio.sleep(max(ends_in, 0.0) + BUCKET_TURN_S)
+            ask = msgspec.structs.replace(ask, lease_id=new_id())
+            grant = await self._ask(ask)
+        return grant
 
     def _retire(self, r: _Route, lease: _Lease) -> None:
         if lease in r.leases:

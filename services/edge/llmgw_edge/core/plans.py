@@ -8,7 +8,9 @@ announces a change (``llmgw.router.changed``: pin, smart, config, prices, a cool
 the edge's own config changes or the caller's key record does; one whose provider failed here is asked for
 again (the router knows what that failure changed),
 and at the latest ``reusable_s`` after it was made (``routing.plan_max_age_s``: a safety net, not the way
-changes arrive). While the router cannot be reached, a plan of any age keeps its route serving: it draws on
+changes arrive); the first request that finds it aged out asks for it again, and the others keep routing on
+it for up to ``REFRESH_S`` meanwhile (instead of every concurrent request asking, each one admitted by the
+router one by one on a route with limits). While the router cannot be reached, a plan of any age keeps its route serving: it draws on
 no limit, so serving it can never pass one.
 """
 
@@ -24,6 +26,7 @@ from llmgw_common.messages import RouteDecision, RouteRequest
 
 MAX_PLANS = 10_000  # (model, key, prompt class, endpoint, needs) combinations; past it the cache starts over
 AWAY_S = 1.0  # after the router could not be reached: old plans serve at once this long, without asking
+REFRESH_S = 0.5  # an aged-out plan serves this long while one request asks for it again
 
 PlanKey = tuple[str, str | None, str | None, str, tuple[str, ...]]
 
@@ -31,8 +34,9 @@ PlanKey = tuple[str, str | None, str | None, str, tuple[str, ...]]
 @dataclass(slots=True)
 class _Plan:
     decision: RouteDecision
-    fresh_until: float
+    fresh_until: float  # 0: a provider of it failed here (``expire``): every request asks until a new one
     key_record: object  # the caller's key record it was made for (None: no key): a changed key asks again
+    refreshing_until: float = 0.0  # aged out and asked for again by one request: the others use it till then
 
 
 class PlanCache:
@@ -55,8 +59,10 @@ class PlanCache:
         if plan is None or plan.key_record is not key_record:
             return None
         now = self._clock()
-        if now < plan.fresh_until or now < self._away_until:
+        if now < plan.fresh_until or now < self._away_until or now < plan.refreshing_until:
             return plan.decision
+        if plan.fresh_until > 0:  # aged out: this request asks, the others wait no round trip meanwhile
+            plan.refreshing_until = now + REFRESH_S
         return None
 
     def stale(self, request: RouteRequest, key_record: object) -> RouteDecision | None:
@@ -86,7 +92,7 @@ class PlanCache:
         """A provider failed here: plans that hold it are asked for again (kept for when the router is away)."""
         for plan in self._plans.values():
             if any(c.provider == provider for c in plan.decision.candidates):
-                plan.fresh_until = 0.0
+                plan.fresh_until = plan.refreshing_until = 0.0
         self.generation += 1
 
     def drop_all(self) -> None:
