@@ -184,7 +184,7 @@ def test_an_aged_out_plan_is_asked_for_by_one_request_while_the_others_route_on_
     cache = PlanCache(clock=lambda: now[0])
     request = RouteRequest(request_id="r", model="m")
     decision = RouteDecision(request_id="r", model="m", reusable_s=5.0,
-                             candidates=[{"provider": "a", "model": "m", "upstream_model": "m"}])
+                             candidates=[Candidate(provider="a", model="m", upstream_model="m")])
     cache.keep(request, None, decision, cache.generation)
     now[0] = 105.0
     assert cache.fresh(request, None) is None  # the first asks
