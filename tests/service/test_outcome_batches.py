@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
 import pytest
 
 from llmgw_common import redis_keys
@@ -38,7 +39,7 @@ def _outcomes(a: str, b: str) -> list[AttemptOutcome]:
     reservation = Reservation(provider=a, model="m", at_s=NOW_MS // 1000, tokens_in=1, tokens_out=1, cost_nano=0)
     ok = [AttemptOutcome(request_id=f"r{k}", provider=a if k % 3 else b, model="m", ok=True, status=200,
                          latency_ms=10.0 + 7.3 * k) for k in range(12)]
-    ok[4] = ok[4].model_copy(update={"reservation": reservation})
+    ok[4] = msgspec.structs.replace(ok[4], reservation=reservation)
     return [*ok[:6],
             AttemptOutcome(request_id="f1", provider=b, model="m", ok=False, status=500, latency_ms=3.0),
             AttemptOutcome(request_id="f2", provider=a, model="m", ok=False, status=429, latency_ms=2.0,
