@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 from llmgw_cli.infra import free_port
 from llmgw_cli.runner import Stack
@@ -311,3 +312,11 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def files_under(root: Path) -> Iterator[Path]:
+    """Every file below ``root`` of a running stack: directories it removes while we walk (chDB's temporary
+    inserts) are skipped, where ``Path.rglob`` raises."""
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            yield Path(folder) / name
