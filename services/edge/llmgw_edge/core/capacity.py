@@ -16,7 +16,8 @@ the lease; its usage event settles its actual usage (the usage service), as for 
   request when little is left.
 - A lease is given back (what was not admitted returns at once) when it is used up, when it ends (the
   sweep), and at shutdown; one granted too late in its window bucket to serve at once too, and the next one
-  is asked for when the bucket has turned. An attempt that failed is taken back into its lease while the
+  is asked for when the bucket has turned (a request arriving meanwhile is left to the router: one round
+  trip rather than a wait for the turn). An attempt that failed is taken back into its lease while the
   edge still holds it (the failed request used nothing); once given back, its estimate stays counted until
   the router's reaper returns what no usage event settled.
 - When the router cannot be asked, live leases keep serving until they end; a route with no lease left is
@@ -48,6 +49,7 @@ RENEW_AT = 2 / 3  # of a lease's life or requests: the next one is asked for, of
 MAX_WANTED = 10_000
 MAX_ROUNDS = 3  # questions one request waits for before it leaves the decision to the router
 MAX_ESTIMATE = 10**9  # tokens: what a LeaseAsk carries at most
+BUCKET_CUT_S = 0.2  # a lease ending this much before its ttl would: its window bucket ended it
 AWAY_S = 1.0  # after the router could not be asked: a route with no lease left is refused at once this long
 
 
@@ -105,6 +107,12 @@ class _Route:
     # the router granted less than asked: little is left of a limit. No lease is asked for ahead of time
     # then: one nobody uses would hold capacity another edge's request is refused for
     scarce: bool = False
+    # the end of the window bucket that ended the last lease early: a lease asked for from shortly before it
+    # until it has turned would end at once, so a request then is left to the router (one round trip)
+    turn_at: float = 0.0
+    # the question in flight waits for the window bucket to turn (``_past_its_bucket``): a request arriving
+    # meanwhile is left to the router (one round trip) rather than waiting for the turn
+    turning: bool = False
 
 
 class CapacityCache:
@@ -138,6 +146,8 @@ class CapacityCache:
             if self._clock() < self._away_until:  # asked a moment ago and found nobody: not again yet
                 return Refusal(f"the router cannot be reached and no capacity lease of {route[0]} is left",
                                unavailable=True)
+            if r.turning or r.turn_at - END_MARGIN_S <= self._clock() < r.turn_at + BUCKET_TURN_S:
+                return Refusal("the lease's window bucket is turning", ask_router=True)
             if r.asking is None:
                 self._start_asking(route, r, tokens_in, tokens_out)
             assert r.asking is not None
@@ -202,7 +212,8 @@ class CapacityCache:
             r.admitted += 1
             if lease.admitted >= g.n:  # used up: what it reserved beyond these estimates goes back now
                 self._retire(r, lease)
-            elif r.asking is None and not r.scarce and lease.due_for_renewal(now) and len(r.leases) == 1:
+            elif (r.asking is None and not r.scarce and lease.due_for_renewal(now) and len(r.leases) == 1
+                  and g.until_ms / 1000 != r.turn_at):  # its successor would end with it: asked at the turn
                 self._start_asking(route, r, tokens_in, tokens_out)
             return Reservation(provider=route[0], model=route[1], at_s=g.at_s, tokens_in=tokens_in,
                                tokens_out=tokens_out, cost_nano=cost, key_id=g.key_id, lease=g.lease_id)
@@ -233,7 +244,7 @@ class CapacityCache:
     async def _asked(self, r: _Route, ask: LeaseAsk, future: asyncio.Future) -> None:
         try:
             grant = await self._ask(ask)
-            grant = await self._past_its_bucket(ask, grant)
+            grant = await self._past_its_bucket(r, ask, grant)
         except RouterUnavailable as exc:
             self.router_lost = True
             self._away_until = self._clock() + AWAY_S
@@ -248,12 +259,15 @@ class CapacityCache:
         r.scarce = grant.n < ask.wanted
         if grant.n > 0:
             now = self._clock()
-            lease = _Lease(grant, until=grant.until_ms / 1000 - END_MARGIN_S, started=now)
+            ends = grant.until_ms / 1000
+            if ends < now + self._ttl_s() - BUCKET_CUT_S:
+                r.turn_at = ends
+            lease = _Lease(grant, until=ends - END_MARGIN_S, started=now)
             r.leases.append(lease)
             self._held[grant.lease_id] = lease
         future.set_result(grant)
 
-    async def _past_its_bucket(self, ask: LeaseAsk, grant: LeaseGrant) -> LeaseGrant:
+    async def _past_its_bucket(self, r: _Route, ask: LeaseAsk, grant: LeaseGrant) -> LeaseGrant:
         """A lease ends with the shortest window bucket it draws on; granted in that bucket's last moments it
         ends before the edge could admit from it. Rather than ask again and again for leases that each end at
         once (each one reserved, given back, and the waiting requests left to the router one by one, at
@@ -263,7 +277,11 @@ class CapacityCache:
             if grant.n == 0 or ends_in > END_MARGIN_S:
                 return grant
             self._give_back(LeaseReturn(lease_id=grant.lease_id))
-            await asyncio.sleep(max(ends_in, 0.0) + BUCKET_TURN_S)
+            r.turning = True
+            try:
+                await asyncio.sleep(max(ends_in, 0.0) + BUCKET_TURN_S)
+            finally:
+                r.turning = False
             ask = msgspec.structs.replace(ask, lease_id=new_id())
             grant = await self._ask(ask)
         return grant
