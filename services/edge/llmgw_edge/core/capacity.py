@@ -16,8 +16,9 @@ the lease; its usage event settles its actual usage (the usage service), as for 
   request when little is left.
 - A lease is given back (what was not admitted returns at once) when it is used up, when it ends (the
   sweep), and at shutdown; one granted too late in its window bucket to serve at once too, and the next one
-  is asked for when the bucket has turned (a request arriving meanwhile is left to the router: one round
-  trip rather than a wait for the turn). An attempt that failed is taken back into its lease while the
+  is asked for when the bucket has turned. After a lease that its bucket ended, the next one is asked for
+  once that bucket has turned (not reserved and given back for nothing just before), and not ahead of time
+  (it would end with the one it replaces). An attempt that failed is taken back into its lease while the
   edge still holds it (the failed request used nothing); once given back, its estimate stays counted until
   the router's reaper returns what no usage event settled.
 - When the router cannot be asked, live leases keep serving until they end; a route with no lease left is
@@ -108,11 +109,8 @@ class _Route:
     # then: one nobody uses would hold capacity another edge's request is refused for
     scarce: bool = False
     # the end of the window bucket that ended the last lease early: a lease asked for from shortly before it
-    # until it has turned would end at once, so a request then is left to the router (one round trip)
+    # until it has turned would end at once (reserved and given back for nothing), so it is asked for then
     turn_at: float = 0.0
-    # the question in flight waits for the window bucket to turn (``_past_its_bucket``): a request arriving
-    # meanwhile is left to the router (one round trip) rather than waiting for the turn
-    turning: bool = False
 
 
 class CapacityCache:
@@ -146,8 +144,6 @@ class CapacityCache:
             if self._clock() < self._away_until:  # asked a moment ago and found nobody: not again yet
                 return Refusal(f"the router cannot be reached and no capacity lease of {route[0]} is left",
                                unavailable=True)
-            if r.turning or r.turn_at - END_MARGIN_S <= self._clock() < r.turn_at + BUCKET_TURN_S:
-                return Refusal("the lease's window bucket is turning", ask_router=True)
             if r.asking is None:
                 self._start_asking(route, r, tokens_in, tokens_out)
             assert r.asking is not None
@@ -237,14 +233,19 @@ class CapacityCache:
                        wanted=self._wanted(r), tokens_in=tokens_in, tokens_out=tokens_out)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         r.asking = future
-        task = asyncio.get_running_loop().create_task(self._asked(r, ask, future))
+        now = self._clock()
+        turning = r.turn_at - END_MARGIN_S <= now < r.turn_at + BUCKET_TURN_S
+        delay = r.turn_at + BUCKET_TURN_S - now if turning else 0.0
+        task = asyncio.get_running_loop().create_task(self._asked(r, ask, future, delay))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _asked(self, r: _Route, ask: LeaseAsk, future: asyncio.Future) -> None:
+    async def _asked(self, r: _Route, ask: LeaseAsk, future: asyncio.Future, delay: float) -> None:
         try:
+            if delay > 0:  # the bucket that ended the last lease has not turned yet
+                await asyncio.sleep(delay)
             grant = await self._ask(ask)
-            grant = await self._past_its_bucket(r, ask, grant)
+            grant = await self._past_its_bucket(ask, grant)
         except RouterUnavailable as exc:
             self.router_lost = True
             self._away_until = self._clock() + AWAY_S
@@ -267,7 +268,7 @@ class CapacityCache:
             self._held[grant.lease_id] = lease
         future.set_result(grant)
 
-    async def _past_its_bucket(self, r: _Route, ask: LeaseAsk, grant: LeaseGrant) -> LeaseGrant:
+    async def _past_its_bucket(self, ask: LeaseAsk, grant: LeaseGrant) -> LeaseGrant:
         """A lease ends with the shortest window bucket it draws on; granted in that bucket's last moments it
         ends before the edge could admit from it. Rather than ask again and again for leases that each end at
         once (each one reserved, given back, and the waiting requests left to the router one by one, at
@@ -277,11 +278,7 @@ class CapacityCache:
             if grant.n == 0 or ends_in > END_MARGIN_S:
                 return grant
             self._give_back(LeaseReturn(lease_id=grant.lease_id))
-            r.turning = True
-            try:
-                await asyncio.sleep(max(ends_in, 0.0) + BUCKET_TURN_S)
-            finally:
-                r.turning = False
+            await asyncio.sleep(max(ends_in, 0.0) + BUCKET_TURN_S)
             ask = msgspec.structs.replace(ask, lease_id=new_id())
             grant = await self._ask(ask)
         return grant
