@@ -273,3 +273,30 @@ async def test_a_lease_that_ends_as_it_is_granted_goes_back_and_the_next_is_aske
     assert (granter.returns[0].lease_id, granter.returns[0].admitted) == (first.lease_id, 0)
     assert not isinstance(reservation, Refusal) and reservation.lease == second.lease_id
     assert len(granter.asks) == 2
+
+
+
+async def test_after_a_lease_its_bucket_ended_the_next_is_asked_for_once_the_bucket_has_turned():
+    # a lease asked for before that bucket turns (ahead of time, or by a request just before the turn)
+    # would end at once: reserved in Redis and given back for nothing
+    clock = Clock()
+    granter = Granter({"free": 1000}, clock)
+    bucket_end = clock.now + 1.0  # before the 2 s ttl
+
+    async def ask(a: LeaseAsk) -> LeaseGrant:
+        if granter.asks:  # the edge waited (real time) for the turn: the clock has moved with it
+            clock.now = bucket_end + 0.03
+        grant = await granter.ask(msgspec.structs.replace(a, wanted=10))  # room for the next requests
+        ends = bucket_end if clock.now < bucket_end else bucket_end + 5  # minute windows: 5 s buckets
+        return msgspec.structs.replace(grant, until_ms=min(grant.until_ms, int(ends * 1000)))
+
+    cache = CapacityCache("e", ask, granter.give_back, lambda: 2.0, clock=clock)
+    route = ("free", "m", None)
+    assert not isinstance(await cache.take(route, 10, 20), Refusal)
+    clock.now += 0.8  # due for renewal, but a successor would end with it: not asked for
+    assert not isinstance(await cache.take(route, 10, 20), Refusal)
+    assert len(granter.asks) == 1
+    clock.now = bucket_end - 0.05  # the lease stopped admitting; the bucket has not turned
+    after = await cache.take(route, 10, 20)
+    assert not isinstance(after, Refusal) and after.lease == granter.asks[1].lease_id
+    assert len(granter.asks) == 2 and not granter.returns  # no lease granted only to go back

@@ -16,7 +16,9 @@ the lease; its usage event settles its actual usage (the usage service), as for 
   request when little is left.
 - A lease is given back (what was not admitted returns at once) when it is used up, when it ends (the
   sweep), and at shutdown; one granted too late in its window bucket to serve at once too, and the next one
-  is asked for when the bucket has turned. An attempt that failed is taken back into its lease while the
+  is asked for when the bucket has turned. After a lease that its bucket ended, the next one is asked for
+  once that bucket has turned (not reserved and given back for nothing just before), and not ahead of time
+  (it would end with the one it replaces). An attempt that failed is taken back into its lease while the
   edge still holds it (the failed request used nothing); once given back, its estimate stays counted until
   the router's reaper returns what no usage event settled.
 - When the router cannot be asked, live leases keep serving until they end; a route with no lease left is
@@ -48,6 +50,7 @@ RENEW_AT = 2 / 3  # of a lease's life or requests: the next one is asked for, of
 MAX_WANTED = 10_000
 MAX_ROUNDS = 3  # questions one request waits for before it leaves the decision to the router
 MAX_ESTIMATE = 10**9  # tokens: what a LeaseAsk carries at most
+BUCKET_CUT_S = 0.2  # a lease ending this much before its ttl would: its window bucket ended it
 AWAY_S = 1.0  # after the router could not be asked: a route with no lease left is refused at once this long
 
 
@@ -105,6 +108,9 @@ class _Route:
     # the router granted less than asked: little is left of a limit. No lease is asked for ahead of time
     # then: one nobody uses would hold capacity another edge's request is refused for
     scarce: bool = False
+    # the end of the window bucket that ended the last lease early: a lease asked for from shortly before it
+    # until it has turned would end at once (reserved and given back for nothing), so it is asked for then
+    turn_at: float = 0.0
 
 
 class CapacityCache:
@@ -202,7 +208,8 @@ class CapacityCache:
             r.admitted += 1
             if lease.admitted >= g.n:  # used up: what it reserved beyond these estimates goes back now
                 self._retire(r, lease)
-            elif r.asking is None and not r.scarce and lease.due_for_renewal(now) and len(r.leases) == 1:
+            elif (r.asking is None and not r.scarce and lease.due_for_renewal(now) and len(r.leases) == 1
+                  and g.until_ms / 1000 != r.turn_at):  # its successor would end with it: asked at the turn
                 self._start_asking(route, r, tokens_in, tokens_out)
             return Reservation(provider=route[0], model=route[1], at_s=g.at_s, tokens_in=tokens_in,
                                tokens_out=tokens_out, cost_nano=cost, key_id=g.key_id, lease=g.lease_id)
@@ -226,12 +233,17 @@ class CapacityCache:
                        wanted=self._wanted(r), tokens_in=tokens_in, tokens_out=tokens_out)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         r.asking = future
-        task = asyncio.get_running_loop().create_task(self._asked(r, ask, future))
+        now = self._clock()
+        turning = r.turn_at - END_MARGIN_S <= now < r.turn_at + BUCKET_TURN_S
+        delay = r.turn_at + BUCKET_TURN_S - now if turning else 0.0
+        task = asyncio.get_running_loop().create_task(self._asked(r, ask, future, delay))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _asked(self, r: _Route, ask: LeaseAsk, future: asyncio.Future) -> None:
+    async def _asked(self, r: _Route, ask: LeaseAsk, future: asyncio.Future, delay: float) -> None:
         try:
+            if delay > 0:  # the bucket that ended the last lease has not turned yet
+                await asyncio.sleep(delay)
             grant = await self._ask(ask)
             grant = await self._past_its_bucket(ask, grant)
         except RouterUnavailable as exc:
@@ -248,7 +260,10 @@ class CapacityCache:
         r.scarce = grant.n < ask.wanted
         if grant.n > 0:
             now = self._clock()
-            lease = _Lease(grant, until=grant.until_ms / 1000 - END_MARGIN_S, started=now)
+            ends = grant.until_ms / 1000
+            if ends < now + self._ttl_s() - BUCKET_CUT_S:
+                r.turn_at = ends
+            lease = _Lease(grant, until=ends - END_MARGIN_S, started=now)
             r.leases.append(lease)
             self._held[grant.lease_id] = lease
         future.set_result(grant)
