@@ -18,7 +18,6 @@ many requests failed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Callable
@@ -27,62 +26,41 @@ from llmgw_common import subjects
 from llmgw_common.messages import AdmissionGiveUp, AdmissionGiveUps
 from llmgw_common.nats_conn import request
 
+from .until_confirmed import UntilConfirmed
+
 log = logging.getLogger("llmgw.edge.give_ups")
 
 BATCH = 500  # questions per message
-MAX_PENDING = 100_000  # beyond this, a question is left to its admission lease
-FIRST_PAUSE_S = 0.2
-MAX_PAUSE_S = 2.0
 ASK_TIMEOUT_S = 2.0
+
+Question = tuple[str, int]  # (request id, attempt)
 
 
 class GiveUps:
     def __init__(self, nc, lease_s: Callable[[], float]):
         self.nc = nc
         self.lease_s = lease_s  # after this the router's reaper has taken the admission: too late to release
-        self._pending: dict[tuple[str, int], float] = {}  # (request id, attempt) -> until when (monotonic)
-        self._sender: asyncio.Task | None = None
+        self._queue: UntilConfirmed[Question, None] = UntilConfirmed("give-ups", self._deliver, BATCH,
+                                                                      on_expired=_expired)
 
     def send(self, request_id: str, attempt: int) -> None:
         """Never blocks: the sender task delivers it."""
-        if len(self._pending) >= MAX_PENDING:
+        if not self._queue.add((request_id, attempt), None, time.monotonic() + self.lease_s()):
             log.warning("too many routing questions given up at once: %s left to its admission lease", request_id)
-            return
-        self._pending.setdefault((request_id, attempt), time.monotonic() + self.lease_s())
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_pending(), name="give-ups")
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return self._queue.pending
 
-    async def _send_pending(self) -> None:
-        pause = FIRST_PAUSE_S
-        while self._pending:
-            self._drop_expired()
-            batch = list(self._pending)[:BATCH]
-            if not batch:
-                return
-            message = AdmissionGiveUps(items=[AdmissionGiveUp(request_id=r, attempt=a) for r, a in batch])
-            try:
-                await request(self.nc, subjects.ROUTER_GIVE_UP, message, AdmissionGiveUps, ASK_TIMEOUT_S)
-            except Exception:  # no router, NATS away, or the router's Redis away (its error reply): again
-                await asyncio.sleep(pause)
-                pause = min(MAX_PAUSE_S, pause * 2)
-                continue
-            for question in batch:
-                self._pending.pop(question, None)
-            pause = FIRST_PAUSE_S
-
-    def _drop_expired(self) -> None:
-        now = time.monotonic()
-        expired = [q for q, until in self._pending.items() if until <= now]
-        for q in expired:
-            del self._pending[q]
-        if expired:
-            log.warning("no router confirmed %d give-ups in time: their admissions, if any, end with their "
-                        "leases", len(expired))
+    async def _deliver(self, batch: list[tuple[Question, None]]) -> list[Question]:
+        questions = [q for q, _ in batch]
+        message = AdmissionGiveUps(items=[AdmissionGiveUp(request_id=r, attempt=a) for r, a in questions])
+        await request(self.nc, subjects.ROUTER_GIVE_UP, message, AdmissionGiveUps, ASK_TIMEOUT_S)
+        return questions  # one answer confirms the whole message
 
     async def close(self) -> None:
-        if self._sender is not None:
-            self._sender.cancel()
+        await self._queue.close()
+
+
+def _expired(count: int) -> None:
+    log.warning("no router confirmed %d give-ups in time: their admissions, if any, end with their leases", count)

@@ -26,16 +26,14 @@ from llmgw_common.ids import new_id
 from llmgw_common.nats_conn import RemoteError, request
 
 from .core.capacity import RouterUnavailable
+from .until_confirmed import UntilConfirmed
 
 log = logging.getLogger("llmgw.edge.leases")
 
 TRY_SHARE = 0.4  # of decide_timeout_s for one try
 MIN_TRY_S = 0.25
 NO_RESPONDER_PAUSE_S = 0.05
-FIRST_PAUSE_S = 0.2
-MAX_PAUSE_S = 2.0
 GIVE_BACK_TIMEOUT_S = 2.0
-MAX_PENDING = 100_000
 BATCH = 64  # give-backs asked at once
 
 
@@ -43,8 +41,7 @@ class LeaseClient:
     def __init__(self, nc, routing: Callable[[], RoutingConfig]):
         self.nc = nc
         self.routing = routing
-        self._pending: dict[str, tuple[LeaseReturn, float]] = {}  # lease id -> (give-back, until when)
-        self._sender: asyncio.Task | None = None
+        self._give_backs: UntilConfirmed[str, LeaseReturn] = UntilConfirmed("lease-give-backs", self._deliver, BATCH)
 
     async def ask(self, ask: LeaseAsk) -> LeaseGrant:
         timeout = self.routing().decide_timeout_s
@@ -72,44 +69,19 @@ class LeaseClient:
 
     def give_back(self, back: LeaseReturn) -> None:
         """Never blocks: the sender task delivers it."""
-        if len(self._pending) >= MAX_PENDING:
-            log.warning("too many capacity leases to give back: %s left to the reaper", back.lease_id)
-            return
         routing = self.routing()
-        self._pending[back.lease_id] = (back, time.monotonic() + routing.lease_ttl_s + routing.lease_s)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_pending(), name="lease-give-backs")
+        if not self._give_backs.add(back.lease_id, back, time.monotonic() + routing.lease_ttl_s + routing.lease_s):
+            log.warning("too many capacity leases to give back: %s left to the reaper", back.lease_id)
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return self._give_backs.pending
 
-    async def _send_pending(self) -> None:
-        pause = FIRST_PAUSE_S
-        while self._pending:
-            now = time.monotonic()
-            for lease_id in [i for i, (_b, until) in self._pending.items() if until <= now]:
-                del self._pending[lease_id]  # the reaper has it
-            if not self._pending:
-                return
-            batch = [back for back, _until in list(self._pending.values())[:BATCH]]
-            answers = await asyncio.gather(*(request(self.nc, subjects.ROUTER_LEASE_RETURN, back, LeaseReturned,
-                                                     GIVE_BACK_TIMEOUT_S) for back in batch), return_exceptions=True)
-            for back, answer in zip(batch, answers):
-                if not isinstance(answer, BaseException):
-                    self._pending.pop(back.lease_id, None)
-            if any(isinstance(answer, BaseException) for answer in answers):
-                # no router, NATS away, or the router's Redis away: again, later
-                await asyncio.sleep(pause)
-                pause = min(MAX_PAUSE_S, pause * 2)
-            else:
-                pause = FIRST_PAUSE_S
+    async def _deliver(self, batch: list[tuple[str, LeaseReturn]]) -> list[str]:
+        answers = await asyncio.gather(*(request(self.nc, subjects.ROUTER_LEASE_RETURN, back, LeaseReturned,
+                                                 GIVE_BACK_TIMEOUT_S) for _id, back in batch), return_exceptions=True)
+        return [lease_id for (lease_id, _back), answer in zip(batch, answers) if not isinstance(answer, BaseException)]
 
     async def close(self, timeout: float = 2.0) -> None:
         """At shutdown: what is pending goes back if a router answers within ``timeout``."""
-        if self._sender is not None and not self._sender.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._sender), timeout)
-            except TimeoutError:
-                pass
-            self._sender.cancel()
+        await self._give_backs.close(timeout)
