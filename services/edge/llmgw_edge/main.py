@@ -98,7 +98,8 @@ class Edge:
         # routes with limits on a reused plan: admitted here from capacity the router leases this edge
         self.lease_client = LeaseClient(nc, lambda: self.config.routing)
         self.capacity = CapacityCache(replica_id(settings.port), self.lease_client.ask, self.lease_client.give_back,
-                                      lambda: self.config.routing.lease_ttl_s)
+                                      lambda: self.config.routing.lease_ttl_s,
+                                      report_use=self.lease_client.report_use)
         self._retired: set[asyncio.Task] = set()
         self.gateway = Gateway(Deps(config=self.config, providers=self.providers, decide=self._decide,
                                     report=outcome_reporter(nc), publish=publish,
