@@ -348,3 +348,11 @@ async def test_what_a_live_lease_admitted_is_reported_once_per_loop_turn_for_the
     assert cache.release(second)  # a failed attempt: reported too, with a later seq
     await asyncio.sleep(0)
     assert [(u.seq - use.seq, u.admitted, u.tokens_in) for u in reports[-1]] == [(1, before + 1, use.tokens_in - 7)]
+
+
+def test_a_leased_candidates_reason_gives_this_requests_estimate_as_the_router_would():
+    from llmgw_edge.core.gateway import _own_estimate
+
+    plan_reason = "paid, est. $0.004200, strategy cheapest"  # made for the request that asked for the plan
+    assert _own_estimate(plan_reason, 1_234_567) == "paid, est. $0.001235, strategy cheapest"
+    assert _own_estimate("free tier, strategy cheapest", 0) == "free tier, strategy cheapest"
