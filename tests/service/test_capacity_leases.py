@@ -251,6 +251,7 @@ async def test_the_views_show_what_was_admitted_from_a_live_lease_not_what_it_ho
         return got[scope]["minute"], got[kscope]["day"], await views.read_month(month)
 
     assert [w["req"] for w in await shown()] == [0, 0, 0]  # nothing admitted from it yet
+    assert await redis.zscore(redis_keys.CAP_LIVE, lease) == g.until_ms  # the live leases the views read
     # the edge admitted 3 from it (their estimates: 40 + 60 tokens, a cent each)
     assert await leases.note_use([(lease, 2, 3, 120, 180, 30_000_000)]) == 1
     assert await leases.note_use([(lease, 1, 1, 40, 60, 10_000_000)]) == 0  # an older report: ignored
@@ -262,4 +263,5 @@ async def test_the_views_show_what_was_admitted_from_a_live_lease_not_what_it_ho
     assert await leases.give_back(lease, 3, 120, 180, 30_000_000, T0 + 1000, hold_ms=60_000) == "returned"
     assert await shown() == (admitted, admitted, admitted)
     assert (await raw.read([scope], at))[scope]["minute"] == admitted
+    assert await redis.zscore(redis_keys.CAP_LIVE, lease) is None
     assert await leases.note_use([(lease, 3, 4, 0, 0, 0)]) == 0  # a report after the give-back: ignored

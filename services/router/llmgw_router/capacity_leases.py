@@ -193,6 +193,7 @@ redis.call('HSET', lease, 'edge', edge, 'provider', provider, 'pscope', pscope, 
            'cost', n * est_cost, 'state', 'live')
 redis.call('PEXPIREAT', lease, until_ms + grace_ms + 86400000)  -- a backstop: the reaper takes it first
 redis.call('ZADD', '$CAP_LEASES', until_ms + grace_ms, lease_id)
+redis.call('ZADD', '$CAP_LIVE', until_ms, lease_id)
 return {n, until_ms, ''}
 """
 
@@ -220,6 +221,7 @@ give_back(lease, back[1], back[2], back[3], back[4], math.floor(now_ms / 1000))
 redis.call('HSET', lease, 'state', 'returned', 'kept_n', v[1] - back[1], 'kept_tin', v[2] - back[2],
            'kept_tout', v[3] - back[3], 'kept_cost', v[4] - back[4])
 redis.call('ZADD', '$CAP_LEASES', now_ms + hold_ms, ARGV[2])
+redis.call('ZREM', '$CAP_LIVE', ARGV[2])
 return 'returned'
 """
 
@@ -237,6 +239,7 @@ local due = redis.call('ZRANGEBYSCORE', '$CAP_LEASES', '-inf', now_ms, 'LIMIT', 
 local reaped = 0
 for _, id in ipairs(due) do
   redis.call('ZREM', '$CAP_LEASES', id)
+  redis.call('ZREM', '$CAP_LIVE', id)
   local lease = '$CAP_LEASE_PREFIX' .. id
   local state = redis.call('HGET', lease, 'state')
   -- what the lease still holds in the windows: all it reserved (live), or what its edge kept (returned)
