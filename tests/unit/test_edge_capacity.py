@@ -356,3 +356,20 @@ def test_a_leased_candidates_reason_gives_this_requests_estimate_as_the_router_w
     plan_reason = "paid, est. $0.004200, strategy cheapest"  # made for the request that asked for the plan
     assert _own_estimate(plan_reason, 1_234_567) == "paid, est. $0.001235, strategy cheapest"
     assert _own_estimate("free tier, strategy cheapest", 0) == "free tier, strategy cheapest"
+
+
+async def test_new_limits_give_the_routes_leases_back_first():
+    # a config reload or a key's new limits: the leases granted under the old ones go back, so the next
+    # request is judged under the new limits at once, as per request
+    clock = Clock()
+    granter = Granter({"free": 100}, clock)
+    cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 2.0, clock=clock)
+    route = ("free", "m", "key-1")
+    old, new = object(), object()
+    for _ in range(4):
+        await cache.take(route, 10, 20, basis=(old,))
+    assert cache.live_leases == 1
+    held = next(iter(cache._held))
+    got = await cache.take(route, 10, 20, basis=(new,))
+    assert not isinstance(got, Refusal) and got.lease != held
+    assert held in {b.lease_id for b in granter.returns}

@@ -123,6 +123,9 @@ class _Route:
     turn_at: float = 0.0
     # a lease was refused for a full limit: until then the route's requests go to the router one by one
     refused_until: float = 0.0
+    # what the leases were asked for under (the config, the caller's key record): when either changes (a
+    # reload, a key's new limits) they go back, so new limits apply from the next request, as per request
+    basis: tuple[object, ...] = ()
 
 
 class CapacityCache:
@@ -145,13 +148,20 @@ class CapacityCache:
         self._used: dict[str, _Lease] = {}
         self._away_until = 0.0
 
-    async def take(self, route: RouteKey, tokens_in: int, tokens_out: int) -> Reservation | Refusal:
-        """A reservation from a lease of ``route`` for a request of this estimate, or why there is none."""
+    async def take(self, route: RouteKey, tokens_in: int, tokens_out: int,
+                   basis: tuple[object, ...] = ()) -> Reservation | Refusal:
+        """A reservation from a lease of ``route`` for a request of this estimate, or why there is none.
+        ``basis``: what the limits come from (the config, the caller's key record), compared by identity: a
+        change gives the route's leases back first (granted under the old limits)."""
         if tokens_in > MAX_ESTIMATE or tokens_out > MAX_ESTIMATE:  # no lease is sized for it: the router judges
             return Refusal("an estimate no lease is sized for", ask_router=True)
         r = self._routes.get(route)
         if r is None:
-            r = self._routes[route] = _Route(since=self._clock())
+            r = self._routes[route] = _Route(since=self._clock(), basis=basis)
+        elif len(r.basis) != len(basis) or any(a is not b for a, b in zip(r.basis, basis)):
+            for lease in list(r.leases):
+                self._retire(r, lease)
+            r.basis, r.refused_until, r.scarce = basis, 0.0, False
         for round_ in range(MAX_ROUNDS + 1):
             reservation = self._from_leases(route, r, tokens_in, tokens_out)
             if reservation is not None:

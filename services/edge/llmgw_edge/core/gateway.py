@@ -476,7 +476,8 @@ class Gateway:
         refused: list[tuple[str, Refusal]] = []
         for i, cand in enumerate(plan.candidates):
             if key_limited or self._route_limited(cand):
-                got = await capacity.take((cand.provider, cand.model, route_request.key_id), tokens_in, tokens_out)
+                got = await capacity.take((cand.provider, cand.model, route_request.key_id), tokens_in, tokens_out,
+                                          basis=(self.config, key_record))
                 if isinstance(got, Refusal):
                     if got.ask_router:
                         return None
