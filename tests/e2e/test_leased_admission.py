@@ -5,7 +5,8 @@ together, a limit is never passed and is used to the last request: a limit of 50
 concurrent requests admits exactly 50, a token and a cost limit are never exceeded (the margin is printed),
 a key budget of $0.50 at $0.01 a request admits exactly 50, a free tier of 20 a minute under bursts from
 both edges admits exactly 20 and the rest fails over to the paid provider. An edge killed (kill -9) while it
-holds a lease: its capacity comes back after the lease's end and the reaper's grace (measured, printed).
+holds a lease: its capacity comes back within lease_ttl_s + one bucket of the minute window (5 s), not after
+the reaper's grace (the routers find the edge process gone: ``llmgw_router.dead_edges``).
 
 This module's stack runs its own NATS (the runner's): its gateway keys would lock other tests' gateways.
 """
@@ -39,7 +40,9 @@ from stacks import running_stack, service_replies, wait_for
 pytestmark = pytest.mark.integration
 
 TTL_S = 2.0
-GRACE_S = 4.0  # routing.abandoned_after_s: how long the reaper waits after a lease's end
+# routing.abandoned_after_s: how long the reaper waits after a lease's end for an edge it cannot tell is dead
+GRACE_S = 20.0
+BUCKET_S = 5  # the minute window's bucket: a lease ends with it at the latest
 SUFFIX = uuid.uuid4().hex[:6]  # the session's Redis is shared: these windows are this module's alone
 P = {name: f"{name}-{SUFFIX}" for name in ("req", "tok", "cost", "budget", "free", "paid", "kill", "away")}
 TOKENS_PER_MINUTE = 3000
@@ -295,7 +298,7 @@ def test_with_the_routers_frozen_live_leases_serve_then_a_clean_503_and_health_s
     wait_for(lambda: _minute(infra.redis_url, scope)["req"] == served, timeout=TTL_S + GRACE_S + 20, interval=0.2)
 
 
-def test_an_edge_killed_holding_a_lease_gets_its_capacity_back_after_ttl_and_grace(stack, infra):
+def test_an_edge_killed_holding_a_lease_gets_its_capacity_back_within_ttl_and_a_bucket(stack, infra):
     scope = provider_scope(P["kill"])
     served = 0
     warm = _warm(stack, stack.open_key, "m-kill")
@@ -326,7 +329,7 @@ def test_an_edge_killed_holding_a_lease_gets_its_capacity_back_after_ttl_and_gra
         if held is not None:
             break
     assert held is not None, "no edge holds a lease of more than one request"
-    victim = next(c for c in stack.children if c.name == held["edge"])
+    victim = next(c for c in stack.children if c.name == held["edge"].rsplit("-", 1)[0])  # <replica>-<process>
     killed_at = time.monotonic()
     os.kill(victim.proc.pid, signal.SIGKILL)
     reserved_then = _minute(infra.redis_url, scope)["req"]
@@ -337,7 +340,9 @@ def test_an_edge_killed_holding_a_lease_gets_its_capacity_back_after_ttl_and_gra
     wait_for(back, timeout=TTL_S + GRACE_S + 20, interval=0.1)
     took = time.monotonic() - killed_at
     print(f"edge killed holding a lease of {held['n']} (window {reserved_then} reserved, {served} served): "
-          f"capacity back after {took:.1f} s (lease_ttl_s {TTL_S} + grace {GRACE_S})")
+          f"capacity back after {took:.1f} s (lease_ttl_s {TTL_S}, a bucket {BUCKET_S} s, grace {GRACE_S})")
     assert reserved_then > served  # the lease's unused part was still reserved when the edge died
+    # the issue's bound, not a speed figure: the grace (20 s) would be far past it
+    assert took < TTL_S + BUCKET_S + 1, f"capacity back only after {took:.1f} s"
     with admin_client(stack) as ui:
         assert ui.get("/api/keys").status_code == 200  # the rest of the stack is unaffected

@@ -142,6 +142,39 @@ async def test_a_lease_its_edge_never_returned_is_given_back_by_the_reaper_once(
     assert sum(await _drain(leases, route, "edge-b", 10, g.until_ms)) == 50
 
 
+async def test_a_lease_of_an_edge_that_is_gone_goes_back_as_soon_as_it_ended(redis):
+    """The router found its edge process gone (``dead_edges``): no grace, what no event settled goes back."""
+    leases, writer = CapacityLeases(redis), WindowWriter(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    scope, lease_id, at_ms = provider_scope(route.provider), uuid.uuid4().hex, T0 + 40_000
+    g = await leases.grant(lease_id, "edge-gone", route, 10, at_ms, TTL_MS, GRACE_MS)
+    assert (lease_id, "edge-gone") not in await leases.ended(g.until_ms - 1)  # still live: not ended yet
+    assert (lease_id, "edge-gone") in await leases.ended(g.until_ms)
+    settled = _leased_event(route, lease_id, at_ms + 10, 50, 50, 3_000_000)
+    assert await writer.apply([settled], at_ms // 1000) == 1
+    assert await leases.reap_dead_edge([lease_id], g.until_ms + 500, keep_s=3600) == 1
+    assert await redis.hget(CAP_LEASE_PREFIX + lease_id, "state") == "reaped"
+    assert await _minute(redis, scope, g.until_ms) == {"req": 1, "tin": 50, "tout": 50, "cost": 3_000_000}
+    assert (lease_id, "edge-gone") not in await leases.ended(g.until_ms + 1000)  # no longer asked about
+    assert await leases.reap_dead_edge([lease_id], g.until_ms + 600, keep_s=3600) == 0  # once
+    await leases.reap(g.until_ms + GRACE_MS, keep_s=3600)  # the grace reaper gives nothing back twice
+    assert (await _minute(redis, scope, g.until_ms))["req"] == 1
+    late = _leased_event(route, lease_id, at_ms + 20, 50, 50, 3_000_000)  # an event that still came
+    assert await writer.apply([late], at_ms // 1000 + 3) == 1
+    assert (await _minute(redis, scope, g.until_ms))["req"] == 2  # counted in full, once
+
+
+async def test_a_returned_lease_is_not_taken_for_a_dead_edges(redis):
+    leases = CapacityLeases(redis)
+    route = _route(provider_limits=Limits(requests_per_minute=50))
+    scope, lease_id, at_ms = provider_scope(route.provider), uuid.uuid4().hex, T0 + 45_000
+    g = await leases.grant(lease_id, "edge-a", route, 10, at_ms, TTL_MS, GRACE_MS)
+    assert await leases.give_back(lease_id, 4, 160, 240, 4_000_000, g.until_ms, hold_ms=60_000) == "returned"
+    assert (lease_id, "edge-a") not in await leases.ended(g.until_ms + 1000)
+    assert await leases.reap_dead_edge([lease_id], g.until_ms + 1000, keep_s=3600) == 0
+    assert (await _minute(redis, scope, g.until_ms))["req"] == 4  # what it kept waits for its events
+
+
 async def test_a_cooling_provider_gets_no_lease(redis):
     leases = CapacityLeases(redis)
     route = _route(provider_limits=Limits(requests_per_minute=50))
