@@ -18,6 +18,7 @@ from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn
 from llmgw_common.config import GatewayConfig
 from llmgw_common.messages import RouteDecision, RouteRequest
 from llmgw_edge.api.openai_chat import OpenAIChatCodec
+from llmgw_edge.core import capacity
 from llmgw_edge.core.capacity import CapacityCache, Refusal, RouterUnavailable
 from llmgw_edge.core.errors import GatewayError
 from llmgw_edge.core.gateway import Deps, Gateway
@@ -257,7 +258,7 @@ async def test_requests_arriving_together_do_not_inflate_the_demand_into_leases_
 async def test_a_lease_that_ends_as_it_is_granted_goes_back_and_the_next_is_asked_for_past_its_bucket():
     clock = Clock()
     granter = Granter({"free": 100}, clock)
-    bucket_end = clock.now + 0.05  # the router is in the last moments of the lease's window bucket
+    bucket_end = clock.now + capacity.END_MARGIN_S / 2  # the router is in its lease's bucket's last moments
 
     async def ask(a: LeaseAsk) -> LeaseGrant:
         grant = await granter.ask(a)
@@ -285,7 +286,7 @@ async def test_after_a_lease_its_bucket_ended_the_next_is_asked_for_once_the_buc
 
     async def ask(a: LeaseAsk) -> LeaseGrant:
         if granter.asks:  # the edge waited (real time) for the turn: the clock has moved with it
-            clock.now = bucket_end + 0.03
+            clock.now = bucket_end + 2 * capacity.BUCKET_TURN_S
         grant = await granter.ask(msgspec.structs.replace(a, wanted=10))  # room for the next requests
         ends = bucket_end if clock.now < bucket_end else bucket_end + 5  # minute windows: 5 s buckets
         return msgspec.structs.replace(grant, until_ms=min(grant.until_ms, int(ends * 1000)))
@@ -296,7 +297,7 @@ async def test_after_a_lease_its_bucket_ended_the_next_is_asked_for_once_the_buc
     clock.now += 0.8  # due for renewal, but a successor would end with it: not asked for
     assert not isinstance(await cache.take(route, 10, 20), Refusal)
     assert len(granter.asks) == 1
-    clock.now = bucket_end - 0.05  # the lease stopped admitting; the bucket has not turned
+    clock.now = bucket_end - capacity.END_MARGIN_S / 2  # the lease stopped admitting; the bucket has not turned
     after = await cache.take(route, 10, 20)
     assert not isinstance(after, Refusal) and after.lease == granter.asks[1].lease_id
     assert len(granter.asks) == 2 and not granter.returns  # no lease granted only to go back
