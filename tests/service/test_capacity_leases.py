@@ -74,8 +74,9 @@ async def test_a_free_tier_of_20_is_granted_one_request_at_a_time_to_the_last(re
     route = _route(model_limits=Limits(requests_per_minute=20))
     a, b = await asyncio.gather(*(_drain(leases, route, edge, 5, T0) for edge in ("edge-a", "edge-b")))
     assert sum(a) + sum(b) == 20
-    # once both edges are known, what is left (< 2 edges x 2 x 5) goes one request at a time
-    assert a[-4:] == b[-4:] == [1] * 4
+    # once both edges are known, what is left (< 2 edges x 2 x 5) goes one request at a time (how many each
+    # edge got before the other was known depends on how their questions interleave)
+    assert a[-1] == b[-1] == 1 and (a + b).count(1) >= 4, (a, b)
     assert (await _minute(redis, model_scope(route.provider, "m"), T0))["req"] == 20
 
 
