@@ -7,6 +7,7 @@ tests/e2e/test_leased_admission.py."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from edge_fakes import Events, FakeRouter, MockResponse, MockTransport
 from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn
 from llmgw_common.config import GatewayConfig
+from llmgw_common.keys import KeyLimits, KeyRecord, new_key_id
 from llmgw_common.messages import RouteDecision, RouteRequest
 from llmgw_edge.api.openai_chat import OpenAIChatCodec
 from llmgw_edge.core import capacity
@@ -100,8 +102,10 @@ class Harness:
         self.failing = failing or set()
         self.sent: list[str] = []
         providers = {p.id: build_provider(p, MockTransport(self._answer), Path("/tmp")) for p in cfg.providers}
+        self.keys: dict[str, KeyRecord] = {}  # the edge's key mirror: a caller's current key record
         self.gateway = Gateway(Deps(config=cfg, providers=providers, decide=self.router.decide,
-                                    report=self.router.report, publish=self.events, capacity=self.capacity))
+                                    report=self.router.report, publish=self.events, capacity=self.capacity,
+                                    key_record=lambda key_id: self.keys.get(key_id or "")))
 
     def _answer(self, request) -> MockResponse:
         provider = request.url.split("//")[1].split(".")[0]
@@ -112,9 +116,10 @@ class Harness:
             {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
 
-    async def ask(self):
+    async def ask(self, key_id: str | None = None):
         codec = OpenAIChatCodec()
         exchange = codec.parse(json.dumps({"model": "m", "messages": USER, "max_tokens": 20}).encode(), {})
+        exchange.key_id = key_id
         return await self.gateway.handle(exchange, codec)
 
 
@@ -130,6 +135,45 @@ async def test_a_limited_route_on_a_reused_plan_is_admitted_from_a_lease_then_fa
     assert [e.reservation for e in h.events[4:]] == [None, None]  # the paid route draws on no limit
     assert h.granter.reserved["free"] == 3 and sum(a.wanted for a in h.granter.asks) >= 3
     assert "free skipped: requests_per_minute on provider reached" in h.events[-1].route_reason
+
+
+def _key(name: str, limits: KeyLimits | None = None) -> KeyRecord:
+    return KeyRecord(id=new_key_id(), name=name, hash="0" * 64, prefix="llmgw-…",
+                     created_at=datetime.now(timezone.utc), limits=limits or KeyLimits())
+
+
+async def test_keys_without_limits_share_the_routes_lease_and_a_key_with_limits_leases_its_own():
+    h = Harness()
+    h.granter.limits["free"] = 100
+    plain_ask = h.granter.ask
+
+    async def ask(a: LeaseAsk) -> LeaseGrant:  # room for the next requests; the key scope as the router names it
+        grant = await plain_ask(msgspec.structs.replace(a, wanted=10))
+        return msgspec.structs.replace(grant, key_id=a.key_id)
+
+    h.capacity._ask = ask
+    a, b, c, limited = _key("a"), _key("b"), _key("c"), _key("limited", KeyLimits(requests_per_day=1000))
+    h.keys = {k.id: k for k in (a, b, c, limited)}
+    for key in (a, b, c):
+        await h.ask(key.id)  # the key's first request: the router's admission and its plan for this key
+        await h.ask(key.id)  # admitted here, from the route's lease
+    leased = [e for e in h.events if e.reservation is not None and e.reservation.lease]
+    assert [e.key_id for e in leased] == [a.id, b.id, c.id]
+    # one lease for the three keys: one question, no key in it, and the key scope left to the usage events
+    assert [x.key_id for x in h.granter.asks] == [None]
+    assert {e.reservation.lease for e in leased} == {h.granter.asks[0].lease_id}
+    assert all(e.reservation.key_id is None for e in leased)
+    await h.ask(limited.id)
+    await h.ask(limited.id)  # a key with limits: a lease of its own, reserved in its key scope too
+    assert [x.key_id for x in h.granter.asks] == [None, limited.id]
+    assert h.events[-1].reservation.key_id == limited.id
+    assert h.events[-1].reservation.lease == h.granter.asks[1].lease_id
+    # a key that gains limits (its record changes): its plan is asked for again, then it leases on its own
+    h.keys[a.id] = a.model_copy(update={"limits": KeyLimits(cost_per_month=Decimal("5"))})
+    await h.ask(a.id)
+    await h.ask(a.id)
+    assert [x.key_id for x in h.granter.asks] == [None, limited.id, a.id]
+    assert h.events[-1].reservation.key_id == a.id and h.events[-1].key_id == a.id
 
 
 async def test_with_leases_off_a_limited_plan_is_never_admitted_by_the_edge():

@@ -1,6 +1,8 @@
 """Capacity leases on the edge: requests on routes with limits admitted here, from capacity the router leased.
 
-A route is (provider, logical model, the caller's key id). For each, the edge holds the leases the router
+A route is (provider, logical model, the caller's key id where that key has limits, else None: every key
+without limits shares the route's leases, and its requests count in its own windows when their usage
+events settle, ``llmgw_usage.domain.key_amounts``). For each, the edge holds the leases the router
 granted it (``llmgw_common.capacity``): N requests with N x a per-request estimate reserved in every window
 they draw on. A request is admitted from a live lease when its own estimate (tokens in, tokens out and cost,
 each computed as the router computes them) still fits in what the lease has left, field by field: so what
@@ -42,7 +44,7 @@ from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn
 from llmgw_common.ids import new_id
 from llmgw_common.messages import Reservation
 
-RouteKey = tuple[str, str, str | None]  # provider, logical model, the caller's key id
+RouteKey = tuple[str, str, str | None]  # provider, logical model, the caller's key id if it has limits
 
 # a lease stops admitting this long before its end: the edge's and the router's clocks (NTP keeps them within
 # milliseconds). Every bucket's turn is a pause this long plus BUCKET_TURN_S and a round trip, for every
