@@ -33,6 +33,9 @@ def test_replica_arguments():
     assert check_replicas({"usage": 2}, {"CLICKHOUSE_URL": "http://ch:8123"}) == {"usage": 2}
     with pytest.raises(InfraError, match="ui-api runs once"):
         check_replicas({"ui-api": 2}, {})
+    with pytest.raises(InfraError, match="LLMGW_NATS_REPLICAS: a number of replicas from 1 to 5, not 'abc'"):
+        check_replicas({}, {"LLMGW_NATS_REPLICAS": "abc"})  # before any process starts, not a traceback in each
+    assert check_replicas({}, {"LLMGW_NATS_REPLICAS": "3"}) == {}
 
 
 async def _router_stats(nats_url: str, replicas: int) -> list[int]:

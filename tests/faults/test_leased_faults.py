@@ -14,8 +14,8 @@ The route without limits still fails no request while the router, NATS or Redis 
 
 Only the scenarios where leases change something run here: the router, nats-server and Redis each killed and
 frozen (the edge serves from its live leases, then refuses cleanly; its questions and give-backs wait or
-fail), and the edge killed while it holds a lease (nobody gives it back: the reaper returns it after
-``lease_ttl_s`` + ``routing.abandoned_after_s``). Left out: the usage service killed (the edge's side does not
+fail), and the edge killed while it holds a lease (nobody gives it back: the routers find the edge process
+gone and the reaper returns it once it ended, ``llmgw_router.dead_edges``). Left out: the usage service killed (the edge's side does not
 change with leases; the usage service's settling of leased events is covered by the service tests) and the
 whole runner killed (the edge-kill covers a lease nobody gives back).
 """

@@ -7,6 +7,7 @@ tests/e2e/test_leased_admission.py."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import pytest
 from edge_fakes import Events, FakeRouter, MockResponse, MockTransport
 from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn
 from llmgw_common.config import GatewayConfig
+from llmgw_common.keys import KeyLimits, KeyRecord, new_key_id
 from llmgw_common.messages import RouteDecision, RouteRequest, Skipped
 from llmgw_edge.api.openai_chat import OpenAIChatCodec
+from llmgw_edge.core import capacity
 from llmgw_edge.core.capacity import CapacityCache, Refusal, RouterUnavailable
 from llmgw_edge.core.errors import GatewayError
 from llmgw_edge.core.gateway import Deps, Gateway
@@ -115,8 +118,10 @@ class Harness:
         self.failing = failing or set()
         self.sent: list[str] = []
         providers = {p.id: build_provider(p, MockTransport(self._answer), Path("/tmp")) for p in cfg.providers}
+        self.keys: dict[str, KeyRecord] = {}  # the edge's key mirror: a caller's current key record
         self.gateway = Gateway(Deps(config=cfg, providers=providers, decide=self.router.decide,
-                                    report=self.router.report, publish=self.events, capacity=self.capacity))
+                                    report=self.router.report, publish=self.events, capacity=self.capacity,
+                                    key_record=lambda key_id: self.keys.get(key_id or "")))
 
     def _answer(self, request) -> MockResponse:
         provider = request.url.split("//")[1].split(".")[0]
@@ -127,9 +132,10 @@ class Harness:
             {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
 
-    async def ask(self):
+    async def ask(self, key_id: str | None = None):
         codec = OpenAIChatCodec()
         exchange = codec.parse(json.dumps({"model": "m", "messages": USER, "max_tokens": 20}).encode(), {})
+        exchange.key_id = key_id
         return await self.gateway.handle(exchange, codec)
 
 
@@ -147,6 +153,45 @@ async def test_a_limited_route_on_a_reused_plan_is_admitted_from_a_lease_then_fa
     assert h.granter.reserved["free"] == 3 and sum(a.wanted for a in h.granter.asks) >= 3
     assert h.granter.refused == 1  # the refusal holds for a moment: the sixth request did not ask again
     assert "free skipped: requests_per_minute reached on provider (3/3) (42s left)" in h.events[-1].route_reason
+
+
+def _key(name: str, limits: KeyLimits | None = None) -> KeyRecord:
+    return KeyRecord(id=new_key_id(), name=name, hash="0" * 64, prefix="llmgw-…",
+                     created_at=datetime.now(timezone.utc), limits=limits or KeyLimits())
+
+
+async def test_keys_without_limits_share_the_routes_lease_and_a_key_with_limits_leases_its_own():
+    h = Harness()
+    h.granter.limits["free"] = 100
+    plain_ask = h.granter.ask
+
+    async def ask(a: LeaseAsk) -> LeaseGrant:  # room for the next requests; the key scope as the router names it
+        grant = await plain_ask(msgspec.structs.replace(a, wanted=10))
+        return msgspec.structs.replace(grant, key_id=a.key_id)
+
+    h.capacity._ask = ask
+    a, b, c, limited = _key("a"), _key("b"), _key("c"), _key("limited", KeyLimits(requests_per_day=1000))
+    h.keys = {k.id: k for k in (a, b, c, limited)}
+    for key in (a, b, c):
+        await h.ask(key.id)  # the key's first request: the router's admission and its plan for this key
+        await h.ask(key.id)  # admitted here, from the route's lease
+    leased = [e for e in h.events if e.reservation is not None and e.reservation.lease]
+    assert [e.key_id for e in leased] == [a.id, b.id, c.id]
+    # one lease for the three keys: one question, no key in it, and the key scope left to the usage events
+    assert [x.key_id for x in h.granter.asks] == [None]
+    assert {e.reservation.lease for e in leased} == {h.granter.asks[0].lease_id}
+    assert all(e.reservation.key_id is None for e in leased)
+    await h.ask(limited.id)
+    await h.ask(limited.id)  # a key with limits: a lease of its own, reserved in its key scope too
+    assert [x.key_id for x in h.granter.asks] == [None, limited.id]
+    assert h.events[-1].reservation.key_id == limited.id
+    assert h.events[-1].reservation.lease == h.granter.asks[1].lease_id
+    # a key that gains limits (its record changes): its plan is asked for again, then it leases on its own
+    h.keys[a.id] = a.model_copy(update={"limits": KeyLimits(cost_per_month=Decimal("5"))})
+    await h.ask(a.id)
+    await h.ask(a.id)
+    assert [x.key_id for x in h.granter.asks] == [None, limited.id, a.id]
+    assert h.events[-1].reservation.key_id == a.id and h.events[-1].key_id == a.id
 
 
 async def test_with_leases_off_a_limited_plan_is_never_admitted_by_the_edge():
@@ -275,7 +320,7 @@ async def test_requests_arriving_together_do_not_inflate_the_demand_into_leases_
 async def test_a_lease_that_ends_as_it_is_granted_goes_back_and_the_next_is_asked_for_past_its_bucket():
     clock = Clock()
     granter = Granter({"free": 100}, clock)
-    bucket_end = clock.now + 0.05  # the router is in the last moments of the lease's window bucket
+    bucket_end = clock.now + capacity.END_MARGIN_S / 2  # the router is in its lease's bucket's last moments
 
     async def ask(a: LeaseAsk) -> LeaseGrant:
         grant = await granter.ask(a)
@@ -303,7 +348,7 @@ async def test_after_a_lease_its_bucket_ended_the_next_is_asked_for_once_the_buc
 
     async def ask(a: LeaseAsk) -> LeaseGrant:
         if granter.asks:  # the edge waited (real time) for the turn: the clock has moved with it
-            clock.now = bucket_end + 0.03
+            clock.now = bucket_end + 2 * capacity.BUCKET_TURN_S
         grant = await granter.ask(msgspec.structs.replace(a, wanted=10))  # room for the next requests
         ends = bucket_end if clock.now < bucket_end else bucket_end + 5  # minute windows: 5 s buckets
         return msgspec.structs.replace(grant, until_ms=min(grant.until_ms, int(ends * 1000)))
@@ -314,7 +359,7 @@ async def test_after_a_lease_its_bucket_ended_the_next_is_asked_for_once_the_buc
     clock.now += 0.8  # due for renewal, but a successor would end with it: not asked for
     assert not isinstance(await cache.take(route, 10, 20), Refusal)
     assert len(granter.asks) == 1
-    clock.now = bucket_end - 0.05  # the lease stopped admitting; the bucket has not turned
+    clock.now = bucket_end - capacity.END_MARGIN_S / 2  # the lease stopped admitting; the bucket has not turned
     after = await cache.take(route, 10, 20)
     assert not isinstance(after, Refusal) and after.lease == granter.asks[1].lease_id
     assert len(granter.asks) == 2 and not granter.returns  # no lease granted only to go back

@@ -537,6 +537,47 @@ def test_reserved_event_adds_only_the_difference_to_the_reservation_buckets():
     assert {(u.requests, u.tokens_in, u.tokens_out, u.cost_nano) for u in rebuilt} == {(1, 120, 30, 123_456)}
 
 
+def test_an_event_from_a_lease_the_keys_without_limits_share_counts_in_full_in_its_key():
+    """Its reservation names no key (a shared lease): actual - estimate in the provider's and the model's
+    scopes, the full amounts once in the key's own windows and calendar month, at the reservation's time."""
+    at = T0_S - 30
+    shared = Reservation(provider="groq", model="llama", at_s=at, tokens_in=100, tokens_out=50, cost_nano=100_000,
+                         lease="lease-1")
+    ev = _event(key_id="key-7", reservation=shared)
+    live = domain.window_updates(ev, now_s=T0_S)
+    settle = {(u.requests, u.tokens_in, u.tokens_out, u.cost_nano) for u in live if ":k:" not in u.key}
+    assert settle == {(0, 120 - 100, 30 - 50, 123_456 - 100_000)}
+    keyed = [u for u in live if ":k:" in u.key]
+    assert {(u.requests, u.tokens_in, u.tokens_out, u.cost_nano) for u in keyed} == {(1, 120, 30, 123_456)}
+    assert len(keyed) == len(WINDOWS) + 1 and any(":k:key-7:month:" in u.key for u in keyed)  # + its month
+    assert all(u.key.endswith(f":{at - at % 5}") for u in keyed if ":5:" in u.key)
+    args = domain.window_script_args([ev], now_s=T0_S)
+    groups, leased, key_parts = json.loads(args[3]), json.loads(args[7]), json.loads(args[8])
+    assert key_parts == [ev.id, 1, 120, 30, 123_456] and groups[0][1] == ["k:key-7"]
+    # a reaped lease's event counts in full where the lease reserved (the provider and the model); the key
+    # counts it above, whatever the lease's state: not twice
+    assert leased[:5] == [ev.id, 1, "lease-1", 2, 3] and groups[2][1] == ["p:groq", "m:groq/llama"]
+    # rebuilt from the log: the full amounts once in every scope, the key's included
+    rebuilt = domain.window_updates(ev, now_s=T0_S, rebuild=True)
+    assert sum(1 for u in rebuilt if ":k:key-7:" in u.key) == len(WINDOWS) + 1
+    assert {(u.requests, u.tokens_in) for u in rebuilt} == {(1, 120)}
+    assert json.loads(domain.window_script_args([ev], now_s=T0_S, rebuild=True)[8]) == []
+
+
+def test_an_event_whose_reservation_holds_its_key_adds_nothing_more_to_the_key():
+    for lease in (None, "lease-2"):  # admitted per request, or from a lease of its own key (a key with limits)
+        ev = _event(key_id="key-8", reservation=Reservation(provider="groq", model="llama", at_s=T0_S,
+                                                            tokens_in=100, tokens_out=50, cost_nano=0,
+                                                            key_id="key-8", lease=lease))
+        assert domain.key_amounts(ev, T0_S) is None
+        assert json.loads(domain.window_script_args([ev], now_s=T0_S)[8]) == []
+        assert {u.requests for u in domain.window_updates(ev, now_s=T0_S)} == {0}
+    assert domain.key_amounts(_event(key_id="key-8"), T0_S) is None  # no reservation: counted in full anyway
+    assert domain.key_amounts(_event(reservation=Reservation(provider="groq", model="llama", at_s=T0_S, tokens_in=1,
+                                                                    tokens_out=1, cost_nano=0)),
+                              T0_S) is None  # no key
+
+
 # ---- refused or normalized (the table in domain's module doc) ------------------------------
 
 def _with(**change) -> bytes:

@@ -593,6 +593,13 @@ def check_replicas(replicas: dict[str, int], env) -> dict[str, int]:
                          "ClickHouse (chDB) data directory belongs to one process")
     if replicas.get("edge", 1) > 1 and not hasattr(socket, "SO_REUSEPORT"):
         raise InfraError("edge replicas share their port with SO_REUSEPORT, which this system lacks")
+    from llmgw_common.config import ConfigError
+    from llmgw_common.jetstream import replicas_setting
+
+    try:  # every service reads it: one clear line now rather than each child's error at start-up
+        replicas_setting(env)
+    except ConfigError as exc:
+        raise InfraError("; ".join(f"{path}: {problem}" for path, problem in exc.problems)) from None
     return replicas
 
 

@@ -1,8 +1,8 @@
 """Capacity leases (issue 20): the messages between an edge and the router, as msgspec structs.
 
-A capacity lease grants one edge replica N requests on one route (provider + model, plus the caller's key),
-with N times a per-request estimate in tokens and cost reserved in the live windows
-(``llmgw_router.capacity_leases``). The edge admits requests from it by itself, each at its own estimate,
+A capacity lease grants one edge replica N requests on one route (provider + model, plus the caller's key
+when the key has limits: the keys without limits share the route's leases), with N times a per-request
+estimate in tokens and cost reserved in the live windows (``llmgw_router.capacity_leases``). The edge admits requests from it by itself, each at its own estimate,
 computed as the router computes it (``estimate``): so the sum of what it admits never passes what was
 reserved. Not to be confused with the admission leases of ``leases.py`` (one admitted request each).
 
@@ -46,7 +46,7 @@ class LeaseAsk(_LeaseMessage, frozen=True):
     edge: str
     provider: str
     model: str  # logical
-    key_id: str | None = None
+    key_id: str | None = None  # the caller's key when it has limits; None: a lease every other key shares
     wanted: int = 1  # the edge's demand for one lease period
     tokens_in: int = 0  # the per-request estimate the lease is sized with (the asking request's)
     tokens_out: int = 0

@@ -32,8 +32,8 @@ LEASE_PREFIX = STATE + "lease:"  # + <member>: hash of what was reserved
 
 # ---- capacity leases for routes with limits (llmgw_router.capacity_leases) ----------------------------
 CAP_LEASES = STATE + "caplease"  # zset: lease id -> when the reaper takes it (epoch ms)
-CAP_LIVE = STATE + "caplive"  # zset: the live leases' ids -> their end (epoch ms): what the windows' views read
 CAP_LEASE_PREFIX = STATE + "caplease:"  # + <lease id>: hash of what the lease reserved and its state
+CAP_LEASE_ENDS = STATE + "capleaseends"  # zset: live lease id -> its end (epoch ms), until given back or reaped
 CAP_EDGES_PREFIX = STATE + "capedges:"  # + <provider scope>|<model scope>|<key scope>: zset edge -> last ask (ms)
 
 # ---- router: shared health and switches (llmgw_router.store) ------------------------------------------

@@ -45,7 +45,7 @@ from nats.micro.request import Request
 from pydantic import ValidationError
 
 from . import health, metrics, ops_port, tracing
-from .config import GatewayConfig
+from .config import ConfigError, GatewayConfig
 from .config_bucket import ConfigFollower, ConfigListener
 from .lifecycle import wait_for_stop
 from .logs import setup_logging
@@ -359,3 +359,6 @@ def main(name: str, serve: Callable[[], Coroutine[Any, Any, None]], log_level: s
         uvloop.run(serve())  # uvloop: a faster event loop, as the HTTP services use
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # a setting it cannot start with (an environment variable): its path, no trace
+        logging.getLogger(f"llmgw.{name}").error("%s", exc)
+        raise SystemExit(1) from None

@@ -74,6 +74,17 @@ CONFIG_CHANGED = "llmgw.config.changed"
 CONFIG_REVISIONS = "llmgw.config.revisions"
 
 
+# every edge process answers on llmgw.edge.alive.<its instance> (empty request and reply): the routers ask an
+# edge that holds a capacity lease past its end; "no responders" means its NATS connection closed (the
+# process died), and its leases go back without waiting for requests it might still be serving
+EDGE_ALIVE_PREFIX = "llmgw.edge.alive"
+
+
+def edge_alive(instance: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in instance) or "_"
+    return f"{EDGE_ALIVE_PREFIX}.{safe}"
+
+
 def usage_event_subject(provider: str) -> str:
     """Per-provider subject so consumers can filter; tokens are sanitised."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in provider) or "_"

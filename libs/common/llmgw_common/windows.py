@@ -160,7 +160,7 @@ end
 # unused[scope] = {{at_s, req, tin, tout, cost}, ...}; month_unused[month key] = {req, tin, tout, cost}.
 LUA_LEASES_UNUSED = """
 local unused, month_unused = {}, {}
-for _, id in ipairs(redis.call('ZRANGE', '$CAP_LIVE', 0, -1)) do
+for _, id in ipairs(redis.call('ZRANGE', '$CAP_LEASE_ENDS', 0, -1)) do
   local v = redis.call('HMGET', '$CAP_LEASE_PREFIX' .. id, 'state', 'pscope', 'mscope', 'kscope', 'month', 'at',
                        'n', 'tin', 'tout', 'cost', 'used_n', 'used_tin', 'used_tout', 'used_cost')
   if v[1] == 'live' then

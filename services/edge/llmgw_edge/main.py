@@ -97,7 +97,10 @@ class Edge:
         self.give_ups = GiveUps(nc, lambda: self.config.routing.lease_s)  # questions the router must release
         # routes with limits on a reused plan: admitted here from capacity the router leases this edge
         self.lease_client = LeaseClient(nc, lambda: self.config.routing)
-        self.capacity = CapacityCache(replica_id(settings.port), self.lease_client.ask, self.lease_client.give_back,
+        # this process, not the replica's name (a restarted edge-1 is another process): routers ask it whether
+        # it is alive on subjects.edge_alive(instance) before they wait out a lease it never gave back
+        self.instance = f"{replica_id(settings.port)[:96]}-{new_id()}"
+        self.capacity = CapacityCache(self.instance, self.lease_client.ask, self.lease_client.give_back,
                                       lambda: self.config.routing.lease_ttl_s,
                                       report_use=self.lease_client.report_use)
         self._retired: set[asyncio.Task] = set()
@@ -175,6 +178,11 @@ class Edge:
             if found:
                 return found
         return classify(text)
+
+
+async def _answer_alive(msg) -> None:
+    """A router asks whether this edge process is alive (llmgw_router.dead_edges): being here says yes."""
+    await msg.respond(b"")
 
 
 def _response(reply: Reply, replica: str | None = None) -> Response:
@@ -291,6 +299,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         follower.follow([edge.apply])
         await follower.answer_revisions(nc, "edge", replica_id(settings.port))
         await nc.subscribe(subjects.ROUTER_CHANGED, cb=edge.on_router_changed)
+        await nc.subscribe(subjects.edge_alive(edge.instance), cb=_answer_alive)
         renewer = asyncio.create_task(renew_leases(nc, edge.gateway.running, lambda: edge.config.routing.lease_s),
                                       name="lease-renewal")
         sweeper = asyncio.create_task(edge.sweep_leases(), name="capacity-lease-sweep")

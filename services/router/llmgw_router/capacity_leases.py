@@ -193,7 +193,7 @@ redis.call('HSET', lease, 'edge', edge, 'provider', provider, 'pscope', pscope, 
            'cost', n * est_cost, 'state', 'live')
 redis.call('PEXPIREAT', lease, until_ms + grace_ms + 86400000)  -- a backstop: the reaper takes it first
 redis.call('ZADD', '$CAP_LEASES', until_ms + grace_ms, lease_id)
-redis.call('ZADD', '$CAP_LIVE', until_ms, lease_id)
+redis.call('ZADD', '$CAP_LEASE_ENDS', until_ms, lease_id)
 return {n, until_ms, ''}
 """
 
@@ -221,7 +221,7 @@ give_back(lease, back[1], back[2], back[3], back[4], math.floor(now_ms / 1000))
 redis.call('HSET', lease, 'state', 'returned', 'kept_n', v[1] - back[1], 'kept_tin', v[2] - back[2],
            'kept_tout', v[3] - back[3], 'kept_cost', v[4] - back[4])
 redis.call('ZADD', '$CAP_LEASES', now_ms + hold_ms, ARGV[2])
-redis.call('ZREM', '$CAP_LIVE', ARGV[2])
+redis.call('ZREM', '$CAP_LEASE_ENDS', ARGV[2])
 return 'returned'
 """
 
@@ -239,7 +239,7 @@ local due = redis.call('ZRANGEBYSCORE', '$CAP_LEASES', '-inf', now_ms, 'LIMIT', 
 local reaped = 0
 for _, id in ipairs(due) do
   redis.call('ZREM', '$CAP_LEASES', id)
-  redis.call('ZREM', '$CAP_LIVE', id)
+  redis.call('ZREM', '$CAP_LEASE_ENDS', id)
   local lease = '$CAP_LEASE_PREFIX' .. id
   local state = redis.call('HGET', lease, 'state')
   -- what the lease still holds in the windows: all it reserved (live), or what its edge kept (returned)
@@ -285,6 +285,52 @@ return noted
 """
 
 
+# Leases past their end (ARGV[1], ms) that no edge gave back yet: up to ARGV[2] of them, as {id, edge, ...}.
+# Ids whose lease is no longer live (given back, reaped, expired) leave the set here.
+ENDED_LUA = """
+local ended = redis.call('ZRANGEBYSCORE', '$CAP_LEASE_ENDS', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ended) do
+  local v = redis.call('HMGET', '$CAP_LEASE_PREFIX' .. id, 'state', 'edge')
+  if v[1] == 'live' then
+    table.insert(out, id)
+    table.insert(out, v[2] or '')
+  else
+    redis.call('ZREM', '$CAP_LEASE_ENDS', id)
+  end
+end
+return out
+"""
+
+# The leases ARGV[4..] whose edge process is gone (its NATS connection closed): as the reaper takes a live
+# lease, now rather than ``grace_ms`` after its end, since no request of that edge can still report. ARGV
+# now_ms, the tombstone's life (s), the number of ids, the ids, then the windows.
+LEFT_BY_DEAD_EDGE_LUA = _LUA_WINDOWS + """
+local now_ms = tonumber(ARGV[1])
+local keep_s = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local wins = read_windows(4 + count)
+""" + _GIVE_BACK + """
+local reaped = 0
+for a = 4, 3 + count do
+  local id = ARGV[a]
+  local lease = '$CAP_LEASE_PREFIX' .. id
+  redis.call('ZREM', '$CAP_LEASE_ENDS', id)
+  if redis.call('HGET', lease, 'state') == 'live' then
+    local held = redis.call('HMGET', lease, 'n', 'tin', 'tout', 'cost')
+    local applied = redis.call('HMGET', lease, 'applied_n', 'applied_tin', 'applied_tout', 'applied_cost')
+    local back = {}
+    for f = 1, 4 do back[f] = math.max(0, (tonumber(held[f]) or 0) - (tonumber(applied[f]) or 0)) end
+    give_back(lease, back[1], back[2], back[3], back[4], math.floor(now_ms / 1000))
+    redis.call('HSET', lease, 'state', 'reaped')
+    redis.call('EXPIRE', lease, keep_s)  -- a late event of this lease counts in full, not as a settlement
+    redis.call('ZREM', '$CAP_LEASES', id)
+    reaped = reaped + 1
+  end
+end
+return reaped
+"""
+
 @dataclass
 class LeaseGrant:
     n: int  # requests granted (0: none; see reason)
@@ -310,6 +356,8 @@ class CapacityLeases:
         self._grant = redis.register_script(redis_keys.lua(GRANT_LUA))
         self._give_back = redis.register_script(redis_keys.lua(GIVE_BACK_LUA))
         self._reap = redis.register_script(redis_keys.lua(REAP_LUA))
+        self._ended = redis.register_script(redis_keys.lua(ENDED_LUA))
+        self._left_by_dead_edge = redis.register_script(redis_keys.lua(LEFT_BY_DEAD_EDGE_LUA))
         self._use = redis.register_script(redis_keys.lua(USE_LUA))
 
     async def grant(self, lease_id: str, edge: str, route: LeaseRoute, wanted: int, now_ms: int, ttl_ms: int,
@@ -336,3 +384,15 @@ class CapacityLeases:
 
     async def reap(self, now_ms: int, keep_s: int, limit: int = 200) -> int:
         return int(await self._reap(keys=[], args=[now_ms, limit, keep_s, *_WINDOW_ARGS]))
+
+    async def ended(self, now_ms: int, limit: int = 200) -> list[tuple[str, str]]:
+        """(lease id, edge) of live leases past their end: their edge has not given them back yet."""
+        flat = await self._ended(keys=[], args=[now_ms, limit])
+        return [(str(flat[i]), str(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+
+    async def reap_dead_edge(self, lease_ids: list[str], now_ms: int, keep_s: int) -> int:
+        """Leases whose edge process is gone: what no usage event settled goes back now."""
+        if not lease_ids:
+            return 0
+        return int(await self._left_by_dead_edge(keys=[], args=[now_ms, keep_s, len(lease_ids), *lease_ids,
+                                                                *_WINDOW_ARGS]))

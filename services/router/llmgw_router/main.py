@@ -35,6 +35,7 @@ from llmgw_common.windows import WINDOWS, WindowReader, usd_to_nano
 from . import cache_affinity
 from .abandoned import reap_forever
 from .capacity_leases import CapacityLeases, LeaseRoute
+from .dead_edges import DeadEdges
 from .outcomes import classify, refusal
 from .policy import (EDGE_STRATEGIES, CapabilityBook, Plan, PriceBook, RoutingState, is_free, plan, plan_groups,
                      plan_reusable, unavailable)
@@ -76,6 +77,7 @@ class Router:
         self.keys = KeyMirror(on_change=lambda: self.spawn(self.announce_change()))
         self.leases = Leases(store.redis)
         self.capacity = CapacityLeases(store.redis)  # capacity leases of routes with limits (issue 20)
+        self.dead_edges = DeadEdges()
         self._tasks: set[asyncio.Task] = set()
         self.meter = metrics.RouterMeter()
         self.nc = None  # the NATS connection, set by ``serve`` (tests that call ``decide`` need none)
@@ -245,6 +247,23 @@ class Router:
                 continue
             if reaped:
                 log.info("reaped %d capacity leases their edges never gave back or never settled", reaped)
+            try:
+                await self.reap_leases_of_dead_edges()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cannot reap the capacity leases of dead edges (%s)", type(exc).__name__)
+
+    async def reap_leases_of_dead_edges(self) -> None:
+        """Leases past their end whose edge process is gone (``dead_edges``): back now, not after the grace."""
+        ended = await self.capacity.ended(self.now_ms())
+        if not ended:
+            return
+        dead = await self.dead_edges.gone(self.nc, {edge for _id, edge in ended})
+        lease_ids = [lease_id for lease_id, edge in ended if edge in dead]
+        reaped = await self.capacity.reap_dead_edge(lease_ids, self.now_ms(), CAPACITY_TOMBSTONE_S)
+        if reaped:
+            log.info("returned %d capacity leases of edges that are gone (%s)", reaped, ", ".join(sorted(dead)))
 
     # ---- health, pin, smart ----------------------------------------------
 

@@ -501,6 +501,28 @@ def event_amounts(ev: IngestEvent | UsageEvent, now_s: int, rebuild: bool = Fals
                         tout, cost)
 
 
+def key_amounts(ev: IngestEvent | UsageEvent, now_s: int, rebuild: bool = False) -> EventAmounts | None:
+    """What an event adds to its gateway key's own windows (and calendar month) beyond ``event_amounts``: the
+    full amounts, when its reservation reserved nothing there. That is a request admitted from a capacity
+    lease the keys without limits share (the edge leases per key only for a key with limits) or by a router
+    that did not know the key yet: its reservation names no key, so ``event_amounts`` settles actual -
+    estimate in the provider's and the model's scopes only, and the key counts the request here, once, in
+    the buckets of the reservation's time (where a per-request admission reserves it in the key's scope).
+    None otherwise: the key is counted by ``event_amounts`` (reserved at admission, or a rebuild's full
+    amounts), or the event has no key."""
+    r = ev.reservation
+    if (rebuild or r is None or r.key_id or not ev.key_id or not ev.provider or r.provider != ev.provider
+            or ev.endpoint == COUNT_TOKENS_ENDPOINT):
+        return None
+    return EventAmounts(min(r.at_s, now_s), _key_scopes(ev.key_id), 1, _uint(ev.tokens_in), _uint(ev.tokens_out),
+                        cost_nano(ev.cost_usd))
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_scopes(key_id: str) -> tuple[str, ...]:
+    return (key_scope(key_id),)
+
+
 def live_buckets(scopes: Sequence[str], ts_s: int, now_s: int, budget_tz: str = "UTC") -> list[tuple[str, int]]:
     """(key, expire_at) of every bucket of every window that time ``ts_s`` falls in and that has not expired;
     for a gateway key's scope also its calendar month (its budgets) in ``budget_tz``."""
@@ -519,12 +541,11 @@ def live_buckets(scopes: Sequence[str], ts_s: int, now_s: int, budget_tz: str = 
 
 
 def window_updates(ev: UsageEvent, now_s: int, rebuild: bool = False) -> list[BucketUpdate]:
-    """Every bucket the event adds to (see ``event_amounts``), skipping buckets already expired."""
-    a = event_amounts(ev, now_s, rebuild)
-    if a is None:
-        return []
+    """Every bucket the event adds to (see ``event_amounts`` and ``key_amounts``), skipping buckets already
+    expired."""
+    parts = [a for a in (event_amounts(ev, now_s, rebuild), key_amounts(ev, now_s, rebuild)) if a is not None]
     return [BucketUpdate(key, expire_at, a.requests, a.tokens_in, a.tokens_out, a.cost_nano)
-            for key, expire_at in live_buckets(a.scopes, a.ts_s, now_s)]
+            for a in parts for key, expire_at in live_buckets(a.scopes, a.ts_s, now_s)]
 
 
 # grouping by the smallest bucket is only right if every other bucket is a multiple of it
@@ -543,6 +564,9 @@ assert all(w.bucket_s % WINDOWS[0].bucket_s == 0 for w in WINDOWS)
 #   8 events admitted from a capacity lease (llmgw_router.capacity_leases), 14 values each:
 #     [event_id, seen set, lease id, settle group, full group, settle tin, tout, cost, full tin, tout, cost,
 #      estimate tin, tout, cost, ...]
+#   9 what events of 6 and 8 add to their key's scope besides (``key_amounts``: a reservation that reserved
+#     nothing there), one request and its full amounts whatever their lease's state, 5 values each:
+#     [event_id, group, tin, tout, cost, ...]; applied with its event, never alone
 # Idempotent: an event is applied only if it was not before. A ULID id (every id the gateway makes) is looked
 # up in the set of its id's minute (SMISMEMBER: one command per set for the whole batch, then one SADD and
 # one EXPIREAT) and, for the events applied before sets were used, as a key of its own (one EXISTS for the
@@ -561,6 +585,7 @@ local seen_sets = cjson.decode(ARGV[5])
 local events = cjson.decode(ARGV[6])
 local settled = cjson.decode(ARGV[7])
 local leased = cjson.decode(ARGV[8])
+local keyed = cjson.decode(ARGV[9])
 
 -- which events are new: (array, first index, stride) of both kinds, their ids by seen set
 local kinds = {{events, 7}, {leased, 14}}
@@ -614,9 +639,11 @@ end
 local sums, hit = {}, {}
 for g = 1, #groups do sums[g] = {0, 0, 0, 0} end
 local applied = 0
+local now_applied = {}  -- id -> true: applied in this run (its key's share, if any, goes with it)
 for i = 1, #events, 7 do
   if new[events[i]] then
     new[events[i]] = nil  -- the same id twice in the batch counts once
+    now_applied[events[i]] = true
     local g = events[i + 2]
     local sum = sums[g]
     for f = 1, 4 do sum[f] = sum[f] + events[i + 2 + f] end
@@ -629,6 +656,7 @@ local lease_ids = {}
 for i = 1, #leased, 14 do
   if new[leased[i]] then
     new[leased[i]] = nil
+    now_applied[leased[i]] = true
     local id = leased[i + 2]
     local state = state_of[id]
     if state == nil then
@@ -653,6 +681,15 @@ for i = 1, #leased, 14 do
     for f = 2, 4 do sum[f] = sum[f] + leased[at + f - 2] end
     hit[g] = true
     applied = applied + 1
+  end
+end
+for i = 1, #keyed, 5 do
+  if now_applied[keyed[i]] then
+    now_applied[keyed[i]] = nil  -- once, however often the batch repeats the event
+    local sum = sums[keyed[i + 1]]
+    sum[1] = sum[1] + 1
+    for f = 2, 4 do sum[f] = sum[f] + keyed[i + f] end
+    hit[keyed[i + 1]] = true
   end
 end
 local applied_fields = {'applied_n', 'applied_tin', 'applied_tout', 'applied_cost'}
@@ -702,6 +739,7 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
     flat: list[Any] = []
     settled: list[str] = []  # admission leases ended by these events
     leased: list[Any] = []  # events admitted from a capacity lease: how they count is decided in Redis
+    keyed: list[Any] = []  # what events add to their key's scope, whose reservation reserved nothing there
     step = WINDOWS[0].bucket_s
 
     def group_for(a: EventAmounts) -> int:
@@ -731,9 +769,14 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
         if a is None:
             continue
         r = ev.reservation
+        key = key_amounts(ev, now_s, rebuild)
+        if key is not None:
+            keyed += [ev.id, group_for(key), key.tokens_in, key.tokens_out, key.cost_nano]
         if r is not None and r.lease and not rebuild and r.provider == ev.provider:
             full = event_amounts(ev, now_s, rebuild=True)
             assert full is not None  # it has a provider, as ``a`` says
+            if key is not None:  # a reaped lease's event counts in full where the lease reserved; its key above
+                full = msgspec.structs.replace(full, scopes=_scopes(ev.provider, ev.model))
             leased += [ev.id, seen_set_for(ev), r.lease, group_for(a), group_for(full), a.tokens_in, a.tokens_out,
                        a.cost_nano, full.tokens_in, full.tokens_out, full.cost_nano, r.tokens_in, r.tokens_out,
                        r.cost_nano]
@@ -744,7 +787,7 @@ def window_script_args(events: Iterable[IngestEvent | UsageEvent], now_s: int,
     if not flat and not leased:
         return None
     return [SEEN_TTL_S, SCOPES_KEY, SEEN_PREFIX, _to_json(groups), _to_json(seen_sets), _to_json(flat), _to_json(settled),
-            _to_json(leased)]
+            _to_json(leased), _to_json(keyed)]
 
 
 def current_from_totals(totals: dict[str, dict[str, dict[str, int]]], at: datetime) -> UsageCurrent:

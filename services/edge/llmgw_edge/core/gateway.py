@@ -473,11 +473,15 @@ class Gateway:
             return None
         tokens_in, tokens_out = estimate(route_request.estimated_prompt_tokens, route_request.max_tokens,
                                          self.config.routing.default_max_tokens, exchange.embedding is not None)
+        # a lease is for the caller's key only when that key has limits: every key without limits shares the
+        # route's lease (one lease per edge and route, not per key, on a small limit such as a free tier); its
+        # requests still count in the key's own windows, in full, when their usage events settle
+        lease_key = route_request.key_id if key_limited else None
         refused: list[tuple[str, Refusal]] = []
         for i, cand in enumerate(plan.candidates):
             if key_limited or self._route_limited(cand):
-                got = await capacity.take((cand.provider, cand.model, route_request.key_id), tokens_in, tokens_out,
-                                          basis=(self.config, key_record))
+                got = await capacity.take((cand.provider, cand.model, lease_key), tokens_in, tokens_out,
+                                          basis=(self.config, key_record if key_limited else None))
                 if isinstance(got, Refusal):
                     if got.ask_router:
                         return None
