@@ -191,8 +191,7 @@ def write_gateway_config(path: Path, upstream_port: int, requests_per_minute: in
             "models": [{"name": ANTHROPIC_MODEL, "upstream": MODEL}],
         }],
     }
-    if leases:
-        data["routing"] = {"leases": True}
+    data["routing"] = {"leases": leases}  # explicit: the row says which admission it measured, whatever the default
     parse_config(data, str(path))  # fail here, clearly, if the schema moved on
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 

@@ -45,7 +45,7 @@ GRACE_S = 20.0
 BUCKET_S = 5  # the minute window's bucket: a lease ends with it at the latest
 SUFFIX = uuid.uuid4().hex[:6]  # the session's Redis is shared: these windows are this module's alone
 P = {name: f"{name}-{SUFFIX}" for name in ("req", "tok", "cost", "budget", "free", "paid", "kill", "away", "free3",
-                                           "paid3")}
+                                           "paid3", "view", "full")}
 TOKENS_PER_MINUTE = 3000
 COST_PER_MINUTE = "0.05"
 
@@ -53,7 +53,7 @@ COST_PER_MINUTE = "0.05"
 @pytest.fixture(scope="module")
 def upstream():
     with FakeProvider(models=["m-req", "m-tok", "m-cost", "m-budget", "m-free", "m-kill", "m-away",
-                              "m-free3"]) as up:
+                              "m-free3", "m-view", "m-full"]) as up:
         yield up
 
 
@@ -106,6 +106,14 @@ providers:
     base_url: {upstream.url}
     limits: {{requests_per_minute: 100000}}
     models: [{{name: m-away}}]
+  - id: {P['view']}
+    base_url: {upstream.url}
+    limits: {{requests_per_minute: 100000}}
+    models: [{{name: m-view}}]
+  - id: {P['full']}
+    base_url: {upstream.url}
+    limits: {{requests_per_minute: 5}}
+    models: [{{name: m-full}}]
 usage:
   batch_wait_s: 0.1
 """
@@ -338,6 +346,59 @@ def test_a_free_tier_of_20_shared_by_three_keys_without_limits_admits_exactly_20
     per_key, _ = _key_usage(infra.redis_url, key_ids, scopes)
     assert all(per_key[kid][1]["req"] == len(results[k]) for kid, k in zip(key_ids, keys))  # the month too
     assert all(per_key[kid][0]["tin"] > 0 for kid in key_ids)
+
+
+def test_the_views_count_each_request_from_its_admission_not_what_a_lease_holds_unused(stack, infra):
+    # as with the per-request admission: /api/usage/current shows the requests admitted, right after each
+    # answer, while the edge's live leases hold more (admission still counts them whole)
+    scope = provider_scope(P["view"])
+
+    def shown(ui) -> int:
+        scopes = ui.get("/api/usage/current").json()["scopes"]
+        return next((s["windows"]["minute"]["requests"] for s in scopes
+                     if s["scope"] == "provider" and s["provider"] == P["view"]), 0)
+
+    async def go(ui) -> list[tuple[int, int, int]]:
+        seen = []
+        async with _client(stack, stack.open_key) as client:  # one connection: one edge, its leases
+            for i in range(1, 16):
+                status, _headers = await _one(client, "m-view")
+                assert status == 200
+                view = await asyncio.to_thread(shown, ui)
+                raw = (await WindowReader(redis := connect_redis(infra.redis_url)).read(
+                    [scope], int(time.time())))[scope]["minute"]["req"]
+                await redis.aclose()
+                seen.append((i, view, raw))
+        return seen
+
+    with admin_client(stack) as ui:
+        seen = asyncio.run(go(ui))
+        print(f"requests answered, shown, held in the window: {seen}")
+        assert [view for _i, view, _raw in seen] == [i for i, _view, _raw in seen]
+        assert any(raw > i for i, _view, raw in seen), "no lease held unused capacity: nothing was tested"
+        wait_for(lambda: _minute(infra.redis_url, scope)["req"] == 15, timeout=TTL_S + 10)  # given back
+        assert shown(ui) == 15
+
+
+def test_a_full_limit_reads_as_per_request_its_reason_and_retry_after(stack, infra):
+    async def go() -> list[tuple[int, dict[str, str], str]]:
+        out = []
+        async with _client(stack, stack.open_key) as client:
+            for _ in range(9):
+                try:
+                    raw = await client.chat.completions.with_raw_response.create(
+                        model="m-full", max_tokens=20, messages=[{"role": "user", "content": "hello"}])
+                    out.append((raw.status_code, dict(raw.headers), ""))
+                except openai.APIStatusError as exc:
+                    out.append((exc.status_code, dict(exc.response.headers), exc.message))
+        return out
+
+    results = asyncio.run(go())
+    assert [s for s, _h, _m in results] == [200] * 5 + [429] * 4, results
+    for _s, headers, message in results[5:]:
+        # the router's own words, as with leases off: the limit, the counts, the wait, and its Retry-After
+        assert f"provider '{P['full']}' is at its limit of 5 requests per minute" in message, message
+        assert "retry after" in message and int(headers["retry-after"]) > 1, (message, headers)
 
 
 def test_with_the_routers_frozen_live_leases_serve_then_a_clean_503_and_health_says_so(stack, infra):

@@ -58,6 +58,8 @@ providers:
     # a limit: every request is the routers' to admit (a route without one is routed on the edges' plans)
     limits: {{requests_per_minute: 100000}}
     models: [{{name: m}}]
+routing:
+  leases: false  # the routers admit each request: their decide counts show the load spread over them
 usage:
   batch_wait_s: 0.1
 """

@@ -336,3 +336,40 @@ async def test_what_a_returned_lease_kept_and_no_event_settled_goes_back_after_t
     assert await writer.apply([late], now_s + 2) == 1  # given back already: it counts in full, once
     assert await _minute(redis, scope, at_ms + 1600) == {"req": 3, "tin": 90, "tout": 130, "cost": 2_500_000}
     assert sum(await _drain(leases, route, "edge-b", 10, at_ms + 1600)) == 47  # the rest, to the last
+
+
+async def test_the_views_show_what_was_admitted_from_a_live_lease_not_what_it_holds_unused(redis):
+    # admission reads the whole lease (consumed + reserved by live leases <= limit); the views (router state,
+    # /api/usage/current, a key's usage) read what its edge reported admitted, as the per-request admission
+    # showed each request from its admission: a user sees the same counts with leases on or off
+    leases = CapacityLeases(redis)
+    key = KeyRecord(id=new_key_id(), name="team-v", hash="0" * 64, prefix="llmgw-…",
+                    created_at=datetime.now(timezone.utc), limits=KeyLimits(cost_per_month=Decimal("5")))
+    route = _route(provider_limits=Limits(requests_per_minute=50), tin=40, tout=60, cost="0.01")
+    scope, kscope = provider_scope(route.provider), key_scope(key.id)
+    month = month_key(kscope, T0 / 1000)[0]
+    raw, views = WindowReader(redis), WindowReader(redis, admitted=True)
+    lease = uuid.uuid4().hex
+    g = await leases.grant(lease, "edge-a", route, 10, T0, TTL_MS, GRACE_MS, key=key)
+    assert g.n == 10 and (await _minute(redis, scope, T0))["req"] == 10
+    at = T0 // 1000
+
+    async def shown() -> tuple[dict, dict, dict]:
+        got = await views.read([scope, kscope], at)
+        return got[scope]["minute"], got[kscope]["day"], await views.read_month(month)
+
+    assert [w["req"] for w in await shown()] == [0, 0, 0]  # nothing admitted from it yet
+    assert await redis.zscore(redis_keys.CAP_LEASE_ENDS, lease) == g.until_ms  # the live leases the views read
+    # the edge admitted 3 from it (their estimates: 40 + 60 tokens, a cent each)
+    assert await leases.note_use([(lease, 2, 3, 120, 180, 30_000_000)]) == 1
+    assert await leases.note_use([(lease, 1, 1, 40, 60, 10_000_000)]) == 0  # an older report: ignored
+    admitted = {"req": 3, "tin": 120, "tout": 180, "cost": 30_000_000}
+    assert await shown() == (admitted, admitted, admitted)
+    assert (await raw.read([scope], at))[scope]["minute"]["req"] == 10  # admission still counts the lease whole
+    assert (await raw.read_month(month))["req"] == 10
+    # given back: the unused part leaves the windows, and both readings agree
+    assert await leases.give_back(lease, 3, 120, 180, 30_000_000, T0 + 1000, hold_ms=60_000) == "returned"
+    assert await shown() == (admitted, admitted, admitted)
+    assert (await raw.read([scope], at))[scope]["minute"] == admitted
+    assert await redis.zscore(redis_keys.CAP_LEASE_ENDS, lease) is None
+    assert await leases.note_use([(lease, 3, 4, 0, 0, 0)]) == 0  # a report after the give-back: ignored

@@ -62,7 +62,7 @@ def test_nested_bad_field_path():
 
 
 def test_capacity_lease_settings_are_checked():
-    assert parse_config_text(GOOD).routing.leases is False  # off unless asked: the router admits each request
+    assert parse_config_text(GOOD).routing.leases is True  # on unless turned off: limited routes admit from leases
     assert "routing.lease_ttl_s" in problems(GOOD + "  lease_ttl_s: 0\n")
     assert "routing.lease_ttl_s" in problems(GOOD + "  lease_ttl_s: 600\n")
     assert "routing.leases" in problems(GOOD + "  leases: maybe\n")

@@ -18,7 +18,7 @@ from edge_fakes import Events, FakeRouter, MockResponse, MockTransport
 from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn
 from llmgw_common.config import GatewayConfig
 from llmgw_common.keys import KeyLimits, KeyRecord, new_key_id
-from llmgw_common.messages import RouteDecision, RouteRequest
+from llmgw_common.messages import RouteDecision, RouteRequest, Skipped
 from llmgw_edge.api.openai_chat import OpenAIChatCodec
 from llmgw_edge.core import capacity
 from llmgw_edge.core.capacity import CapacityCache, Refusal, RouterUnavailable
@@ -50,6 +50,7 @@ class Granter:
         self.returns: list[LeaseReturn] = []
         self.granted: dict[str, tuple[str, int]] = {}
         self.away = False
+        self.refused = 0
 
     async def ask(self, ask: LeaseAsk) -> LeaseGrant:
         self.asks.append(ask)
@@ -58,6 +59,7 @@ class Granter:
         left = self.limits[ask.provider] - self.reserved[ask.provider]
         n = max(0, min(ask.wanted, left))
         if n == 0:
+            self.refused += 1
             return LeaseGrant(lease_id=ask.lease_id, n=0, reason="requests_per_minute on provider reached",
                               retry_after_s=7)
         self.reserved[ask.provider] += n
@@ -82,9 +84,22 @@ def _config(leases: bool = True) -> GatewayConfig:
 
 
 class Router(FakeRouter):
+    """Skips a provider whose limit the granter has granted in full, as the router's admission would."""
+
+    granter: Granter | None = None
+
     async def decide(self, request: RouteRequest) -> RouteDecision:
         decision = await super().decide(request)
         decision.reusable_s = 60.0  # as the router marks a plan with limits reusable while routing.leases is on
+        g = self.granter
+        for cand in list(decision.candidates):
+            if g is not None and g.limits.get(cand.provider, 0) > 0 and g.reserved[cand.provider] >= g.limits[cand.provider]:
+                decision.candidates.remove(cand)
+                decision.skipped.append(Skipped(provider=cand.provider, reason=(
+                    f"requests_per_minute reached on provider ({g.reserved[cand.provider]}/{g.limits[cand.provider]})"
+                    " (42s left)")))
+        if decision.skipped:  # its first provider not admitted: a plan for this request only, as the router's
+            decision.reusable_s = 0.0
         for later in decision.candidates[1:]:  # the router reserves for the admitted candidate only
             later.reservation = None
         return decision
@@ -98,6 +113,7 @@ class Harness:
         self.capacity = CapacityCache("edge-t", self.granter.ask, self.granter.give_back, lambda: 2.0,
                                       clock=self.clock)
         self.router = Router(cfg)
+        self.router.granter = self.granter
         self.events = Events()
         self.failing = failing or set()
         self.sent: list[str] = []
@@ -127,14 +143,16 @@ async def test_a_limited_route_on_a_reused_plan_is_admitted_from_a_lease_then_fa
     h = Harness()
     providers = [(await h.ask()).headers["x-llmgw-provider"] for _ in range(6)]
     # the first request asked the router (its admission); the next ones were admitted here, from leases of the
-    # free tier until its limit of 3 was granted, then the paid provider (no limit), as the router orders them
-    assert len(h.router.requests) == 1
+    # free tier until its limit of 3 was granted; then a lease was refused (the limit is full) and the router
+    # admits again, per request, as it did with leases off: it skips the full free tier in its own words (the
+    # counts, the wait) and admits the paid provider; for a moment no lease is asked for again
+    assert len(h.router.requests) == 3
     assert providers == ["free", "free", "free", "free", "paid", "paid"]
     leased = [e.reservation for e in h.events[1:4]]
     assert all(r is not None and r.lease and r.provider == "free" and r.tokens_out == 20 for r in leased)
-    assert [e.reservation for e in h.events[4:]] == [None, None]  # the paid route draws on no limit
     assert h.granter.reserved["free"] == 3 and sum(a.wanted for a in h.granter.asks) >= 3
-    assert "free skipped: requests_per_minute on provider reached" in h.events[-1].route_reason
+    assert h.granter.refused == 1  # the refusal holds for a moment: the sixth request did not ask again
+    assert "free skipped: requests_per_minute reached on provider (3/3) (42s left)" in h.events[-1].route_reason
 
 
 def _key(name: str, limits: KeyLimits | None = None) -> KeyRecord:
@@ -345,3 +363,58 @@ async def test_after_a_lease_its_bucket_ended_the_next_is_asked_for_once_the_buc
     after = await cache.take(route, 10, 20)
     assert not isinstance(after, Refusal) and after.lease == granter.asks[1].lease_id
     assert len(granter.asks) == 2 and not granter.returns  # no lease granted only to go back
+
+
+async def test_what_a_live_lease_admitted_is_reported_once_per_loop_turn_for_the_windows_views():
+    # the windows' views show what was admitted, as per request, not a lease's unused part: the routers learn
+    # what each live lease admitted, one report per event-loop turn, each with a growing seq
+    import asyncio
+
+    clock = Clock()
+    granter = Granter({"free": 1000}, clock)
+    reports: list[list] = []
+    cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 2.0, clock=clock, report_use=reports.append)
+    route = ("free", "m", None)
+    await cache.take(route, 10, 20)  # a lease of one, used up at once: its give-back says it all
+    await asyncio.sleep(0)
+    assert reports == []
+    while not any(lease.grant.n - lease.admitted >= 2 for lease in cache._held.values()):
+        await cache.take(route, 10, 20)  # the demand grows: a lease with room left
+    reports.clear()
+    (held,) = cache._held.values()
+    before = held.admitted
+    first = await cache.take(route, 10, 20)
+    second = await cache.take(route, 7, 20)
+    assert not isinstance(first, Refusal) and not isinstance(second, Refusal) and first.lease == held.grant.lease_id
+    await asyncio.sleep(0)
+    (uses,) = reports  # two admissions, one report
+    (use,) = uses
+    assert (use.lease_id, use.admitted, use.tokens_out) == (held.grant.lease_id, before + 2, 20 * (before + 2))
+    assert cache.release(second)  # a failed attempt: reported too, with a later seq
+    await asyncio.sleep(0)
+    assert [(u.seq - use.seq, u.admitted, u.tokens_in) for u in reports[-1]] == [(1, before + 1, use.tokens_in - 7)]
+
+
+def test_a_leased_candidates_reason_gives_this_requests_estimate_as_the_router_would():
+    from llmgw_edge.core.gateway import _own_estimate
+
+    plan_reason = "paid, est. $0.004200, strategy cheapest"  # made for the request that asked for the plan
+    assert _own_estimate(plan_reason, 1_234_567) == "paid, est. $0.001235, strategy cheapest"
+    assert _own_estimate("free tier, strategy cheapest", 0) == "free tier, strategy cheapest"
+
+
+async def test_new_limits_give_the_routes_leases_back_first():
+    # a config reload or a key's new limits: the leases granted under the old ones go back, so the next
+    # request is judged under the new limits at once, as per request
+    clock = Clock()
+    granter = Granter({"free": 100}, clock)
+    cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 2.0, clock=clock)
+    route = ("free", "m", "key-1")
+    old, new = object(), object()
+    for _ in range(4):
+        await cache.take(route, 10, 20, basis=(old,))
+    assert cache.live_leases == 1
+    held = next(iter(cache._held))
+    got = await cache.take(route, 10, 20, basis=(new,))
+    assert not isinstance(got, Refusal) and got.lease != held
+    assert held in {b.lease_id for b in granter.returns}

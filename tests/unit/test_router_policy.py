@@ -258,9 +258,12 @@ def test_a_plan_without_limits_is_reusable():
     assert _reusable(REUSABLE)
 
 
+PER_REQUEST = REUSABLE + "routing: {leases: false}\n"  # leases off: the router admits each limited request
+
+
 def test_a_limit_on_any_provider_or_model_in_the_plan_makes_each_request_the_routers():
-    assert not _reusable(REUSABLE.replace("free_tier: true", "free_tier: true\n    limits: {requests_per_day: 1000000}"))
-    assert not _reusable(REUSABLE.replace("output_per_mtok: 2}", "output_per_mtok: 2}, limits: {cost_per_day: 5}"))
+    assert not _reusable(PER_REQUEST.replace("free_tier: true", "free_tier: true\n    limits: {requests_per_day: 1000000}"))
+    assert not _reusable(PER_REQUEST.replace("output_per_mtok: 2}", "output_per_mtok: 2}, limits: {cost_per_day: 5}"))
 
 
 def test_a_key_with_limits_makes_each_request_the_routers():
@@ -271,8 +274,8 @@ def test_a_key_with_limits_makes_each_request_the_routers():
                          created_at=datetime.now(timezone.utc))
 
     request = RouteRequest(request_id="r", model="m", key_id="0123456789ab")
-    assert _reusable(REUSABLE, request, key(KeyLimits()))
-    assert not _reusable(REUSABLE, request, key(KeyLimits(cost_per_month=Decimal("0.5"))))
+    assert _reusable(PER_REQUEST, request, key(KeyLimits()))
+    assert not _reusable(PER_REQUEST, request, key(KeyLimits(cost_per_month=Decimal("0.5"))))
 
 
 def test_with_leases_on_a_plan_with_limits_is_reusable_the_edge_admits_from_leases():

@@ -8,7 +8,8 @@ reserved. Not to be confused with the admission leases of ``leases.py`` (one adm
 
 Subjects: ``subjects.ROUTER_LEASE_GRANT`` (a ``LeaseAsk``, answered with a ``LeaseGrant``) and
 ``subjects.ROUTER_LEASE_RETURN`` (a ``LeaseReturn``, answered with a ``LeaseReturned``), both request/reply
-in the routers' queue group. docs/routing.md ("Leases for routes with limits") has the design.
+in the routers' queue group; ``subjects.ROUTER_LEASE_USED`` (``LeaseUses``, a plain publish): what an edge
+admitted so far from its live leases, for the windows' views. docs/routing.md ("Leases for routes with limits") has the design.
 """
 
 from __future__ import annotations
@@ -94,6 +95,23 @@ class LeaseReturn(_LeaseMessage, frozen=True):
     tokens_in: int = 0
     tokens_out: int = 0
     cost_nano: int = 0
+
+
+class LeaseUse(_LeaseMessage, frozen=True):
+    """What an edge admitted so far from a live lease (``seq`` grows with each report: a late one is ignored).
+    Only the windows' views read it: they show what was admitted, as the per-request admission did, not the
+    part of a lease its edge has not used (yet); admission itself still counts the whole lease."""
+
+    lease_id: str
+    seq: int
+    admitted: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_nano: int = 0
+
+
+class LeaseUses(_LeaseMessage, frozen=True):
+    uses: list[LeaseUse] = msgspec.field(default_factory=list)
 
 
 class LeaseReturned(_LeaseMessage, frozen=True):

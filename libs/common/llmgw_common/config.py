@@ -412,8 +412,9 @@ class RoutingConfig(_Strict):
                                   "without limits before asking again (changes are announced at once; 0: "
                                   "ask for every request)")
     total_timeout_s: float = Field(default=300.0, gt=0, description="per request, all attempts together")
-    leases: bool = Field(default=False, description="routes with limits: edges admit requests from capacity "
-                         "leases the router grants (docs/routing.md, 'Leases for routes with limits'); off: the "
+    leases: bool = Field(default=True, description="routes with limits: edges admit requests from capacity "
+                         "leases the router grants (docs/routing.md, 'Leases for routes with limits'; a full "
+                         "limit still reads as per request: its reason, 429, Retry-After, failover); off: the "
                          "router admits each request")
     lease_ttl_s: float = Field(default=2.0, gt=0, le=60, description="longest life of a capacity lease (it also "
                                "ends with the shortest window bucket it draws on)")

@@ -30,6 +30,9 @@ ROUTER_GIVE_UP = "llmgw.router.giveup"
 # asks for one (LeaseAsk -> LeaseGrant) and gives it back (LeaseReturn -> LeaseReturned)
 ROUTER_LEASE_GRANT = "llmgw.router.capacity.grant"
 ROUTER_LEASE_RETURN = "llmgw.router.capacity.return"
+# what an edge admitted so far from its live leases (LeaseUses; plain publish, queue group "router"): only for
+# the windows' views, which show what was admitted, not what a lease holds unused (windows.READ_WINDOWS_LUA)
+ROUTER_LEASE_USED = "llmgw.router.capacity.used"
 
 # pricing (request/reply, queue group "pricing")
 PRICING_LOOKUP = "llmgw.pricing.lookup"

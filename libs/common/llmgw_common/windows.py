@@ -153,10 +153,35 @@ local function window_range(now, seconds, bucket)
 end
 """
 
-# Sum every window of every scope in one round trip.
-# KEYS: none. ARGV: now_s, n_scopes, scope..., then per window: seconds, bucket_s.
-# Returns per scope, per window: {req, tin, tout, cost} as a flat list.
-READ_WINDOWS_LUA = LUA_WINDOW_RANGE + """
+# What live capacity leases (llmgw_router.capacity_leases) hold that their edges have not admitted (yet, as
+# their last LeaseUse reports said): a view of the windows leaves it out, so it shows what was admitted, as
+# the per-request admission did (each request counted from its admission), not a lease's unused part.
+# Admission counts the whole lease (consumed + reserved by live leases <= limit): only the views read this.
+# unused[scope] = {{at_s, req, tin, tout, cost}, ...}; month_unused[month key] = {req, tin, tout, cost}.
+LUA_LEASES_UNUSED = """
+local unused, month_unused = {}, {}
+for _, id in ipairs(redis.call('ZRANGE', '$CAP_LEASE_ENDS', 0, -1)) do
+  local v = redis.call('HMGET', '$CAP_LEASE_PREFIX' .. id, 'state', 'pscope', 'mscope', 'kscope', 'month', 'at',
+                       'n', 'tin', 'tout', 'cost', 'used_n', 'used_tin', 'used_tout', 'used_cost')
+  if v[1] == 'live' then
+    local d = {tonumber(v[6]) or 0}
+    for f = 1, 4 do d[f + 1] = math.max(0, (tonumber(v[6 + f]) or 0) - (tonumber(v[10 + f]) or 0)) end
+    for s = 2, 4 do
+      if v[s] and v[s] ~= '' then
+        unused[v[s]] = unused[v[s]] or {}
+        table.insert(unused[v[s]], d)
+      end
+    end
+    if v[5] and v[5] ~= '' then
+      local m = month_unused[v[5]] or {0, 0, 0, 0}
+      for f = 1, 4 do m[f] = m[f] + d[f + 1] end
+      month_unused[v[5]] = m
+    end
+  end
+end
+"""
+
+_SUM_WINDOWS = """
 local now = tonumber(ARGV[1])
 local n_scopes = tonumber(ARGV[2])
 local windows = {}
@@ -179,18 +204,55 @@ for s = 1, n_scopes do
       tout = tout + (tonumber(v[3]) or 0)
       cost = cost + (tonumber(v[4]) or 0)
     end
+    for _, d in ipairs(unused[scope] or {}) do  -- reserved in the bucket of the lease's at_s
+      local b = d[1] - (d[1] % bucket)
+      if b >= first and b <= last then
+        req, tin, tout, cost = req - d[2], tin - d[3], tout - d[4], cost - d[5]
+      end
+    end
     table.insert(out, req); table.insert(out, tin); table.insert(out, tout); table.insert(out, cost)
   end
 end
 return out
 """
 
+# Sum every window of every scope in one round trip: what the windows hold (admission's view: what live
+# capacity leases reserve counts in full).
+# KEYS: none. ARGV: now_s, n_scopes, scope..., then per window: seconds, bucket_s.
+# Returns per scope, per window: {req, tin, tout, cost} as a flat list.
+READ_WINDOWS_LUA = LUA_WINDOW_RANGE + "local unused = {}\n" + _SUM_WINDOWS
+# The same, what live capacity leases hold unused left out: what was admitted (the views' reading).
+READ_ADMITTED_WINDOWS_LUA = LUA_WINDOW_RANGE + LUA_LEASES_UNUSED + _SUM_WINDOWS
+
+
+# A key's calendar month (its month hash, ARGV[1]) as ``{req, tin, tout, cost}``; READ_MONTH_LUA: what live
+# capacity leases hold unused left out (as READ_ADMITTED_WINDOWS_LUA).
+_MONTH = """
+local v = redis.call('HMGET', ARGV[1], 'req', 'tin', 'tout', 'cost')
+local m = month_unused[ARGV[1]] or {0, 0, 0, 0}
+local out = {}
+for f = 1, 4 do out[f] = (tonumber(v[f]) or 0) - m[f] end
+return out
+"""
+READ_RAW_MONTH_LUA = "local month_unused = {}\n" + _MONTH
+READ_MONTH_LUA = LUA_LEASES_UNUSED + _MONTH
+
 
 class WindowReader:
-    """Reads window totals with one EVALSHA (the script is registered once per client)."""
+    """Reads window totals with one EVALSHA (the script is registered once per client).
 
-    def __init__(self, redis):
-        self._script = redis.register_script(redis_keys.lua(READ_WINDOWS_LUA))
+    ``admitted=True`` (the views: router state, ``/api/usage/current``, a key's usage) leaves out what live
+    capacity leases hold and their edges have not admitted (yet): each request counts from its admission, as
+    with the per-request admission, whatever the leases hold. Without it, what the windows hold: admission's
+    own reading (consumed + reserved by live leases)."""
+
+    def __init__(self, redis, admitted: bool = False):
+        self._script = redis.register_script(redis_keys.lua(READ_ADMITTED_WINDOWS_LUA if admitted else READ_WINDOWS_LUA))
+        self._month = redis.register_script(redis_keys.lua(READ_MONTH_LUA if admitted else READ_RAW_MONTH_LUA))
+
+    async def read_month(self, month_key: str) -> dict[str, int]:
+        """A key's calendar-month totals ``{req, tin, tout, cost}`` (its month hash, as ``month_key`` names it)."""
+        return dict(zip(FIELDS, (int(x) for x in await self._month(keys=[], args=[month_key]))))
 
     async def read(self, scopes: list[str], now_s: int) -> dict[str, dict[str, dict[str, int]]]:
         """``{scope: {window_name: {req, tin, tout, cost}}}`` for every scope."""

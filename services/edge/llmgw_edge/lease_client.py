@@ -20,7 +20,7 @@ from typing import Callable
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from llmgw_common import subjects
-from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn, LeaseReturned
+from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn, LeaseReturned, LeaseUse, LeaseUses
 from llmgw_common.config import RoutingConfig
 from llmgw_common.ids import new_id
 from llmgw_common.nats_conn import RemoteError, request
@@ -42,6 +42,7 @@ class LeaseClient:
         self.nc = nc
         self.routing = routing
         self._give_backs: UntilConfirmed[str, LeaseReturn] = UntilConfirmed("lease-give-backs", self._deliver, BATCH)
+        self._publishing: set[asyncio.Task] = set()
 
     async def ask(self, ask: LeaseAsk) -> LeaseGrant:
         timeout = self.routing().decide_timeout_s
@@ -72,6 +73,18 @@ class LeaseClient:
         routing = self.routing()
         if not self._give_backs.add(back.lease_id, back, time.monotonic() + routing.lease_ttl_s + routing.lease_s):
             log.warning("too many capacity leases to give back: %s left to the reaper", back.lease_id)
+
+    def report_use(self, uses: list[LeaseUse]) -> None:
+        """What was admitted from live leases, fire and forget: only the windows' views read it."""
+        task = asyncio.get_running_loop().create_task(self._publish_uses(LeaseUses(uses=uses).encode()))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish_uses(self, data: bytes) -> None:
+        try:
+            await self.nc.publish(subjects.ROUTER_LEASE_USED, data)
+        except Exception:  # NATS away: the views show the lease whole until its give-back
+            pass
 
     @property
     def pending(self) -> int:

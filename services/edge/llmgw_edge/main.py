@@ -101,7 +101,8 @@ class Edge:
         # it is alive on subjects.edge_alive(instance) before they wait out a lease it never gave back
         self.instance = f"{replica_id(settings.port)[:96]}-{new_id()}"
         self.capacity = CapacityCache(self.instance, self.lease_client.ask, self.lease_client.give_back,
-                                      lambda: self.config.routing.lease_ttl_s)
+                                      lambda: self.config.routing.lease_ttl_s,
+                                      report_use=self.lease_client.report_use)
         self._retired: set[asyncio.Task] = set()
         self.gateway = Gateway(Deps(config=self.config, providers=self.providers, decide=self._decide,
                                     report=outcome_reporter(nc), publish=publish,

@@ -15,6 +15,8 @@ docs/routing.md ("Leases for routes with limits") has the accounting, the invari
   a frozen NATS or router) is marked ``given_up`` for ``hold_ms``: its grant, when it comes, is refused.
   ``hold_ms`` after a give-back the reaper returns what its requests never settled (their edge died before
   reporting them, or the attempt failed after the give-back): no capacity kept for requests nobody served.
+- ``note_use``: what the edge admitted so far from a live lease, for the windows' views only (they show a
+  live lease's used part, as the per-request admission showed each request, not what it holds unused).
 - ``reap``: a lease its edge never returned (the edge died, or cannot reach NATS), ``grace_ms`` after it
   ended: what the usage service has not settled from it goes back; the record stays as a tombstone (state
   ``reaped``) for the longest window it drew on, and a later event of it counts in full. ``grace_ms`` must
@@ -265,6 +267,23 @@ end
 return reaped
 """
 
+# What edges admitted so far from their live leases (``LeaseUse``s; ARGV: groups of lease id, seq, n, tin,
+# tout, cost): kept on the lease as used_*, for the windows' views only (``windows.READ_WINDOWS_LUA`` shows
+# a live lease's used part, not what it holds unused). A report older than the last one is ignored.
+USE_LUA = """
+local noted = 0
+for i = 1, #ARGV, 6 do
+  local lease = '$CAP_LEASE_PREFIX' .. ARGV[i]
+  local v = redis.call('HMGET', lease, 'state', 'used_seq')
+  if v[1] == 'live' and tonumber(ARGV[i + 1]) > (tonumber(v[2]) or 0) then
+    redis.call('HSET', lease, 'used_seq', ARGV[i + 1], 'used_n', ARGV[i + 2], 'used_tin', ARGV[i + 3],
+               'used_tout', ARGV[i + 4], 'used_cost', ARGV[i + 5])
+    noted = noted + 1
+  end
+end
+return noted
+"""
+
 
 # Leases past their end (ARGV[1], ms) that no edge gave back yet: up to ARGV[2] of them, as {id, edge, ...}.
 # Ids whose lease is no longer live (given back, reaped, expired) leave the set here.
@@ -339,6 +358,7 @@ class CapacityLeases:
         self._reap = redis.register_script(redis_keys.lua(REAP_LUA))
         self._ended = redis.register_script(redis_keys.lua(ENDED_LUA))
         self._left_by_dead_edge = redis.register_script(redis_keys.lua(LEFT_BY_DEAD_EDGE_LUA))
+        self._use = redis.register_script(redis_keys.lua(USE_LUA))
 
     async def grant(self, lease_id: str, edge: str, route: LeaseRoute, wanted: int, now_ms: int, ttl_ms: int,
                     grace_ms: int, key: KeyRecord | None = None, budget_tz: str = "UTC") -> LeaseGrant:
@@ -355,6 +375,12 @@ class CapacityLeases:
         """The edge is done with the lease: ``admitted`` requests (and their estimates) were taken from it."""
         return str(await self._give_back(keys=[], args=[now_ms, lease_id, admitted, tokens_in, tokens_out,
                                                         cost_nano, hold_ms, *_WINDOW_ARGS]))
+
+    async def note_use(self, uses: list[tuple[str, int, int, int, int, int]]) -> int:
+        """What edges admitted so far from live leases: (lease id, seq, n, tin, tout, cost) each."""
+        if not uses:
+            return 0
+        return int(await self._use(keys=[], args=[x for use in uses for x in use]))
 
     async def reap(self, now_ms: int, keep_s: int, limit: int = 200) -> int:
         return int(await self._reap(keys=[], args=[now_ms, limit, keep_s, *_WINDOW_ARGS]))

@@ -18,7 +18,7 @@ import msgspec
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from llmgw_common import health, metrics, service, subjects, tracing
-from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn, LeaseReturned
+from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn, LeaseReturned, LeaseUses
 from llmgw_common.config import GatewayConfig
 from llmgw_common.keys import KeyMirror
 from llmgw_common.logs import REQUEST_ID
@@ -216,6 +216,23 @@ class Router:
         state = await self.capacity.give_back(back.lease_id, back.admitted, back.tokens_in, back.tokens_out,
                                               back.cost_nano, self.now_ms(), int(self.config.routing.lease_s * 1000))
         return LeaseReturned(lease_id=back.lease_id, state=state)
+
+    async def on_lease_uses(self, msg) -> None:
+        self.spawn(self._note_lease_uses(msg))
+
+    async def _note_lease_uses(self, msg) -> None:
+        """What an edge admitted so far from its live leases: the windows' views show that, not the leases'
+        unused part (best effort: a report lost shows a lease whole until its give-back)."""
+        try:
+            uses = LeaseUses.decode(msg.data).uses
+        except ValueError:
+            log.warning("ignoring an unreadable report of capacity lease use")
+            return
+        try:
+            await self.capacity.note_use([(u.lease_id, u.seq, u.admitted, u.tokens_in, u.tokens_out, u.cost_nano)
+                                          for u in uses])
+        except Exception as exc:  # Redis away: the next report says it all again
+            log.warning("cannot note the use of %d capacity leases (%s)", len(uses), type(exc).__name__)
 
     async def reap_leases_forever(self) -> None:
         """Every replica: leases their edges never gave back, ``routing.abandoned_after_s`` after they ended."""
@@ -416,7 +433,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     redis = connect_redis(settings.redis_url)
     runtime.on_close("redis", redis.aclose)
     nc = await runtime.connect()
-    router = Router(await runtime.load_config(), RoutingStore(redis), WindowReader(redis))
+    router = Router(await runtime.load_config(), RoutingStore(redis), WindowReader(redis, admitted=True))
     router.nc = nc
 
     # each decision in its own task (each waits on Redis); a Redis outage is a prompt 503, never a timeout
@@ -437,6 +454,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     runtime.subscribe(subjects.ROUTER_OUTCOME, router.on_outcome, queue="router")
     runtime.subscribe(subjects.ROUTER_OUTCOMES, router.on_outcomes, queue="router")
     runtime.subscribe(subjects.ROUTER_LEASE_RENEW, router.on_lease_renewal, queue="router")
+    runtime.subscribe(subjects.ROUTER_LEASE_USED, router.on_lease_uses, queue="router")
     runtime.on_config(router.apply_config)
     runtime.health_check("redis", health.redis_ping(redis))  # ready: NATS and Redis (admission lives there)
     runtime.loop("state", router.refresh_loop)

@@ -105,8 +105,7 @@ class QueryHandlers:
             scope = key_scope(q.key_id)
             part = domain.current_from_totals(await self._reader.read([scope], int(now)), at=utcnow())
             label, start, end = month_of(now, tz)
-            month = await self._redis.hgetall(month_key(scope, now, tz)[0])
-            fields = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in month.items()}
+            fields = await self._reader.read_month(month_key(scope, now, tz)[0])
             reply = KeyUsage(at=part.at, key_id=q.key_id, windows=part.scopes[0].windows if part.scopes else {},
                              month=label, timezone=tz, month_start=datetime.fromtimestamp(start, timezone.utc),
                              month_end=datetime.fromtimestamp(end, timezone.utc),

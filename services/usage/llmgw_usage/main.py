@@ -115,7 +115,7 @@ async def serve(settings: UsageSettings, config: GatewayConfig | None = None,
         log.info("usage config applied (batch_size=%d, batch_wait_s=%s)",
                  new.usage.batch_size, new.usage.batch_wait_s)
 
-    queries = QueryHandlers(store, redis, WindowReader(redis), projection, js, settings.dev_simulate,
+    queries = QueryHandlers(store, redis, WindowReader(redis, admitted=True), projection, js, settings.dev_simulate,
                             max_payload=lambda: nc.max_payload, budget_tz=lambda: writer.budget_tz)
     runtime.endpoint("current", subjects.USAGE_QUERY_CURRENT, UsageCurrentQuery, queries.current)
     runtime.endpoint("history", subjects.USAGE_QUERY_HISTORY, UsageHistoryQuery, queries.history)

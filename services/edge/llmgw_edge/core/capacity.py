@@ -23,6 +23,9 @@ the lease; its usage event settles its actual usage (the usage service), as for 
   (it would end with the one it replaces). An attempt that failed is taken back into its lease while the
   edge still holds it (the failed request used nothing); once given back, its estimate stays counted until
   the router's reaper returns what no usage event settled.
+- A lease refused (a limit full, a cooldown, a breaker) leaves the request to the router's own admission,
+  and the route's requests to it for ``REFUSED_S``: a full limit reads exactly as per request (the reason
+  with its counts and wait, Retry-After, the failover in the router's order, the 429 when nobody is left).
 - When the router cannot be asked, live leases keep serving until they end; a route with no lease left is
   refused (``Refusal.unavailable``: a 503 with Retry-After), never admitted past a limit.
 
@@ -40,7 +43,7 @@ from typing import Awaitable, Callable
 
 import msgspec
 
-from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn
+from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn, LeaseUse
 from llmgw_common.ids import new_id
 from llmgw_common.messages import Reservation
 
@@ -56,6 +59,7 @@ MAX_WANTED = 10_000
 MAX_ROUNDS = 3  # questions one request waits for before it leaves the decision to the router
 MAX_ESTIMATE = 10**9  # tokens: what a LeaseAsk carries at most
 BUCKET_CUT_S = 0.2  # a lease ending this much before its ttl would: its window bucket ended it
+REFUSED_S = 0.5  # after a lease was refused for a full limit: the router admits the route's requests this long
 AWAY_S = 1.0  # after the router could not be asked: a route with no lease left is refused at once this long
 
 
@@ -81,6 +85,7 @@ class _Lease:
     tokens_out: int = 0
     cost_nano: int = 0
     returned: bool = False
+    reports: int = 0  # LeaseUse reports sent: their seq
 
     def take(self, tokens_in: int, tokens_out: int, cost_nano: int) -> bool:
         g = self.grant
@@ -96,6 +101,11 @@ class _Lease:
     def due_for_renewal(self, now: float) -> bool:
         life = self.until - self.started
         return now >= self.started + life * RENEW_AT or self.admitted >= self.grant.n * RENEW_AT
+
+    def use(self) -> LeaseUse:
+        self.reports += 1
+        return LeaseUse(lease_id=self.grant.lease_id, seq=self.reports, admitted=self.admitted,
+                        tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost_nano=self.cost_nano)
 
     def back(self) -> LeaseReturn:
         return LeaseReturn(lease_id=self.grant.lease_id, admitted=self.admitted, tokens_in=self.tokens_in,
@@ -116,12 +126,18 @@ class _Route:
     # the end of the window bucket that ended the last lease early: a lease asked for from shortly before it
     # until it has turned would end at once (reserved and given back for nothing), so it is asked for then
     turn_at: float = 0.0
+    # a lease was refused for a full limit: until then the route's requests go to the router one by one
+    refused_until: float = 0.0
+    # what the leases were asked for under (the config, the caller's key record): when either changes (a
+    # reload, a key's new limits) they go back, so new limits apply from the next request, as per request
+    basis: tuple[object, ...] = ()
 
 
 class CapacityCache:
     def __init__(self, edge: str, ask: Callable[[LeaseAsk], Awaitable[LeaseGrant]],
                  give_back: Callable[[LeaseReturn], None], ttl_s: Callable[[], float],
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 report_use: Callable[[list[LeaseUse]], None] | None = None):
         self.edge = edge
         self._ask = ask
         self._give_back = give_back
@@ -131,19 +147,32 @@ class CapacityCache:
         self._held: dict[str, _Lease] = {}  # lease id -> lease, until given back
         self._tasks: set[asyncio.Task] = set()
         self.router_lost = False  # the last question found no router: serving from leases (health says so)
+        # what was admitted from live leases goes to the routers once per event-loop turn, for the windows'
+        # views (they show what was admitted, as per request, not a lease's unused part)
+        self._report_use = report_use
+        self._used: dict[str, _Lease] = {}
         self._away_until = 0.0
 
-    async def take(self, route: RouteKey, tokens_in: int, tokens_out: int) -> Reservation | Refusal:
-        """A reservation from a lease of ``route`` for a request of this estimate, or why there is none."""
+    async def take(self, route: RouteKey, tokens_in: int, tokens_out: int,
+                   basis: tuple[object, ...] = ()) -> Reservation | Refusal:
+        """A reservation from a lease of ``route`` for a request of this estimate, or why there is none.
+        ``basis``: what the limits come from (the config, the caller's key record), compared by identity: a
+        change gives the route's leases back first (granted under the old limits)."""
         if tokens_in > MAX_ESTIMATE or tokens_out > MAX_ESTIMATE:  # no lease is sized for it: the router judges
             return Refusal("an estimate no lease is sized for", ask_router=True)
         r = self._routes.get(route)
         if r is None:
-            r = self._routes[route] = _Route(since=self._clock())
+            r = self._routes[route] = _Route(since=self._clock(), basis=basis)
+        elif len(r.basis) != len(basis) or any(a is not b for a, b in zip(r.basis, basis)):
+            for lease in list(r.leases):
+                self._retire(r, lease)
+            r.basis, r.refused_until, r.scarce = basis, 0.0, False
         for round_ in range(MAX_ROUNDS + 1):
             reservation = self._from_leases(route, r, tokens_in, tokens_out)
             if reservation is not None:
                 return reservation
+            if self._clock() < r.refused_until:  # a lease was refused a moment ago: a limit is full
+                return Refusal("a limit of this route is full", ask_router=True)
             if round_ == MAX_ROUNDS:  # a lease this request waited for went to others each time
                 break
             if self._clock() < self._away_until:  # asked a moment ago and found nobody: not again yet
@@ -161,9 +190,13 @@ class CapacityCache:
                 return Refusal(f"the router cannot be reached and no capacity lease of {route[0]} is left",
                                unavailable=True)
             if outcome.n == 0:
-                if not outcome.reason.endswith("reached"):  # cooling, a breaker, no lease for it: the router
-                    return Refusal(outcome.reason, ask_router=True)
-                return Refusal(outcome.reason, retry_after_s=outcome.retry_after_s or 1.0)
+                # a limit reached, cooling, a breaker, no lease for it: the router admits this request itself,
+                # so a full limit reads as it always did (its reason with the counts and the wait, Retry-After,
+                # a failover to the next provider in the router's order, the 429 when none is left). For a
+                # moment the route's requests go straight to the router (the lease way was just refused).
+                if outcome.reason.endswith("reached"):
+                    r.refused_until = self._clock() + REFUSED_S
+                return Refusal(outcome.reason, ask_router=True)
         return Refusal("capacity leases are taken faster than granted", ask_router=True)
 
     def release(self, reservation: Reservation) -> bool:
@@ -175,6 +208,7 @@ class CapacityCache:
         lease.tokens_in -= reservation.tokens_in
         lease.tokens_out -= reservation.tokens_out
         lease.cost_nano -= reservation.cost_nano
+        self._note_use(lease)
         return True
 
     def sweep(self) -> None:
@@ -211,6 +245,7 @@ class CapacityCache:
             if not lease.take(tokens_in, tokens_out, cost):
                 continue
             r.admitted += 1
+            self._note_use(lease)
             if lease.admitted >= g.n:  # used up: what it reserved beyond these estimates goes back now
                 self._retire(r, lease)
             elif (r.asking is None and not r.scarce and lease.due_for_renewal(now) and len(r.leases) == 1
@@ -287,6 +322,21 @@ class CapacityCache:
             ask = msgspec.structs.replace(ask, lease_id=new_id())
             grant = await self._ask(ask)
         return grant
+
+    def _note_use(self, lease: _Lease) -> None:
+        if self._report_use is None:
+            return
+        if not self._used:
+            asyncio.get_running_loop().call_soon(self._send_uses)
+        self._used[lease.grant.lease_id] = lease
+
+    def _send_uses(self) -> None:
+        """Once per event-loop turn: what each lease used since has admitted in all (one used up or ended
+        went back with its give-back, which says the same)."""
+        uses = [lease.use() for lease in self._used.values() if not lease.returned]
+        self._used.clear()
+        if uses and self._report_use is not None:
+            self._report_use(uses)
 
     def _retire(self, r: _Route, lease: _Lease) -> None:
         if lease in r.leases:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -36,6 +37,7 @@ from llmgw_common.leases import lease_member
 from llmgw_common.logs import REQUEST_ID
 from llmgw_common.messages import (PLAN_ONLY_ENDPOINT, Attempt, AttemptOutcome, Candidate, RouteDecision, RouteRequest,
                                    Skipped, UsageEvent)
+from llmgw_common.windows import NANO
 
 from . import fallbacks
 from .cache_prefix import cacheable_prefix
@@ -478,13 +480,14 @@ class Gateway:
         refused: list[tuple[str, Refusal]] = []
         for i, cand in enumerate(plan.candidates):
             if key_limited or self._route_limited(cand):
-                got = await capacity.take((cand.provider, cand.model, lease_key), tokens_in, tokens_out)
+                got = await capacity.take((cand.provider, cand.model, lease_key), tokens_in, tokens_out,
+                                          basis=(self.config, key_record if key_limited else None))
                 if isinstance(got, Refusal):
                     if got.ask_router:
                         return None
                     refused.append((cand.provider, got))
                     continue
-                cand = msgspec.structs.replace(cand, reservation=got)
+                cand = msgspec.structs.replace(cand, reservation=got, reason=_own_estimate(cand.reason, got.cost_nano))
             skipped = [*plan.skipped, *(Skipped(provider=p, reason=r.reason) for p, r in refused)]
             return msgspec.structs.replace(plan, candidates=[cand, *plan.candidates[i + 1:]], skipped=skipped)
         wait = str(max(1, math.ceil(max(r.retry_after_s for _p, r in refused))))
@@ -772,6 +775,18 @@ async def _metered(events: AsyncIterator[StreamEvent], meter: Meter) -> AsyncIte
         elif isinstance(event, Finish):
             meter.finished = True
         yield event
+
+
+_ESTIMATE = re.compile(r"est\. \$[0-9.]+")
+
+
+def _own_estimate(reason: str, cost_nano: int) -> str:
+    """A leased candidate's reason from the reused plan, with this request's estimated cost (as the router
+    says it when it admits a request itself: ``policy._reason``), not the one of the request the plan was
+    made for."""
+    if "est. $" not in reason:
+        return reason
+    return _ESTIMATE.sub(f"est. ${Decimal(cost_nano) / NANO:.6f}", reason, count=1)
 
 
 def _route_reason(decision: RouteDecision) -> str:
