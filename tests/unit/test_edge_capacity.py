@@ -365,9 +365,9 @@ async def test_after_a_lease_its_bucket_ended_the_next_is_asked_for_once_the_buc
     assert len(granter.asks) == 2 and not granter.returns  # no lease granted only to go back
 
 
-async def test_what_a_live_lease_admitted_is_reported_once_per_loop_turn_for_the_windows_views():
+async def test_what_a_live_lease_admitted_is_reported_at_the_end_of_its_loop_turn_for_the_windows_views():
     # the windows' views show what was admitted, as per request, not a lease's unused part: the routers learn
-    # what each live lease admitted, one report per event-loop turn, each with a growing seq
+    # what each live lease admitted, a report at the end of the event-loop turn (while few), each with a growing seq
     import asyncio
 
     clock = Clock()
@@ -418,3 +418,27 @@ async def test_new_limits_give_the_routes_leases_back_first():
     got = await cache.take(route, 10, 20, basis=(new,))
     assert not isinstance(got, Refusal) and got.lease != held
     assert held in {b.lease_id for b in granter.returns}
+
+
+async def test_under_load_lease_use_reports_are_batched_and_the_last_one_still_comes():
+    # a report per event-loop turn was one NATS message and one Redis script per request at concurrency 1:
+    # after a burst, reports go at most USE_RATE a second, each with every lease used since
+    import asyncio
+
+    clock = Clock()
+    granter = Granter({"free": 100_000}, clock, ttl_s=3600)
+    reports: list[list] = []
+    cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 3600.0, clock=clock,
+                          report_use=reports.append)
+    route = ("free", "m", None)
+    while not any(lease.grant.n - lease.admitted >= 500 for lease in cache._held.values()):
+        await cache.take(route, 10, 20)  # the demand grows: a lease with room for what follows
+    await asyncio.sleep(0.1)  # the burst refills
+    reports.clear()
+    for _ in range(200):  # requests one after another, one per event-loop turn, far faster than USE_RATE
+        assert not isinstance(await cache.take(route, 10, 20), Refusal)
+        await asyncio.sleep(0)
+    assert int(capacity.USE_BURST) <= len(reports) < int(capacity.USE_BURST) + 10  # not 200
+    await asyncio.sleep(2 / capacity.USE_RATE)
+    (held,) = [lease for lease in cache._held.values() if lease.admitted > 1]
+    assert reports[-1][-1].admitted == held.admitted  # the last report has everything

@@ -59,6 +59,8 @@ MAX_WANTED = 10_000
 MAX_ROUNDS = 3  # questions one request waits for before it leaves the decision to the router
 MAX_ESTIMATE = 10**9  # tokens: what a LeaseAsk carries at most
 BUCKET_CUT_S = 0.2  # a lease ending this much before its ttl would: its window bucket ended it
+USE_BURST = 20.0  # reports of lease use sent at once, then USE_RATE a second (their views' lag under load)
+USE_RATE = 50.0
 REFUSED_S = 0.5  # after a lease was refused for a full limit: the router admits the route's requests this long
 AWAY_S = 1.0  # after the router could not be asked: a route with no lease left is refused at once this long
 
@@ -147,10 +149,11 @@ class CapacityCache:
         self._held: dict[str, _Lease] = {}  # lease id -> lease, until given back
         self._tasks: set[asyncio.Task] = set()
         self.router_lost = False  # the last question found no router: serving from leases (health says so)
-        # what was admitted from live leases goes to the routers once per event-loop turn, for the windows'
-        # views (they show what was admitted, as per request, not a lease's unused part)
+        # what was admitted from live leases goes to the routers (_note_use: at once, batched under load), for
+        # the windows' views (they show what was admitted, as per request, not a lease's unused part)
         self._report_use = report_use
         self._used: dict[str, _Lease] = {}
+        self._use_tokens, self._use_at = USE_BURST, 0.0  # reports sent at once (a token bucket)
         self._away_until = 0.0
 
     async def take(self, route: RouteKey, tokens_in: int, tokens_out: int,
@@ -324,15 +327,28 @@ class CapacityCache:
         return grant
 
     def _note_use(self, lease: _Lease) -> None:
+        """What a lease admitted goes to the routers at the end of this event-loop turn while reports are
+        few (a client's requests one after another: the views show each at once, as per request); under
+        load at most ``USE_RATE`` reports a second, each carrying every lease used since (one report per
+        turn was one NATS message and one Redis script per request at concurrency 1)."""
         if self._report_use is None:
             return
-        if not self._used:
-            asyncio.get_running_loop().call_soon(self._send_uses)
+        first = not self._used
         self._used[lease.grant.lease_id] = lease
+        if not first:  # a report is already due: this use goes with it
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._use_tokens = min(USE_BURST, self._use_tokens + (now - self._use_at) * USE_RATE) - 1
+        self._use_at = now
+        if self._use_tokens >= 0:
+            loop.call_soon(self._send_uses)
+        else:  # the burst is spent: this report waits for its turn
+            loop.call_later(-self._use_tokens / USE_RATE, self._send_uses)
 
     def _send_uses(self) -> None:
-        """Once per event-loop turn: what each lease used since has admitted in all (one used up or ended
-        went back with its give-back, which says the same)."""
+        """What each lease used since the last report has admitted in all (one used up or ended went back
+        with its give-back, which says the same)."""
         uses = [lease.use() for lease in self._used.values() if not lease.returned]
         self._used.clear()
         if uses and self._report_use is not None:
