@@ -433,12 +433,12 @@ async def test_under_load_lease_use_reports_are_batched_and_the_last_one_still_c
     route = ("free", "m", None)
     while not any(lease.grant.n - lease.admitted >= 500 for lease in cache._held.values()):
         await cache.take(route, 10, 20)  # the demand grows: a lease with room for what follows
-    await asyncio.sleep(0.1)  # the burst refills
+    await asyncio.sleep(capacity.USE_BURST / capacity.USE_RATE)  # the burst refills
     reports.clear()
     for _ in range(200):  # requests one after another, one per event-loop turn, far faster than USE_RATE
         assert not isinstance(await cache.take(route, 10, 20), Refusal)
         await asyncio.sleep(0)
-    assert int(capacity.USE_BURST) <= len(reports) < int(capacity.USE_BURST) + 10  # not 200
+    assert int(capacity.USE_BURST) <= len(reports) < 100  # not 200 (under 2 s of this loop on a slow machine)
     await asyncio.sleep(2 / capacity.USE_RATE)
     (held,) = [lease for lease in cache._held.values() if lease.admitted > 1]
     assert reports[-1][-1].admitted == held.admitted  # the last report has everything
