@@ -60,7 +60,7 @@ MAX_ROUNDS = 3  # questions one request waits for before it leaves the decision 
 MAX_ESTIMATE = 10**9  # tokens: what a LeaseAsk carries at most
 BUCKET_CUT_S = 0.2  # a lease ending this much before its ttl would: its window bucket ended it
 USE_BURST = 20.0  # reports of lease use sent at once, then USE_RATE a second (their views' lag under load)
-USE_RATE = 50.0
+USE_RATE = 10.0
 REFUSED_S = 0.5  # after a lease was refused for a full limit: the router admits the route's requests this long
 AWAY_S = 1.0  # after the router could not be asked: a route with no lease left is refused at once this long
 
