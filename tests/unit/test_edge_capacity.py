@@ -362,7 +362,8 @@ async def test_after_a_lease_its_bucket_ended_the_next_is_asked_for_once_the_buc
     clock.now = bucket_end - capacity.END_MARGIN_S / 2  # the lease stopped admitting; the bucket has not turned
     after = await cache.take(route, 10, 20)
     assert not isinstance(after, Refusal) and after.lease == granter.asks[1].lease_id
-    assert len(granter.asks) == 2 and not granter.returns  # no lease granted only to go back
+    # no lease granted only to go back: the one that ended went back (with the question), the new one serves
+    assert len(granter.asks) == 2 and [b.lease_id for b in granter.returns] == [granter.asks[0].lease_id]
 
 
 async def test_what_a_live_lease_admitted_is_reported_at_the_end_of_its_loop_turn_for_the_windows_views():
@@ -442,3 +443,29 @@ async def test_under_load_lease_use_reports_are_batched_and_the_last_one_still_c
     await asyncio.sleep(2 / capacity.USE_RATE)
     (held,) = [lease for lease in cache._held.values() if lease.admitted > 1]
     assert reports[-1][-1].admitted == held.admitted  # the last report has everything
+
+
+async def test_a_question_carries_the_routes_leases_given_back_a_moment_ago():
+    # at a bucket's turn the ended lease goes back and the next is asked for within milliseconds: the
+    # question carries the give-back, so the router has its unused part back before it grants
+    clock = Clock()
+    granter = Granter({"free": 1000}, clock)
+    cache = CapacityCache("e", granter.ask, granter.give_back, lambda: 2.0, clock=clock)
+    route = ("free", "m", None)
+    while not any(lease.grant.n - lease.admitted >= 2 for lease in cache._held.values()):
+        assert not isinstance(await cache.take(route, 10, 20), Refusal)  # a lease with room left
+    (held,) = cache._held.values()
+    clock.now = held.until + 0.001  # it ended, not swept yet
+    asked = len(granter.asks)
+    assert not isinstance(await cache.take(route, 10, 20), Refusal)
+    carried = granter.asks[asked].returns
+    assert [(b.lease_id, b.admitted) for b in carried] == [(held.grant.lease_id, held.admitted)]
+    assert granter.returns[-1].lease_id == held.grant.lease_id  # and given back on its own too
+    clock.now += capacity.RETURN_CARRY_S  # later questions carry nothing more
+    for lease in list(cache._held.values()):
+        clock.now = max(clock.now, lease.until + 0.001)
+    cache.sweep()
+    clock.now += capacity.RETURN_CARRY_S
+    asked = len(granter.asks)
+    assert not isinstance(await cache.take(route, 10, 20), Refusal)
+    assert granter.asks[asked].returns == []

@@ -24,6 +24,7 @@ from .windows import usd_to_nano
 
 LEASE_SCHEMA_VERSION = 1
 MAX_ID_CHARS = 128
+MAX_RETURNS = 16  # give-backs one LeaseAsk carries
 
 S = TypeVar("S", bound="_LeaseMessage")
 
@@ -50,10 +51,15 @@ class LeaseAsk(_LeaseMessage, frozen=True):
     wanted: int = 1  # the edge's demand for one lease period
     tokens_in: int = 0  # the per-request estimate the lease is sized with (the asking request's)
     tokens_out: int = 0
+    # this route's leases the edge gave back a moment ago: the router takes them back before it grants, so
+    # what they did not use is there to grant (their give-backs, sent on their own, may come later)
+    returns: list[LeaseReturn] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not (0 < len(self.lease_id) <= MAX_ID_CHARS and 0 < len(self.edge) <= MAX_ID_CHARS):
             raise msgspec.ValidationError("lease_id and edge: 1 to 128 characters")
+        if len(self.returns) > MAX_RETURNS:
+            raise msgspec.ValidationError(f"returns: at most {MAX_RETURNS}")
         if not (1 <= self.wanted <= 100_000) or not (0 <= self.tokens_in <= 10**9) \
                 or not (0 <= self.tokens_out <= 10**9):
             raise msgspec.ValidationError("wanted 1..100000, tokens 0..10^9")

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Callable
 
+import msgspec
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from llmgw_common import subjects
@@ -56,9 +57,7 @@ class LeaseClient:
                                      min(left, max(MIN_TRY_S, timeout * TRY_SHARE)))
             except NatsTimeoutError:  # its replica died holding it, or it is frozen: a new id, this one back
                 self.give_back(LeaseReturn(lease_id=ask.lease_id))
-                ask = LeaseAsk(lease_id=new_id(), edge=ask.edge, provider=ask.provider, model=ask.model,
-                               key_id=ask.key_id, wanted=ask.wanted, tokens_in=ask.tokens_in,
-                               tokens_out=ask.tokens_out)
+                ask = msgspec.structs.replace(ask, lease_id=new_id())
             except NoRespondersError:  # no router subscribed (restarting), or NATS away
                 await asyncio.sleep(min(NO_RESPONDER_PAUSE_S, max(0.0, deadline - time.monotonic())))
             except RemoteError as exc:  # the router's Redis is away: nothing was granted

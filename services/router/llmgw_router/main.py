@@ -191,6 +191,8 @@ class Router:
         model = provider.model(ask.model) if provider is not None else None
         if not self.config.routing.leases or provider is None or model is None:
             return LeaseGrant(lease_id=ask.lease_id, n=0, reason="no lease for this route: ask per request")
+        for back in ask.returns:  # what those leases did not use is back before this grant is counted
+            await self.return_lease(back)
         key = self.keys.records.get(ask.key_id) if ask.key_id else None
         price = self.prices.get((provider.id, model.upstream_name))
         free = is_free(provider, price) or price is None

@@ -43,7 +43,7 @@ from typing import Awaitable, Callable
 
 import msgspec
 
-from llmgw_common.capacity import LeaseAsk, LeaseGrant, LeaseReturn, LeaseUse
+from llmgw_common.capacity import MAX_RETURNS, LeaseAsk, LeaseGrant, LeaseReturn, LeaseUse
 from llmgw_common.ids import new_id
 from llmgw_common.messages import Reservation
 
@@ -61,6 +61,7 @@ MAX_ESTIMATE = 10**9  # tokens: what a LeaseAsk carries at most
 BUCKET_CUT_S = 0.2  # a lease ending this much before its ttl would: its window bucket ended it
 USE_BURST = 20.0  # reports of lease use sent at once, then USE_RATE a second (their views' lag under load)
 USE_RATE = 10.0
+RETURN_CARRY_S = 1.0  # a lease given back this recently rides on the route's next question
 REFUSED_S = 0.5  # after a lease was refused for a full limit: the router admits the route's requests this long
 AWAY_S = 1.0  # after the router could not be asked: a route with no lease left is refused at once this long
 
@@ -133,6 +134,9 @@ class _Route:
     # what the leases were asked for under (the config, the caller's key record): when either changes (a
     # reload, a key's new limits) they go back, so new limits apply from the next request, as per request
     basis: tuple[object, ...] = ()
+    # given back a moment ago (RETURN_CARRY_S): the next question carries them, so the router has what they
+    # did not use back before it grants (their own give-backs may reach it after the question)
+    returned: list[tuple[float, LeaseReturn]] = field(default_factory=list)
 
 
 class CapacityCache:
@@ -272,11 +276,15 @@ class CapacityCache:
         return max(1, min(MAX_WANTED, math.ceil(r.rate * ttl) + r.waiting + 1))
 
     def _start_asking(self, route: RouteKey, r: _Route, tokens_in: int, tokens_out: int) -> None:
+        now = self._clock()
+        for lease in [x for x in r.leases if now >= x.until]:  # ended, not swept yet: back with this question
+            self._retire(r, lease)
+        returns = [back for at, back in r.returned if now - at < RETURN_CARRY_S][-MAX_RETURNS:]
+        r.returned.clear()
         ask = LeaseAsk(lease_id=new_id(), edge=self.edge, provider=route[0], model=route[1], key_id=route[2],
-                       wanted=self._wanted(r), tokens_in=tokens_in, tokens_out=tokens_out)
+                       wanted=self._wanted(r), tokens_in=tokens_in, tokens_out=tokens_out, returns=returns)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         r.asking = future
-        now = self._clock()
         turning = r.turn_at - END_MARGIN_S <= now < r.turn_at + BUCKET_TURN_S
         delay = r.turn_at + BUCKET_TURN_S - now if turning else 0.0
         task = asyncio.get_running_loop().create_task(self._asked(r, ask, future, delay))
@@ -320,9 +328,10 @@ class CapacityCache:
             ends_in = grant.until_ms / 1000 - self._clock()
             if grant.n == 0 or ends_in > END_MARGIN_S:
                 return grant
-            self._give_back(LeaseReturn(lease_id=grant.lease_id))
+            back = LeaseReturn(lease_id=grant.lease_id)
+            self._give_back(back)
             await asyncio.sleep(max(ends_in, 0.0) + BUCKET_TURN_S)
-            ask = msgspec.structs.replace(ask, lease_id=new_id())
+            ask = msgspec.structs.replace(ask, lease_id=new_id(), returns=[back])
             grant = await self._ask(ask)
         return grant
 
@@ -361,4 +370,8 @@ class CapacityCache:
             return
         lease.returned = True
         self._held.pop(lease.grant.lease_id, None)
-        self._give_back(lease.back())
+        back = lease.back()
+        self._give_back(back)
+        now = self._clock()
+        r.returned = [(at, b) for at, b in r.returned if now - at < RETURN_CARRY_S][-MAX_RETURNS + 1:]
+        r.returned.append((now, back))
