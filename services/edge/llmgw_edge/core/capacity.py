@@ -73,8 +73,8 @@ class RouterUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class Refusal:
     reason: str
-    unavailable: bool = False  # the router could not be asked: a 503, else the limit is reached: a 429
-    ask_router: bool = False  # the lease way does not fit this request: the router admits it on its own
+    unavailable: bool = False  # the router could not be asked: a 503
+    ask_router: bool = False  # the lease way does not fit this request (a full limit too): the router decides
     retry_after_s: float = 1.0
 
 

@@ -490,13 +490,11 @@ class Gateway:
                 cand = msgspec.structs.replace(cand, reservation=got, reason=_own_estimate(cand.reason, got.cost_nano))
             skipped = [*plan.skipped, *(Skipped(provider=p, reason=r.reason) for p, r in refused)]
             return msgspec.structs.replace(plan, candidates=[cand, *plan.candidates[i + 1:]], skipped=skipped)
+        # every candidate was refused for want of a router (a full limit is the router's to refuse: ask_router)
         wait = str(max(1, math.ceil(max(r.retry_after_s for _p, r in refused))))
         why = "; ".join(f"{p}: {r.reason}" for p, r in refused)
-        if any(r.unavailable for _p, r in refused):
-            raise GatewayError(503, f"The gateway's router cannot be reached and no capacity is left for "
-                                    f"`{plan.model}`: {why}", code="router_unavailable", headers={"retry-after": wait})
-        raise GatewayError(429, f"No provider can take a request for `{plan.model}` now: {why}",
-                           code="rate_limit_exceeded", headers={"retry-after": wait})
+        raise GatewayError(503, f"The gateway's router cannot be reached and no capacity is left for "
+                                f"`{plan.model}`: {why}", code="router_unavailable", headers={"retry-after": wait})
 
     def _route_limited(self, cand: Candidate) -> bool:
         """Whether ``cand``'s provider or model has a limit (one unknown here: the router knows); looked up
